@@ -1,0 +1,135 @@
+"""The backbone interface: an image feature extractor that carries its own preprocessing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from hashsearch.registry import Registry
+
+backbones: Registry["Backbone"] = Registry("backbone")
+
+
+def register_backbone(name: str):
+    """Class decorator: register a Backbone subclass under `name`."""
+
+    def decorate(cls):
+        cls.name = name
+        return backbones.register(name)(cls)
+
+    return decorate
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones."""
+    import hashsearch.backbones  # noqa: F401
+
+    return backbones.names()
+
+
+def create_backbone(name: str, **params: Any) -> "Backbone":
+    """Build a backbone, e.g. ``create_backbone("efficientnet-lite0", input_size=128)``."""
+    import hashsearch.backbones  # noqa: F401
+
+    return backbones.create(name, **params)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a backbone wants its input: resize the shorter side to `input_size`, centre-crop a
+    square, scale to [0, 1], then normalise with `mean` and `std` per RGB channel."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> a (3, input_size, input_size) float32 array."""
+        s = self.input_size
+        w, h = image.size
+        scale = s / min(w, h)
+        nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+        if (nw, nh) != (w, h):
+            image = image.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+        left, top = (nw - s) // 2, (nh - s) // 2
+        if (nw, nh) != (s, s):
+            image = image.crop((left, top, left + s, top + s))
+        x = np.asarray(image, dtype=np.float32) * (1.0 / 255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+class Backbone:
+    """A pretrained network that maps preprocessed images to feature vectors.
+
+    Subclasses set `feature_dim`, build `preprocess`, and implement `torch_module()`, the
+    PyTorch module mapping a (n, 3, s, s) batch to (n, feature_dim) features (used for
+    extraction here and for fine-tuning by the deep hashers).
+    """
+
+    name: ClassVar[str] = "?"
+    feature_dim: int
+    preprocess: Preprocess
+
+    def config(self) -> dict:
+        """What identifies this backbone's features: name, preprocessing, weights digest."""
+        return {
+            "name": self.name,
+            "preprocess": asdict(self.preprocess),
+            "weights": str(self.weights_path),
+            "weights_sha256": self.weights_sha256,
+        }
+
+    @property
+    def weights_path(self) -> Path:  # pragma: no cover - every backbone overrides
+        raise NotImplementedError
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        h = hashlib.sha256()
+        with open(self.weights_path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    @property
+    def cache_key(self) -> str:
+        """Names the features this backbone makes: same key, same features."""
+        p = self.preprocess
+        return f"{self.name}-{p.input_size}px-{self.weights_sha256[:16]}"
+
+    def torch_module(self):  # pragma: no cover - every backbone overrides
+        raise NotImplementedError
+
+    @cached_property
+    def _module(self):
+        import torch
+
+        module = self.torch_module().eval()
+        return module.to(memory_format=torch.channels_last)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Features of a preprocessed (n, 3, s, s) float32 batch, as (n, feature_dim) float32."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            return self._module(x).float().numpy()
+
+
+def check_weights_file(path: str | os.PathLike, what: str) -> Path:
+    """A weights path that exists, or a FileNotFoundError that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"weights file for {what} not found: {path}. Pass weights=PATH to a local file "
+            "(hashsearch never downloads weights at run time)."
+        )
+    return path

@@ -1,0 +1,105 @@
+"""The jobs behind `hashsearch eval` and `hashsearch demo`: they chain library calls and print."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hashsearch.backbones import Backbone, create_backbone
+from hashsearch.collection import Collection
+from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
+from hashsearch.data.sources import open_source
+from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
+from hashsearch.evaluation.runner import machine_description, run_methods, split_features
+from hashsearch.hashing import create_hasher
+
+
+def load_split(protocol: str | None, data: str | None, queries_per_class: int, train_per_class: int, seed: int):
+    """(source, split) for a named protocol or for the user's own labelled images."""
+    if protocol is not None:
+        split = load_protocol(protocol, seed=seed)
+        return open_source(cifar10_root()), split
+    source = open_source(data)
+    split = split_by_class(source.records(), queries_per_class, train_per_class, seed=seed, name=f"custom:{data}")
+    return source, split
+
+
+def run_and_report(
+    *,
+    protocol: str | None,
+    data: str | None,
+    queries_per_class: int,
+    train_per_class: int,
+    methods: Sequence[str],
+    bits: Sequence[int],
+    seed: int,
+    out: Path | None,
+    backbone: Backbone,
+    cache_dir=None,
+    batch_size: int = 64,
+    command: str = "",
+    log=print,
+) -> list[dict]:
+    """Evaluate every method x bits on the split; write <out>.md/.json and plots when `out` is given."""
+    for m in methods:
+        create_hasher(m)  # fail on an unknown method before the long feature pass
+    t0 = time.perf_counter()
+    source, split = load_split(protocol, data, queries_per_class, train_per_class, seed)
+    log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
+    feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size)
+    if len(feats.skipped):
+        log(feats.skipped.summary())
+    rows = run_methods(feats, methods, bits, seed=seed, log=log)
+    total = time.perf_counter() - t0
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        notes = "\n".join([
+            f"Command: `{command}`" if command else "",
+            f"Protocol: {split.name} (seed {split.seed}): {split.description}",
+            f"Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {data}",
+            f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
+            f"{len(feats.train.records) + len(feats.query.records) + len(feats.database.records)} images in "
+            f"{feats.seconds:.0f}s (from the feature cache where present).",
+            f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
+            f"Skipped files: {len(feats.skipped)}.",
+        ])
+        write_results(rows, out, title=f"Retrieval on {split.name}", notes=notes)
+        plot_results(rows, out.with_name(out.name + "-map.png"))
+        plot_pr_curves(rows, max(bits), out.with_name(out.name + f"-pr{max(bits)}.png"))
+        log(f"wrote {out}.md, {out}.json and plots")
+    return rows
+
+
+def demo(out: Path, cache_dir=None, log=print) -> None:
+    """`make demo`: the cifar10-demo split end to end, on real CIFAR-10 (JPEG) images."""
+    backbone = create_backbone("efficientnet-lite0", input_size=128)
+    source, split = load_split("cifar10-demo", None, 0, 0, seed=0)
+    log(f"{split.name}: {split.description}")
+    feats = split_features(source, split, backbone, cache_dir=cache_dir)
+    rows = run_methods(feats, ["itq", "dlbhc"], [48], log=log)
+
+    log("\nIndexing the database with DLBHC (48 bits)...")
+    hasher = create_hasher("dlbhc", n_bits=48).fit(feats.train.features, feats.train.labels)
+    coll = Collection.create(backbone, hasher)
+    db = feats.database
+    coll.add(db.features, [r.key for r in db.records], [r.label for r in db.records], db.digests)
+    coll.save(out)
+    log(f"wrote {out} ({len(coll)} images)")
+
+    q = feats.query
+    picks = [int(np.flatnonzero(q.labels == c)[0]) for c in range(0, len(feats.classes), 3)]
+    for i in picks:
+        for rerank in (None, 200):
+            res = coll.search(q.features[i : i + 1], k=8, rerank=rerank)
+            labels = [e["label"] for e in coll.entries(res.ids[0])]
+            hits = sum(lab == q.records[i].label for lab in labels)
+            how = "coarse-to-fine (200)" if rerank else "Hamming ranking     "
+            log(f"query {Path(q.records[i].key).name} ({q.records[i].label}), {how}: {hits}/8 same class: {', '.join(labels)}")
+    log("\nSummary (cifar10-demo, mAP over the 9,800-image database):")
+    for r in rows:
+        log(f"  {r['method']:>6} {r['bits']} bits: mAP {r['metrics']['map']:.4f}, P@100 {r['metrics']['p@100']:.4f}")
+    log(f"\nTry: hashsearch search {out} <image.jpg> -k 10   |   hashsearch info {out}")

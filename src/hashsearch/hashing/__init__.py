@@ -1,0 +1,16 @@
+"""Hashers: one interface (fit / encode / save / load), one registry."""
+
+from hashsearch.hashing.base import (
+    Hasher,
+    NotFittedError,
+    create_hasher,
+    hashers,
+    list_hashers,
+    register_hasher,
+)
+
+# Importing the modules registers the built-in hashers.
+from hashsearch.hashing import projection  # noqa: E402,F401
+from hashsearch.hashing import deep  # noqa: E402,F401
+
+__all__ = ["Hasher", "NotFittedError", "create_hasher", "hashers", "list_hashers", "register_hasher"]

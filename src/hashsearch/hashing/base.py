@@ -1,0 +1,196 @@
+"""The one interface every hasher implements, and its file format."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hashsearch.codes import pack_bits
+from hashsearch.registry import Registry
+from hashsearch.types import Codes
+
+FORMAT = "hashsearch-hasher"
+FORMAT_VERSION = 1
+
+hashers: Registry["Hasher"] = Registry("hasher")
+
+
+def register_hasher(name: str):
+    """Class decorator: register a Hasher subclass under `name` (also sets `cls.name`)."""
+
+    def decorate(cls):
+        cls.name = name
+        return hashers.register(name)(cls)
+
+    return decorate
+
+
+def list_hashers() -> list[str]:
+    """Names of all registered hashers."""
+    import hashsearch.hashing  # noqa: F401  (registers the built-in hashers)
+
+    return hashers.names()
+
+
+def create_hasher(name: str, **params: Any) -> "Hasher":
+    """Build the hasher registered as `name`, e.g. ``create_hasher("itq", n_bits=64)``."""
+    import hashsearch.hashing  # noqa: F401
+
+    return hashers.create(name, **params)
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a hasher is used before `fit`."""
+
+
+class Hasher:
+    """Learns a map from real feature vectors to `n_bits`-bit binary codes.
+
+    Subclasses implement `_fit(X, y)` (set learned attributes ending in `_`) and
+    `_bits(X)` (return an (n, n_bits) 0/1 or bool array), and list their learned arrays in
+    `_state_names`. The constructor only stores parameters (scikit-learn style), so
+    `get_params()` can rebuild an identical, unfitted hasher.
+    """
+
+    name: ClassVar[str] = "?"
+    #: True when `fit` needs labels.
+    supervised: ClassVar[bool] = False
+    #: Names of the learned array attributes saved by `save`.
+    _state_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, n_bits: int = 64, seed: int = 0) -> None:
+        self.n_bits = n_bits
+        self.seed = seed
+
+    # -- parameters --------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters, read back from attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # -- fit / encode ------------------------------------------------------------------
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> "Hasher":
+        """Learn the hash functions from `features` (n, d), with `labels` if supervised.
+
+        `labels` is an (n,) array of integer class ids or an (n, c) 0/1 multi-label matrix.
+        """
+        X = check_features(features, "features")
+        if not isinstance(self.n_bits, (int, np.integer)) or not 1 <= self.n_bits <= 4096:
+            raise ValueError(f"n_bits must be an integer in [1, 4096], got {self.n_bits!r}")
+        y = None
+        if labels is not None:
+            y = np.asarray(labels)
+            if y.shape[0] != X.shape[0]:
+                raise ValueError(
+                    f"labels has {y.shape[0]} rows but features has {X.shape[0]}; pass one label per row"
+                )
+        if self.supervised and y is None:
+            raise ValueError(f"hasher {self.name!r} is supervised: pass labels to fit()")
+        self.n_features_in_ = X.shape[1]
+        self._fit(X, y)
+        return self
+
+    def encode(self, features: np.ndarray) -> Codes:
+        """Packed codes of `features` (n, d)."""
+        self._check_fitted()
+        X = check_features(features, "features", allow_empty=True)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(
+                f"features have {X.shape[1]} dimensions but this hasher was fitted on "
+                f"{self.n_features_in_}; encode features from the same backbone"
+            )
+        if X.shape[0] == 0:
+            return Codes(np.zeros((0, (self.n_bits + 7) // 8), np.uint8), self.n_bits)
+        bits = np.asarray(self._bits(X))
+        return pack_bits(bits.astype(np.uint8))
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_features_in_"):
+            raise NotFittedError(
+                f"this {type(self).__name__} is not fitted yet: call fit(features) first"
+            )
+
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _bits(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write parameters and learned arrays to `path` (.npz, no pickle), atomically."""
+        self._check_fitted()
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "method": self.name,
+            "params": self.get_params(),
+            "n_features_in": int(self.n_features_in_),
+            "extra": self._extra_meta(),
+        }
+        arrays = {f"state.{k}": np.asarray(getattr(self, k)) for k in self._state_names}
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "Hasher":
+        """Read a hasher written by `save`; a damaged or foreign file raises ValueError."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(bytes(z["__meta__"]).decode())
+                arrays = {k[6:]: z[k] for k in z.files if k.startswith("state.")}
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise ValueError(f"{path} is not a readable hashsearch hasher file: {e}") from e
+        except Exception as e:  # zipfile.BadZipFile and friends
+            raise ValueError(f"{path} is not a readable hashsearch hasher file: {e}") from e
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has format {meta.get('format')!r} version {meta.get('version')!r}; "
+                f"this hashsearch reads {FORMAT!r} version {FORMAT_VERSION}"
+            )
+        hasher = create_hasher(meta["method"], **meta["params"])
+        missing = set(hasher._state_names) - set(arrays)
+        if missing:
+            raise ValueError(f"{path} lacks the learned arrays {sorted(missing)}")
+        for k, v in arrays.items():
+            setattr(hasher, k, v)
+        hasher.n_features_in_ = meta["n_features_in"]
+        hasher._load_extra_meta(meta.get("extra", {}))
+        return hasher
+
+    def _extra_meta(self) -> dict:
+        """JSON-able learned values beyond arrays (override when needed)."""
+        return {}
+
+    def _load_extra_meta(self, extra: dict) -> None:
+        pass
+
+
+def check_features(X: Any, name: str, allow_empty: bool = False) -> np.ndarray:
+    """Validate a real (n, d) matrix and return it as float32 (float64 stays float64)."""
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d (n_samples, n_features) array, got shape {X.shape}")
+    if not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
+    if X.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{name} is empty: at least one row is needed")
+    if X.dtype != np.float64:
+        X = X.astype(np.float32, copy=False)
+    if X.size and not np.isfinite(X).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return X

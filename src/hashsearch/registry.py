@@ -1,0 +1,55 @@
+"""A small plug-in registry shared by every plug-in family (backbones, hashers, index back ends)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Maps a name to a factory; the CLI's choices, the docs and the tests all read it.
+
+    Examples
+    --------
+    >>> hashers = Registry("hasher")
+    >>> @hashers.register("lsh")
+    ... class LSH: ...
+    >>> hashers.names()
+    ['lsh']
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator that registers a factory (usually a class) under `name`."""
+
+        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
+            if name in self._factories:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._factories[name] = factory
+            return factory
+
+        return decorate
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._factories)
+
+    def get(self, name: str) -> Callable[..., T]:
+        """The factory registered as `name`, or a ValueError that lists the choices."""
+        try:
+            return self._factories[name]
+        except KeyError:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
+            ) from None
+
+    def create(self, name: str, **params: Any) -> T:
+        """Build the plug-in registered as `name` with `params`."""
+        return self.get(name)(**params)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._factories

@@ -1,0 +1,92 @@
+"""Backbones: preprocessing, offline weights, real features that separate CIFAR-10 classes."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashsearch.backbones import create_backbone, list_backbones
+from hashsearch.backbones.extract import extract_features
+from hashsearch.data.sources import open_source
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_backbone("efficientnet-lite0", input_size=64)
+
+
+def test_registry_lists_the_efficientnet_lite_family():
+    assert {"efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2"} <= set(list_backbones())
+
+
+def test_preprocess_shape_and_normalisation(lite0):
+    img = Image.new("RGB", (50, 30), (255, 127, 0))
+    x = lite0.preprocess(img)
+    assert x.shape == (3, 64, 64) and x.dtype == np.float32
+    # (v/255 - 127/255) / (128/255) = (v - 127) / 128
+    np.testing.assert_allclose(x[:, 10, 10], [(255 - 127) / 128, 0, -127 / 128], atol=1e-6)
+
+
+def test_missing_weights_file_is_named(tmp_path):
+    bb = create_backbone("efficientnet-lite0", weights=tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        bb.torch_module()
+
+
+def test_bad_input_size():
+    with pytest.raises(ValueError, match="input_size"):
+        create_backbone("efficientnet-lite0", input_size=100)
+
+
+def test_user_weights_file_is_used(tmp_path, lite0):
+    import shutil
+
+    copy = tmp_path / "my.pth"
+    shutil.copy(lite0.weights_path, copy)
+    mine = create_backbone("efficientnet-lite0", input_size=64, weights=copy)
+    assert mine.weights_path == copy and mine.cache_key == lite0.cache_key
+    x = np.random.default_rng(0).normal(size=(2, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(mine.forward(x), lite0.forward(x), atol=1e-5)
+
+
+def test_pretrained_features_separate_classes(cifar_small, tmp_path, lite0):
+    """Nearest-centroid accuracy on real CIFAR-10 images is far above chance (10%)."""
+    src = open_source(cifar_small)
+    ex = extract_features(src, lite0, cache_dir=tmp_path, progress=False)
+    assert ex.features.shape == (120, 1280) and ex.n_computed == 120
+    split = np.array([Path(r.key).parts[-3] for r in ex.records])
+    labels = np.array([r.label for r in ex.records])
+    X = ex.features / np.linalg.norm(ex.features, axis=1, keepdims=True)
+    classes = sorted(set(labels))
+    centres = np.stack([X[(split == "train") & (labels == c)].mean(0) for c in classes])
+    pred = np.array(classes)[np.argmax(X[split == "test"] @ centres.T, axis=1)]
+    assert (pred == labels[split == "test"]).mean() >= 0.4
+
+
+def test_second_run_reads_the_cache(cifar_small, tmp_path, lite0):
+    src = open_source(cifar_small / "test")
+    first = extract_features(src, lite0, cache_dir=tmp_path, progress=False)
+    again = extract_features(src, lite0, cache_dir=tmp_path, progress=False)
+    assert first.n_computed == 40 and again.n_computed == 0 and again.n_cached == 40
+    np.testing.assert_array_equal(first.features, again.features)
+    # Another resolution is another cache key: nothing is shared by mistake.
+    other = extract_features(src, create_backbone("efficientnet-lite0", input_size=32), cache_dir=tmp_path, progress=False)
+    assert other.n_computed == 40
+
+
+def test_bad_files_are_skipped_named_and_counted(cifar_small, tmp_path, lite0):
+    import shutil
+
+    folder = tmp_path / "mixed"
+    shutil.copytree(cifar_small / "test" / "cat", folder / "cat")
+    (folder / "cat" / "empty.jpg").write_bytes(b"")
+    (folder / "cat" / "notes.png").write_text("not an image")
+    good = next((cifar_small / "test" / "dog").glob("*.jpg")).read_bytes()
+    (folder / "cat" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    with pytest.warns(UserWarning) as caught:
+        ex = extract_features(open_source(folder), lite0, cache_dir=tmp_path, progress=False)
+    assert len(ex.records) == 4
+    skipped = {Path(k).name for k, _ in ex.report.skipped}
+    assert skipped == {"empty.jpg", "notes.png", "truncated.jpg"}
+    assert sum("skipping" in str(w.message) for w in caught) == 3

@@ -1,0 +1,127 @@
+"""Collections: search, add/remove, the on-disk format, atomic saves, damage detection."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashsearch.backbones import create_backbone
+from hashsearch.collection import Collection, CollectionError
+from hashsearch.hashing import create_hasher
+
+
+def make_collection(n=300, d=32, bits=16, seed=0):
+    g = np.random.default_rng(seed)
+    X = g.normal(size=(n, d)).astype(np.float32)
+    hasher = create_hasher("itq", n_bits=bits, seed=0).fit(X)
+    coll = Collection.create(create_backbone("efficientnet-lite0"), hasher)
+    coll.add(X, [f"img/{i}.jpg" for i in range(n)], [f"c{i % 3}" for i in range(n)])
+    return coll, X
+
+
+def test_search_round_trips_through_save_and_open(tmp_path):
+    coll, X = make_collection()
+    before = coll.search(X[:5], k=7)
+    rr_before = coll.search(X[:5], k=7, rerank=50)
+    coll.save(tmp_path / "c.hsx")
+    back = Collection.open(tmp_path / "c.hsx")
+    after = back.search(X[:5], k=7)
+    np.testing.assert_array_equal(before.ids, after.ids)
+    np.testing.assert_array_equal(before.distances, after.distances)
+    np.testing.assert_array_equal(rr_before.ids, back.search(X[:5], k=7, rerank=50).ids)
+    assert back.entries([3])[0] == {"id": 3, "key": "img/3.jpg", "label": "c0"}
+    assert back.info()["count"] == 300 and back.info()["labels"] == {"c0": 100, "c1": 100, "c2": 100}
+
+
+def test_rerank_puts_the_exact_feature_match_first():
+    coll, X = make_collection()
+    res = coll.search(X[10:20], k=3, rerank=100)
+    np.testing.assert_array_equal(res.ids[:, 0], np.arange(10, 20))
+    assert np.all(res.distances[:, 0] < 0.1)
+
+
+def test_add_and_remove_persist(tmp_path):
+    coll, X = make_collection()
+    coll.save(tmp_path / "c.hsx")
+    coll = Collection.open(tmp_path / "c.hsx")
+    assert coll.remove([0, 1, 2, 999]) == 3
+    new = coll.add(X[:2] + 0.01, ["new/a.jpg", "new/b.jpg"], ["c9", "c9"])
+    coll.save(tmp_path / "c.hsx")
+    back = Collection.open(tmp_path / "c.hsx")
+    assert len(back) == 299
+    ids = back.search(X[:3], k=300).ids
+    assert not np.isin([0, 1, 2], ids).any() and np.isin(new, ids).all()
+    assert back.entries([0, int(new[0])]) == [None, {"id": int(new[0]), "key": "new/a.jpg", "label": "c9"}]
+    assert len(list((tmp_path / "c.hsx").glob("gen-*"))) == 1
+
+
+def test_damaged_file_is_detected(tmp_path):
+    coll, _ = make_collection()
+    gen = coll.save(tmp_path / "c.hsx")
+    codes = gen / "index" / "codes.u8.npy"
+    data = bytearray(codes.read_bytes())
+    data[-1] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    with pytest.raises(CollectionError, match="damaged"):
+        Collection.open(tmp_path / "c.hsx")
+
+
+def test_other_format_version_is_refused(tmp_path):
+    coll, _ = make_collection()
+    gen = coll.save(tmp_path / "c.hsx")
+    m = json.loads((gen / "manifest.json").read_text())
+    m["version"] = 99
+    (gen / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CollectionError, match="version 99"):
+        Collection.open(tmp_path / "c.hsx")
+
+
+def test_not_a_collection(tmp_path):
+    with pytest.raises(CollectionError, match="not a hashsearch collection"):
+        Collection.open(tmp_path)
+
+
+SAVER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from hashsearch.backbones import create_backbone
+    from hashsearch.collection import Collection
+    from hashsearch.hashing import create_hasher
+    path = sys.argv[1]
+    coll = Collection.open(path)
+    X = np.random.default_rng(1).normal(size=(200_000, 32)).astype(np.float32)
+    coll.add(X, [f"more/{i}.jpg" for i in range(len(X))])
+    print("saving", flush=True)
+    while True:
+        coll.save(path)
+    """
+)
+
+
+def test_killed_save_leaves_a_loadable_collection(tmp_path):
+    """Kill a process at several points of repeated large saves; the collection always opens."""
+    coll, X = make_collection()
+    path = tmp_path / "c.hsx"
+    coll.save(path)
+    expected = coll.search(X[:3], k=5).ids
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    for delay in (0.05, 0.3, 0.7, 1.2):
+        p = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, env=env)
+        assert p.stdout.readline().strip() == b"saving"
+        time.sleep(delay)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        back = Collection.open(path)
+        assert len(back) in (300, 200_300)
+        if len(back) == 300:
+            np.testing.assert_array_equal(back.search(X[:3], k=5).ids, expected)
+        else:
+            assert back.entries([200_299])[0]["key"] == "more/199999.jpg"
+

@@ -26,11 +26,21 @@ class Codes:
                 f"Codes.data must be a 2-d uint8 array, got {type(self.data).__name__} "
                 f"{getattr(self.data, 'dtype', '')} {getattr(self.data, 'shape', '')}"
             )
+        if isinstance(self.n_bits, bool) or not isinstance(self.n_bits, (int, np.integer)) or self.n_bits < 1:
+            raise ValueError(f"Codes.n_bits must be a positive integer, got {self.n_bits!r}")
         n_bytes = (self.n_bits + 7) // 8
-        if self.n_bits < 1 or self.data.shape[1] != n_bytes:
+        if self.data.shape[1] != n_bytes:
             raise ValueError(
                 f"Codes of n_bits={self.n_bits} need {n_bytes} bytes per row, got {self.data.shape[1]}"
             )
+        spare = (-self.n_bits) % 8
+        if spare and len(self.data):
+            bad = np.flatnonzero(self.data[:, -1] & np.uint8((1 << spare) - 1))
+            if bad.size:
+                raise ValueError(
+                    f"Codes rows {bad[:5].tolist()} have padding bits set beyond bit {self.n_bits}; "
+                    "they would add to every distance: build codes with hashsearch.codes.pack_bits"
+                )
 
     def __len__(self) -> int:
         return self.data.shape[0]

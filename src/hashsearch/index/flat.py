@@ -1,0 +1,349 @@
+"""Exact linear-scan index: every query is compared with every stored code.
+
+The reference back end: simple, exact (ties broken by id), and fast enough for a few hundred
+thousand codes. On disk it is three plain files, so a saved index can be memory-mapped::
+
+    index.json   {"format": ..., "version": 1, "backend": "flat", "n_bits": ..., "count": ..., "next_id": ...}
+    codes.u8     .npy file, uint8 (count, ceil(n_bits / 8)), packed codes in storage order
+    ids.i64      .npy file, int64 (count,), the id of each row
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from hashsearch.codes import hamming_distances
+from hashsearch.index.base import Index, register_index
+from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
+
+FORMAT = "hashsearch-flat-index"
+FORMAT_VERSION = 1
+
+# Queries are scanned in blocks so the (block, n) distance and sort-key matrices stay near this size.
+_BLOCK_BYTES = 64 << 20
+_MIN_CAPACITY = 64
+
+
+def _as_id_array(ids, what: str = "ids") -> np.ndarray:
+    """`ids` as a 1-d int64 array, refusing floats and other non-integer input."""
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"{what} must be a 1-d array of integers, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {arr.dtype}; convert them with .astype(np.int64)")
+    if arr.dtype.kind == "u" and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{what} must fit in int64, got a value of {int(arr.max())}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _few(values, limit: int = 10) -> str:
+    """A short listing of values for an error message."""
+    values = list(values)
+    head = ", ".join(str(int(v)) for v in values[:limit])
+    return head + (f", ... ({len(values)} in all)" if len(values) > limit else "")
+
+
+@register_index("flat")
+class FlatIndex(Index):
+    """Exact Hamming search by linear scan over packed codes.
+
+    Entries live in two arrays in storage order (insertion order; `remove` closes the gaps
+    and keeps the order of the rest), grown geometrically so many small `add` calls stay
+    cheap. A loaded index memory-maps its files and copies them on the first `add`/`remove`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from hashsearch.codes import pack_bits
+    >>> index = FlatIndex(n_bits=8)
+    >>> index.add(pack_bits(np.eye(8, dtype=np.uint8)[:3])).tolist()
+    [0, 1, 2]
+    >>> index.search(pack_bits(np.eye(8, dtype=np.uint8)[1:2]), k=2).ids.tolist()
+    [[1, 0]]
+    """
+
+    exact = True
+
+    def __init__(self, n_bits: int) -> None:
+        super().__init__(n_bits)
+        self._n_bytes = (self.n_bits + 7) // 8
+        self._codes = np.zeros((0, self._n_bytes), np.uint8)
+        self._ids = np.zeros(0, np.int64)
+        self._count = 0
+        self._next_id = 0
+        self._row_of: dict[int, int] | None = {}  # id -> row; None until needed after remove/load
+        self._id_rank: np.ndarray | None = None  # rank of each row's id among all ids (for tie order)
+
+    def __repr__(self) -> str:
+        return f"FlatIndex(n_bits={self.n_bits}, count={self._count})"
+
+    # -- contents -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Ids of the entries, in storage order (a copy)."""
+        return np.array(self._ids[: self._count], dtype=np.int64)
+
+    def _rows(self) -> dict[int, int]:
+        if self._row_of is None:
+            self._row_of = {int(i): r for r, i in enumerate(self._ids[: self._count].tolist())}
+        return self._row_of
+
+    def _ranks(self) -> np.ndarray:
+        """Position of each row's id in ascending id order; distinct, in [0, count)."""
+        if self._id_rank is None:
+            order = np.argsort(self._ids[: self._count], kind="stable")
+            rank = np.empty(self._count, np.int64)
+            rank[order] = np.arange(self._count)
+            self._id_rank = rank
+        return self._id_rank
+
+    def get_codes(self, ids: np.ndarray) -> Codes:
+        """Codes of the given ids, in the order given (KeyError naming any unknown id)."""
+        ids = _as_id_array(ids)
+        rows_of = self._rows()
+        rows = [rows_of.get(i, -1) for i in ids.tolist()]
+        rows = np.asarray(rows, np.int64)
+        if (rows < 0).any():
+            raise KeyError(f"ids not in the index: {_few(ids[rows < 0])}")
+        return Codes(np.array(self._codes[rows], dtype=np.uint8).reshape(-1, self._n_bytes), self.n_bits)
+
+    # -- mutation -----------------------------------------------------------------------
+    def _reserve(self, needed: int) -> None:
+        """Make room for `needed` rows in owned, writable arrays (geometric growth)."""
+        capacity = self._codes.shape[0]
+        writable = self._codes.flags.writeable and self._ids.flags.writeable
+        if needed <= capacity and writable:
+            return
+        if needed > capacity:
+            capacity = max(needed, capacity + capacity // 2, _MIN_CAPACITY)
+        codes = np.zeros((capacity, self._n_bytes), np.uint8)
+        ids = np.zeros(capacity, np.int64)
+        codes[: self._count] = self._codes[: self._count]
+        ids[: self._count] = self._ids[: self._count]
+        self._codes, self._ids = codes, ids
+
+    def add(self, codes: Codes, ids: np.ndarray | None = None) -> np.ndarray:
+        """Add entries; returns their ids (assigned after the largest id ever used when `ids` is None).
+
+        Raises ValueError for negative ids, ids repeated in `ids`, or ids already in the index;
+        the index is unchanged when it raises.
+        """
+        self._check_codes(codes)
+        m = len(codes)
+        if ids is None:
+            new_ids = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
+        else:
+            new_ids = _as_id_array(ids)
+            if len(new_ids) != m:
+                raise ValueError(f"got {m} codes but {len(new_ids)} ids; pass one id per code")
+            if m and new_ids.min() < 0:
+                raise ValueError(f"ids must be non-negative, got {_few(new_ids[new_ids < 0])}")
+            uniq, counts = np.unique(new_ids, return_counts=True)
+            if len(uniq) != m:
+                raise ValueError(f"ids repeated within this add: {_few(uniq[counts > 1])}; ids must be unique")
+            # Ids at or beyond next_id cannot be present, so the common case needs no lookup.
+            if m and new_ids.min() < self._next_id:
+                rows_of = self._rows()
+                present = [i for i in new_ids.tolist() if i in rows_of]
+                if present:
+                    raise ValueError(
+                        f"ids already in the index: {_few(present)}; remove them first or pass new ids"
+                    )
+        if m == 0:
+            return new_ids.copy()
+        start = self._count
+        self._reserve(start + m)
+        self._codes[start : start + m] = codes.data
+        self._ids[start : start + m] = new_ids
+        self._count += m
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        if self._row_of is not None:
+            self._row_of.update(zip(new_ids.tolist(), range(start, start + m)))
+        self._id_rank = None
+        return new_ids.copy()
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove entries by id (unknown ids are ignored); returns how many were removed.
+
+        The remaining entries keep their storage order. Removed ids are not reused by `add`.
+        """
+        ids = _as_id_array(ids)
+        n = self._count
+        if n == 0 or len(ids) == 0:
+            return 0
+        gone = np.isin(self._ids[:n], ids)
+        removed = int(gone.sum())
+        if removed == 0:
+            return 0
+        keep = ~gone
+        self._reserve(n)  # copies a memory-mapped index before the first write
+        kept = n - removed
+        self._codes[:kept] = self._codes[:n][keep]
+        self._ids[:kept] = self._ids[:n][keep]
+        self._count = kept
+        self._row_of = None
+        self._id_rank = None
+        return removed
+
+    # -- search -------------------------------------------------------------------------
+    def _query_block(self, bytes_per_query: int) -> int:
+        return max(1, _BLOCK_BYTES // max(1, bytes_per_query))
+
+    def search(self, queries: Codes, k: int) -> SearchResult:
+        """The k nearest entries of each query, sorted by (Hamming distance, id).
+
+        Returns int32 distances and int64 ids of shape (n_queries, k); slots beyond the number
+        of entries hold id -1 and distance -1.
+        """
+        self._check_codes(queries, "queries")
+        k = self._check_k(k)
+        nq, n = len(queries), self._count
+        distances = np.full((nq, k), -1, np.int32)
+        ids = np.full((nq, k), MISSING_ID, np.int64)
+        if n == 0 or nq == 0:
+            return SearchResult(distances, ids)
+        kk = min(k, n)
+        db = Codes(self._codes[:n], self.n_bits)
+        stored_ids = self._ids[:n]
+        rank = self._ranks()
+        block = self._query_block(n * 16)  # int32 distances + int64 keys per entry
+        for start in range(0, nq, block):
+            d = hamming_distances(queries[start : start + block], db)
+            # One int64 key orders by (distance, id) exactly: id ranks are distinct and < n.
+            key = d.astype(np.int64)
+            key *= n
+            key += rank
+            if kk < n:
+                cols = np.argpartition(key, kk - 1, axis=1)[:, :kk]
+                part = np.take_along_axis(key, cols, axis=1)
+                cols = np.take_along_axis(cols, np.argsort(part, axis=1), axis=1)
+            else:
+                cols = np.argsort(key, axis=1)
+            stop = start + len(cols)
+            distances[start:stop, :kk] = np.take_along_axis(d, cols, axis=1)
+            ids[start:stop, :kk] = stored_ids[cols]
+        return SearchResult(distances, ids)
+
+    def range_search(self, queries: Codes, radius: int) -> RangeResult:
+        """Every entry within Hamming distance `radius` (inclusive), sorted by (distance, id)."""
+        self._check_codes(queries, "queries")
+        if not isinstance(radius, (int, np.integer)) or isinstance(radius, bool) or radius < 0:
+            raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+        nq, n = len(queries), self._count
+        lims = np.zeros(nq + 1, np.int64)
+        if n == 0 or nq == 0:
+            return RangeResult(lims, np.zeros(0, np.int32), np.zeros(0, np.int64))
+        db = Codes(self._codes[:n], self.n_bits)
+        stored_ids = self._ids[:n]
+        all_d, all_i = [], []
+        block = self._query_block(n * 5)
+        for start in range(0, nq, block):
+            d = hamming_distances(queries[start : start + block], db)
+            rows, cols = np.nonzero(d <= radius)
+            dist = d[rows, cols]
+            found = stored_ids[cols]
+            order = np.lexsort((found, dist, rows))
+            all_d.append(dist[order])
+            all_i.append(found[order])
+            lims[start + 1 : start + len(d) + 1] = np.bincount(rows, minlength=len(d))
+        np.cumsum(lims, out=lims)
+        return RangeResult(lims, np.concatenate(all_d).astype(np.int32), np.concatenate(all_i))
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write `index.json`, `codes.u8` and `ids.i64` into the existing `directory`.
+
+        Each file is written beside its final name and then renamed over it, so saving into the
+        folder this index was memory-mapped from is safe.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"directory {str(directory)!r} does not exist; create it before saving")
+        n = self._count
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "backend": self.name,
+            "n_bits": self.n_bits,
+            "count": n,
+            "next_id": self._next_id,
+        }
+        arrays = {"codes.u8": self._codes[:n], "ids.i64": self._ids[:n]}
+        for fname, arr in arrays.items():
+            tmp = directory / f".{fname}.tmp-{os.getpid()}"
+            with open(tmp, "wb") as f:  # a file object, so np.save keeps the name as given
+                np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+            os.replace(tmp, directory / fname)
+        tmp = directory / f".index.json.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+        os.replace(tmp, directory / "index.json")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "FlatIndex":
+        """Read an index written by `save`; with `mmap` the codes stay on disk until written to.
+
+        Raises ValueError when the files are missing, of another format, or disagree with
+        `index.json` (a damaged index is an error, never a wrong answer).
+        """
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "index.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{directory}/index.json is missing or not valid JSON: {e}") from e
+        if not isinstance(meta, dict) or meta.get("backend") != "flat":
+            got = meta.get("backend") if isinstance(meta, dict) else meta
+            raise ValueError(
+                f"{directory} holds an index of back end {got!r}, not 'flat'; "
+                "load it with that back end's class"
+            )
+        if meta.get("format", FORMAT) != FORMAT or meta.get("version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ValueError(
+                f"{directory}/index.json has format {meta.get('format')!r} version {meta.get('version')!r}; "
+                f"this hashsearch reads {FORMAT!r} version {FORMAT_VERSION}"
+            )
+        n_bits, count = meta.get("n_bits"), meta.get("count")
+        if not (isinstance(n_bits, int) and n_bits >= 1 and isinstance(count, int) and count >= 0):
+            raise ValueError(
+                f"{directory}/index.json needs a positive integer 'n_bits' and a non-negative "
+                f"integer 'count', got n_bits={n_bits!r}, count={count!r}"
+            )
+        mode = "r" if mmap else None
+        arrays = {}
+        for fname in ("codes.u8", "ids.i64"):
+            try:
+                arrays[fname] = np.load(directory / fname, mmap_mode=mode, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"{directory}/{fname} is missing or not a .npy file: {e}") from e
+        codes, ids = arrays["codes.u8"], arrays["ids.i64"]
+        n_bytes = (n_bits + 7) // 8
+        if codes.dtype != np.uint8 or codes.shape != (count, n_bytes):
+            raise ValueError(
+                f"{directory}/codes.u8 holds {codes.dtype} {codes.shape} but index.json says "
+                f"uint8 ({count}, {n_bytes}) for {count} codes of {n_bits} bits; the index is damaged"
+            )
+        if ids.dtype != np.int64 or ids.shape != (count,):
+            raise ValueError(
+                f"{directory}/ids.i64 holds {ids.dtype} {ids.shape} but index.json says "
+                f"int64 ({count},); the index is damaged"
+            )
+        if count and (ids.min() < 0 or len(np.unique(ids)) != count):
+            raise ValueError(f"{directory}/ids.i64 holds negative or repeated ids; the index is damaged")
+        max_id = int(ids.max()) + 1 if count else 0
+        next_id = meta.get("next_id", max_id)
+        if not isinstance(next_id, int) or next_id < max_id:
+            raise ValueError(f"{directory}/index.json has next_id={next_id!r}, below the largest stored id")
+        self = cls(n_bits)
+        self._codes, self._ids, self._count, self._next_id = codes, ids, count, next_id
+        self._row_of = None
+        return self

@@ -95,8 +95,9 @@ class Hasher:
                 )
         if self.supervised and y is None:
             raise ValueError(f"hasher {self.name!r} is supervised: pass labels to fit()")
-        self.n_features_in_ = X.shape[1]
         self._fit(X, y)
+        # Set last: a fit that raises must not leave the hasher looking fitted.
+        self.n_features_in_ = X.shape[1]
         return self
 
     def encode(self, features: np.ndarray) -> Codes:

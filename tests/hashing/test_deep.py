@@ -1,0 +1,193 @@
+"""DLBHC and the deep infrastructure: heads, losses, the one training loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hashsearch.codes import hamming_distances
+from hashsearch.hashing import Hasher, create_hasher
+from hashsearch.hashing.deep import DLBHC, DeepHasher
+from hashsearch.hashing.deep.heads import HeadOutput, LatentSigmoidHead, create_head, list_heads
+from hashsearch.hashing.deep.losses import create_loss, list_losses
+from hashsearch.hashing.deep.trainer import TrainHistory, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def hamming_map(hasher, Xq, yq, Xd, yd) -> float:
+    D = hamming_distances(hasher.encode(Xq), hasher.encode(Xd))
+    aps = []
+    for i in range(len(D)):
+        ranks = np.flatnonzero(yd[np.argsort(D[i], kind="stable")] == yq[i]) + 1
+        aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    return float(np.mean(aps))
+
+
+def test_loss_decreases_over_epochs(clustered):
+    X, y = clustered
+    h = DLBHC(n_bits=32, epochs=10).fit(X, y)
+    assert h.loss_history_.shape == (10,)
+    assert h.loss_history_[0] > h.loss_history_[-1]
+    assert h.train_seconds_ > 0
+
+
+def test_dlbhc_retrieves_better_than_lsh(clustered):
+    X, y = clustered
+    # blur the clusters so that random hyperplanes no longer separate them well
+    X = X + np.random.default_rng(1).normal(0, 4, X.shape).astype(np.float32)
+    Xq, yq, Xd, yd = X[:100], y[:100], X[100:], y[100:]
+    dlbhc = DLBHC(n_bits=32, epochs=30).fit(Xd, yd)
+    lsh = create_hasher("lsh", n_bits=32).fit(Xd)
+    m_dlbhc, m_lsh = hamming_map(dlbhc, Xq, yq, Xd, yd), hamming_map(lsh, Xq, yq, Xd, yd)
+    assert m_dlbhc > m_lsh + 0.1, (m_dlbhc, m_lsh)
+
+
+def test_bits_equal_the_torch_models_sigmoid(clustered):
+    X, y = clustered
+    h = DLBHC(n_bits=24, epochs=30).fit(X, y)
+    model = h.to_torch()
+    assert isinstance(model, LatentSigmoidHead) and not model.training
+    with torch.no_grad():
+        out = model(torch.from_numpy(h.standardize(X)))
+    assert isinstance(out, HeadOutput)
+    assert out.codes_continuous.min() > 0 and out.codes_continuous.max() < 1
+    np.testing.assert_array_equal(h.encode(X).to_bits(), (out.codes_continuous >= 0.5).numpy())
+    # the classifier is kept too: NumPy predict agrees with the torch logits
+    np.testing.assert_array_equal(h.predict(X), h.classes_[out.logits.argmax(1).numpy()])
+    np.testing.assert_allclose(h.predict_proba(X), torch.softmax(out.logits, 1).numpy(), atol=1e-5)
+    assert (h.predict(X) == y).mean() > 0.9
+
+
+def test_determinism_with_seed(clustered):
+    X, y = clustered
+    rng_before = torch.get_rng_state()
+    a = DLBHC(n_bits=16, epochs=3, seed=4).fit(X, y)
+    b = DLBHC(n_bits=16, epochs=3, seed=4).fit(X, y)
+    c = DLBHC(n_bits=16, epochs=3, seed=5).fit(X, y)
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
+    np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
+    for k in a._state_names:
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    np.testing.assert_array_equal(a.encode(X).data, b.encode(X).data)
+    assert not np.array_equal(a.latent_weight_, c.latent_weight_)
+
+
+def test_learned_state_and_loss_history_are_saved(clustered, tmp_path):
+    X, y = clustered
+    h = DLBHC(n_bits=16, epochs=4, dropout=0.1, lr=2e-3).fit(X, y)
+    assert {"latent_weight_", "latent_bias_", "classifier_weight_", "classifier_bias_",
+            "feature_mean_", "feature_std_", "classes_", "loss_history_"} <= set(h._state_names)
+    assert h.latent_weight_.shape == (16, 32) and h.classifier_weight_.shape == (6, 16)
+    h.save(tmp_path / "d.npz")
+    loaded = Hasher.load(tmp_path / "d.npz")
+    np.testing.assert_array_equal(loaded.loss_history_, h.loss_history_)
+    assert loaded.get_params()["dropout"] == 0.1 and loaded.get_params()["lr"] == 2e-3
+    np.testing.assert_array_equal(loaded.predict(X), h.predict(X))
+
+
+def test_arbitrary_label_values_are_mapped_to_classes(clustered, tmp_path):
+    X, y = clustered
+    names = np.array(["airplane", "bird", "cat", "deer", "dog", "frog"])
+    by_id = DLBHC(n_bits=16, epochs=3).fit(X, y)
+    by_name = DLBHC(n_bits=16, epochs=3).fit(X, names[y])
+    by_value = DLBHC(n_bits=16, epochs=3).fit(X, y * 10 + 7)
+    np.testing.assert_array_equal(by_name.classes_, names)
+    np.testing.assert_array_equal(by_value.classes_, np.arange(6) * 10 + 7)
+    np.testing.assert_array_equal(by_id.encode(X).data, by_name.encode(X).data)
+    np.testing.assert_array_equal(by_id.encode(X).data, by_value.encode(X).data)
+    # string classes survive save/load without pickle; object arrays are accepted too
+    by_name.save(tmp_path / "n.npz")
+    loaded = Hasher.load(tmp_path / "n.npz")
+    assert loaded.classes_.dtype.kind == "U"
+    np.testing.assert_array_equal(loaded.predict(X), by_name.predict(X))
+    assert set(loaded.predict(X)) <= set(names)
+    DLBHC(n_bits=8, epochs=1).fit(X, names[y].astype(object)).save(tmp_path / "o.npz")
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (lambda y: np.eye(6)[y], "1-d"),
+        (lambda y: np.zeros_like(y), "at least 2 classes"),
+        (lambda y: y + 0.5, "non-integer"),
+    ],
+)
+def test_bad_labels(clustered, labels, match):
+    X, y = clustered
+    with pytest.raises(ValueError, match=match):
+        DLBHC(n_bits=8, epochs=1).fit(X, labels(y))
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"dropout": 1.0}, "dropout"),
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+        ({"weight_decay": -1e-3}, "weight_decay"),
+        ({"device": "no-such-device"}, "device"),
+    ],
+)
+def test_bad_params(clustered, params, match):
+    X, y = clustered
+    h = DLBHC(n_bits=8, **params)
+    with pytest.raises(ValueError, match=match):
+        h.fit(X, y)
+    assert not hasattr(h, "n_features_in_")
+
+
+def test_deep_hasher_is_abstract(clustered):
+    X, y = clustered
+    with pytest.raises(TypeError, match="head_name"):
+        DeepHasher(n_bits=8, epochs=1).fit(X, y)
+
+
+def test_registries_of_heads_and_losses():
+    assert "latent-sigmoid" in list_heads()
+    assert "cross-entropy" in list_losses()
+    head = create_head("latent-sigmoid", in_dim=5, n_bits=4, n_classes=3, dropout=0.0)
+    loss = create_loss("cross-entropy", n_bits=4, n_classes=3)
+    out = head(torch.zeros(2, 5))
+    assert out.codes_continuous.shape == (2, 4) and out.logits.shape == (2, 3)
+    assert loss(out, torch.tensor([0, 2])).ndim == 0
+    with pytest.raises(ValueError, match="unknown loss"):
+        create_loss("nope", n_bits=4)
+
+
+def test_trainer_on_its_own(clustered):
+    X, y = clustered
+    X = (X - X.mean(0)) / X.std(0)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        head = LatentSigmoidHead(32, 8, 6, dropout=0.2)
+        loss = create_loss("cross-entropy", n_bits=8, n_classes=6)
+        hist = train(head, loss, X, y, epochs=3, batch_size=64, lr=1e-2, weight_decay=0.0, seed=1,
+                     device="cpu", log_every=1, progress=False)
+        runs.append((hist, head))
+    hist = runs[0][0]
+    assert isinstance(hist, TrainHistory) and len(hist.epoch_loss) == 3 and hist.seconds > 0
+    assert hist.epoch_loss[-1] < hist.epoch_loss[0]
+    assert hist.epoch_loss == runs[1][0].epoch_loss
+    assert not runs[0][1].training  # left in eval mode
+    with pytest.raises(FloatingPointError, match="lr"):
+        train(LatentSigmoidHead(32, 8, 6), loss, X * np.nan, y, epochs=1, batch_size=64, lr=1e-3,
+              weight_decay=0.0, seed=0, device="cpu", progress=False)
+
+
+def test_importing_hashers_does_not_import_torch():
+    code = "import sys, hashsearch.hashing as h; h.list_hashers(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -65,7 +65,7 @@ def test_add_and_remove_persist(tmp_path):
 def test_damaged_file_is_detected(tmp_path):
     coll, _ = make_collection()
     gen = coll.save(tmp_path / "c.hsx")
-    codes = gen / "index" / "codes.u8.npy"
+    codes = gen / "index" / "codes.u8"
     data = bytearray(codes.read_bytes())
     data[-1] ^= 0xFF
     codes.write_bytes(bytes(data))
@@ -96,7 +96,7 @@ SAVER = textwrap.dedent(
     from hashsearch.hashing import create_hasher
     path = sys.argv[1]
     coll = Collection.open(path)
-    X = np.random.default_rng(1).normal(size=(200_000, 32)).astype(np.float32)
+    X = np.random.default_rng(1).normal(size=(100_000, 32)).astype(np.float32)
     coll.add(X, [f"more/{i}.jpg" for i in range(len(X))])
     print("saving", flush=True)
     while True:
@@ -106,22 +106,22 @@ SAVER = textwrap.dedent(
 
 
 def test_killed_save_leaves_a_loadable_collection(tmp_path):
-    """Kill a process at several points of repeated large saves; the collection always opens."""
+    """Kill a process at several points of repeated large saves; the collection always opens,
+    holding either the previous generation or the new one, never a mix."""
     coll, X = make_collection()
     path = tmp_path / "c.hsx"
     coll.save(path)
-    expected = coll.search(X[:3], k=5).ids
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     for delay in (0.05, 0.3, 0.7, 1.2):
+        before = len(Collection.open(path))
         p = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, env=env)
         assert p.stdout.readline().strip() == b"saving"
         time.sleep(delay)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        back = Collection.open(path)
-        assert len(back) in (300, 200_300)
-        if len(back) == 300:
-            np.testing.assert_array_equal(back.search(X[:3], k=5).ids, expected)
-        else:
-            assert back.entries([200_299])[0]["key"] == "more/199999.jpg"
-
+        back = Collection.open(path)  # verifies every checksum
+        assert len(back) in (before, before + 100_000)
+        assert back.entries([0])[0]["key"] == "img/0.jpg"
+        last = int(back.index.ids.max())
+        assert back.entries([last])[0] is not None
+        np.testing.assert_array_equal(back.search(X[:1], k=1).distances, [[0]])

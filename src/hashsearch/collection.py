@@ -66,7 +66,7 @@ class Collection:
         self.store_features = store_features
         self.stats = dict(stats or {})
         self._feature_ids = np.zeros(0, np.int64)
-        self._features = np.zeros((0, backbone.feature_dim), np.float16)
+        self._features = np.zeros((0, 0), np.float16)
         self._db_path: Path | None = None
         self._new: dict[int, tuple[str, str | None, str]] = {}
         self._removed: set[int] = set()
@@ -106,7 +106,8 @@ class Collection:
             self._new[i] = (str(k), None if lab is None else str(lab), d)
         if self.store_features:
             self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
-            self._features = np.concatenate([self._features, np.asarray(features, np.float16)])
+            new = np.asarray(features, np.float16)
+            self._features = np.concatenate([self._features, new]) if len(self._features) else new
         return ids
 
     def remove(self, ids: Iterable[int]) -> int:

@@ -4,7 +4,6 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
-export HASHSEARCH_CACHE ?= $(CURDIR)/.cache
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
 .PHONY: setup demo test eval-core bench-rerank clean

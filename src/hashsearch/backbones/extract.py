@@ -97,7 +97,7 @@ def _extract_chunk(chunk, backbone, cache, batch_size, max_pixels, out: Extracte
             pending.append((digest, backbone.preprocess(decode_image(data, record.key, max_pixels))))
         except DecodeError as e:
             failed.add(digest)
-            _skip(out.report, record, str(e))
+            _skip(out.report, record, e.reason)
     for start in range(0, len(pending), batch_size):
         batch = pending[start : start + batch_size]
         feats = backbone.forward(np.stack([x for _, x in batch]))

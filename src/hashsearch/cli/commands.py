@@ -149,13 +149,14 @@ def eval(  # noqa: A001 - the command is called eval
 
 
 def demo(
-    out: Path = typer.Option(Path(".cache/demo.hsx"), "--out", help="Where to write the demo collection."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the demo collection (default <cache>/demo.hsx)."),
     cache_dir: Optional[Path] = CacheOpt,
 ):
     """The main job on real data: CIFAR-10 (JPEG) `cifar10-demo` split, ITQ and DLBHC, index, queries."""
+    from hashsearch.data.protocols import cache_dir as default_cache
     from hashsearch.evaluation.experiment import demo as run_demo
 
-    run_demo(out=out, cache_dir=cache_dir)
+    run_demo(out=out or Path(cache_dir or default_cache()) / "demo.hsx", cache_dir=cache_dir)
 
 
 def list_plugins():

@@ -1,0 +1,302 @@
+"""Safe image decoding: bytes in, a fully loaded RGB `PIL.Image.Image` out, or a `DecodeError`.
+
+Every image that enters hashsearch goes through `decode_image`, so that one function decides
+what a readable image is: the file's format is sniffed from its first bytes, its size is read
+from the header and checked against a pixel limit *before* any pixel is decoded (a 100 kB PNG
+can claim 100,000 x 100,000 pixels), the EXIF orientation is applied, and every colour mode
+(grayscale, 1-bit, palette, CMYK, 16-bit, with or without alpha) becomes 8-bit RGB. A file that
+is empty, not an image, truncated or corrupt raises a `DecodeError` that names the file and the
+reason; no Pillow exception or warning escapes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import re
+import struct
+import threading
+import warnings
+import zlib
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Largest width * height decoded by default (64 megapixels, e.g. 8000 x 8000). Pass
+#: `max_pixels` to `decode_image` to raise or lower it for one call.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+#: Pillow formats that `decode_image` accepts (AVIF only where this Pillow build reads it).
+#: Pillow can read many more (EPS runs Ghostscript, for one); restricting the list keeps
+#: untrusted uploads to the common, well-tested decoders. (The multi-picture JPEGs that many
+#: phones write open through "JPEG", as Pillow's MPO.)
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF")
+
+
+@functools.cache
+def _pillow_formats() -> tuple[str, ...]:
+    """The accepted formats that this Pillow build has a reader for (loading its plug-ins once)."""
+    Image.init()
+    return tuple(f for f in ACCEPTED_FORMATS if f in Image.OPEN)
+
+
+# Pillow's own bomb check runs inside Image.open and warns or raises before we see the size;
+# we silence it there (our max_pixels check follows at once). warnings.catch_warnings swaps a
+# process-wide filter list, so concurrent decoder threads take turns for the header read only.
+_WARNINGS_LOCK = threading.Lock()
+
+# What Pillow's decoders raise on malformed input (beyond OSError, which covers truncation).
+_PILLOW_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    struct.error,
+    zlib.error,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    Image.DecompressionBombError,
+)
+
+_WHITE = (255, 255, 255)
+
+
+class DecodeError(ValueError):
+    """An image file that cannot be decoded; the message names the file and the reason.
+
+    Attributes
+    ----------
+    name : str
+        The file's name as given to `decode_image` (a path, an archive member, or "<bytes>").
+    reason : str
+        Why it failed, without the name (for reports that list the name separately).
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"cannot decode {name}: {reason}")
+        self.name = name
+        self.reason = reason
+
+    def __reduce__(self):
+        # Keeps the error intact across processes (decode workers send it back to the parent).
+        return type(self), (self.name, self.reason)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The image format that `data` starts with ("jpeg", "png", ...), or None if unrecognised.
+
+    Looks at the magic bytes only, so it is cheap enough to run on every upload before decoding.
+    "heic" is recognised but cannot be decoded (Pillow has no HEIC reader).
+    """
+    head = bytes(data[:32])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM") and len(head) >= 14:
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ico"
+    if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
+        return "ppm"
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"avif", b"avis"):
+            return "avif"
+        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis"):
+            return "heic"
+    return None
+
+
+def _describe_non_image(data: bytes) -> str:
+    """A short guess at what a non-image file holds, for error messages."""
+    head = bytes(data[:512])
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data"
+    stripped = head.lstrip().lower()
+    if stripped.startswith(b"<"):
+        return "an SVG drawing (vector images are not supported)" if b"<svg" in stripped else "HTML or XML text"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unrecognised binary data (starts with {head[:8]!r})"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        preview = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"text ({preview!r})" if preview else "blank text"
+    return f"unrecognised binary data (starts with {head[:8]!r})"
+
+
+def check_image_bytes(data: bytes, name: str = "<bytes>") -> str:
+    """Check that `data` looks like a supported image by its magic bytes; return its format.
+
+    Cheap (no decoding): meant for rejecting uploads early. Passing it does not mean the file
+    decodes; `decode_image` is the full check.
+
+    Raises
+    ------
+    DecodeError
+        If `data` is empty, is not an image, or is an image format that cannot be decoded.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    if len(data) == 0:
+        raise DecodeError(name, "empty file (0 bytes)")
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise DecodeError(name, f"not an image: it holds {_describe_non_image(data)}")
+    if fmt == "heic" or (fmt == "avif" and "AVIF" not in _pillow_formats()):
+        raise DecodeError(
+            name, f"{fmt.upper()} images are not supported by this Pillow build; convert the file to JPEG or PNG"
+        )
+    return fmt
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes into a fully loaded 8-bit RGB image, upright as its EXIF says.
+
+    Parameters
+    ----------
+    data : bytes
+        The whole file's content.
+    name : str
+        What to call the file in error messages (a path, an archive member, a URL).
+    max_pixels : int
+        Largest width * height accepted; checked from the header, before decoding pixels.
+
+    Returns
+    -------
+    PIL.Image.Image
+        Mode "RGB", loaded (no file handle kept). Grayscale, 1-bit, palette, CMYK and 16-bit
+        images are converted; transparent pixels (alpha or a palette's transparent colour) are
+        composited on white. For an animated or multi-page file, the first frame.
+
+    Raises
+    ------
+    DecodeError
+        Empty file, not an image, unsupported format, too many pixels, truncated or corrupt.
+
+    Examples
+    --------
+    >>> from pathlib import Path
+    >>> img = decode_image(Path("cat.jpg").read_bytes(), "cat.jpg")  # doctest: +SKIP
+    >>> img.mode
+    'RGB'
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    check_image_bytes(data, name)
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=_pillow_formats())
+    except UnidentifiedImageError:
+        raise DecodeError(
+            name,
+            f"corrupt or unsupported {sniff_format(data).upper()} data: Pillow cannot read its header",
+        ) from None
+    except Image.DecompressionBombError as e:
+        # Pillow refuses anything beyond twice its own limit (179 Mpx) before we see the size.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        pixels = int(found.group(1)) if found else None
+        if pixels is not None and pixels > max_pixels:
+            raise DecodeError(name, _too_many(f"{pixels:,}", max_pixels)) from None
+        raise DecodeError(
+            name,
+            f"too many pixels for Pillow ({e}); max_pixels={max_pixels:,} is above Pillow's own limit of "
+            f"2 * PIL.Image.MAX_IMAGE_PIXELS: raise PIL.Image.MAX_IMAGE_PIXELS too",
+        ) from None
+    except _PILLOW_ERRORS as e:
+        raise DecodeError(name, _failure("header", e)) from None
+
+    width, height = im.size
+    if width < 1 or height < 1:
+        raise DecodeError(name, f"the header gives an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels))
+
+    has_data = bool(im.tile)  # WebP and ICO decode without tiles; a JPEG never does
+    try:
+        if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+            # Frame and tile checks inside some plugins could warn beyond Pillow's limit.
+            with _WARNINGS_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im.load()
+        else:
+            im.load()
+    except _PILLOW_ERRORS as e:
+        if im.format in ("JPEG", "MPO") and not has_data:
+            # The header parsed but the file ends before the start-of-scan marker.
+            raise DecodeError(name, "truncated file: it ends before the image data starts") from None
+        raise DecodeError(name, _failure("image data", e)) from None
+
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except _PILLOW_ERRORS:
+        # A damaged EXIF block should not cost the image; it is used as stored.
+        upright = im
+    try:
+        rgb = to_rgb(upright)
+    except _PILLOW_ERRORS as e:
+        raise DecodeError(name, f"cannot convert colour mode {upright.mode!r} to RGB ({e})") from None
+    if rgb is im:
+        rgb = im.copy()  # detach from the parser and its buffer
+    im.close()
+    return rgb
+
+
+def _too_many(size: str, max_pixels: int) -> str:
+    return f"too many pixels: {size}, above the limit of {max_pixels:,}; pass a larger max_pixels if the image is trusted"
+
+
+def _failure(part: str, e: BaseException) -> str:
+    """The reason for a Pillow error met while reading `part` of the file."""
+    detail = str(e) or type(e).__name__
+    if "truncated" in detail.lower() or isinstance(e, EOFError):
+        return f"truncated file: it ends before the {part} does ({detail})"
+    return f"corrupt {part} ({type(e).__name__}: {detail})"
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert a loaded image of any Pillow mode to 8-bit RGB, compositing transparency on white.
+
+    16-bit and 32-bit grayscale are scaled to 8 bits (Pillow's own conversion clips instead,
+    which turns most 16-bit images white).
+    """
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        return Image.fromarray(_gray_to_uint8(np.asarray(im), mode), "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def _gray_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
+    """Scale a 16-bit, 32-bit integer or float grayscale array to uint8."""
+    if mode.startswith("I;16"):
+        return (a.astype(np.uint16) >> 8).astype(np.uint8)
+    if mode == "I":
+        a = a.astype(np.int64)
+        # Mode "I" carries no bit depth; values above 255 mean a 16-bit source (PNG, TIFF, PGM).
+        if a.size and a.max() > 255:
+            return (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
+        return np.clip(a, 0, 255).astype(np.uint8)
+    a = np.nan_to_num(a.astype(np.float64))
+    if a.size and a.max() <= 1.0 and a.min() >= 0.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)

@@ -1,0 +1,369 @@
+"""Named, seeded train / query / database splits, the same on every run and every machine.
+
+Retrieval papers report mAP under a fixed split protocol; reproducing a number means using the
+same one. `split_by_class` draws a split from any labelled records; the registered protocols
+(`list_protocols`, `load_protocol`) apply it to CIFAR-10 (JPEG), which `cifar10_root` unpacks
+once into the cache folder from ``../shared/datasets/cifar10-jpg.tar.gz``.
+
+Determinism. Within each class the records are sorted (by key, or for CIFAR-10 by the path
+relative to the dataset folder, so the cache location does not matter) and shuffled by a
+generator seeded with ``(seed, a stable hash of the draw's purpose, a stable hash of the class
+name)``: the result depends on nothing but the seed and the files, not on dict order, Python's
+hash seed, the order classes are met in, or which other classes exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from hashsearch.data.sources import FolderSource, ImageRecord
+from hashsearch.registry import Registry
+
+#: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
+CIFAR10_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
+CIFAR10_ARCHIVE_NAME = "cifar10-jpg.tar.gz"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# Written last into an unpacked folder: its presence means the unpacking finished.
+_MARKER = ".hashsearch-unpacked"
+
+DATABASE_CHOICES = ("rest", "rest-minus-train")
+
+#: The registered split protocols; each factory takes `seed` and returns a Split.
+protocols: Registry = Registry("protocol")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train / query / database split of labelled images; each list is sorted by key.
+
+    `train` is what a hasher learns from, `query` what is searched for, `database` what is
+    searched; `description` says in words how the split was drawn.
+    """
+
+    name: str
+    train: list[ImageRecord]
+    query: list[ImageRecord]
+    database: list[ImageRecord]
+    seed: int
+    description: str
+
+    def summary(self) -> str:
+        """One line: the name, the seed and the size of each part."""
+        return (
+            f"{self.name} (seed {self.seed}): {len(self.train):,} train, {len(self.query):,} queries, "
+            f"{len(self.database):,} database images"
+        )
+
+
+# -- locations -------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """The folder for hashsearch's caches: $HASHSEARCH_CACHE, else ~/.cache/hashsearch."""
+    env = os.environ.get("HASHSEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "hashsearch"
+
+
+def _source_checkout() -> Path:
+    """The folder holding src/hashsearch when the package runs from a source checkout."""
+    return Path(__file__).resolve().parents[3]
+
+
+def cifar10_archive() -> Path:
+    """The CIFAR-10 (JPEG) archive: $HASHSEARCH_CIFAR10, else ``shared/datasets`` beside the checkout.
+
+    Looks in ``../shared/datasets`` (and ``shared/datasets``) from the current folder, then from
+    the package's source checkout.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the paths tried and the environment variable to set.
+    """
+    env = os.environ.get("HASHSEARCH_CIFAR10")
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return path
+        raise FileNotFoundError(
+            f"HASHSEARCH_CIFAR10 is set to {env!r}, but there is no file there; point it at {CIFAR10_ARCHIVE_NAME}"
+        )
+    tried: list[Path] = []
+    for base in (Path.cwd(), _source_checkout()):
+        for candidate in (base.parent / "shared" / "datasets", base / "shared" / "datasets"):
+            path = candidate / CIFAR10_ARCHIVE_NAME
+            if path not in tried:
+                tried.append(path)
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"CIFAR-10 archive {CIFAR10_ARCHIVE_NAME} not found; looked at: {', '.join(map(str, tried))}. "
+        "Set HASHSEARCH_CIFAR10 to its path."
+    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _refuse_checkout(dest: Path) -> None:
+    checkout = _source_checkout()
+    if not (checkout / "pyproject.toml").is_file():
+        return  # an installed package: there is no checkout to protect
+    if dest.resolve().is_relative_to(checkout):
+        raise ValueError(
+            f"the cache folder {dest} is inside the source checkout {checkout}; datasets are never "
+            "unpacked into the repository: set HASHSEARCH_CACHE to a folder outside it"
+        )
+
+
+def cifar10_root() -> Path:
+    """The folder holding CIFAR-10 (JPEG)'s ``train/`` and ``test/``, unpacking it on first use.
+
+    Unpacks `cifar10_archive()` into ``cache_dir()/cifar10`` once: the archive's sha256 is checked
+    first, members pass tarfile's "data" filter, the files go to a temporary folder that is then
+    renamed into place, and a marker file is written last. Later calls (and other processes)
+    see the marker and return at once; an interrupted unpacking leaves nothing behind.
+    """
+    dest = cache_dir() / "cifar10"
+    if (dest / _MARKER).is_file():
+        return dest
+    _refuse_checkout(dest)
+    archive = cifar10_archive()
+    digest = _sha256(archive)
+    if digest != CIFAR10_SHA256:
+        raise ValueError(
+            f"{archive} has sha256 {digest}, but the CIFAR-10 protocols are defined on the archive with "
+            f"sha256 {CIFAR10_SHA256}; point HASHSEARCH_CIFAR10 at that file"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".cifar10-unpacking-", dir=dest.parent))
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")
+        missing = [d for d in ("train", "test") if not (tmp / d).is_dir()]
+        if missing:
+            raise ValueError(f"{archive} holds no {' or '.join(missing)} folder; it is not the CIFAR-10 (JPEG) archive")
+        (tmp / _MARKER).write_text(f"{digest}  {archive.name}\n")
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if (dest / _MARKER).is_file():
+                return dest  # another process finished first; ours is removed below
+            # A folder left without its marker (by hand or by an old version): move it aside.
+            stale = Path(tempfile.mkdtemp(prefix=".cifar10-stale-", dir=dest.parent))
+            os.rename(dest, stale / "cifar10")
+            shutil.rmtree(stale, ignore_errors=True)
+            os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+# -- drawing splits --------------------------------------------------------------------------
+
+
+def _stable_int(text: str) -> int:
+    """A 64-bit integer from `text` that is the same in every process (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+
+
+def _check_count(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        allowed = "a non-negative integer" + (" or None (all the rest)" if allow_none else "")
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _by_class(records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
+    unlabelled = sum(r.label is None for r in records)
+    if unlabelled:
+        raise ValueError(
+            f"{unlabelled} of {len(records)} records have no label; a split by class needs every image "
+            "labelled (use the one-folder-per-class layout or a list file with labels)"
+        )
+    classes: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        classes.setdefault(r.label, []).append(r)
+    return dict(sorted(classes.items()))
+
+
+def _draw(
+    records: Sequence[ImageRecord],
+    counts: Sequence[int | None],
+    seed: int,
+    purpose: str,
+    order: Callable[[ImageRecord], str] = lambda r: r.key,
+) -> list[list[ImageRecord]]:
+    """Per class: sort by `order`, shuffle, and cut consecutive parts of the given sizes.
+
+    A count of None takes all that is left. Returns one list per count (all classes together).
+    """
+    _check_count("seed", seed)
+    parts: list[list[ImageRecord]] = [[] for _ in counts]
+    need = sum(c for c in counts if c is not None)
+    for label, members in _by_class(records).items():
+        if len(members) < need:
+            raise ValueError(
+                f"class {label!r} has {len(members)} images, but the split needs {need} per class "
+                f"({' + '.join(str(c) for c in counts if c is not None)}); lower the per-class counts or add images"
+            )
+        members = sorted(members, key=order)
+        rng = np.random.default_rng([int(seed), _stable_int(purpose), _stable_int(label)])
+        shuffled = [members[i] for i in rng.permutation(len(members))]
+        start = 0
+        for part, count in zip(parts, counts):
+            stop = len(shuffled) if count is None else start + count
+            part.extend(shuffled[start:stop])
+            start = stop
+    return [sorted(p, key=lambda r: r.key) for p in parts]
+
+
+def split_by_class(
+    records: Sequence[ImageRecord],
+    queries_per_class: int,
+    train_per_class: int | None,
+    seed: int = 0,
+    database: str = "rest",
+    name: str = "custom",
+) -> Split:
+    """Draw queries and training images per class from labelled records; the rest is the database.
+
+    Per class, the records are sorted by key and shuffled with a generator seeded by `seed` and
+    the class name; the first `queries_per_class` are queries and the next `train_per_class` are
+    training images (None: all the rest).
+
+    Parameters
+    ----------
+    records : sequence of ImageRecord
+        Every record must have a label.
+    queries_per_class, train_per_class : int
+        How many of each class to draw.
+    seed : int
+        Non-negative; the same seed gives the same split on any machine.
+    database : {"rest", "rest-minus-train"}
+        "rest": every record that is not a query, training images included (the DPSH/DSH
+        protocol); "rest-minus-train": neither queries nor training images.
+    name : str
+        Recorded in the Split.
+
+    Raises
+    ------
+    ValueError
+        Unlabelled records, a class with too few images, or a bad parameter.
+    """
+    _check_count("queries_per_class", queries_per_class)
+    _check_count("train_per_class", train_per_class, allow_none=True)
+    if database not in DATABASE_CHOICES:
+        raise ValueError(f"database must be one of {', '.join(map(repr, DATABASE_CHOICES))}, got {database!r}")
+    query, train = _draw(records, [queries_per_class, train_per_class], seed, "split_by_class")
+    taken = {r.key for r in query} | ({r.key for r in train} if database == "rest-minus-train" else set())
+    db = sorted((r for r in records if r.key not in taken), key=lambda r: r.key)
+    train_words = "all the rest" if train_per_class is None else f"{train_per_class} per class"
+    db_words = "every image that is not a query" + (
+        ", training images included" if database == "rest" else " nor a training image"
+    )
+    description = (
+        f"{len(query):,} queries ({queries_per_class} per class), {len(train):,} training images "
+        f"({train_words}), database: {db_words} ({len(db):,})"
+    )
+    return Split(name, train, query, db, int(seed), description)
+
+
+# -- registered protocols --------------------------------------------------------------------
+
+
+def list_protocols() -> list[str]:
+    """The names of the registered split protocols."""
+    return protocols.names()
+
+
+def load_protocol(name: str, seed: int = 0) -> Split:
+    """The split that the protocol `name` draws with `seed` (see `list_protocols`)."""
+    return protocols.get(name)(seed=seed)
+
+
+def _cifar10_parts() -> tuple[Path, list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
+    """(root, train records, test records, order by path relative to root) of unpacked CIFAR-10."""
+    root = cifar10_root()
+    prefix = len(str(root)) + 1
+    relative: Callable[[ImageRecord], str] = lambda r: r.key[prefix:].replace(os.sep, "/")
+    train, test = [], []
+    for r in FolderSource(root).records():
+        top = relative(r).split("/", 1)[0]
+        (train if top == "train" else test if top == "test" else []).append(r)
+    if len(train) != 50_000 or len(test) != 10_000:
+        raise RuntimeError(
+            f"the CIFAR-10 folder {root} holds {len(train):,} training and {len(test):,} test images, "
+            f"not 50,000 and 10,000; delete {root} so that it is unpacked again"
+        )
+    return root, train, test, relative
+
+
+@protocols.register("cifar10-1k")
+def cifar10_1k(seed: int = 0) -> Split:
+    """CIFAR-10 (JPEG), the DPSH/DSH protocol: 1,000 queries, 5,000 train, 59,000 database.
+
+    Queries: 100 per class drawn from the test set. Training: 500 per class drawn from the
+    training set. Database: every image that is not a query (59,000), training images included.
+    """
+    _, train_all, test_all, relative = _cifar10_parts()
+    (query,) = _draw(test_all, [100], seed, "cifar10-query", relative)
+    (train,) = _draw(train_all, [500], seed, "cifar10-train", relative)
+    queried = {r.key for r in query}
+    database = sorted((r for r in train_all + test_all if r.key not in queried), key=lambda r: r.key)
+    return Split(
+        "cifar10-1k", train, query, database, int(seed),
+        "CIFAR-10 (JPEG), DPSH/DSH protocol: 1,000 queries (100 per class, from the test set); "
+        "5,000 training images (500 per class, from the training set); database: the 59,000 images "
+        "that are not queries, training images included.",
+    )
+
+
+@protocols.register("cifar10-all")
+def cifar10_all(seed: int = 0) -> Split:
+    """CIFAR-10 (JPEG), the standard train/test split: 10,000 queries, 50,000 train = database.
+
+    Queries: all 10,000 test images. Training and database: all 50,000 training images. Nothing
+    is drawn at random; `seed` is only recorded.
+    """
+    _check_count("seed", seed)
+    _, train_all, test_all, _ = _cifar10_parts()
+    return Split(
+        "cifar10-all", list(train_all), list(test_all), list(train_all), int(seed),
+        "CIFAR-10 (JPEG), standard split: the 10,000 test images are the queries; the 50,000 "
+        "training images are both the training set and the database.",
+    )
+
+
+@protocols.register("cifar10-demo")
+def cifar10_demo(seed: int = 0) -> Split:
+    """CIFAR-10 (JPEG), small and fast for demos: 200 queries, 2,000 train, 9,800 database.
+
+    Queries: 20 per class drawn from the test set. Training: 200 per class drawn from the
+    training set. Database: the 9,800 test images that are not queries.
+    """
+    _, train_all, test_all, relative = _cifar10_parts()
+    query, rest = _draw(test_all, [20, None], seed, "cifar10-query", relative)
+    (train,) = _draw(train_all, [200], seed, "cifar10-train", relative)
+    return Split(
+        "cifar10-demo", train, query, rest, int(seed),
+        "CIFAR-10 (JPEG), demo size: 200 queries (20 per class, from the test set); 2,000 training "
+        "images (200 per class, from the training set); database: the 9,800 test images that are "
+        "not queries.",
+    )

@@ -1,0 +1,207 @@
+"""decode_image: every colour mode becomes RGB, every bad file becomes a DecodeError naming it."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_image_bytes, decode_image, sniff_format
+
+
+def encode(im: Image.Image, fmt: str, **params) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height (1-bit gray) with almost no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def cifar_jpeg(cifar_small) -> bytes:
+    return sorted((cifar_small / "test" / "cat").glob("*.jpg"))[0].read_bytes()
+
+
+def test_real_jpeg_decodes_to_loaded_rgb(cifar_jpeg):
+    img = decode_image(cifar_jpeg, "cat.jpg")
+    assert img.mode == "RGB" and img.size == (32, 32)
+    assert np.asarray(img).std() > 5  # real content, not a blank frame
+
+
+@pytest.mark.parametrize(
+    "mode, colour, fmt, expected",
+    [
+        ("L", 77, "PNG", (77, 77, 77)),
+        ("1", 1, "PNG", (255, 255, 255)),
+        ("1", 0, "BMP", (0, 0, 0)),
+        ("RGB", (10, 200, 30), "PNG", (10, 200, 30)),
+        ("RGBA", (255, 0, 0, 255), "PNG", (255, 0, 0)),
+        ("RGBA", (255, 0, 0, 0), "PNG", (255, 255, 255)),  # fully transparent: the white background
+        ("RGBA", (0, 0, 0, 128), "PNG", (127, 127, 127)),  # half transparent black over white
+        ("LA", (0, 0), "PNG", (255, 255, 255)),
+        ("I;16", 0x8000, "PNG", (128, 128, 128)),  # scaled, not clipped to 255
+        ("I;16", 0xFFFF, "TIFF", (255, 255, 255)),
+        ("I", 0x4000, "TIFF", (64, 64, 64)),  # 32-bit gray holding 16-bit values
+    ],
+)
+def test_colour_modes_become_rgb(mode, colour, fmt, expected):
+    data = encode(Image.new(mode, (6, 4), colour), fmt)
+    img = decode_image(data, f"x.{fmt.lower()}")
+    assert img.mode == "RGB" and img.size == (6, 4)
+    assert img.getpixel((2, 2)) == pytest.approx(expected, abs=1)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO"])
+def test_every_accepted_format_decodes(fmt):
+    img = decode_image(encode(Image.new("RGB", (16, 12), (200, 40, 40)), fmt), f"x.{fmt.lower()}")
+    assert img.mode == "RGB" and img.size == (16, 12)
+    assert img.getpixel((8, 6)) == pytest.approx((200, 40, 40), abs=8)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    data = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG", quality=95)
+    img = decode_image(data, "cmyk.jpg")
+    assert img.mode == "RGB"
+    assert img.getpixel((8, 8)) == pytest.approx((255, 0, 0), abs=8)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF"])
+def test_palette_with_and_without_transparency(fmt):
+    im = Image.new("P", (4, 2), 0)
+    im.putpalette([0, 0, 0, 255, 0, 0] + [0, 0, 0] * 254)
+    im.putpixel((3, 1), 1)
+    plain = decode_image(encode(im, fmt), "p")
+    assert plain.getpixel((0, 0)) == (0, 0, 0) and plain.getpixel((3, 1)) == (255, 0, 0)
+    transparent = decode_image(encode(im, fmt, transparency=0), "p-transparent")
+    assert transparent.mode == "RGB"
+    assert transparent.getpixel((0, 0)) == (255, 255, 255)  # the transparent index, on white
+    assert transparent.getpixel((3, 1)) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied():
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img = decode_image(encode(im, "JPEG", exif=exif.tobytes(), quality=95), "rotated.jpg")
+    assert img.size == (20, 40)  # width and height swapped
+    top, bottom = img.getpixel((10, 5)), img.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60  # the left (red) half is now on top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("P", (8, 8), i) for i in (1, 2)]
+    for f in frames:
+        f.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0, 0, 0] * 253)
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert decode_image(data, "anim.gif").getpixel((4, 4)) == (255, 0, 0)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (np.random.default_rng(0).bytes(2000), "not an image"),
+        (b"just some notes, not a picture\n", "text"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "SVG"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 50, "corrupt"),
+        (b"\x00\x00\x00\x18ftypheic" + b"\x00" * 40, "HEIC"),
+    ],
+    ids=["empty", "random", "text", "svg", "corrupt-jpeg", "heic"],
+)
+def test_bad_bytes_raise_decode_error_naming_file(data, reason):
+    with pytest.raises(DecodeError, match=reason) as info:
+        decode_image(data, "photos/bad.jpg")
+    assert "photos/bad.jpg" in str(info.value)
+    assert info.value.name == "photos/bad.jpg" and info.value.reason
+
+
+def test_decode_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(DecodeError("a.jpg", "empty file")))
+    assert (err.name, err.reason, str(err)) == ("a.jpg", "empty file", "cannot decode a.jpg: empty file")
+
+
+def test_truncated_jpeg_raises(cifar_jpeg):
+    with pytest.raises(DecodeError, match="truncated") as info:
+        decode_image(cifar_jpeg[: len(cifar_jpeg) // 2], "half.jpg")
+    assert "half.jpg" in str(info.value)
+
+
+def test_truncated_png_raises():
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    data = encode(Image.fromarray(noise), "PNG")
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_image(data[: len(data) // 2], "half.png")
+
+
+def test_concurrent_decoding_leaves_warning_filters_alone(cifar_jpeg):
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = list(warnings.filters)
+    bomb = png_header_only(10_000, 10_000)  # past Pillow's warning threshold
+
+    def work(i):
+        if i % 2:
+            return decode_image(cifar_jpeg).size
+        with pytest.raises(DecodeError):
+            decode_image(bomb)
+        return None
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(work, range(200)))
+    assert results.count((32, 32)) == 100
+    assert warnings.filters == before
+
+
+def test_png_with_bad_checksum_raises():
+    data = bytearray(encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG"))
+    data[30] ^= 0xFF  # inside the IHDR chunk, so its CRC no longer matches
+    with pytest.raises(DecodeError):
+        decode_image(bytes(data), "crc.png")
+
+
+@pytest.mark.filterwarnings("error")  # Pillow's DecompressionBombWarning must not escape either
+@pytest.mark.parametrize("side", [9_000, 12_000, 100_000])  # below, past and far past Pillow's own limits
+def test_pixel_bomb_is_refused_from_the_header(side):
+    with pytest.raises(DecodeError, match="too many pixels") as info:
+        decode_image(png_header_only(side, side), "bomb.png")
+    message = str(info.value)
+    assert "bomb.png" in message and f"{side * side:,}" in message and f"{DEFAULT_MAX_PIXELS:,}" in message
+    assert "max_pixels" in message
+
+
+def test_max_pixels_is_per_call(cifar_jpeg):
+    with pytest.raises(DecodeError, match=r"32x32 = 1,024, above the limit of 100"):
+        decode_image(cifar_jpeg, "small.jpg", max_pixels=100)
+    assert decode_image(cifar_jpeg, "small.jpg", max_pixels=1024).size == (32, 32)
+    with pytest.raises(ValueError, match="max_pixels"):
+        decode_image(cifar_jpeg, max_pixels=0)
+
+
+def test_check_image_bytes_sniffs_formats(cifar_jpeg):
+    assert check_image_bytes(cifar_jpeg) == "jpeg"
+    for fmt in ("PNG", "GIF", "BMP", "WEBP", "TIFF"):
+        assert check_image_bytes(encode(Image.new("RGB", (2, 2)), fmt)) == fmt.lower()
+    assert sniff_format(b"%PDF-1.7") is None
+    with pytest.raises(DecodeError, match="PDF"):
+        check_image_bytes(b"%PDF-1.7\n...", "doc.jpg")
+    with pytest.raises(DecodeError, match="empty"):
+        check_image_bytes(b"", "upload")
+    with pytest.raises(TypeError, match="bytes"):
+        check_image_bytes("not bytes")

@@ -20,7 +20,6 @@ wrong answer.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hashsearch.backbones import Backbone, create_backbone
+from hashsearch.fileio import file_sha256, fsync_path
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
@@ -212,18 +212,18 @@ class Collection:
             "index": {"backend": self.index.name},
             "store_features": self.store_features,
             "stats": self.stats,
-            "files": {str(p.relative_to(tmp)): _sha256(p) for p in files},
+            "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for p in [*files, tmp / "manifest.json"]:
-            _fsync(p)
+            fsync_path(p)
         os.replace(tmp, root / name)
-        _fsync_dir(root)
+        fsync_path(root)
         pointer = root / f".CURRENT.tmp-{os.getpid()}"
         pointer.write_text(name + "\n")
-        _fsync(pointer)
+        fsync_path(pointer)
         os.replace(pointer, root / "CURRENT")
-        _fsync_dir(root)
+        fsync_path(root)
         for old in root.glob("gen-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -267,7 +267,7 @@ class Collection:
         if verify:
             for rel, digest in manifest["files"].items():
                 p = gen / rel
-                if not p.is_file() or _sha256(p) != digest:
+                if not p.is_file() or file_sha256(p) != digest:
                     raise CollectionError(f"{p} is missing or damaged (checksum mismatch); restore it from a backup or rebuild the index")
         bb = manifest["backbone"]
         backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
@@ -327,23 +327,3 @@ def _current_generation(root: Path) -> str | None:
     except OSError:
         return None
     return name if name.startswith("gen-") else None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync(path)

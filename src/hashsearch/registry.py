@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -19,27 +20,37 @@ class Registry(Generic[T]):
     ['lsh']
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
+        self.builtins = builtins
         self._factories: dict[str, Callable[..., T]] = {}
 
     def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers a factory (usually a class) under `name`."""
+        """Decorator that registers a factory under `name`; a class also gets `cls.name = name`."""
 
         def decorate(factory: Callable[..., T]) -> Callable[..., T]:
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
+            if isinstance(factory, type):
+                factory.name = name
             self._factories[name] = factory
             return factory
 
         return decorate
 
+    def _load_builtins(self) -> None:
+        # The built-in plug-ins register themselves when their package is imported.
+        if self.builtins:
+            importlib.import_module(self.builtins)
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load_builtins()
         return sorted(self._factories)
 
     def get(self, name: str) -> Callable[..., T]:
         """The factory registered as `name`, or a ValueError that lists the choices."""
+        self._load_builtins()
         try:
             return self._factories[name]
         except KeyError:
@@ -52,4 +63,5 @@ class Registry(Generic[T]):
         return self.get(name)(**params)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._factories

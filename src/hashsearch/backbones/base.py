@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -12,33 +11,17 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
+from hashsearch.fileio import file_sha256
 from hashsearch.registry import Registry
 
-backbones: Registry["Backbone"] = Registry("backbone")
+backbones: Registry = Registry("backbone", builtins="hashsearch.backbones")
 
-
-def register_backbone(name: str):
-    """Class decorator: register a Backbone subclass under `name`."""
-
-    def decorate(cls):
-        cls.name = name
-        return backbones.register(name)(cls)
-
-    return decorate
-
-
-def list_backbones() -> list[str]:
-    """Names of all registered backbones."""
-    import hashsearch.backbones  # noqa: F401
-
-    return backbones.names()
-
-
-def create_backbone(name: str, **params: Any) -> "Backbone":
-    """Build a backbone, e.g. ``create_backbone("efficientnet-lite0", input_size=128)``."""
-    import hashsearch.backbones  # noqa: F401
-
-    return backbones.create(name, **params)
+#: Class decorator: register a plug-in under a name (also sets `cls.name`).
+register_backbone = backbones.register
+#: Names of all registered plug-ins of this family.
+list_backbones = backbones.names
+#: Build a registered plug-in by name, e.g. ``create_backbone("efficientnet-lite0", input_size=128)``.
+create_backbone = backbones.create
 
 
 @dataclass(frozen=True)
@@ -93,11 +76,7 @@ class Backbone:
 
     @cached_property
     def weights_sha256(self) -> str:
-        h = hashlib.sha256()
-        with open(self.weights_path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return file_sha256(self.weights_path)
 
     @property
     def cache_key(self) -> str:

@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hashsearch.data.sources import FolderSource, ImageRecord
+from hashsearch.fileio import file_sha256
 from hashsearch.registry import Registry
 
 #: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
@@ -111,14 +112,6 @@ def cifar10_archive() -> Path:
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _refuse_checkout(dest: Path) -> None:
     checkout = _source_checkout()
     if not (checkout / "pyproject.toml").is_file():
@@ -143,7 +136,7 @@ def cifar10_root() -> Path:
         return dest
     _refuse_checkout(dest)
     archive = cifar10_archive()
-    digest = _sha256(archive)
+    digest = file_sha256(archive)
     if digest != CIFAR10_SHA256:
         raise ValueError(
             f"{archive} has sha256 {digest}, but the CIFAR-10 protocols are defined on the archive with "

@@ -62,8 +62,8 @@ def run_and_report(
             f"Protocol: {split.name} (seed {split.seed}): {split.description}",
             f"Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {data}",
             f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
-            f"{len(feats.train.records) + len(feats.query.records) + len(feats.database.records)} images in "
-            f"{feats.seconds:.0f}s (from the feature cache where present).",
+            f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
+            f"{feats.n_cached} read from the feature cache).",
             f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
             f"Skipped files: {len(feats.skipped)}.",
         ])

@@ -248,7 +248,9 @@ def plot_results(rows: list[dict], out_png: Path, metric: str = "map") -> Path:
 def plot_pr_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
     """Plot the Hamming-radius precision-recall curve of each method at `bits`; return the path.
 
-    Each point is one radius (0..n_bits); an empty ball counts as precision 0, as in the metrics.
+    Each point is one radius (0..n_bits). Precision is averaged over the queries whose ball is
+    not empty (the metrics count an empty ball as 0, which would pull the curve to 0 at small
+    radii and hide the trade-off the curve is for); recall is averaged over all queries.
     """
     rows = _check_rows(rows)
     at = [r for r in rows if int(r["bits"]) == int(bits)]
@@ -261,12 +263,14 @@ def plot_pr_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
         curve = row["metrics"].get("pr_curve")
         if not curve:
             continue  # float-distance evaluations carry no Hamming-radius curve
-        ax.plot(curve["recall"], curve["precision"], marker=".", label=str(row["method"]))
+        full = 1.0 - np.asarray(curve["frac_empty"], float)
+        precision = np.divide(np.asarray(curve["precision"], float), full, out=np.full(full.shape, np.nan), where=full > 0)
+        ax.plot(curve["recall"], precision, marker=".", label=str(row["method"]))
         drawn += 1
     if not drawn:
         raise ValueError(f"no row at bits={bits} has a 'pr_curve' in its metrics (it is None for float distances)")
     ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+    ax.set_ylabel("precision (queries with a non-empty ball)")
     ax.set_xlim(0, 1.02)
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Precision-recall within Hamming radius, {bits} bits")

@@ -38,6 +38,9 @@ class ProtocolFeatures:
     classes: list[str]
     skipped: SkipReport = field(default_factory=SkipReport)
     seconds: float = 0.0
+    n_images: int = 0
+    n_cached: int = 0
+    n_computed: int = 0
 
 
 def split_features(
@@ -62,7 +65,10 @@ def split_features(
         labels = np.array([code[ex.records[i].label] for i in keep], np.int64)
         return Part(ex.features[keep], labels, [ex.records[i] for i in keep], [ex.digests[i] for i in keep])
 
-    return ProtocolFeatures(part(split.train), part(split.query), part(split.database), classes, ex.report, time.perf_counter() - t)
+    return ProtocolFeatures(
+        part(split.train), part(split.query), part(split.database), classes, ex.report,
+        time.perf_counter() - t, len(unique), ex.n_cached, ex.n_computed,
+    )
 
 
 def run_methods(

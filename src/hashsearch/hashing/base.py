@@ -17,31 +17,14 @@ from hashsearch.types import Codes
 FORMAT = "hashsearch-hasher"
 FORMAT_VERSION = 1
 
-hashers: Registry["Hasher"] = Registry("hasher")
+hashers: Registry = Registry("hasher", builtins="hashsearch.hashing")
 
-
-def register_hasher(name: str):
-    """Class decorator: register a Hasher subclass under `name` (also sets `cls.name`)."""
-
-    def decorate(cls):
-        cls.name = name
-        return hashers.register(name)(cls)
-
-    return decorate
-
-
-def list_hashers() -> list[str]:
-    """Names of all registered hashers."""
-    import hashsearch.hashing  # noqa: F401  (registers the built-in hashers)
-
-    return hashers.names()
-
-
-def create_hasher(name: str, **params: Any) -> "Hasher":
-    """Build the hasher registered as `name`, e.g. ``create_hasher("itq", n_bits=64)``."""
-    import hashsearch.hashing  # noqa: F401
-
-    return hashers.create(name, **params)
+#: Class decorator: register a plug-in under a name (also sets `cls.name`).
+register_hasher = hashers.register
+#: Names of all registered plug-ins of this family.
+list_hashers = hashers.names
+#: Build a registered plug-in by name, e.g. ``create_hasher("itq", n_bits=64)``.
+create_hasher = hashers.create
 
 
 class NotFittedError(RuntimeError):
@@ -102,6 +85,14 @@ class Hasher:
 
     def encode(self, features: np.ndarray) -> Codes:
         """Packed codes of `features` (n, d)."""
+        X = self._check_input(features)
+        if X.shape[0] == 0:
+            return Codes(np.zeros((0, (self.n_bits + 7) // 8), np.uint8), self.n_bits)
+        bits = np.asarray(self._bits(X))
+        return pack_bits(bits.astype(np.uint8))
+
+    def _check_input(self, features: np.ndarray) -> np.ndarray:
+        """Features checked against the fitted dimension, as a float array."""
         self._check_fitted()
         X = check_features(features, "features", allow_empty=True)
         if X.shape[1] != self.n_features_in_:
@@ -109,10 +100,7 @@ class Hasher:
                 f"features have {X.shape[1]} dimensions but this hasher was fitted on "
                 f"{self.n_features_in_}; encode features from the same backbone"
             )
-        if X.shape[0] == 0:
-            return Codes(np.zeros((0, (self.n_bits + 7) // 8), np.uint8), self.n_bits)
-        bits = np.asarray(self._bits(X))
-        return pack_bits(bits.astype(np.uint8))
+        return X
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "n_features_in_"):

@@ -10,30 +10,16 @@ import numpy as np
 from hashsearch.registry import Registry
 from hashsearch.types import Codes, RangeResult, SearchResult
 
-index_backends: Registry["Index"] = Registry("index back end")
+index_backends: Registry = Registry("index back end", builtins="hashsearch.index")
 
-
-def register_index(name: str):
-    """Class decorator: register an Index subclass under `name` (also sets `cls.name`)."""
-
-    def decorate(cls):
-        cls.name = name
-        return index_backends.register(name)(cls)
-
-    return decorate
-
-
-def list_indexes() -> list[str]:
-    """Names of all registered index back ends."""
-    import hashsearch.index  # noqa: F401
-
-    return index_backends.names()
+#: Class decorator: register an Index subclass under a name (also sets `cls.name`).
+register_index = index_backends.register
+#: Names of all registered index back ends.
+list_indexes = index_backends.names
 
 
 def create_index(name: str, n_bits: int, **params: Any) -> "Index":
     """Build an empty index back end, e.g. ``create_index("flat", n_bits=64)``."""
-    import hashsearch.index  # noqa: F401
-
     return index_backends.create(name, n_bits=n_bits, **params)
 
 

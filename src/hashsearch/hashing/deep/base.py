@@ -173,16 +173,6 @@ class DeepHasher(Hasher):
         # sigmoid(z) >= 0.5 and tanh(z) >= 0 both mean z >= 0: exact, and no exp needed.
         return self._pre_activation(X) >= 0
 
-    def _check_input(self, features: np.ndarray) -> np.ndarray:
-        self._check_fitted()
-        X = check_features(features, "features", allow_empty=True)
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(
-                f"features have {X.shape[1]} dimensions but this hasher was fitted on "
-                f"{self.n_features_in_}; use features from the same backbone"
-            )
-        return X
-
     def to_torch(self):
         """The trained head as a torch module (CPU, eval mode) rebuilt from the learned arrays.
 

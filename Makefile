@@ -11,7 +11,7 @@ export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,search,serve,distributed]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -45,7 +45,7 @@ def main() -> None:
         f"{len(split.train)} training, {len(split.database)} database images (seed 0).",
         f"Machine: {machine_description()}; backbone efficientnet-lite0, PyTorch, channels_last, batch 64.",
         "",
-        "| input px | PyTorch images/s | ITQ 64 mAP | DLBHC 48 mAP |",
+        "| input px | PyTorch images/s (best of 3 batches of 64) | ITQ 64 mAP | DLBHC 48 mAP |",
         "|---:|---:|---:|---:|",
     ]
     probe = np.random.default_rng(0)
@@ -53,10 +53,13 @@ def main() -> None:
         bb = create_backbone("efficientnet-lite0", input_size=size)
         x = probe.normal(size=(64, 3, size, size)).astype(np.float32)
         bb.forward(x[:8])  # warm-up
-        t = time.perf_counter()
-        for _ in range(2):
+        # Best of 3 timed batches: the machine is shared, the best run is the least disturbed.
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
             bb.forward(x)
-        rate = 128 / (time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
+        rate = len(x) / min(times)
         feats = split_features(source, split, bb)
         rows = run_methods(feats, ["itq"], [64], log=lambda *_: None)
         dl = run_methods(feats, ["dlbhc"], [48], log=lambda *_: None)[0]

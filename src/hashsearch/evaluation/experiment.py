@@ -93,13 +93,15 @@ def demo(out: Path, cache_dir=None, log=print) -> None:
     q = feats.query
     picks = [int(np.flatnonzero(q.labels == c)[0]) for c in range(0, len(feats.classes), 3)]
     for i in picks:
+        log(f"\nquery {q.records[i].key} ({q.records[i].label})")
         for rerank in (None, 200):
             res = coll.search(q.features[i : i + 1], k=8, rerank=rerank)
             labels = [e["label"] for e in coll.entries(res.ids[0])]
             hits = sum(lab == q.records[i].label for lab in labels)
             how = "coarse-to-fine (200)" if rerank else "Hamming ranking     "
-            log(f"query {Path(q.records[i].key).name} ({q.records[i].label}), {how}: {hits}/8 same class: {', '.join(labels)}")
+            log(f"{how}: {hits}/8 same class: {', '.join(labels)}")
     log("\nSummary (cifar10-demo, mAP over the 9,800-image database):")
     for r in rows:
         log(f"  {r['method']:>6} {r['bits']} bits: mAP {r['metrics']['map']:.4f}, P@100 {r['metrics']['p@100']:.4f}")
-    log(f"\nTry: hashsearch search {out} <image.jpg> -k 10   |   hashsearch info {out}")
+    log(f"\nTry: .venv/bin/hashsearch search {out} {q.records[picks[0]].key} -k 10 --rerank 200")
+    log(f"     .venv/bin/hashsearch info {out}")

@@ -67,6 +67,7 @@ class Collection:
         self.stats = dict(stats or {})
         self._feature_ids = np.zeros(0, np.int64)
         self._features = np.zeros((0, 0), np.float16)
+        self._feature_order: np.ndarray | None = None  # argsort of _feature_ids, rebuilt after a change
         self._db_path: Path | None = None
         self._new: dict[int, tuple[str, str | None, str]] = {}
         self._removed: set[int] = set()
@@ -106,6 +107,7 @@ class Collection:
             self._new[i] = (str(k), None if lab is None else str(lab), d)
         if self.store_features:
             self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
+            self._feature_order = None
             new = np.asarray(features, np.float16)
             self._features = np.concatenate([self._features, new]) if len(self._features) else new
         return ids
@@ -120,6 +122,7 @@ class Collection:
         if self.store_features and len(ids):
             keep = ~np.isin(self._feature_ids, ids)
             self._feature_ids, self._features = self._feature_ids[keep], self._features[keep]
+            self._feature_order = None
         return n
 
     def entries(self, ids: Iterable[int]) -> list[dict | None]:
@@ -146,7 +149,9 @@ class Collection:
         """Stored features (float16) of the given ids, for re-ranking."""
         if not self.store_features:
             raise ValueError("this collection was built with store_features=False: re-ranking needs features")
-        order = np.argsort(self._feature_ids, kind="stable")
+        if self._feature_order is None:
+            self._feature_order = np.argsort(self._feature_ids, kind="stable")
+        order = self._feature_order
         sorted_ids = self._feature_ids[order]
         pos = np.searchsorted(sorted_ids, ids)
         pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))

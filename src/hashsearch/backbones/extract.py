@@ -1,7 +1,15 @@
-"""Image files -> backbone features, batched, cached by content, skipping bad files."""
+"""Image files -> backbone features, batched, cached by content, skipping bad files.
+
+Decoding runs in worker processes (`workers`), overlapped with inference through a bounded
+queue of batches, so memory stays flat whatever the collection size; inference runs on ONNX
+Runtime by default (`runtime="onnx"`, see `hashsearch.backbones.runtime`), or int8 with
+`int8=True`. Every batch is committed to the feature cache as it is made, so an interrupted run
+resumes without recomputing anything finished.
+"""
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +20,14 @@ from tqdm.auto import tqdm
 
 from hashsearch.backbones.base import Backbone
 from hashsearch.backbones.cache import FeatureCache, content_digest
-from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import cache_dir as default_cache_dir
 from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport
 
 # Records are read, looked up in the cache and encoded this many at a time.
 _CHUNK = 512
+# Chunks decoded ahead of inference (the bounded queue between the two stages).
+_AHEAD = 2
 
 
 @dataclass
@@ -30,6 +40,9 @@ class Extracted:
     report: SkipReport = field(default_factory=SkipReport)
     n_cached: int = 0
     n_computed: int = 0
+    cache_key: str = ""
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def extract_features(
@@ -41,46 +54,89 @@ def extract_features(
     batch_size: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    runtime: str = "onnx",
+    int8: bool = False,
+    calibration_size: int = 256,
+    workers: int | None = None,
+    encoder=None,
+    _known_failures: dict[str, str] | None = None,
 ) -> Extracted:
     """Features of `records` (default: all of `source`), computing only those not cached.
 
     A file that cannot be read or decoded is skipped with a BadImageWarning naming it and
     listed in the result's `report`; it never stops the run.
+
+    Parameters
+    ----------
+    runtime : {"onnx", "torch"}
+        The inference runtime. "onnx" (default) falls back to PyTorch with one warning when
+        onnxruntime cannot load. fp32 ONNX and PyTorch features share the cache (they agree
+        within 1e-4, checked at export).
+    int8 : bool
+        Quantize the ONNX model to int8, calibrated on `calibration_size` images of `records`;
+        int8 features are cached under their own key.
+    workers : int, optional
+        Decode processes (default: cores - 1; 0 decodes in this process).
+    encoder : optional
+        A ready encoder from `hashsearch.backbones.runtime` (overrides runtime and int8).
     """
+    from hashsearch.pipeline.encode import prepare_encoder
+    from hashsearch.pipeline.workers import DecodePool, bounded
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
     records = list(source.records() if records is None else records)
-    cache = FeatureCache(cache_dir or default_cache_dir(), backbone.cache_key, backbone.feature_dim)
-    out = Extracted(records=[], features=np.zeros((0, backbone.feature_dim), np.float32), digests=[])
+    encoder = prepare_encoder(backbone, records, source, runtime=runtime, int8=int8, calibration_size=calibration_size,
+                              cache_dir=cache_dir, max_pixels=max_pixels, encoder=encoder)
+    cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
+    out = Extracted(records=[], features=np.zeros((0, encoder.feature_dim), np.float32), digests=[],
+                    cache_key=encoder.cache_key)
     parts: list[np.ndarray] = []
-    bar = tqdm(total=len(records), unit="img", desc=f"features {backbone.cache_key}", disable=not progress or None)
+    known = dict(_known_failures or {})
+    bar = tqdm(total=len(records), unit="img", desc=f"features {encoder.cache_key}", disable=not progress or None)
+    pool = DecodePool(workers)
     try:
         stream = source.iter_bytes(records)
-        while True:
-            chunk = [item for _, item in zip(range(_CHUNK), stream)]
-            if not chunk:
-                break
-            recs, feats, digests = _extract_chunk(chunk, backbone, cache, batch_size, max_pixels, out)
+
+        def chunks():
+            while True:
+                chunk = [item for _, item in zip(range(_CHUNK), stream)]
+                if not chunk:
+                    return
+                yield chunk
+
+        def start(chunk):
+            return _start_chunk(chunk, encoder, cache, pool, batch_size, max_pixels, known, out)
+
+        def finish(state):
+            recs, feats, digests = _finish_chunk(state, encoder, cache, out)
             out.records += recs
             out.digests += digests
             parts.append(feats)
-            bar.update(len(chunk))
+            bar.update(len(state["chunk"]))
             bar.set_postfix(cached=out.n_cached, computed=out.n_computed, skipped=len(out.report))
+
+        bounded(chunks(), start, finish, _AHEAD)
     finally:
+        pool.close()
         bar.close()
         cache.close()
     if parts:
         out.features = np.concatenate(parts)
+    out.seconds = time.perf_counter() - t0
     return out
 
 
-def _extract_chunk(chunk, backbone, cache, batch_size, max_pixels, out: Extracted):
+def _start_chunk(chunk, encoder, cache, pool, batch_size, max_pixels, known, out: Extracted) -> dict:
+    """Read errors, digests, cache look-up; submit the missing images for decoding."""
+    events: list[tuple[ImageRecord, str]] = []
     good: list[tuple[ImageRecord, bytes, str]] = []
     for record, data, error in chunk:
         if error is None and not data:
             error = "empty file"
         if error is not None:
-            _skip(out.report, record, error)
+            events.append((record, error))
             continue
         good.append((record, data, content_digest(data)))
     cached = cache.get_many(sorted({d for _, _, d in good}))
@@ -90,26 +146,39 @@ def _extract_chunk(chunk, backbone, cache, batch_size, max_pixels, out: Extracte
     for record, data, digest in good:
         if digest not in cached and digest not in todo:
             todo[digest] = (record, data)
-    failed: set[str] = set()
-    pending: list[tuple[str, np.ndarray]] = []
-    for digest, (record, data) in todo.items():
-        try:
-            pending.append((digest, backbone.preprocess(decode_image(data, record.key, max_pixels))))
-        except DecodeError as e:
-            failed.add(digest)
-            _skip(out.report, record, e.reason)
-    for start in range(0, len(pending), batch_size):
-        batch = pending[start : start + batch_size]
-        feats = backbone.forward(np.stack([x for _, x in batch]))
-        cache.put_many([d for d, _ in batch], feats)
-        out.n_computed += len(batch)
-        cached.update(zip([d for d, _ in batch], feats))
-    kept = [(r, d) for r, _, d in good if d not in failed]
+    jobs = [(d, r.key, b) for d, (r, b) in todo.items() if d not in known]
+    futures = [
+        pool.submit(jobs[i : i + batch_size], encoder.preprocess, max_pixels) for i in range(0, len(jobs), batch_size)
+    ]
+    return {"chunk": chunk, "events": events, "good": [(r, d) for r, _, d in good], "cached": cached,
+            "todo": {d: r for d, (r, _) in todo.items()}, "futures": futures, "known": known}
+
+
+def _finish_chunk(state: dict, encoder, cache, out: Extracted):
+    """Wait for the chunk's decoded batches, encode and cache them, and report in file order."""
+    cached, todo, good = state["cached"], state["todo"], state["good"]
+    failed: dict[str, str] = {d: state["known"][d] for d in todo if d in state["known"]}
+    for future in state["futures"]:
+        digests, pixels, bad = future.result()
+        failed.update(bad)
+        if len(digests):
+            feats = encoder.forward(pixels)
+            cache.put_many(digests, feats)
+            out.n_computed += len(digests)
+            cached.update(zip(digests, feats))
+    # The same order as the serial path: read errors, then decode failures, then duplicates.
+    for record, reason in state["events"]:
+        _skip(out.report, record, reason)
+    for digest, record in todo.items():
+        if digest in failed:
+            _skip(out.report, record, failed[digest])
+    kept = [(r, d) for r, d in good if d not in failed]
     # A duplicate of a file that failed was reported through its first copy; name it too.
-    for r, _, d in good:
-        if d in failed and todo[d][0] is not r:
+    for r, d in good:
+        if d in failed and todo[d] is not r:
             _skip(out.report, r, "same bytes as a file that failed to decode")
-    feats = np.stack([cached[d] for _, d in kept]) if kept else np.zeros((0, backbone.feature_dim), np.float32)
+    dim = encoder.feature_dim
+    feats = np.stack([cached[d] for _, d in kept]) if kept else np.zeros((0, dim), np.float32)
     return [r for r, _ in kept], feats.astype(np.float32, copy=False), [d for _, d in kept]
 
 

@@ -32,17 +32,24 @@ def index(
     weights: Optional[str] = WeightsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
+    engine: str = typer.Option("local", "--engine", help="local (decode workers + one session) or ray (Ray Data)."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."),
+    runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for encoding: onnx or torch."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."),
 ):
     """Index a collection of images: features, hash codes, and a searchable index."""
     from hashsearch.data.sources import open_source
     from hashsearch.hashing import create_hasher
     from hashsearch.pipeline import build_collection
 
+    if address and engine != "ray":
+        raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
     bb = make_backbone(backbone, input_size, weights)
     hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
         open_source(source), bb, hasher, index=backend, store_features=not no_features,
-        cache_dir=cache_dir, batch_size=batch_size,
+        cache_dir=cache_dir, batch_size=batch_size, engine=engine, runtime=runtime, int8=int8,
+        **({"address": address} if address else {}),
     )
     coll.save(out)
     typer.echo(report.summary())

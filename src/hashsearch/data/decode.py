@@ -163,7 +163,9 @@ def check_image_bytes(data: bytes, name: str = "<bytes>") -> str:
     return fmt
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS, draft: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode image bytes into a fully loaded 8-bit RGB image, upright as its EXIF says.
 
     Parameters
@@ -174,6 +176,9 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         What to call the file in error messages (a path, an archive member, a URL).
     max_pixels : int
         Largest width * height accepted; checked from the header, before decoding pixels.
+    draft : (width, height), optional
+        For a JPEG, let the decoder scale down by 1/2, 1/4 or 1/8 while decoding, keeping
+        both sides at least this large (Pillow's draft mode; much faster for large photos).
 
     Returns
     -------
@@ -227,6 +232,8 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels))
 
     has_data = bool(im.tile)  # WebP and ICO decode without tiles; a JPEG never does
+    if draft is not None and im.format == "JPEG":
+        im.draft(None, draft)  # decode at 1/2, 1/4 or 1/8 scale, never below `draft` (fast)
     try:
         if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
             # Frame and tile checks inside some plugins could warn beyond Pillow's limit.

@@ -49,14 +49,18 @@ def build_collection(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    engine: str = "local",
+    **encode,
 ) -> tuple[Collection, IndexReport]:
     """Extract features of `source`, fit `hasher` on them (unless already fitted), index them.
 
     A supervised hasher is fitted on the labelled images; the collection holds them all.
+    `engine` is "local" (decode worker processes + one inference session) or "ray" (Ray Data;
+    pass `address=` for a cluster); `encode` goes to the extractor (runtime, int8, workers, ...).
     """
     report = IndexReport()
     t = time.perf_counter()
-    ex = extract_features(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    ex = _extractor(engine)(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress, **encode)
     report.timings["features"] = time.perf_counter() - t
     report.skipped, report.n_cached, report.n_computed = ex.report, ex.n_cached, ex.n_computed
     if not ex.records:
@@ -81,6 +85,20 @@ def build_collection(
     report.timings["index"] = time.perf_counter() - t
     report.n_indexed = len(ex.records)
     return coll, report
+
+
+ENGINES = ("local", "ray")
+
+
+def _extractor(engine: str):
+    """The feature extractor of an engine."""
+    if engine == "local":
+        return extract_features
+    if engine == "ray":
+        from hashsearch.pipeline.ray_engine import extract_features_ray
+
+        return extract_features_ray
+    raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
 
 def add_images(

@@ -1,0 +1,222 @@
+"""Encoding speed, side by side in one run: PyTorch, ONNX Runtime fp32 and int8, Ray (local, 2 CPUs).
+
+For each runtime and data set: end-to-end images/s (files on disk -> features in the feature
+cache, starting from an empty cache in a temporary folder; the ONNX export, int8 calibration and
+Ray start-up are done once before the clock starts, as they are once per collection), and beside
+it the inference-only rate of the same runtime on pre-decoded tensors (the ceiling of that row).
+Then int8's retrieval cost: mAP@ALL on cifar10-1k (ITQ 64 bits, DLBHC 48 bits) with int8 vs
+fp32 features, on the protocol's queries and training images and `--map-db-per-class` database
+images per class (5900 = the full protocol).
+
+Data: CIFAR-10 (JPEG) test images (32x32) at the default 128 px; and "~1 megapixel JPEGs": CIFAR-10
+test images UPSCALED (bicubic) to 1152x864 and saved as JPEG quality 90 (no real photos are
+available offline), encoded at 224 px.
+
+Run under the shared lock (timings must not overlap other jobs):
+
+    flock /tmp/hashsearch-bench.lock nice -n 5 .venv/bin/python benchmarks/encode.py \
+        --out benchmarks/results/encode.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hashsearch.backbones import create_backbone
+from hashsearch.backbones.extract import extract_features
+from hashsearch.backbones.runtime import OnnxEncoder, TorchEncoder
+from hashsearch.data.protocols import cifar10_root, load_protocol
+from hashsearch.data.sources import FolderSource
+from hashsearch.pipeline.encode import calibrate
+from hashsearch.pipeline.workers import decode_batch
+
+warnings.simplefilter("ignore")
+import logging  # noqa: E402
+
+logging.getLogger("ray").setLevel(logging.ERROR)
+
+
+def cifar_test_records(n: int):
+    root = cifar10_root()
+    src = FolderSource(root / "test")
+    recs = src.records()
+    step = max(1, len(recs) // n)
+    return src, recs[::step][:n]
+
+
+def megapixel_folder(src, records, folder: Path) -> FolderSource:
+    """CIFAR-10 test images upscaled to 1152x864 (~1 Mpx) JPEGs (quality 90) in `folder`."""
+    for r, data, _ in src.iter_bytes(records):
+        im = Image.open(io.BytesIO(data)).convert("RGB").resize((1152, 864), Image.BICUBIC)
+        out = folder / r.label / Path(r.key).name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im.save(out, "JPEG", quality=90)
+    return FolderSource(folder)
+
+
+def inference_rate(encoder, pixels: np.ndarray, batch: int) -> float:
+    encoder.forward(pixels[:batch])  # warm-up
+    t = time.perf_counter()
+    for i in range(0, len(pixels), batch):
+        encoder.forward(pixels[i : i + batch])
+    return len(pixels) / (time.perf_counter() - t)
+
+
+def speed_table(name, source, records, size, args, models: Path, log) -> list[dict]:
+    bb = create_backbone("efficientnet-lite0", input_size=size)
+    fp32 = OnnxEncoder(bb, cache_dir=models)
+    # Pre-decoded tensors for the inference-only ceilings (and the export check).
+    sample = records[: args.infer_images]
+    jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(source.iter_bytes(sample)) if e is None]
+    t = time.perf_counter()
+    _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9)
+    decode_rate = len(jobs) / (time.perf_counter() - t)
+    log(f"{name:>28} | decode+preprocess only, 1 process: {decode_rate:.1f} im/s")
+    fp32.forward(pixels[:4])
+    int8 = OnnxEncoder(bb, cache_dir=models)
+    calibrate(int8, source, records, args.calibration)
+    encoders = {"PyTorch": TorchEncoder(bb), "ONNX fp32": fp32, "ONNX int8": int8}
+    rows = []
+    for label, enc in encoders.items():
+        ceiling = inference_rate(enc, pixels, args.batch_size)
+        with tempfile.TemporaryDirectory() as cache:
+            t = time.perf_counter()
+            ex = extract_features(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
+                                  encoder=enc, progress=False)
+            e2e = len(ex.records) / (time.perf_counter() - t)
+        rows.append({"data": name, "runtime": label, "e2e": e2e, "ceiling": ceiling, "n": len(ex.records)})
+        log(f"{name:>28} | {label:<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}")
+    if not args.no_ray:
+        import ray
+
+        from hashsearch.pipeline.ray_engine import extract_features_ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        try:
+            # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
+            with tempfile.TemporaryDirectory() as cache:
+                extract_features_ray(source, bb, records[:64], cache_dir=cache, encoder=fp32, progress=False)
+            with tempfile.TemporaryDirectory() as cache:
+                t = time.perf_counter()
+                ex = extract_features_ray(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
+                                          encoder=fp32, progress=False)
+                e2e = len(ex.records) / (time.perf_counter() - t)
+        finally:
+            ray.shutdown()
+        ceiling = rows[1]["ceiling"]
+        rows.append({"data": name, "runtime": "Ray local fp32", "e2e": e2e, "ceiling": ceiling, "n": len(ex.records)})
+        log(f"{name:>28} | {'Ray local fp32':<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}")
+        log(f"{'':>28}   Ray time split: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.timings.items())
+            + f"; Ray stage alone {len(ex.records) / max(list(ex.timings.values())[1], 1e-9):.1f} im/s")
+    return rows
+
+
+def int8_map(args, models: Path, log) -> list[dict]:
+    """mAP@ALL on cifar10-1k (subset database) with int8 vs fp32 features."""
+    from hashsearch.evaluation.runner import Part, ProtocolFeatures, run_methods
+
+    split = load_protocol("cifar10-1k", seed=0)
+    per_class: dict[str, int] = {}
+    database = []
+    for r in split.database:
+        if per_class.get(r.label, 0) < args.map_db_per_class:
+            database.append(r)
+            per_class[r.label] = per_class.get(r.label, 0) + 1
+    source = FolderSource(cifar10_root())
+    bb = create_backbone("efficientnet-lite0", input_size=128)
+    unique = list({r.key: r for part in (split.train, split.query, database) for r in part}.values())
+    log(f"\nint8 retrieval cost: cifar10-1k, {len(split.query)} queries, {len(split.train)} training images, "
+        f"{len(database)} database images ({args.map_db_per_class}/class); {len(unique)} images to encode")
+    out = []
+    feats = {}
+    for label in ("fp32", "int8"):
+        enc = OnnxEncoder(bb, cache_dir=models)
+        if label == "int8":
+            calibrate(enc, source, split.train, args.calibration)
+        t = time.perf_counter()
+        ex = extract_features(source, bb, unique, encoder=enc, batch_size=args.batch_size, progress=True)
+        log(f"  {label} features: {ex.n_computed} computed, {ex.n_cached} cached, {time.perf_counter() - t:.0f}s"
+            f" (cache key {ex.cache_key})")
+        row = {r.key: i for i, r in enumerate(ex.records)}
+        classes = sorted({r.label for r in unique})
+        code = {c: i for i, c in enumerate(classes)}
+
+        def part(records):
+            keep = [row[r.key] for r in records]
+            return Part(ex.features[keep], np.array([code[ex.records[i].label] for i in keep]),
+                        [ex.records[i] for i in keep], [ex.digests[i] for i in keep])
+
+        feats[label] = ProtocolFeatures(part(split.train), part(split.query), part(database), classes)
+    for method, bits in (("itq", 64), ("dlbhc", 48)):
+        m = {}
+        for label in ("fp32", "int8"):
+            res = run_methods(feats[label], [method], [bits], seed=0, log=lambda *a: None)
+            m[label] = res[0]["metrics"]["map"]
+        out.append({"method": method, "bits": bits, **m})
+        log(f"  {method:>6} {bits:>3} bits | mAP fp32 {m['fp32']:.4f} | int8 {m['int8']:.4f} | "
+            f"difference {m['int8'] - m['fp32']:+.4f}")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cifar-images", type=int, default=10000, help="CIFAR-10 test JPEGs at 128 px")
+    ap.add_argument("--mp-images", type=int, default=1000, help="~1 Mpx JPEGs (upscaled CIFAR) at 224 px")
+    ap.add_argument("--infer-images", type=int, default=512, help="pre-decoded images for the inference-only rate")
+    ap.add_argument("--calibration", type=int, default=256, help="int8 calibration images")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--map-db-per-class", type=int, default=5900, help="database images per class for mAP (5900 = all)")
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--no-map", action="store_true")
+    ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
+    args = ap.parse_args()
+    lines: list[str] = []
+
+    def log(s: str = "") -> None:
+        print(s, flush=True)
+        lines.append(s)
+
+    log(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
+    log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+        f"Python {platform.python_version()}; EfficientNet-Lite0; batch {args.batch_size}; "
+        f"decode workers: default (cores - 1)")
+    log("")
+    log(f"{'data':>28} | {'runtime':<18} | e2e im/s | infer im/s | e2e/ceiling")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        models = Path(tmp) / "models"
+        src, recs = cifar_test_records(args.cifar_images)
+        rows += speed_table(f"CIFAR-10 test {len(recs)} @128px", src, recs, 128, args, models, log)
+        _, mp_recs = cifar_test_records(args.mp_images)
+        mp = megapixel_folder(src, mp_recs, Path(tmp) / "mp")
+        rows += speed_table(f"1152x864 JPEG {args.mp_images} @224px", mp, mp.records(), 224, args, models, log)
+        log("")
+        for data in dict.fromkeys(r["data"] for r in rows):
+            by = {r["runtime"]: r for r in rows if r["data"] == data}
+            pt, fp, q = by["PyTorch"], by["ONNX fp32"], by["ONNX int8"]
+            log(f"{data}: ONNX fp32 e2e = {fp['e2e'] / pt['e2e']:.1f}x PyTorch e2e; "
+                f"{fp['e2e'] / fp['ceiling']:.0%} of its ceiling; int8 e2e = {q['e2e'] / fp['e2e']:.2f}x fp32 e2e "
+                f"(inference-only {q['ceiling'] / fp['ceiling']:.2f}x)"
+                + (f"; Ray local = {by['Ray local fp32']['e2e'] / fp['e2e']:.0%} of the single-process pipeline"
+                   if "Ray local fp32" in by else ""))
+        if not args.no_map:
+            int8_map(args, models, log)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("# Encoding speed and int8 (printed by benchmarks/encode.py)\n\n```\n" + "\n".join(lines) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""The inference runtime for encoding: ONNX Runtime (fp32 or int8), with PyTorch as the fallback.
+
+Training fine-tunes the PyTorch module; encoding only runs it forward, and ONNX Runtime does that
+several times faster on a CPU. `make_encoder(backbone, runtime="onnx")` exports the backbone's
+PyTorch module to ONNX once per (backbone, weights sha256, resolution), caches the file under
+``<cache>/onnx/``, and checks the export against PyTorch on the first real images it encodes
+(the max abs difference is logged and must be below `EXPORT_TOLERANCE`). If onnxruntime cannot be
+imported, one `RuntimeFallbackWarning` says so and PyTorch encodes instead.
+
+Feature-cache keys. fp32 ONNX and PyTorch compute the same function in the same precision; the
+export check bounds their difference on real images (measured 1.6e-5 on CIFAR-10 features whose
+largest values are ~4, i.e. ~4e-6 relative: 250x below the float16 spacing of 0.004 at 4 in which
+a collection stores its features, and far below any change of a hash bit in practice), so they share
+`Backbone.cache_key`. int8 features differ by far more (quantization error ~1e-2), so an int8
+encoder's key adds ``-int8-<digest of the calibration images and onnxruntime version>``: int8
+features never mix with fp32 ones, nor with those of another calibration set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from hashsearch.backbones.base import Backbone
+
+log = logging.getLogger(__name__)
+
+#: Largest max abs difference allowed between ONNX and PyTorch features at export.
+EXPORT_TOLERANCE = 1e-4
+#: ONNX opset used for export (the TorchScript exporter; no onnxscript needed).
+OPSET = 17
+#: The runtimes `make_encoder` accepts.
+RUNTIMES = ("onnx", "torch")
+#: Default number of calibration images for int8 static quantization.
+DEFAULT_CALIBRATION = 256
+
+
+class RuntimeFallbackWarning(UserWarning):
+    """ONNX Runtime was asked for but cannot be used; PyTorch encodes instead."""
+
+
+_warned_fallback = False
+
+
+def onnxruntime_available() -> str | None:
+    """None if onnxruntime imports; otherwise why not (for the fallback warning)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except Exception as e:  # ImportError, or OSError from a missing shared library
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+class TorchEncoder:
+    """Encode with the backbone's PyTorch module (the reference; used for training too)."""
+
+    runtime = "torch"
+    int8 = False
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.preprocess = backbone.preprocess
+        self.feature_dim = backbone.feature_dim
+        self.cache_key = backbone.cache_key
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Features of a preprocessed (n, 3, s, s) float32 batch."""
+        return self.backbone.forward(batch)
+
+    def describe(self) -> str:
+        return f"{self.backbone.name} {self.preprocess.input_size}px on PyTorch"
+
+
+class OnnxEncoder:
+    """Encode with ONNX Runtime from an exported (and optionally int8-quantized) ONNX file.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        The network to export.
+    cache_dir : path, optional
+        The hashsearch cache folder; ONNX files go to ``<cache_dir>/onnx``.
+    threads : int, optional
+        ONNX Runtime intra-op threads (default: its own choice, all cores).
+    """
+
+    runtime = "onnx"
+
+    def __init__(self, backbone: Backbone, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
+        from hashsearch.data.protocols import cache_dir as default_cache_dir
+
+        self.backbone = backbone
+        self.preprocess = backbone.preprocess
+        self.feature_dim = backbone.feature_dim
+        self.threads = threads
+        self.folder = Path(cache_dir or default_cache_dir()) / "onnx"
+        self.int8 = False
+        self.cache_key = backbone.cache_key
+        self._session = None
+        self._model_path = self.folder / f"{backbone.cache_key}-opset{OPSET}.onnx"
+        self.max_abs_diff: float | None = None
+
+    # -- export -------------------------------------------------------------------------------
+    @property
+    def fp32_path(self) -> Path:
+        """Where the fp32 ONNX file of this backbone is cached."""
+        return self.folder / f"{self.backbone.cache_key}-opset{OPSET}.onnx"
+
+    def export(self, check_batch: np.ndarray) -> Path:
+        """Export to ONNX (if not cached) and check it against PyTorch on `check_batch`.
+
+        `check_batch` is a few real preprocessed images; the max abs difference is logged and
+        a difference above `EXPORT_TOLERANCE` raises (the file is then not kept).
+        """
+        path = self.fp32_path
+        if path.exists():
+            return path
+        import torch
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        # A fresh module: the cached one may hold tensors made under inference_mode, which
+        # the tracer cannot use.
+        module = self.backbone.torch_module().eval()
+        x = torch.from_numpy(np.ascontiguousarray(check_batch[:4], np.float32))
+        buf = io.BytesIO()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's tracer chatter
+            torch.onnx.export(
+                module, x, buf, input_names=["images"], output_names=["features"],
+                dynamic_axes={"images": {0: "n"}, "features": {0: "n"}}, opset_version=OPSET, dynamo=False,
+            )
+        model = buf.getvalue()
+        session = _session(model, self.threads)
+        got = session.run(None, {"images": x.numpy()})[0]
+        want = self.backbone.forward(x.numpy())
+        diff = float(np.abs(got - want).max())
+        self.max_abs_diff = diff
+        msg = (f"exported {self.backbone.cache_key} to ONNX: max abs difference from PyTorch on "
+               f"{len(x)} real images = {diff:.2e} (tolerance {EXPORT_TOLERANCE:.0e})")
+        log.info(msg)
+        print(msg)
+        if not diff < EXPORT_TOLERANCE:
+            raise RuntimeError(msg + "; the export is wrong, use runtime='torch'")
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(model)
+        tmp.replace(path)  # atomic: concurrent exporters never see half a file
+        return path
+
+    # -- int8 ---------------------------------------------------------------------------------
+    def quantize(self, calibration: np.ndarray, calibration_id: str) -> Path:
+        """Switch to an int8 model made by static quantization calibrated on `calibration`.
+
+        `calibration` holds preprocessed images of the user's own collection; `calibration_id`
+        names them (a digest of their content), so that the int8 file and the feature-cache key
+        change when the calibration set does.
+        """
+        import onnxruntime
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        if len(calibration) == 0:
+            raise ValueError("int8 quantization needs at least one calibration image, got 0")
+        fp32 = self.export(calibration[:4])
+        tag = hashlib.sha256(f"{calibration_id}|ort{onnxruntime.__version__}|rr".encode()).hexdigest()[:12]
+        key = f"{self.backbone.cache_key}-int8-{tag}"
+        path = self.folder / f"{key}.onnx"
+        if not path.exists():
+            pre = self.folder / f"{key}.pre{os.getpid()}.onnx"
+            tmp = self.folder / f"{key}.tmp{os.getpid()}.onnx"
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+
+            class Reader(CalibrationDataReader):
+                def __init__(self, data: np.ndarray, batch: int = 16) -> None:
+                    self.batches = iter([data[i : i + batch] for i in range(0, len(data), batch)])
+
+                def get_next(self):
+                    b = next(self.batches, None)
+                    return None if b is None else {"images": np.ascontiguousarray(b, np.float32)}
+
+            quantize_static(
+                str(pre), str(tmp), Reader(calibration), quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                # 7-bit weights: u8 x s8 products saturate on AVX2 CPUs without VNNI (seen
+                # here: feature cosine to fp32 fell to 0.56 without it).
+                reduce_range=True,
+            )
+            tmp.replace(path)
+            pre.unlink(missing_ok=True)
+        self._model_path = path
+        self.int8 = True
+        self.cache_key = key
+        self._session = None
+        return path
+
+    # -- inference ----------------------------------------------------------------------------
+    def model_bytes(self, check_batch: np.ndarray | None = None) -> bytes:
+        """The ONNX model this encoder runs (exported on `check_batch` if not yet)."""
+        if not self._model_path.exists():
+            if check_batch is None:
+                raise RuntimeError("the ONNX file is not exported yet: pass real images in check_batch")
+            self.export(check_batch)
+        return self._model_path.read_bytes()
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Features of a preprocessed (n, 3, s, s) float32 batch (exports on first use)."""
+        if self._session is None:
+            self._session = _session(self.model_bytes(batch), self.threads)
+        out = self._session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
+        return out.astype(np.float32, copy=False)
+
+    def describe(self) -> str:
+        kind = "int8" if self.int8 else "fp32"
+        return f"{self.backbone.name} {self.preprocess.input_size}px on ONNX Runtime {kind}"
+
+
+def _session(model: bytes | str, threads: int | None):
+    """An ONNX Runtime CPU session with full graph optimisation."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+Encoder = TorchEncoder | OnnxEncoder
+
+
+def make_encoder(
+    backbone: Backbone,
+    runtime: str = "onnx",
+    *,
+    cache_dir: str | Path | None = None,
+    threads: int | None = None,
+) -> Encoder:
+    """The encoder for `backbone` on `runtime` ("onnx" or "torch").
+
+    "onnx" falls back to PyTorch, with one RuntimeFallbackWarning per process, when
+    onnxruntime cannot be imported. int8 is switched on afterwards with
+    `OnnxEncoder.quantize` (see `hashsearch.pipeline.encode.calibrate`).
+    """
+    global _warned_fallback
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime == "onnx":
+        why = onnxruntime_available()
+        if why is None:
+            return OnnxEncoder(backbone, cache_dir=cache_dir, threads=threads)
+        if not _warned_fallback:
+            warnings.warn(
+                f"onnxruntime cannot be loaded ({why}); encoding with PyTorch instead, which is "
+                "several times slower. Install it with `pip install onnxruntime`, or pass "
+                "runtime='torch' (--runtime torch) to silence this warning.",
+                RuntimeFallbackWarning, stacklevel=2,
+            )
+            _warned_fallback = True
+    return TorchEncoder(backbone)
+
+
+def calibration_digest(digests: Iterable[str]) -> str:
+    """A name for a calibration set: the sha256 of its images' content digests, sorted."""
+    return hashlib.sha256("\n".join(sorted(digests)).encode()).hexdigest()

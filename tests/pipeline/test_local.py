@@ -1,0 +1,108 @@
+"""The overlapped decode pipeline: same result with or without worker processes; resume; draft."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashsearch.backbones import create_backbone
+from hashsearch.backbones.extract import extract_features
+from hashsearch.backbones.runtime import make_encoder
+from hashsearch.data.decode import decode_image
+from hashsearch.data.sources import FolderSource
+from hashsearch.pipeline.workers import DecodePool, bounded, decode_batch
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return create_backbone("efficientnet-lite0", input_size=64)
+
+
+def _extract(folder, backbone, cache, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return extract_features(FolderSource(folder), backbone, cache_dir=cache, progress=False, batch_size=8, **kw)
+
+
+def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, backbone):
+    inline = _extract(folder_with_bad, backbone, tmp_path / "a", workers=0)
+    pooled = _extract(folder_with_bad, backbone, tmp_path / "b", workers=2)
+    assert [r.key for r in pooled.records] == [r.key for r in inline.records]
+    assert pooled.report.skipped == inline.report.skipped
+    assert len(inline.report) == 2 and len(inline.records) == 41
+    reasons = dict(inline.report.skipped)
+    assert any("notes.jpg" in k and "not an image" in v for k, v in reasons.items())
+    np.testing.assert_allclose(pooled.features, inline.features, atol=1e-5)
+    assert inline.n_computed == pooled.n_computed == 40  # the duplicate is encoded once
+
+
+class _Counting:
+    """An encoder wrapper that records the digests... via the batches it encodes; can fail."""
+
+    def __init__(self, encoder, fail_after: int | None = None) -> None:
+        self.inner, self.fail_after, self.calls, self.images = encoder, fail_after, 0, 0
+        self.preprocess, self.feature_dim, self.cache_key = encoder.preprocess, encoder.feature_dim, encoder.cache_key
+
+    def forward(self, batch):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        self.images += len(batch)
+        return self.inner.forward(batch)
+
+
+def test_resume_after_interruption_recomputes_nothing_cached(tmp_path, folder_with_bad, backbone):
+    src = FolderSource(folder_with_bad)
+    enc = make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    first = _Counting(enc, fail_after=2)
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, encoder=first)
+    assert first.images == 16
+    second = _Counting(enc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, encoder=second)
+    assert out.n_computed == second.images == 40 - 16  # the 16 finished before the interruption are reused
+    full = _extract(folder_with_bad, backbone, tmp_path / "fresh", workers=0)
+    np.testing.assert_allclose(out.features, full.features, atol=1e-5)
+    third = _Counting(enc)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = extract_features(src, backbone, cache_dir=tmp_path, progress=False, workers=0, encoder=third)
+    assert third.images == 0 and again.n_computed == 0
+
+
+def test_large_jpeg_decodes_in_draft_mode(backbone):
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1200, 3), np.uint8))
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    small = decode_image(data, "big.jpg", draft=(128, 128))
+    assert small.size == (300, 225)  # 1/4 scale: the smallest that keeps both sides >= 128
+    assert decode_image(data, "big.jpg").size == (1200, 900)
+    digests, pixels, failed = decode_batch([("d", "big.jpg", data)], backbone.preprocess, 10**8)
+    assert digests == ["d"] and pixels.shape == (1, 3, 64, 64) and not failed
+
+
+def test_bounded_keeps_at_most_depth_in_flight():
+    started, finished, peak = [], [], [0]
+
+    def start(i):
+        started.append(i)
+        peak[0] = max(peak[0], len(started) - len(finished))
+        return i
+
+    bounded(range(10), start, finished.append, depth=2)
+    assert finished == list(range(10)) and peak[0] == 3  # depth waiting + the one being started
+
+
+def test_workers_must_be_non_negative():
+    with pytest.raises(ValueError, match="workers must be an integer >= 0"):
+        DecodePool(-1)

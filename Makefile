@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
-.PHONY: setup demo test eval-core bench-rerank clean
+.PHONY: setup browser demo test serve eval-core bench-rerank bench-encode bench-load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,11 +16,24 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian's Chromium, for the web page's end-to-end test (Playwright drives it).
+CHROMIUM ?= /usr/bin/chromium
+browser: $(CHROMIUM)
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the browser test"
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
 demo: setup
 	$(BIN)/hashsearch demo
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
+
+# The web page and HTTP API over an index (default: the one `make demo` wrote):
+#   make serve [INDEX=photos.hsx]
+serve: setup
+	$(BIN)/hashsearch serve $${INDEX:-$$($(BIN)/python -c "from hashsearch.data.protocols import cache_dir; print(cache_dir() / 'demo.hsx')")}
 
 # The committed core benchmark (full cifar10-1k protocol, 59,000-image database).
 eval-core: setup
@@ -30,5 +43,11 @@ eval-core: setup
 bench-rerank: setup
 	$(BIN)/python benchmarks/coarse_to_fine.py
 
+bench-encode: setup
+	$(BIN)/python benchmarks/encode.py --out benchmarks/results/encode.md
+
+bench-load: setup
+	$(BIN)/python benchmarks/load.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis tests/service/artifacts

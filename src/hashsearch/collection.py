@@ -264,6 +264,8 @@ class Collection:
             manifest = json.loads((gen / "manifest.json").read_text())
         except (OSError, ValueError) as e:
             raise CollectionError(f"{gen}/manifest.json is missing or damaged: {e}") from e
+        if not isinstance(manifest, dict) or not {"files", "backbone", "hasher", "index", "store_features"} <= manifest.keys():
+            raise CollectionError(f"{gen}/manifest.json is damaged (required fields missing); restore it from a backup or rebuild the index")
         if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
             raise CollectionError(
                 f"{root} has format {manifest.get('format')!r} version {manifest.get('version')!r}; "
@@ -329,6 +331,6 @@ def _truncate_range(result, k: int) -> SearchResult:
 def _current_generation(root: Path) -> str | None:
     try:
         name = (root / "CURRENT").read_text().strip()
-    except OSError:
+    except (OSError, UnicodeDecodeError):  # a damaged CURRENT reads as "no collection"
         return None
     return name if name.startswith("gen-") else None

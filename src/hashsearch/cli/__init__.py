@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hashsearch.cli import commands
+from hashsearch.cli import commands, serve
 
 app = typer.Typer(
     add_completion=False,
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 for fn in commands.ALL:
     app.command()(fn)
+app.command()(serve.serve)
 
 
 def main() -> None:

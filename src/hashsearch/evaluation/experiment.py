@@ -105,3 +105,4 @@ def demo(out: Path, cache_dir=None, log=print) -> None:
         log(f"  {r['method']:>6} {r['bits']} bits: mAP {r['metrics']['map']:.4f}, P@100 {r['metrics']['p@100']:.4f}")
     log(f"\nTry: .venv/bin/hashsearch search {out} {q.records[picks[0]].key} -k 10 --rerank 200")
     log(f"     .venv/bin/hashsearch info {out}")
+    log(f"     .venv/bin/hashsearch serve {out}    # the web page, http://127.0.0.1:8000/")

@@ -1,0 +1,1 @@
+"""Routers split by concern: search, images (records, files, thumbnails, add/remove), admin (stats, health, jobs)."""

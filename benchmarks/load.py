@@ -186,7 +186,7 @@ def run_load(url, args, feats, n_db, path) -> None:
         f"Index: cifar10-1k database, {n_db} CIFAR-10 images, ITQ 64 bits, EfficientNet-Lite0 128 px features (flat exact index).",
         f"Machine: {machine_description()}; server (uvicorn, one process) and clients on the same machine, which is shared with other work.",
         f"Load: {args.clients} concurrent clients, {args.searches} searches (k=10), half GET /search/{{id}} (stored features, "
-        "no backbone), half POST /search with a CIFAR-10 query JPEG (decode + backbone + search); "
+        "no backbone), half POST /search with a CIFAR-10 query JPEG (decode + backbone on ONNX Runtime + search); "
         f"meanwhile {args.adds} POST /images requests of {args.per_add} images each (each saves the whole collection atomically).",
         "",
         "| requests | completed | errors | wall s | searches/s | p50 ms | p99 ms |",

@@ -121,8 +121,12 @@ def add_images(
     return ids, report
 
 
-def encode_queries(backbone: Backbone, images: Sequence[Image.Image]) -> np.ndarray:
-    """Backbone features of decoded query images (not cached: queries are usually one-off)."""
+def encode_queries(backbone: Backbone, images: Sequence[Image.Image], encoder=None) -> np.ndarray:
+    """Backbone features of decoded query images (not cached: queries are usually one-off).
+
+    `encoder` (from `hashsearch.backbones.runtime.make_encoder`) runs the backbone on another
+    runtime, e.g. ONNX Runtime for a server answering many queries; default: the PyTorch module.
+    """
     if not images:
         return np.zeros((0, backbone.feature_dim), np.float32)
-    return backbone.forward(np.stack([backbone.preprocess(im) for im in images]))
+    return (encoder or backbone).forward(np.stack([backbone.preprocess(im) for im in images]))

@@ -136,6 +136,22 @@ class ServiceState:
         self.lock = RWLock()
         self.jobs: dict[str, Job] = {}
         self._thumb_lock = threading.Lock()
+        self._encoder = None
+        self._encoder_lock = threading.Lock()
+
+    def features(self, images: list) -> np.ndarray:
+        """Backbone features of decoded images, run on ONNX Runtime (exported on first use, then
+        read from the cache on disk; PyTorch if onnxruntime cannot load)."""
+        if self._encoder is None:
+            with self._encoder_lock:  # the first call exports and opens the session, once
+                if self._encoder is None:
+                    from hashsearch.backbones.runtime import make_encoder
+
+                    encoder = make_encoder(self.coll.backbone, "onnx")
+                    feats = encode_queries(self.coll.backbone, images, encoder)
+                    self._encoder = encoder
+                    return feats
+        return encode_queries(self.coll.backbone, images, self._encoder)
 
     # -- input checks --------------------------------------------------------------------
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
@@ -208,7 +224,7 @@ class ServiceState:
 
     def search_upload(self, data: bytes, name: str, content_type: str | None, **params) -> dict:
         self.check_upload(data, name, content_type)
-        feats = encode_queries(self.coll.backbone, [self.decode(data, name)])
+        feats = self.features([self.decode(data, name)])
         return self.search_features(feats, **params)
 
     def search_id(self, image_id: int, **params) -> dict:
@@ -219,7 +235,7 @@ class ServiceState:
             if self.coll.store_features:
                 feats = np.asarray(self.coll.features_of(np.asarray([image_id], np.int64)), np.float32)
         if feats is None:
-            feats = encode_queries(self.coll.backbone, [self.decode(self.image_bytes(image_id), str(image_id))])
+            feats = self.features([self.decode(self.image_bytes(image_id), str(image_id))])
         return self.search_features(feats, exclude=image_id, **params)
 
     def entry(self, image_id: int) -> dict:
@@ -309,7 +325,7 @@ class ServiceState:
                     tmp = dest.with_suffix(".tmp")
                     tmp.write_bytes(data)
                     os.replace(tmp, dest)
-                feats.append(encode_queries(self.coll.backbone, [im])[0])
+                feats.append(self.features([im])[0])
                 keys.append(str(dest))
                 labs.append(lab)
                 digests.append(digest)

@@ -199,9 +199,10 @@ def main() -> None:
         models = Path(tmp) / "models"
         src, recs = cifar_test_records(args.cifar_images)
         rows += speed_table(f"CIFAR-10 test {len(recs)} @128px", src, recs, 128, args, models, log)
-        _, mp_recs = cifar_test_records(args.mp_images)
-        mp = megapixel_folder(src, mp_recs, Path(tmp) / "mp")
-        rows += speed_table(f"1152x864 JPEG {args.mp_images} @224px", mp, mp.records(), 224, args, models, log)
+        if args.mp_images:
+            _, mp_recs = cifar_test_records(args.mp_images)
+            mp = megapixel_folder(src, mp_recs, Path(tmp) / "mp")
+            rows += speed_table(f"1152x864 JPEG {args.mp_images} @224px", mp, mp.records(), 224, args, models, log)
         log("")
         for data in dict.fromkeys(r["data"] for r in rows):
             by = {r["runtime"]: r for r in rows if r["data"] == data}

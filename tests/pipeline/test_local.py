@@ -89,6 +89,10 @@ def test_large_jpeg_decodes_in_draft_mode(backbone):
     assert decode_image(data, "big.jpg").size == (1200, 900)
     digests, pixels, failed = decode_batch([("d", "big.jpg", data)], backbone.preprocess, 10**8)
     assert digests == ["d"] and pixels.shape == (1, 3, 64, 64) and not failed
+    # Workers hand uint8 crops to the inference process; normalising there gives the same floats.
+    _, crops, _ = decode_batch([("d", "big.jpg", data)], backbone.preprocess, 10**8, normalize=False)
+    assert crops.dtype == np.uint8 and crops.shape == (1, 64, 64, 3)
+    np.testing.assert_array_equal(backbone.preprocess.normalize(crops), pixels)
 
 
 def test_bounded_keeps_at_most_depth_in_flight():

@@ -162,7 +162,7 @@ def _finish_chunk(state: dict, encoder, cache, out: Extracted):
         digests, pixels, bad = future.result()
         failed.update(bad)
         if len(digests):
-            feats = encoder.forward(pixels)
+            feats = encoder.forward(encoder.preprocess.normalize(pixels))
             cache.put_many(digests, feats)
             out.n_computed += len(digests)
             cached.update(zip(digests, feats))

@@ -54,10 +54,11 @@ class _Decode:
                 continue
             jobs.append((content_digest(data), record.key, data))
             rows.append(None)
-        digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels)
+        # uint8 crops: a quarter of the bytes through the object store; the actor normalises.
+        digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels, normalize=False)
         s = self.preprocess.input_size
         n = len(digests) + len(failed) + sum(r is not None for r in rows)
-        out_pixels = np.zeros((n, 3, s, s), np.float32)
+        out_pixels = np.zeros((n, s, s, 3), np.uint8)
         out_pixels[: len(digests)] = pixels
         reasons = [""] * len(digests) + [r for _, r in failed] + [r for r in rows if r is not None]
         names = list(digests) + [d for d, _ in failed] + ["" for r in rows if r is not None]
@@ -72,7 +73,8 @@ class _Decode:
 class _Encode:
     """Ray actor: holds one inference session (ONNX Runtime, or PyTorch on fallback)."""
 
-    def __init__(self, model: bytes | None, backbone: Backbone | None, threads: int) -> None:
+    def __init__(self, model: bytes | None, backbone: Backbone | None, preprocess, threads: int) -> None:
+        self.preprocess = preprocess
         if model is not None:
             from hashsearch.backbones.runtime import _session
 
@@ -85,7 +87,7 @@ class _Encode:
 
     def __call__(self, batch: dict) -> dict:
         ok = batch["ok"].astype(bool)
-        pixels = np.ascontiguousarray(batch["pixels"][ok], np.float32)
+        pixels = self.preprocess.normalize(batch["pixels"][ok])
         feats = None
         if len(pixels):
             if self.session is not None:
@@ -170,19 +172,26 @@ def extract_features_ray(
 
     # 1. What is missing from the cache (the driver reads each file once, to digest it).
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
-    todo: dict[str, int] = {}
+    todo: dict[str, int] = {}  # missing digest -> its first record
+    seen: set[str] = set()
+    fresh: dict[str, int] = {}  # digests not yet looked up
     try:
         index = {r.key: i for i, r in enumerate(records)}
+
+        def look_up() -> None:
+            found = cache.get_many(list(fresh))
+            todo.update((d, i) for d, i in fresh.items() if d not in found)
+            fresh.clear()
+
         for record, data, error in source.iter_bytes(records):
             if error is None and data:
                 d = content_digest(data)
-                if d not in todo:
-                    todo[d] = index[record.key]
-            if len(todo) >= 4096:
-                found = cache.get_many(list(todo))
-                todo = {d: i for d, i in todo.items() if d not in found}
-        found = cache.get_many(list(todo))
-        todo = {d: i for d, i in todo.items() if d not in found}
+                if d not in seen:
+                    seen.add(d)
+                    fresh[d] = index[record.key]
+                    if len(fresh) >= 4096:
+                        look_up()
+        look_up()
     finally:
         cache.close()
 
@@ -216,7 +225,7 @@ def extract_features_ray(
             )
             ds = ds.map_batches(
                 _Encode,
-                fn_constructor_args=(model, None if model is not None else backbone, threads),
+                fn_constructor_args=(model, None if model is not None else backbone, encoder.preprocess, threads),
                 batch_size=batch_size, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
             )
             cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)

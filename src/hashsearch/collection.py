@@ -276,14 +276,18 @@ class Collection:
                 p = gen / rel
                 if not p.is_file() or file_sha256(p) != digest:
                     raise CollectionError(f"{p} is missing or damaged (checksum mismatch); restore it from a backup or rebuild the index")
-        bb = manifest["backbone"]
-        backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
-        hasher = Hasher.load(gen / "hasher.npz")
-        index = index_backends.get(manifest["index"]["backend"]).load(gen / "index")
-        self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"))
-        if self.store_features:
-            self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
-            self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
+        try:
+            bb = manifest["backbone"]
+            backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
+            hasher = Hasher.load(gen / "hasher.npz")
+            index = index_backends.get(manifest["index"]["backend"]).load(gen / "index")
+            self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"))
+            if self.store_features:
+                self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
+                self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+            # Reached with verify=False (or a manifest damaged consistently with its checksums).
+            raise CollectionError(f"{gen} cannot be loaded ({type(e).__name__}: {e}); restore it from a backup or rebuild the index") from e
         self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
         return self

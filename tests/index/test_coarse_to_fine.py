@@ -13,7 +13,9 @@ from hashsearch.index import create_index, index_backends, list_indexes
 from hashsearch.index.coarse_to_fine import coarse_to_fine
 from hashsearch.types import MISSING_ID, Codes
 
-EXACT = [name for name in list_indexes() if index_backends.get(name).exact]
+# In-process exact back ends; Milvus (a server per index here) is held to the same search and
+# range_search answers by the contract tests, which is all coarse_to_fine calls.
+EXACT = [name for name in list_indexes() if index_backends.get(name).exact and name != "milvus"]
 
 
 def reference(db_bits, db_ids, db_feats, q_bits, q_feats, k, radius, n_candidates):

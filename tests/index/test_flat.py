@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-import hashsearch.index.flat as flat_module
+import hashsearch.index._scan as scan_module
 from hashsearch.codes import pack_bits
 from hashsearch.index import FlatIndex, create_index
 from hashsearch.types import Codes
@@ -69,22 +69,33 @@ def test_ties_with_huge_ids():
     assert (res.distances == 0).all()
 
 
-def test_query_blocks_give_the_same_answer(monkeypatch):
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_query_blocks_and_database_shards_give_the_same_answer(monkeypatch, n_threads):
+    """The scan split over query blocks, or over database shards merged by key, is unchanged."""
     g = np.random.default_rng(2)
     bits = g.integers(0, 2, (4, 12))[g.integers(0, 4, 300)]  # many exact ties
     db = pack_bits(bits)
     ids = g.permutation(1000)[:300]
-    index = FlatIndex(12)
+    index = FlatIndex(12, n_threads=n_threads)
     index.add(db, ids)
     q = random_codes(g, 9, 12)
     whole, rng_whole = index.search(q, 20), index.range_search(q, 3)
-    monkeypatch.setattr(flat_module, "_BLOCK_BYTES", 1)  # one query per block
+    monkeypatch.setattr(scan_module, "_BLOCKS_PER_THREAD", 10)  # one query per block
     blocked, rng_blocked = index.search(q, 20), index.range_search(q, 3)
-    np.testing.assert_array_equal(blocked.ids, whole.ids)
-    np.testing.assert_array_equal(blocked.distances, whole.distances)
+    monkeypatch.setattr(scan_module, "_BLOCKS_PER_THREAD", 1000)  # too few queries: shards
+    monkeypatch.setattr(scan_module, "_MIN_SHARD_ROWS", 7)
+    sharded = index.search(q, 20)
+    for other in (blocked, sharded):
+        np.testing.assert_array_equal(other.ids, whole.ids)
+        np.testing.assert_array_equal(other.distances, whole.distances)
     np.testing.assert_array_equal(rng_blocked.lims, rng_whole.lims)
     np.testing.assert_array_equal(rng_blocked.ids, rng_whole.ids)
     np.testing.assert_array_equal(whole.ids, reference_ids(q, db, ids, 20))
+
+
+def test_n_threads_is_checked():
+    with pytest.raises(ValueError, match="n_threads"):
+        FlatIndex(8, n_threads=0)
 
 
 def test_padding_bits_rejected():

@@ -19,8 +19,44 @@ list_indexes = index_backends.names
 
 
 def create_index(name: str, n_bits: int, **params: Any) -> "Index":
-    """Build an empty index back end, e.g. ``create_index("flat", n_bits=64)``."""
+    """Build an empty index back end, e.g. ``create_index("flat", n_bits=64)``.
+
+    A faiss factory string may follow ``faiss:``, e.g. ``create_index("faiss:BHNSW32", n_bits=64)``
+    builds the "faiss" back end with ``factory="BHNSW32"``.
+    """
+    if isinstance(name, str) and name.startswith("faiss:") and name not in index_backends:
+        if "factory" in params:
+            raise ValueError(f"give the faiss factory once: either in the name ({name!r}) or as factory=, not both")
+        return index_backends.create("faiss", n_bits=n_bits, factory=name[len("faiss:") :], **params)
     return index_backends.create(name, n_bits=n_bits, **params)
+
+
+def read_index_meta(directory, backend: str, fmt: str, version: int) -> dict:
+    """`directory`/index.json as a dict, or a ValueError unless it is `backend`'s `fmt` `version`."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "index.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{directory}/index.json is missing or not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("backend") != backend:
+        got = meta.get("backend") if isinstance(meta, dict) else meta
+        raise ValueError(f"{directory} holds an index of back end {got!r}, not {backend!r}; load it with that back end's class")
+    if meta.get("format") != fmt or meta.get("version") != version:
+        raise ValueError(
+            f"{directory}/index.json has format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"this hashsearch reads {fmt!r} version {version}"
+        )
+    return meta
+
+
+def check_radius(radius: Any) -> int:
+    """A range-search radius as int, or a ValueError naming the value received."""
+    if not isinstance(radius, (int, np.integer)) or isinstance(radius, bool) or radius < 0:
+        raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
+    return int(radius)
 
 
 class Index:
@@ -34,6 +70,8 @@ class Index:
       slots beyond the number of entries hold id -1 and distance -1.
     - `range_search` returns every entry within `radius` (inclusive), sorted by (distance, id).
     - exact back ends (`exact = True`) return exactly the brute-force answer, ties included.
+      `exact` is a class attribute, or an instance attribute where it depends on parameters
+      (the faiss back end: exact for "BFlat" only).
     - `save(directory)` writes plain files into an existing directory; `load(directory)`
       reads them back (memory-mapped where possible).
     """

@@ -16,15 +16,23 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.codes import hamming_distances
-from hashsearch.index.base import Index, register_index
+from hashsearch.index._scan import (
+    check_threads,
+    default_threads,
+    id_order,
+    keys_to_range,
+    keys_to_search,
+    knn_keys,
+    query_words,
+    range_keys,
+    word_view,
+)
+from hashsearch.index.base import Index, check_radius, register_index
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
 
 FORMAT = "hashsearch-flat-index"
 FORMAT_VERSION = 1
 
-# Queries are scanned in blocks so the (block, n) distance and sort-key matrices stay near this size.
-_BLOCK_BYTES = 64 << 20
 _MIN_CAPACITY = 64
 
 
@@ -72,7 +80,7 @@ class FlatIndex(Index):
 
     exact = True
 
-    def __init__(self, n_bits: int) -> None:
+    def __init__(self, n_bits: int, n_threads: int | None = None) -> None:
         super().__init__(n_bits)
         self._n_bytes = (self.n_bits + 7) // 8
         self._codes = np.zeros((0, self._n_bytes), np.uint8)
@@ -80,7 +88,8 @@ class FlatIndex(Index):
         self._count = 0
         self._next_id = 0
         self._row_of: dict[int, int] | None = {}  # id -> row; None until needed after remove/load
-        self._id_rank: np.ndarray | None = None  # rank of each row's id among all ids (for tie order)
+        self._state: tuple | None = None  # (words, id ranks, sorted ids) for the scan, see _scan_state
+        self._n_threads = check_threads(n_threads)
 
     def __repr__(self) -> str:
         return f"FlatIndex(n_bits={self.n_bits}, count={self._count})"
@@ -98,15 +107,6 @@ class FlatIndex(Index):
         if self._row_of is None:
             self._row_of = {int(i): r for r, i in enumerate(self._ids[: self._count].tolist())}
         return self._row_of
-
-    def _ranks(self) -> np.ndarray:
-        """Position of each row's id in ascending id order; distinct, in [0, count)."""
-        if self._id_rank is None:
-            order = np.argsort(self._ids[: self._count], kind="stable")
-            rank = np.empty(self._count, np.int64)
-            rank[order] = np.arange(self._count)
-            self._id_rank = rank
-        return self._id_rank
 
     def get_codes(self, ids: np.ndarray) -> Codes:
         """Codes of the given ids, in the order given (KeyError naming any unknown id)."""
@@ -170,7 +170,7 @@ class FlatIndex(Index):
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         if self._row_of is not None:
             self._row_of.update(zip(new_ids.tolist(), range(start, start + m)))
-        self._id_rank = None
+        self._state = None
         return new_ids.copy()
 
     def remove(self, ids: np.ndarray) -> int:
@@ -193,12 +193,23 @@ class FlatIndex(Index):
         self._ids[:kept] = self._ids[:n][keep]
         self._count = kept
         self._row_of = None
-        self._id_rank = None
+        self._state = None
         return removed
 
     # -- search -------------------------------------------------------------------------
-    def _query_block(self, bytes_per_query: int) -> int:
-        return max(1, _BLOCK_BYTES // max(1, bytes_per_query))
+    def _scan_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(words, rank, sorted_ids) of the stored entries, cached until the next add/remove."""
+        if self._state is None:
+            n = self._count
+            words = word_view(self._codes[:n])
+            rank, sorted_ids = id_order(self._ids[:n])
+            self._state = (words, rank, sorted_ids)
+        return self._state
+
+    @property
+    def n_threads(self) -> int:
+        """Threads a search uses (the constructor's `n_threads`, or every core)."""
+        return self._n_threads or default_threads()
 
     def search(self, queries: Codes, k: int) -> SearchResult:
         """The k nearest entries of each query, sorted by (Hamming distance, id).
@@ -208,57 +219,26 @@ class FlatIndex(Index):
         """
         self._check_codes(queries, "queries")
         k = self._check_k(k)
-        nq, n = len(queries), self._count
-        distances = np.full((nq, k), -1, np.int32)
-        ids = np.full((nq, k), MISSING_ID, np.int64)
-        if n == 0 or nq == 0:
-            return SearchResult(distances, ids)
-        kk = min(k, n)
-        db = Codes(self._codes[:n], self.n_bits)
-        stored_ids = self._ids[:n]
-        rank = self._ranks()
-        block = self._query_block(n * 16)  # int32 distances + int64 keys per entry
-        for start in range(0, nq, block):
-            d = hamming_distances(queries[start : start + block], db)
-            # One int64 key orders by (distance, id) exactly: id ranks are distinct and < n.
-            key = d.astype(np.int64)
-            key *= n
-            key += rank
-            if kk < n:
-                cols = np.argpartition(key, kk - 1, axis=1)[:, :kk]
-                part = np.take_along_axis(key, cols, axis=1)
-                cols = np.take_along_axis(cols, np.argsort(part, axis=1), axis=1)
-            else:
-                cols = np.argsort(key, axis=1)
-            stop = start + len(cols)
-            distances[start:stop, :kk] = np.take_along_axis(d, cols, axis=1)
-            ids[start:stop, :kk] = stored_ids[cols]
-        return SearchResult(distances, ids)
+        n = self._count
+        if n == 0 or len(queries) == 0:
+            return SearchResult(np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), MISSING_ID, np.int64))
+        words, rank, sorted_ids = self._scan_state()
+        qw = query_words(queries, words)
+        keys = knn_keys(qw, words, rank, 0, n, n, min(k, n), self.n_bits, self.n_threads)
+        if k > n:
+            keys = np.concatenate([keys, np.full((len(keys), k - n), np.iinfo(np.int64).max)], axis=1)
+        return keys_to_search(keys, n, sorted_ids)
 
     def range_search(self, queries: Codes, radius: int) -> RangeResult:
         """Every entry within Hamming distance `radius` (inclusive), sorted by (distance, id)."""
         self._check_codes(queries, "queries")
-        if not isinstance(radius, (int, np.integer)) or isinstance(radius, bool) or radius < 0:
-            raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
-        nq, n = len(queries), self._count
-        lims = np.zeros(nq + 1, np.int64)
-        if n == 0 or nq == 0:
-            return RangeResult(lims, np.zeros(0, np.int32), np.zeros(0, np.int64))
-        db = Codes(self._codes[:n], self.n_bits)
-        stored_ids = self._ids[:n]
-        all_d, all_i = [], []
-        block = self._query_block(n * 5)
-        for start in range(0, nq, block):
-            d = hamming_distances(queries[start : start + block], db)
-            rows, cols = np.nonzero(d <= radius)
-            dist = d[rows, cols]
-            found = stored_ids[cols]
-            order = np.lexsort((found, dist, rows))
-            all_d.append(dist[order])
-            all_i.append(found[order])
-            lims[start + 1 : start + len(d) + 1] = np.bincount(rows, minlength=len(d))
-        np.cumsum(lims, out=lims)
-        return RangeResult(lims, np.concatenate(all_d).astype(np.int32), np.concatenate(all_i))
+        radius = check_radius(radius)
+        n = self._count
+        if n == 0 or len(queries) == 0:
+            return RangeResult(np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
+        words, rank, sorted_ids = self._scan_state()
+        counts, keys = range_keys(query_words(queries, words), words, rank, 0, n, n, radius, self.n_threads)
+        return keys_to_range(counts, keys, n, sorted_ids)
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory: str | os.PathLike) -> None:
@@ -278,8 +258,9 @@ class FlatIndex(Index):
             "n_bits": self.n_bits,
             "count": n,
             "next_id": self._next_id,
+            **self._extra_meta(),
         }
-        arrays = {"codes.u8": self._codes[:n], "ids.i64": self._ids[:n]}
+        arrays = {"codes.u8": self._codes[:n], "ids.i64": self._ids[:n], **self._extra_arrays()}
         for fname, arr in arrays.items():
             tmp = directory / f".{fname}.tmp-{os.getpid()}"
             with open(tmp, "wb") as f:  # a file object, so np.save keeps the name as given
@@ -301,10 +282,10 @@ class FlatIndex(Index):
             meta = json.loads((directory / "index.json").read_text())
         except (OSError, ValueError) as e:
             raise ValueError(f"{directory}/index.json is missing or not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or meta.get("backend") != "flat":
+        if not isinstance(meta, dict) or meta.get("backend") != cls.name:
             got = meta.get("backend") if isinstance(meta, dict) else meta
             raise ValueError(
-                f"{directory} holds an index of back end {got!r}, not 'flat'; "
+                f"{directory} holds an index of back end {got!r}, not {cls.name!r}; "
                 "load it with that back end's class"
             )
         if meta.get("format", FORMAT) != FORMAT or meta.get("version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -337,7 +318,8 @@ class FlatIndex(Index):
                 f"{directory}/ids.i64 holds {ids.dtype} {ids.shape} but index.json says "
                 f"int64 ({count},); the index is damaged"
             )
-        if count and (ids.min() < 0 or len(np.unique(ids)) != count):
+        # Strictly increasing ids (the usual case) are checked in one pass; others need a sort.
+        if count and (ids[0] < 0 or not (ids[1:] > ids[:-1]).all()) and (ids.min() < 0 or len(np.unique(ids)) != count):
             raise ValueError(f"{directory}/ids.i64 holds negative or repeated ids; the index is damaged")
         max_id = int(ids.max()) + 1 if count else 0
         next_id = meta.get("next_id", max_id)
@@ -346,4 +328,15 @@ class FlatIndex(Index):
         self = cls(n_bits)
         self._codes, self._ids, self._count, self._next_id = codes, ids, count, next_id
         self._row_of = None
+        self._load_extra(directory, meta, mode)
         return self
+
+    # Hooks for back ends that store more beside the codes (see MIHIndex).
+    def _extra_meta(self) -> dict:
+        return {}
+
+    def _extra_arrays(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def _load_extra(self, directory: Path, meta: dict, mmap_mode: str | None) -> None:
+        pass

@@ -1,0 +1,442 @@
+"""Compiled (numba) Hamming search kernels shared by the "flat" and "mih" back ends.
+
+Every kernel works on codes viewed as machine words (`words`: (n, W) uint64, or uint32 for
+codes of 4 bytes), releases the GIL (`nogil`), and orders neighbours by one int64 *key* per
+entry::
+
+    key = distance * n_keys + rank
+
+where `rank` is the position of the entry's id in ascending id order (distinct, < n_keys).
+Keys are distinct, so "the k smallest keys" is exactly "the k nearest by (distance, id)",
+ties included, and a caller merges results of several kernels (database shards, a table part
+and a tail part) by sorting their keys together.
+
+Top-k selection keeps, per query, a buffer of at most `cap` keys and the current k-th
+smallest key as an admission threshold; a full buffer is sorted and cut back to k. The scan
+counts, per group of 64 entries, how many are within the current distance threshold (a loop
+LLVM vectorises) and looks at the entries one by one only in groups that have any.
+
+numba is imported here only: importing hashsearch.index does not load it, the first search
+does (and compiles the kernels once per machine; they are cached next to this file).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+# Entries examined together by the vectorised "any within threshold?" count.
+_GROUP = 64
+# A group that has any hit is re-examined in sub-groups, and only those with hits row by row.
+_SUBGROUP = 16
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+@intrinsic
+def _popcount(typingctx, x):
+    """Population count of an unsigned integer as int64 (LLVM's ctpop: one POPCNT instruction).
+
+    Returning a signed int64 matters: numba turns mixed uint64/int64 arithmetic into float64.
+    """
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        count = builder.ctpop(args[0])
+        if count.type.width < 64:
+            return builder.zext(count, ir.IntType(64))
+        return count
+
+    return sig, codegen
+
+
+@njit(nogil=True, inline="always")
+def _distance(q, qi, db, row):
+    """Hamming distance between query `qi` (row of q, (nq, W)) and row `row` of db ((n * W,))."""
+    W = q.shape[1]
+    d = 0
+    for w in range(W):
+        d += _popcount(q[qi, w] ^ db[row * W + w])
+    return d
+
+
+@njit(nogil=True, inline="always")
+def _hits(q, qi, db, g, e, td):
+    """How many of rows [g, e) are within distance `td` of query `qi`."""
+    hits = 0
+    for j in range(g, e):
+        hits += _distance(q, qi, db, j) <= td
+    return hits
+
+
+@njit(nogil=True, cache=True)
+def _compact(buf, cnt, k):
+    """Keep the k smallest of buf[:cnt] in buf[:k] (unordered); returns the largest of them."""
+    part = np.partition(buf[:cnt], k - 1)
+    buf[:k] = part[:k]
+    return part[k - 1]
+
+
+@njit(nogil=True, cache=True)
+def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out):
+    """`knn_scan` for codes of one word (up to 64 bits): fixed-size groups that LLVM vectorises."""
+    nq = q.shape[0]
+    cap = min(max(4 * k, 256), hi - lo + 1)
+    buf = np.empty(max(cap, 1), np.int64)
+    full = lo + (hi - lo) // _GROUP * _GROUP
+    for qi in range(nq):
+        cnt = 0
+        tkey = _INT64_MAX
+        td = max_d
+        qw = q[qi, 0]
+        for g in range(lo, hi, _GROUP):
+            if g < full:
+                blk = db[g : g + _GROUP]
+                hits = 0
+                for t in range(_GROUP):
+                    hits += _popcount(qw ^ blk[t]) <= td
+                if hits == 0:
+                    continue
+            e = min(g + _GROUP, hi)
+            for s in range(g, e, _SUBGROUP):
+                se = min(s + _SUBGROUP, e)
+                if se - s == _SUBGROUP:
+                    sub = db[s : s + _SUBGROUP]
+                    hits = 0
+                    for t in range(_SUBGROUP):
+                        hits += _popcount(qw ^ sub[t]) <= td
+                    if hits == 0:
+                        continue
+                for j in range(s, se):
+                    d = _popcount(qw ^ db[j])
+                    if d <= td:
+                        key = d * n_keys + rank[j]
+                        if key < tkey:
+                            buf[cnt] = key
+                            cnt += 1
+                            if cnt == cap:
+                                tkey = _compact(buf, cnt, k)
+                                cnt = k
+                                td = tkey // n_keys
+        kk = min(k, cnt)
+        buf[:cnt].sort()
+        out[qi, :kk] = buf[:kk]
+        out[qi, kk:] = _INT64_MAX
+
+
+@njit(nogil=True, cache=True)
+def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
+    """`knn_scan` for codes of two words (65 to 128 bits); same scheme as `_knn_one_word`."""
+    nq = q.shape[0]
+    cap = min(max(4 * k, 256), hi - lo + 1)
+    buf = np.empty(max(cap, 1), np.int64)
+    full = lo + (hi - lo) // _GROUP * _GROUP
+    for qi in range(nq):
+        cnt = 0
+        tkey = _INT64_MAX
+        td = max_d
+        q0 = q[qi, 0]
+        q1 = q[qi, 1]
+        for g in range(lo, hi, _GROUP):
+            if g < full:
+                blk = db[2 * g : 2 * (g + _GROUP)]
+                hits = 0
+                for t in range(_GROUP):
+                    hits += _popcount(q0 ^ blk[2 * t]) + _popcount(q1 ^ blk[2 * t + 1]) <= td
+                if hits == 0:
+                    continue
+            e = min(g + _GROUP, hi)
+            for s in range(g, e, _SUBGROUP):
+                se = min(s + _SUBGROUP, e)
+                if se - s == _SUBGROUP:
+                    sub = db[2 * s : 2 * (s + _SUBGROUP)]
+                    hits = 0
+                    for t in range(_SUBGROUP):
+                        hits += _popcount(q0 ^ sub[2 * t]) + _popcount(q1 ^ sub[2 * t + 1]) <= td
+                    if hits == 0:
+                        continue
+                for j in range(s, se):
+                    d = _popcount(q0 ^ db[2 * j]) + _popcount(q1 ^ db[2 * j + 1])
+                    if d <= td:
+                        key = d * n_keys + rank[j]
+                        if key < tkey:
+                            buf[cnt] = key
+                            cnt += 1
+                            if cnt == cap:
+                                tkey = _compact(buf, cnt, k)
+                                cnt = k
+                                td = tkey // n_keys
+        kk = min(k, cnt)
+        buf[:cnt].sort()
+        out[qi, :kk] = buf[:kk]
+        out[qi, kk:] = _INT64_MAX
+
+
+@njit(nogil=True, cache=True)
+def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
+    """`knn_scan` for codes of several words."""
+    nq = q.shape[0]
+    cap = min(max(4 * k, 256), hi - lo + 1)
+    buf = np.empty(max(cap, 1), np.int64)
+    for qi in range(nq):
+        cnt = 0
+        tkey = _INT64_MAX
+        td = max_d
+        for g in range(lo, hi, _GROUP):
+            e = min(g + _GROUP, hi)
+            if _hits(q, qi, db, g, e, td) == 0:
+                continue
+            for j in range(g, e):
+                d = _distance(q, qi, db, j)
+                if d <= td:
+                    key = d * n_keys + rank[j]
+                    if key < tkey:
+                        buf[cnt] = key
+                        cnt += 1
+                        if cnt == cap:
+                            tkey = _compact(buf, cnt, k)
+                            cnt = k
+                            td = tkey // n_keys
+        kk = min(k, cnt)
+        buf[:cnt].sort()
+        out[qi, :kk] = buf[:kk]
+        out[qi, kk:] = _INT64_MAX
+
+
+@njit(nogil=True, cache=True)
+def knn_scan(q, db, rank, lo, hi, n_keys, k, max_d, out):
+    """Exact k-NN of every query over database rows [lo, hi): writes keys to `out` (nq, k).
+
+    `q` is (nq, W) words, `db` the database's words flattened to (n * W,). Rows of `out` are
+    sorted ascending; slots beyond the rows found hold INT64_MAX. `max_d` is the largest
+    possible distance (the code length in bits).
+    """
+    if q.shape[1] == 1:
+        _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out)
+    elif q.shape[1] == 2:
+        _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out)
+    else:
+        _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out)
+
+
+@njit(nogil=True, cache=True)
+def range_scan(q, db, rank, lo, hi, n_keys, radius):
+    """Every database row in [lo, hi) within `radius` of each query, as sorted keys.
+
+    Returns (counts, keys): counts (nq,) int64 and keys grouped by query, each group sorted.
+    """
+    nq = q.shape[0]
+    counts = np.zeros(nq, np.int64)
+    keys = np.empty(1024, np.int64)
+    total = 0
+    for qi in range(nq):
+        start = total
+        for g in range(lo, hi, _GROUP):
+            e = min(g + _GROUP, hi)
+            hits = _hits(q, qi, db, g, e, radius)
+            if hits == 0:
+                continue
+            if total + hits > len(keys):
+                grown = np.empty(max(2 * len(keys), total + hits), np.int64)
+                grown[:total] = keys[:total]
+                keys = grown
+            for j in range(g, e):
+                d = _distance(q, qi, db, j)
+                if d <= radius:
+                    keys[total] = d * n_keys + rank[j]
+                    total += 1
+        keys[start:total].sort()
+        counts[qi] = total - start
+    return counts, keys[:total]
+
+
+# -- multi-index hashing ----------------------------------------------------------------------
+@njit(nogil=True, inline="always")
+def _next_mask(x):
+    """The next larger integer with the same number of set bits (Gosper's hack)."""
+    c = x & -x
+    r = x + c
+    return (((r ^ x) >> 2) // c) | r
+
+
+@njit(nogil=True, inline="always")
+def _table_distance(q, qi, tcodes, j, p):
+    """Hamming distance between query `qi` and the code at position p of table j."""
+    W = q.shape[1]
+    d = 0
+    for w in range(W):
+        d += _popcount(q[qi, w] ^ tcodes[j, p * W + w])
+    return d
+
+
+@njit(nogil=True, cache=True)
+def mih_knn(q, qsub, db, rank, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0):
+    """Exact k-NN by multi-index hashing (Norouzi, Punjani and Fleet) over the tabled rows.
+
+    `qsub` (nq, m) holds each query's substring values; substring j has `lens[j]` bits and its
+    table is CSR: positions offsets[j, v] to offsets[j, v + 1] of rows[j] (row numbers) and of
+    tcodes[j] (the rows' code words, W per row, copied so a bucket is read sequentially) hold
+    the rows whose substring j is v.
+
+    Substrings are probed in the order (s, j) = (0, 0), (0, 1), ..., (1, 0), ...; probing
+    substring j at exactly radius s completes the search to radius r = s * m + j: a code within
+    r of the query has, by the pigeonhole principle, one of substrings 0..j within s (if all
+    of them differed by s + 1 or more and the others by s or more, the distance would be at
+    least s * m + j + 1). The search stops once the k-th best distance found is <= r, so every
+    entry at that distance has been seen and ties are broken exactly. A query whose probes and
+    candidates exceed `budget` is finished by a linear scan of `db` (same answer, bounded cost).
+
+    A row can sit in the buckets probed of several tables; `seen` (n_rows,) int32 marks the
+    rows already admitted to the top-k buffer with stamps stamp0 + 1 .. stamp0 + nq, so the
+    caller reuses one buffer without clearing it.
+    """
+    nq, m = qsub.shape
+    W = q.shape[1]
+    max_len = 0
+    for j in range(m):
+        max_len = max(max_len, lens[j])
+    cap = min(max(4 * k, 256), n_rows + 1)
+    buf = np.empty(max(cap, 1), np.int64)
+    one = np.empty((1, k), np.int64)
+    for qi in range(nq):
+        stamp = stamp0 + qi + 1
+        cnt = 0
+        tkey = _INT64_MAX
+        td = max_d
+        work = 0
+        done = n_rows == 0
+        for s in range(max_len + 1):
+            if done:
+                break
+            for j in range(m):
+                L = lens[j]
+                if s <= L:
+                    mask = np.int64((1 << s) - 1)
+                    end = np.int64(1) << L
+                    qv = qsub[qi, j]
+                    while mask < end:
+                        v = qv ^ mask
+                        a = offsets[j, v]
+                        b = offsets[j, v + 1]
+                        work += 1 + (b - a)
+                        if b - a >= _GROUP and W == 1:
+                            # A big bucket (clustered codes): skip it if a vectorised count finds nothing.
+                            tc = tcodes[j, a:b]
+                            qw = q[qi, 0]
+                            hits = 0
+                            for t in range(b - a):
+                                hits += _popcount(qw ^ tc[t]) <= td
+                            if hits == 0:
+                                if s == 0:
+                                    break
+                                mask = _next_mask(mask)
+                                continue
+                        for p in range(a, b):
+                            d = _table_distance(q, qi, tcodes, j, p)
+                            if d <= td:
+                                row = rows[j, p]
+                                key = d * n_keys + rank[row]
+                                if key < tkey and seen[row] != stamp:
+                                    seen[row] = stamp
+                                    buf[cnt] = key
+                                    cnt += 1
+                                    if cnt == cap:
+                                        tkey = _compact(buf, cnt, k)
+                                        cnt = k
+                                        td = tkey // n_keys
+                        if s == 0:
+                            break
+                        mask = _next_mask(mask)
+                r_done = s * m + j
+                if r_done >= max_d:
+                    done = True
+                    break
+                if cnt >= k:
+                    if cnt > k:
+                        tkey = _compact(buf, cnt, k)
+                        cnt = k
+                        td = tkey // n_keys
+                    if td <= r_done:
+                        done = True
+                        break
+                if work > budget:
+                    # Too far from the tabled codes for hashing to pay: scan linearly.
+                    knn_scan(q[qi : qi + 1], db, rank, 0, n_rows, n_keys, k, max_d, one)
+                    kk = 0
+                    while kk < k and one[0, kk] != _INT64_MAX:
+                        buf[kk] = one[0, kk]
+                        kk += 1
+                    cnt = kk
+                    done = True
+                    break
+        kk = min(k, cnt)
+        buf[:cnt].sort()
+        out[qi, :kk] = buf[:kk]
+        out[qi, kk:] = _INT64_MAX
+
+
+@njit(nogil=True, cache=True)
+def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_rows, budget, seen, stamp0):
+    """Exact radius search by multi-index hashing; returns (counts, keys) like `range_scan`.
+
+    With radius = s * m + a (0 <= a < m), a code within the radius has one of substrings
+    0..a within s of the query's, or one of the others within s - 1 (pigeonhole), so those
+    are the probes. A query whose probes exceed `budget` is answered by a linear scan.
+    `seen` and `stamp0` as in `mih_knn`; tables as there.
+    """
+    nq, m = qsub.shape
+    s_max = radius // m
+    a = radius % m
+    counts = np.zeros(nq, np.int64)
+    keys = np.empty(1024, np.int64)
+    total = 0
+    for qi in range(nq):
+        stamp = stamp0 + qi + 1
+        start = total
+        # Probes first counted, so a hopeless query goes straight to the linear scan.
+        n_probes = 0
+        for j in range(m):
+            top = s_max if j <= a else s_max - 1
+            c = 1
+            for s in range(min(top, lens[j]) + 1):
+                n_probes += c
+                c = c * (lens[j] - s) // (s + 1)
+        if n_probes > budget:
+            c1, k1 = range_scan(q[qi : qi + 1], db, rank, 0, n_rows, n_keys, radius)
+            if total + len(k1) > len(keys):
+                grown = np.empty(max(2 * len(keys), total + len(k1)), np.int64)
+                grown[:total] = keys[:total]
+                keys = grown
+            keys[total : total + len(k1)] = k1
+            total += len(k1)
+            counts[qi] = len(k1)
+            continue
+        for j in range(m):
+            top = s_max if j <= a else s_max - 1
+            L = lens[j]
+            for s in range(min(top, L) + 1):
+                mask = np.int64((1 << s) - 1)
+                end = np.int64(1) << L
+                qv = qsub[qi, j]
+                while mask < end:
+                    v = qv ^ mask
+                    for p in range(offsets[j, v], offsets[j, v + 1]):
+                        d = _table_distance(q, qi, tcodes, j, p)
+                        if d <= radius:
+                            row = rows[j, p]
+                            if seen[row] == stamp:
+                                continue
+                            seen[row] = stamp
+                            if total == len(keys):
+                                grown = np.empty(2 * len(keys), np.int64)
+                                grown[:total] = keys[:total]
+                                keys = grown
+                            keys[total] = d * n_keys + rank[row]
+                            total += 1
+                    if s == 0:
+                        break
+                    mask = _next_mask(mask)
+        keys[start:total].sort()
+        counts[qi] = total - start
+    return counts, keys[:total]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hashsearch.cli import commands, serve
+from hashsearch.cli import bench, commands, serve
 
 app = typer.Typer(
     add_completion=False,
@@ -15,6 +15,7 @@ app = typer.Typer(
 for fn in commands.ALL:
     app.command()(fn)
 app.command()(serve.serve)
+app.command()(bench.bench)
 
 
 def main() -> None:

@@ -360,3 +360,4 @@ def cifar10_demo(seed: int = 0) -> Split:
         "images (200 per class, from the training set); database: the 9,800 test images that are "
         "not queries.",
     )
+from hashsearch.data import unseen  # noqa: E402,F401  (registers the unseen-classes protocol)

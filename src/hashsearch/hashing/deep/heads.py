@@ -89,3 +89,49 @@ class LatentSigmoidHead(nn.Module):
         z = self.latent(self.dropout(features))
         h = torch.sigmoid(z)
         return HeadOutput(codes_continuous=h, logits=self.classifier(h), pre_activation=z)
+
+
+@register_head("latent-tanh")
+class LatentTanhHead(nn.Module):
+    """Dropout -> Linear(in_dim, n_bits) -> tanh: relaxed codes in (-1, 1) for pairwise and centre losses.
+
+    The hash layer of DPSH, DSH, HashNet and CSQ on top of backbone features; no classifier
+    (``logits=None``). Bit = tanh(z) >= 0.
+    """
+
+    code_range = (-1.0, 1.0)
+
+    def __init__(self, in_dim: int, n_bits: int, n_classes: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.latent = nn.Linear(in_dim, n_bits)
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:
+        z = self.latent(self.dropout(features))
+        return HeadOutput(codes_continuous=torch.tanh(z), logits=None, pre_activation=z)
+
+
+@register_head("feature-enhance")
+class FeatureEnhanceHead(nn.Module):
+    """DFEH's head: a feature-enhancement layer (Linear(in_dim, hidden) + ReLU) before the tanh hash layer.
+
+    Parameters
+    ----------
+    hidden : int
+        Width of the enhancement layer.
+    dropout : float
+        Dropout on the input features and on the enhanced features during training.
+    """
+
+    code_range = (-1.0, 1.0)
+
+    def __init__(self, in_dim: int, n_bits: int, n_classes: int, dropout: float = 0.0, hidden: int = 512) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.enhance = nn.Linear(in_dim, hidden)
+        self.latent = nn.Linear(hidden, n_bits)
+
+    def forward(self, features: torch.Tensor) -> HeadOutput:
+        e = torch.relu(self.enhance(self.dropout(features)))
+        z = self.latent(self.dropout(e))
+        return HeadOutput(codes_continuous=torch.tanh(z), logits=None, pre_activation=z)

@@ -1,0 +1,33 @@
+"""`hashsearch bench`: every method x bit length on a protocol, the papers' numbers beside ours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from hashsearch.cli.commands import _command_line
+from hashsearch.cli.common import BackboneOpt, BatchOpt, CacheOpt, InputSizeOpt, WeightsOpt, make_backbone, split_list
+
+
+def bench(
+    protocol: str = typer.Option("cifar10-1k", "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
+    methods: str = typer.Option("all", "--methods", "-m", help="Comma-separated methods, or 'all'."),
+    bits: str = typer.Option("12,16,24,32,48,64", "--bits", "-b", help="Comma-separated code lengths."),
+    seed: int = typer.Option(0, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots (default benchmarks/results/<protocol>)."),
+    backbone: str = BackboneOpt,
+    input_size: int = InputSizeOpt,
+    weights: Optional[str] = WeightsOpt,
+    cache_dir: Optional[Path] = CacheOpt,
+    batch_size: int = BatchOpt,
+):
+    """Benchmark hashing methods on a protocol and write a report with the published numbers beside ours."""
+    from hashsearch.evaluation.bench import bench as run_bench
+
+    run_bench(
+        protocol=protocol, methods=split_list(methods), bits=split_list(bits, int), seed=seed,
+        out=out or Path("benchmarks/results") / protocol, backbone=make_backbone(backbone, input_size, weights),
+        cache_dir=cache_dir, batch_size=batch_size, command=_command_line(),
+    )

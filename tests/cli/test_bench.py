@@ -7,14 +7,16 @@ import sys
 
 import pytest
 
-from hashsearch.evaluation.bench import plot_train_time, resolve_methods
+from hashsearch.evaluation.bench import plot_loss_curves, plot_train_time, resolve_methods
 from hashsearch.evaluation.published import DFEH_CIFAR10, RITQ_TABLE_II, published_map, tables_markdown
 from hashsearch.hashing import list_hashers
 
 
 def test_all_means_every_registered_hasher():
-    assert resolve_methods(["all"]) == list_hashers()
-    assert {"sklsh", "sh", "sph", "dsh-density", "cca-itq", "ksh", "sdh", "dpsh", "dsh", "dfeh", "hashnet", "csq"} <= set(list_hashers())
+    assert resolve_methods(["all"]) == list_hashers() + ["dhfi[use=b]"]
+    assert {"sklsh", "sh", "sph", "dsh-density", "cca-itq", "ksh", "sdh", "dpsh", "dsh", "dfeh", "hashnet", "csq",
+            "ritq", "dhfi"} <= set(list_hashers())
+    assert resolve_methods(["itq", "dfeh[lambda_q=0,lambda_b=0]"]) == ["itq", "dfeh[lambda_q=0,lambda_b=0]"]
     with pytest.raises(ValueError, match="nope"):
         resolve_methods(["itq", "nope"])
 
@@ -35,6 +37,11 @@ def test_train_time_plot(tmp_path):
             [("itq", 16, 0.5), ("itq", 32, 0.7), ("dpsh", 16, 3.0)]]
     out = plot_train_time(rows, tmp_path / "t.png")
     assert out.stat().st_size > 1000
+
+
+def test_loss_curve_plot(tmp_path):
+    rows = [{"method": "dpsh", "bits": 48, "loss_history": [2.0, 1.0, 0.5]}, {"method": "itq", "bits": 48}]
+    assert plot_loss_curves(rows, 48, tmp_path / "l.png").stat().st_size > 1000
 
 
 def test_cli_rejects_an_unknown_method_before_any_work():

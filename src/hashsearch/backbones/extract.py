@@ -185,3 +185,39 @@ def _finish_chunk(state: dict, encoder, cache, out: Extracted):
 def _skip(report: SkipReport, record: ImageRecord, reason: str) -> None:
     warnings.warn(f"skipping {record.key}: {reason}", BadImageWarning, stacklevel=3)
     report.add(record.key, reason)
+
+
+def extract_pixels(
+    source: ImageSource,
+    records: Sequence[ImageRecord],
+    preprocess,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+) -> tuple[list[ImageRecord], np.ndarray, SkipReport]:
+    """The (n, s, s, 3) uint8 crops of `records` for training a backbone; bad files skipped and reported.
+
+    Returns (records kept, pixels, report), in the order of `records`.
+    """
+    from hashsearch.pipeline.workers import decode_batch
+
+    kept: list[ImageRecord] = []
+    pixels: list[np.ndarray] = []
+    report = SkipReport()
+    bar = tqdm(total=len(records), unit="img", desc="decoding", disable=not progress or None)
+    for record, data, error in source.iter_bytes(list(records)):
+        bar.update(1)
+        if error is None and not data:
+            error = "empty file"
+        if error is None:
+            _, batch, failed = decode_batch([("", record.key, data)], preprocess, max_pixels, normalize=False)
+            if failed:
+                error = failed[0][1]
+        if error is not None:
+            _skip(report, record, error)
+            continue
+        kept.append(record)
+        pixels.append(batch[0])
+    bar.close()
+    s = preprocess.input_size
+    return kept, (np.stack(pixels) if pixels else np.zeros((0, s, s, 3), np.uint8)), report

@@ -8,9 +8,12 @@ from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
 
 
 def split_list(value: str, cast=str) -> list:
-    """'a,b, c' -> ['a', 'b', 'c'] (with `cast` applied)."""
+    """'a,b, c' -> ['a', 'b', 'c'] (with `cast` applied); commas inside brackets stay,
+    so 'itq,dfeh[lambda_q=0,lambda_b=0]' is two methods."""
+    import re
+
     try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+        return [cast(v.strip()) for v in re.split(r",(?![^\[]*\])", value) if v.strip()]
     except ValueError:
         raise typer.BadParameter(f"expected a comma-separated list, got {value!r}") from None
 

@@ -11,8 +11,9 @@ from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import open_source
 from hashsearch.evaluation.published import published_map, tables_markdown
 from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
-from hashsearch.evaluation.runner import machine_description, run_methods, split_features
-from hashsearch.hashing import create_hasher, list_hashers
+from hashsearch.evaluation.runner import FeatureProvider, machine_description, parse_method, run_methods
+from hashsearch.evaluation.experiment import trained_notes
+from hashsearch.hashing import list_hashers
 
 #: The mAP@ALL at 48 bits the issue aims at on cifar10-1k.
 GOAL_MAP_48 = 0.85
@@ -22,9 +23,11 @@ def resolve_methods(methods: Sequence[str]) -> list[str]:
     """`all` -> every registered hasher; otherwise the names, checked against the registry."""
     names = list(methods)
     if names == ["all"]:
-        return list_hashers()
+        # DHFI's comparison: its ResNet subnetwork alone at the same total bits (the pretrained
+        # one alone is the 'dpsh' row).
+        return list_hashers() + ["dhfi[use=b]"]
     for m in names:
-        create_hasher(m)  # unknown name -> ValueError listing the registered ones
+        parse_method(m)  # unknown name -> ValueError listing the registered ones
     return names
 
 
@@ -42,6 +45,28 @@ def plot_train_time(rows: list[dict], out_png: Path) -> Path:
     ax.barh(list(totals), list(totals.values()))
     ax.set_xlabel("training time, s (sum over bit lengths)")
     ax.set_xscale("log")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
+    """Training loss per epoch of every method that logs one, at `bits` bits (each curve / its first epoch)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in rows:
+        loss = r.get("loss_history")
+        if int(r["bits"]) == bits and loss and loss[0] != 0:
+            ax.plot(range(1, len(loss) + 1), [v / loss[0] for v in loss], label=r["method"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss / first epoch's")
+    ax.set_title(f"Training loss, {bits} bits")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
@@ -67,8 +92,9 @@ def bench(
     split = load_protocol(protocol, seed=seed)
     source = open_source(cifar10_root())
     log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
-    feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size)
-    rows = run_methods(feats, methods, bits, seed=seed, log=log)
+    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log)
+    provider.features(None)
+    rows = run_methods(provider, methods, bits, seed=seed, log=log)
     for row in rows:
         ref = published_map(row["method"], int(row["bits"]))
         if ref is not None:
@@ -93,6 +119,7 @@ def bench(
             f"(deep methods in head mode: only the hash head is trained, on cached features; finetune "
             f"mode was not run: no GPU).",
             f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
+            *trained_notes(provider),
             goal,
             "",
             "Cells read 'ours (paper)'. The papers' numbers are under their own protocols (GIST or "
@@ -106,5 +133,6 @@ def bench(
         pr_bits = 48 if 48 in bits else max(bits)
         plot_pr_curves(rows, pr_bits, out.with_name(out.name + f"-pr{pr_bits}.png"))
         plot_train_time(rows, out.with_name(out.name + "-time.png"))
+        plot_loss_curves(rows, pr_bits, out.with_name(out.name + f"-loss{pr_bits}.png"))
         log(f"wrote {out}.md, {out}.json and plots; total {total:.0f}s")
     return rows

@@ -13,7 +13,7 @@ from hashsearch.collection import Collection
 from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
 from hashsearch.data.sources import open_source
 from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
-from hashsearch.evaluation.runner import machine_description, run_methods, split_features
+from hashsearch.evaluation.runner import FeatureProvider, machine_description, parse_method, run_methods, split_features
 from hashsearch.hashing import create_hasher
 
 
@@ -45,14 +45,15 @@ def run_and_report(
 ) -> list[dict]:
     """Evaluate every method x bits on the split; write <out>.md/.json and plots when `out` is given."""
     for m in methods:
-        create_hasher(m)  # fail on an unknown method before the long feature pass
+        parse_method(m)  # fail on an unknown method before the long feature pass
     t0 = time.perf_counter()
     source, split = load_split(protocol, data, queries_per_class, train_per_class, seed)
     log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
-    feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size)
+    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log)
+    feats = provider.features(None)
     if len(feats.skipped):
         log(feats.skipped.summary())
-    rows = run_methods(feats, methods, bits, seed=seed, log=log)
+    rows = run_methods(provider, methods, bits, seed=seed, log=log)
     total = time.perf_counter() - t0
     if out is not None:
         out = Path(out)
@@ -66,12 +67,20 @@ def run_and_report(
             f"{feats.n_cached} read from the feature cache).",
             f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
             f"Skipped files: {len(feats.skipped)}.",
+            *trained_notes(provider),
         ])
         write_results(rows, out, title=f"Retrieval on {split.name}", notes=notes)
         plot_results(rows, out.with_name(out.name + "-map.png"))
         plot_pr_curves(rows, max(bits), out.with_name(out.name + f"-pr{max(bits)}.png"))
         log(f"wrote {out}.md, {out}.json and plots")
     return rows
+
+
+def trained_notes(provider: FeatureProvider) -> list[str]:
+    """A line per backbone the run trained from scratch (for RITQ and DHFI): images, epochs, time, loss."""
+    return [f"Backbone {name} trained from scratch on {t['images']} training images, {t['epochs']} epochs, in "
+            f"{t['seconds']:.0f}s (cross-entropy {t['loss'][0]:.3f} -> {t['loss'][-1]:.3f}); weights {t['weights']}."
+            for name, t in provider.trained.items()]
 
 
 def demo(out: Path, cache_dir=None, log=print) -> None:

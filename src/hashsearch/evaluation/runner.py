@@ -15,7 +15,7 @@ from hashsearch.backbones.extract import extract_features
 from hashsearch.data.protocols import Split
 from hashsearch.data.sources import ImageSource, SkipReport
 from hashsearch.evaluation.metrics import evaluate
-from hashsearch.hashing import create_hasher
+from hashsearch.hashing import create_hasher, hashers
 
 
 @dataclass
@@ -71,8 +71,109 @@ def split_features(
     )
 
 
+#: Epochs of training a backbone from scratch for the methods that need one (RITQ, DHFI).
+SCRATCH_EPOCHS = 15
+
+
+class FeatureProvider:
+    """Features of a split from every backbone the methods ask for (`Hasher.feature_backbones`),
+    each made once: None is the run's backbone; a backbone without pretrained weights
+    ('cifar-resnet32') is first trained from scratch on the split's labelled training images,
+    its weights kept in the cache folder (keyed by split, seed and epochs) for the next run."""
+
+    def __init__(self, source: ImageSource, split: Split, backbone: Backbone, *, cache_dir=None, batch_size: int = 64,
+                 seed: int = 0, scratch_epochs: int = SCRATCH_EPOCHS, log=print) -> None:
+        self.source, self.split, self.backbone = source, split, backbone
+        self.cache_dir, self.batch_size, self.seed, self.scratch_epochs, self.log = cache_dir, batch_size, seed, scratch_epochs, log
+        self._feats: dict[str | None, ProtocolFeatures] = {}
+        #: name -> {"seconds": training time, "loss": per-epoch loss, "weights": path} of backbones trained here.
+        self.trained: dict[str, dict] = {}
+
+    def features(self, name: str | None) -> ProtocolFeatures:
+        if name not in self._feats:
+            backbone = self.backbone if name is None else self.trained_backbone(name)
+            self._feats[name] = split_features(self.source, self.split, backbone, cache_dir=self.cache_dir,
+                                               batch_size=self.batch_size)
+        return self._feats[name]
+
+    def trained_backbone(self, name: str) -> Backbone:
+        """Backbone `name` trained from scratch on the split's training images (or read from the cache)."""
+        import json
+
+        from hashsearch.backbones import create_backbone
+        from hashsearch.backbones.extract import extract_pixels
+        from hashsearch.data.protocols import cache_dir as default_cache_dir
+        from hashsearch.hashing.deep.endtoend import train_backbone
+
+        folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
+        stem = f"{name}-{self.split.name}-seed{self.split.seed}-{self.scratch_epochs}ep"
+        weights, info = folder / f"{stem}.pt", folder / f"{stem}.json"
+        backbone = create_backbone(name)
+        if weights.is_file() and info.is_file():
+            self.trained[name] = json.loads(info.read_text())
+            return create_backbone(name, weights=weights)
+        self.log(f"training {name} from scratch on {len(self.split.train)} images, {self.scratch_epochs} epochs")
+        records, pixels, report = extract_pixels(self.source, self.split.train, backbone.preprocess)
+        t = time.perf_counter()
+        trained, history = train_backbone(backbone, pixels, [r.label for r in records], weights,
+                                          epochs=self.scratch_epochs, seed=self.seed)
+        self.trained[name] = {"seconds": time.perf_counter() - t, "loss": history.epoch_loss, "weights": str(weights),
+                              "images": len(records), "epochs": self.scratch_epochs}
+        info.write_text(json.dumps(self.trained[name]))
+        self.log(f"trained {name} in {self.trained[name]['seconds']:.0f}s, loss {history.epoch_loss[0]:.3f} -> "
+                 f"{history.epoch_loss[-1]:.3f}")
+        return trained
+
+    def for_method(self, method: str) -> tuple[ProtocolFeatures, dict]:
+        """The features `method` is defined on (concatenated across its backbones) and the
+        parameters that tell it where each block is (`feature_dims`)."""
+        names = hashers.get(method).feature_backbones
+        parts = [self.features(n) for n in names]
+        if len(parts) == 1:
+            return parts[0], {}
+        return concat_features(parts), {"feature_dims": [p.train.features.shape[1] for p in parts]}
+
+
+def concat_features(parts: Sequence[ProtocolFeatures]) -> ProtocolFeatures:
+    """Features of several backbones side by side, for the images all of them could read."""
+    def part(name):
+        ps = [getattr(p, name) for p in parts]
+        common = set.intersection(*(set(x.digests) for x in ps))
+        keep = [[i for i, d in enumerate(x.digests) if d in common] for x in ps]
+        first = ps[0]
+        return Part(np.concatenate([x.features[k] for x, k in zip(ps, keep)], axis=1), first.labels[keep[0]],
+                    [first.records[i] for i in keep[0]], [first.digests[i] for i in keep[0]])
+
+    base = parts[0]
+    return ProtocolFeatures(part("train"), part("query"), part("database"), base.classes, base.skipped,
+                            sum(p.seconds for p in parts), base.n_images, sum(p.n_cached for p in parts),
+                            sum(p.n_computed for p in parts))
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """A method spec: a registered name, optionally with parameters, ``"dhfi[use=b]"`` or
+    ``"dfeh[lambda_q=0,lambda_b=0.1]"`` (values read as JSON, else kept as strings)."""
+    import json
+
+    name, _, rest = spec.partition("[")
+    params: dict = {}
+    if rest:
+        if not rest.endswith("]"):
+            raise ValueError(f"method spec {spec!r}: parameters go in brackets, e.g. 'dhfi[use=b]'")
+        for item in filter(None, rest[:-1].split(",")):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"method spec {spec!r}: {item!r} is not key=value")
+            try:
+                params[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key.strip()] = value.strip()
+    hashers.get(name)  # unknown name -> ValueError listing the registered ones
+    return name, params
+
+
 def run_methods(
-    feats: ProtocolFeatures,
+    feats: ProtocolFeatures | FeatureProvider,
     methods: Sequence[str],
     bits: Sequence[int],
     *,
@@ -82,14 +183,28 @@ def run_methods(
     radius: int = 2,
     log=print,
 ) -> list[dict]:
-    """One result row per (method, bits): the metrics of `evaluate` and the time of each stage."""
+    """One result row per (method, bits): the metrics of `evaluate` and the time of each stage.
+
+    `feats` is a split's features, or a `FeatureProvider` that also serves the methods defined
+    on other backbones' features (RITQ, DHFI).
+    """
     rows = []
-    Xt, yt = feats.train.features, feats.train.labels
-    Xq, yq = feats.query.features, feats.query.labels
-    Xd, yd = feats.database.features, feats.database.labels
-    for method in methods:
+    for spec in methods:
+        method, spec_params = parse_method(spec)
+        extra: dict = {}
+        if isinstance(feats, FeatureProvider):
+            mf, extra = feats.for_method(method)
+        elif hashers.get(method).feature_backbones != (None,):
+            raise ValueError(f"method {method!r} needs features of {hashers.get(method).feature_backbones}; "
+                             "pass a FeatureProvider")
+        else:
+            mf = feats
+        Xt, yt = mf.train.features, mf.train.labels
+        Xq, yq = mf.query.features, mf.query.labels
+        Xd, yd = mf.database.features, mf.database.labels
         for b in bits:
-            hasher = create_hasher(method, n_bits=b, seed=seed, **(params or {}).get(method, {}))
+            hasher = create_hasher(method, **{"n_bits": b, "seed": seed, **extra, **(params or {}).get(method, {}),
+                                              **spec_params})
             t0 = time.perf_counter()
             hasher.fit(Xt, yt if hasher.supervised else None)
             t1 = time.perf_counter()
@@ -98,13 +213,15 @@ def run_methods(
             metrics = evaluate(qc, dc, yq, yd, ks=ks, radius=radius)
             t3 = time.perf_counter()
             rows.append({
-                "method": method,
+                "method": spec,
                 "bits": b,
                 "metrics": metrics,
                 "timings": {"fit_s": t1 - t0, "encode_s": t2 - t1, "eval_s": t3 - t2},
                 "params": hasher.get_params(),
+                **({"loss_history": [float(v) for v in np.ravel(hasher.loss_history_)]}
+                   if hasattr(hasher, "loss_history_") else {}),
             })
-            log(f"{method:>8} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
+            log(f"{spec:>8} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
                 f"fit {t1 - t0:.1f}s encode {t2 - t1:.1f}s eval {t3 - t2:.1f}s")
     return rows
 

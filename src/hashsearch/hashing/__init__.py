@@ -10,7 +10,7 @@ from hashsearch.hashing.base import (
 )
 
 # Importing the modules registers the built-in hashers.
-from hashsearch.hashing import lsh, pca, itq, classic  # noqa: E402,F401
+from hashsearch.hashing import lsh, pca, itq, ritq, classic  # noqa: E402,F401
 from hashsearch.hashing import deep  # noqa: E402,F401
 
 __all__ = ["Hasher", "NotFittedError", "create_hasher", "hashers", "list_hashers", "register_hasher"]

@@ -7,5 +7,6 @@ and `trainer` import torch and are loaded when a deep hasher is fitted.
 from hashsearch.hashing.deep.base import DeepHasher
 from hashsearch.hashing.deep.dlbhc import DLBHC
 from hashsearch.hashing.deep.pairwise import CSQ, DFEH, DPSH, DSH, HashNet
+from hashsearch.hashing.deep.fusion import DHFI
 
-__all__ = ["DeepHasher", "DLBHC", "DPSH", "DSH", "DFEH", "HashNet", "CSQ"]
+__all__ = ["DeepHasher", "DLBHC", "DPSH", "DSH", "DFEH", "HashNet", "CSQ", "DHFI"]

@@ -4,6 +4,7 @@ A deep method is a small subclass that names its head and loss (both from regist
 lists which head parameters it keeps; see `DLBHC`. Training runs on cached backbone features
 ("head" mode). After `fit`, the head's weights live in NumPy arrays ending in `_`, so encoding
 needs neither torch nor autograd, and `save`/`load` work like for every other hasher.
+`finetune` is the other mode: the backbone trains too, through the same head, loss and loop.
 """
 
 from __future__ import annotations
@@ -123,9 +124,22 @@ class DeepHasher(Hasher):
 
     # -- fit / encode ------------------------------------------------------------------
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        from hashsearch.hashing.deep.trainer import train
+
+        head, loss_fn, targets, device = self._setup(X, y)
+        history = train(
+            head, loss_fn, self.standardize(X, _checked=True), targets,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            seed=self.seed, device=device,
+        )
+        self._keep(head, history)
+
+    def _setup(self, X: np.ndarray, y: np.ndarray):
+        """Check the parameters, learn the input standardisation and classes from (X, y); build
+        the head and the loss. Returns (head, loss, class ids, device). Shared with `finetune`."""
         from hashsearch.hashing.deep.heads import create_head
         from hashsearch.hashing.deep.losses import create_loss
-        from hashsearch.hashing.deep.trainer import resolve_device, seeded, train
+        from hashsearch.hashing.deep.trainer import resolve_device, seeded
 
         if not self.head_name or not self.loss_name:
             raise TypeError(f"{type(self).__name__} must set head_name and loss_name (DeepHasher is abstract)")
@@ -138,17 +152,15 @@ class DeepHasher(Hasher):
         std[std < 1e-12] = 1.0  # constant features: leave them at 0 after centring
         self.feature_mean_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
         self.feature_std_ = std.astype(np.float32)
-        Xs = self.standardize(X, _checked=True)
 
         with seeded(self.seed, device):
             head = create_head(self.head_name, in_dim=X.shape[1], n_bits=self.n_bits, n_classes=n_classes,
                                **self._head_params())
         loss_fn = create_loss(self.loss_name, n_bits=self.n_bits, n_classes=n_classes, **self._loss_params())
-        history = train(
-            head, loss_fn, Xs, targets,
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            seed=self.seed, device=device,
-        )
+        return head, loss_fn, targets, device
+
+    def _keep(self, head, history) -> None:
+        """Copy the trained head's weights into the NumPy attributes, with the loss history."""
         state = head.state_dict()
         unsaved = set(state) - set(self._param_map.values())
         if unsaved:
@@ -160,6 +172,18 @@ class DeepHasher(Hasher):
             setattr(self, attr, state[key].detach().to("cpu", copy=True).numpy())
         self.loss_history_ = np.asarray(history.epoch_loss, np.float64)
         self.train_seconds_ = float(history.seconds)
+
+    def finetune(self, backbone, pixels: np.ndarray, labels: np.ndarray, weights_out, **options):
+        """"finetune" mode: train the backbone and this hasher's head together, with the same loss.
+
+        `pixels` are the (n, s, s, 3) uint8 crops of the labelled training images at the
+        backbone's input size (`backbones.extract.extract_pixels`). Writes the trained backbone's
+        weights to `weights_out` and returns that backbone; this hasher is then fitted for *its*
+        features. Options as in `hashing.deep.endtoend.finetune`.
+        """
+        from hashsearch.hashing.deep.endtoend import finetune
+
+        return finetune(self, backbone, pixels, labels, weights_out, **options)
 
     def standardize(self, features: np.ndarray, _checked: bool = False) -> np.ndarray:
         """The head's input: features standardised with the training mean and std (float32)."""

@@ -66,6 +66,7 @@ def train(
     device: str | torch.device,
     log_every: int | None = None,
     progress: bool = True,
+    cosine: bool = False,
 ) -> TrainHistory:
     """Train `model` in place to minimise ``loss_fn(model(X_batch), y_batch)``; return the history.
 
@@ -83,7 +84,8 @@ def train(
     loss_fn : nn.Module
         Called as ``loss_fn(model(xb), yb)``; returns a scalar tensor.
     X : (n, d) array or tensor
-        Input features (float; standardise them first).
+        Input features (float; standardise them first), or (n, s, s, 3) uint8 images for a
+        model that takes pixels (`endtoend.ImageModel`).
     y : (n,) or (n, c) array or tensor
         Targets; integer arrays become int64, others float32.
     epochs, batch_size : int
@@ -98,6 +100,8 @@ def train(
         Log (``logging`` INFO, logger ``hashsearch.hashing.deep.trainer``) every that many epochs.
     progress : bool
         Show a tqdm bar of epochs with the running loss (hidden anyway when stderr is not a TTY).
+    cosine : bool
+        Anneal the learning rate to 0 over the epochs (cosine), as for training a network from scratch.
     """
     from tqdm.auto import tqdm
 
@@ -112,7 +116,8 @@ def train(
     dev = resolve_device(device)
 
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
-    X = X.to(dev, torch.float32)
+    # uint8 images stay uint8 (a quarter of the memory); the model converts each batch.
+    X = X.to(dev, torch.uint8 if X.dtype == torch.uint8 else torch.float32)
     y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y)
     y = y.to(dev, torch.int64 if not (y.is_floating_point() or y.is_complex()) else torch.float32)
     n = X.shape[0]
@@ -120,7 +125,10 @@ def train(
         raise ValueError(f"X has {n} rows but y has {y.shape[0]}; pass one target per row")
 
     model.to(dev)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # A model may train its parts at different rates (a pretrained backbone slower than a new head).
+    groups = model.param_groups(lr) if hasattr(model, "param_groups") else model.parameters()
+    optimiser = torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(epochs)) if cosine else None
     shuffle = torch.Generator().manual_seed(int(seed))
     history = TrainHistory()
     t0 = time.perf_counter()
@@ -145,6 +153,8 @@ def train(
                     f"or check the features for extreme values"
                 )
             history.epoch_loss.append(mean)
+            if schedule is not None:
+                schedule.step()
             bar.set_postfix(loss=f"{mean:.4f}")
             if log_every is not None and ((epoch + 1) % log_every == 0 or epoch + 1 == epochs):
                 logger.info("epoch %d/%d  loss %.5f", epoch + 1, epochs, mean)

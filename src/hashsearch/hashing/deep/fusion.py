@@ -1,0 +1,109 @@
+"""DHFI: codes fused from two hashing subnetworks of different architectures."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from hashsearch.hashing.base import Hasher, register_hasher
+from hashsearch.hashing.deep.pairwise import DPSH
+
+_SUBNETS = ("a_", "b_")
+
+
+@register_hasher("dhfi")
+class DHFI(Hasher):
+    """DHFI (deep hashing by fusing features of two networks, ../shared/papers): two DPSH
+    subnetworks, one per network's features, their codes concatenated.
+
+    The input is the two networks' features side by side: columns ``[0, feature_dims[0])`` from
+    the first (the run's pretrained backbone), the rest from the second ('cifar-resnet32',
+    trained from scratch); the runner concatenates them (`feature_backbones`). Subnetwork a
+    gets ``ceil(n_bits / 2)`` bits, b the rest, so the fused code has `n_bits` bits, the same
+    total as either subnetwork alone (rows 'dpsh' on the pretrained features; 'dhfi' with
+    ``use="b"`` on the ResNet's). Here each subnetwork trains a DPSH head on its network's
+    cached features; the paper trains both networks end to end.
+
+    Parameters
+    ----------
+    feature_dims : (int, int), optional
+        Widths of the two feature blocks; None splits the columns in half.
+    use : {"both", "a", "b"}
+        "a" or "b": one subnetwork alone with all `n_bits` bits (the paper's comparison).
+    Others as in `DPSH`.
+    """
+
+    supervised: ClassVar[bool] = True
+    feature_backbones: ClassVar[tuple[str | None, ...]] = (None, "cifar-resnet32")
+    _state_names: ClassVar[tuple[str, ...]] = tuple(p + n for p in _SUBNETS for n in DPSH._state_names)
+
+    def __init__(self, n_bits: int = 48, seed: int = 0, feature_dims: tuple[int, int] | None = None, use: str = "both",
+                 epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 5e-4,
+                 dropout: float = 0.2, device: str = "cpu", eta: float = 0.1) -> None:
+        self.n_bits = n_bits
+        self.seed = seed
+        self.feature_dims = feature_dims
+        self.use = use
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.dropout = dropout
+        self.device = device
+        self.eta = eta
+
+    def _blocks(self, d: int) -> tuple[slice, slice]:
+        dims = self.feature_dims
+        if dims is None:
+            dims = (d // 2, d - d // 2)
+        dims = tuple(int(x) for x in dims)
+        if len(dims) != 2 or min(dims) < 1 or sum(dims) != d:
+            raise ValueError(
+                f"feature_dims must be two positive widths summing to the feature dimension {d}, got "
+                f"{self.feature_dims!r}; pass the widths of the two networks' features"
+            )
+        return slice(0, dims[0]), slice(dims[0], d)
+
+    def _bit_split(self) -> dict[str, int]:
+        if self.use not in ("both", "a", "b"):
+            raise ValueError(f"use must be 'both', 'a' or 'b', got {self.use!r}")
+        if self.use != "both":
+            return {self.use + "_": int(self.n_bits)}
+        if self.n_bits < 2:
+            raise ValueError(f"DHFI fuses two codes: n_bits must be at least 2, got {self.n_bits}")
+        return {"a_": (int(self.n_bits) + 1) // 2, "b_": int(self.n_bits) // 2}
+
+    def _subnet(self, prefix: str, n_bits: int) -> DPSH:
+        return DPSH(n_bits=n_bits, seed=self.seed + (prefix == "b_"), epochs=self.epochs, batch_size=self.batch_size,
+                    lr=self.lr, weight_decay=self.weight_decay, dropout=self.dropout, device=self.device, eta=self.eta)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        blocks = dict(zip(_SUBNETS, self._blocks(X.shape[1])))
+        for prefix in _SUBNETS:  # an unused subnetwork keeps empty arrays, so save/load stay uniform
+            for n in DPSH._state_names:
+                setattr(self, prefix + n, np.zeros(0, np.float32))
+        for prefix, bits in self._bit_split().items():
+            sub = self._subnet(prefix, bits).fit(X[:, blocks[prefix]], y)
+            for n in DPSH._state_names:
+                setattr(self, prefix + n, getattr(sub, n))
+
+    @property
+    def loss_history_(self) -> np.ndarray:
+        """The per-epoch training loss, summed over the subnetworks trained."""
+        self._check_fitted()
+        return sum(getattr(self, p + "loss_history_") for p in self._bit_split())
+
+    def _bits(self, X: np.ndarray) -> np.ndarray:
+        blocks = dict(zip(_SUBNETS, self._blocks(X.shape[1])))
+        parts = []
+        for prefix, bits in self._bit_split().items():
+            sub = self._subnet(prefix, bits)
+            for n in DPSH._state_names:
+                setattr(sub, n, getattr(self, prefix + n))
+            sub.n_features_in_ = blocks[prefix].stop - blocks[prefix].start
+            parts.append(sub._bits(X[:, blocks[prefix]]))
+        return np.concatenate(parts, axis=1)
+
+    def _extra_meta(self) -> dict[str, Any]:
+        return {}

@@ -48,3 +48,40 @@ def test_rows_are_named_by_the_spec():
     rows = run_methods(_feats(8, list("abcdefgh"), 0), ["itq", "lsh[seed=3]"], [4], log=lambda *_: None)
     assert [r["method"] for r in rows] == ["itq", "lsh[seed=3]"]
     assert rows[1]["params"]["seed"] == 3
+
+
+@pytest.fixture(scope="module")
+def small_provider(cifar_small, tmp_path_factory):
+    """A FeatureProvider over the 120 `cifar_small` images (2 queries, 8 training images per class)."""
+    from hashsearch.backbones import create_backbone
+    from hashsearch.data.protocols import split_by_class
+    from hashsearch.data.sources import open_source
+    from hashsearch.evaluation.runner import FeatureProvider
+
+    source = open_source(cifar_small)
+    split = split_by_class(source.records(), 2, 8, seed=0, name="small")
+    return FeatureProvider(source, split, create_backbone("efficientnet-lite0", input_size=32),
+                           cache_dir=tmp_path_factory.mktemp("cache"), scratch_epochs=2, log=lambda *_: None)
+
+
+def test_provider_trains_the_cifar_resnet_for_ritq_and_concatenates_for_dhfi(small_provider):
+    rows = run_methods(small_provider, ["ritq", "dhfi[epochs=2]"], [8], log=lambda *_: None)
+    assert [r["method"] for r in rows] == ["ritq", "dhfi[epochs=2]"]
+    assert rows[1]["params"]["feature_dims"] == [1280, 256]
+    assert set(small_provider.trained) == {"cifar-resnet32"}
+    info = small_provider.trained["cifar-resnet32"]
+    assert info["epochs"] == 2 and info["images"] == 80 and len(info["loss"]) == 2
+    # a second provider on the same cache reuses the trained weights instead of training again
+    again = type(small_provider)(small_provider.source, small_provider.split, small_provider.backbone,
+                                 cache_dir=small_provider.cache_dir, scratch_epochs=2, log=pytest.fail)
+    assert again.trained_backbone("cifar-resnet32").weights == info["weights"]
+
+
+def test_finetune_mode_evaluates_on_the_fine_tuned_backbone(small_provider):
+    rows = run_methods(small_provider, ["dpsh[epochs=2,batch_size=40]"], [8], mode="finetune", log=lambda *_: None)
+    (row,) = rows
+    assert row["method"] == "dpsh[epochs=2,batch_size=40] (finetune)" and row["mode"] == "finetune"
+    assert len(row["loss_history"]) == 2 and row["timings"]["fit_s"] > 0
+    assert 0 <= row["metrics"]["map"] <= 1
+    with pytest.raises(ValueError, match="no finetune mode"):
+        run_methods(small_provider, ["itq"], [8], mode="finetune", log=lambda *_: None)

@@ -22,6 +22,8 @@ def bench(
     weights: Optional[str] = WeightsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
+    mode: str = typer.Option("head", "--mode", help="'head' (frozen backbone, cached features) or 'finetune' "
+                             "(the backbone trains with each deep method; set epochs per method, e.g. 'csq[epochs=3]')."),
 ):
     """Benchmark hashing methods on a protocol and write a report with the published numbers beside ours."""
     from hashsearch.evaluation.bench import bench as run_bench
@@ -29,5 +31,5 @@ def bench(
     run_bench(
         protocol=protocol, methods=split_list(methods), bits=split_list(bits, int), seed=seed,
         out=out or Path("benchmarks/results") / protocol, backbone=make_backbone(backbone, input_size, weights),
-        cache_dir=cache_dir, batch_size=batch_size, command=_command_line(),
+        cache_dir=cache_dir, batch_size=batch_size, command=_command_line(), mode=mode,
     )

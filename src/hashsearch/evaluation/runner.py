@@ -124,6 +124,37 @@ class FeatureProvider:
                  f"{history.epoch_loss[-1]:.3f}")
         return trained
 
+    def finetuned(self, hasher, tag: str) -> tuple[ProtocolFeatures, float]:
+        """"finetune" mode: train `hasher` with the run's backbone on the split's training images,
+        then the split's features from the fine-tuned backbone. Returns (features, training
+        seconds). The tuned weights and hasher are kept in the cache folder under `tag` and reused."""
+        import json
+
+        from hashsearch.backbones.extract import extract_pixels
+        from hashsearch.data.protocols import cache_dir as default_cache_dir
+        from hashsearch.hashing import Hasher
+
+        folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
+        stem = f"{self.backbone.cache_key}-ft-{tag}-{self.split.name}-seed{self.split.seed}"
+        weights, saved, info = folder / f"{stem}.pt", folder / f"{stem}.npz", folder / f"{stem}.json"
+        if weights.is_file() and saved.is_file() and info.is_file():
+            tuned = type(self.backbone)(weights=weights, input_size=self.backbone.preprocess.input_size)
+            fitted, seconds = Hasher.load(saved), json.loads(info.read_text())["seconds"]
+            for name in hasher._state_names:
+                setattr(hasher, name, getattr(fitted, name))
+            hasher.n_features_in_ = fitted.n_features_in_
+        else:
+            self.log(f"fine-tuning {self.backbone.name} with {tag} on {len(self.split.train)} images, "
+                     f"{hasher.epochs} epochs")
+            records, pixels, _ = extract_pixels(self.source, self.split.train, self.backbone.preprocess)
+            t = time.perf_counter()
+            tuned = hasher.finetune(self.backbone, pixels, [r.label for r in records], weights)
+            seconds = time.perf_counter() - t
+            hasher.save(saved)
+            info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))
+        return split_features(self.source, self.split, tuned, cache_dir=self.cache_dir,
+                              batch_size=self.batch_size), seconds
+
     def for_method(self, method: str) -> tuple[ProtocolFeatures, dict]:
         """The features `method` is defined on (concatenated across its backbones) and the
         parameters that tell it where each block is (`feature_dims`)."""
@@ -181,13 +212,20 @@ def run_methods(
     params: dict[str, dict] | None = None,
     ks: Sequence[int] = (100, 1000),
     radius: int = 2,
+    mode: str = "head",
     log=print,
 ) -> list[dict]:
     """One result row per (method, bits): the metrics of `evaluate` and the time of each stage.
 
     `feats` is a split's features, or a `FeatureProvider` that also serves the methods defined
-    on other backbones' features (RITQ, DHFI).
+    on other backbones' features (RITQ, DHFI). `mode="finetune"` (deep hashers, with a
+    `FeatureProvider`) trains each hasher with its backbone and evaluates on the fine-tuned
+    backbone's features; fit_s is then the fine-tuning time.
     """
+    if mode not in ("head", "finetune"):
+        raise ValueError(f"mode must be 'head' or 'finetune', got {mode!r}")
+    if mode == "finetune" and not isinstance(feats, FeatureProvider):
+        raise ValueError("mode='finetune' needs a FeatureProvider (it extracts features from the fine-tuned backbone)")
     rows = []
     for spec in methods:
         method, spec_params = parse_method(spec)
@@ -206,14 +244,23 @@ def run_methods(
             hasher = create_hasher(method, **{"n_bits": b, "seed": seed, **extra, **(params or {}).get(method, {}),
                                               **spec_params})
             t0 = time.perf_counter()
-            hasher.fit(Xt, yt if hasher.supervised else None)
-            t1 = time.perf_counter()
+            if mode == "finetune":
+                if not hasattr(hasher, "finetune"):
+                    raise ValueError(f"method {spec!r} has no finetune mode (deep hashers have it)")
+                tuned, seconds = feats.finetuned(hasher, f"{spec}-{b}")
+                Xq, yq, Xd, yd = tuned.query.features, tuned.query.labels, tuned.database.features, tuned.database.labels
+                t1 = time.perf_counter()
+                t0 = t1 - seconds
+            else:
+                hasher.fit(Xt, yt if hasher.supervised else None)
+                t1 = time.perf_counter()
             qc, dc = hasher.encode(Xq), hasher.encode(Xd)
             t2 = time.perf_counter()
             metrics = evaluate(qc, dc, yq, yd, ks=ks, radius=radius)
             t3 = time.perf_counter()
             rows.append({
-                "method": spec,
+                "method": spec if mode == "head" else f"{spec} (finetune)",
+                "mode": mode,
                 "bits": b,
                 "metrics": metrics,
                 "timings": {"fit_s": t1 - t0, "encode_s": t2 - t1, "eval_s": t3 - t2},

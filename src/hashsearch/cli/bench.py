@@ -23,7 +23,9 @@ def bench(
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
     mode: str = typer.Option("head", "--mode", help="'head' (frozen backbone, cached features) or 'finetune' "
-                             "(the backbone trains with each deep method; set epochs per method, e.g. 'csq[epochs=3]')."),
+                             "(each deep method's head trains first, then the backbone with it)."),
+    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=1, help="With --mode finetune: "
+                                                  "epochs of training the backbone with the head (default: the method's epochs)."),
 ):
     """Benchmark hashing methods on a protocol and write a report with the published numbers beside ours."""
     from hashsearch.evaluation.bench import bench as run_bench
@@ -32,4 +34,5 @@ def bench(
         protocol=protocol, methods=split_list(methods), bits=split_list(bits, int), seed=seed,
         out=out or Path("benchmarks/results") / protocol, backbone=make_backbone(backbone, input_size, weights),
         cache_dir=cache_dir, batch_size=batch_size, command=_command_line(), mode=mode,
+        finetune_epochs=finetune_epochs,
     )

@@ -103,6 +103,7 @@ def bench(
     batch_size: int = 64,
     command: str = "",
     mode: str = "head",
+    finetune_epochs: int | None = None,
     log=print,
 ) -> list[dict]:
     """Run every method at every bit length; attach the published mAP as each row's "reference".
@@ -115,7 +116,8 @@ def bench(
     split = load_protocol(protocol, seed=seed)
     source = open_source(cifar10_root())
     log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
-    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log)
+    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed,
+                               finetune_epochs=finetune_epochs, log=log)
     provider.features(None)
     rows = run_methods(provider, methods, bits, seed=seed, mode=mode, log=log)
     for row in rows:

@@ -82,8 +82,10 @@ class FeatureProvider:
     its weights kept in the cache folder (keyed by split, seed and epochs) for the next run."""
 
     def __init__(self, source: ImageSource, split: Split, backbone: Backbone, *, cache_dir=None, batch_size: int = 64,
-                 seed: int = 0, scratch_epochs: int = SCRATCH_EPOCHS, log=print) -> None:
+                 seed: int = 0, scratch_epochs: int = SCRATCH_EPOCHS, finetune_epochs: int | None = None,
+                 log=print) -> None:
         self.source, self.split, self.backbone = source, split, backbone
+        self.finetune_epochs = finetune_epochs  # joint epochs of finetune mode (None: the hasher's)
         self.cache_dir, self.batch_size, self.seed, self.scratch_epochs, self.log = cache_dir, batch_size, seed, scratch_epochs, log
         self._feats: dict[str | None, ProtocolFeatures] = {}
         #: name -> {"seconds": training time, "loss": per-epoch loss, "weights": path} of backbones trained here.
@@ -135,7 +137,7 @@ class FeatureProvider:
         from hashsearch.hashing import Hasher
 
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
-        stem = f"{self.backbone.cache_key}-ft-{tag}-{self.split.name}-seed{self.split.seed}"
+        stem = f"{self.backbone.cache_key}-ft-{tag}-{self.finetune_epochs}ep-{self.split.name}-seed{self.split.seed}"
         weights, saved, info = folder / f"{stem}.pt", folder / f"{stem}.npz", folder / f"{stem}.json"
         if weights.is_file() and saved.is_file() and info.is_file():
             tuned = type(self.backbone)(weights=weights, input_size=self.backbone.preprocess.input_size)
@@ -144,11 +146,12 @@ class FeatureProvider:
                 setattr(hasher, name, getattr(fitted, name))
             hasher.n_features_in_ = fitted.n_features_in_
         else:
-            self.log(f"fine-tuning {self.backbone.name} with {tag} on {len(self.split.train)} images, "
-                     f"{hasher.epochs} epochs")
+            epochs = hasher.epochs if self.finetune_epochs is None else self.finetune_epochs
+            self.log(f"fine-tuning {self.backbone.name} with {tag} on {len(self.split.train)} images: the head "
+                     f"alone {hasher.epochs} epochs, then with the backbone {epochs} epochs")
             records, pixels, _ = extract_pixels(self.source, self.split.train, self.backbone.preprocess)
             t = time.perf_counter()
-            tuned = hasher.finetune(self.backbone, pixels, [r.label for r in records], weights)
+            tuned = hasher.finetune(self.backbone, pixels, [r.label for r in records], weights, epochs=epochs)
             seconds = time.perf_counter() - t
             hasher.save(saved)
             info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))

@@ -176,17 +176,21 @@ def finetune(
     labels: np.ndarray,
     weights_out: str | os.PathLike,
     *,
+    epochs: int | None = None,
     trunk_lr_scale: float = 0.1,
     augment: bool = True,
     progress: bool = True,
 ):
     """A deep hasher's "finetune" mode: its head and loss trained together with the backbone.
 
-    The hasher's own settings (epochs, batch_size, lr, weight_decay, seed, device) drive the
-    one training loop; the backbone trains at ``lr * trunk_lr_scale``. The input
-    standardisation is learned from the starting backbone's features and then held fixed.
-    Returns the backbone with the trained weights (written to `weights_out`); the hasher is
-    fitted and encodes that backbone's features.
+    Two stages on the one training loop, with the hasher's loss and settings (batch_size, lr,
+    weight_decay, seed, device): first the head alone on the starting backbone's features for
+    the hasher's `epochs` (head mode, seconds), so that the backbone's first gradients come
+    from a trained head and not a random one; then head and backbone together for `epochs`
+    (default: the hasher's) on augmented images, the backbone at ``lr * trunk_lr_scale``. The
+    input standardisation is learned from the starting backbone's features and then held
+    fixed; `loss_history_` holds both stages' epochs. Returns the backbone with the trained
+    weights (written to `weights_out`); the hasher is fitted and encodes that backbone's features.
     """
     pixels = _check_pixels(pixels, labels, backbone)
     if not 1 <= int(hasher.n_bits) <= 4096:
@@ -196,11 +200,13 @@ def finetune(
         trunk = backbone.init_module()
     X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
     head, loss, targets, dev = hasher._setup(X0, np.asarray(labels))
+    settings = dict(batch_size=hasher.batch_size, lr=hasher.lr, weight_decay=hasher.weight_decay, seed=hasher.seed,
+                    device=dev, progress=progress)
+    warm = train(head, loss, hasher.standardize(X0, _checked=True), targets, epochs=hasher.epochs, **settings)
     model = ImageModel(trunk, head, backbone.preprocess, hasher.feature_mean_, hasher.feature_std_,
                        augment=augment, trunk_lr_scale=trunk_lr_scale)
-    history = train(model, loss, pixels, targets, epochs=hasher.epochs, batch_size=hasher.batch_size, lr=hasher.lr,
-                    weight_decay=hasher.weight_decay, seed=hasher.seed, device=dev, progress=progress)
-    hasher._keep(head, history)
+    joint = train(model, loss, pixels, targets, epochs=hasher.epochs if epochs is None else epochs, **settings)
+    hasher._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
     hasher.n_features_in_ = X0.shape[1]
     return _trained_backbone(backbone, trunk, weights_out)
 

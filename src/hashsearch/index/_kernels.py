@@ -31,6 +31,8 @@ from numba.extending import intrinsic
 _GROUP = 64
 # A group that has any hit is re-examined in sub-groups, and only those with hits row by row.
 _SUBGROUP = 16
+# Queries scanned together, so that each group of database words is read once per block.
+_QBLOCK = 16
 _INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -80,49 +82,71 @@ def _compact(buf, cnt, k):
 
 @njit(nogil=True, cache=True)
 def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out):
-    """`knn_scan` for codes of one word (up to 64 bits): fixed-size groups that LLVM vectorises."""
+    """`knn_scan` for codes of one word (up to 64 bits): fixed-size groups that LLVM vectorises.
+
+    Queries go in blocks of `_QBLOCK`: each group of database words is read from memory (or
+    L3) once per block and compared with every query of the block while it sits in L1, so the
+    scan is bound by XOR + popcount, not by cache bandwidth. Each query keeps its own top-k
+    buffer and threshold.
+    """
     nq = q.shape[0]
-    cap = min(max(4 * k, 256), hi - lo + 1)
-    buf = np.empty(max(cap, 1), np.int64)
+    cap = max(min(max(4 * k, 256), hi - lo + 1), 1)
     full = lo + (hi - lo) // _GROUP * _GROUP
-    for qi in range(nq):
-        cnt = 0
-        tkey = _INT64_MAX
-        td = max_d
-        qw = q[qi, 0]
+    bufs = np.empty((_QBLOCK, cap), np.int64)
+    cnts = np.zeros(_QBLOCK, np.int64)
+    tkeys = np.empty(_QBLOCK, np.int64)
+    tds = np.empty(_QBLOCK, np.int64)
+    for qb in range(0, nq, _QBLOCK):
+        nb = min(qb + _QBLOCK, nq) - qb
+        for b in range(nb):
+            cnts[b] = 0
+            tkeys[b] = _INT64_MAX
+            tds[b] = max_d
         for g in range(lo, hi, _GROUP):
-            if g < full:
-                blk = db[g : g + _GROUP]
-                hits = 0
-                for t in range(_GROUP):
-                    hits += _popcount(qw ^ blk[t]) <= td
-                if hits == 0:
-                    continue
             e = min(g + _GROUP, hi)
-            for s in range(g, e, _SUBGROUP):
-                se = min(s + _SUBGROUP, e)
-                if se - s == _SUBGROUP:
-                    sub = db[s : s + _SUBGROUP]
+            for b in range(nb):
+                qw = q[qb + b, 0]
+                td = tds[b]
+                if g < full:
+                    blk = db[g : g + _GROUP]
                     hits = 0
-                    for t in range(_SUBGROUP):
-                        hits += _popcount(qw ^ sub[t]) <= td
+                    for t in range(_GROUP):
+                        hits += _popcount(qw ^ blk[t]) <= td
                     if hits == 0:
                         continue
-                for j in range(s, se):
-                    d = _popcount(qw ^ db[j])
-                    if d <= td:
-                        key = d * n_keys + rank[j]
-                        if key < tkey:
-                            buf[cnt] = key
-                            cnt += 1
-                            if cnt == cap:
-                                tkey = _compact(buf, cnt, k)
-                                cnt = k
-                                td = tkey // n_keys
-        kk = min(k, cnt)
-        buf[:cnt].sort()
-        out[qi, :kk] = buf[:kk]
-        out[qi, kk:] = _INT64_MAX
+                buf = bufs[b]
+                cnt = cnts[b]
+                tkey = tkeys[b]
+                for s in range(g, e, _SUBGROUP):
+                    se = min(s + _SUBGROUP, e)
+                    if se - s == _SUBGROUP:
+                        sub = db[s : s + _SUBGROUP]
+                        hits = 0
+                        for t in range(_SUBGROUP):
+                            hits += _popcount(qw ^ sub[t]) <= td
+                        if hits == 0:
+                            continue
+                    for j in range(s, se):
+                        d = _popcount(qw ^ db[j])
+                        if d <= td:
+                            key = d * n_keys + rank[j]
+                            if key < tkey:
+                                buf[cnt] = key
+                                cnt += 1
+                                if cnt == cap:
+                                    tkey = _compact(buf, cnt, k)
+                                    cnt = k
+                                    td = tkey // n_keys
+                cnts[b] = cnt
+                tkeys[b] = tkey
+                tds[b] = td
+        for b in range(nb):
+            cnt = cnts[b]
+            kk = min(k, cnt)
+            row = bufs[b, :cnt]
+            row.sort()
+            out[qb + b, :kk] = row[:kk]
+            out[qb + b, kk:] = _INT64_MAX
 
 
 @njit(nogil=True, cache=True)

@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
-.PHONY: setup browser demo test serve eval-core bench-rerank bench-encode bench-load clean
+.PHONY: setup browser demo test serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,23 @@ serve: setup
 eval-core: setup
 	$(BIN)/hashsearch eval --protocol cifar10-1k --method lsh,pcah,pca-rr,itq,dlbhc \
 		--bits 16,32,48,64 --out benchmarks/results/cifar10-1k-core
+
+# Issue 3: every method with the papers' numbers; DFEH's ablations; the unseen-classes protocol.
+bench-methods: setup
+	$(BIN)/hashsearch bench --protocol cifar10-1k --methods all --bits 12,16,24,32,48,64 \
+		--out benchmarks/results/cifar10-1k
+
+bench-ablation: setup
+	$(BIN)/hashsearch eval --protocol cifar10-1k --bits 48 --out benchmarks/results/dfeh-ablation --method \
+		'dfeh[lambda_q=0,lambda_b=0],dfeh[lambda_q=0.1,lambda_b=0.1],dfeh[lambda_q=0.01,lambda_b=0.01],dfeh[lambda_q=0.001,lambda_b=0.001],dfeh[use_contrastive=false],dfeh[lambda_q=0],dfeh[lambda_b=0]'
+
+bench-unseen: setup
+	$(BIN)/hashsearch eval --protocol unseen-classes --bits 48 --out benchmarks/results/unseen-classes \
+		--method lsh,itq,cca-itq,ksh,sdh,ritq,dlbhc,dpsh,dsh,dfeh,hashnet,csq,dhfi
+
+# Issue 4: every index back end on a million learned codes.
+bench-search: setup
+	$(BIN)/python benchmarks/search_scale.py --out benchmarks/results/search.md
 
 bench-rerank: setup
 	$(BIN)/python benchmarks/coarse_to_fine.py

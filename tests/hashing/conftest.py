@@ -25,6 +25,17 @@ def cifar_features(cifar_small):
     return out["train"][0], out["train"][1], out["test"][0], out["test"][1]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for the module (small models train faster without thread overhead)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def real_map():
     """The function (hasher, Xq, yq, Xd, yd) -> mAP@ALL used by the method tests."""

@@ -15,14 +15,7 @@ from hashsearch.types import Codes
 NAMES = list_hashers()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(name: str, **params) -> Hasher:

@@ -17,12 +17,7 @@ from hashsearch.hashing.deep.losses import create_loss, list_losses
 from hashsearch.hashing.deep.trainer import TrainHistory, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def hamming_map(hasher, Xq, yq, Xd, yd) -> float:

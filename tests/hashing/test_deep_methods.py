@@ -10,14 +10,7 @@ from hashsearch.hashing import create_hasher
 DEEP = ["dpsh", "dsh", "dfeh", "hashnet", "csq"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", DEEP)

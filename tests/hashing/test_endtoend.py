@@ -118,7 +118,8 @@ def test_finetune_mode_trains_the_backbone_through_the_same_loss(name, small_pix
     start, _ = trained_resnet
     pixels, labels = small_pixels["train"]
     h = create_hasher(name, n_bits=16, epochs=6, batch_size=40, lr=1e-3)
-    tuned = h.finetune(start, pixels, labels, tmp_path / "tuned.pt", trunk_lr_scale=0.5)
+    # The 80-image ResNet is barely trained: let its batch norm adapt as in training from scratch.
+    tuned = h.finetune(start, pixels, labels, tmp_path / "tuned.pt", trunk_lr_scale=0.5, pretrained=False)
     head_only, joint = h.loss_history_[:6], h.loss_history_[6:]  # the head alone first, then with the backbone
     assert len(joint) == 6 and head_only[-1] < head_only[0] and joint[-1] < joint[0], h.loss_history_
     assert tuned.weights_sha256 != start.weights_sha256
@@ -157,3 +158,22 @@ def _saved(h, tmp_path):
     path = tmp_path / "h.npz"
     h.save(path)
     return path
+
+
+def test_a_pretrained_trunk_keeps_its_batch_norm_statistics_and_gets_no_l2():
+    import torch
+    from torch import nn
+
+    from hashsearch.hashing.deep.endtoend import ImageModel
+
+    backbone = create_backbone("cifar-resnet32")
+    model = ImageModel(backbone.init_module(), nn.Linear(256, 4), backbone.preprocess, pretrained=True).train()
+    bns = [m for m in model.trunk.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns) and model.head.training
+    before = bns[0].running_mean.clone()
+    model.trunk(torch.randn(8, 3, 32, 32) * 5 + 3)
+    assert torch.equal(bns[0].running_mean, before)
+    trunk_group, head_group = model.param_groups(1e-3)
+    assert trunk_group["weight_decay"] == 0.0 and "weight_decay" not in head_group
+    scratch = ImageModel(backbone.init_module(), nn.Linear(256, 4), backbone.preprocess).train()
+    assert all(m.training for m in scratch.trunk.modules() if isinstance(m, nn.BatchNorm2d))

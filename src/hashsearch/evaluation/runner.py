@@ -137,7 +137,10 @@ class FeatureProvider:
         from hashsearch.hashing import Hasher
 
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
-        stem = f"{self.backbone.cache_key}-ft-{tag}-{self.finetune_epochs}ep-{self.split.name}-seed{self.split.seed}"
+        from hashsearch.hashing.deep.endtoend import FINETUNE_RECIPE
+
+        stem = (f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
+                f"-seed{self.split.seed}")
         weights, saved, info = folder / f"{stem}.pt", folder / f"{stem}.npz", folder / f"{stem}.json"
         if weights.is_file() and saved.is_file() and info.is_file():
             tuned = type(self.backbone)(weights=weights, input_size=self.backbone.preprocess.input_size)

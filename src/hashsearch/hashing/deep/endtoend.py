@@ -20,6 +20,9 @@ from torch import nn
 from hashsearch.hashing.deep.heads import HeadOutput
 from hashsearch.hashing.deep.trainer import TrainHistory, resolve_device, seeded, train
 
+#: Version of the fine-tuning recipe: results cached by it (weights, hashers) are redone when it changes.
+FINETUNE_RECIPE = 2
+
 
 class ImageModel(nn.Module):
     """uint8 (n, s, s, 3) pixels -> [augment] -> normalise -> trunk -> [standardise] -> head.
@@ -39,15 +42,21 @@ class ImageModel(nn.Module):
     trunk_lr_scale : float
         The trunk's learning rate relative to the head's (`param_groups`): below 1 for a
         pretrained backbone, 1 for one trained from scratch.
+    pretrained : bool
+        The trunk starts from trained weights: its batch-norm layers stay in eval mode (their
+        running statistics, not each batch's, normalise; batch statistics of a new domain
+        shift every feature the head was fitted on), and its weights get no L2 penalty (under
+        Adam a coupled L2 term moves every weight toward 0 at the learning rate's pace).
     """
 
     def __init__(self, trunk: nn.Module, head: nn.Module, preprocess, feature_mean=None, feature_std=None,
-                 augment: bool = True, trunk_lr_scale: float = 1.0) -> None:
+                 augment: bool = True, trunk_lr_scale: float = 1.0, pretrained: bool = False) -> None:
         super().__init__()
         self.trunk = trunk.to(memory_format=torch.channels_last)
         self.head = head
         self.augment = augment
         self.trunk_lr_scale = float(trunk_lr_scale)
+        self.pretrained = pretrained
         self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, 3, 1, 1))
         self.standardise = feature_mean is not None
@@ -56,9 +65,19 @@ class ImageModel(nn.Module):
             self.register_buffer("feature_std", torch.as_tensor(np.asarray(feature_std, np.float32)))
 
     def param_groups(self, lr: float) -> list[dict]:
-        """Adam parameter groups: the trunk at ``lr * trunk_lr_scale``, the head at `lr`."""
-        return [{"params": list(self.trunk.parameters()), "lr": lr * self.trunk_lr_scale},
-                {"params": list(self.head.parameters()), "lr": lr}]
+        """Adam parameter groups: the trunk at ``lr * trunk_lr_scale`` (no L2 when pretrained), the head at `lr`."""
+        trunk = {"params": list(self.trunk.parameters()), "lr": lr * self.trunk_lr_scale}
+        if self.pretrained:
+            trunk["weight_decay"] = 0.0
+        return [trunk, {"params": list(self.head.parameters()), "lr": lr}]
+
+    def train(self, mode: bool = True) -> "ImageModel":
+        super().train(mode)
+        if mode and self.pretrained:
+            for m in self.trunk.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """The trunk's (standardised) features of a uint8 batch, augmented in training mode."""
@@ -179,6 +198,7 @@ def finetune(
     epochs: int | None = None,
     trunk_lr_scale: float = 0.1,
     augment: bool = True,
+    pretrained: bool = True,
     progress: bool = True,
 ):
     """A deep hasher's "finetune" mode: its head and loss trained together with the backbone.
@@ -189,7 +209,8 @@ def finetune(
     from a trained head and not a random one; then head and backbone together for `epochs`
     (default: the hasher's) on augmented images, the backbone at ``lr * trunk_lr_scale``. The
     input standardisation is learned from the starting backbone's features and then held
-    fixed; `loss_history_` holds both stages' epochs. Returns the backbone with the trained
+    fixed; `loss_history_` holds both stages' epochs. With `pretrained` (the default) the
+    backbone's batch-norm statistics stay frozen and its weights get no L2 (see `ImageModel`). Returns the backbone with the trained
     weights (written to `weights_out`); the hasher is fitted and encodes that backbone's features.
     """
     pixels = _check_pixels(pixels, labels, backbone)
@@ -204,7 +225,7 @@ def finetune(
                     device=dev, progress=progress)
     warm = train(head, loss, hasher.standardize(X0, _checked=True), targets, epochs=hasher.epochs, **settings)
     model = ImageModel(trunk, head, backbone.preprocess, hasher.feature_mean_, hasher.feature_std_,
-                       augment=augment, trunk_lr_scale=trunk_lr_scale)
+                       augment=augment, trunk_lr_scale=trunk_lr_scale, pretrained=pretrained)
     joint = train(model, loss, pixels, targets, epochs=hasher.epochs if epochs is None else epochs, **settings)
     hasher._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
     hasher.n_features_in_ = X0.shape[1]

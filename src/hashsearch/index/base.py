@@ -131,3 +131,20 @@ class Index:
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         return int(k)
+
+
+class MirroredIndex(Index):
+    """Base of the back ends that drive an outside engine (faiss, Milvus) and keep a "flat" mirror
+    of their entries in `_store`: the mirror answers the count, the ids and the codes by id."""
+
+    _store: Index
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._store.ids
+
+    def get_codes(self, ids: np.ndarray) -> Codes:
+        return self._store.get_codes(ids)

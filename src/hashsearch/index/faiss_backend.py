@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from hashsearch.index._scan import check_threads, default_threads
-from hashsearch.index.base import Index, check_radius, read_index_meta, register_index
+from hashsearch.index.base import MirroredIndex, check_radius, read_index_meta, register_index
 from hashsearch.index.flat import FlatIndex, _as_id_array
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
 
@@ -61,7 +61,7 @@ def _import_faiss():
 
 
 @register_index("faiss")
-class FaissIndex(Index):
+class FaissIndex(MirroredIndex):
     """A faiss binary index (chosen by a factory string) with our ids, removal and persistence.
 
     Parameters
@@ -168,16 +168,6 @@ class FaissIndex(Index):
             inner.nflip = self.params["nflip"]
 
     # -- contents -----------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._store)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._store.ids
-
-    def get_codes(self, ids: np.ndarray) -> Codes:
-        return self._store.get_codes(ids)
-
     def add(self, codes: Codes, ids: np.ndarray | None = None) -> np.ndarray:
         """Add entries (validated as in "flat"); returns their ids."""
         self._check_codes(codes)

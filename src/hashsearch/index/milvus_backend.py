@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.index.base import Index, check_radius, read_index_meta, register_index
+from hashsearch.index.base import MirroredIndex, check_radius, read_index_meta, register_index
 from hashsearch.index.flat import FlatIndex, _as_id_array
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
 
@@ -60,7 +60,7 @@ def _is_lite(uri: str) -> bool:
 
 
 @register_index("milvus")
-class MilvusIndex(Index):
+class MilvusIndex(MirroredIndex):
     """Hamming search in a Milvus collection (Milvus Lite by default).
 
     Parameters
@@ -159,16 +159,6 @@ class MilvusIndex(Index):
         return {"metric_type": "HAMMING", "params": params}
 
     # -- contents -----------------------------------------------------------------------
-    def __len__(self) -> int:
-        return len(self._store)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._store.ids
-
-    def get_codes(self, ids: np.ndarray) -> Codes:
-        return self._store.get_codes(ids)
-
     def fetch_codes(self, ids: np.ndarray) -> Codes:
         """Codes of `ids` as Milvus stores them (for checks; `get_codes` reads the local mirror)."""
         ids = _as_id_array(ids)
@@ -311,7 +301,7 @@ class MilvusIndex(Index):
         uri = meta.get("uri")
         server = isinstance(uri, str) and not _is_lite(uri)
         self = cls.__new__(cls)
-        Index.__init__(self, meta["n_bits"])
+        MirroredIndex.__init__(self, meta["n_bits"])
         self.index_type = meta.get("index_type", "BIN_FLAT")
         self.exact = self.index_type == "BIN_FLAT"
         self.nlist, self.nprobe = int(meta.get("nlist", 1024)), int(meta.get("nprobe", 16))

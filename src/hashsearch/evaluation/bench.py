@@ -11,7 +11,7 @@ from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import open_source
 from hashsearch.evaluation.published import published_map, tables_markdown
 from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
-from hashsearch.evaluation.runner import FeatureProvider, machine_description, parse_method, run_methods
+from hashsearch.evaluation.runner import FeatureProvider, check_mode, machine_description, parse_method, run_methods
 from hashsearch.evaluation.experiment import trained_notes
 from hashsearch.hashing import list_hashers
 
@@ -110,8 +110,7 @@ def bench(
 
     `mode="finetune"` trains each (deep) method together with the backbone (see `run_methods`)."""
     methods = resolve_methods(methods)
-    if mode not in ("head", "finetune"):
-        raise ValueError(f"mode must be 'head' or 'finetune', got {mode!r}")
+    check_mode(mode)  # before the long feature pass
     t0 = time.perf_counter()
     split = load_protocol(protocol, seed=seed)
     source = open_source(cifar10_root())

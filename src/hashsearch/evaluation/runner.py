@@ -209,6 +209,13 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, params
 
 
+def check_mode(mode: str) -> str:
+    """A training mode of `run_methods`: 'head' or 'finetune'."""
+    if mode not in ("head", "finetune"):
+        raise ValueError(f"mode must be 'head' or 'finetune', got {mode!r}")
+    return mode
+
+
 def run_methods(
     feats: ProtocolFeatures | FeatureProvider,
     methods: Sequence[str],
@@ -228,8 +235,7 @@ def run_methods(
     `FeatureProvider`) trains each hasher with its backbone and evaluates on the fine-tuned
     backbone's features; fit_s is then the fine-tuning time.
     """
-    if mode not in ("head", "finetune"):
-        raise ValueError(f"mode must be 'head' or 'finetune', got {mode!r}")
+    check_mode(mode)
     if mode == "finetune" and not isinstance(feats, FeatureProvider):
         raise ValueError("mode='finetune' needs a FeatureProvider (it extracts features from the fine-tuned backbone)")
     rows = []

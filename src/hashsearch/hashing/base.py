@@ -71,8 +71,7 @@ class Hasher:
         `labels` is an (n,) array of integer class ids or an (n, c) 0/1 multi-label matrix.
         """
         X = check_features(features, "features")
-        if not isinstance(self.n_bits, (int, np.integer)) or not 1 <= self.n_bits <= 4096:
-            raise ValueError(f"n_bits must be an integer in [1, 4096], got {self.n_bits!r}")
+        self._check_n_bits()
         y = None
         if labels is not None:
             y = np.asarray(labels)
@@ -86,6 +85,10 @@ class Hasher:
         # Set last: a fit that raises must not leave the hasher looking fitted.
         self.n_features_in_ = X.shape[1]
         return self
+
+    def _check_n_bits(self) -> None:
+        if not isinstance(self.n_bits, (int, np.integer)) or not 1 <= self.n_bits <= 4096:
+            raise ValueError(f"n_bits must be an integer in [1, 4096], got {self.n_bits!r}")
 
     def encode(self, features: np.ndarray) -> Codes:
         """Packed codes of `features` (n, d)."""

@@ -214,8 +214,7 @@ def finetune(
     weights (written to `weights_out`); the hasher is fitted and encodes that backbone's features.
     """
     pixels = _check_pixels(pixels, labels, backbone)
-    if not 1 <= int(hasher.n_bits) <= 4096:
-        raise ValueError(f"n_bits must be an integer in [1, 4096], got {hasher.n_bits!r}")
+    hasher._check_n_bits()
     dev = resolve_device(hasher.device)
     with seeded(hasher.seed, dev):
         trunk = backbone.init_module()

@@ -174,12 +174,18 @@ def test_search_matches_reference_with_many_ties(name, n, k, n_centres, seed):
 
 @pytest.mark.parametrize("name", EXACT)
 @pytest.mark.parametrize("k", [1, 37, 500, 3000])
-def test_search_matches_reference_on_a_larger_index_with_ties(name, k):
-    """Thousands of entries at a few distances: the k-th distance is shared by many ids."""
+@pytest.mark.parametrize("n_bits", [16, 100])
+@pytest.mark.parametrize("ascending_ids", [False, True])
+def test_search_matches_reference_on_a_larger_index_with_ties(name, k, n_bits, ascending_ids):
+    """Thousands of entries at a few distances: the k-th distance is shared by many ids.
+
+    Ids added in ascending order take the scan's shortcut (a later row loses every tie);
+    scattered ids do not.
+    """
     g = np.random.default_rng(k)
-    db = clustered_codes(g, 2500, 16, n_centres=5)
-    queries = Codes(np.concatenate([db.data[:4], clustered_codes(g, 4, 16, 5).data]), 16)
-    ids = scattered_ids(g, 2500)
+    db = clustered_codes(g, 2500, n_bits, n_centres=5)
+    queries = Codes(np.concatenate([db.data[:4], clustered_codes(g, 4, n_bits, 5).data]), n_bits)
+    ids = np.arange(2500) if ascending_ids else scattered_ids(g, 2500)
     index = build(name, db, ids)
     assert_search_equal(index.search(queries, k), reference_search(queries, db, ids, k))
 

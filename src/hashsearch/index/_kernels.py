@@ -12,9 +12,10 @@ ties included, and a caller merges results of several kernels (database shards, 
 and a tail part) by sorting their keys together.
 
 Top-k selection keeps, per query, a buffer of at most `cap` keys and the current k-th
-smallest key as an admission threshold; a full buffer is sorted and cut back to k. The scan
-counts, per group of 64 entries, how many are within the current distance threshold (a loop
-LLVM vectorises) and looks at the entries one by one only in groups that have any.
+smallest key as an admission threshold; a full buffer is cut back to k by an in-place
+quickselect. The scan computes, per group of 64 entries, the smallest distance in the group
+(a loop LLVM vectorises) and looks at the entries one by one only in groups that can hold a
+neighbour.
 
 numba is imported here only: importing hashsearch.index does not load it, the first search
 does (and compiles the kernels once per machine; they are cached next to this file).
@@ -29,8 +30,6 @@ from numba.extending import intrinsic
 
 # Entries examined together by the vectorised "any within threshold?" count.
 _GROUP = 64
-# A group that has any hit is re-examined in sub-groups, and only those with hits row by row.
-_SUBGROUP = 16
 # Queries scanned together, so that each group of database words is read once per block.
 _QBLOCK = 16
 _INT64_MAX = np.iinfo(np.int64).max
@@ -49,6 +48,17 @@ def _popcount(typingctx, x):
         if count.type.width < 64:
             return builder.zext(count, ir.IntType(64))
         return count
+
+    return sig, codegen
+
+
+@intrinsic
+def _lowest_bit(typingctx, x):
+    """Index of the lowest set bit of a non-zero unsigned integer, as int64 (LLVM's cttz: TZCNT)."""
+    sig = types.int64(x)
+
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
 
     return sig, codegen
 
@@ -74,24 +84,67 @@ def _hits(q, qi, db, g, e, td):
 
 @njit(nogil=True, cache=True)
 def _compact(buf, cnt, k):
-    """Keep the k smallest of buf[:cnt] in buf[:k] (unordered); returns the largest of them."""
-    part = np.partition(buf[:cnt], k - 1)
-    buf[:k] = part[:k]
-    return part[k - 1]
+    """Move the k smallest of buf[:cnt] to buf[:k] (unordered), in place; returns the largest.
+
+    Quickselect (Hoare partition around a median of three) without allocating: the top-k
+    buffers are compacted thousands of times per search.
+    """
+    lo = 0
+    hi = cnt - 1
+    t = k - 1
+    while lo < hi:
+        a = buf[lo]
+        b = buf[(lo + hi) >> 1]
+        c = buf[hi]
+        if a > b:
+            a, b = b, a
+        if b > c:
+            b = c
+        if a > b:
+            b = a
+        i = lo
+        j = hi
+        while i <= j:
+            while buf[i] < b:
+                i += 1
+            while buf[j] > b:
+                j -= 1
+            if i <= j:
+                x = buf[i]
+                buf[i] = buf[j]
+                buf[j] = x
+                i += 1
+                j -= 1
+        if t <= j:
+            hi = j
+        elif t >= i:
+            lo = i
+        else:
+            break
+    top = buf[0]
+    for i in range(1, k):
+        top = max(top, buf[i])
+    return top
+
+
+@njit(nogil=True, inline="always")
+def _cap(k, rows):
+    """Size of a top-k key buffer: compacting every k / 2 admissions keeps the threshold tight."""
+    return max(min(k + max(k // 2, 16), rows + 1), 1)
 
 
 @njit(nogil=True, cache=True)
-def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out):
+def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
     """`knn_scan` for codes of one word (up to 64 bits): fixed-size groups that LLVM vectorises.
 
     Queries go in blocks of `_QBLOCK`: each group of database words is read from memory (or
-    L3) once per block and compared with every query of the block while it sits in L1, so the
-    scan is bound by XOR + popcount, not by cache bandwidth. Each query keeps its own top-k
-    buffer and threshold.
+    L3) once per block and compared with every query of the block while it sits in L1. Per
+    (query, group) a vectorised minimum of the distances decides whether the group can hold a
+    neighbour; in a group that can, a vectorised pass builds a bit mask of the entries within
+    the threshold, and only those are looked at (no branch per entry).
     """
     nq = q.shape[0]
-    cap = max(min(max(4 * k, 256), hi - lo + 1), 1)
-    full = lo + (hi - lo) // _GROUP * _GROUP
+    cap = _cap(k, hi - lo)
     bufs = np.empty((_QBLOCK, cap), np.int64)
     cnts = np.zeros(_QBLOCK, np.int64)
     tkeys = np.empty(_QBLOCK, np.int64)
@@ -103,40 +156,35 @@ def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out):
             tkeys[b] = _INT64_MAX
             tds[b] = max_d
         for g in range(lo, hi, _GROUP):
-            e = min(g + _GROUP, hi)
+            size = min(_GROUP, hi - g)
+            blk = db[g : g + size]
             for b in range(nb):
                 qw = q[qb + b, 0]
                 td = tds[b]
-                if g < full:
-                    blk = db[g : g + _GROUP]
-                    hits = 0
+                if size == _GROUP:
+                    m = max_d + 1
                     for t in range(_GROUP):
-                        hits += _popcount(qw ^ blk[t]) <= td
-                    if hits == 0:
+                        m = min(m, _popcount(qw ^ blk[t]))
+                    if m > td:
                         continue
-                buf = bufs[b]
+                mask = np.uint64(0)
+                for t in range(size):
+                    mask |= np.uint64(_popcount(qw ^ blk[t]) <= td) << np.uint64(t)
                 cnt = cnts[b]
                 tkey = tkeys[b]
-                for s in range(g, e, _SUBGROUP):
-                    se = min(s + _SUBGROUP, e)
-                    if se - s == _SUBGROUP:
-                        sub = db[s : s + _SUBGROUP]
-                        hits = 0
-                        for t in range(_SUBGROUP):
-                            hits += _popcount(qw ^ sub[t]) <= td
-                        if hits == 0:
-                            continue
-                    for j in range(s, se):
-                        d = _popcount(qw ^ db[j])
-                        if d <= td:
-                            key = d * n_keys + rank[j]
-                            if key < tkey:
-                                buf[cnt] = key
-                                cnt += 1
-                                if cnt == cap:
-                                    tkey = _compact(buf, cnt, k)
-                                    cnt = k
-                                    td = tkey // n_keys
+                while mask != 0:
+                    t = _lowest_bit(mask)
+                    mask &= mask - np.uint64(1)
+                    d = _popcount(qw ^ blk[t])
+                    if d <= td:
+                        key = d * n_keys + (g + t if ascending else rank[g + t])
+                        if key < tkey:
+                            bufs[b, cnt] = key
+                            cnt += 1
+                            if cnt == cap:
+                                tkey = _compact(bufs[b], cnt, k)
+                                cnt = k
+                                td = tkey // n_keys - ascending
                 cnts[b] = cnt
                 tkeys[b] = tkey
                 tds[b] = td
@@ -150,11 +198,11 @@ def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out):
 
 
 @njit(nogil=True, cache=True)
-def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
-    """`knn_scan` for codes of two words (65 to 128 bits); same scheme as `_knn_one_word`."""
+def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
+    """`knn_scan` for codes of two words (65 to 128 bits): the group test of `_knn_one_word`."""
     nq = q.shape[0]
-    cap = min(max(4 * k, 256), hi - lo + 1)
-    buf = np.empty(max(cap, 1), np.int64)
+    cap = _cap(k, hi - lo)
+    buf = np.empty(cap, np.int64)
     full = lo + (hi - lo) // _GROUP * _GROUP
     for qi in range(nq):
         cnt = 0
@@ -165,32 +213,22 @@ def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
         for g in range(lo, hi, _GROUP):
             if g < full:
                 blk = db[2 * g : 2 * (g + _GROUP)]
-                hits = 0
+                m = max_d + 1
                 for t in range(_GROUP):
-                    hits += _popcount(q0 ^ blk[2 * t]) + _popcount(q1 ^ blk[2 * t + 1]) <= td
-                if hits == 0:
+                    m = min(m, _popcount(q0 ^ blk[2 * t]) + _popcount(q1 ^ blk[2 * t + 1]))
+                if m > td:
                     continue
-            e = min(g + _GROUP, hi)
-            for s in range(g, e, _SUBGROUP):
-                se = min(s + _SUBGROUP, e)
-                if se - s == _SUBGROUP:
-                    sub = db[2 * s : 2 * (s + _SUBGROUP)]
-                    hits = 0
-                    for t in range(_SUBGROUP):
-                        hits += _popcount(q0 ^ sub[2 * t]) + _popcount(q1 ^ sub[2 * t + 1]) <= td
-                    if hits == 0:
-                        continue
-                for j in range(s, se):
-                    d = _popcount(q0 ^ db[2 * j]) + _popcount(q1 ^ db[2 * j + 1])
-                    if d <= td:
-                        key = d * n_keys + rank[j]
-                        if key < tkey:
-                            buf[cnt] = key
-                            cnt += 1
-                            if cnt == cap:
-                                tkey = _compact(buf, cnt, k)
-                                cnt = k
-                                td = tkey // n_keys
+            for j in range(g, min(g + _GROUP, hi)):
+                d = _popcount(q0 ^ db[2 * j]) + _popcount(q1 ^ db[2 * j + 1])
+                if d <= td:
+                    key = d * n_keys + rank[j]
+                    if key < tkey:
+                        buf[cnt] = key
+                        cnt += 1
+                        if cnt == cap:
+                            tkey = _compact(buf, cnt, k)
+                            cnt = k
+                            td = tkey // n_keys - ascending
         kk = min(k, cnt)
         buf[:cnt].sort()
         out[qi, :kk] = buf[:kk]
@@ -198,11 +236,11 @@ def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
 
 
 @njit(nogil=True, cache=True)
-def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
+def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
     """`knn_scan` for codes of several words."""
     nq = q.shape[0]
-    cap = min(max(4 * k, 256), hi - lo + 1)
-    buf = np.empty(max(cap, 1), np.int64)
+    cap = _cap(k, hi - lo)
+    buf = np.empty(cap, np.int64)
     for qi in range(nq):
         cnt = 0
         tkey = _INT64_MAX
@@ -221,7 +259,7 @@ def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
                         if cnt == cap:
                             tkey = _compact(buf, cnt, k)
                             cnt = k
-                            td = tkey // n_keys
+                            td = tkey // n_keys - ascending
         kk = min(k, cnt)
         buf[:cnt].sort()
         out[qi, :kk] = buf[:kk]
@@ -229,19 +267,22 @@ def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out):
 
 
 @njit(nogil=True, cache=True)
-def knn_scan(q, db, rank, lo, hi, n_keys, k, max_d, out):
+def knn_scan(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
     """Exact k-NN of every query over database rows [lo, hi): writes keys to `out` (nq, k).
 
     `q` is (nq, W) words, `db` the database's words flattened to (n * W,). Rows of `out` are
     sorted ascending; slots beyond the rows found hold INT64_MAX. `max_d` is the largest
-    possible distance (the code length in bits).
+    possible distance (the code length in bits). `ascending` (0 or 1) says that rows are in
+    id order, i.e. ``rank[j] == j``: a row met later then loses every tie to the k-th key
+    found so far, so the distance threshold can exclude that distance too (fewer groups
+    examined), and the rank needs no lookup.
     """
     if q.shape[1] == 1:
-        _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, out)
+        _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out)
     elif q.shape[1] == 2:
-        _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, out)
+        _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out)
     else:
-        _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, out)
+        _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out)
 
 
 @njit(nogil=True, cache=True)
@@ -295,7 +336,7 @@ def _table_distance(q, qi, tcodes, j, p):
 
 
 @njit(nogil=True, cache=True)
-def mih_knn(q, qsub, db, rank, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0):
+def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0):
     """Exact k-NN by multi-index hashing (Norouzi, Punjani and Fleet) over the tabled rows.
 
     `qsub` (nq, m) holds each query's substring values; substring j has `lens[j]` bits and its
@@ -356,19 +397,45 @@ def mih_knn(q, qsub, db, rank, n_keys, k, max_d, lens, offsets, rows, tcodes, n_
                                     break
                                 mask = _next_mask(mask)
                                 continue
-                        for p in range(a, b):
-                            d = _table_distance(q, qi, tcodes, j, p)
-                            if d <= td:
-                                row = rows[j, p]
-                                key = d * n_keys + rank[row]
-                                if key < tkey and seen[row] != stamp:
-                                    seen[row] = stamp
-                                    buf[cnt] = key
-                                    cnt += 1
-                                    if cnt == cap:
-                                        tkey = _compact(buf, cnt, k)
-                                        cnt = k
-                                        td = tkey // n_keys
+                        if W == 1:
+                            # One-word codes: a bit mask of the bucket's entries within the
+                            # threshold, 64 at a time (vectorised), then only those.
+                            qw = q[qi, 0]
+                            for c0 in range(a, b, _GROUP):
+                                size = min(_GROUP, b - c0)
+                                tc = tcodes[j, c0 : c0 + size]
+                                hit = np.uint64(0)
+                                for t in range(size):
+                                    hit |= np.uint64(_popcount(qw ^ tc[t]) <= td) << np.uint64(t)
+                                while hit != 0:
+                                    t = _lowest_bit(hit)
+                                    hit &= hit - np.uint64(1)
+                                    d = _popcount(qw ^ tc[t])
+                                    if d <= td:
+                                        row = rows[j, c0 + t]
+                                        key = d * n_keys + (row if ascending else rank[row])
+                                        if key < tkey and seen[row] != stamp:
+                                            seen[row] = stamp
+                                            buf[cnt] = key
+                                            cnt += 1
+                                            if cnt == cap:
+                                                tkey = _compact(buf, cnt, k)
+                                                cnt = k
+                                                td = tkey // n_keys
+                        else:
+                            for p in range(a, b):
+                                d = _table_distance(q, qi, tcodes, j, p)
+                                if d <= td:
+                                    row = rows[j, p]
+                                    key = d * n_keys + rank[row]
+                                    if key < tkey and seen[row] != stamp:
+                                        seen[row] = stamp
+                                        buf[cnt] = key
+                                        cnt += 1
+                                        if cnt == cap:
+                                            tkey = _compact(buf, cnt, k)
+                                            cnt = k
+                                            td = tkey // n_keys
                         if s == 0:
                             break
                         mask = _next_mask(mask)
@@ -386,7 +453,7 @@ def mih_knn(q, qsub, db, rank, n_keys, k, max_d, lens, offsets, rows, tcodes, n_
                         break
                 if work > budget:
                     # Too far from the tabled codes for hashing to pay: scan linearly.
-                    knn_scan(q[qi : qi + 1], db, rank, 0, n_rows, n_keys, k, max_d, one)
+                    knn_scan(q[qi : qi + 1], db, rank, 0, n_rows, n_keys, k, max_d, ascending, one)
                     kk = 0
                     while kk < k and one[0, kk] != _INT64_MAX:
                         buf[kk] = one[0, kk]

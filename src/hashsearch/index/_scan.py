@@ -21,8 +21,6 @@ _INT64_MAX = np.iinfo(np.int64).max
 _BLOCKS_PER_THREAD = 4
 # Below this many database rows a scan is not worth splitting over threads.
 _MIN_SHARD_ROWS = 1 << 15
-# Memory for the per-query top-k key buffers of one task stays near this size.
-_TASK_BUFFER_BYTES = 32 << 20
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
@@ -89,21 +87,34 @@ def query_words(queries: Codes, db_words: np.ndarray) -> np.ndarray:
     return padded.view(np.uint64)
 
 
-def id_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(rank, sorted_ids): each row's position in ascending id order, and the ids in that order."""
+def id_order(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(rank, sorted_ids, ascending): each row's position in ascending id order, the ids in
+    that order, and whether the rows already are in that order (rank = 0, 1, 2, ...)."""
     ids = np.asarray(ids)
     if len(ids) < 2 or bool(np.all(ids[1:] > ids[:-1])):
-        return np.arange(len(ids), dtype=np.int64), np.array(ids, np.int64)
+        return np.arange(len(ids), dtype=np.int64), np.array(ids, np.int64), True
     order = np.argsort(ids, kind="stable")
     rank = np.empty(len(ids), np.int64)
     rank[order] = np.arange(len(ids))
-    return rank, np.asarray(ids, np.int64)[order]
+    return rank, np.asarray(ids, np.int64)[order], False
 
 
 def knn_keys(
-    qw: np.ndarray, dbw: np.ndarray, rank: np.ndarray, lo: int, hi: int, n_keys: int, k: int, max_d: int, n_threads: int
+    qw: np.ndarray,
+    dbw: np.ndarray,
+    rank: np.ndarray,
+    ascending: bool,
+    lo: int,
+    hi: int,
+    n_keys: int,
+    k: int,
+    max_d: int,
+    n_threads: int,
 ) -> np.ndarray:
-    """Top-k keys (nq, k) of every query over database rows [lo, hi), on `n_threads` threads."""
+    """Top-k keys (nq, k) of every query over database rows [lo, hi), on `n_threads` threads.
+
+    `ascending`: `rank` is 0, 1, 2, ... (rows in id order, as `id_order` reports), which the scan exploits.
+    """
     from hashsearch.index import _kernels
 
     nq = len(qw)
@@ -112,12 +123,11 @@ def knn_keys(
     if nq == 0 or rows <= 0:
         return out
     flat = dbw.reshape(-1)
-    cap = min(max(4 * k, 256), rows + 1)
-    per_task = max(1, _TASK_BUFFER_BYTES // (8 * cap))
+    asc = int(bool(ascending))
     if nq >= n_threads * _BLOCKS_PER_THREAD or rows < 2 * _MIN_SHARD_ROWS or n_threads == 1:
-        block = max(1, min(per_task, -(-nq // (n_threads * _BLOCKS_PER_THREAD))))
+        block = max(1, -(-nq // (n_threads * _BLOCKS_PER_THREAD)))
         tasks = [
-            (lambda a=a: _kernels.knn_scan(qw[a : a + block], flat, rank, lo, hi, n_keys, k, max_d, out[a : a + block]))
+            (lambda a=a: _kernels.knn_scan(qw[a : a + block], flat, rank, lo, hi, n_keys, k, max_d, asc, out[a : a + block]))
             for a in range(0, nq, block)
         ]
         _run(tasks, n_threads)
@@ -127,7 +137,7 @@ def knn_keys(
     bounds = np.linspace(lo, hi, n_shards + 1).astype(np.int64)
     parts = np.full((n_shards, nq, k), _INT64_MAX, np.int64)
     tasks = [
-        (lambda s=s: _kernels.knn_scan(qw, flat, rank, int(bounds[s]), int(bounds[s + 1]), n_keys, k, max_d, parts[s]))
+        (lambda s=s: _kernels.knn_scan(qw, flat, rank, int(bounds[s]), int(bounds[s + 1]), n_keys, k, max_d, asc, parts[s]))
         for s in range(n_shards)
     ]
     _run(tasks, n_threads)

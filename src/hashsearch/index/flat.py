@@ -88,7 +88,7 @@ class FlatIndex(Index):
         self._count = 0
         self._next_id = 0
         self._row_of: dict[int, int] | None = {}  # id -> row; None until needed after remove/load
-        self._state: tuple | None = None  # (words, id ranks, sorted ids) for the scan, see _scan_state
+        self._state: tuple | None = None  # (words, id ranks, sorted ids, ascending), see _scan_state
         self._n_threads = check_threads(n_threads)
 
     def __repr__(self) -> str:
@@ -197,13 +197,12 @@ class FlatIndex(Index):
         return removed
 
     # -- search -------------------------------------------------------------------------
-    def _scan_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(words, rank, sorted_ids) of the stored entries, cached until the next add/remove."""
+    def _scan_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+        """(words, rank, sorted_ids, ascending) of the stored entries (see `id_order`), cached
+        until the next add/remove."""
         if self._state is None:
             n = self._count
-            words = word_view(self._codes[:n])
-            rank, sorted_ids = id_order(self._ids[:n])
-            self._state = (words, rank, sorted_ids)
+            self._state = (word_view(self._codes[:n]), *id_order(self._ids[:n]))
         return self._state
 
     @property
@@ -222,9 +221,9 @@ class FlatIndex(Index):
         n = self._count
         if n == 0 or len(queries) == 0:
             return SearchResult(np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), MISSING_ID, np.int64))
-        words, rank, sorted_ids = self._scan_state()
+        words, rank, sorted_ids, ascending = self._scan_state()
         qw = query_words(queries, words)
-        keys = knn_keys(qw, words, rank, 0, n, n, min(k, n), self.n_bits, self.n_threads)
+        keys = knn_keys(qw, words, rank, ascending, 0, n, n, min(k, n), self.n_bits, self.n_threads)
         if k > n:
             keys = np.concatenate([keys, np.full((len(keys), k - n), np.iinfo(np.int64).max)], axis=1)
         return keys_to_search(keys, n, sorted_ids)
@@ -236,7 +235,7 @@ class FlatIndex(Index):
         n = self._count
         if n == 0 or len(queries) == 0:
             return RangeResult(np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
-        words, rank, sorted_ids = self._scan_state()
+        words, rank, sorted_ids, _ = self._scan_state()
         counts, keys = range_keys(query_words(queries, words), words, rank, 0, n, n, radius, self.n_threads)
         return keys_to_range(counts, keys, n, sorted_ids)
 

@@ -155,7 +155,7 @@ class MIHIndex(FlatIndex):
             raise ValueError(f"mih holds at most {np.iinfo(np.int32).max - 1} entries, got {n}")
         values = substring_values(self._codes[:n], self.n_bits, self._bounds)
         size = 1 << int(self._lens.max())
-        words, _, _ = self._scan_state()
+        words = self._scan_state()[0]
         rows = np.empty((self.n_substrings, n), np.int32)
         tcodes = np.empty((self.n_substrings, words.size), words.dtype)
         offsets = np.zeros((self.n_substrings, size + 1), np.int64)
@@ -183,14 +183,14 @@ class MIHIndex(FlatIndex):
         if n == 0 or nq == 0:
             return SearchResult(np.full((nq, k), -1, np.int32), np.full((nq, k), MISSING_ID, np.int64))
         self._ensure_tables()
-        words, rank, sorted_ids = self._scan_state()
+        words, rank, sorted_ids, ascending = self._scan_state()
         qw = query_words(queries, words)
         kk = min(k, n)
         parts = []
         if self._tabled:
-            parts.append(self._table_knn(queries, qw, words, rank, n, kk))
+            parts.append(self._table_knn(queries, qw, words, rank, ascending, n, kk))
         if self._tabled < n:
-            parts.append(knn_keys(qw, words, rank, self._tabled, n, n, kk, self.n_bits, self.n_threads))
+            parts.append(knn_keys(qw, words, rank, ascending, self._tabled, n, n, kk, self.n_bits, self.n_threads))
         keys = merge_keys(parts, kk) if len(parts) > 1 else parts[0]
         if k > n:
             keys = np.concatenate([keys, np.full((nq, k - n), _INT64_MAX)], axis=1)
@@ -200,7 +200,7 @@ class MIHIndex(FlatIndex):
         block = max(1, -(-nq // (self.n_threads * _BLOCKS_PER_THREAD)))
         return [slice(a, a + block) for a in range(0, nq, block)]
 
-    def _table_knn(self, queries: Codes, qw, words, rank, n_keys: int, k: int) -> np.ndarray:
+    def _table_knn(self, queries: Codes, qw, words, rank, ascending: bool, n_keys: int, k: int) -> np.ndarray:
         from hashsearch.index import _kernels
 
         qsub = substring_values(queries.data, self.n_bits, self._bounds)
@@ -211,7 +211,7 @@ class MIHIndex(FlatIndex):
         def task(sl: slice) -> None:
             seen, stamp = _seen_buffer(self._tabled, len(qw[sl]))
             _kernels.mih_knn(
-                qw[sl], qsub[sl], flat, rank, n_keys, k, self.n_bits, self._lens, self._offsets,
+                qw[sl], qsub[sl], flat, rank, int(ascending), n_keys, k, self.n_bits, self._lens, self._offsets,
                 self._rows_tab, self._tcodes, self._tabled, budget, out[sl], seen, stamp,
             )
 
@@ -228,7 +228,7 @@ class MIHIndex(FlatIndex):
         if n == 0 or nq == 0:
             return RangeResult(np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))
         self._ensure_tables()
-        words, rank, sorted_ids = self._scan_state()
+        words, rank, sorted_ids, _ = self._scan_state()
         qw = query_words(queries, words)
         counts, keys = np.zeros(nq, np.int64), np.zeros(0, np.int64)
         if self._tabled:

@@ -42,6 +42,8 @@ def test_train_time_plot(tmp_path):
 def test_loss_curve_plot(tmp_path):
     rows = [{"method": "dpsh", "bits": 48, "loss_history": [2.0, 1.0, 0.5]}, {"method": "itq", "bits": 48}]
     assert plot_loss_curves(rows, 48, tmp_path / "l.png").stat().st_size > 1000
+    # methods without a loss (classic ones only): no empty plot
+    assert plot_loss_curves(rows[1:], 48, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
 
 
 def test_cli_rejects_an_unknown_method_before_any_work():

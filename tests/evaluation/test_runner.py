@@ -85,3 +85,19 @@ def test_finetune_mode_evaluates_on_the_fine_tuned_backbone(small_provider):
     assert 0 <= row["metrics"]["map"] <= 1
     with pytest.raises(ValueError, match="no finetune mode"):
         run_methods(small_provider, ["itq"], [8], mode="finetune", log=lambda *_: None)
+
+
+def test_dhfi_finetune_mode_tunes_both_networks_and_reuses_them_from_the_cache(small_provider):
+    spec = "dhfi[epochs=1,batch_size=40]"
+    (row,) = run_methods(small_provider, [spec], [8], mode="finetune", log=lambda *_: None)
+    assert row["method"] == f"{spec} (finetune)" and row["params"]["feature_dims"] == [1280, 256]
+    assert len(row["loss_history"]) == 2 and 0 <= row["metrics"]["map"] <= 1
+    folder = small_provider.cache_dir / "backbones"
+    tuned = sorted(p.name for p in folder.iterdir() if f"-{spec}-8-" in p.name and p.suffix == ".pt")
+    assert len(tuned) == 2 and tuned[0].endswith("-0.pt") and tuned[1].endswith("-1.pt"), tuned
+    # the second run reads the tuned networks and the hasher back: same codes, no training
+    said = []
+    (again,) = run_methods(small_provider, [spec], [8], mode="finetune", log=said.append)
+    assert not any(m.startswith(("fine-tuning", "training")) for m in said), said
+    assert again["metrics"] == row["metrics"] and again["timings"]["fit_s"] == pytest.approx(row["timings"]["fit_s"])
+

@@ -147,6 +147,34 @@ def test_finetune_runs_on_the_pretrained_efficientnet(small_pixels, tmp_path, ci
     assert h.encode(tuned.forward(tuned.preprocess.normalize(pixels[:4]))).n_bits == 16
 
 
+def test_dhfi_finetune_trains_each_network_with_its_own_subnetwork(small_pixels, trained_resnet, tmp_path, cifar_small):
+    """DHFI's finetune mode: both networks fine-tuned (each by its DPSH subnetwork), the fused
+    code encodes their features side by side; with one subnetwork in use, the other network
+    is left as it came."""
+    source = open_source(cifar_small)
+    effnet = create_backbone("efficientnet-lite0", input_size=32)
+    records = [r for r in source.records() if r.key.split("/")[-3] == "train"][:40]
+    _, eff_pixels, _ = extract_pixels(source, records, effnet.preprocess, progress=False)
+    resnet, _ = trained_resnet
+    rn_pixels = small_pixels["train"][0][:40]
+    labels = [r.label for r in records]
+    np.testing.assert_array_equal(labels, small_pixels["train"][1][:40])  # the same 40 images, same order
+    h = create_hasher("dhfi", n_bits=16, epochs=2, batch_size=20)
+    tuned = h.finetune([effnet, resnet], [eff_pixels, rn_pixels], labels, [tmp_path / "a.pt", tmp_path / "b.pt"])
+    assert [t.weights for t in tuned] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
+    assert tuned[1].weights_sha256 != resnet.weights_sha256
+    assert h.feature_dims == [1280, 256] and len(h.loss_history_) == 4
+    feats = np.concatenate([tuned[0].forward(tuned[0].preprocess.normalize(eff_pixels)),
+                            tuned[1].forward(tuned[1].preprocess.normalize(rn_pixels))], axis=1)
+    codes = h.encode(feats)
+    assert codes.n_bits == 16
+    np.testing.assert_array_equal(type(h).load(_saved(h, tmp_path)).encode(feats).data, codes.data)
+    alone = create_hasher("dhfi", n_bits=16, epochs=2, batch_size=20, use="a")
+    kept = alone.finetune([effnet, resnet], [eff_pixels, rn_pixels], labels, [tmp_path / "a1.pt", tmp_path / "b1.pt"])
+    assert kept[1] is resnet and not (tmp_path / "b1.pt").exists()
+    assert alone.encode(feats).n_bits == 16
+
+
 def test_finetune_rejects_pixels_of_the_wrong_size(small_pixels, tmp_path):
     pixels, labels = small_pixels["train"]
     with pytest.raises(ValueError, match="uint8 crops"):

@@ -69,18 +69,21 @@ def plot_train_time(rows: list[dict], out_png: Path) -> Path:
     return out_png
 
 
-def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
-    """Training loss per epoch of every method that logs one, at `bits` bits (each curve / its first epoch)."""
+def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path | None:
+    """Training loss per epoch of every method that logs one, at `bits` bits (each curve / its
+    first epoch); no file (None) when no method at `bits` logs a loss."""
+    curves = [(r["method"], r["loss_history"]) for r in rows
+              if int(r["bits"]) == bits and r.get("loss_history") and r["loss_history"][0] != 0]
+    if not curves:
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        loss = r.get("loss_history")
-        if int(r["bits"]) == bits and loss and loss[0] != 0:
-            ax.plot(range(1, len(loss) + 1), [v / loss[0] for v in loss], label=r["method"])
+    for method, loss in curves:
+        ax.plot(range(1, len(loss) + 1), [v / loss[0] for v in loss], label=method)
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss / first epoch's")
     ax.set_title(f"Training loss, {bits} bits")

@@ -126,40 +126,51 @@ class FeatureProvider:
                  f"{history.epoch_loss[-1]:.3f}")
         return trained
 
-    def finetuned(self, hasher, tag: str) -> tuple[ProtocolFeatures, float]:
-        """"finetune" mode: train `hasher` with the run's backbone on the split's training images,
-        then the split's features from the fine-tuned backbone. Returns (features, training
-        seconds). The tuned weights and hasher are kept in the cache folder under `tag` and reused."""
+    def finetuned(self, hasher, tag: str) -> tuple:
+        """"finetune" mode: train `hasher` with its backbones (`feature_backbones`: the run's
+        backbone, a trained-from-scratch one, or both) on the split's training images, then
+        the split's features from the fine-tuned backbones. Returns (fitted hasher, features,
+        training seconds). Tuned weights and hasher are kept in the cache folder under `tag`
+        and reused."""
         import json
 
         from hashsearch.backbones.extract import extract_pixels
         from hashsearch.data.protocols import cache_dir as default_cache_dir
         from hashsearch.hashing import Hasher
-
-        folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
         from hashsearch.hashing.deep.endtoend import FINETUNE_RECIPE
 
+        names = type(hasher).feature_backbones
+        backbones = [self.backbone if n is None else self.trained_backbone(n) for n in names]
+        folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
         stem = (f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
                 f"-seed{self.split.seed}")
-        weights, saved, info = folder / f"{stem}.pt", folder / f"{stem}.npz", folder / f"{stem}.json"
-        if weights.is_file() and saved.is_file() and info.is_file():
-            tuned = type(self.backbone)(weights=weights, input_size=self.backbone.preprocess.input_size)
-            fitted, seconds = Hasher.load(saved), json.loads(info.read_text())["seconds"]
-            for name in hasher._state_names:
-                setattr(hasher, name, getattr(fitted, name))
-            hasher.n_features_in_ = fitted.n_features_in_
+        weights = [folder / f"{stem}.pt"] if len(names) == 1 else [folder / f"{stem}-{i}.pt" for i in range(len(names))]
+        saved, info = folder / f"{stem}.npz", folder / f"{stem}.json"
+        if saved.is_file() and info.is_file():
+            # A network the hasher did not tune (DHFI with one subnetwork in use) has no file.
+            tuned = [type(b)(weights=w, input_size=b.preprocess.input_size) if w.is_file() else b
+                     for b, w in zip(backbones, weights)]
+            hasher, seconds = Hasher.load(saved), json.loads(info.read_text())["seconds"]
         else:
             epochs = hasher.epochs if self.finetune_epochs is None else self.finetune_epochs
-            self.log(f"fine-tuning {self.backbone.name} with {tag} on {len(self.split.train)} images: the head "
-                     f"alone {hasher.epochs} epochs, then with the backbone {epochs} epochs")
-            records, pixels, _ = extract_pixels(self.source, self.split.train, self.backbone.preprocess)
+            self.log(f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(self.split.train)} "
+                     f"images: the head alone {hasher.epochs} epochs, then with the backbone {epochs} epochs")
+            crops = [extract_pixels(self.source, self.split.train, b.preprocess)[:2] for b in backbones]
+            if any([r.key for r in c[0]] != [r.key for r in crops[0][0]] for c in crops):
+                raise RuntimeError(f"the backbones of {tag} read different training images; check the split's files")
+            labels = [r.label for r in crops[0][0]]
+            pixels = [p for _, p in crops]
             t = time.perf_counter()
-            tuned = hasher.finetune(self.backbone, pixels, [r.label for r in records], weights, epochs=epochs)
+            if len(backbones) == 1:
+                tuned = [hasher.finetune(backbones[0], pixels[0], labels, weights[0], epochs=epochs)]
+            else:
+                tuned = hasher.finetune(backbones, pixels, labels, weights, epochs=epochs)
             seconds = time.perf_counter() - t
             hasher.save(saved)
             info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))
-        return split_features(self.source, self.split, tuned, cache_dir=self.cache_dir,
-                              batch_size=self.batch_size), seconds
+        parts = [split_features(self.source, self.split, b, cache_dir=self.cache_dir, batch_size=self.batch_size)
+                 for b in tuned]
+        return hasher, parts[0] if len(parts) == 1 else concat_features(parts), seconds
 
     def for_method(self, method: str) -> tuple[ProtocolFeatures, dict]:
         """The features `method` is defined on (concatenated across its backbones) and the
@@ -259,7 +270,7 @@ def run_methods(
             if mode == "finetune":
                 if not hasattr(hasher, "finetune"):
                     raise ValueError(f"method {spec!r} has no finetune mode (deep hashers have it)")
-                tuned, seconds = feats.finetuned(hasher, f"{spec}-{b}")
+                hasher, tuned, seconds = feats.finetuned(hasher, f"{spec}-{b}")
                 Xq, yq, Xd, yd = tuned.query.features, tuned.query.labels, tuned.database.features, tuned.database.labels
                 t1 = time.perf_counter()
                 t0 = t1 - seconds

@@ -88,6 +88,37 @@ class DHFI(Hasher):
             for n in DPSH._state_names:
                 setattr(self, prefix + n, getattr(sub, n))
 
+    def finetune(self, backbones, pixels, labels, weights_out, **options) -> list:
+        """"finetune" mode: each subnetwork in use fine-tunes its own network with DPSH's loss.
+
+        `backbones`, `pixels` and `weights_out` hold one entry per network of
+        `feature_backbones` (the pretrained backbone, then the ResNet), `pixels` each at that
+        network's input size; a network whose subnetwork is not in use (``use="a"`` or "b") is
+        returned as it came. Each subnetwork is `DPSH.finetune` (head alone, then head and
+        network with crop/flip; options as there), so the fused code comes from two networks
+        trained end to end, as in the paper. Returns the networks; this hasher then encodes
+        their features side by side (widths in `feature_dims`).
+        """
+        self._check_n_bits()
+        bits = self._bit_split()
+        if not len(backbones) == len(pixels) == len(weights_out) == len(_SUBNETS):
+            raise ValueError(f"DHFI fine-tunes {len(_SUBNETS)} networks: pass {len(_SUBNETS)} backbones, pixel arrays "
+                             f"and weights paths, got {len(backbones)}, {len(pixels)} and {len(weights_out)}")
+        tuned = list(backbones)
+        for prefix in _SUBNETS:
+            for n in DPSH._state_names:
+                setattr(self, prefix + n, np.zeros(0, np.float32))
+        for i, prefix in enumerate(_SUBNETS):
+            if prefix not in bits:
+                continue
+            sub = self._subnet(prefix, bits[prefix])
+            tuned[i] = sub.finetune(backbones[i], pixels[i], labels, weights_out[i], **options)
+            for n in DPSH._state_names:
+                setattr(self, prefix + n, getattr(sub, n))
+        self.feature_dims = [int(b.feature_dim) for b in tuned]
+        self.n_features_in_ = sum(self.feature_dims)
+        return tuned
+
     @property
     def loss_history_(self) -> np.ndarray:
         """The per-epoch training loss, summed over the subnetworks trained."""

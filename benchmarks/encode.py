@@ -4,6 +4,8 @@ For each runtime and data set: end-to-end images/s (files on disk -> features in
 cache, starting from an empty cache in a temporary folder; the ONNX export, int8 calibration and
 Ray start-up are done once before the clock starts, as they are once per collection), and beside
 it the inference-only rate of the same runtime on pre-decoded tensors (the ceiling of that row).
+The machine is shared: every rate is the best of several runs (end-to-end: 2, each from an
+empty cache; inference-only and decode-only: 3).
 Then int8's retrieval cost: mAP@ALL on cifar10-1k (ITQ 64 bits, DLBHC 48 bits) with int8 vs
 fp32 features, on the protocol's queries and training images and `--map-db-per-class` database
 images per class (5900 = the full protocol).
@@ -66,12 +68,34 @@ def megapixel_folder(src, records, folder: Path) -> FolderSource:
     return FolderSource(folder)
 
 
+def best_rate(fn, n: int, repeat: int = 3) -> float:
+    """Items per second of `fn()` (which handles n items), the best of `repeat` runs after a warm-up:
+    the machine is shared, and a disturbed run would understate what it can do."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return n / min(times)
+
+
+def end_to_end(run, repeat: int = 2):
+    """(images/s, result) of `run(cache_dir)` from an empty feature cache, the best of `repeat` runs."""
+    best = None
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as cache:
+            t = time.perf_counter()
+            ex = run(cache)
+            rate = len(ex.records) / (time.perf_counter() - t)
+        if best is None or rate > best[0]:
+            best = (rate, ex)
+    return best
+
+
 def inference_rate(encoder, pixels: np.ndarray, batch: int) -> float:
-    encoder.forward(pixels[:batch])  # warm-up
-    t = time.perf_counter()
-    for i in range(0, len(pixels), batch):
-        encoder.forward(pixels[i : i + batch])
-    return len(pixels) / (time.perf_counter() - t)
+    return best_rate(lambda: [encoder.forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
+                     len(pixels))
 
 
 def shared_bound(decode_rate: float, ceiling: float, cores: int | None = None) -> float:
@@ -91,9 +115,8 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
     # Pre-decoded tensors for the inference-only ceilings (and the export check).
     sample = records[: args.infer_images]
     jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(source.iter_bytes(sample)) if e is None]
-    t = time.perf_counter()
     _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9)
-    decode_rate = len(jobs) / (time.perf_counter() - t)
+    decode_rate = best_rate(lambda: decode_batch(jobs, bb.preprocess, 10**9), len(jobs))
     log(f"{name:>28} | decode+preprocess only, 1 process: {decode_rate:.1f} im/s")
     fp32.forward(pixels[:4])
     int8 = OnnxEncoder(bb, cache_dir=models)
@@ -102,11 +125,8 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
     rows = []
     for label, enc in encoders.items():
         ceiling = inference_rate(enc, pixels, args.batch_size)
-        with tempfile.TemporaryDirectory() as cache:
-            t = time.perf_counter()
-            ex = extract_features(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
-                                  encoder=enc, progress=False)
-            e2e = len(ex.records) / (time.perf_counter() - t)
+        e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache,
+                                                            batch_size=args.batch_size, encoder=enc, progress=False))
         bound = shared_bound(decode_rate, ceiling)
         rows.append({"data": name, "runtime": label, "e2e": e2e, "ceiling": ceiling, "bound": bound,
                      "decode": decode_rate, "n": len(ex.records)})
@@ -122,11 +142,9 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
             # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
             with tempfile.TemporaryDirectory() as cache:
                 extract_features_ray(source, bb, records[:64], cache_dir=cache, encoder=fp32, progress=False)
-            with tempfile.TemporaryDirectory() as cache:
-                t = time.perf_counter()
-                ex = extract_features_ray(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
-                                          encoder=fp32, progress=False)
-                e2e = len(ex.records) / (time.perf_counter() - t)
+            e2e, ex = end_to_end(lambda cache: extract_features_ray(source, bb, records, cache_dir=cache,
+                                                                    batch_size=args.batch_size, encoder=fp32,
+                                                                    progress=False))
         finally:
             ray.shutdown()
         ceiling, bound = rows[1]["ceiling"], rows[1]["bound"]

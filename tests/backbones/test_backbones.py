@@ -28,6 +28,20 @@ def test_preprocess_shape_and_normalisation(lite0):
     np.testing.assert_allclose(x[:, 10, 10], [(255 - 127) / 128, 0, -127 / 128], atol=1e-6)
 
 
+def test_normalize_gives_the_same_bits_as_the_float_arithmetic():
+    """The table lookup equals (v * float32(1/255) - mean) / std in float32, exactly, for any batch shape."""
+    from hashsearch.backbones.base import Preprocess
+
+    pre = Preprocess(16, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8)
+    x = (pixels.astype(np.float32) * np.float32(1 / 255) - np.float32(pre.mean)) / np.float32(pre.std)
+    out = pre.normalize(pixels)
+    assert out.shape == (2, 3, 3, 16, 16) and out.dtype == np.float32 and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, np.moveaxis(x, -1, -3))
+    with pytest.raises(ValueError, match="uint8"):
+        pre.normalize(pixels.astype(np.float32))
+
+
 def test_missing_weights_file_is_named(tmp_path):
     bb = create_backbone("efficientnet-lite0", weights=tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):

@@ -100,19 +100,26 @@ class _Encode:
         return {"digest": batch["digest"], "ok": ok, "reason": batch["reason"], "features": full}
 
 
-def plan_actors(total_cpus: float, actors: int | None, actor_cpus: float, decode_cpus: float) -> tuple[int, int]:
-    """(actors, threads per actor) for a cluster of `total_cpus`, leaving room for decode tasks.
+def plan_actors(
+    total_cpus: float, actors: int | None, actor_cpus: float, decode_cpus: float, decoders: int | None = None
+) -> tuple[int, int, int]:
+    """(actors, threads per actor, decode actors) for a cluster of `total_cpus`.
 
-    Raises a ValueError when the actors would claim every CPU (the job would hang: no CPU left
-    for the read/decode tasks).
+    Decode actors default to one per encode actor: decoding costs a fraction of inference
+    (0.7 vs 3.2 core-ms per CIFAR image at 128 px, 7 vs 10 for 1 Mpx JPEGs at 224 px, measured
+    in benchmarks/results/encode.md), and idle extra decoders only compete for the cores (on
+    2 CPUs, three decoders or an autoscaling pool were slower than one when this was chosen).
+    Raises a ValueError when the actors would leave no CPU for the decode tasks (the job would
+    hang: the read tasks starve).
     """
     for name, value in (("actor_cpus", actor_cpus), ("decode_cpus", decode_cpus)):
         if not 0 < value <= total_cpus:
             raise ValueError(f"{name} must be in (0, {total_cpus:g}] (the cluster's CPUs), got {value!r}")
     if actors is None:
         actors = max(1, int(total_cpus // 2))
-    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
-        raise ValueError(f"actors must be a positive integer, got {actors!r}")
+    for name, value in (("actors", actors), ("decoders", actors if decoders is None else decoders)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if actors * actor_cpus + decode_cpus > total_cpus + 1e-9:
         raise ValueError(
             f"{actors} actors x {actor_cpus:g} CPU + {decode_cpus:g} CPU for a decode task exceeds the "
@@ -120,8 +127,10 @@ def plan_actors(total_cpus: float, actors: int | None, actor_cpus: float, decode
             "actors or actor_cpus (fractions such as 0.5 are fine: ONNX Runtime threads are not "
             "bound by Ray's CPU accounting)"
         )
+    room = max(1, int((total_cpus - actors * actor_cpus + 1e-9) // decode_cpus))
+    decoders = min(actors if decoders is None else decoders, room)
     threads = max(1, int(round(total_cpus / actors)))
-    return actors, threads
+    return actors, threads, decoders
 
 
 def extract_features_ray(
@@ -141,6 +150,7 @@ def extract_features_ray(
     actors: int | None = None,
     actor_cpus: float = 0.5,
     decode_cpus: float = 0.5,
+    decoders: int | None = None,
     encoder=None,
 ) -> Extracted:
     """`extract_features` run on Ray Data; same arguments and the same result.
@@ -151,9 +161,10 @@ def extract_features_ray(
         A Ray cluster ("auto", "ray://host:10001"); default: start a local Ray here.
     num_cpus : int, optional
         CPUs of the local Ray (default: all); ignored with `address`.
-    actors, actor_cpus, decode_cpus
-        The actor pool's size (default: one per 2 CPUs) and the CPUs each actor and each decode
-        task reserves (see the module docstring).
+    actors, actor_cpus, decode_cpus, decoders
+        The actor pool's size (default: one per 2 CPUs), the CPUs each actor and each decode
+        task reserves (see the module docstring), and the decode actors (default: one per
+        encode actor, see `plan_actors`).
     encoder : optional
         A ready encoder from `hashsearch.backbones.runtime` (overrides runtime and int8).
     """
@@ -216,12 +227,12 @@ def extract_features_ray(
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             total = float(ray.cluster_resources().get("CPU", 1))
-            n_actors, threads = plan_actors(total, actors, actor_cpus, decode_cpus)
+            n_actors, threads, n_decoders = plan_actors(total, actors, actor_cpus, decode_cpus, decoders)
             ds = ray.data.from_items([{"i": i} for i in todo.values()], override_num_blocks=max(1, len(todo) // (batch_size * 4)))
             ds = ds.map_batches(
                 _Decode, fn_constructor_args=(source, records, encoder.preprocess, max_pixels),
                 batch_size=batch_size, num_cpus=decode_cpus,
-                compute=ray.data.ActorPoolStrategy(size=max(1, int((total - n_actors * actor_cpus) // decode_cpus))),
+                compute=ray.data.ActorPoolStrategy(size=n_decoders),
             )
             ds = ds.map_batches(
                 _Encode,

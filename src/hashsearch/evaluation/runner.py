@@ -132,6 +132,7 @@ class FeatureProvider:
         the split's features from the fine-tuned backbones. Returns (fitted hasher, features,
         training seconds). Tuned weights and hasher are kept in the cache folder under `tag`
         and reused."""
+        import hashlib
         import json
 
         from hashsearch.backbones.extract import extract_pixels
@@ -144,6 +145,8 @@ class FeatureProvider:
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
         stem = (f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
                 f"-seed{self.split.seed}")
+        if len(backbones) > 1:  # the other networks' weights are part of what was tuned
+            stem += "-" + hashlib.sha256("|".join(b.cache_key for b in backbones[1:]).encode()).hexdigest()[:8]
         weights = [folder / f"{stem}.pt"] if len(names) == 1 else [folder / f"{stem}-{i}.pt" for i in range(len(names))]
         saved, info = folder / f"{stem}.npz", folder / f"{stem}.json"
         if saved.is_file() and info.is_file():

@@ -22,8 +22,8 @@ class DHFI(Hasher):
     trained from scratch); the runner concatenates them (`feature_backbones`). Subnetwork a
     gets ``ceil(n_bits / 2)`` bits, b the rest, so the fused code has `n_bits` bits, the same
     total as either subnetwork alone (rows 'dpsh' on the pretrained features; 'dhfi' with
-    ``use="b"`` on the ResNet's). Here each subnetwork trains a DPSH head on its network's
-    cached features; the paper trains both networks end to end.
+    ``use="b"`` on the ResNet's). `fit` (head mode) trains each subnetwork's DPSH head on its
+    network's cached features; `finetune` trains both networks end to end, as the paper does.
 
     Parameters
     ----------

@@ -128,6 +128,30 @@ def _compact(buf, cnt, k):
 
 
 @njit(nogil=True, inline="always")
+def _admit(buf, cnt, key, tkey, td, k, n_keys, shrink):
+    """Append `key` to a top-k buffer (len(buf) slots); a full buffer is cut back to its k
+    smallest keys, which sets the new admission threshold. Returns (count, k-th key, distance
+    threshold); `shrink` = 1 excludes the k-th key's distance itself (see `knn_scan`)."""
+    buf[cnt] = key
+    cnt += 1
+    if cnt == len(buf):
+        tkey = _compact(buf, cnt, k)
+        cnt = k
+        td = tkey // n_keys - shrink
+    return cnt, tkey, td
+
+
+@njit(nogil=True, inline="always")
+def _emit(buf, cnt, k, out_row):
+    """The buffer's first `cnt` keys, sorted, into `out_row` (k slots; INT64_MAX past them)."""
+    row = buf[:cnt]
+    row.sort()
+    kk = min(k, cnt)
+    out_row[:kk] = row[:kk]
+    out_row[kk:] = _INT64_MAX
+
+
+@njit(nogil=True, inline="always")
 def _cap(k, rows):
     """Size of a top-k key buffer: compacting every k / 2 admissions keeps the threshold tight."""
     return max(min(k + max(k // 2, 16), rows + 1), 1)
@@ -179,22 +203,12 @@ def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
                     if d <= td:
                         key = d * n_keys + (g + t if ascending else rank[g + t])
                         if key < tkey:
-                            bufs[b, cnt] = key
-                            cnt += 1
-                            if cnt == cap:
-                                tkey = _compact(bufs[b], cnt, k)
-                                cnt = k
-                                td = tkey // n_keys - ascending
+                            cnt, tkey, td = _admit(bufs[b], cnt, key, tkey, td, k, n_keys, ascending)
                 cnts[b] = cnt
                 tkeys[b] = tkey
                 tds[b] = td
         for b in range(nb):
-            cnt = cnts[b]
-            kk = min(k, cnt)
-            row = bufs[b, :cnt]
-            row.sort()
-            out[qb + b, :kk] = row[:kk]
-            out[qb + b, kk:] = _INT64_MAX
+            _emit(bufs[b], cnts[b], k, out[qb + b])
 
 
 @njit(nogil=True, cache=True)
@@ -223,16 +237,8 @@ def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
                 if d <= td:
                     key = d * n_keys + rank[j]
                     if key < tkey:
-                        buf[cnt] = key
-                        cnt += 1
-                        if cnt == cap:
-                            tkey = _compact(buf, cnt, k)
-                            cnt = k
-                            td = tkey // n_keys - ascending
-        kk = min(k, cnt)
-        buf[:cnt].sort()
-        out[qi, :kk] = buf[:kk]
-        out[qi, kk:] = _INT64_MAX
+                        cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, ascending)
+        _emit(buf, cnt, k, out[qi])
 
 
 @njit(nogil=True, cache=True)
@@ -254,16 +260,8 @@ def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
                 if d <= td:
                     key = d * n_keys + rank[j]
                     if key < tkey:
-                        buf[cnt] = key
-                        cnt += 1
-                        if cnt == cap:
-                            tkey = _compact(buf, cnt, k)
-                            cnt = k
-                            td = tkey // n_keys - ascending
-        kk = min(k, cnt)
-        buf[:cnt].sort()
-        out[qi, :kk] = buf[:kk]
-        out[qi, kk:] = _INT64_MAX
+                        cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, ascending)
+        _emit(buf, cnt, k, out[qi])
 
 
 @njit(nogil=True, cache=True)
@@ -416,12 +414,7 @@ def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows,
                                         key = d * n_keys + (row if ascending else rank[row])
                                         if key < tkey and seen[row] != stamp:
                                             seen[row] = stamp
-                                            buf[cnt] = key
-                                            cnt += 1
-                                            if cnt == cap:
-                                                tkey = _compact(buf, cnt, k)
-                                                cnt = k
-                                                td = tkey // n_keys
+                                            cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
                         else:
                             for p in range(a, b):
                                 d = _table_distance(q, qi, tcodes, j, p)
@@ -430,12 +423,7 @@ def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows,
                                     key = d * n_keys + rank[row]
                                     if key < tkey and seen[row] != stamp:
                                         seen[row] = stamp
-                                        buf[cnt] = key
-                                        cnt += 1
-                                        if cnt == cap:
-                                            tkey = _compact(buf, cnt, k)
-                                            cnt = k
-                                            td = tkey // n_keys
+                                        cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
                         if s == 0:
                             break
                         mask = _next_mask(mask)
@@ -461,10 +449,7 @@ def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows,
                     cnt = kk
                     done = True
                     break
-        kk = min(k, cnt)
-        buf[:cnt].sort()
-        out[qi, :kk] = buf[:kk]
-        out[qi, kk:] = _INT64_MAX
+        _emit(buf, cnt, k, out[qi])
 
 
 @njit(nogil=True, cache=True)

@@ -123,15 +123,19 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
     calibrate(int8, source, records, args.calibration)
     encoders = {"PyTorch": TorchEncoder(bb), "ONNX fp32": fp32, "ONNX int8": int8}
     rows = []
+
+    def add_row(label: str, e2e: float, ceiling: float, n: int) -> None:
+        bound = shared_bound(decode_rate, ceiling)
+        rows.append({"data": name, "runtime": label, "e2e": e2e, "ceiling": ceiling, "bound": bound,
+                     "decode": decode_rate, "n": n})
+        log(f"{name:>28} | {label:<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}"
+            f" | {bound:8.1f} | {e2e / bound:4.0%}")
+
     for label, enc in encoders.items():
         ceiling = inference_rate(enc, pixels, args.batch_size)
         e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache,
                                                             batch_size=args.batch_size, encoder=enc, progress=False))
-        bound = shared_bound(decode_rate, ceiling)
-        rows.append({"data": name, "runtime": label, "e2e": e2e, "ceiling": ceiling, "bound": bound,
-                     "decode": decode_rate, "n": len(ex.records)})
-        log(f"{name:>28} | {label:<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}"
-            f" | {bound:8.1f} | {e2e / bound:4.0%}")
+        add_row(label, e2e, ceiling, len(ex.records))
     if not args.no_ray:
         import ray
 
@@ -147,11 +151,7 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
                                                                     progress=False))
         finally:
             ray.shutdown()
-        ceiling, bound = rows[1]["ceiling"], rows[1]["bound"]
-        rows.append({"data": name, "runtime": "Ray local fp32", "e2e": e2e, "ceiling": ceiling, "bound": bound,
-                     "n": len(ex.records)})
-        log(f"{name:>28} | {'Ray local fp32':<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}"
-            f" | {bound:8.1f} | {e2e / bound:4.0%}")
+        add_row("Ray local fp32", e2e, rows[1]["ceiling"], len(ex.records))  # the ONNX fp32 ceiling
         log(f"{'':>28}   Ray time split: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.timings.items())
             + f"; Ray stage alone {len(ex.records) / max(list(ex.timings.values())[1], 1e-9):.1f} im/s")
     return rows

@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-# Entries examined together by the vectorised "any within threshold?" count.
+# Entries examined together by the vectorised group tests (closest distance, or count within).
 _GROUP = 64
 # Queries scanned together, so that each group of database words is read once per block.
 _QBLOCK = 16

@@ -106,7 +106,7 @@ def plan_actors(
     """(actors, threads per actor, decode actors) for a cluster of `total_cpus`.
 
     Decode actors default to one per encode actor: decoding costs a fraction of inference
-    (0.7 vs 3.2 core-ms per CIFAR image at 128 px, 7 vs 10 for 1 Mpx JPEGs at 224 px, measured
+    (0.7 vs 3.1 core-ms per CIFAR image at 128 px, 6 vs 10 for 1 Mpx JPEGs at 224 px, measured
     in benchmarks/results/encode.md), and idle extra decoders only compete for the cores (on
     2 CPUs, three decoders or an autoscaling pool were slower than one when this was chosen).
     Raises a ValueError when the actors would leave no CPU for the decode tasks (the job would
@@ -117,7 +117,9 @@ def plan_actors(
             raise ValueError(f"{name} must be in (0, {total_cpus:g}] (the cluster's CPUs), got {value!r}")
     if actors is None:
         actors = max(1, int(total_cpus // 2))
-    for name, value in (("actors", actors), ("decoders", actors if decoders is None else decoders)):
+    if decoders is None:
+        decoders = actors
+    for name, value in (("actors", actors), ("decoders", decoders)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if actors * actor_cpus + decode_cpus > total_cpus + 1e-9:
@@ -128,7 +130,7 @@ def plan_actors(
             "bound by Ray's CPU accounting)"
         )
     room = max(1, int((total_cpus - actors * actor_cpus + 1e-9) // decode_cpus))
-    decoders = min(actors if decoders is None else decoders, room)
+    decoders = min(decoders, room)
     threads = max(1, int(round(total_cpus / actors)))
     return actors, threads, decoders
 

@@ -64,6 +64,24 @@ def test_int8_gets_its_own_cache_key_and_stays_close(tmp_path, backbone, real_ba
     assert other.cache_key != enc.cache_key  # another calibration set, another key
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_encode_normalises_in_the_graph_bit_for_bit(tmp_path, cifar_small, backbone, real_batch, int8):
+    """`encode` takes uint8 crops and normalises inside the ONNX graph: the same features, to the
+    bit, as numpy's `normalize` followed by the float model (fp32 and int8)."""
+    from hashsearch.data.decode import decode_image
+
+    paths = sorted((cifar_small / "test").rglob("*.jpg"))[:6]
+    s = backbone.preprocess.input_size
+    crops = np.concatenate([np.stack([backbone.preprocess.crop(decode_image(p.read_bytes(), str(p))) for p in paths]),
+                            np.zeros((1, s, s, 3), np.uint8), np.full((1, s, s, 3), 255, np.uint8)])
+    enc = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    if int8:
+        enc.quantize(real_batch, rt.calibration_digest(["a"]))
+    np.testing.assert_array_equal(enc.encode(crops), enc.forward(backbone.preprocess.normalize(crops)))
+    torch_enc = rt.make_encoder(backbone, "torch")
+    np.testing.assert_array_equal(torch_enc.encode(crops), backbone.forward(backbone.preprocess.normalize(crops)))
+
+
 def test_extract_features_int8_does_not_mix_with_fp32_cache(tmp_path, cifar_small, backbone):
     src = FolderSource(cifar_small / "test")
     recs = src.records()[:16]

@@ -49,12 +49,12 @@ class _Counting:
         self.inner, self.fail_after, self.calls, self.images = encoder, fail_after, 0, 0
         self.preprocess, self.feature_dim, self.cache_key = encoder.preprocess, encoder.feature_dim, encoder.cache_key
 
-    def forward(self, batch):
+    def encode(self, pixels):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
-        self.images += len(batch)
-        return self.inner.forward(batch)
+        self.images += len(pixels)
+        return self.inner.encode(pixels)
 
 
 def test_resume_after_interruption_recomputes_nothing_cached(tmp_path, folder_with_bad, backbone):

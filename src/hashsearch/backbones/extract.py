@@ -76,7 +76,7 @@ def extract_features(
         Quantize the ONNX model to int8, calibrated on `calibration_size` images of `records`;
         int8 features are cached under their own key.
     workers : int, optional
-        Decode processes (default: cores - 1; 0 decodes in this process).
+        Decode processes (default: one per core, at most 8; 0 decodes in this process).
     encoder : optional
         A ready encoder from `hashsearch.backbones.runtime` (overrides runtime and int8).
     """
@@ -162,7 +162,7 @@ def _finish_chunk(state: dict, encoder, cache, out: Extracted):
         digests, pixels, bad = future.result()
         failed.update(bad)
         if len(digests):
-            feats = encoder.forward(encoder.preprocess.normalize(pixels))
+            feats = encoder.encode(pixels)
             cache.put_many(digests, feats)
             out.n_computed += len(digests)
             cached.update(zip(digests, feats))

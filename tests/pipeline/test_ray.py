@@ -55,10 +55,13 @@ def test_ray_index_equals_single_process_index(tmp_path, folder_with_bad, local_
 
 
 def test_actor_pool_that_claims_every_cpu_is_refused():
-    assert plan_actors(2, None, 0.5, 0.5) == (1, 2, 1)
-    assert plan_actors(32, None, 0.5, 0.5) == (16, 2, 16)  # one decoder per encode actor
-    assert plan_actors(2, None, 0.5, 0.5, decoders=5) == (1, 2, 3)  # no more than the CPUs left
-    with pytest.raises(ValueError, match="decoders"):
-        plan_actors(2, None, 0.5, 0.5, decoders=0)
+    assert plan_actors(2, None, 0.5) == (2, 1)  # one actor per CPU, one thread each
+    assert plan_actors(32, None, 0.5) == (32, 1)
+    assert plan_actors(2, None, 1.0) == (1, 2)  # whole CPUs: one actor, half a CPU kept spare
+    assert plan_actors(4, 2, 0.5) == (2, 2)
+    with pytest.raises(ValueError, match="actors must be"):
+        plan_actors(2, 0, 0.5)
     with pytest.raises(ValueError, match="read tasks would starve"):
-        plan_actors(2, 2, 1.0, 0.5)
+        plan_actors(2, 2, 1.0)
+    with pytest.raises(ValueError, match="spare_cpus"):
+        plan_actors(2, None, 0.5, spare_cpus=0)

@@ -2,16 +2,16 @@
 
 Steps: the driver lists the images, reads each once to name it by content and looks it up in the
 feature cache (so a rerun, or a run after an interruption, computes nothing already cached); the
-missing images become a Ray Dataset of record numbers; `map_batches` tasks read and decode them
-(`decode_batch`, the same function as the local pipeline, so the same pixels and the same
-bad-file reasons); an actor pool, each actor holding one ONNX Runtime session, encodes them; the
-driver writes the features into the cache as they stream back. The result is then assembled from
-the cache in the source's order by the local code path, so entries, features, codes and the
-bad-file report equal those of a single-process run.
+missing images become a Ray Dataset of record numbers; `map_batches` on an actor pool, each actor
+holding one ONNX Runtime session, reads, decodes (`decode_batch`, the same function as the local
+pipeline, so the same pixels and the same bad-file reasons) and encodes them; the driver writes
+the features into the cache as they stream back. The result is then assembled from the cache in
+the source's order by the local code path, so entries, features, codes and the bad-file report
+equal those of a single-process run.
 
-CPU budget. On a small machine an actor pool that claims every CPU leaves none for Ray's read
+CPU budget. On a small machine an actor pool that claims every CPU leaves none for Ray's own
 tasks and the job hangs; actors therefore ask for a fraction of a CPU (`actor_cpus`, default
-0.5) and decode tasks too (`decode_cpus`), so that both stages are always schedulable.
+0.5), and `plan_actors` keeps `spare_cpus` (default 0.5) unclaimed.
 
 Without an address a local Ray is started on this machine (and stopped afterwards); with
 ``address="ray://head:10001"`` or ``"auto"`` the same code runs on a cluster, whose workers must
@@ -35,46 +35,21 @@ from hashsearch.data.protocols import cache_dir as default_cache_dir
 from hashsearch.data.sources import ImageRecord, ImageSource
 
 
-class _Decode:
-    """Ray task body: record numbers -> (digest, ok, reason, pixels) rows."""
-
-    def __init__(self, source: ImageSource, records: list[ImageRecord], preprocess, max_pixels: int) -> None:
-        self.source, self.records, self.preprocess, self.max_pixels = source, records, preprocess, max_pixels
-
-    def __call__(self, batch: dict) -> dict:
-        from hashsearch.pipeline.workers import decode_batch
-
-        recs = [self.records[int(i)] for i in batch["i"]]
-        jobs, rows = [], []
-        for record, data, error in self.source.iter_bytes(recs):
-            if error is None and not data:
-                error = "empty file"
-            if error is not None:  # vanished since the driver read it
-                rows.append((record.key, error))
-                continue
-            jobs.append((content_digest(data), record.key, data))
-            rows.append(None)
-        # uint8 crops: a quarter of the bytes through the object store; the actor normalises.
-        digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels, normalize=False)
-        s = self.preprocess.input_size
-        n = len(digests) + len(failed) + sum(r is not None for r in rows)
-        out_pixels = np.zeros((n, s, s, 3), np.uint8)
-        out_pixels[: len(digests)] = pixels
-        reasons = [""] * len(digests) + [r for _, r in failed] + [r for r in rows if r is not None]
-        names = list(digests) + [d for d, _ in failed] + ["" for r in rows if r is not None]
-        return {
-            "digest": np.array(names, dtype=object),
-            "ok": np.array([True] * len(digests) + [False] * (n - len(digests))),
-            "reason": np.array(reasons, dtype=object),
-            "pixels": out_pixels,
-        }
-
-
 class _Encode:
-    """Ray actor: holds one inference session (ONNX Runtime, or PyTorch on fallback)."""
+    """Ray actor: record numbers -> (digest, ok, reason, features) rows.
 
-    def __init__(self, model: bytes | None, backbone: Backbone | None, preprocess, threads: int) -> None:
-        self.preprocess = preprocess
+    Each actor reads and decodes its batch (`decode_batch`, the local pipeline's function) and
+    encodes it with the one inference session it holds (ONNX Runtime on the uint8 crops, see
+    `pixel_input_model`; PyTorch on fallback). Decoding and inference in one actor, one actor per
+    CPU with one inference thread each: the pixels never cross the object store (or, on a
+    cluster, the network), and while one actor decodes, another's inference has the other core.
+    On 2 CPUs this ran at 91-93% of the single-process pipeline on CIFAR-10, where separate
+    decode and encode actor pools ran at 83-84%.
+    """
+
+    def __init__(self, source: ImageSource, records: list[ImageRecord], preprocess, max_pixels: int,
+                 model: bytes | None, backbone: Backbone | None, threads: int) -> None:
+        self.source, self.records, self.preprocess, self.max_pixels = source, records, preprocess, max_pixels
         if model is not None:
             from hashsearch.backbones.runtime import _session
 
@@ -86,53 +61,60 @@ class _Encode:
             self.session, self.backbone = None, backbone
 
     def __call__(self, batch: dict) -> dict:
-        ok = batch["ok"].astype(bool)
-        pixels = self.preprocess.normalize(batch["pixels"][ok])
-        feats = None
-        if len(pixels):
-            if self.session is not None:
-                feats = self.session.run(None, {"images": pixels})[0].astype(np.float32)
+        from hashsearch.backbones.runtime import PIXELS
+        from hashsearch.pipeline.workers import decode_batch
+
+        recs = [self.records[int(i)] for i in batch["i"]]
+        jobs, vanished = [], []
+        for record, data, error in self.source.iter_bytes(recs):
+            if error is None and not data:
+                error = "empty file"
+            if error is not None:  # vanished since the driver read it
+                vanished.append(error)
+                continue
+            jobs.append((content_digest(data), record.key, data))
+        digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels, normalize=False)
+        feats = np.zeros((0, 1), np.float32)
+        if len(digests):
+            if self.session is not None:  # the model normalises the uint8 crops itself
+                feats = self.session.run(None, {PIXELS: pixels})[0].astype(np.float32, copy=False)
             else:
-                feats = self.backbone.forward(pixels)
-        full = np.zeros((len(ok), feats.shape[1] if feats is not None else 1), np.float32)
-        if feats is not None:
-            full[ok] = feats
-        return {"digest": batch["digest"], "ok": ok, "reason": batch["reason"], "features": full}
+                feats = self.backbone.forward(self.preprocess.normalize(pixels))
+        n = len(digests) + len(failed) + len(vanished)
+        full = np.zeros((n, feats.shape[1]), np.float32)
+        full[: len(digests)] = feats
+        return {
+            "digest": np.array(list(digests) + [d for d, _ in failed] + [""] * len(vanished), dtype=object),
+            "ok": np.array([True] * len(digests) + [False] * (n - len(digests))),
+            "reason": np.array([""] * len(digests) + [r for _, r in failed] + vanished, dtype=object),
+            "features": full,
+        }
 
 
-def plan_actors(
-    total_cpus: float, actors: int | None, actor_cpus: float, decode_cpus: float, decoders: int | None = None
-) -> tuple[int, int, int]:
-    """(actors, threads per actor, decode actors) for a cluster of `total_cpus`.
+def plan_actors(total_cpus: float, actors: int | None, actor_cpus: float, spare_cpus: float = 0.5) -> tuple[int, int]:
+    """(actors, inference threads per actor) for a cluster of `total_cpus`.
 
-    Decode actors default to one per encode actor: decoding costs a fraction of inference
-    (0.7 vs 3.1 core-ms per CIFAR image at 128 px, 6 vs 10 for 1 Mpx JPEGs at 224 px, measured
-    in benchmarks/results/encode.md), and idle extra decoders only compete for the cores (on
-    2 CPUs, three decoders or an autoscaling pool were slower than one when this was chosen).
-    Raises a ValueError when the actors would leave no CPU for the decode tasks (the job would
-    hang: the read tasks starve).
+    Actors default to one per CPU, each with one thread (see `_Encode`). Raises a ValueError when
+    the actors would claim more than `total_cpus - spare_cpus`: Ray's own tasks need CPUs to be
+    scheduled (on 2 CPUs an actor pool that claimed both left Ray's read tasks starved and the
+    job hung), so actors ask for a fraction of a CPU (`actor_cpus`, default 0.5): ONNX Runtime's
+    threads are not bound by Ray's CPU accounting.
     """
-    for name, value in (("actor_cpus", actor_cpus), ("decode_cpus", decode_cpus)):
+    for name, value in (("actor_cpus", actor_cpus), ("spare_cpus", spare_cpus)):
         if not 0 < value <= total_cpus:
             raise ValueError(f"{name} must be in (0, {total_cpus:g}] (the cluster's CPUs), got {value!r}")
     if actors is None:
-        actors = max(1, int(total_cpus // 2))
-    if decoders is None:
-        decoders = actors
-    for name, value in (("actors", actors), ("decoders", decoders)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if actors * actor_cpus + decode_cpus > total_cpus + 1e-9:
+        actors = max(1, min(int(total_cpus), int((total_cpus - spare_cpus + 1e-9) // actor_cpus)))
+    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
+        raise ValueError(f"actors must be a positive integer, got {actors!r}")
+    if actors * actor_cpus + spare_cpus > total_cpus + 1e-9:
         raise ValueError(
-            f"{actors} actors x {actor_cpus:g} CPU + {decode_cpus:g} CPU for a decode task exceeds the "
+            f"{actors} actors x {actor_cpus:g} CPU + {spare_cpus:g} CPU for Ray's own tasks exceeds the "
             f"cluster's {total_cpus:g} CPUs: the read tasks would starve and the job hang. Lower "
             "actors or actor_cpus (fractions such as 0.5 are fine: ONNX Runtime threads are not "
             "bound by Ray's CPU accounting)"
         )
-    room = max(1, int((total_cpus - actors * actor_cpus + 1e-9) // decode_cpus))
-    decoders = min(decoders, room)
-    threads = max(1, int(round(total_cpus / actors)))
-    return actors, threads, decoders
+    return actors, max(1, int(round(total_cpus / actors)))
 
 
 def extract_features_ray(
@@ -151,8 +133,7 @@ def extract_features_ray(
     num_cpus: int | None = None,
     actors: int | None = None,
     actor_cpus: float = 0.5,
-    decode_cpus: float = 0.5,
-    decoders: int | None = None,
+    spare_cpus: float = 0.5,
     encoder=None,
 ) -> Extracted:
     """`extract_features` run on Ray Data; same arguments and the same result.
@@ -163,10 +144,9 @@ def extract_features_ray(
         A Ray cluster ("auto", "ray://host:10001"); default: start a local Ray here.
     num_cpus : int, optional
         CPUs of the local Ray (default: all); ignored with `address`.
-    actors, actor_cpus, decode_cpus, decoders
-        The actor pool's size (default: one per 2 CPUs), the CPUs each actor and each decode
-        task reserves (see the module docstring), and the decode actors (default: one per
-        encode actor, see `plan_actors`).
+    actors, actor_cpus, spare_cpus
+        The actor pool's size (default: one per CPU), the CPUs each actor reserves, and the CPUs
+        kept for Ray's own tasks (see the module docstring and `plan_actors`).
     encoder : optional
         A ready encoder from `hashsearch.backbones.runtime` (overrides runtime and int8).
     """
@@ -218,8 +198,8 @@ def extract_features_ray(
             # The export check needs a few real images: decode the first missing ones here.
             first = [records[i] for i in list(todo.values())[:8]]
             jobs = [(content_digest(b), r.key, b) for r, b, e in source.iter_bytes(first) if e is None and b]
-            _, check, _ = decode_batch(jobs, encoder.preprocess, max_pixels)
-            model = encoder.model_bytes(check if len(check) else None)
+            _, check, _ = decode_batch(jobs, encoder.preprocess, max_pixels, normalize=False)
+            model = encoder.pixel_model_bytes(check if len(check) else None)
         started = False
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
@@ -229,16 +209,14 @@ def extract_features_ray(
             ctx = ray.data.DataContext.get_current()
             ctx.enable_progress_bars = False
             total = float(ray.cluster_resources().get("CPU", 1))
-            n_actors, threads, n_decoders = plan_actors(total, actors, actor_cpus, decode_cpus, decoders)
-            ds = ray.data.from_items([{"i": i} for i in todo.values()], override_num_blocks=max(1, len(todo) // (batch_size * 4)))
-            ds = ds.map_batches(
-                _Decode, fn_constructor_args=(source, records, encoder.preprocess, max_pixels),
-                batch_size=batch_size, num_cpus=decode_cpus,
-                compute=ray.data.ActorPoolStrategy(size=n_decoders),
-            )
+            n_actors, threads = plan_actors(total, actors, actor_cpus, spare_cpus)
+            # One block per batch: an actor then never waits while another holds two batches.
+            ds = ray.data.from_items([{"i": i} for i in todo.values()],
+                                     override_num_blocks=max(1, -(-len(todo) // batch_size)))
             ds = ds.map_batches(
                 _Encode,
-                fn_constructor_args=(model, None if model is not None else backbone, encoder.preprocess, threads),
+                fn_constructor_args=(source, records, encoder.preprocess, max_pixels, model,
+                                     None if model is not None else backbone, threads),
                 batch_size=batch_size, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
             )
             cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)

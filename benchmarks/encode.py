@@ -42,7 +42,7 @@ from hashsearch.backbones.runtime import OnnxEncoder, TorchEncoder
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import FolderSource
 from hashsearch.pipeline.encode import calibrate
-from hashsearch.pipeline.workers import decode_batch
+from hashsearch.pipeline.workers import decode_batch, default_workers
 
 warnings.simplefilter("ignore")
 import logging  # noqa: E402
@@ -94,7 +94,7 @@ def end_to_end(run, repeat: int = 2):
 
 
 def inference_rate(encoder, pixels: np.ndarray, batch: int) -> float:
-    return best_rate(lambda: [encoder.forward(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
+    return best_rate(lambda: [encoder.encode(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
                      len(pixels))
 
 
@@ -115,10 +115,10 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
     # Pre-decoded tensors for the inference-only ceilings (and the export check).
     sample = records[: args.infer_images]
     jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(source.iter_bytes(sample)) if e is None]
-    _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9)
-    decode_rate = best_rate(lambda: decode_batch(jobs, bb.preprocess, 10**9), len(jobs))
-    log(f"{name:>28} | decode+preprocess only, 1 process: {decode_rate:.1f} im/s")
-    fp32.forward(pixels[:4])
+    _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9, normalize=False)
+    decode_rate = best_rate(lambda: decode_batch(jobs, bb.preprocess, 10**9, normalize=False), len(jobs))
+    log(f"{name:>28} | decode+crop only (a decode worker's part), 1 process: {decode_rate:.1f} im/s")
+    fp32.encode(pixels[:4])
     int8 = OnnxEncoder(bb, cache_dir=models)
     calibrate(int8, source, records, args.calibration)
     encoders = {"PyTorch": TorchEncoder(bb), "ONNX fp32": fp32, "ONNX int8": int8}
@@ -136,6 +136,11 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
         e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache,
                                                             batch_size=args.batch_size, encoder=enc, progress=False))
         add_row(label, e2e, ceiling, len(ex.records))
+    # The default decode workers (one per core) against one fewer, the earlier default.
+    fewer = max(1, default_workers() - 1)
+    e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
+                                                        encoder=fp32, progress=False, workers=fewer))
+    add_row(f"fp32, {fewer} worker{'s' * (fewer > 1)}", e2e, rows[1]["ceiling"], len(ex.records))
     if not args.no_ray:
         import ray
 
@@ -225,7 +230,7 @@ def main() -> None:
     log(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
     log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
         f"Python {platform.python_version()}; EfficientNet-Lite0; batch {args.batch_size}; "
-        f"decode workers: default (cores - 1)")
+        f"decode workers: {default_workers()} (the default, one per core) unless the row says")
     log("")
     log(f"{'data':>28} | {'runtime':<18} | e2e im/s | infer im/s | e2e/ceiling | shared-CPU bound | e2e/bound")
     rows = []

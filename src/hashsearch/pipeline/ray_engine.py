@@ -192,6 +192,7 @@ def extract_features_ray(
     failures: dict[str, str] = {}
     n_computed = 0
     t1 = time.perf_counter()
+    first_arrived = None  # when the first batch of features arrived
     if todo:
         model = None
         if isinstance(encoder, OnnxEncoder):
@@ -223,6 +224,8 @@ def extract_features_ray(
             bar = tqdm(total=len(todo), unit="img", desc=f"ray {encoder.cache_key}", disable=not progress or None)
             try:
                 for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    if first_arrived is None:
+                        first_arrived = time.perf_counter()
                     ok = batch["ok"].astype(bool)
                     digests = [str(d) for d in batch["digest"]]
                     good = [d for d, k in zip(digests, ok) if k]
@@ -248,6 +251,9 @@ def extract_features_ray(
     out.n_cached -= n_computed
     out.n_computed = n_computed
     out.seconds = time.perf_counter() - t0
-    out.timings = {"scan (driver: read, digest, cache look-up)": t_scan, "ray (decode + encode)": t_ray,
+    t_first = first_arrived - t1 if first_arrived else t_ray
+    out.timings = {"scan (driver: read, digest, cache look-up)": t_scan,
+                   "ray start (the job, its actors, the first batch)": t_first,
+                   "ray rest (decode + encode)": t_ray - t_first,
                    "assemble (driver: from the cache)": time.perf_counter() - t2}
     return out

@@ -42,6 +42,27 @@ def test_normalize_gives_the_same_bits_as_the_float_arithmetic():
         pre.normalize(pixels.astype(np.float32))
 
 
+def test_crop_resizes_only_the_kept_box_like_resize_then_crop(cifar_small):
+    """`crop` resizes the centre box alone (Pillow's box): the same pixels as resizing the whole
+    image and cropping, up to rounding (+-2 levels on a few values), on a real photo-sized image."""
+    from hashsearch.backbones.base import Preprocess
+    from hashsearch.data.decode import decode_image
+
+    path = sorted((cifar_small / "test").rglob("*.jpg"))[0]
+    small = decode_image(path.read_bytes(), str(path))
+    for size in ((1152, 864), (640, 1000), (300, 301)):
+        image = small.resize(size, Image.BICUBIC)
+        pre = Preprocess(224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+        got = pre.crop(image).astype(int)
+        scale = 224 / min(size)
+        nw, nh = max(224, round(size[0] * scale)), max(224, round(size[1] * scale))
+        left, top = (nw - 224) // 2, (nh - 224) // 2
+        whole = image.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0).crop((left, top, left + 224, top + 224))
+        want = np.asarray(whole).astype(int)
+        assert got.shape == want.shape == (224, 224, 3)
+        assert np.abs(got - want).max() <= 2 and (got != want).mean() < 0.005, size
+
+
 def test_missing_weights_file_is_named(tmp_path):
     bb = create_backbone("efficientnet-lite0", weights=tmp_path / "nope.pth")
     with pytest.raises(FileNotFoundError, match="nope.pth"):

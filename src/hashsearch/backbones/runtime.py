@@ -249,9 +249,8 @@ def pixel_input_model(model: bytes, preprocess: Preprocess) -> bytes:
     The front is `Preprocess.normalize` as graph nodes: Transpose to channels first (in uint8),
     Cast, Mul by float32(1/255), Sub mean, Div std, the same float32 operations in the same order,
     so the features are bit-identical (tested). ONNX Runtime runs it on its own threads, inside the
-    inference call, instead of a serial numpy pass in the process that runs inference: measured
-    here about 10% more end-to-end images/s (see benchmarks/results/encode.md). Works on the fp32
-    and the int8 model alike.
+    inference call, instead of a serial numpy pass in the process that runs inference. Works on
+    the fp32 and the int8 model alike.
     """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -264,7 +263,7 @@ def pixel_input_model(model: bytes, preprocess: Preprocess) -> bytes:
     def per_channel(values, name):
         # One value for all three channels (EfficientNet's) as a scalar: ONNX Runtime moves the
         # front's transpose past these ops for an int8 model's channels-last convolutions, and
-        # broadcasting over a last axis of 3 there is 4x slower than a scalar.
+        # broadcasting over a last axis of 3 there is several times slower than a scalar.
         v = np.array(values, np.float32)
         return numpy_helper.from_array(v[0] if (v == v[0]).all() else v.reshape(1, 3, 1, 1), name)
 

@@ -43,8 +43,8 @@ class _Encode:
     `pixel_input_model`; PyTorch on fallback). Decoding and inference in one actor, one actor per
     CPU with one inference thread each: the pixels never cross the object store (or, on a
     cluster, the network), and while one actor decodes, another's inference has the other core.
-    On 2 CPUs this ran at 91-93% of the single-process pipeline on CIFAR-10, where separate
-    decode and encode actor pools ran at 83-84%.
+    (Separate decode and encode actor pools, the earlier design, were slower on 2 CPUs; the
+    committed ratio to the local pipeline is in benchmarks/results/encode.md.)
     """
 
     def __init__(self, source: ImageSource, records: list[ImageRecord], preprocess, max_pixels: int,

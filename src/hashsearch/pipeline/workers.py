@@ -53,8 +53,8 @@ def default_workers() -> int:
 
     Decoding and inference then share every core, the OS scheduling them: a worker waiting on
     the bounded queue leaves its core to inference, and a worker decoding fills the gaps between
-    inference calls. On 2 cores this beat one worker (cores - 1) for fp32 and int8, on CIFAR-10
-    and on 1 Mpx JPEGs (`benchmarks/encode.py` prints both).
+    inference calls. On 2 cores this beat one worker (cores - 1); `benchmarks/encode.py` prints
+    both, for fp32 on CIFAR-10 and on 1 Mpx JPEGs.
     """
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -211,14 +211,16 @@ def extract_features_ray(
             ctx.enable_progress_bars = False
             total = float(ray.cluster_resources().get("CPU", 1))
             n_actors, threads = plan_actors(total, actors, actor_cpus, spare_cpus)
-            # One block per batch: an actor then never waits while another holds two batches.
+            # One block per batch, each block one task (batch_size=None): blocks of n / ceil(n / b)
+            # rows fall just short of b, and Ray would otherwise pair them into tasks of 2 b rows,
+            # which doubles the wait for the first features and the imbalance at the end.
             ds = ray.data.from_items([{"i": i} for i in todo.values()],
                                      override_num_blocks=max(1, -(-len(todo) // batch_size)))
             ds = ds.map_batches(
                 _Encode,
                 fn_constructor_args=(source, records, encoder.preprocess, max_pixels, model,
                                      None if model is not None else backbone, threads),
-                batch_size=batch_size, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
+                batch_size=None, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
             )
             cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
             bar = tqdm(total=len(todo), unit="img", desc=f"ray {encoder.cache_key}", disable=not progress or None)

@@ -91,6 +91,16 @@ def test_palette_with_and_without_transparency(fmt):
     assert transparent.getpixel((3, 1)) == (255, 0, 0)
 
 
+def test_damaged_exif_block_gives_no_warning():
+    """A JPEG whose EXIF entry points past the block's end decodes without a Pillow warning."""
+    tiff = b"II*\x00" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 10, 4000) + struct.pack("<I", 0)
+    data = encode(Image.new("RGB", (16, 12), (200, 10, 10)), "JPEG", exif=b"Exif\x00\x00" + tiff)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = decode_image(data, "damaged-exif.jpg")
+    assert img.size == (16, 12) and img.mode == "RGB"
+
+
 def test_exif_orientation_is_applied():
     im = Image.new("RGB", (40, 20), (255, 0, 0))
     im.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue

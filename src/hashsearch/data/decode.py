@@ -41,7 +41,8 @@ def _pillow_formats() -> tuple[str, ...]:
 
 
 # Pillow's own bomb check runs inside Image.open and warns or raises before we see the size;
-# we silence it there (our max_pixels check follows at once). warnings.catch_warnings swaps a
+# we silence it there (our max_pixels check follows at once), with the warnings about damaged
+# metadata that the header read can give. warnings.catch_warnings swaps a
 # process-wide filter list, so concurrent decoder threads take turns for the header read only.
 _WARNINGS_LOCK = threading.Lock()
 
@@ -204,7 +205,8 @@ def decode_image(
     check_image_bytes(data, name)
     try:
         with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Also the warnings of damaged metadata read with the header (a JPEG's EXIF block).
+            warnings.simplefilter("ignore")
             im = Image.open(io.BytesIO(data), formats=_pillow_formats())
     except UnidentifiedImageError:
         raise DecodeError(
@@ -249,7 +251,10 @@ def decode_image(
         raise DecodeError(name, _failure("image data", e)) from None
 
     try:
-        upright = ImageOps.exif_transpose(im)
+        # A damaged EXIF block makes Pillow warn ("Corrupt EXIF data", "Truncated File Read").
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            upright = ImageOps.exif_transpose(im)
     except _PILLOW_ERRORS:
         # A damaged EXIF block should not cost the image; it is used as stored.
         upright = im

@@ -62,6 +62,7 @@ bench-rerank: setup
 
 bench-encode: setup
 	$(BIN)/python benchmarks/encode.py --out benchmarks/results/encode.md
+	$(BIN)/python benchmarks/ray_start.py --out benchmarks/results/ray-start.md
 
 bench-load: setup
 	$(BIN)/python benchmarks/load.py

@@ -129,4 +129,7 @@ def encode_queries(backbone: Backbone, images: Sequence[Image.Image], encoder=No
     """
     if not images:
         return np.zeros((0, backbone.feature_dim), np.float32)
-    return (encoder or backbone).forward(np.stack([backbone.preprocess(im) for im in images]))
+    crops = np.stack([backbone.preprocess.crop(im) for im in images])
+    if encoder is not None:
+        return encoder.encode(crops)  # the collection's own encoding path (ONNX normalises in its graph)
+    return backbone.forward(backbone.preprocess.normalize(crops))

@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -35,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
 
 from hashsearch.backbones import create_backbone
 from hashsearch.backbones.extract import extract_features
@@ -222,16 +221,8 @@ def main() -> None:
     ap.add_argument("--no-map", action="store_true")
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
     args = ap.parse_args()
-    lines: list[str] = []
-
-    def log(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
-    log(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-        f"Python {platform.python_version()}; EfficientNet-Lite0; batch {args.batch_size}; "
-        f"decode workers: {default_workers()} (the default, one per core) unless the row says")
+    log = Report(f"EfficientNet-Lite0; batch {args.batch_size}; "
+                 f"decode workers: {default_workers()} (the default, one per core) unless the row says")
     log("")
     log(f"{'data':>28} | {'runtime':<18} | e2e im/s | infer im/s | e2e/ceiling | shared-CPU bound | e2e/bound")
     rows = []
@@ -259,9 +250,7 @@ def main() -> None:
                 f"inference-only ceiling); fp32 e2e reaches {fp['e2e'] / fp['bound']:.0%} of that bound")
         if not args.no_map:
             int8_map(args, models, log)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Encoding speed and int8 (printed by benchmarks/encode.py)\n\n```\n" + "\n".join(lines) + "\n```\n")
+    log.save(args.out, "Encoding speed and int8 (printed by benchmarks/encode.py)")
 
 
 if __name__ == "__main__":

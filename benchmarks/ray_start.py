@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import shlex
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+
+from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
 
 warnings.simplefilter("ignore")
 logging.getLogger("ray").setLevel(logging.ERROR)
@@ -64,15 +62,7 @@ def main() -> None:
     from hashsearch.data.sources import FolderSource
     from hashsearch.pipeline.ray_engine import extract_features_ray
 
-    lines: list[str] = []
-
-    def log(s: str = "") -> None:
-        print(s, flush=True)
-        lines.append(s)
-
-    log(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
-    log(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), Python {platform.python_version()}, "
-        f"Ray {ray.__version__}; local Ray with 2 CPUs")
+    log = Report(f"Ray {ray.__version__}; local Ray with 2 CPUs")
     source = FolderSource(cifar10_root() / "test")
     records = source.records()[:64]
     bb = create_backbone("efficientnet-lite0", input_size=128)
@@ -94,11 +84,7 @@ def main() -> None:
                     + ", ".join(f"{k} {v:.2f}s" for k, v in ex.timings.items()) + ")")
     finally:
         ray.shutdown()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("# Ray's fixed start per run (printed by benchmarks/ray_start.py)\n\n```\n"
-                            + "\n".join(lines) + "\n```\n")
-
+    log.save(args.out, "Ray's fixed start per run (printed by benchmarks/ray_start.py)")
 
 if __name__ == "__main__":
     main()

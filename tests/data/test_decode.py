@@ -101,6 +101,21 @@ def test_damaged_exif_block_gives_no_warning():
     assert img.size == (16, 12) and img.mode == "RGB"
 
 
+def test_damaged_tiff_tag_gives_no_warning():
+    """A TIFF tag whose data lies past the end of the file: Pillow skips it, warning at the header
+    read and again when loading re-reads the metadata; decode_image lets neither warning out."""
+    data = bytearray(encode(Image.new("RGB", (24, 16), (200, 30, 60)), "TIFF"))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, at)[0] == 284:  # PlanarConfiguration: 1000 values past the end
+            struct.pack_into("<II", data, at + 4, 1000, len(data) + 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        img = decode_image(bytes(data), "damaged-tag.tif")
+    assert img.size == (24, 16) and img.mode == "RGB"
+
+
 def test_exif_orientation_is_applied():
     im = Image.new("RGB", (40, 20), (255, 0, 0))
     im.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue

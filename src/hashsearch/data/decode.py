@@ -237,10 +237,11 @@ def decode_image(
     if draft is not None and im.format == "JPEG":
         im.draft(None, draft)  # decode at 1/2, 1/4 or 1/8 scale, never below `draft` (fast)
     try:
-        if max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
-            # Frame and tile checks inside some plugins could warn beyond Pillow's limit.
+        if im.format == "TIFF" or max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
+            # TIFF's load reads its metadata again ("Tag data larger than file" on a damaged
+            # one), and beyond Pillow's pixel limit frame and tile checks of some plugins warn.
             with _WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                warnings.simplefilter("ignore")
                 im.load()
         else:
             im.load()

@@ -64,8 +64,9 @@ class Preprocess:
         """(..., s, s, 3) uint8 pixels -> (..., 3, s, s) float32, scaled to [0, 1] and normalised.
 
         Each value is ``(v * float32(1 / 255) - mean) / std`` in float32; it is read from a
-        256-entry table per channel after moving the channels first in uint8, which is 3x faster
-        than the float arithmetic on a batch and gives the same bits.
+        256-entry table per channel after moving the channels first in uint8, which is faster
+        than the float arithmetic and gives the same bits. (ONNX encoders do this inside the
+        graph instead, see `hashsearch.backbones.runtime.pixel_input_model`.)
         """
         pixels = np.asarray(pixels)
         if pixels.dtype != np.uint8:

@@ -53,8 +53,9 @@ def default_workers() -> int:
 
     Decoding and inference then share every core, the OS scheduling them: a worker waiting on
     the bounded queue leaves its core to inference, and a worker decoding fills the gaps between
-    inference calls. On 2 cores this beat one worker (cores - 1); `benchmarks/encode.py` prints
-    both, for fp32 on CIFAR-10 and on 1 Mpx JPEGs.
+    inference calls. On 2 cores it was ahead of one worker (cores - 1) on 1 Mpx JPEGs, where
+    decoding is heavy, and level with it on CIFAR-10 within the machine's noise (one worker was
+    ahead in two of three runs); `benchmarks/encode.py` prints both, for fp32 on each data set.
     """
     return max(1, min(8, os.cpu_count() or 1))
 

@@ -1,4 +1,5 @@
-"""The overlapped decode pipeline: same result with or without worker processes; resume; draft."""
+"""The local pipeline: same result with or without worker processes (decoding, or decoding and
+encoding, there); resume; draft."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from hashsearch.backbones.extract import extract_features
 from hashsearch.backbones.runtime import make_encoder
 from hashsearch.data.decode import decode_image
 from hashsearch.data.sources import FolderSource
-from hashsearch.pipeline.workers import DecodePool, bounded, decode_batch
+from hashsearch.backbones import extract
+from hashsearch.pipeline.workers import WorkerPool, bounded, crops, decode_batch
 
 pytest.importorskip("onnxruntime")
 
@@ -30,9 +32,10 @@ def _extract(folder, backbone, cache, **kw):
         return extract_features(FolderSource(folder), backbone, cache_dir=cache, progress=False, batch_size=8, **kw)
 
 
-def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, backbone):
+@pytest.mark.parametrize("worker_inference", [True, False], ids=["encode-in-workers", "decode-in-workers"])
+def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, backbone, worker_inference):
     inline = _extract(folder_with_bad, backbone, tmp_path / "a", workers=0)
-    pooled = _extract(folder_with_bad, backbone, tmp_path / "b", workers=2)
+    pooled = _extract(folder_with_bad, backbone, tmp_path / "b", workers=2, worker_inference=worker_inference)
     assert [r.key for r in pooled.records] == [r.key for r in inline.records]
     assert pooled.report.skipped == inline.report.skipped
     assert len(inline.report) == 2 and len(inline.records) == 41
@@ -79,6 +82,40 @@ def test_resume_after_interruption_recomputes_nothing_cached(tmp_path, folder_wi
     assert third.images == 0 and again.n_computed == 0
 
 
+class _Interrupted(FolderSource):
+    """A folder whose reading stops with a KeyboardInterrupt at its `after`-th file."""
+
+    def __init__(self, root, after: int) -> None:
+        super().__init__(root)
+        self.after = after
+
+    def iter_bytes(self, records):
+        for i, item in enumerate(super().iter_bytes(records)):
+            if i == self.after:
+                raise KeyboardInterrupt("simulated interruption")
+            yield item
+
+
+@pytest.mark.parametrize("worker_inference", [True, False], ids=["encode-in-workers", "decode-in-workers"])
+def test_resume_keeps_the_batches_that_workers_finished(tmp_path, folder_with_bad, backbone, monkeypatch,
+                                                        worker_inference):
+    # Chunks of 8 files, 2 ahead: reading stops in the 5th chunk, when the first two are finished.
+    monkeypatch.setattr(extract, "_CHUNK", 8)
+    run = dict(cache_dir=tmp_path, progress=False, batch_size=4, workers=2, worker_inference=worker_inference)
+    with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract_features(_Interrupted(folder_with_bad, after=36), backbone, **run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        out = extract_features(FolderSource(folder_with_bad), backbone, **run)
+    full = _extract(folder_with_bad, backbone, tmp_path / "fresh", workers=0)
+    first16 = {r.key for r in FolderSource(folder_with_bad).records()[:16]}
+    finished = {d for r, d in zip(full.records, full.digests) if r.key in first16}
+    assert len(finished) >= 14 and out.n_computed == 40 - len(finished)  # nothing finished is recomputed
+    assert out.digests == full.digests
+    np.testing.assert_allclose(out.features, full.features, atol=1e-5)
+
+
 def test_large_jpeg_decodes_in_draft_mode(backbone):
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1200, 3), np.uint8))
     buf = io.BytesIO()
@@ -109,4 +146,4 @@ def test_bounded_keeps_at_most_depth_in_flight():
 
 def test_workers_must_be_non_negative():
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
-        DecodePool(-1)
+        WorkerPool(crops(create_backbone("efficientnet-lite0", input_size=64).preprocess, 10**8), -1)

@@ -40,8 +40,8 @@ class Preprocess:
     def crop(self, image: Image.Image) -> np.ndarray:
         """The resize and centre crop: an RGB PIL image -> (input_size, input_size, 3) uint8 pixels.
 
-        Decode workers hand these to the inference process: a quarter of the bytes of the
-        normalised float32 array, and `normalize` gives exactly the same values afterwards.
+        Inference takes these (a quarter of the bytes of the normalised float32 array, where
+        they cross processes); `normalize` gives exactly the same values afterwards.
         """
         s = self.input_size
         w, h = image.size

@@ -1,9 +1,10 @@
 """Image files -> backbone features, batched, cached by content, skipping bad files.
 
-Decoding runs in worker processes (`workers`), overlapped with inference through a bounded
-queue of batches, so memory stays flat whatever the collection size; inference runs on ONNX
-Runtime by default (`runtime="onnx"`, see `hashsearch.backbones.runtime`), or int8 with
-`int8=True`. Every batch is committed to the feature cache as it is made, so an interrupted run
+Decoding runs in worker processes (`workers`), and with ONNX Runtime (the default runtime, see
+`hashsearch.backbones.runtime`; int8 with `int8=True`) so does inference: each worker decodes a
+batch and encodes it on one thread, while this process reads the files, looks them up in the
+cache and stores the features. A bounded queue of batches keeps memory flat whatever the
+collection size. Every batch is committed to the feature cache as it is made, so an interrupted run
 resumes without recomputing anything finished.
 """
 
@@ -58,6 +59,7 @@ def extract_features(
     int8: bool = False,
     calibration_size: int = 256,
     workers: int | None = None,
+    worker_inference: bool = True,
     encoder=None,
     _known_failures: dict[str, str] | None = None,
 ) -> Extracted:
@@ -76,12 +78,18 @@ def extract_features(
         Quantize the ONNX model to int8, calibrated on `calibration_size` images of `records`;
         int8 features are cached under their own key.
     workers : int, optional
-        Decode processes (default: one per core, at most 8; 0 decodes in this process).
+        Worker processes (default: one per core, at most 8; 0 decodes and encodes in this process).
+    worker_inference : bool
+        With ONNX Runtime, encode in the worker processes (default), each on
+        ``cores // workers`` threads; False decodes there and encodes here, on every core
+        (the layout of PyTorch, whose module is not forked into workers).
     encoder : optional
         A ready encoder from `hashsearch.backbones.runtime` (overrides runtime and int8).
     """
+    from hashsearch.backbones.runtime import OnnxEncoder
     from hashsearch.pipeline.encode import prepare_encoder
-    from hashsearch.pipeline.workers import DecodePool, bounded
+    from hashsearch.pipeline.workers import (BatchEncoder, WorkerPool, bounded, crops, default_workers, pixel_model,
+                                             worker_threads)
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -95,7 +103,12 @@ def extract_features(
     parts: list[np.ndarray] = []
     known = dict(_known_failures or {})
     bar = tqdm(total=len(records), unit="img", desc=f"features {encoder.cache_key}", disable=not progress or None)
-    pool = DecodePool(workers)
+    workers = default_workers() if workers is None else workers
+    if worker_inference and isinstance(encoder, OnnxEncoder) and workers:
+        task = BatchEncoder(encoder.preprocess, max_pixels, encoder.feature_dim, threads=worker_threads(workers))
+    else:
+        task = crops(encoder.preprocess, max_pixels)
+    pool = WorkerPool(task, workers)
     try:
         stream = source.iter_bytes(records)
 
@@ -129,7 +142,9 @@ def extract_features(
 
 
 def _start_chunk(chunk, encoder, cache, pool, batch_size, max_pixels, known, out: Extracted) -> dict:
-    """Read errors, digests, cache look-up; submit the missing images for decoding."""
+    from hashsearch.pipeline.workers import pixel_model
+
+    """Read errors, digests, cache look-up; submit the missing images to the workers."""
     events: list[tuple[ImageRecord, str]] = []
     good: list[tuple[ImageRecord, bytes, str]] = []
     for record, data, error in chunk:
@@ -147,22 +162,24 @@ def _start_chunk(chunk, encoder, cache, pool, batch_size, max_pixels, known, out
         if digest not in cached and digest not in todo:
             todo[digest] = (record, data)
     jobs = [(d, r.key, b) for d, (r, b) in todo.items() if d not in known]
-    futures = [
-        pool.submit(jobs[i : i + batch_size], encoder.preprocess, max_pixels) for i in range(0, len(jobs), batch_size)
-    ]
+    if jobs and pool.encodes and not pool.task.ready:
+        pool.task.model = pixel_model(encoder, jobs, max_pixels)
+    futures = [pool.submit(jobs[i : i + batch_size]) for i in range(0, len(jobs), batch_size)]
     return {"chunk": chunk, "events": events, "good": [(r, d) for r, _, d in good], "cached": cached,
-            "todo": {d: r for d, (r, _) in todo.items()}, "futures": futures, "known": known}
+            "todo": {d: r for d, (r, _) in todo.items()}, "futures": futures, "known": known,
+            "encoded": pool.encodes}
 
 
 def _finish_chunk(state: dict, encoder, cache, out: Extracted):
-    """Wait for the chunk's decoded batches, encode and cache them, and report in file order."""
+    """Wait for the chunk's batches (encoding them here if the workers only decode), cache the
+    features, and report in file order."""
     cached, todo, good = state["cached"], state["todo"], state["good"]
     failed: dict[str, str] = {d: state["known"][d] for d in todo if d in state["known"]}
     for future in state["futures"]:
-        digests, pixels, bad = future.result()
+        digests, result, bad = future.result()
         failed.update(bad)
         if len(digests):
-            feats = encoder.encode(pixels)
+            feats = result if state["encoded"] else encoder.encode(result)
             cache.put_many(digests, feats)
             out.n_computed += len(digests)
             cached.update(zip(digests, feats))

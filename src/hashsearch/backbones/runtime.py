@@ -207,9 +207,14 @@ class OnnxEncoder:
         return path
 
     # -- inference ----------------------------------------------------------------------------
+    @property
+    def exported(self) -> bool:
+        """Whether the model this encoder runs is on disk (else the first `encode` exports it)."""
+        return self._model_path.exists()
+
     def model_bytes(self, check_batch: np.ndarray | None = None) -> bytes:
         """The ONNX model this encoder runs (exported on `check_batch` if not yet)."""
-        if not self._model_path.exists():
+        if not self.exported:
             if check_batch is None:
                 raise RuntimeError("the ONNX file is not exported yet: pass real images in check_batch")
             self.export(check_batch)
@@ -244,7 +249,7 @@ class OnnxEncoder:
 
 def pixel_input_model(model: bytes, preprocess: Preprocess) -> bytes:
     """`model` (input "images": normalised (n, 3, s, s) float32) behind a front that takes the
-    decode workers' uint8 crops, input `PIXELS` of shape (n, s, s, 3).
+    uint8 crops of `Preprocess.crop`, input `PIXELS` of shape (n, s, s, 3).
 
     The front is `Preprocess.normalize` as graph nodes: Transpose to channels first (in uint8),
     Cast, Mul by float32(1/255), Sub mean, Div std, the same float32 operations in the same order,

@@ -32,7 +32,7 @@ def index(
     weights: Optional[str] = WeightsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
-    engine: str = typer.Option("local", "--engine", help="local (decode workers + one session) or ray (Ray Data)."),
+    engine: str = typer.Option("local", "--engine", help="local (worker processes on this machine) or ray (Ray Data)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."),
     runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for encoding: onnx or torch."),
     int8: bool = typer.Option(False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."),

@@ -55,7 +55,7 @@ def build_collection(
     """Extract features of `source`, fit `hasher` on them (unless already fitted), index them.
 
     A supervised hasher is fitted on the labelled images; the collection holds them all.
-    `engine` is "local" (decode worker processes + one inference session) or "ray" (Ray Data;
+    `engine` is "local" (worker processes that decode and encode) or "ray" (Ray Data;
     pass `address=` for a cluster); `encode` goes to the extractor (runtime, int8, workers, ...).
     """
     report = IndexReport()

@@ -3,8 +3,8 @@
 Steps: the driver lists the images, reads each once to name it by content and looks it up in the
 feature cache (so a rerun, or a run after an interruption, computes nothing already cached); the
 missing images become a Ray Dataset of record numbers; `map_batches` on an actor pool, each actor
-holding one ONNX Runtime session, reads, decodes (`decode_batch`, the same function as the local
-pipeline, so the same pixels and the same bad-file reasons) and encodes them; the driver writes
+holding one ONNX Runtime session, reads them and decodes and encodes them (`BatchEncoder`, what
+the local pipeline's workers run, so the same pixels and the same bad-file reasons); the driver writes
 the features into the cache as they stream back. The result is then assembled from the cache in
 the source's order by the local code path, so entries, features, codes and the bad-file report
 equal those of a single-process run.
@@ -38,32 +38,19 @@ from hashsearch.data.sources import ImageRecord, ImageSource
 class _Encode:
     """Ray actor: record numbers -> (digest, ok, reason, features) rows.
 
-    Each actor reads and decodes its batch (`decode_batch`, the local pipeline's function) and
-    encodes it with the one inference session it holds (ONNX Runtime on the uint8 crops, see
-    `pixel_input_model`; PyTorch on fallback). Decoding and inference in one actor, one actor per
-    CPU with one inference thread each: the pixels never cross the object store (or, on a
-    cluster, the network), and while one actor decodes, another's inference has the other core.
-    (Separate decode and encode actor pools, the earlier design, were slower on 2 CPUs; the
-    committed ratio to the local pipeline is in benchmarks/results/encode.md.)
+    Each actor reads its batch and runs the local pipeline's `BatchEncoder` on it: decoding
+    (`decode_batch`) and encoding with the one inference session the actor holds (ONNX Runtime
+    on the uint8 crops, see `pixel_input_model`; PyTorch on fallback), one actor per CPU with one
+    inference thread each, as the local pipeline's workers. The pixels never cross the object
+    store (or, on a cluster, the network). (Separate decode and encode actor pools, the earlier
+    design, were slower on 2 CPUs; the committed ratio to the local pipeline is in
+    benchmarks/results/encode.md.)
     """
 
-    def __init__(self, source: ImageSource, records: list[ImageRecord], preprocess, max_pixels: int,
-                 model: bytes | None, backbone: Backbone | None, threads: int) -> None:
-        self.source, self.records, self.preprocess, self.max_pixels = source, records, preprocess, max_pixels
-        if model is not None:
-            from hashsearch.backbones.runtime import _session
-
-            self.session, self.backbone = _session(model, threads), None
-        else:
-            import torch
-
-            torch.set_num_threads(threads)
-            self.session, self.backbone = None, backbone
+    def __init__(self, source: ImageSource, records: list[ImageRecord], encode) -> None:
+        self.source, self.records, self.encode = source, records, encode
 
     def __call__(self, batch: dict) -> dict:
-        from hashsearch.backbones.runtime import PIXELS
-        from hashsearch.pipeline.workers import decode_batch
-
         recs = [self.records[int(i)] for i in batch["i"]]
         jobs, vanished = [], []
         for record, data, error in self.source.iter_bytes(recs):
@@ -73,13 +60,7 @@ class _Encode:
                 vanished.append(error)
                 continue
             jobs.append((content_digest(data), record.key, data))
-        digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels, normalize=False)
-        feats = np.zeros((0, 1), np.float32)
-        if len(digests):
-            if self.session is not None:  # the model normalises the uint8 crops itself
-                feats = self.session.run(None, {PIXELS: pixels})[0].astype(np.float32, copy=False)
-            else:
-                feats = self.backbone.forward(self.preprocess.normalize(pixels))
+        digests, feats, failed = self.encode(jobs)
         n = len(digests) + len(failed) + len(vanished)
         full = np.zeros((n, feats.shape[1]), np.float32)
         full[: len(digests)] = feats
@@ -154,7 +135,7 @@ def extract_features_ray(
 
     from hashsearch.backbones.runtime import OnnxEncoder
     from hashsearch.pipeline.encode import prepare_encoder
-    from hashsearch.pipeline.workers import decode_batch
+    from hashsearch.pipeline.workers import BatchEncoder, pixel_model
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -196,11 +177,14 @@ def extract_features_ray(
     if todo:
         model = None
         if isinstance(encoder, OnnxEncoder):
-            # The export check needs a few real images: decode the first missing ones here.
-            first = [records[i] for i in list(todo.values())[:8]]
-            jobs = [(content_digest(b), r.key, b) for r, b, e in source.iter_bytes(first) if e is None and b]
-            _, check, _ = decode_batch(jobs, encoder.preprocess, max_pixels, normalize=False)
-            model = encoder.pixel_model_bytes(check if len(check) else None)
+            # The export check needs a few real images: the first missing ones that decode.
+            missing = [records[i] for i in todo.values()]
+            for k in range(0, len(missing), 64):
+                some = source.iter_bytes(missing[k : k + 64])
+                jobs = [(content_digest(b), r.key, b) for r, b, e in some if e is None and b]
+                model = pixel_model(encoder, jobs, max_pixels)
+                if model is not None:
+                    break
         started = False
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
@@ -216,10 +200,11 @@ def extract_features_ray(
             # which doubles the wait for the first features and the imbalance at the end.
             ds = ray.data.from_items([{"i": i} for i in todo.values()],
                                      override_num_blocks=max(1, -(-len(todo) // batch_size)))
+            encode = BatchEncoder(encoder.preprocess, max_pixels, encoder.feature_dim, model=model,
+                                  backbone=None if model is not None else backbone, threads=threads)
             ds = ds.map_batches(
                 _Encode,
-                fn_constructor_args=(source, records, encoder.preprocess, max_pixels, model,
-                                     None if model is not None else backbone, threads),
+                fn_constructor_args=(source, records, encode),
                 batch_size=None, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
             )
             cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)

@@ -8,9 +8,10 @@ for ONNX, which encodes in the worker processes, the better of this process on e
 the workers' layout, one single-thread process per core).
 The machine is shared: every rate is the best of several runs (end-to-end: 2, each from an
 empty cache; inference-only and decode-only: 3).
-Then int8's retrieval cost: mAP@ALL on cifar10-1k (ITQ 64 bits, DLBHC 48 bits) with int8 vs
-fp32 features, on the protocol's queries and training images and `--map-db-per-class` database
-images per class (5900 = the full protocol).
+Then Ray against the collection's size: local fp32 and Ray on `--ray-scale-images` ~1 Mpx
+JPEGs (Ray's start is paid once per run). Then int8's retrieval cost: mAP@ALL on cifar10-1k
+(ITQ 64 bits, DLBHC 48 bits) with int8 vs fp32 features, on the protocol's queries and training
+images and `--map-db-per-class` database images per class (5900 = the full protocol).
 
 Data: CIFAR-10 (JPEG) test images (32x32) at the default 128 px; and "~1 megapixel JPEGs": CIFAR-10
 test images UPSCALED (bicubic) to 1152x864 and saved as JPEG quality 90 (no real photos are
@@ -138,6 +139,44 @@ def shared_bound(decode_rate: float, ceiling: float, cores: int | None = None) -
     return cores / (1.0 / decode_rate + cores / ceiling)
 
 
+def ray_end_to_end(source, bb, records, encoder, args):
+    """`end_to_end` of the Ray engine on a local Ray of 2 CPUs, started and warmed once before."""
+    import ray
+
+    from hashsearch.pipeline.ray_engine import extract_features_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
+        with tempfile.TemporaryDirectory() as cache:
+            extract_features_ray(source, bb, records[:64], cache_dir=cache, encoder=encoder, progress=False)
+        return end_to_end(lambda cache: extract_features_ray(source, bb, records, cache_dir=cache,
+                                                             batch_size=args.batch_size, encoder=encoder,
+                                                             progress=False))
+    finally:
+        ray.shutdown()
+
+
+def ray_split(ex, e2e: float) -> str:
+    start = ex.timings["ray start (the job, its actors, the first batch)"]
+    return (", ".join(f"{k} {v:.1f}s" for k, v in ex.timings.items())
+            + f"; the start is {start / (len(ex.records) / e2e):.0%} of the run")
+
+
+def ray_at_scale(src, n: int, folder: Path, args, models: Path, log) -> None:
+    """Local fp32 and Ray on n ~1 Mpx JPEGs: Ray's fixed start against a larger collection."""
+    _, recs = cifar_test_records(n)
+    mp = megapixel_folder(src, recs, folder)
+    bb = create_backbone("efficientnet-lite0", input_size=224)
+    fp32 = OnnxEncoder(bb, cache_dir=models)
+    local, ex = end_to_end(lambda cache: extract_features(mp, bb, mp.records(), cache_dir=cache,
+                                                          batch_size=args.batch_size, encoder=fp32, progress=False))
+    ray_rate, ex = ray_end_to_end(mp, bb, mp.records(), fp32, args)
+    log(f"\nRay against the collection's size: {len(ex.records)} 1152x864 JPEGs (upscaled CIFAR-10 test images) "
+        f"@224px: local fp32 {local:.1f} im/s, Ray local fp32 {ray_rate:.1f} im/s = {ray_rate / local:.0%} of local")
+    log(f"  Ray time split: {ray_split(ex, ray_rate)}")
+
+
 def speed_table(name, source, records, size, args, models: Path, log) -> list[dict]:
     bb = create_backbone("efficientnet-lite0", input_size=size)
     fp32 = OnnxEncoder(bb, cache_dir=models)
@@ -146,7 +185,7 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
     jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(source.iter_bytes(sample)) if e is None]
     _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9, normalize=False)
     decode_rate = best_rate(lambda: decode_batch(jobs, bb.preprocess, 10**9, normalize=False), len(jobs))
-    log(f"{name:>28} | decode+crop only (a decode worker's part), 1 process: {decode_rate:.1f} im/s")
+    log(f"{name:>28} | decode+crop only (a worker's decoding), 1 process: {decode_rate:.1f} im/s")
     fp32.encode(pixels[:4])
     int8 = OnnxEncoder(bb, cache_dir=models)
     calibrate(int8, source, records, args.calibration)
@@ -179,24 +218,9 @@ def speed_table(name, source, records, size, args, models: Path, log) -> list[di
                                                         encoder=fp32, progress=False, worker_inference=False))
     add_row("fp32, decode-only", e2e, rows[1]["ceiling"], len(ex.records))
     if not args.no_ray:
-        import ray
-
-        from hashsearch.pipeline.ray_engine import extract_features_ray
-
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-        try:
-            # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
-            with tempfile.TemporaryDirectory() as cache:
-                extract_features_ray(source, bb, records[:64], cache_dir=cache, encoder=fp32, progress=False)
-            e2e, ex = end_to_end(lambda cache: extract_features_ray(source, bb, records, cache_dir=cache,
-                                                                    batch_size=args.batch_size, encoder=fp32,
-                                                                    progress=False))
-        finally:
-            ray.shutdown()
+        e2e, ex = ray_end_to_end(source, bb, records, fp32, args)
         add_row("Ray local fp32", e2e, rows[1]["ceiling"], len(ex.records))  # the ONNX fp32 ceiling
-        start = ex.timings["ray start (the job, its actors, the first batch)"]
-        log(f"{'':>28}   Ray time split: " + ", ".join(f"{k} {v:.1f}s" for k, v in ex.timings.items())
-            + f"; the start is {start / (len(ex.records) / e2e):.0%} of the run")
+        log(f"{'':>28}   Ray time split: {ray_split(ex, e2e)}")
     return rows
 
 
@@ -255,6 +279,8 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=256, help="int8 calibration images")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--map-db-per-class", type=int, default=5900, help="database images per class for mAP (5900 = all)")
+    ap.add_argument("--ray-scale-images", type=int, default=4000,
+                    help="also run local fp32 and Ray on this many ~1 Mpx JPEGs (0: skip)")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-map", action="store_true")
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
@@ -280,13 +306,15 @@ def main() -> None:
             log(f"{data}: ONNX fp32 e2e = {fp['e2e'] / pt['e2e']:.1f}x PyTorch e2e; "
                 f"{fp['e2e'] / fp['ceiling']:.0%} of its ceiling; int8 e2e = {q['e2e'] / fp['e2e']:.2f}x fp32 e2e "
                 f"(inference-only {q['ceiling'] / fp['ceiling']:.2f}x)"
-                + (f"; Ray local = {by['Ray local fp32']['e2e'] / fp['e2e']:.0%} of the single-process pipeline"
+                + (f"; Ray local = {by['Ray local fp32']['e2e'] / fp['e2e']:.0%} of the local pipeline"
                    if "Ray local fp32" in by else ""))
             cores = os.cpu_count() or 1
             log(f"  why not the ceiling: decoding costs {1e3 / fp['decode']:.2f} core-ms per image and fp32 "
                 f"inference {1e3 * cores / fp['ceiling']:.2f} core-ms on these {cores} cores, so with both on the same "
                 f"cores the pipeline cannot pass {fp['bound']:.1f} im/s ({fp['bound'] / fp['ceiling']:.0%} of the "
                 f"inference-only ceiling); fp32 e2e reaches {fp['e2e'] / fp['bound']:.0%} of that bound")
+        if args.ray_scale_images and not args.no_ray:
+            ray_at_scale(src, args.ray_scale_images, Path(tmp) / "mp-scale", args, models, log)
         if not args.no_map:
             int8_map(args, models, log)
     log.save(args.out, "Encoding speed and int8 (printed by benchmarks/encode.py)")

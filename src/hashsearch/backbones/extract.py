@@ -88,8 +88,7 @@ def extract_features(
     """
     from hashsearch.backbones.runtime import OnnxEncoder
     from hashsearch.pipeline.encode import prepare_encoder
-    from hashsearch.pipeline.workers import (BatchEncoder, WorkerPool, bounded, crops, default_workers, pixel_model,
-                                             worker_threads)
+    from hashsearch.pipeline.workers import BatchEncoder, WorkerPool, bounded, crops, default_workers, worker_threads
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -142,9 +141,9 @@ def extract_features(
 
 
 def _start_chunk(chunk, encoder, cache, pool, batch_size, max_pixels, known, out: Extracted) -> dict:
+    """Read errors, digests, cache look-up; submit the missing images to the workers."""
     from hashsearch.pipeline.workers import pixel_model
 
-    """Read errors, digests, cache look-up; submit the missing images to the workers."""
     events: list[tuple[ImageRecord, str]] = []
     good: list[tuple[ImageRecord, bytes, str]] = []
     for record, data, error in chunk:

@@ -147,3 +147,22 @@ def test_bounded_keeps_at_most_depth_in_flight():
 def test_workers_must_be_non_negative():
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
         WorkerPool(crops(create_backbone("efficientnet-lite0", input_size=64).preprocess, 10**8), -1)
+
+
+def test_batch_encoder_travels_without_its_session(folder_with_bad, backbone, tmp_path):
+    import pickle
+
+    from hashsearch.pipeline.workers import BatchEncoder, pixel_model
+
+    enc = make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    src = FolderSource(folder_with_bad)
+    jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(src.iter_bytes(src.records()[:12])) if e is None and d]
+    task = BatchEncoder(backbone.preprocess, 10**8, enc.feature_dim, model=pixel_model(enc, jobs, 10**8))
+    digests, feats, failed = task(jobs)
+    assert feats.shape == (len(digests), enc.feature_dim) and len(digests) + len(failed) == len(jobs)
+    copy = pickle.loads(pickle.dumps(task))  # as a Ray actor or a spawned worker receives it
+    assert copy._session is None and task._session is not None
+    np.testing.assert_array_equal(copy(jobs)[1], feats)
+    # The same features as the encoder in this process (one thread there, every core here).
+    np.testing.assert_allclose(enc.encode(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats,
+                               atol=1e-5)

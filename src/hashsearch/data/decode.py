@@ -81,7 +81,7 @@ class DecodeError(ValueError):
         self.reason = reason
 
     def __reduce__(self):
-        # Keeps the error intact across processes (decode workers send it back to the parent).
+        # Keeps the error intact across processes (worker processes and Ray actors send it back).
         return type(self), (self.name, self.reason)
 
 

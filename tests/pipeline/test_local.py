@@ -144,9 +144,9 @@ def test_bounded_keeps_at_most_depth_in_flight():
     assert finished == list(range(10)) and peak[0] == 3  # depth waiting + the one being started
 
 
-def test_workers_must_be_non_negative():
+def test_workers_must_be_non_negative(backbone):
     with pytest.raises(ValueError, match="workers must be an integer >= 0"):
-        WorkerPool(crops(create_backbone("efficientnet-lite0", input_size=64).preprocess, 10**8), -1)
+        WorkerPool(crops(backbone.preprocess, 10**8), -1)
 
 
 def test_batch_encoder_travels_without_its_session(folder_with_bad, backbone, tmp_path):

@@ -177,14 +177,11 @@ def extract_features_ray(
     if todo:
         model = None
         if isinstance(encoder, OnnxEncoder):
-            # The export check needs a few real images: the first missing ones that decode.
-            missing = [records[i] for i in todo.values()]
-            for k in range(0, len(missing), 64):
-                some = source.iter_bytes(missing[k : k + 64])
-                jobs = [(content_digest(b), r.key, b) for r, b, e in some if e is None and b]
-                model = pixel_model(encoder, jobs, max_pixels)
-                if model is not None:
-                    break
+            # The export check needs a few real images: the first missing ones that decode
+            # (read only if the model is not exported yet).
+            reads = source.iter_bytes([records[i] for i in todo.values()])
+            model = pixel_model(encoder, ((content_digest(b), r.key, b) for r, b, e in reads if e is None and b),
+                                max_pixels)
         started = False
         if not ray.is_initialized():
             ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,

@@ -13,6 +13,7 @@ features, and the bad-file reasons, are the same whichever runs it.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -115,14 +116,16 @@ class BatchEncoder:
         return digests, self.encode(pixels), failed
 
 
-def pixel_model(encoder, jobs: Sequence[Job], max_pixels: int) -> bytes | None:
+def pixel_model(encoder, jobs: Iterable[Job], max_pixels: int) -> bytes | None:
     """An ONNX encoder's model on uint8 crops, for sessions in other processes; exported first if
-    it is not yet (checked against PyTorch on the first images of `jobs` that decode). None when
-    it is not exported and none of `jobs` decodes (then nothing is left to encode)."""
+    it is not yet (checked against PyTorch on the first images of `jobs` that decode, taken a few
+    at a time: `jobs` may be a lazy stream of files). None when it is not exported and none of
+    `jobs` decodes (then nothing is left to encode)."""
     if encoder.exported:
         return encoder.pixel_model_bytes()
-    for i in range(0, len(jobs), 8):
-        _, pixels, _ = decode_batch(jobs[i : i + 8], encoder.preprocess, max_pixels, normalize=False)
+    stream = iter(jobs)
+    while some := list(itertools.islice(stream, 8)):
+        _, pixels, _ = decode_batch(some, encoder.preprocess, max_pixels, normalize=False)
         if len(pixels):
             return encoder.pixel_model_bytes(pixels)
     return None

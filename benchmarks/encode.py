@@ -175,8 +175,8 @@ def ray_at_scale(src, n: int, folder: Path, args, models: Path, log) -> None:
     mp = megapixel_folder(src, recs, folder)
     bb = create_backbone("efficientnet-lite0", input_size=224)
     fp32 = OnnxEncoder(bb, cache_dir=models)
-    local, ex = end_to_end(lambda cache: extract_features(mp, bb, mp.records(), cache_dir=cache,
-                                                          batch_size=args.batch_size, encoder=fp32, progress=False))
+    local, _ = end_to_end(lambda cache: extract_features(mp, bb, mp.records(), cache_dir=cache,
+                                                         batch_size=args.batch_size, encoder=fp32, progress=False))
     ray_rate, ex = ray_end_to_end(mp, bb, mp.records(), fp32, args)
     log(f"\nRay against the collection's size: {len(ex.records)} 1152x864 JPEGs (upscaled CIFAR-10 test images) "
         f"@224px: local fp32 {local:.1f} im/s, Ray local fp32 {ray_rate:.1f} im/s = {ray_rate / local:.0%} of local")

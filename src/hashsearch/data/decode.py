@@ -11,6 +11,7 @@ reason; no Pillow exception or warning escapes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
@@ -42,9 +43,19 @@ def _pillow_formats() -> tuple[str, ...]:
 
 # Pillow's own bomb check runs inside Image.open and warns or raises before we see the size;
 # we silence it there (our max_pixels check follows at once), with the warnings about damaged
-# metadata that the header read can give. warnings.catch_warnings swaps a
-# process-wide filter list, so concurrent decoder threads take turns for the header read only.
+# metadata that the header read, a TIFF's load and the EXIF rotation can give.
+# warnings.catch_warnings swaps a process-wide filter list, so concurrent decoder threads take
+# turns for those calls only (not for decoding the pixels of other formats).
 _WARNINGS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _no_pillow_warnings():
+    """Silence every warning for the Pillow calls inside (taking turns with other threads)."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
 
 # What Pillow's decoders raise on malformed input (beyond OSError, which covers truncation).
 _PILLOW_ERRORS = (
@@ -204,9 +215,8 @@ def decode_image(
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     check_image_bytes(data, name)
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            # Also the warnings of damaged metadata read with the header (a JPEG's EXIF block).
-            warnings.simplefilter("ignore")
+        # Also the warnings of damaged metadata read with the header (a JPEG's EXIF block).
+        with _no_pillow_warnings():
             im = Image.open(io.BytesIO(data), formats=_pillow_formats())
     except UnidentifiedImageError:
         raise DecodeError(
@@ -240,8 +250,7 @@ def decode_image(
         if im.format == "TIFF" or max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
             # TIFF's load reads its metadata again ("Tag data larger than file" on a damaged
             # one), and beyond Pillow's pixel limit frame and tile checks of some plugins warn.
-            with _WARNINGS_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _no_pillow_warnings():
                 im.load()
         else:
             im.load()
@@ -253,8 +262,7 @@ def decode_image(
 
     try:
         # A damaged EXIF block makes Pillow warn ("Corrupt EXIF data", "Truncated File Read").
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _no_pillow_warnings():
             upright = ImageOps.exif_transpose(im)
     except _PILLOW_ERRORS:
         # A damaged EXIF block should not cost the image; it is used as stored.

@@ -129,7 +129,8 @@ def encode_queries(backbone: Backbone, images: Sequence[Image.Image], encoder=No
     """
     if not images:
         return np.zeros((0, backbone.feature_dim), np.float32)
+    from hashsearch.backbones.runtime import TorchEncoder
+
     crops = np.stack([backbone.preprocess.crop(im) for im in images])
-    if encoder is not None:
-        return encoder.encode(crops)  # the collection's own encoding path (ONNX normalises in its graph)
-    return backbone.forward(backbone.preprocess.normalize(crops))
+    # The collection's own encoding path: uint8 crops in (ONNX normalises them in its graph).
+    return (encoder or TorchEncoder(backbone)).encode(crops)

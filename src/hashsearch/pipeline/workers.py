@@ -116,9 +116,11 @@ class BatchEncoder:
         if self._session is None:
             import torch
 
+            from hashsearch.backbones.runtime import TorchEncoder
+
             torch.set_num_threads(self.threads)
-            self._session = self.backbone
-        return self._session.forward(self.preprocess.normalize(pixels))
+            self._session = TorchEncoder(self.backbone)
+        return self._session.encode(pixels)
 
     def __call__(self, jobs: Sequence[Job]) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
         digests, pixels, failed = decode_batch(jobs, self.preprocess, self.max_pixels, normalize=False)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hashsearch.data import decode as decode_module
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_image_bytes, decode_image, sniff_format
 
 
@@ -230,3 +231,90 @@ def test_check_image_bytes_sniffs_formats(cifar_jpeg):
         check_image_bytes(b"", "upload")
     with pytest.raises(TypeError, match="bytes"):
         check_image_bytes("not bytes")
+
+
+def _pillow_path(data: bytes, draft=None) -> np.ndarray:
+    return np.asarray(decode_module._decode_with_pillow(data, "x.jpg", DEFAULT_MAX_PIXELS, draft))
+
+
+def _noisy(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    pixels = np.random.default_rng(width * height).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+@pytest.mark.parametrize(
+    "size, mode, params, draft",
+    [
+        ((32, 32), "RGB", {"quality": 90}, None),
+        ((33, 17), "RGB", {"quality": 75, "subsampling": 0}, None),  # 4:4:4, odd sides
+        ((257, 129), "RGB", {"quality": 75, "subsampling": 1}, (64, 64)),  # 4:2:2, 1/2 scale
+        ((1001, 777), "RGB", {"quality": 95, "progressive": True}, (128, 128)),  # 1/4 scale
+        ((1152, 864), "RGB", {"quality": 90}, (224, 224)),  # 1/2 scale (1/4 would be 216 high)
+        ((640, 480), "RGB", {"quality": 80, "optimize": True}, (16, 16)),  # 1/8 scale
+        ((300, 200), "L", {"quality": 90}, (100, 100)),  # grayscale becomes RGB
+    ],
+    ids=["cifar-size", "444-odd", "422-half", "progressive-quarter", "1mpx-half", "eighth", "gray"],
+)
+def test_jpeg_direct_path_gives_pillows_pixels(size, mode, params, draft):
+    """Common JPEGs skip Pillow (libjpeg-turbo called directly) and must decode to exactly Pillow's pixels."""
+    data = encode(_noisy(*size, mode), "JPEG", **params)
+    direct = decode_module._decode_jpeg_direct(data, DEFAULT_MAX_PIXELS, draft)
+    assert direct is not None, "this JPEG should take the direct path"
+    assert direct.mode == "RGB"
+    np.testing.assert_array_equal(np.asarray(direct), _pillow_path(data, draft))
+    np.testing.assert_array_equal(np.asarray(decode_image(data, "x.jpg", draft=draft)), np.asarray(direct))
+
+
+def test_real_jpegs_take_the_direct_path_with_pillows_pixels(cifar_small):
+    files = sorted((cifar_small / "test").rglob("*.jpg"))[:50]
+    for f in files:
+        data = f.read_bytes()
+        direct = decode_module._decode_jpeg_direct(data, DEFAULT_MAX_PIXELS, (128, 128))
+        assert direct is not None
+        np.testing.assert_array_equal(np.asarray(direct), _pillow_path(data, (128, 128)))
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def _mpo() -> bytes:
+    buf = io.BytesIO()
+    _noisy(40, 30).save(buf, "MPO", save_all=True, append_images=[_noisy(40, 30, "L").convert("RGB")])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "data, direct",
+    [
+        (encode(_noisy(40, 30), "JPEG", exif=_exif(1)), True),  # "as stored": nothing to apply
+        (encode(_noisy(40, 30), "JPEG", exif=_exif(6)), False),  # rotate: Pillow's path applies it
+        (encode(_noisy(40, 30), "JPEG", exif=_exif(9)), True),  # not an orientation: Pillow ignores it too
+        (encode(_noisy(40, 30), "JPEG", xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'),
+         False),
+        (encode(_noisy(40, 30), "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 10, 4000)),
+         False),  # a damaged orientation entry
+        (encode(_noisy(40, 30).convert("CMYK"), "JPEG"), False),
+        (_mpo(), False),  # multi-picture: Pillow's path decodes it (without draft mode)
+    ],
+    ids=["orientation-1", "orientation-6", "orientation-9", "xmp-orientation", "damaged-exif", "cmyk", "mpo"],
+)
+def test_jpeg_direct_path_leaves_the_rest_to_pillow(data, direct):
+    out = decode_module._decode_jpeg_direct(data, DEFAULT_MAX_PIXELS, (8, 8))
+    assert (out is not None) == direct
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(np.asarray(decode_image(data, "x.jpg", draft=(8, 8))), _pillow_path(data, (8, 8)))
+
+
+def test_bad_jpegs_get_pillows_reasons(cifar_jpeg):
+    """The direct path declines what libjpeg-turbo rejects or warns about; the reason is Pillow's path's."""
+    for bad in (cifar_jpeg[: len(cifar_jpeg) // 2], cifar_jpeg[:200], b"\xff\xd8\xff\xe0" + b"\x00" * 50):
+        assert decode_module._decode_jpeg_direct(bad, DEFAULT_MAX_PIXELS, None) is None
+        with pytest.raises(DecodeError) as direct:
+            decode_image(bad, "bad.jpg")
+        with pytest.raises(DecodeError) as pillow:
+            decode_module._decode_with_pillow(bad, "bad.jpg", DEFAULT_MAX_PIXELS, None)
+        assert direct.value.reason == pillow.value.reason

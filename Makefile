@@ -63,6 +63,7 @@ bench-rerank: setup
 bench-encode: setup
 	$(BIN)/python benchmarks/encode.py --out benchmarks/results/encode.md
 	$(BIN)/python benchmarks/ray_start.py --out benchmarks/results/ray-start.md
+	$(BIN)/python benchmarks/decode_cost.py --out benchmarks/results/decode-cost.md
 
 bench-load: setup
 	$(BIN)/python benchmarks/load.py

@@ -2,6 +2,8 @@
 
 Every `extract_features_ray` run is a new Ray Data job whose actor pool starts anew. This prints,
 on a local Ray of 2 CPUs started once (as a running cluster is):
+- two plain Ray actors (not Ray Data's): the time until both are ready, and how long importing
+  `ray.data`, which every Ray Data actor's process does first, took in them;
 - the floor: a `map_batches` over 128 rows on a pool of 2 actors that do nothing, the time until
   its actors are constructed and until its first batch comes back;
 - a hashsearch Ray job on 64 CIFAR-10 test images (one batch; ONNX fp32 at 128 px, exported
@@ -35,6 +37,32 @@ class _Idle:
     def __call__(self, batch: dict) -> dict:
         batch["born"] = [self.born] * len(batch["i"])
         return batch
+
+
+class _Plain:
+    """A plain Ray actor (not Ray Data's) that times importing Ray Data, as a Ray Data actor's
+    process must before it can run."""
+
+    def __init__(self) -> None:
+        t = time.perf_counter()
+        import ray.data  # noqa: F401
+
+        self.imported = time.perf_counter() - t
+
+    def ready(self) -> float:
+        return self.imported
+
+
+def plain_run(ray) -> tuple[float, float]:
+    """(2 plain actors ready, seconds each took to import ray.data), from their creation."""
+    actor = ray.remote(num_cpus=0.5)(_Plain)
+    t0 = time.time()
+    actors = [actor.remote() for _ in range(2)]
+    imported = ray.get([a.ready.remote() for a in actors])
+    ready = time.time() - t0
+    for a in actors:
+        ray.kill(a)
+    return ready, max(imported)
 
 
 def floor_run(ray) -> tuple[float, float, float]:
@@ -71,6 +99,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             encoder = OnnxEncoder(bb, cache_dir=tmp)
+            for i in range(args.repeat + 1):
+                ready, imported = plain_run(ray)
+                log(f"{'cold ' if i == 0 else ''}2 plain Ray actors (not Ray Data's): ready {ready:.2f}s, "
+                    f"of which importing ray.data in each {imported:.2f}s")
             for i in range(args.repeat + 1):
                 born, first, done = floor_run(ray)
                 log(f"{'cold ' if i == 0 else ''}Ray Data floor (2 idle actors, 128 rows): actors constructed "

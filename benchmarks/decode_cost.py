@@ -2,7 +2,7 @@
 
 On a machine where decoding and inference share the cores, a pipeline cannot pass
 inference / (inference + decoding) of its inference-only ceiling (see `shared_bound` in
-benchmarks/encode.py). This prints, in one process on one core (best of 3 runs each):
+benchmarks/encode.py). This prints, in one process on one core (best of 7 runs each):
 - the two steps of `decode_batch`: `decode_image` (header checks, JPEG decode at draft mode's
   reduced scale for large JPEGs, EXIF orientation, RGB; libjpeg-turbo called directly for common
   JPEGs) beside Pillow's path for the same files (`_decode_with_pillow`, with the check that both
@@ -37,7 +37,7 @@ from hashsearch.data.decode import _decode_jpeg_direct, _decode_with_pillow, dec
 from hashsearch.pipeline.workers import BatchEncoder, decode_batch
 
 
-def ms_per_item(fn, items, repeat: int = 3) -> float:
+def ms_per_item(fn, items, repeat: int = 7) -> float:
     """Milliseconds per item of `fn` over `items`, the best of `repeat` runs after a warm-up."""
     fn(items)
     best = min(_timed(fn, items) for _ in range(repeat))

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
-from encode import cifar_test_records, megapixel_folder
+from encode import best_rate, cifar_test_records, megapixel_folder
 
 from hashsearch.backbones import create_backbone
 from hashsearch.backbones.runtime import OnnxEncoder
@@ -37,17 +36,9 @@ from hashsearch.data.decode import _decode_jpeg_direct, _decode_with_pillow, dec
 from hashsearch.pipeline.workers import BatchEncoder, decode_batch
 
 
-def ms_per_item(fn, items, repeat: int = 7) -> float:
-    """Milliseconds per item of `fn` over `items`, the best of `repeat` runs after a warm-up."""
-    fn(items)
-    best = min(_timed(fn, items) for _ in range(repeat))
-    return 1e3 * best / len(items)
-
-
-def _timed(fn, items) -> float:
-    t = time.perf_counter()
-    fn(items)
-    return time.perf_counter() - t
+def ms_per_item(fn, items) -> float:
+    """Milliseconds per item of `fn(items)`, the best of 7 runs after a warm-up (`best_rate`)."""
+    return 1e3 / best_rate(lambda: fn(items), len(items), repeat=7)
 
 
 def bound(infer_ms: float, decode_ms: float) -> float:

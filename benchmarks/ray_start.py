@@ -54,7 +54,7 @@ class _Plain:
 
 
 def plain_run(ray) -> tuple[float, float]:
-    """(2 plain actors ready, seconds each took to import ray.data), from their creation."""
+    """(seconds from creating 2 plain actors until both are ready, the longer of their ray.data imports)."""
     actor = ray.remote(num_cpus=0.5)(_Plain)
     t0 = time.time()
     actors = [actor.remote() for _ in range(2)]

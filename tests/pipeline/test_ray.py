@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from hashsearch.backbones import create_backbone
-from hashsearch.data.sources import FolderSource
+from hashsearch.data.sources import FolderSource, TarSource
 from hashsearch.hashing import create_hasher
 from hashsearch.pipeline import build_collection
-from hashsearch.pipeline.ray_engine import plan_actors
+from hashsearch.pipeline.ray_engine import extract_features_ray, plan_actors
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("onnxruntime")
@@ -52,6 +52,27 @@ def test_ray_index_equals_single_process_index(tmp_path, folder_with_bad, local_
     # A rerun computes nothing: everything comes from the feature cache.
     _, again = _build(folder_with_bad, tmp_path / "ray", engine="ray")
     assert again.n_computed == 0 and again.skipped.skipped == local_report.skipped.skipped
+
+
+def test_ray_reads_an_archive_as_the_local_pipeline_does(tmp_path, folder_with_bad, local_ray):
+    """Actors read by key: members of a compressed archive (read in passes), bad ones included."""
+    import tarfile
+
+    from hashsearch.backbones.extract import extract_features
+
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder_with_bad, arcname="photos")
+    source, bb = TarSource(archive), create_backbone("efficientnet-lite0", input_size=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local = extract_features(source, bb, cache_dir=tmp_path / "local", progress=False, batch_size=8, workers=0)
+        remote = extract_features_ray(source, bb, cache_dir=tmp_path / "ray", progress=False, batch_size=8)
+    assert remote.n_computed == local.n_computed == 40
+    assert [r.key for r in remote.records] == [r.key for r in local.records] and len(local.records) == 41
+    assert remote.digests == local.digests
+    assert remote.report.skipped == local.report.skipped and len(local.report) == 2
+    np.testing.assert_allclose(remote.features, local.features, atol=1e-5)
 
 
 def test_actor_pool_that_claims_every_cpu_is_refused():

@@ -2,8 +2,9 @@
 
 Steps: the driver lists the images, reads each once to name it by content and looks it up in the
 feature cache (so a rerun, or a run after an interruption, computes nothing already cached); the
-missing images become a Ray Dataset of record numbers; `map_batches` on an actor pool, each actor
-holding one ONNX Runtime session, reads them and decodes and encodes them (`BatchEncoder`, what
+missing images become a Ray Dataset of their keys (an actor holds no list of the collection, so
+its start does not grow with it); `map_batches` on an actor pool, each actor holding one ONNX
+Runtime session, reads them and decodes and encodes them (`BatchEncoder`, what
 the local pipeline's workers run, so the same pixels and the same bad-file reasons); the driver writes
 the features into the cache as they stream back. The result is then assembled from the cache in
 the source's order by the local code path, so entries, features, codes and the bad-file report
@@ -36,7 +37,7 @@ from hashsearch.data.sources import ImageRecord, ImageSource
 
 
 class _Encode:
-    """Ray actor: record numbers -> (digest, ok, reason, features) rows.
+    """Ray actor: image keys -> (digest, ok, reason, features) rows.
 
     Each actor reads its batch and runs the local pipeline's `BatchEncoder` on it: decoding
     (`decode_batch`) and encoding with the one inference session the actor holds (ONNX Runtime
@@ -47,11 +48,11 @@ class _Encode:
     benchmarks/results/encode.md.)
     """
 
-    def __init__(self, source: ImageSource, records: list[ImageRecord], encode) -> None:
-        self.source, self.records, self.encode = source, records, encode
+    def __init__(self, source: ImageSource, encode) -> None:
+        self.source, self.encode = source, encode
 
     def __call__(self, batch: dict) -> dict:
-        recs = [self.records[int(i)] for i in batch["i"]]
+        recs = [ImageRecord(str(key)) for key in batch["key"]]  # every source reads by key
         jobs, vanished = [], []
         for record, data, error in self.source.iter_bytes(recs):
             if error is None and not data:
@@ -195,13 +196,13 @@ def extract_features_ray(
             # One block per batch, each block one task (batch_size=None): blocks of n / ceil(n / b)
             # rows fall just short of b, and Ray would otherwise pair them into tasks of 2 b rows,
             # which doubles the wait for the first features and the imbalance at the end.
-            ds = ray.data.from_items([{"i": i} for i in todo.values()],
+            ds = ray.data.from_items([{"key": records[i].key} for i in todo.values()],
                                      override_num_blocks=max(1, -(-len(todo) // batch_size)))
             encode = BatchEncoder(encoder.preprocess, max_pixels, encoder.feature_dim, model=model,
                                   backbone=None if model is not None else backbone, threads=threads)
             ds = ds.map_batches(
                 _Encode,
-                fn_constructor_args=(source, records, encode),
+                fn_constructor_args=(source, encode),
                 batch_size=None, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
             )
             cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)

@@ -280,9 +280,10 @@ def _exif(orientation: int) -> bytes:
     return exif.tobytes()
 
 
-def _mpo() -> bytes:
+def _mpo(width: int = 40, height: int = 30) -> bytes:
+    """A multi-picture JPEG (MPF), as many phones write: the photo, then a second picture."""
     buf = io.BytesIO()
-    _noisy(40, 30).save(buf, "MPO", save_all=True, append_images=[_noisy(40, 30, "L").convert("RGB")])
+    _noisy(width, height).save(buf, "MPO", save_all=True, append_images=[_noisy(width, height, "L").convert("RGB")])
     return buf.getvalue()
 
 
@@ -297,7 +298,7 @@ def _mpo() -> bytes:
         (encode(_noisy(40, 30), "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 10, 4000)),
          False),  # a damaged orientation entry
         (encode(_noisy(40, 30).convert("CMYK"), "JPEG"), False),
-        (_mpo(), False),  # multi-picture: Pillow's path decodes it (without draft mode)
+        (_mpo(), True),  # multi-picture: its first picture, as Pillow's path decodes
     ],
     ids=["orientation-1", "orientation-6", "orientation-9", "xmp-orientation", "damaged-exif", "cmyk", "mpo"],
 )
@@ -318,3 +319,14 @@ def test_bad_jpegs_get_pillows_reasons(cifar_jpeg):
         with pytest.raises(DecodeError) as pillow:
             decode_module._decode_with_pillow(bad, "bad.jpg", DEFAULT_MAX_PIXELS, None)
         assert direct.value.reason == pillow.value.reason
+
+
+def test_multi_picture_jpeg_decodes_in_draft_mode():
+    """Phones' JPEGs with a second picture (MPF: gain maps, depth) open as Pillow's MPO; both paths
+    decode their first picture at draft mode's reduced scale, as for any JPEG."""
+    data = _mpo(400, 300)
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.format == "MPO"
+    assert decode_image(data, "phone.jpg", draft=(64, 64)).size == (100, 75)  # 1/4 scale
+    assert decode_module._decode_with_pillow(data, "phone.jpg", DEFAULT_MAX_PIXELS, (64, 64)).size == (100, 75)
+    np.testing.assert_array_equal(np.asarray(decode_image(data, "phone.jpg", draft=(64, 64))), _pillow_path(data, (64, 64)))

@@ -261,7 +261,7 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
         raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels))
 
     has_data = bool(im.tile)  # WebP and ICO decode without tiles; a JPEG never does
-    if draft is not None and im.format == "JPEG":
+    if draft is not None and im.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with more pictures
         im.draft(None, draft)  # decode at 1/2, 1/4 or 1/8 scale, never below `draft` (fast)
     try:
         if im.format == "TIFF" or max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
@@ -301,8 +301,8 @@ def _decode_jpeg_direct(data: bytes, max_pixels: int, draft: tuple[int, int] | N
     in Python, the EXIF read, copies), as much as decoding a 32x32 image. This path takes only what
     it decodes exactly as the Pillow path would, the same libjpeg-turbo calls at the same scale
     (draft mode's 1/2, 1/4 or 1/8, chosen by Pillow's rule), so the same pixels (tested): YCbCr or
-    grayscale, within both pixel limits, no orientation to apply, not a multi-picture file (the
-    Pillow path decodes those without draft mode). Anything else, and any error or libjpeg warning,
+    grayscale, within both pixel limits, no orientation to apply (a multi-picture file's first
+    picture, as Pillow's). Anything else, and any error or libjpeg warning,
     returns None, so the Pillow path decides and names the reason.
     """
     if _simplejpeg is None:
@@ -335,8 +335,7 @@ def _jpeg_metadata_needs_pillow(data: bytes) -> bool:
 
     True for: an EXIF orientation of 2-8 (Pillow reads the Exif blocks joined, the last entry
     winning), or, with none there, an XMP ``tiff:Orientation`` (Pillow reads that too); an
-    orientation entry that is not one inline number; a multi-picture (MPF) block; markers that do
-    not parse. False means: decode as stored.
+    orientation entry that is not one inline number; markers that do not parse. False means: decode as stored.
     """
     exif, xmp_orientation, i, n = b"", False, 2, len(data)
     while True:
@@ -359,8 +358,6 @@ def _jpeg_metadata_needs_pillow(data: bytes) -> bool:
             exif += segment[6:]
         elif marker == 0xE1 and segment.startswith(b"http://ns.adobe.com/xap/1.0/\x00"):
             xmp_orientation = xmp_orientation or b"tiff:Orientation" in segment
-        elif marker == 0xE2 and segment.startswith(b"MPF\0"):
-            return True
         i += 2 + length
     try:
         orientation = _exif_orientation(exif) if exif else None

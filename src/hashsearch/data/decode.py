@@ -301,9 +301,9 @@ def _decode_jpeg_direct(data: bytes, max_pixels: int, draft: tuple[int, int] | N
     in Python, the EXIF read, copies), as much as decoding a 32x32 image. This path takes only what
     it decodes exactly as the Pillow path would, the same libjpeg-turbo calls at the same scale
     (draft mode's 1/2, 1/4 or 1/8, chosen by Pillow's rule), so the same pixels (tested): YCbCr or
-    grayscale, within both pixel limits, no orientation to apply (a multi-picture file's first
-    picture, as Pillow's). Anything else, and any error or libjpeg warning,
-    returns None, so the Pillow path decides and names the reason.
+    grayscale, within both pixel limits, no orientation to apply (of a multi-picture file, the
+    first picture, as Pillow's). Anything else, and any error or libjpeg warning, returns None,
+    so the Pillow path decides and names the reason.
     """
     if _simplejpeg is None:
         return None
@@ -335,7 +335,8 @@ def _jpeg_metadata_needs_pillow(data: bytes) -> bool:
 
     True for: an EXIF orientation of 2-8 (Pillow reads the Exif blocks joined, the last entry
     winning), or, with none there, an XMP ``tiff:Orientation`` (Pillow reads that too); an
-    orientation entry that is not one inline number; markers that do not parse. False means: decode as stored.
+    orientation entry that is not one inline number; markers that do not parse. False means:
+    decode as stored.
     """
     exif, xmp_orientation, i, n = b"", False, 2, len(data)
     while True:

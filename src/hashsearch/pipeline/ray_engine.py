@@ -3,12 +3,12 @@
 Steps: the driver lists the images, reads each once to name it by content and looks it up in the
 feature cache (so a rerun, or a run after an interruption, computes nothing already cached); the
 missing images become a Ray Dataset of their keys (the actors are not sent the list of every
-record, which they would each unpickle at start); `map_batches` on an actor pool, each actor holding one ONNX
-Runtime session, reads them and decodes and encodes them (`BatchEncoder`, what
-the local pipeline's workers run, so the same pixels and the same bad-file reasons); the driver writes
-the features into the cache as they stream back. The result is then assembled from the cache in
-the source's order by the local code path, so entries, features, codes and the bad-file report
-equal those of a single-process run.
+record, which they would each unpickle at start); `map_batches` on an actor pool, each actor
+holding one ONNX Runtime session, reads them and decodes and encodes them (`BatchEncoder`, what
+the local pipeline's workers run, so the same pixels and the same bad-file reasons); the driver
+writes the features into the cache as they stream back. The result is then assembled from the
+cache in the source's order by the local code path, so entries, features, codes and the bad-file
+report equal those of a single-process run.
 
 CPU budget. On a small machine an actor pool that claims every CPU leaves none for Ray's own
 tasks and the job hangs; actors therefore ask for a fraction of a CPU (`actor_cpus`, default

@@ -11,6 +11,7 @@ On disk a collection is a folder (by convention named `*.hsx`) of immutable gene
         features.npy           float16 backbone features for re-ranking, rows in `feature_ids.npy` order
         feature_ids.npy
         entries.sqlite         id -> source key (path), label, content digest
+        <key>.onnx             only if built with int8: the int8 model that computed the features
 
 A save writes a new generation beside the old one, fsyncs it, and only then replaces CURRENT
 (an atomic rename), so a crash during a save leaves the previous generation live and intact.
@@ -59,8 +60,11 @@ class Collection:
         index: Index,
         store_features: bool = True,
         stats: dict | None = None,
+        int8_model: str | os.PathLike | None = None,
     ) -> None:
         self.backbone = backbone
+        # The int8 ONNX model that computed the features (None: fp32), named `<feature cache key>.onnx`.
+        self.int8_model = None if int8_model is None else Path(int8_model)
         self.hasher = hasher
         self.index = index
         self.store_features = store_features
@@ -74,7 +78,7 @@ class Collection:
 
     @classmethod
     def create(cls, backbone: Backbone, hasher: Hasher, index: str = "flat", **kw) -> "Collection":
-        """An empty collection around a fitted hasher."""
+        """An empty collection around a fitted hasher (`kw`: store_features, stats, int8_model)."""
         hasher._check_fitted()
         return cls(backbone, hasher, create_index(index, n_bits=hasher.n_bits), **kw)
 
@@ -85,6 +89,24 @@ class Collection:
     @property
     def n_bits(self) -> int:
         return self.hasher.n_bits
+
+    def encoder(self, cache_dir: str | os.PathLike | None = None):
+        """The encoder for this collection's queries and additions: the one that computed its
+        features. fp32: ONNX Runtime (exported to `cache_dir` on first use; PyTorch, with a
+        warning, if onnxruntime cannot load), whose features equal PyTorch's within 1e-4. int8:
+        the collection's own copy of its int8 model, so a query is quantized as the database was.
+        """
+        from hashsearch.backbones.runtime import OnnxEncoder, make_encoder
+
+        encoder = make_encoder(self.backbone, "onnx", cache_dir=cache_dir)
+        if self.int8_model is not None:
+            if not isinstance(encoder, OnnxEncoder):
+                raise RuntimeError(
+                    "this collection's features were computed by an int8 ONNX model, which needs "
+                    "onnxruntime to encode its queries and additions: pip install onnxruntime"
+                )
+            encoder.use_int8_model(self.int8_model, self.int8_model.stem)
+        return encoder
 
     def add(
         self,
@@ -203,6 +225,8 @@ class Collection:
             np.save(tmp / "features.npy", np.ascontiguousarray(self._features, np.float16), allow_pickle=False)
             np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
         self._write_entries(tmp / "entries.sqlite")
+        if self.int8_model is not None:
+            shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -216,6 +240,7 @@ class Collection:
             "hasher": {"method": self.hasher.name, "params": self.hasher.get_params()},
             "index": {"backend": self.index.name},
             "store_features": self.store_features,
+            "int8_model": None if self.int8_model is None else self.int8_model.name,
             "stats": self.stats,
             "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }
@@ -234,6 +259,8 @@ class Collection:
                 shutil.rmtree(old, ignore_errors=True)
         # From now on, read records from the generation just written.
         self._db_path = root / name / "entries.sqlite"
+        if self.int8_model is not None:
+            self.int8_model = root / name / self.int8_model.name
         self._new.clear()
         self._removed.clear()
         return root / name
@@ -281,7 +308,11 @@ class Collection:
             backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
             hasher = Hasher.load(gen / "hasher.npz")
             index = index_backends.get(manifest["index"]["backend"]).load(gen / "index")
-            self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"))
+            int8 = manifest.get("int8_model")  # absent in collections saved before int8 was kept
+            if int8 is not None and (not isinstance(int8, str) or Path(int8).name != int8 or int8 not in manifest["files"]):
+                raise ValueError(f"int8_model {int8!r} is not one of the generation's files")
+            self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"),
+                       int8_model=None if int8 is None else gen / int8)
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
                 self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
@@ -308,6 +339,7 @@ class Collection:
             "backbone": self.backbone.name,
             "input_size": self.backbone.preprocess.input_size,
             "index": self.index.name,
+            "encoding": "int8" if self.int8_model is not None else "fp32",
             "store_features": self.store_features,
             "labels": labels,
             "stats": self.stats,

@@ -32,7 +32,7 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path, backbone, real_bat
     enc = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
     assert isinstance(enc, rt.OnnxEncoder)
     got = enc.forward(real_batch)
-    assert "max abs difference from PyTorch" in capsys.readouterr().out
+    assert "max abs difference from PyTorch" in capsys.readouterr().err
     assert enc.max_abs_diff is not None and enc.max_abs_diff < rt.EXPORT_TOLERANCE
     want = backbone.forward(real_batch)
     assert got.shape == want.shape == (len(real_batch), backbone.feature_dim)

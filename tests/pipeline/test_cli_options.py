@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
+import numpy as np
 from typer.testing import CliRunner
 
 from hashsearch.cli import app
@@ -30,3 +33,61 @@ def test_address_needs_the_ray_engine(cifar_small, tmp_path):
     r = runner.invoke(app, ["index", str(cifar_small / "test"), "--out", str(tmp_path / "x.hsx"),
                             "--address", "auto"])
     assert r.exit_code != 0 and "--engine ray" in r.output
+
+
+def _crops(coll, paths):
+    from hashsearch.data.decode import decode_image
+
+    size = (coll.backbone.preprocess.input_size,) * 2
+    return np.stack([coll.backbone.preprocess.crop(decode_image(p.read_bytes(), str(p), draft=size)) for p in paths])
+
+
+def _stored(coll):
+    """{source key: stored (float16) feature} of every entry."""
+    ids = np.arange(len(coll))
+    return {e["key"]: f for e, f in zip(coll.entries(ids), coll.features_of(ids).astype(np.float32))}
+
+
+def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_model(cifar_small, tmp_path):
+    from hashsearch.backbones.runtime import make_encoder
+    from hashsearch.collection import Collection
+
+    cache, out = tmp_path / "cache", tmp_path / "a.hsx"
+    r = runner.invoke(app, ["index", str(cifar_small / "test"), "--bits", "16", "--input-size", "64",
+                            "--cache-dir", str(cache), "--out", str(out), "--int8"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert json.loads(runner.invoke(app, ["info", str(out)]).output)["encoding"] == "int8"
+    shutil.rmtree(cache)  # the collection keeps its own copy of the int8 model
+    coll = Collection.open(out)
+    enc = coll.encoder(cache_dir=tmp_path / "cache2")
+    assert enc.int8 and enc.cache_key == coll.int8_model.stem and "-int8-" in enc.cache_key
+    stored = _stored(coll)
+    paths = [Path(k) for k in stored]
+    want = np.stack(list(stored.values()))
+    got = enc.encode(_crops(coll, paths))
+    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)  # the database's features, to float16
+    fp32 = make_encoder(coll.backbone, "onnx", cache_dir=tmp_path / "cache2").encode(_crops(coll, paths))
+    assert np.abs(fp32 - want).max() > 20 * np.abs(got - want).max()  # which fp32 queries were not
+
+    # A query image of the database is its own nearest neighbour at (float16) distance ~0 (its
+    # fp32 feature lies at ~13 from the stored int8 one here).
+    r = runner.invoke(app, ["search", str(out), str(paths[0]), "--rerank", "10", "--json",
+                            "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    top = json.loads(r.output)[0]["results"][0]
+    assert top["key"] == str(paths[0]) and top["distance"] < 0.05, top
+
+    # Additions are encoded by the same int8 model, and the new generation keeps it.
+    new = sorted((cifar_small / "train" / "cat").glob("*.jpg"))[:3]
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    for p in new:
+        shutil.copy(p, extra / p.name)
+    old_model = coll.int8_model
+    r = runner.invoke(app, ["add", str(out), str(extra), "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False)
+    assert r.exit_code == 0 and "3 features computed" in r.output, r.output
+    coll = Collection.open(out)
+    assert not old_model.exists() and coll.int8_model.is_file() and coll.int8_model.parent != old_model.parent
+    stored = _stored(coll)
+    added = np.stack([stored[str(extra / p.name)] for p in new])
+    np.testing.assert_allclose(enc.encode(_crops(coll, new)), added, rtol=2e-3, atol=2e-3)

@@ -48,6 +48,8 @@ def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, 
 class _Counting:
     """An encoder wrapper that records the digests... via the batches it encodes; can fail."""
 
+    int8 = False
+
     def __init__(self, encoder, fail_after: int | None = None) -> None:
         self.inner, self.fail_after, self.calls, self.images = encoder, fail_after, 0, 0
         self.preprocess, self.feature_dim, self.cache_key = encoder.preprocess, encoder.feature_dim, encoder.cache_key

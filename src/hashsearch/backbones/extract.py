@@ -42,6 +42,8 @@ class Extracted:
     n_cached: int = 0
     n_computed: int = 0
     cache_key: str = ""
+    #: The int8 ONNX model that computed the features (None: fp32, ONNX or PyTorch alike).
+    int8_model: Path | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -98,7 +100,7 @@ def extract_features(
                               cache_dir=cache_dir, max_pixels=max_pixels, encoder=encoder)
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
     out = Extracted(records=[], features=np.zeros((0, encoder.feature_dim), np.float32), digests=[],
-                    cache_key=encoder.cache_key)
+                    cache_key=encoder.cache_key, int8_model=encoder.model_path if encoder.int8 else None)
     parts: list[np.ndarray] = []
     known = dict(_known_failures or {})
     bar = tqdm(total=len(records), unit="img", desc=f"features {encoder.cache_key}", disable=not progress or None)

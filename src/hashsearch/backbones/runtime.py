@@ -22,6 +22,7 @@ import hashlib
 import io
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -152,7 +153,7 @@ class OnnxEncoder:
         msg = (f"exported {self.backbone.cache_key} to ONNX: max abs difference from PyTorch on "
                f"{len(x)} real images = {diff:.2e} (tolerance {EXPORT_TOLERANCE:.0e})")
         log.info(msg)
-        print(msg)
+        print(msg, file=sys.stderr)  # stderr: `hashsearch search --json` prints only JSON
         if not diff < EXPORT_TOLERANCE:
             raise RuntimeError(msg + "; the export is wrong, use runtime='torch'")
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -200,11 +201,25 @@ class OnnxEncoder:
             )
             tmp.replace(path)
             pre.unlink(missing_ok=True)
+        return self.use_int8_model(path, key)
+
+    def use_int8_model(self, path: str | Path, key: str) -> Path:
+        """Switch to the int8 model in `path`, whose features are cached under `key` (what
+        `quantize` made; a collection built with int8 keeps a copy, so that its queries and
+        additions are encoded by the same model: see `Collection.encoder`)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"int8 ONNX model {path} is missing; restore it, or rebuild with int8")
         self._model_path = path
         self.int8 = True
         self.cache_key = key
         self._session = self._float_session = None
         return path
+
+    @property
+    def model_path(self) -> Path:
+        """The ONNX file this encoder runs (the fp32 export, or the int8 model)."""
+        return self._model_path
 
     # -- inference ----------------------------------------------------------------------------
     @property

@@ -63,15 +63,16 @@ def search(
     rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Coarse-to-fine: re-rank up to this many Hamming candidates by feature distance."),
     radius: Optional[int] = typer.Option(None, "--radius", min=0, help="Hamming radius (lookup, or the candidate radius with --rerank)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    cache_dir: Optional[Path] = CacheOpt,
 ):
-    """Find the nearest indexed images of each query image."""
+    """Find the nearest indexed images of each query image (encoded as the collection's were)."""
     from hashsearch.collection import Collection
     from hashsearch.data.decode import decode_image
     from hashsearch.pipeline import encode_queries
 
     coll = Collection.open(collection)
     images = [decode_image(p.read_bytes(), str(p)) for p in queries]
-    res = coll.search(encode_queries(coll.backbone, images), k=k, rerank=rerank, radius=radius)
+    res = coll.search(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k=k, rerank=rerank, radius=radius)
     out = []
     for qi, q in enumerate(queries):
         hits = [

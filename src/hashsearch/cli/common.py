@@ -28,5 +28,5 @@ def make_backbone(name: str, input_size: int, weights: str | None):
 BackboneOpt = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Feature extractor (see `hashsearch list`).")
 InputSizeOpt = typer.Option(128, "--input-size", help="Backbone input resolution in pixels.")
 WeightsOpt = typer.Option(None, "--weights", help="A local weights file for the backbone (default: the packaged ImageNet weights).")
-CacheOpt = typer.Option(None, "--cache-dir", help="Feature cache folder (default $HASHSEARCH_CACHE or ~/.cache/hashsearch).")
+CacheOpt = typer.Option(None, "--cache-dir", help="Cache folder of features and exported ONNX models (default $HASHSEARCH_CACHE or ~/.cache/hashsearch).")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="Images per backbone batch.")

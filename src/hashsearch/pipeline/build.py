@@ -80,7 +80,7 @@ def build_collection(
         hasher.fit(X, y)
         report.timings["fit"] = time.perf_counter() - t
     t = time.perf_counter()
-    coll = Collection.create(backbone, hasher, index=index, store_features=store_features)
+    coll = Collection.create(backbone, hasher, index=index, store_features=store_features, int8_model=ex.int8_model)
     coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests)
     report.timings["index"] = time.perf_counter() - t
     report.n_indexed = len(ex.records)
@@ -110,10 +110,12 @@ def add_images(
     batch_size: int = 64,
     progress: bool = True,
 ) -> tuple[np.ndarray, IndexReport]:
-    """Encode the images of `source` with the collection's backbone and hasher and add them."""
+    """Encode the images of `source` as the collection's were (`Collection.encoder`: its backbone,
+    and its int8 model if it has one) and add them with its hasher."""
     report = IndexReport()
     t = time.perf_counter()
-    ex = extract_features(source, coll.backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    ex = extract_features(source, coll.backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
+                          encoder=coll.encoder(cache_dir))
     report.timings["features"] = time.perf_counter() - t
     report.skipped, report.n_cached, report.n_computed = ex.report, ex.n_cached, ex.n_computed
     ids = coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests)
@@ -124,8 +126,8 @@ def add_images(
 def encode_queries(backbone: Backbone, images: Sequence[Image.Image], encoder=None) -> np.ndarray:
     """Backbone features of decoded query images (not cached: queries are usually one-off).
 
-    `encoder` (from `hashsearch.backbones.runtime.make_encoder`) runs the backbone on another
-    runtime, e.g. ONNX Runtime for a server answering many queries; default: the PyTorch module.
+    `encoder` runs the backbone: a collection's queries take `Collection.encoder()` (ONNX
+    Runtime, and the collection's int8 model if it was built with one); default: the PyTorch module.
     """
     if not images:
         return np.zeros((0, backbone.feature_dim), np.float32)

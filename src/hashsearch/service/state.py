@@ -140,14 +140,13 @@ class ServiceState:
         self._encoder_lock = threading.Lock()
 
     def features(self, images: list) -> np.ndarray:
-        """Backbone features of decoded images, run on ONNX Runtime (exported on first use, then
-        read from the cache on disk; PyTorch if onnxruntime cannot load)."""
+        """Backbone features of decoded images, by the collection's encoder (`Collection.encoder`:
+        ONNX Runtime, exported on first use and then read from the cache on disk, with the
+        collection's int8 model if it has one; PyTorch if onnxruntime cannot load)."""
         if self._encoder is None:
             with self._encoder_lock:  # the first call exports and opens the session, once
                 if self._encoder is None:
-                    from hashsearch.backbones.runtime import make_encoder
-
-                    encoder = make_encoder(self.coll.backbone, "onnx")
+                    encoder = self.coll.encoder()
                     feats = encode_queries(self.coll.backbone, images, encoder)
                     self._encoder = encoder
                     return feats

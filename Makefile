@@ -64,6 +64,7 @@ bench-encode: setup
 	$(BIN)/python benchmarks/encode.py --out benchmarks/results/encode.md
 	$(BIN)/python benchmarks/ray_start.py --out benchmarks/results/ray-start.md
 	$(BIN)/python benchmarks/decode_cost.py --out benchmarks/results/decode-cost.md
+	$(BIN)/python benchmarks/encode_memory.py --out benchmarks/results/encode-memory.md
 
 bench-load: setup
 	$(BIN)/python benchmarks/load.py

@@ -101,7 +101,9 @@ def extract_features(
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
     out = Extracted(records=[], features=np.zeros((0, encoder.feature_dim), np.float32), digests=[],
                     cache_key=encoder.cache_key, int8_model=encoder.model_path if encoder.int8 else None)
-    parts: list[np.ndarray] = []
+    # The result, filled in place as chunks finish: no list of parts to concatenate at the end,
+    # which would hold every feature twice.
+    features = np.empty((len(records), encoder.feature_dim), np.float32)
     known = dict(_known_failures or {})
     bar = tqdm(total=len(records), unit="img", desc=f"features {encoder.cache_key}", disable=not progress or None)
     workers = default_workers() if workers is None else workers
@@ -127,7 +129,8 @@ def extract_features(
             recs, feats, digests = _finish_chunk(state, encoder, cache, out)
             out.records += recs
             out.digests += digests
-            parts.append(feats)
+            n = len(out.digests)
+            features[n - len(feats) : n] = feats
             bar.update(len(state["chunk"]))
             bar.set_postfix(cached=out.n_cached, computed=out.n_computed, skipped=len(out.report))
 
@@ -136,8 +139,7 @@ def extract_features(
         pool.close()
         bar.close()
         cache.close()
-    if parts:
-        out.features = np.concatenate(parts)
+    out.features = features[: len(out.digests)]  # the rows of the records that decoded
     out.seconds = time.perf_counter() - t0
     return out
 

@@ -62,10 +62,10 @@ def cifar_test_records(n: int):
     return src, recs[::step][:n]
 
 
-def megapixel_folder(src, records, folder: Path) -> FolderSource:
-    """CIFAR-10 test images upscaled to 1152x864 (~1 Mpx) JPEGs (quality 90) in `folder`."""
+def megapixel_folder(src, records, folder: Path, size: tuple[int, int] = (1152, 864)) -> FolderSource:
+    """CIFAR-10 test images upscaled to `size` (default 1152x864, ~1 Mpx) JPEGs (quality 90) in `folder`."""
     for r, data, _ in src.iter_bytes(records):
-        im = Image.open(io.BytesIO(data)).convert("RGB").resize((1152, 864), Image.BICUBIC)
+        im = Image.open(io.BytesIO(data)).convert("RGB").resize(size, Image.BICUBIC)
         out = folder / r.label / Path(r.key).name
         out.parent.mkdir(parents=True, exist_ok=True)
         im.save(out, "JPEG", quality=90)

@@ -1,8 +1,9 @@
 """Memory of the encoding pipeline against the collection's size: flat, but for the features it returns.
 
 `extract_features` (ONNX Runtime fp32, the default worker processes) on N images from an empty
-feature cache, for growing N: CIFAR-10 (JPEG) images at 128 px, and ~1 Mpx JPEGs (CIFAR-10 test
-images upscaled to 1152x864, as in encode.py: no real photos are available offline) at 224 px.
+feature cache, for growing N: CIFAR-10 (JPEG) images at 128 px, ~1 Mpx JPEGs (CIFAR-10 test
+images upscaled to 1152x864, as in encode.py: no real photos are available offline) and ~4 Mpx
+ones (upscaled to 2304x1728) at 224 px.
 A thread samples the proportional set size (PSS: each shared page split between the processes
 sharing it, so the sum is what they use together) of this process and of its worker processes
 every 20 ms. The table prints the peaks above this process's PSS before the call, the size of
@@ -119,7 +120,9 @@ def measure(label: str, source, records, size: int, models: Path, log) -> tuple[
 
 
 def slope(points: list[tuple[int, int]]) -> str:
-    (n0, m0), (n1, m1) = points[0], points[-1]
+    """The pipeline memory's change between the two largest collections (the bounded queues fill
+    in the first chunks: from about 1,500 images on, they are full)."""
+    (n0, m0), (n1, m1) = points[-2], points[-1]
     return f"{(m1 - m0) / MB:+.1f} MB from {n0} to {n1} images ({(m1 - m0) / (n1 - n0):.0f} bytes per image)"
 
 
@@ -127,7 +130,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cifar", type=int, nargs="+", default=[2500, 10000, 40000],
                     help="CIFAR-10 collection sizes (train and test images, at most 60000)")
-    ap.add_argument("--mp", type=int, nargs="+", default=[500, 2000], help="~1 Mpx collection sizes")
+    ap.add_argument("--mp", type=int, nargs="+", default=[500, 2000, 4000], help="~1 Mpx collection sizes")
+    ap.add_argument("--big", type=int, nargs="+", default=[300, 1200], help="~4 Mpx collection sizes")
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
     args = ap.parse_args()
     log = Report(f"EfficientNet-Lite0, ONNX Runtime fp32, batch 64, {default_workers()} worker processes; "
@@ -146,20 +150,22 @@ def main() -> None:
         for n in args.cifar:
             step = max(1, len(everything) // n)
             points.append(measure("CIFAR-10 JPEG, 128 px", source, everything[::step][:n], 128, models, log))
-        cifar_slope = slope(points) if len(points) > 1 else None
-        points = []
-        if args.mp:
-            src, recs = cifar_test_records(max(args.mp))
-            mp = megapixel_folder(src, recs, Path(tmp) / "mp")
-            mp_recs = mp.records()
-            for n in args.mp:
-                step = max(1, len(mp_recs) // n)
-                points.append(measure("1152x864 JPEG, 224 px", mp, mp_recs[::step][:n], 224, models, log))
+        growth = {"CIFAR-10": points}
+        for name, sizes, (w, h) in (("1 Mpx JPEGs", args.mp, (1152, 864)), ("4 Mpx JPEGs", args.big, (2304, 1728))):
+            if not sizes:
+                continue
+            src, recs = cifar_test_records(max(sizes))
+            folder = megapixel_folder(src, recs, Path(tmp) / name.split()[0], (w, h))
+            mp_recs = folder.records()
+            nbytes = sum(p.stat().st_size for p in (Path(r.key) for r in mp_recs))
+            log(f"{'':>22}   ({len(mp_recs)} {w}x{h} JPEGs of {nbytes / len(mp_recs) / 1024:.0f} kB on average)")
+            growth[name] = [measure(f"{w}x{h} JPEG, 224 px", folder, mp_recs[:: max(1, len(mp_recs) // n)][:n],
+                                    224, models, log) for n in sizes]
         log("")
-        if cifar_slope:
-            log(f"pipeline memory, CIFAR-10: {cifar_slope}; the features take {1280 * 4} bytes per image")
-        if len(points) > 1:
-            log(f"pipeline memory, 1 Mpx JPEGs: {slope(points)}")
+        for name, points in growth.items():
+            if len(points) > 1:
+                log(f"pipeline memory, {name}: {slope(points)}")
+        log(f"(the features take {1280 * 4} bytes per image)")
     log.save(args.out, "Encoding memory against the collection's size (printed by benchmarks/encode_memory.py)")
 
 

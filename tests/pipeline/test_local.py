@@ -118,6 +118,27 @@ def test_resume_keeps_the_batches_that_workers_finished(tmp_path, folder_with_ba
     np.testing.assert_allclose(out.features, full.features, atol=1e-5)
 
 
+def test_chunks_end_at_a_byte_bound_and_give_the_same_result(tmp_path, folder_with_bad, backbone, monkeypatch):
+    # Large photos: a chunk of 512 files could hold gigabytes; it ends once its files hold _CHUNK_BYTES.
+    sizes = []
+    start = extract._start_chunk
+
+    def recording(chunk, *args):
+        sizes.append([len(data or b"") for _, data, _ in chunk])
+        return start(chunk, *args)
+
+    monkeypatch.setattr(extract, "_start_chunk", recording)
+    monkeypatch.setattr(extract, "_CHUNK_BYTES", 5000)
+    out = _extract(folder_with_bad, backbone, tmp_path / "small", workers=2)
+    assert len(sizes) > 5 and sum(map(len, sizes)) == 43
+    assert all(sum(s[:-1]) < 5000 for s in sizes)  # each chunk stops at the file that reaches the bound
+    assert all(sum(s) >= 5000 for s in sizes[:-1])
+    monkeypatch.undo()
+    full = _extract(folder_with_bad, backbone, tmp_path / "full", workers=2)
+    assert out.digests == full.digests and out.report.skipped == full.report.skipped
+    np.testing.assert_array_equal(out.features, full.features)
+
+
 def test_large_jpeg_decodes_in_draft_mode(backbone):
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (900, 1200, 3), np.uint8))
     buf = io.BytesIO()

@@ -25,8 +25,10 @@ from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import cache_dir as default_cache_dir
 from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport
 
-# Records are read, looked up in the cache and encoded this many at a time.
+# Records are read, looked up in the cache and encoded this many at a time, or fewer: a chunk
+# ends once its files hold _CHUNK_BYTES, so that large photos do not fill memory.
 _CHUNK = 512
+_CHUNK_BYTES = 64 * 2**20
 # Chunks decoded ahead of inference (the bounded queue between the two stages).
 _AHEAD = 2
 
@@ -117,7 +119,12 @@ def extract_features(
 
         def chunks():
             while True:
-                chunk = [item for _, item in zip(range(_CHUNK), stream)]
+                chunk, size = [], 0
+                for item in stream:  # (record, bytes or None, error)
+                    chunk.append(item)
+                    size += len(item[1] or b"")
+                    if len(chunk) >= _CHUNK or size >= _CHUNK_BYTES:
+                        break
                 if not chunk:
                     return
                 yield chunk

@@ -36,10 +36,11 @@ def test_address_needs_the_ray_engine(cifar_small, tmp_path):
 
 
 def _crops(coll, paths):
-    from hashsearch.data.decode import decode_image
+    """The uint8 crops the pipeline's workers make of `paths`."""
+    from hashsearch.pipeline.workers import decode_batch
 
-    size = (coll.backbone.preprocess.input_size,) * 2
-    return np.stack([coll.backbone.preprocess.crop(decode_image(p.read_bytes(), str(p), draft=size)) for p in paths])
+    jobs = [(str(p), str(p), p.read_bytes()) for p in paths]
+    return decode_batch(jobs, coll.backbone.preprocess, 10**8, normalize=False)[1]
 
 
 def _stored(coll):

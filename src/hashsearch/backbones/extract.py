@@ -101,11 +101,10 @@ def extract_features(
     encoder = prepare_encoder(backbone, records, source, runtime=runtime, int8=int8, calibration_size=calibration_size,
                               cache_dir=cache_dir, max_pixels=max_pixels, encoder=encoder)
     cache = FeatureCache(cache_dir or default_cache_dir(), encoder.cache_key, encoder.feature_dim)
-    out = Extracted(records=[], features=np.zeros((0, encoder.feature_dim), np.float32), digests=[],
+    # The features are filled in place as chunks finish (no list of parts to concatenate at the
+    # end, which would hold every feature twice), and cut to the records that decoded.
+    out = Extracted(records=[], features=np.empty((len(records), encoder.feature_dim), np.float32), digests=[],
                     cache_key=encoder.cache_key, int8_model=encoder.model_path if encoder.int8 else None)
-    # The result, filled in place as chunks finish: no list of parts to concatenate at the end,
-    # which would hold every feature twice.
-    features = np.empty((len(records), encoder.feature_dim), np.float32)
     known = dict(_known_failures or {})
     bar = tqdm(total=len(records), unit="img", desc=f"features {encoder.cache_key}", disable=not progress or None)
     workers = default_workers() if workers is None else workers
@@ -137,7 +136,7 @@ def extract_features(
             out.records += recs
             out.digests += digests
             n = len(out.digests)
-            features[n - len(feats) : n] = feats
+            out.features[n - len(feats) : n] = feats
             bar.update(len(state["chunk"]))
             bar.set_postfix(cached=out.n_cached, computed=out.n_computed, skipped=len(out.report))
 
@@ -146,7 +145,7 @@ def extract_features(
         pool.close()
         bar.close()
         cache.close()
-    out.features = features[: len(out.digests)]  # the rows of the records that decoded
+    out.features = out.features[: len(out.digests)]
     out.seconds = time.perf_counter() - t0
     return out
 

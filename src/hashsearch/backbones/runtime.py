@@ -178,7 +178,7 @@ class OnnxEncoder:
         fp32 = self.export(calibration[:4])
         tag = hashlib.sha256(f"{calibration_id}|ort{onnxruntime.__version__}|rr".encode()).hexdigest()[:12]
         key = f"{self.backbone.cache_key}-int8-{tag}"
-        path = self.folder / f"{key}.onnx"
+        path = self.folder / f"{key}.onnx"  # `<key>.onnx`: a collection reads the key back from the name
         if not path.exists():
             pre = self.folder / f"{key}.pre{os.getpid()}.onnx"
             tmp = self.folder / f"{key}.tmp{os.getpid()}.onnx"

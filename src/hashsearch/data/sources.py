@@ -573,3 +573,37 @@ def count_labels(records: Iterable[ImageRecord]) -> dict[str | None, int]:
     for r in records:
         counts[r.label] = counts.get(r.label, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or "")))
+
+
+#: Separates an archive's path from a member's name in a key: ``"<archive path>::<member name>"``.
+ARCHIVE_SEP = "::"
+
+
+def split_key(key: str) -> tuple[str, str | None]:
+    """``(file path, archive member or None)`` of a source key (see `ImageRecord`)."""
+    path, sep, member = key.partition(ARCHIVE_SEP)
+    return (path, member) if sep else (key, None)
+
+
+def read_key(key: str) -> bytes:
+    """The bytes of the image that a source key names: a file, or a member of a tar archive.
+
+    Raises
+    ------
+    OSError
+        If the file or the archive cannot be read, or the archive has no such member (the
+        message names the key).
+    """
+    path, member = split_key(key)
+    if member is None:
+        return Path(path).read_bytes()
+    try:
+        with tarfile.open(path) as tar:
+            f = tar.extractfile(member)
+            if f is None:
+                raise OSError(f"{key}: not a regular file in the archive")
+            return f.read()
+    except KeyError:
+        raise OSError(f"{key}: the archive has no member {member!r}") from None
+    except (tarfile.TarError, EOFError, zlib.error) as e:
+        raise OSError(f"{key}: cannot read the archive ({type(e).__name__}: {e})") from None

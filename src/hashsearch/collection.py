@@ -10,40 +10,59 @@ On disk a collection is a folder (by convention named `*.hsx`) of immutable gene
         index/                 the index back end's own files (codes, ids)
         features.npy           float16 backbone features for re-ranking, rows in `feature_ids.npy` order
         feature_ids.npy
-        entries.sqlite         id -> source key (path), label, content digest
+        entries.sqlite         id -> (root, key below the root), label, content digest; roots
         <key>.onnx             only if built with int8: the int8 model that computed the features
+      uploads/                 images uploaded through the HTTP service (not part of a generation)
+
+Entries name their files relative to a root (the folder a source was read from, the folder holding
+an archive or a list file), and roots are absolute, or relative to the collection folder for
+`uploads/`: a collection resolves its files from any working directory, and `relocate` repoints a
+moved folder. Keys and labels are stored as the bytes the file system gave (`os.fsencode`), so
+any name, valid UTF-8 or not, comes back exactly.
 
 A save writes a new generation beside the old one, fsyncs it, and only then replaces CURRENT
-(an atomic rename), so a crash during a save leaves the previous generation live and intact.
+(an atomic rename), so a crash at any step of a save leaves the previous generation live and
+intact, and the next save proceeds. A save that fails resets the object to what is on disk.
 Loading checks the format version and every checksum; a damaged file is an error, never a
 wrong answer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import sqlite3
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from hashsearch.backbones import Backbone, create_backbone
-from hashsearch.fileio import file_sha256, fsync_path
+from hashsearch.data.sources import read_key, split_key
+from hashsearch.fileio import check_header, file_sha256, fsync_path
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
 from hashsearch.types import MISSING_ID, Codes, SearchResult
 
 FORMAT = "hashsearch-collection"
-FORMAT_VERSION = 1
+# 2: entries keyed by (root, relative key) as bytes, a roots table, the int8 model kept.
+FORMAT_VERSION = 2
+#: The folder, inside a collection, of the images uploaded through the HTTP service.
+UPLOADS = "uploads"
+#: `info()`'s label for entries without one.
+NO_LABEL = "(no label)"
 
 
 class CollectionError(ValueError):
-    """A collection folder that is missing, damaged, or of another format version."""
+    """A collection folder that is missing, damaged, of another format version, or failed to save."""
+
+
+# An entry in memory before it is saved: (root id, key below the root, label, content digest).
+_Record = tuple[int, str, "str | None", str]
 
 
 class Collection:
@@ -69,11 +88,16 @@ class Collection:
         self.index = index
         self.store_features = store_features
         self.stats = dict(stats or {})
+        #: The collection folder (None until saved or opened).
+        self.path: Path | None = None
         self._feature_ids = np.zeros(0, np.int64)
         self._features = np.zeros((0, 0), np.float16)
         self._feature_order: np.ndarray | None = None  # argsort of _feature_ids, rebuilt after a change
         self._db_path: Path | None = None
-        self._new: dict[int, tuple[str, str | None, str]] = {}
+        # root id -> (path, inside): an absolute folder, or one relative to the collection folder.
+        self._roots: dict[int, tuple[str, bool]] = {}
+        self._roots_changed = False
+        self._new: dict[int, _Record] = {}
         self._removed: set[int] = set()
 
     @classmethod
@@ -89,6 +113,24 @@ class Collection:
     @property
     def n_bits(self) -> int:
         return self.hasher.n_bits
+
+    @property
+    def dirty(self) -> bool:
+        """True when there are changes that `save` has not written yet."""
+        return bool(self._new or self._removed or self._roots_changed or self._db_path is None)
+
+    @property
+    def uploads_dir(self) -> Path:
+        """`<collection folder>/uploads`: where the HTTP service keeps uploaded images.
+
+        Raises
+        ------
+        CollectionError
+            If the collection has no folder yet (save or open it first).
+        """
+        if self.path is None:
+            raise CollectionError("this collection has no folder yet: save it before storing uploads")
+        return self.path / UPLOADS
 
     def encoder(self, cache_dir: str | os.PathLike | None = None):
         """The encoder for this collection's queries and additions: the one that computed its
@@ -114,8 +156,30 @@ class Collection:
         keys: Sequence[str],
         labels: Sequence[str | None] | None = None,
         digests: Sequence[str] | None = None,
+        *,
+        root: str | os.PathLike | None = None,
     ) -> np.ndarray:
-        """Encode `features` and add them with their source keys and labels; returns the new ids."""
+        """Encode `features` (float, (n, d)) and add them with their records; returns the new ids (int64, (n,)).
+
+        Parameters
+        ----------
+        keys : sequence of str
+            Where each image is, as a source names it: a path (relative to the working directory
+            or absolute; any name the file system gives, surrogate escapes included) or
+            ``"<archive path>::<member>"``. Paths are made absolute now and stored relative to `root`.
+        labels, digests : sequence, optional
+            Class labels (None: unlabelled) and content digests
+            (`hashsearch.backbones.cache.content_digest` of the file's bytes).
+        root : path, optional
+            The folder the keys are stored relative to: the source's folder, or the folder holding
+            its archive or list file (default: the folder common to all keys). A root inside the
+            collection folder (its `uploads_dir`) is stored relative to the collection.
+
+        Raises
+        ------
+        ValueError
+            If the lengths of features, keys, labels and digests differ.
+        """
         n = len(features)
         labels = [None] * n if labels is None else list(labels)
         digests = [""] * n if digests is None else list(digests)
@@ -124,9 +188,16 @@ class Collection:
                 f"features ({n}), keys ({len(keys)}), labels ({len(labels)}) and digests "
                 f"({len(digests)}) must have the same length"
             )
+        files = [split_key(os.fspath(k)) for k in keys]
+        absolute = [(os.path.abspath(f), m) for f, m in files]
+        if root is None:
+            root = os.path.commonpath([os.path.dirname(f) for f, _ in absolute]) if absolute else os.getcwd()
+        root = os.path.abspath(root)
+        root_id = self._root_id(root)
+        rels = [_join_member(os.path.relpath(f, root), m) for f, m in absolute]
         ids = self.index.add(self.hasher.encode(features))
-        for i, k, lab, d in zip(ids.tolist(), keys, labels, digests):
-            self._new[i] = (str(k), None if lab is None else str(lab), d)
+        for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
+            self._new[i] = (root_id, rel, None if lab is None else str(lab), d)
         if self.store_features:
             self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
             self._feature_order = None
@@ -134,9 +205,29 @@ class Collection:
             self._features = np.concatenate([self._features, new]) if len(self._features) else new
         return ids
 
+    def _root_id(self, root: str) -> int:
+        inside = self.path is not None and _is_under(root, os.path.abspath(self.path))
+        stored = (os.path.relpath(root, os.path.abspath(self.path)) if inside else root, inside)
+        for i, r in self._roots.items():
+            if r == stored:
+                return i
+        i = max(self._roots, default=-1) + 1
+        self._roots[i] = stored
+        self._roots_changed = True
+        return i
+
+    def _root_path(self, root_id: int) -> str:
+        path, inside = self._roots[root_id]
+        if inside:
+            if self.path is None:  # pragma: no cover - roots inside a collection come after it has a folder
+                raise CollectionError("this collection has no folder: its uploads cannot be located")
+            return os.path.join(os.path.abspath(self.path), path)
+        return path
+
     def remove(self, ids: Iterable[int]) -> int:
-        """Remove entries by id; returns how many existed."""
-        ids = np.asarray(list(ids), np.int64)
+        """Remove entries by id; returns how many existed (ids that do not exist change nothing)."""
+        ids = np.unique(np.asarray(list(ids), np.int64))
+        ids = ids[np.isin(ids, self.index.ids)]
         n = self.index.remove(ids)
         for i in ids.tolist():
             if self._new.pop(i, None) is None:
@@ -147,24 +238,127 @@ class Collection:
             self._feature_order = None
         return n
 
-    def entries(self, ids: Iterable[int]) -> list[dict | None]:
-        """{"id", "key", "label"} for each id (None for -1 or an unknown id)."""
-        ids = [int(i) for i in ids]
-        stored: dict[int, tuple] = {}
+    def _stored(self, ids: list[int]) -> dict[int, _Record]:
+        """Saved records of `ids` (those not removed since), from the live generation's database."""
         want = [i for i in ids if i not in self._new and i not in self._removed and i != MISSING_ID]
+        stored: dict[int, _Record] = {}
         if want and self._db_path is not None:
-            with sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True) as db:
+            with _read_db(self._db_path) as db:
                 for start in range(0, len(want), 900):
                     chunk = want[start : start + 900]
                     rows = db.execute(
-                        f"SELECT id, key, label, digest FROM entries WHERE id IN ({','.join('?' * len(chunk))})",
+                        f"SELECT id, root, key, label, digest FROM entries WHERE id IN ({','.join('?' * len(chunk))})",
                         chunk,
                     )
-                    stored.update((r[0], r[1:]) for r in rows)
+                    stored.update((r[0], (r[1], _text(r[2]), _text(r[3]), r[4])) for r in rows)
+        return stored
+
+    def entries(self, ids: Iterable[int]) -> list[dict | None]:
+        """The record of each id (None for -1 or an unknown id).
+
+        Each record is a dict: "id" (int); "key" (str: the file's path relative to its root, "/"
+        separated, ``"a.tar::cat/1.jpg"`` for an archive member: the name to show); "label" (str
+        or None); "digest" (str: content digest, "" if unknown); "path" (str: where the file is
+        now on this machine, absolute; for this machine's use only).
+        """
+        ids = [int(i) for i in ids]
+        stored = self._stored(ids)
         out = []
         for i in ids:
             rec = self._new.get(i) or stored.get(i)
-            out.append(None if rec is None else {"id": i, "key": rec[0], "label": rec[1]})
+            if rec is None:
+                out.append(None)
+                continue
+            root_id, key, label, digest = rec
+            out.append({"id": i, "key": key, "label": label, "digest": digest,
+                        "path": os.path.join(self._root_path(root_id), key)})
+        return out
+
+    def read_image(self, image_id: int) -> bytes:
+        """The bytes of an entry's image file (or archive member).
+
+        Raises
+        ------
+        KeyError
+            If no entry has this id.
+        OSError
+            If the file cannot be read (the message names the entry's key).
+        """
+        entry = self.entries([image_id])[0]
+        if entry is None:
+            raise KeyError(f"no entry with id {image_id}")
+        try:
+            return read_key(entry["path"])
+        except OSError as e:
+            raise OSError(f"the image of entry {image_id} ({entry['key']}) cannot be read: "
+                          f"{e.strerror or e}; if its folder moved, run `hashsearch relocate`") from None
+
+    def ids_by_digest(self, digests: Iterable[str]) -> dict[str, int]:
+        """For each given content digest held by the collection, the smallest live id with it."""
+        wanted = {d for d in digests if d}
+        found: dict[str, int] = {}
+        for i, (_, _, _, d) in self._new.items():
+            if d in wanted and (d not in found or i < found[d]):
+                found[d] = i
+        if self._db_path is not None and wanted:
+            wanted_list = sorted(wanted)
+            with _read_db(self._db_path) as db:
+                for start in range(0, len(wanted_list), 900):
+                    chunk = wanted_list[start : start + 900]
+                    rows = db.execute(
+                        f"SELECT digest, id FROM entries WHERE digest IN ({','.join('?' * len(chunk))}) ORDER BY id",
+                        chunk,
+                    )
+                    for d, i in rows:
+                        if i not in self._removed and (d not in found or i < found[d]):
+                            found[d] = i
+        return found
+
+    def relocate(self, old: str | os.PathLike, new: str | os.PathLike) -> int:
+        """Point the entries whose root is `old` (or a folder under it) at `new`; returns how many.
+
+        For a collection whose image folder moved: ``relocate("/data/photos", "/mnt/photos")``.
+        Nothing is checked on disk; the change is written by the next `save`.
+        """
+        old, new = os.path.abspath(old), os.path.abspath(new)
+        moved = []
+        for i, (path, inside) in self._roots.items():
+            if not inside and _is_under(path, old):
+                self._roots[i] = (os.path.join(new, os.path.relpath(path, old)) if path != old else new, False)
+                moved.append(i)
+        if moved:
+            self._roots_changed = True
+        counts = self._root_counts()
+        return sum(counts.get(i, 0) for i in moved)
+
+    def _root_counts(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        if self._db_path is not None:
+            with _read_db(self._db_path) as db:
+                counts = dict(db.execute("SELECT root, COUNT(*) FROM entries GROUP BY root"))
+            for root_id, *_ in self._stored_removed():
+                counts[root_id] -= 1
+        for root_id, *_ in self._new.values():
+            counts[root_id] = counts.get(root_id, 0) + 1
+        return counts
+
+    def _stored_removed(self) -> Iterator[tuple[int, str | None]]:
+        """(root, label) of the saved entries removed since the last save."""
+        removed = sorted(self._removed)
+        with _read_db(self._db_path) as db:
+            for start in range(0, len(removed), 900):
+                chunk = removed[start : start + 900]
+                yield from ((r, _text(lab)) for r, lab in db.execute(
+                    f"SELECT root, label FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+
+    def sources(self) -> list[dict]:
+        """The folders entries are stored relative to: [{"root": str, "count": int, "exists": bool}]."""
+        counts = self._root_counts()
+        out = []
+        for i in sorted(self._roots):
+            if counts.get(i, 0):
+                path = self._root_path(i)
+                out.append({"root": path, "count": counts[i], "exists": os.path.isdir(path)})
         return out
 
     def features_of(self, ids: np.ndarray) -> np.ndarray:
@@ -208,14 +402,45 @@ class Collection:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a new generation under `path` and make it live atomically."""
+        """Write a new generation under `path` and make it live atomically; returns its folder.
+
+        Raises
+        ------
+        CollectionError
+            If the save fails (disk full, permissions...): nothing changed on disk, and a
+            collection that was opened from or saved to `path` is reset to what is there.
+        """
         root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        current = _current_generation(root)
-        gen = int(current.split("-")[1]) + 1 if current else 1
-        name = f"gen-{gen:06d}"
+        previous = (self.path, self._roots)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if self.path is None or os.path.abspath(self.path) != os.path.abspath(root):
+                self._rebase_roots(root)
+            return self._save(root)
+        except Exception as e:
+            self.path, self._roots = previous
+            if self.path is not None and os.path.abspath(self.path) == os.path.abspath(root) and _current_generation(root):
+                self._reset_to(root)
+                kept = "; this collection was reset to it"
+            else:
+                kept = ""
+            raise CollectionError(f"saving {root} failed ({type(e).__name__}: {e}); nothing changed on disk{kept}") from e
+
+    def _rebase_roots(self, root: Path) -> None:
+        """Roots inside the new folder become relative to it, those inside the old one absolute."""
+        roots = {i: (self._root_path(i), False) for i in self._roots}
+        self.path = root
+        for i, (p, _) in roots.items():
+            if _is_under(p, os.path.abspath(root)):
+                roots[i] = (os.path.relpath(p, os.path.abspath(root)), True)
+        self._roots, self._roots_changed = roots, True
+
+    def _save(self, root: Path) -> Path:
         for stale in root.glob(".*.tmp-*"):  # left by a save that was killed
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        # Past every generation folder, the live one or one a killed save left behind.
+        gen = 1 + max([_generation_number(p.name) for p in root.glob("gen-*")], default=0)
+        name = f"gen-{gen:06d}"
         tmp = root / f".{name}.tmp-{os.getpid()}"
         tmp.mkdir()
         self.hasher.save(tmp / "hasher.npz")
@@ -247,57 +472,73 @@ class Collection:
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for p in [*files, tmp / "manifest.json"]:
             fsync_path(p)
+        fsync_path(tmp / "index")
+        fsync_path(tmp)
         os.replace(tmp, root / name)
         fsync_path(root)
         pointer = root / f".CURRENT.tmp-{os.getpid()}"
         pointer.write_text(name + "\n")
         fsync_path(pointer)
         os.replace(pointer, root / "CURRENT")
-        fsync_path(root)
-        for old in root.glob("gen-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-        # From now on, read records from the generation just written.
+        # Live from here: the object follows the generation just written, whatever happens next.
+        self.path = root
         self._db_path = root / name / "entries.sqlite"
         if self.int8_model is not None:
             self.int8_model = root / name / self.int8_model.name
         self._new.clear()
         self._removed.clear()
+        self._roots_changed = False
+        self.manifest = manifest
+        fsync_path(root)
+        for old in root.glob("gen-*"):  # the previous generation, and any a killed save left
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
         return root / name
 
     def _write_entries(self, dest: Path) -> None:
-        db = sqlite3.connect(dest)
-        if self._db_path is not None:
-            with sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True) as src:
-                src.backup(db)
-        db.execute("CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, key TEXT NOT NULL, label TEXT, digest TEXT)")
-        db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in self._removed])
-        db.executemany(
-            "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?)",
-            [(i, k, lab, d) for i, (k, lab, d) in self._new.items()],
-        )
-        db.commit()
-        db.close()
+        with contextlib.closing(sqlite3.connect(f"file:{_uri_path(dest)}", uri=True)) as db:
+            if self._db_path is not None:
+                with _read_db(self._db_path) as src:
+                    src.backup(db)
+            db.executescript(_SCHEMA)
+            db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in self._removed])
+            db.executemany(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                [(i, r, _blob(k), None if lab is None else _blob(lab), d) for i, (r, k, lab, d) in self._new.items()],
+            )
+            db.execute("DELETE FROM roots")
+            db.executemany("INSERT INTO roots VALUES (?, ?, ?)",
+                           [(i, _blob(p), int(inside)) for i, (p, inside) in self._roots.items()])
+            db.commit()
+
+    def _reset_to(self, root: Path) -> None:
+        """Make this object what the live generation under `root` holds (after a failed save)."""
+        fresh = type(self).open(root, verify=False)
+        self.__dict__.update(fresh.__dict__)
 
     @classmethod
     def open(cls, path: str | os.PathLike, verify: bool = True) -> "Collection":
-        """Open a saved collection (memory-mapped); `verify` checks every file's sha256."""
+        """Open a saved collection (memory-mapped); `verify` checks every file's sha256.
+
+        Raises
+        ------
+        CollectionError
+            If `path` is not a collection, is damaged, or is of another format version.
+        """
         root = Path(path)
         current = _current_generation(root)
         if current is None:
             raise CollectionError(f"{root} is not a hashsearch collection (no CURRENT file); build one with `hashsearch index`")
         gen = root / current
         try:
-            manifest = json.loads((gen / "manifest.json").read_text())
-        except (OSError, ValueError) as e:
-            raise CollectionError(f"{gen}/manifest.json is missing or damaged: {e}") from e
-        if not isinstance(manifest, dict) or not {"files", "backbone", "hasher", "index", "store_features"} <= manifest.keys():
+            manifest = check_header(json.loads((gen / "manifest.json").read_text()), FORMAT, FORMAT_VERSION,
+                                    gen / "manifest.json")
+        except OSError as e:
+            raise CollectionError(f"{gen}/manifest.json is missing or unreadable ({e.strerror or e}); restore it from a backup or rebuild the index") from e
+        except ValueError as e:
+            raise CollectionError(f"{e}" if "format" in str(e) else f"{gen}/manifest.json is damaged ({e}); restore it from a backup or rebuild the index") from e
+        if not {"files", "backbone", "hasher", "index", "store_features"} <= manifest.keys():
             raise CollectionError(f"{gen}/manifest.json is damaged (required fields missing); restore it from a backup or rebuild the index")
-        if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
-            raise CollectionError(
-                f"{root} has format {manifest.get('format')!r} version {manifest.get('version')!r}; "
-                f"this hashsearch reads {FORMAT!r} version {FORMAT_VERSION}"
-            )
         if verify:
             for rel, digest in manifest["files"].items():
                 p = gen / rel
@@ -308,7 +549,7 @@ class Collection:
             backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
             hasher = Hasher.load(gen / "hasher.npz")
             index = index_backends.get(manifest["index"]["backend"]).load(gen / "index")
-            int8 = manifest.get("int8_model")  # absent in collections saved before int8 was kept
+            int8 = manifest["int8_model"]
             if int8 is not None and (not isinstance(int8, str) or Path(int8).name != int8 or int8 not in manifest["files"]):
                 raise ValueError(f"int8_model {int8!r} is not one of the generation's files")
             self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"),
@@ -316,21 +557,27 @@ class Collection:
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
                 self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
-        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
+            with _read_db(gen / "entries.sqlite") as db:
+                self._roots = {i: (_text(p), bool(inside)) for i, p, inside in db.execute("SELECT id, path, inside FROM roots")}
+        except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, sqlite3.Error) as e:
             # Reached with verify=False (or a manifest damaged consistently with its checksums).
             raise CollectionError(f"{gen} cannot be loaded ({type(e).__name__}: {e}); restore it from a backup or rebuild the index") from e
+        self.path = root
         self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
         return self
 
     def info(self) -> dict:
-        """A summary for `hashsearch info` and GET /stats."""
+        """A summary for `hashsearch info` and GET /stats; unlabelled entries count under `NO_LABEL`."""
         labels: dict[str, int] = {}
         if self._db_path is not None:
-            with sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True) as db:
-                labels = {str(lab): n for lab, n in db.execute("SELECT label, COUNT(*) FROM entries GROUP BY label")}
-        for _, lab, _ in self._new.values():
-            labels[str(lab)] = labels.get(str(lab), 0) + 1
+            with _read_db(self._db_path) as db:
+                for lab, n in db.execute("SELECT label, COUNT(*) FROM entries GROUP BY label"):
+                    labels[_label_name(_text(lab))] = n
+            for _, lab in self._stored_removed():
+                labels[_label_name(lab)] -= 1
+        for _, _, lab, _ in self._new.values():
+            labels[_label_name(lab)] = labels.get(_label_name(lab), 0) + 1
         return {
             "count": len(self),
             "n_bits": self.n_bits,
@@ -341,9 +588,62 @@ class Collection:
             "index": self.index.name,
             "encoding": "int8" if self.int8_model is not None else "fp32",
             "store_features": self.store_features,
-            "labels": labels,
+            "labels": {k: v for k, v in sorted(labels.items()) if v},
+            "sources": self.sources(),
             "stats": self.stats,
         }
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, path BLOB NOT NULL, inside INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, root INTEGER NOT NULL, key BLOB NOT NULL, label BLOB, digest TEXT);
+CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest);
+"""
+
+
+@contextlib.contextmanager
+def _read_db(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to an entries database, closed on exit (sqlite3's own `with` only commits)."""
+    db = sqlite3.connect(f"file:{_uri_path(path)}?mode=ro", uri=True)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _uri_path(path: Path) -> str:
+    from urllib.parse import quote
+
+    return quote(os.fsencode(os.path.abspath(path)))
+
+
+def _blob(text: str) -> bytes:
+    """A key or label as the file system's bytes (surrogate escapes back to the bytes they stand for)."""
+    return os.fsencode(text)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _label_name(label: str | None) -> str:
+    return NO_LABEL if label is None else label
+
+
+def _join_member(rel: str, member: str | None) -> str:
+    rel = rel.replace(os.sep, "/")
+    return rel if member is None else f"{rel}::{member}"
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _generation_number(name: str) -> int:
+    try:
+        return int(name.split("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _backbone_params(backbone: Backbone) -> dict:

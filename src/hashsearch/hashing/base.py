@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hashsearch.codes import pack_bits
+from hashsearch.fileio import check_header
 from hashsearch.registry import Registry
 from hashsearch.types import Codes
 
@@ -153,11 +154,7 @@ class Hasher:
             raise ValueError(f"{path} is not a readable hashsearch hasher file: {e}") from e
         except Exception as e:  # zipfile.BadZipFile and friends
             raise ValueError(f"{path} is not a readable hashsearch hasher file: {e}") from e
-        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{path} has format {meta.get('format')!r} version {meta.get('version')!r}; "
-                f"this hashsearch reads {FORMAT!r} version {FORMAT_VERSION}"
-            )
+        check_header(meta, FORMAT, FORMAT_VERSION, path)
         hasher = create_hasher(meta["method"], **meta["params"])
         missing = set(hasher._state_names) - set(arrays)
         if missing:

@@ -36,6 +36,8 @@ def read_index_meta(directory, backend: str, fmt: str, version: int) -> dict:
     import json
     from pathlib import Path
 
+    from hashsearch.fileio import check_header
+
     directory = Path(directory)
     try:
         meta = json.loads((directory / "index.json").read_text())
@@ -44,11 +46,7 @@ def read_index_meta(directory, backend: str, fmt: str, version: int) -> dict:
     if not isinstance(meta, dict) or meta.get("backend") != backend:
         got = meta.get("backend") if isinstance(meta, dict) else meta
         raise ValueError(f"{directory} holds an index of back end {got!r}, not {backend!r}; load it with that back end's class")
-    if meta.get("format") != fmt or meta.get("version") != version:
-        raise ValueError(
-            f"{directory}/index.json has format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this hashsearch reads {fmt!r} version {version}"
-        )
+    check_header(meta, fmt, version, directory / "index.json")
     return meta
 
 

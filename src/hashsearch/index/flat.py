@@ -27,7 +27,7 @@ from hashsearch.index._scan import (
     range_keys,
     word_view,
 )
-from hashsearch.index.base import Index, check_radius, register_index
+from hashsearch.index.base import Index, check_radius, read_index_meta, register_index
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
 
 FORMAT = "hashsearch-flat-index"
@@ -277,21 +277,7 @@ class FlatIndex(Index):
         `index.json` (a damaged index is an error, never a wrong answer).
         """
         directory = Path(directory)
-        try:
-            meta = json.loads((directory / "index.json").read_text())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{directory}/index.json is missing or not valid JSON: {e}") from e
-        if not isinstance(meta, dict) or meta.get("backend") != cls.name:
-            got = meta.get("backend") if isinstance(meta, dict) else meta
-            raise ValueError(
-                f"{directory} holds an index of back end {got!r}, not {cls.name!r}; "
-                "load it with that back end's class"
-            )
-        if meta.get("format", FORMAT) != FORMAT or meta.get("version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}/index.json has format {meta.get('format')!r} version {meta.get('version')!r}; "
-                f"this hashsearch reads {FORMAT!r} version {FORMAT_VERSION}"
-            )
+        meta = read_index_meta(directory, cls.name, FORMAT, FORMAT_VERSION)
         n_bits, count = meta.get("n_bits"), meta.get("count")
         if not (isinstance(n_bits, int) and n_bits >= 1 and isinstance(count, int) and count >= 0):
             raise ValueError(

@@ -35,6 +35,7 @@ import os
 import shutil
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -489,7 +490,10 @@ class Collection:
         self._removed.clear()
         self._roots_changed = False
         self.manifest = manifest
-        fsync_path(root)
+        try:
+            fsync_path(root)
+        except OSError as e:  # the switch is made; only its durability is in doubt
+            warnings.warn(f"{root}: the new generation is live, but syncing the folder failed ({e})", stacklevel=2)
         for old in root.glob("gen-*"):  # the previous generation, and any a killed save left
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)

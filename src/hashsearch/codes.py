@@ -11,27 +11,31 @@ _BLOCK_BYTES = 64 << 20
 
 
 def pack_bits(bits: np.ndarray) -> Codes:
-    """Pack a (n, n_bits) array of 0/1 values (any integer or bool dtype) into Codes."""
-    bits = np.asarray(bits)
-    if bits.ndim != 2:
-        raise ValueError(f"bits must be a 2-d (n, n_bits) array, got shape {bits.shape}")
-    if bits.size and not np.isin(bits, (0, 1)).all():
-        raise ValueError("bits must hold only 0 and 1; threshold real values before packing")
-    return Codes(np.packbits(bits.astype(np.uint8), axis=1), bits.shape[1])
+    """Pack a (n, n_bits) array of 0/1 values (any integer or bool dtype) into Codes (`Codes.from_bits`)."""
+    return Codes.from_bits(bits)
 
 
 def unpack_bits(codes: Codes) -> np.ndarray:
-    """Unpack Codes to a (n, n_bits) uint8 array of 0/1."""
-    return np.unpackbits(codes.data, axis=1, count=codes.n_bits)
+    """Unpack Codes to a (n, n_bits) uint8 array of 0/1 (`Codes.to_bits`)."""
+    return codes.to_bits()
 
 
-def _as_words(data: np.ndarray) -> np.ndarray:
-    """View packed rows as uint64 words (zero-padding rows to a multiple of 8 bytes)."""
+def word_view(data: np.ndarray) -> np.ndarray:
+    """Packed codes (n, n_bytes) uint8 as (n, W) machine words, without a copy where possible.
+
+    4-byte codes become uint32 words, multiples of 8 bytes uint64 words (views); other widths
+    are copied into zero-padded uint64 words (padding adds nothing to a distance).
+    """
     n, n_bytes = data.shape
-    pad = (-n_bytes) % 8
-    if pad:
-        data = np.concatenate([data, np.zeros((n, pad), np.uint8)], axis=1)
-    return np.ascontiguousarray(data).view(np.uint64)
+    if data.flags.c_contiguous and n_bytes in (4,) and data.ctypes.data % 4 == 0:
+        return data.view(np.uint32)
+    if data.flags.c_contiguous and n_bytes % 8 == 0 and data.ctypes.data % 8 == 0:
+        return data.view(np.uint64)
+    if n_bytes == 4:
+        return np.ascontiguousarray(data).view(np.uint32)
+    padded = np.zeros((n, -(-n_bytes // 8) * 8), np.uint8)
+    padded[:, :n_bytes] = data
+    return padded.view(np.uint64)
 
 
 def hamming_distances(queries: Codes, database: Codes) -> np.ndarray:
@@ -40,8 +44,8 @@ def hamming_distances(queries: Codes, database: Codes) -> np.ndarray:
         raise ValueError(
             f"queries have {queries.n_bits} bits but the database has {database.n_bits}"
         )
-    q = _as_words(queries.data)
-    d = _as_words(database.data)
+    d = word_view(database.data)
+    q = word_view(queries.data)  # the same word type and width: both have n_bytes per row
     out = np.empty((q.shape[0], d.shape[0]), np.int32)
     block = max(1, _BLOCK_BYTES // max(1, d.nbytes))
     for start in range(0, q.shape[0], block):

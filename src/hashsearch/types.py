@@ -39,7 +39,7 @@ class Codes:
             if bad.size:
                 raise ValueError(
                     f"Codes rows {bad[:5].tolist()} have padding bits set beyond bit {self.n_bits}; "
-                    "they would add to every distance: build codes with hashsearch.codes.pack_bits"
+                    "they would add to every distance: build codes with Codes.from_bits or hashsearch.codes.pack_bits"
                 )
 
     def __len__(self) -> int:
@@ -55,16 +55,20 @@ class Codes:
 
     @classmethod
     def from_bits(cls, bits: np.ndarray) -> "Codes":
-        """Pack a (n, n_bits) array of 0/1 (or bool) into Codes."""
-        from hashsearch.codes import pack_bits
+        """Pack a (n, n_bits) array of 0/1 values (any integer or bool dtype) into Codes.
 
-        return pack_bits(bits)
+        Raises ValueError if `bits` is not 2-d or holds values other than 0 and 1.
+        """
+        bits = np.asarray(bits)
+        if bits.ndim != 2:
+            raise ValueError(f"bits must be a 2-d (n, n_bits) array, got shape {bits.shape}")
+        if bits.size and not np.isin(bits, (0, 1)).all():
+            raise ValueError("bits must hold only 0 and 1; threshold real values before packing")
+        return cls(np.packbits(bits.astype(np.uint8), axis=1), bits.shape[1])
 
     def to_bits(self) -> np.ndarray:
         """Unpack to a (n, n_bits) uint8 array of 0/1."""
-        from hashsearch.codes import unpack_bits
-
-        return unpack_bits(self)
+        return np.unpackbits(self.data, axis=1, count=self.n_bits)
 
 
 @dataclass(frozen=True)

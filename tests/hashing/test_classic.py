@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hashsearch.hashing import create_hasher
-from hashsearch.hashing.classic import KernelFeatures, itq_rotation, one_hot
+from hashsearch.hashing.classic import KernelFeatures, one_hot
+from hashsearch.hashing.itq import itq_rotation
 
 CLASSIC = ["sklsh", "sh", "sph", "dsh-density", "cca-itq", "ksh", "sdh"]
 
@@ -95,7 +96,8 @@ def test_sdh_classifier_predicts_labels_from_codes(clustered):
 
 def test_helpers():
     np.testing.assert_array_equal(one_hot(np.array([2, 0, 2])), [[0, 1], [1, 0], [0, 1]])
-    R = itq_rotation(np.random.default_rng(0).normal(size=(50, 4)), 5, 0)
+    R, losses = itq_rotation(np.random.default_rng(0).normal(size=(50, 4)), 5, 0)
+    assert len(losses) == 5 and all(b <= a + 1e-9 for a, b in zip(losses, losses[1:]))
     np.testing.assert_allclose(R @ R.T, np.eye(4), atol=1e-10)
     K = KernelFeatures.transform(np.zeros((1, 2)), np.zeros((1, 2)), 1.0)
     assert K[0, 0] == 1.0

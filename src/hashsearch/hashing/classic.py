@@ -12,7 +12,8 @@ from typing import ClassVar
 import numpy as np
 
 from hashsearch.hashing.base import Hasher, register_hasher
-from hashsearch.hashing.pca import pca, random_rotation
+from hashsearch.hashing.itq import itq_rotation
+from hashsearch.hashing.pca import pca
 
 
 def _check(name: str, value, kind=numbers.Real, low=None, high=None, low_open=False) -> None:
@@ -26,16 +27,6 @@ def _check(name: str, value, kind=numbers.Real, low=None, high=None, low_open=Fa
         bounds = f" {'>' if low_open else '>='} {low}" if low is not None else ""
         raise ValueError(f"{name} must be a {'number' if kind is numbers.Real else 'integer'}{bounds}"
                          f"{'' if high is None else f' and <= {high}'}, got {value!r}")
-
-
-def itq_rotation(V: np.ndarray, n_iter: int, seed: int) -> np.ndarray:
-    """ITQ's alternating minimisation of ``||B - V R||_F^2`` (Gong & Lazebnik 2011); returns R."""
-    R = random_rotation(V.shape[1], seed)
-    for _ in range(int(n_iter)):
-        B = np.where(V @ R >= 0, 1.0, -1.0)
-        S, _, S_hat_T = np.linalg.svd(B.T @ V)
-        R = S_hat_T.T @ S.T
-    return R
 
 
 def one_hot(y: np.ndarray) -> np.ndarray:
@@ -339,7 +330,7 @@ class CCAITQ(Hasher):
         order = np.argsort(evals)[::-1][: self.n_bits]
         r = np.sqrt(np.clip(evals[order], 0, None))
         W = evecs[:, order] * np.maximum(r, 1e-6)
-        R = itq_rotation(Xc @ W, self.n_iter, self.seed)
+        R, _ = itq_rotation(Xc @ W, self.n_iter, self.seed)
         self.mean_ = mx.astype(np.float32)
         self.projection_ = (W @ R).astype(np.float32)
 

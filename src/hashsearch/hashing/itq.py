@@ -16,6 +16,24 @@ def quantization_loss(B: np.ndarray, VR: np.ndarray) -> float:
     return float(np.sum((B - VR) ** 2))
 
 
+def itq_rotation(V: np.ndarray, n_iter: int, seed: int) -> tuple[np.ndarray, list[float]]:
+    """ITQ's alternating minimisation of ``||B - V R||_F^2`` (Gong & Lazebnik, CVPR 2011).
+
+    `V` is (n, c) float64 (centred, projected data); starts from the seeded random rotation of
+    PCA-RR. Returns R, (c, c) float64 orthogonal, and the loss after each of `n_iter` iterations.
+    """
+    R = random_rotation(V.shape[1], seed)
+    losses = []
+    for _ in range(int(n_iter)):
+        B = np.where(V @ R >= 0, 1.0, -1.0)
+        # Orthogonal Procrustes: maximise tr(R^T V^T B). With B^T V = S Omega S_hat^T we
+        # have V^T B = S_hat Omega S^T, whose maximiser is R = S_hat S^T.
+        S, _, S_hat_T = np.linalg.svd(B.T @ V)
+        R = S_hat_T.T @ S.T
+        losses.append(quantization_loss(B, V @ R))
+    return R, losses
+
+
 @register_hasher("itq")
 class ITQ(ProjectionHasher):
     """ITQ (Gong & Lazebnik, CVPR 2011): PCA to `n_bits` dimensions, V, then alternate
@@ -57,16 +75,7 @@ class ITQ(ProjectionHasher):
         if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 0:
             raise ValueError(f"n_iter must be a non-negative integer, got {self.n_iter!r}")
         mean, components = pca(X, self.n_bits)
-        V = (X.astype(np.float64) - mean) @ components
-        R = random_rotation(self.n_bits, self.seed)
-        losses = []
-        for _ in range(int(self.n_iter)):
-            B = np.where(V @ R >= 0, 1.0, -1.0)
-            # Orthogonal Procrustes: maximise tr(R^T V^T B). With B^T V = S Omega S_hat^T we
-            # have V^T B = S_hat Omega S^T, whose maximiser is R = S_hat S^T.
-            S, _, S_hat_T = np.linalg.svd(B.T @ V)
-            R = S_hat_T.T @ S.T
-            losses.append(quantization_loss(B, V @ R))
+        R, losses = itq_rotation((X.astype(np.float64) - mean) @ components, self.n_iter, self.seed)
         self.mean_ = mean.astype(np.float32)
         self.components_ = components.astype(np.float32)
         self.rotation_ = R.astype(np.float32)

@@ -59,24 +59,6 @@ def _run(tasks, n_threads: int) -> list:
     return list(pool.map(lambda t: t(), tasks))
 
 
-def word_view(data: np.ndarray) -> np.ndarray:
-    """Packed codes (n, n_bytes) uint8 as (n, W) machine words, without a copy where possible.
-
-    4-byte codes become uint32 words, multiples of 8 bytes uint64 words (views); other widths
-    are copied into zero-padded uint64 words (padding adds nothing to a distance).
-    """
-    n, n_bytes = data.shape
-    if data.flags.c_contiguous and n_bytes in (4,) and data.ctypes.data % 4 == 0:
-        return data.view(np.uint32)
-    if data.flags.c_contiguous and n_bytes % 8 == 0 and data.ctypes.data % 8 == 0:
-        return data.view(np.uint64)
-    if n_bytes == 4:
-        return np.ascontiguousarray(data).view(np.uint32)
-    padded = np.zeros((n, -(-n_bytes // 8) * 8), np.uint8)
-    padded[:, :n_bytes] = data
-    return padded.view(np.uint64)
-
-
 def query_words(queries: Codes, db_words: np.ndarray) -> np.ndarray:
     """Queries as words of the same type and width as `db_words` (always a fresh array)."""
     W = db_words.shape[1] if db_words.ndim == 2 else 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashsearch.codes import word_view
 from hashsearch.index._scan import (
     check_threads,
     default_threads,
@@ -25,7 +26,6 @@ from hashsearch.index._scan import (
     knn_keys,
     query_words,
     range_keys,
-    word_view,
 )
 from hashsearch.index.base import Index, check_radius, read_index_meta, register_index
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult

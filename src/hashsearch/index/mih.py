@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashsearch.codes import word_view
 from hashsearch.index._scan import (
     _INT64_MAX,
     _BLOCKS_PER_THREAD,
@@ -41,7 +42,6 @@ from hashsearch.index._scan import (
     merge_keys,
     query_words,
     range_keys,
-    word_view,
 )
 from hashsearch.index.base import check_radius, register_index
 from hashsearch.index.flat import FlatIndex

@@ -39,16 +39,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """uvicorn in a thread on a free loopback port."""
+def counting_h11():
+    """uvicorn's h11 protocol, counting the bytes it reads from its sockets (`.read[0]`): what a
+    client made the server take in, whatever reached the app."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    def __init__(self, app) -> None:
+    class CountingH11(H11Protocol):
+        read = [0]
+
+        def data_received(self, data: bytes) -> None:
+            CountingH11.read[0] += len(data)
+            super().data_received(data)
+
+    return CountingH11
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port (`http`: a protocol class, e.g. `counting_h11()`)."""
+
+    def __init__(self, app, http="h11") -> None:
         import uvicorn
 
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", http=http))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -105,3 +120,21 @@ def client(server):
 def server_class():
     """`Server`, for tests that start their own app."""
     return Server
+
+
+def fresh_jpegs(cifar_small, n: int, salt: int) -> list[tuple[str, bytes]]:
+    """`n` real JPEGs that no collection built from `cifar_small` holds: its test images mirrored,
+    a 4x4 corner painted a colour from `salt` (so each salt gives new content), re-encoded. [(name, bytes)]."""
+    import io
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = []
+    for p in sorted((Path(cifar_small) / "test").rglob("*.jpg"))[:n]:
+        im = Image.open(p).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        im.paste(((salt * 53) % 256, (salt * 97 + 40) % 256, (salt * 31 + 90) % 256), (0, 0, 4, 4))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=92)
+        out.append((f"new-{salt}-{p.parent.name}-{p.name}", buf.getvalue()))
+    return out

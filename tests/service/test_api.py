@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from hashsearch.collection import Collection
+
+from .conftest import fresh_jpegs
+
 KEY = {"X-API-Key": "test-key-123"}  # the key of the `server` fixture (conftest.API_KEY)
 
 
@@ -55,7 +58,9 @@ def test_search_upload_modes(client, cifar_small):
     r = client.post("/search", files=_upload(q), params={"k": 10})
     assert r.status_code == 200, r.text
     res = r.json()["results"]
-    assert len(res) == 10 and res[0]["distance"] == 0 and res[0]["path"] == str(q)  # the query itself is indexed
+    # The query itself is indexed; a result names it by its key, relative to the indexed folder.
+    assert len(res) == 10 and res[0]["distance"] == 0 and res[0]["key"] == q.relative_to(cifar_small).as_posix()
+    assert all(set(x) == {"id", "key", "label", "distance"} for x in res)
     assert [x["distance"] for x in res] == sorted(x["distance"] for x in res)
     assert Counter(x["label"] for x in res)[label] >= 6
     rad = client.post("/search", files=_upload(q), params={"k": 50, "radius": 1}).json()
@@ -70,24 +75,40 @@ def test_search_upload_modes(client, cifar_small):
     assert len(f) == 4 and {x["label"] for x in f} == {other}
 
 
-def test_search_by_id_and_records(client):
+def test_search_by_id_and_records(client, cifar_small):
     first = client.get("/search/0", params={"k": 5}).json()["results"]
     assert len(first) == 5 and 0 not in [x["id"] for x in first]
     e = client.get("/entries/0").json()
-    assert e["id"] == 0 and e["key"] and e["label"]
+    assert set(e) == {"id", "key", "label"} and e["id"] == 0 and e["label"] == e["key"].split("/")[1]
     img = client.get("/images/0")
     assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
-    assert img.content == Path(e["key"]).read_bytes()
+    assert img.content == (cifar_small / e["key"]).read_bytes()
     th = client.get("/thumbs/0")
     assert th.status_code == 200 and Image.open(io.BytesIO(th.content)).size[0] <= 128
     assert client.get("/thumbs/0").content == th.content  # served from the cache
 
 
 @pytest.mark.parametrize("route", ["/images/{}", "/thumbs/{}", "/search/{}", "/entries/{}"])
-@pytest.mark.parametrize("bad", ["999999", "-1"])
-def test_unknown_id_is_404(client, route, bad):
-    r = client.get(route.format(bad))
-    assert r.status_code == 404 and "no image with id" in r.json()["detail"]
+def test_unknown_id_is_404(client, route):
+    r = client.get(route.format(999999))
+    assert r.status_code == 404 and r.json()["detail"] == "no image with id 999999 in this collection"
+
+
+@pytest.mark.parametrize("method,route", [("GET", "/images/{}"), ("GET", "/thumbs/{}"), ("GET", "/search/{}"),
+                                          ("GET", "/entries/{}"), ("DELETE", "/images/{}")])
+@pytest.mark.parametrize("bad", [str(2**63), str(2**63 - 1), "-1", str(-2**63 - 1), "9" * 400, "1.5", "x", "1e3"])
+def test_ids_outside_int64_are_422_never_500(client, method, route, bad):
+    """Any id text: a 422 naming the range, or (2**63-1, in range) a 404; never a 500."""
+    r = client.request(method, route.format(bad), headers=KEY)
+    if bad == str(2**63 - 1):
+        assert r.status_code == 404, r.text
+    else:
+        assert r.status_code == 422, (bad, r.status_code, r.text)
+
+
+@pytest.mark.parametrize("params", [{"k": 2**63}, {"k": -1}, {"radius": 2**64}, {"rerank": 10**30}, {"radius": -1}])
+def test_query_ints_outside_their_range_are_422(client, params):
+    assert client.get("/search/0", params=params).status_code == 422
 
 
 @pytest.mark.parametrize("path", [
@@ -145,8 +166,8 @@ def test_mutations_disabled_without_a_key(served_collection, tmp_path, cifar_sma
 
 def test_add_remove_saved_atomically(client, server, cifar_small):
     path = server.app.state.hs.path
-    imgs = _test_images(cifar_small, 2)
-    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in imgs]
+    imgs = fresh_jpegs(cifar_small, 2, salt=1)
+    files = [("images", (name, data, "image/jpeg")) for name, data in imgs]
     files.append(("images", ("bad.jpg", b"not an image", "image/jpeg")))
     r = client.post("/images", files=files, data={"labels": "airplane,airplane,x"}, headers=KEY)
     assert r.status_code == 200, r.text
@@ -156,7 +177,7 @@ def test_add_remove_saved_atomically(client, server, cifar_small):
     assert len(reopened) == 122 and reopened.entries(out["ids"])[0]["label"] == "airplane"
     new = out["ids"][0]
     assert client.get(f"/thumbs/{new}").status_code == 200
-    hit = client.post("/search", files=_upload(imgs[0]), params={"k": 3}).json()["results"]
+    hit = client.post("/search", files={"image": ("q.jpg", imgs[0][1], "image/jpeg")}, params={"k": 3}).json()["results"]
     assert new in [x["id"] for x in hit]
     assert client.delete(f"/images/{new}", headers=KEY).json()["count"] == 121
     assert client.get(f"/images/{new}").status_code == 404
@@ -168,8 +189,7 @@ def test_add_remove_saved_atomically(client, server, cifar_small):
 def test_background_job(client, cifar_small):
     import time
 
-    imgs = _test_images(cifar_small, 4)
-    files = [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in imgs]
+    files = [("images", (name, data, "image/jpeg")) for name, data in fresh_jpegs(cifar_small, 4, salt=2)]
     before = client.get("/stats").json()["count"]
     job = client.post("/images", files=files, data={"background": "true", "labels": "bg"}, headers=KEY).json()
     assert job["state"] in ("running", "done") and job["total"] == 4
@@ -183,7 +203,7 @@ def test_background_job(client, cifar_small):
 
 
 def test_searches_during_adds_see_old_or_new_state(client, cifar_small):
-    imgs = _test_images(cifar_small, 6)
+    imgs = fresh_jpegs(cifar_small, 6, salt=3)
     errors, counts = [], []
     stop = threading.Event()
 
@@ -199,8 +219,8 @@ def test_searches_during_adds_see_old_or_new_state(client, cifar_small):
     for t in threads:
         t.start()
     before = client.get("/stats").json()["count"]
-    for p in imgs:
-        r = client.post("/images", files={"images": (p.name, p.read_bytes(), "image/jpeg")}, headers=KEY)
+    for name, data in imgs:
+        r = client.post("/images", files={"images": (name, data, "image/jpeg")}, headers=KEY)
         assert r.status_code == 200, r.text
     stop.set()
     for t in threads:

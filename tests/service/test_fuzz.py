@@ -15,6 +15,7 @@ from PIL import Image
 
 from hashsearch.collection import Collection, CollectionError
 from hashsearch.data.decode import DecodeError, decode_image
+from hashsearch.service.limits import Limits
 from hashsearch.service.state import BadRequest, ServiceState
 
 FUZZ = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -64,7 +65,8 @@ def test_decoder_gives_decode_error_or_an_rgb_image(data):
 
 @pytest.fixture(scope="module")
 def state(served_collection, tmp_path_factory):
-    return ServiceState(served_collection, cache_dir=tmp_path_factory.mktemp("fz"), max_pixels=4_000_000)
+    return ServiceState(served_collection, cache_dir=tmp_path_factory.mktemp("fz"),
+                        limits=Limits(max_pixels=4_000_000, max_query_pixels=4_000_000))
 
 
 @FUZZ
@@ -72,7 +74,7 @@ def state(served_collection, tmp_path_factory):
 def test_upload_path_gives_4xx_or_decodes(state, data, ctype):
     try:
         state.check_upload(data, "fuzz", ctype)
-        state.decode(data, "fuzz")
+        state.decode(data, "fuzz", query=True)
     except BadRequest as e:
         assert 400 <= e.status < 500 and str(e)
 

@@ -1,7 +1,8 @@
 """The HTTP service: `create_app(collection_path, api_key=None, ...)` returns a FastAPI app.
 
-Routes are thin: they parse, call `ServiceState` (which calls the library) and format.
-FastAPI is imported here only, so `import hashsearch` works without the `serve` extra.
+Routes are thin: they parse, call `ServiceState` (which calls the library) and format. What a
+request may cost is checked before a route runs (`guard.RequestGuard`). FastAPI is imported here
+only, so `import hashsearch` works without the `serve` extra.
 """
 
 from __future__ import annotations
@@ -9,11 +10,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hashsearch.service.state import MAX_PIXELS, MAX_UPLOAD_BYTES, BadRequest, ServiceState
+from hashsearch.service.limits import MAX_FILES, Limits
 
 STATIC = Path(__file__).parent / "static"
-#: Most files one POST /images may carry.
-MAX_FILES = 256
+__all__ = ["create_app", "Limits", "MAX_FILES"]
 
 
 def create_app(
@@ -21,46 +21,65 @@ def create_app(
     api_key: str | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
-    max_upload_bytes: int = MAX_UPLOAD_BYTES,
-    max_pixels: int = MAX_PIXELS,
     eval_json: str | os.PathLike | None = None,
+    allowed_hosts: list[str] | None = None,
+    max_upload_bytes: int = Limits.max_upload_bytes,
+    max_request_bytes: int = Limits.max_request_bytes,
+    max_pixels: int = Limits.max_pixels,
+    max_query_pixels: int = Limits.max_query_pixels,
+    decode_slots: int = Limits.decode_slots,
+    max_queued: int = Limits.max_queued,
+    max_jobs: int = Limits.max_jobs,
+    job_ttl_s: float = Limits.job_ttl_s,
 ):
     """A FastAPI app serving the collection at `collection_path`.
 
     Parameters
     ----------
     api_key : str, optional
-        Enables POST /images and DELETE /images/{id} for clients sending it as `X-API-Key`.
-        Without it those routes answer 403; read routes are always open.
+        Enables POST /images and DELETE /images/{id} for clients sending it as `X-API-Key`
+        (checked before the request body is read). Without it those routes answer 403; read
+        routes are always open.
     cache_dir : path, optional
-        Thumbnails and uploaded files (default: `<collection>.cache` beside the collection).
-    max_upload_bytes, max_pixels : int
-        Per-file upload limit (default 20 MB) and decoded pixel limit.
+        Thumbnails (default: `<collection>.cache` beside the collection). Uploaded originals are
+        stored in the collection folder (`<collection>/uploads`).
     eval_json : path, optional
         A benchmark JSON (from `hashsearch eval`) shown by the page's evaluation view.
+    allowed_hosts : list of str, optional
+        Host header values accepted (Starlette's TrustedHostMiddleware, against DNS rebinding);
+        other requests get 400. None or ["*"]: any.
+    max_upload_bytes, max_request_bytes, max_pixels, max_query_pixels, decode_slots, max_queued, max_jobs, job_ttl_s
+        The fields of `Limits` (see there; each a positive number).
+
+    Raises
+    ------
+    ValueError
+        If a limit is not a positive number.
+    CollectionError
+        If the collection cannot be opened.
     """
-    from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+    from hashsearch.service.guard import RequestGuard, SecurityHeaders
+    from hashsearch.service.state import BadRequest, ServiceState
     from hashsearch.service.routers import admin, images, search
 
-    state = ServiceState(collection_path, api_key, cache_dir, max_upload_bytes, max_pixels, eval_json)
-    app = FastAPI(title="hashsearch", description="Image search with learned binary hash codes.", version="1")
+    limits = Limits(max_upload_bytes, max_request_bytes, max_pixels, max_query_pixels,
+                    decode_slots, max_queued, max_jobs, job_ttl_s)
+    state = ServiceState(collection_path, api_key, cache_dir, limits, eval_json)
+    # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
+    app = FastAPIOffline(
+        title="hashsearch", description="Image search with learned binary hash codes.", version="1",
+        redoc_url=None, favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
+    )
     app.state.hs = state
 
     @app.exception_handler(BadRequest)
-    async def _bad_request(request: Request, exc: BadRequest):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
-
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        # Refuse oversized bodies before the multipart parser spools them.
-        n = request.headers.get("content-length")
-        limit = max_upload_bytes * (MAX_FILES if request.url.path == "/images" else 1) + 64 * 1024
-        if n is not None and n.isdigit() and int(n) > limit:
-            return JSONResponse({"detail": f"request body is {n} bytes; the limit is {limit} bytes"}, status_code=413)
-        return await call_next(request)
+    async def _bad_request(request, exc: BadRequest):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     app.include_router(search.router)
     app.include_router(images.router)
@@ -71,4 +90,14 @@ def create_app(
     def index_page():
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon",
+                            headers={"Cache-Control": "max-age=86400"})
+
+    # The last added runs first: hosts, then headers on every answer, then the guard.
+    app.add_middleware(RequestGuard, state=state, routes=[*search.router.routes, *images.router.routes])
+    app.add_middleware(SecurityHeaders)
+    if allowed_hosts and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     return app

@@ -1,4 +1,4 @@
-"""The state behind the HTTP service: one open `Collection`, a readers-writer lock, thumbnails, jobs.
+"""The state behind the HTTP service: one open `Collection`, a readers-writer lock, limits, thumbnails, jobs.
 
 Every route goes through `ServiceState`, which calls the library (`Collection`, `encode_queries`,
 `decode_image`) and owns the concurrency rules:
@@ -6,33 +6,40 @@ Every route goes through `ServiceState`, which calls the library (`Collection`, 
 * searches hold the lock shared, mutations (add, remove, and the atomic save that follows) hold it
   exclusive, so a search sees the collection either before or after a mutation, never half-way;
 * the expensive part of an add (decoding and the backbone) runs outside the lock;
-* `Collection.save` deletes the previous generation's files; readers never hold an sqlite handle
-  across the lock, and features/index arrays that were memory-mapped from a deleted file stay
-  valid on POSIX, so no reader sees a missing file.
+* decoding and encoding run in at most `Limits.decode_slots` threads at once (`decode_slot`):
+  what an image costs in memory is paid by that many requests at a time, whatever the number of
+  clients; the request guard (`hashsearch.service.guard`) refuses uploads beyond a short queue;
+* a save that fails leaves the collection in memory as it is on disk (`Collection.save` resets
+  it), and the client gets a clean 503; nothing the service wrote for that change stays behind.
+
+Clients see ids, labels and keys relative to the collection's roots (`entries()["key"]`), never a
+path of the server's file system.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from hashsearch.collection import Collection
+from hashsearch.backbones.cache import content_digest
+from hashsearch.collection import Collection, CollectionError
 from hashsearch.data.decode import DecodeError, check_image_bytes, decode_image
 from hashsearch.pipeline.build import encode_queries
+from hashsearch.service.limits import MAX_FILES, MAX_ID, MAX_K, Limits  # noqa: F401 (re-exported)
 
-#: Default upload limit in bytes (20 MB) and pixel limit (40 megapixels).
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
-MAX_PIXELS = 40_000_000
 THUMB_SIZE = 128
-MAX_K = 1000
+
+log = logging.getLogger("hashsearch.service")
 
 
 class RWLock:
@@ -85,11 +92,24 @@ class _Held:
 
 
 class BadRequest(ValueError):
-    """A client error: `status` (4xx) and a message that says what to do."""
+    """An error answered to the client: `status`, a message that says what to do, optional headers."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
+
+
+@dataclass
+class _NewImage:
+    """An upload decoded and encoded, waiting to be added."""
+
+    data: bytes
+    name: str
+    label: str | None
+    digest: str
+    feature: np.ndarray
+    dest: Path
 
 
 @dataclass
@@ -101,27 +121,48 @@ class Job:
     done: int = 0
     state: str = "running"  # running | done | failed
     ids: list[int] = field(default_factory=list)
+    duplicates: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     message: str = ""
     started: float = field(default_factory=time.time)
+    finished: float | None = None
 
     def as_dict(self) -> dict:
         return {
             "id": self.id, "state": self.state, "total": self.total, "done": self.done,
-            "ids": self.ids, "errors": self.errors, "message": self.message,
+            "ids": self.ids, "duplicates": self.duplicates, "errors": self.errors, "message": self.message,
         }
 
 
 class ServiceState:
-    """One collection served over HTTP: search, records, images, thumbnails, adds and removes."""
+    """One collection served over HTTP: search, records, images, thumbnails, adds and removes.
+
+    Parameters
+    ----------
+    collection_path : path
+        The collection folder (`*.hsx`).
+    api_key : str, optional
+        The key of the mutating routes (None: they are disabled).
+    cache_dir : path, optional
+        Thumbnails (default: `<collection>.cache` beside the collection). Uploaded originals
+        are kept in the collection folder (`Collection.uploads_dir`).
+    limits : Limits, optional
+        Sizes, pixels, concurrency and jobs (default `Limits()`).
+    eval_json : path, optional
+        A benchmark JSON shown by the page's evaluation view.
+
+    Raises
+    ------
+    CollectionError
+        If the collection cannot be opened.
+    """
 
     def __init__(
         self,
         collection_path: str | os.PathLike,
         api_key: str | None = None,
         cache_dir: str | os.PathLike | None = None,
-        max_upload_bytes: int = MAX_UPLOAD_BYTES,
-        max_pixels: int = MAX_PIXELS,
+        limits: Limits | None = None,
         eval_json: str | os.PathLike | None = None,
     ) -> None:
         self.path = Path(collection_path)
@@ -129,15 +170,36 @@ class ServiceState:
         self.api_key = api_key or None
         base = Path(cache_dir) if cache_dir else self.path.parent / (self.path.name + ".cache")
         self.thumb_dir = base / "thumbs"
-        self.upload_dir = base / "uploads"
-        self.max_upload_bytes = max_upload_bytes
-        self.max_pixels = max_pixels
+        self.limits = limits or Limits()
         self.eval_json = Path(eval_json) if eval_json else None
         self.lock = RWLock()
         self.jobs: dict[str, Job] = {}
+        self._jobs_lock = threading.Lock()
         self._thumb_lock = threading.Lock()
         self._encoder = None
         self._encoder_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.limits.decode_slots)
+        self._admitted = 0
+        self._admit_lock = threading.Lock()
+
+    # -- concurrency ---------------------------------------------------------------------
+    def admit_upload(self) -> bool:
+        """Take a place for an upload request (decoding or queued); False when all are taken."""
+        with self._admit_lock:
+            if self._admitted >= self.limits.max_pending_uploads:
+                return False
+            self._admitted += 1
+            return True
+
+    def release_upload(self) -> None:
+        with self._admit_lock:
+            self._admitted -= 1
+
+    @contextmanager
+    def decode_slot(self):
+        """Hold one of the `decode_slots` while decoding and encoding (waits for a free one)."""
+        with self._slots:
+            yield
 
     def features(self, images: list) -> np.ndarray:
         """Backbone features of decoded images, by the collection's encoder (`Collection.encoder`:
@@ -155,8 +217,9 @@ class ServiceState:
     # -- input checks --------------------------------------------------------------------
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
         """Size, declared content type and magic bytes of one upload (no decoding)."""
-        if len(data) > self.max_upload_bytes:
-            raise BadRequest(413, f"{name}: upload is {len(data)} bytes; the limit is {self.max_upload_bytes} bytes")
+        if len(data) > self.limits.max_upload_bytes:
+            raise BadRequest(413, f"{name}: upload is over the per-file limit of {self.limits.max_upload_bytes:,} "
+                                  "bytes (max_upload_bytes); send a smaller file")
         if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
             raise BadRequest(415, f"{name}: content type {content_type!r} is not an image; send image/jpeg, image/png, ...")
         try:
@@ -164,18 +227,30 @@ class ServiceState:
         except DecodeError as e:
             raise BadRequest(415, str(e)) from e
 
-    def decode(self, data: bytes, name: str):
-        """Decode an upload, mapping every decoder failure to a 4xx."""
+    def decode(self, data: bytes, name: str, *, query: bool = False, draft: int | None = None):
+        """Decode an upload or a stored image, mapping every decoder failure to a 4xx.
+
+        `query`: apply the query pixel limit (`Limits.max_query_pixels`) instead of `max_pixels`.
+        `draft`: let a JPEG decode at reduced scale, keeping both sides at least this many pixels
+        (default: the backbone's input size, as the indexer decodes).
+        """
+        limit = self.limits.max_query_pixels if query else self.limits.max_pixels
+        side = draft or self.coll.backbone.preprocess.input_size
         try:
-            return decode_image(data, name, self.max_pixels)
+            return decode_image(data, name, limit, draft=(side, side))
         except DecodeError as e:
-            status = 413 if "pixel" in str(e).lower() else 422
-            raise BadRequest(status, str(e)) from e
+            if e.reason.startswith("too many pixels"):
+                option = "max_query_pixels (hashsearch serve --max-query-pixels)" if query else \
+                         "max_pixels (hashsearch serve --max-pixels)"
+                what = e.reason.split(",")[0].split(": ", 1)[-1]
+                raise BadRequest(413, f"{name}: {what} pixels is above this server's limit of {limit:,} for "
+                                      f"{'a query' if query else 'an added image'} ({option}); send a smaller image") from e
+            raise BadRequest(422, str(e)) from e
 
     # -- reads ---------------------------------------------------------------------------
     def search_features(self, feats: np.ndarray, k: int, radius: int | None, rerank: int | None,
                         label: str | None, exclude: int | None = None) -> dict:
-        """Search one query's features; results with their records, filtered by label."""
+        """Search one query's features; results (id, key, label, distances) filtered by label."""
         if not 1 <= k <= MAX_K:
             raise BadRequest(422, f"k must be between 1 and {MAX_K}, got {k}")
         if radius is not None and not 0 <= radius <= self.coll.n_bits:
@@ -202,7 +277,7 @@ class ServiceState:
             hamming = self._hamming(feats, [r[0] for r in rows[:k]]) if rerank else None
         results = []
         for j, (i, d, e) in enumerate(rows[:k]):
-            r = {"id": i, "path": e["key"], "label": e["label"]}
+            r = {"id": i, "key": e["key"], "label": e["label"]}
             if rerank:
                 r["distance"], r["hamming"], r["rerank_distance"] = hamming[j], hamming[j], d
             else:
@@ -222,8 +297,10 @@ class ServiceState:
         return [int(x) for x in hamming_distances(q, db)[0]]
 
     def search_upload(self, data: bytes, name: str, content_type: str | None, **params) -> dict:
+        """Search by an uploaded query image (decoded at reduced scale, under the query pixel limit)."""
         self.check_upload(data, name, content_type)
-        feats = self.features([self.decode(data, name)])
+        with self.decode_slot():
+            feats = self.features([self.decode(data, name, query=True)])
         return self.search_features(feats, **params)
 
     def search_id(self, image_id: int, **params) -> dict:
@@ -234,45 +311,52 @@ class ServiceState:
             if self.coll.store_features:
                 feats = np.asarray(self.coll.features_of(np.asarray([image_id], np.int64)), np.float32)
         if feats is None:
-            feats = self.features([self.decode(self.image_bytes(image_id), str(image_id))])
+            data = self.image_bytes(image_id)
+            with self.decode_slot():
+                feats = self.features([self.decode(data, f"image {image_id}")])
         return self.search_features(feats, exclude=image_id, **params)
 
-    def entry(self, image_id: int) -> dict:
-        """The record of an id in the index, or a 404."""
+    def _record(self, image_id: int) -> dict:
+        """The full record of an id (server side: it holds the file's path), or a 404."""
         with self.lock.read():
             e = self.coll.entries([image_id])[0]
         if e is None:
             raise BadRequest(404, f"no image with id {image_id} in this collection")
         return e
 
+    def entry(self, image_id: int) -> dict:
+        """What a client may see of an id's record: id, key (relative to its root), label; or a 404."""
+        e = self._record(image_id)
+        return {"id": e["id"], "key": e["key"], "label": e["label"]}
+
     def image_bytes(self, image_id: int) -> bytes:
         """The original file of an indexed image, located only through its stored record."""
-        key = self.entry(image_id)["key"]
-        try:
-            if "::" in key:
-                import tarfile
+        with self.lock.read():
+            try:
+                return self.coll.read_image(image_id)
+            except KeyError:
+                raise BadRequest(404, f"no image with id {image_id} in this collection") from None
+            except OSError as e:
+                key = (self.coll.entries([image_id])[0] or {}).get("key", "?")
+                log.warning("image %d cannot be read: %s", image_id, e)
+                raise BadRequest(404, f"the file of image {image_id} ({key}) cannot be read on the server; "
+                                      "if its folder moved, the collection needs `hashsearch relocate`") from None
 
-                archive, member = key.split("::", 1)
-                with tarfile.open(archive) as tar:
-                    f = tar.extractfile(member)
-                    if f is None:
-                        raise OSError("not a file")
-                    return f.read()
-            return Path(key).read_bytes()
-        except (OSError, KeyError) as e:
-            raise BadRequest(404, f"the file of image {image_id} ({key}) cannot be read: {e}") from e
+    def _thumb_path(self, record: dict) -> Path:
+        name = hashlib.sha256(f"{record['id']}\0{record['digest']}\0{record['key']}".encode("utf-8", "surrogateescape"))
+        return self.thumb_dir / (name.hexdigest()[:32] + ".jpg")
 
     def thumbnail(self, image_id: int) -> bytes:
-        """A JPEG thumbnail, cached under the cache folder by id and file digest."""
-        key = self.entry(image_id)["key"]
-        name = hashlib.sha256(f"{image_id}\0{key}".encode()).hexdigest()[:32] + ".jpg"
-        path = self.thumb_dir / name
+        """A JPEG thumbnail, cached under the cache folder by id, digest and key."""
+        path = self._thumb_path(self._record(image_id))
         if path.is_file():
             return path.read_bytes()
-        im = self.decode(self.image_bytes(image_id), key)
-        im.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        buf = io.BytesIO()
-        im.save(buf, "JPEG", quality=85)
+        data = self.image_bytes(image_id)
+        with self.decode_slot():
+            im = self.decode(data, f"image {image_id}", draft=THUMB_SIZE)
+            im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=85)
         data = buf.getvalue()
         with self._thumb_lock:
             self.thumb_dir.mkdir(parents=True, exist_ok=True)
@@ -296,72 +380,159 @@ class ServiceState:
         try:
             return json.loads(self.eval_json.read_text())
         except (OSError, ValueError) as e:
-            raise BadRequest(404, f"benchmark JSON {self.eval_json.name} cannot be read: {e}") from e
+            raise BadRequest(404, f"benchmark JSON {self.eval_json.name} cannot be read: "
+                                  f"{getattr(e, 'strerror', None) or type(e).__name__}") from e
 
     # -- mutations -----------------------------------------------------------------------
-    def check_key(self, given: str | None) -> None:
+    def key_problem(self, given: str | None) -> tuple[int, str] | None:
+        """(status, message) when `given` does not unlock the mutating routes, else None."""
         if self.api_key is None:
-            raise BadRequest(403, "mutating routes are disabled: start the server with --api-key or HASHSEARCH_API_KEY")
+            return 403, "mutating routes are disabled: start the server with --api-key or HASHSEARCH_API_KEY"
         import hmac
 
         if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise BadRequest(401, "missing or wrong API key: send it in the X-API-Key header")
+            return 401, "missing or wrong API key: send it in the X-API-Key header"
+        return None
 
-    def add_uploads(self, files: list[tuple[bytes, str, str | None]], labels: list[str | None], job: Job | None = None) -> dict:
-        """Decode, encode and add uploaded images, then save atomically. Bad files are reported, not added."""
-        feats, keys, labs, digests, errors = [], [], [], [], []
-        self.upload_dir.mkdir(parents=True, exist_ok=True)
-        for (data, name, ctype), lab in zip(files, labels):
+    def check_key(self, given: str | None) -> None:
+        problem = self.key_problem(given)
+        if problem is not None:
+            raise BadRequest(*problem)
+
+    def _save(self, what: str) -> None:
+        """Save after a change (holding the write lock); a failure leaves memory equal to the disk."""
+        try:
+            self.coll.save(self.path)
+        except CollectionError as e:
+            log.error("%s not saved: %s", what, e)
+            raise BadRequest(503, f"{what} failed: the collection could not be saved on the server, so nothing "
+                                  "changed; try again later (the server's log has the reason)",
+                             {"Retry-After": "30"}) from None
+
+    def add_uploads(self, files: list[tuple[bytes, str, str | None]], labels: list[str | None],
+                    job: Job | None = None, keep_duplicates: bool = False) -> dict:
+        """Decode, encode and add uploaded images, then save atomically.
+
+        Bad files are reported in "errors", not added; a file whose content the collection already
+        holds (by `content_digest`, the pipeline's digest) is not added again but answered in
+        "duplicates" with the existing id, unless `keep_duplicates`. Originals are stored in the
+        collection folder (`Collection.uploads_dir`), named by digest.
+        """
+        digests = [content_digest(data) for data, _, _ in files]
+        with self.lock.read():
+            existing = {} if keep_duplicates else self.coll.ids_by_digest(digests)
+            uploads = self.coll.uploads_dir
+        new: list[_NewImage] = []
+        first: set[str] = set()  # digests decoded in this request
+        again: list[tuple[str, str]] = []  # (file, digest) of repeats within this request
+        duplicates, errors = [], []
+        for (data, name, ctype), lab, digest in zip(files, labels, digests):
             try:
-                self.check_upload(data, name, ctype)
-                im = self.decode(data, name)
+                if digest in existing:
+                    duplicates.append({"file": name, "id": existing[digest]})
+                elif digest in first and not keep_duplicates:
+                    again.append((name, digest))
+                else:
+                    self.check_upload(data, name, ctype)
+                    with self.decode_slot():
+                        feature = self.features([self.decode(data, name)])[0]
+                    dest = uploads / f"{digest}.{check_image_bytes(data, name).lower()}"
+                    new.append(_NewImage(data, name, lab, digest, feature, dest))
+                    first.add(digest)
             except BadRequest as e:
                 errors.append({"file": name, "status": e.status, "error": str(e)})
-            else:
-                digest = hashlib.sha256(data).hexdigest()
-                dest = self.upload_dir / f"{digest}.{check_image_bytes(data, name).lower()}"
-                if not dest.exists():
-                    tmp = dest.with_suffix(".tmp")
-                    tmp.write_bytes(data)
-                    os.replace(tmp, dest)
-                feats.append(self.features([im])[0])
-                keys.append(str(dest))
-                labs.append(lab)
-                digests.append(digest)
-            if job is not None:
-                job.done += 1
-                job.errors = errors
+            finally:
+                if job is not None:
+                    job.done += 1
+                    job.errors, job.duplicates = errors, duplicates
+        id_of: dict[str, int] = dict(existing)
         ids: list[int] = []
-        if feats:
+        if new:
             with self.lock.write():
-                ids = self.coll.add(np.stack(feats), keys, labs, digests).tolist()
-                self.coll.save(self.path)
-        return {"ids": ids, "errors": errors, "count": len(self.coll)}
+                # A concurrent request may have added the same content since the check above.
+                late = {} if keep_duplicates else self.coll.ids_by_digest(first)
+                duplicates += [{"file": n.name, "id": late[n.digest]} for n in new if n.digest in late]
+                adding = [n for n in new if n.digest not in late]
+                written: list[Path] = []
+                try:
+                    for n in adding:
+                        if not n.dest.exists():
+                            uploads.mkdir(parents=True, exist_ok=True)
+                            tmp = n.dest.with_name(f".{n.dest.name}.tmp-{threading.get_ident()}")
+                            tmp.write_bytes(n.data)
+                            os.replace(tmp, n.dest)
+                            written.append(n.dest)
+                    if adding:
+                        ids = self.coll.add(np.stack([n.feature for n in adding]), [str(n.dest) for n in adding],
+                                            [n.label for n in adding], [n.digest for n in adding], root=uploads).tolist()
+                        self._save("adding the images")
+                except BaseException:
+                    for p in written:  # no orphaned upload for a change that did not happen
+                        p.unlink(missing_ok=True)
+                    raise
+                count = len(self.coll)
+            id_of |= late | {n.digest: i for n, i in zip(adding, ids)}
+        else:
+            with self.lock.read():
+                count = len(self.coll)
+        # A repeat within the request answers with the id its first copy got.
+        duplicates += [{"file": name, "id": id_of[d]} for name, d in again if d in id_of]
+        return {"ids": ids, "duplicates": duplicates, "errors": errors, "count": count}
 
-    def start_add_job(self, files, labels) -> Job:
-        job = Job(id=uuid.uuid4().hex, total=len(files))
-        self.jobs[job.id] = job
+    def _expire_jobs(self) -> None:
+        now = time.time()
+        for jid in [j.id for j in self.jobs.values() if j.finished is not None and now - j.finished > self.limits.job_ttl_s]:
+            del self.jobs[jid]
+
+    def start_add_job(self, files, labels, keep_duplicates: bool = False) -> Job:
+        """Run `add_uploads` in a background thread; at most `Limits.max_jobs` at once (else 503)."""
+        with self._jobs_lock:
+            self._expire_jobs()
+            running = sum(j.state == "running" for j in self.jobs.values())
+            if running >= self.limits.max_jobs:
+                raise BadRequest(503, f"{running} background adds are running, the most this server runs at once "
+                                      f"(max_jobs={self.limits.max_jobs}); retry when one has finished",
+                                 {"Retry-After": "10"})
+            job = Job(id=uuid.uuid4().hex, total=len(files))
+            self.jobs[job.id] = job
 
         def run():
             try:
-                out = self.add_uploads(files, labels, job)
-                job.ids, job.errors, job.state = out["ids"], out["errors"], "done"
+                out = self.add_uploads(files, labels, job, keep_duplicates)
+                job.ids, job.duplicates, job.errors, job.state = out["ids"], out["duplicates"], out["errors"], "done"
+            except BadRequest as e:
+                job.state, job.message = "failed", str(e)
             except Exception as e:  # a job must end in a state the client can read
-                job.state, job.message = "failed", f"{type(e).__name__}: {e}"
+                log.exception("background add %s failed", job.id)
+                job.state, job.message = "failed", f"the add failed on the server ({type(e).__name__}); nothing was added"
+            finally:
+                job.finished = time.time()
 
         threading.Thread(target=run, daemon=True, name=f"add-{job.id[:8]}").start()
         return job
 
     def job(self, job_id: str) -> Job:
-        job = self.jobs.get(job_id)
+        with self._jobs_lock:
+            self._expire_jobs()
+            job = self.jobs.get(job_id)
         if job is None:
-            raise BadRequest(404, f"no job with id {job_id!r}")
+            raise BadRequest(404, f"no job with id {job_id[:64]!r} (finished jobs are kept for "
+                                  f"{self.limits.job_ttl_s:g} s)")
         return job
 
     def remove(self, image_id: int) -> dict:
+        """Remove an image, save, then delete the files the service stored for it: its uploaded
+        original (when in the uploads folder and no other entry has that content) and its thumbnail."""
         with self.lock.write():
-            n = self.coll.remove([image_id])
-            if n == 0:
+            record = self.coll.entries([image_id])[0]
+            if record is None:
                 raise BadRequest(404, f"no image with id {image_id} in this collection")
-            self.coll.save(self.path)
-            return {"removed": image_id, "count": len(self.coll)}
+            self.coll.remove([image_id])
+            self._save(f"removing image {image_id}")
+            others = self.coll.ids_by_digest([record["digest"]]) if record["digest"] else {}
+            original = Path(record["path"])
+            if original.parent == self.coll.uploads_dir and not others:
+                original.unlink(missing_ok=True)
+            self._thumb_path(record).unlink(missing_ok=True)
+            count = len(self.coll)
+        return {"removed": image_id, "count": count}

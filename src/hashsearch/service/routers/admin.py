@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 
 router = APIRouter(tags=["admin"])
 
@@ -20,8 +20,8 @@ def health(request: Request):
 
 
 @router.get("/jobs/{job_id}")
-def job(request: Request, job_id: str):
-    """Progress of a background add: state, done/total, new ids, per-file errors."""
+def job(request: Request, job_id: str = Path(..., max_length=64, description="the id POST /images returned")):
+    """Progress of a background add: state, done/total, new ids, duplicates, per-file errors."""
     return request.app.state.hs.job(job_id).as_dict()
 
 

@@ -4,46 +4,55 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Request, Response, Security, UploadFile
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+
+from hashsearch.service.routers import IMAGE_ID, needs_key, takes_files
+from hashsearch.service.state import MAX_FILES, BadRequest
 
 router = APIRouter(tags=["images"])
-_TYPES = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"GI": "image/gif", b"BM": "image/bmp"}
+_TYPES = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"GI": "image/gif", b"BM": "image/bmp",
+          b"RI": "image/webp", b"II": "image/tiff", b"MM": "image/tiff"}
+#: The API key header (checked by the request guard before the body is read; declared here for the schema).
+API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key (--api-key)")
 
 
 @router.get("/entries/{image_id}")
-def entry(request: Request, image_id: int):
-    """The record of an indexed image: id, path, label."""
+def entry(request: Request, image_id: int = IMAGE_ID):
+    """The record of an indexed image: id, key (its path relative to the folder it was indexed from), label."""
     return request.app.state.hs.entry(image_id)
 
 
 @router.get("/images/{image_id}")
-def image(request: Request, image_id: int):
+def image(request: Request, image_id: int = IMAGE_ID):
     """The original file of an indexed image (found only through the index's records)."""
     data = request.app.state.hs.image_bytes(image_id)
     return Response(data, media_type=_TYPES.get(data[:2], "application/octet-stream"))
 
 
 @router.get("/thumbs/{image_id}")
-def thumb(request: Request, image_id: int):
+def thumb(request: Request, image_id: int = IMAGE_ID):
     """A cached JPEG thumbnail (128 px) of an indexed image."""
     return Response(request.app.state.hs.thumbnail(image_id), media_type="image/jpeg",
                     headers={"Cache-Control": "max-age=3600"})
 
 
 @router.post("/images")
+@needs_key
+@takes_files(MAX_FILES)
 async def add_images(
     request: Request,
-    images: List[UploadFile] = File(..., description="image files to add"),
-    labels: Optional[str] = Form(None, description="comma-separated labels, one per file, or one for all"),
+    images: List[UploadFile] = File(..., description=f"image files to add (at most {MAX_FILES})"),
+    labels: Optional[str] = Form(None, max_length=60_000, description="comma-separated labels, one per file, or one for all"),
     background: bool = Form(False, description="run as a job; poll GET /jobs/{id}"),
-    x_api_key: Optional[str] = Header(None),
+    keep_duplicates: bool = Form(False, description="add files whose content the collection already holds"),
+    x_api_key: Optional[str] = Security(API_KEY),
 ):
-    """Add images (encoded with the collection's backbone and hasher); the collection is saved atomically."""
-    from starlette.concurrency import run_in_threadpool
+    """Add images (encoded with the collection's backbone and hasher); the collection is saved atomically.
 
-    from hashsearch.service import MAX_FILES
-    from hashsearch.service.state import BadRequest
-
+    Returns the new ids, `duplicates` (files whose content is already indexed: their existing id,
+    not added again unless `keep_duplicates`), per-file `errors`, and the new count."""
     hs = request.app.state.hs
     hs.check_key(x_api_key)
     if len(images) > MAX_FILES:
@@ -53,15 +62,24 @@ async def add_images(
         labs = labs * len(images)
     if len(labs) != len(images):
         raise BadRequest(422, f"labels has {len(labs)} entries for {len(images)} files; give one per file or one for all")
-    files = [(await f.read(hs.max_upload_bytes + 1), f.filename or "upload", f.content_type) for f in images]
+    files = [(await f.read(hs.limits.max_upload_bytes + 1), f.filename or "upload", f.content_type) for f in images]
     if background:
-        return hs.start_add_job(files, labs).as_dict()
-    return await run_in_threadpool(hs.add_uploads, files, labs)
+        job = hs.start_add_job(files, labs, keep_duplicates)
+        request.state.hs_write = {"job": job.id, "files": len(files)}
+        return job.as_dict()
+    out = await run_in_threadpool(hs.add_uploads, files, labs, None, keep_duplicates)
+    request.state.hs_write = {"ids": out["ids"], "duplicates": [d["id"] for d in out["duplicates"]],
+                              "errors": len(out["errors"])}
+    return out
 
 
 @router.delete("/images/{image_id}")
-def remove_image(request: Request, image_id: int, x_api_key: Optional[str] = Header(None)):
-    """Remove an image from the index; the collection is saved atomically."""
+@needs_key
+def remove_image(request: Request, image_id: int = IMAGE_ID, x_api_key: Optional[str] = Security(API_KEY)):
+    """Remove an image from the index, and the uploaded original and thumbnail the service stored for it;
+    the collection is saved atomically."""
     hs = request.app.state.hs
     hs.check_key(x_api_key)
-    return hs.remove(image_id)
+    request.state.hs_write = {"ids": [image_id]}
+    out = hs.remove(image_id)
+    return out

@@ -330,3 +330,84 @@ def test_multi_picture_jpeg_decodes_in_draft_mode():
     assert decode_image(data, "phone.jpg", draft=(64, 64)).size == (100, 75)  # 1/4 scale
     assert decode_module._decode_with_pillow(data, "phone.jpg", DEFAULT_MAX_PIXELS, (64, 64)).size == (100, 75)
     np.testing.assert_array_equal(np.asarray(decode_image(data, "phone.jpg", draft=(64, 64))), _pillow_path(data, (64, 64)))
+
+
+# -- HEIC/HEIF and AVIF (issue 18, item 5) ------------------------------------------------------
+
+def _two_colour(size=(60, 40)) -> Image.Image:
+    """Left half red, right half blue: which way it is turned shows in the pixels."""
+    a = np.zeros((size[1], size[0], 3), np.uint8)
+    a[:, : size[0] // 2] = (255, 0, 0)
+    a[:, size[0] // 2 :] = (0, 0, 255)
+    return Image.fromarray(a)
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+@pytest.mark.parametrize("fmt, sniffed", [("HEIF", "heic"), ("AVIF", "avif")])
+def test_heic_and_avif_photos_decode_upright(fmt, sniffed, cifar_jpeg):
+    pytest.importorskip("pillow_heif")
+    # A real photo round-trips through the format (lossy, so close, not equal).
+    photo = decode_image(cifar_jpeg, "cat.jpg").resize((128, 128))
+    data = encode(photo, fmt, quality=95)
+    assert sniff_format(data) == sniffed and check_image_bytes(data, "IMG_0001.HEIC") == sniffed
+    got = decode_image(data, f"IMG_0001.{sniffed.upper()}")
+    assert got.mode == "RGB" and got.size == (128, 128)
+    assert np.abs(np.asarray(got, np.int16) - np.asarray(photo, np.int16)).mean() < 6
+
+    # EXIF orientation 6 (as a phone held upright writes): turned 90 degrees clockwise, so the
+    # red left half ends on top, as every other format's (tested above for JPEG).
+    turned = decode_image(encode(_two_colour(), fmt, exif=_exif(6), quality=95), "turned")
+    assert turned.size == (40, 60)
+    top, bottom = np.asarray(turned)[5, 20], np.asarray(turned)[-5, 20]
+    assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50
+
+
+def test_heif_brands_are_sniffed():
+    def ftyp(major: bytes, *compatible: bytes) -> bytes:
+        body = major + b"\0\0\0\0" + b"".join(compatible)
+        return struct.pack(">I", 8 + len(body)) + b"ftyp" + body + b"\0" * 16
+
+    assert sniff_format(ftyp(b"heic", b"mif1", b"heic")) == "heic"
+    assert sniff_format(ftyp(b"heix")) == "heic"
+    assert sniff_format(ftyp(b"mif1", b"mif1", b"heic")) == "heic"  # the generic brand first (many cameras)
+    assert sniff_format(ftyp(b"mif1", b"mif1", b"avif")) == "avif"
+    assert sniff_format(ftyp(b"avis")) == "avif"
+    assert sniff_format(ftyp(b"isom", b"mp41")) is None  # an MP4 video is not an image
+    with pytest.raises(DecodeError, match="not an image"):
+        check_image_bytes(ftyp(b"isom", b"mp41"), "clip.heic")
+
+
+# -- max_pixels (issue 18, item 6) --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def png_81mpx() -> bytes:
+    """A real 9000 x 9000 (81 Mpx) grey PNG, as large as a medium-format camera's photo."""
+    return encode(Image.new("L", (9000, 9000), 128), "PNG")
+
+
+def test_the_pixel_limit_names_the_option_that_raises_it(png_81mpx):
+    with pytest.raises(DecodeError) as info:
+        decode_image(png_81mpx, "scan.png")
+    reason = info.value.reason
+    assert "9000x9000 = 81,000,000, above the limit of 64,000,000" in reason
+    assert "--max-pixels 81000000" in reason and "max_pixels=81000000" in reason
+    big = decode_image(png_81mpx, "scan.png", max_pixels=81_000_000)
+    assert big.size == (9000, 9000) and big.getpixel((4500, 4500)) == (128, 128, 128)
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_limit_above_pillows_own_is_honoured():
+    # 225 Mpx is beyond twice Pillow's own bomb limit, which Image.open enforces before we see the
+    # size: with max_pixels above it the header passes, and the missing pixel data is what fails.
+    before = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(DecodeError, match="15000x15000 = 225,000,000, above the limit of 200,000,000"):
+        decode_image(png_header_only(15_000, 15_000), "huge.png", max_pixels=200_000_000)
+    with pytest.raises(DecodeError) as info:
+        decode_image(png_header_only(15_000, 15_000), "huge.png", max_pixels=300_000_000)
+    assert "too many pixels" not in info.value.reason and "truncated" in info.value.reason
+    assert Image.MAX_IMAGE_PIXELS == before  # Pillow's global limit is put back

@@ -8,6 +8,9 @@ can claim 100,000 x 100,000 pixels), the EXIF orientation is applied, and every 
 is empty, not an image, truncated or corrupt raises a `DecodeError` that names the file and the
 reason; no Pillow exception or warning escapes.
 
+HEIC/HEIF photos (what iPhones write) are read by the pillow-heif plugin, AVIF by Pillow itself;
+both get their rotation applied like any other format.
+
 Common JPEGs (YCbCr or grayscale, nothing to rotate) skip Pillow: libjpeg-turbo, called directly
 through simplejpeg, decodes them to the same pixels as Pillow's path at a fraction of its overhead
 (`_decode_jpeg_direct`); everything else, and every file that fails, goes through Pillow.
@@ -32,15 +35,25 @@ try:  # libjpeg-turbo called directly: the fast path for common JPEGs (see _deco
 except ImportError:  # pragma: no cover - a dependency; without it Pillow decodes every JPEG
     _simplejpeg = None
 
+try:  # HEIC/HEIF (iPhone photos): a Pillow plug-in. It applies the file's rotation (irot/imir) when
+    # decoding and clears the EXIF orientation, so exif_transpose does not rotate twice.
+    import pillow_heif as _pillow_heif
+
+    _pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - a dependency; without it HEIC files are refused by name
+    _pillow_heif = None
+
 #: Largest width * height decoded by default (64 megapixels, e.g. 8000 x 8000). Pass
-#: `max_pixels` to `decode_image` to raise or lower it for one call.
+#: `max_pixels` to `decode_image` (and to every function that decodes: `build_collection`,
+#: `add_images`, `extract_features`; ``--max-pixels`` on the command line) to change it.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-#: Pillow formats that `decode_image` accepts (AVIF only where this Pillow build reads it).
+#: Pillow formats that `decode_image` accepts (AVIF only where this Pillow build reads it, HEIF
+#: where pillow-heif is installed).
 #: Pillow can read many more (EPS runs Ghostscript, for one); restricting the list keeps
 #: untrusted uploads to the common, well-tested decoders. (The multi-picture JPEGs that many
 #: phones write open through "JPEG", as Pillow's MPO.)
-ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF")
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO", "AVIF", "HEIF")
 
 
 @functools.cache
@@ -59,11 +72,25 @@ _WARNINGS_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _no_pillow_warnings():
-    """Silence every warning for the Pillow calls inside (taking turns with other threads)."""
+def _no_pillow_warnings(max_pixels: int | None = None):
+    """Silence every warning for the Pillow calls inside (taking turns with other threads).
+
+    With `max_pixels` above Pillow's own bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`, 89 Mpx; it
+    refuses twice that inside `Image.open`), the limit is raised to `max_pixels` for the calls
+    inside, so that a caller's larger limit (``--max-pixels``) works; `decode_image` checks the
+    size itself from the header before any pixel is decoded.
+    """
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        yield
+        limit = Image.MAX_IMAGE_PIXELS
+        if max_pixels is None or limit is None or max_pixels <= limit:
+            yield
+            return
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
 
 
 # What Pillow's decoders raise on malformed input (beyond OSError, which covers truncation).
@@ -105,11 +132,26 @@ class DecodeError(ValueError):
         return type(self), (self.name, self.reason)
 
 
+#: ISO base media "ftyp" brands of HEIF images (HEVC-coded, as iPhones write) and of AVIF images.
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_GENERIC_BRANDS = frozenset({b"mif1", b"msf1", b"miaf"})
+
+
+def _ftyp_brands(head: bytes) -> list[bytes]:
+    """The major and compatible brands of an ISO base media file's leading "ftyp" box ([] if none)."""
+    if len(head) < 12 or head[4:8] != b"ftyp":
+        return []
+    size = struct.unpack(">I", head[:4])[0]
+    end = min(len(head), size) if size >= 16 else 12
+    return [head[8:12]] + [head[i : i + 4] for i in range(16, end - 3, 4)]
+
+
 def sniff_format(data: bytes) -> str | None:
     """The image format that `data` starts with ("jpeg", "png", ...), or None if unrecognised.
 
     Looks at the magic bytes only, so it is cheap enough to run on every upload before decoding.
-    "heic" is recognised but cannot be decoded (Pillow has no HEIC reader).
+    HEIF and AVIF files are told apart by their "ftyp" brands ("heic" for HEIC/HEIF, "avif").
     """
     head = bytes(data[:32])
     if head.startswith(b"\xff\xd8\xff"):
@@ -128,12 +170,17 @@ def sniff_format(data: bytes) -> str | None:
         return "ico"
     if len(head) >= 3 and head[0:1] == b"P" and head[1:2] in b"123456" and head[2:3] in b" \t\r\n#":
         return "ppm"
-    if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"avif", b"avis"):
+    brands = _ftyp_brands(bytes(data[:256]))
+    if brands:
+        if brands[0] in _AVIF_BRANDS:
             return "avif"
-        if brand in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"heim", b"heis"):
+        if brands[0] in _HEIF_BRANDS:
             return "heic"
+        if brands[0] in _GENERIC_BRANDS:  # an image file whose coding the compatible brands name
+            if any(b in _AVIF_BRANDS for b in brands[1:]):
+                return "avif"
+            if any(b in _HEIF_BRANDS or b in _GENERIC_BRANDS for b in brands[1:]) or len(brands) == 1:
+                return "heic"
     return None
 
 
@@ -177,10 +224,12 @@ def check_image_bytes(data: bytes, name: str = "<bytes>") -> str:
     fmt = sniff_format(data)
     if fmt is None:
         raise DecodeError(name, f"not an image: it holds {_describe_non_image(data)}")
-    if fmt == "heic" or (fmt == "avif" and "AVIF" not in _pillow_formats()):
-        raise DecodeError(
-            name, f"{fmt.upper()} images are not supported by this Pillow build; convert the file to JPEG or PNG"
-        )
+    if fmt == "heic" and "HEIF" not in _pillow_formats():
+        raise DecodeError(name, "HEIC/HEIF images need the pillow-heif package: pip install pillow-heif "
+                                "(or convert the file to JPEG)")
+    if fmt == "avif" and "AVIF" not in _pillow_formats():
+        raise DecodeError(name, "AVIF images need Pillow 11.2 or later built with libavif (or pillow-heif); "
+                                "upgrade Pillow or convert the file to JPEG")
     return fmt
 
 
@@ -233,7 +282,7 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
     """`decode_image` through Pillow: every format, every colour mode, every reason a file fails."""
     try:
         # Also the warnings of damaged metadata read with the header (a JPEG's EXIF block).
-        with _no_pillow_warnings():
+        with _no_pillow_warnings(max_pixels):
             im = Image.open(io.BytesIO(data), formats=_pillow_formats())
     except UnidentifiedImageError:
         raise DecodeError(
@@ -241,16 +290,12 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
             f"corrupt or unsupported {sniff_format(data).upper()} data: Pillow cannot read its header",
         ) from None
     except Image.DecompressionBombError as e:
-        # Pillow refuses anything beyond twice its own limit (179 Mpx) before we see the size.
+        # Pillow refuses anything beyond twice its limit (raised to max_pixels if that is larger)
+        # before we see the size.
         found = re.search(r"\((\d+) pixels\)", str(e))
         pixels = int(found.group(1)) if found else None
-        if pixels is not None and pixels > max_pixels:
-            raise DecodeError(name, _too_many(f"{pixels:,}", max_pixels)) from None
-        raise DecodeError(
-            name,
-            f"too many pixels for Pillow ({e}); max_pixels={max_pixels:,} is above Pillow's own limit of "
-            f"2 * PIL.Image.MAX_IMAGE_PIXELS: raise PIL.Image.MAX_IMAGE_PIXELS too",
-        ) from None
+        size = f"{pixels:,}" if pixels else "more than twice the limit"
+        raise DecodeError(name, _too_many(size, max_pixels, pixels)) from None
     except _PILLOW_ERRORS as e:
         raise DecodeError(name, _failure("header", e)) from None
 
@@ -258,7 +303,7 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
     if width < 1 or height < 1:
         raise DecodeError(name, f"the header gives an empty size {width}x{height}")
     if width * height > max_pixels:
-        raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels))
+        raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels, width * height))
 
     has_data = bool(im.tile)  # WebP and ICO decode without tiles; a JPEG never does
     if draft is not None and im.format in ("JPEG", "MPO"):  # MPO: a phone's JPEG with more pictures
@@ -267,7 +312,7 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
         if im.format == "TIFF" or max_pixels > (Image.MAX_IMAGE_PIXELS or max_pixels):
             # TIFF's load reads its metadata again ("Tag data larger than file" on a damaged
             # one), and beyond Pillow's pixel limit frame and tile checks of some plugins warn.
-            with _no_pillow_warnings():
+            with _no_pillow_warnings(max_pixels):
                 im.load()
         else:
             im.load()
@@ -388,8 +433,11 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return found
 
 
-def _too_many(size: str, max_pixels: int) -> str:
-    return f"too many pixels: {size}, above the limit of {max_pixels:,}; pass a larger max_pixels if the image is trusted"
+def _too_many(size: str, max_pixels: int, pixels: int | None = None) -> str:
+    """The reason for an image above the pixel limit, naming the option that raises it."""
+    n = str(pixels) if pixels else "N"
+    return (f"too many pixels: {size}, above the limit of {max_pixels:,}; if the image is trusted, raise the "
+            f"limit: --max-pixels {n} on the command line, max_pixels={n} in Python")
 
 
 def _failure(part: str, e: BaseException) -> str:

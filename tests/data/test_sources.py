@@ -72,13 +72,24 @@ def test_folder_source_rules(tmp_path, cifar_small):
     assert [(Path(r.key).name, r.label) for r in recs] == [("a.JPG", "cat"), ("fake.png", "cat")]
     assert recs[0].key == str(root / "cat" / "a.JPG")
 
-    # An image directly in the root: the layout is not one-folder-per-class, nothing is labelled.
+    # The files left out are named: not images by extension, hidden ones.
+    listing = FolderSource(root).listing()
+    assert listing.not_images == [str(root / "cat" / "notes.txt")]
+    assert listing.hidden == [str(root / ".thumbs") + "/", str(root / "cat" / ".hidden.jpg")]
+    assert listing.left_out() == (f"1 file not an image (by extension): {root / 'cat' / 'notes.txt'}; 2 hidden files "
+                                  f"and folders left out: {root / '.thumbs'}/, {root / 'cat' / '.hidden.jpg'}")
+
+    # A stray image directly in the root keeps the others' labels, and is named as unlabelled.
     (root / "top.jpg").write_bytes(jpeg)
-    assert {r.label for r in FolderSource(root).records()} == {None}
-    assert {r.label for r in FolderSource(root, labels="parent").records()} == {"cat", "mixed"}
+    src = FolderSource(root)
+    assert {Path(r.key).name: r.label for r in src.records()} == {"a.JPG": "cat", "fake.png": "cat", "top.jpg": None}
+    labels = src.listing().labels
+    assert labels.unlabelled == [(str(root / "top.jpg"), "directly in the source folder, not in a class folder")]
+    assert "top.jpg (directly in the source folder" in labels.summary()
+    assert {r.label for r in FolderSource(root, labels="parent").records()} == {"cat", None}
     assert {r.label for r in FolderSource(cifar_small, labels="none").records()} == {None}
-    with pytest.raises(ValueError, match="labels must be one of 'auto', 'parent', 'none', got 'folder'"):
-        FolderSource(root, labels="folder")
+    with pytest.raises(ValueError, match="labels must be one of 'auto', 'folder', 'parent', 'none' or the path of a labels file"):
+        FolderSource(root, labels="class")
     with pytest.raises(ValueError, match="not a folder"):
         FolderSource(tmp_path / "nowhere").records()
 

@@ -184,11 +184,16 @@ def _check_count(name: str, value, allow_none: bool = False) -> None:
 
 
 def _by_class(records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
-    unlabelled = sum(r.label is None for r in records)
+    unlabelled = [r.key for r in records if r.label is None]
     if unlabelled:
+        from hashsearch.data.sources import printable
+
+        names = ", ".join(printable(k) for k in unlabelled[:5]) + (
+            f" and {len(unlabelled) - 5:,} more" if len(unlabelled) > 5 else "")
         raise ValueError(
-            f"{unlabelled} of {len(records)} records have no label; a split by class needs every image "
-            "labelled (use the one-folder-per-class layout or a list file with labels)"
+            f"{len(unlabelled):,} of {len(records):,} records have no label ({names}); a split by class needs "
+            "every image labelled: leave them out, or give them a label (a class folder, a label in the list "
+            "file, or a labels file)"
         )
     classes: dict[str, list[ImageRecord]] = {}
     for r in records:

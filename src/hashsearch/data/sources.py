@@ -4,16 +4,37 @@ A source lists its images as `ImageRecord`s (a stable key and an optional class 
 reading them, and reads their bytes on demand; `iter_images` decodes them, skipping (and
 reporting) the files that cannot be read. Pick a source from a path with `open_source`.
 
-Labels come from the one-folder-per-class layout that most image datasets use
-(`root/<class>/<image>`): with ``labels="auto"`` a source labels each image with the name of the
-folder holding it, unless some image sits directly in the root, in which case no image is
-labelled. ``labels="parent"`` always uses the folder name, ``labels="none"`` never does.
+Nothing under a folder or in an archive vanishes silently: after `records()`, `listing()` says
+what was left out and why (files that are not images by their extension, hidden files, folders
+that could not be read, links not followed) and how the labels were read (`LabelReport`).
+
+Names. Keys are the names the file system gives, as `str`: a name that is not valid UTF-8 (the
+bytes ``caf\\xe9.jpg`` of a Latin-1 share) arrives with surrogate escapes (``'caf\\udce9.jpg'``,
+what `os.fsdecode` gives) and goes back to the same bytes with `os.fsencode`; list files and
+label files are read as bytes and decoded the same way. `printable` shows such a name on one
+readable line, `escape_name` writes it reversibly (for TSV files).
+
+Labels (the ``labels`` parameter; docs/folders.md has examples):
+
+- ``"auto"`` (default): folders and archives as ``"folder"``; a list file: the labels written in it.
+- ``"folder"``: the class folder, the first folder below the root (``photos/cat/2023/x.jpg`` ->
+  ``"cat"``). When every top-level folder is a split folder (``train``, ``test``, ``val``, ...,
+  see `SPLIT_FOLDERS`) holding class folders, the class folder is the one below it
+  (``data/train/cat/x.jpg`` -> ``"cat"``). An image outside any class folder (a stray
+  ``photos/cover.jpg``) gets no label, and `listing().labels` names it; the others keep theirs.
+- ``"parent"``: the name of the folder holding the file (``photos/cat/2023/x.jpg`` -> ``"2023"``).
+- ``"none"``: no labels.
+- a path to a labels file (.tsv, .csv or .txt): ``name<TAB>label`` per line (``name,label`` in a
+  .csv), the name relative to the source's root (a folder's or a list file's folder, or the
+  member name in an archive), with "/" separators.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
+import re
 import tarfile
 import warnings
 import zlib
@@ -26,9 +47,18 @@ from PIL import Image
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 
 #: File name extensions (lower case) that folder and archive sources list as images.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-#: The accepted values of a source's `labels` parameter.
-LABEL_MODES = ("auto", "parent", "none")
+IMAGE_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+    ".heic", ".heif", ".hif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
+})
+#: The accepted label modes (the `labels` parameter may also be the path of a labels file).
+LABEL_MODES = ("auto", "folder", "parent", "none")
+#: Top-level folder names taken as dataset splits, not classes, by the "folder" label rule
+#: (when every top-level folder is one of them). Compared in lower case.
+SPLIT_FOLDERS = frozenset({
+    "train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval",
+    "query", "queries", "gallery", "database",
+})
 #: Archive name endings that `open_source` reads with `TarSource`.
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 #: List-file name endings that `open_source` reads with `ListSource`.
@@ -39,6 +69,85 @@ _ACCEPTED = (
     + ", ".join(LIST_SUFFIXES) + ") with one image path per line"
 )
 
+
+# -- names ------------------------------------------------------------------------------------
+
+def _name_bytes(name: str) -> bytes | None:
+    """The bytes a name stands for (surrogate escapes back to their bytes), None if it has none."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file system gave (e.g. from JSON)
+        return None
+
+
+_CONTROL = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(name: str) -> str:
+    """`name` on one readable line: bytes that are not UTF-8 as ``\\xNN``, control characters escaped.
+
+    For messages and tables; not reversible when the name holds a backslash (use `escape_name`).
+    ``printable('caf\\udce9.jpg') == 'caf\\\\xe9.jpg'``.
+    """
+    raw = _name_bytes(name)
+    text = ascii(name)[1:-1] if raw is None else raw.decode("utf-8", "backslashreplace")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _CONTROL.get(c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+                   for c in text)
+
+
+def escape_name(name: str) -> str:
+    """`name` as one TSV field, reversibly (`unescape_name`): backslash, tab, newline, carriage
+    return and other control characters escaped, bytes that are not UTF-8 as ``\\xNN``."""
+    raw = _name_bytes(name)
+    if raw is None:
+        raw = name.encode("utf-8", "surrogatepass")
+    text = raw.decode("utf-8", "surrogateescape")
+    out = []
+    for c in text:
+        if c == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= ord(c) <= 0xDCFF:  # an escaped byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        elif c in _CONTROL:
+            out.append(_CONTROL[c])
+        elif not c.isprintable():
+            out.append(f"\\U{ord(c):08x}" if ord(c) > 0xFFFF else f"\\u{ord(c):04x}")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+_UNESCAPE = re.compile(r"\\(\\|t|n|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8})")
+
+
+def unescape_name(text: str) -> str:
+    """The name that `escape_name` wrote as `text` (bytes that are not UTF-8 as surrogate escapes)."""
+    def one(m: re.Match) -> str:
+        e = m.group(1)
+        if e == "\\":
+            return "\\"
+        if e in ("t", "n", "r"):
+            return {"t": "\t", "n": "\n", "r": "\r"}[e]
+        if e[0] == "x":
+            return chr(0xDC00 + int(e[1:], 16))
+        return chr(int(e[1:], 16))
+
+    return _UNESCAPE.sub(one, text)
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
+def _names(items: Sequence, limit: int, describe=lambda x: printable(x)) -> str:
+    """The first `limit` items described, with how many more there are."""
+    head = ", ".join(describe(x) for x in items[:limit])
+    return head + (f" and {len(items) - limit:,} more" if len(items) > limit else "")
+
+
+# -- reports ----------------------------------------------------------------------------------
 
 class BadImageWarning(UserWarning):
     """Warned once per file that is skipped because it cannot be read or decoded."""
@@ -73,24 +182,307 @@ class SkipReport:
         n = len(self.skipped)
         if n == 0:
             return "0 files skipped"
-        head = "; ".join(f"{key} ({reason})" for key, reason in self.skipped[:limit])
-        more = f"; and {n - limit} more" if n > limit else ""
-        return f"{n} file{'s' if n != 1 else ''} skipped: {head}{more}"
+        head = "; ".join(f"{printable(key)} ({reason})" for key, reason in self.skipped[:limit])
+        more = f"; and {n - limit:,} more" if n > limit else ""
+        return f"{_plural(n, 'file')} skipped: {head}{more}"
+
+
+@dataclass
+class LabelReport:
+    """How a source's labels were read: the rule, the layout seen, and the images left unlabelled.
+
+    Attributes
+    ----------
+    mode : str
+        The rule asked for ("auto", "folder", "parent", "none", or the labels file's path).
+    layout : str
+        What was seen, in words ("one folder per class", ...).
+    counts : dict
+        label -> number of images, sorted by label.
+    unlabelled : list of (key, why)
+        The images that got no label, and why (not filled for ``labels="none"``).
+    unmatched : list of str
+        Names in a labels file that match no image of the source.
+    """
+
+    mode: str = "auto"
+    layout: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+    unlabelled: list[tuple[str, str]] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+
+    def unlabelled_text(self, limit: int = 5) -> str:
+        """``"N images have no label: key (why), ..."`` ("" when every image has one)."""
+        n = len(self.unlabelled)
+        if not n:
+            return ""
+        verb = "has" if n == 1 else "have"
+        return f"{_plural(n, 'image')} {verb} no label: " + _names(self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({kw[1]})")
+
+    def summary(self, limit: int = 5) -> str:
+        """One line: the layout, the classes with their counts, and the images without a label."""
+        if self.mode == "none":
+            return "labels: none (labels='none' was asked)"
+        line = f"labels: {self.layout}"
+        if self.counts:
+            classes = sorted(self.counts.items())
+            line += f"; {_plural(len(classes), 'class', 'classes')} (" + _names(classes, 8, lambda c: f"{printable(c[0])} {c[1]:,}") + ")"
+        text = self.unlabelled_text(limit)
+        if text:
+            line += "; " + text
+        if self.unmatched:
+            line += (f"; {_plural(len(self.unmatched), 'name')} in the labels file "
+                     f"{'matches' if len(self.unmatched) == 1 else 'match'} no image: " + _names(self.unmatched, limit))
+        return line
+
+
+@dataclass
+class Listing:
+    """What listing a source found beside its images (see `ImageSource.listing`).
+
+    Attributes
+    ----------
+    labels : LabelReport
+        How labels were read.
+    not_images : list of str
+        Keys of the files left out because their extension is not an image's (`IMAGE_EXTENSIONS`).
+    hidden : list of str
+        Keys of hidden files and folders (name starting with "."; a folder ends with "/"),
+        left out with everything in them.
+    problems : list of (key, reason)
+        Entries that could not be listed or were not followed: a folder that cannot be read,
+        a symbolic link to a folder, a broken link, a special file, an unsafe archive member.
+        Indexing adds them to its skip report.
+    """
+
+    labels: LabelReport = field(default_factory=LabelReport)
+    not_images: list[str] = field(default_factory=list)
+    hidden: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def left_out(self, limit: int = 5) -> str:
+        """One line on the files left out by name ("" when none): not images (by extension), hidden."""
+        parts = []
+        if self.not_images:
+            n = len(self.not_images)
+            parts.append(f"{_plural(n, 'file')} not {'an image' if n == 1 else 'images'} (by extension): "
+                         + _names(self.not_images, limit))
+        if self.hidden:
+            parts.append(f"{_plural(len(self.hidden), 'hidden file or folder', 'hidden files and folders')} "
+                         "left out: " + _names(self.hidden, limit))
+        return "; ".join(parts)
 
 
 ReadResult = tuple[ImageRecord, "bytes | None", "str | None"]
 
 
+# -- labels -----------------------------------------------------------------------------------
+
+def _check_labels(labels: str | os.PathLike) -> str | Path:
+    """A label mode (str), or the labels file's path (Path)."""
+    if isinstance(labels, str) and labels in LABEL_MODES:
+        return labels
+    if isinstance(labels, (str, os.PathLike)):
+        path = Path(labels).expanduser()
+        if path.is_file():
+            return path
+    raise ValueError(
+        f"labels must be one of {', '.join(map(repr, LABEL_MODES))} or the path of a labels file "
+        f"(name<TAB>label per line), got {os.fspath(labels) if isinstance(labels, os.PathLike) else labels!r}"
+        + (": no such file" if isinstance(labels, (str, os.PathLike)) else "")
+    )
+
+
+def _clean_rel(name: str) -> str:
+    """A relative name as a labels file writes it, normalised: "/" separators, no "./"."""
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """(line number, text) of a text file read as bytes: UTF-8 (a BOM is dropped), or UTF-16
+    with a BOM; bytes that are not UTF-8 become surrogate escapes (`os.fsdecode`), so a Latin-1
+    file still names its files exactly."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} {printable(str(path))}: {e.strerror or e}") from None
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            lines = re.split(r"\r\n|\r|\n", data.decode("utf-16"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"the {what} {printable(str(path))} starts as UTF-16 but is not ({e})") from None
+    else:
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        lines = [os.fsdecode(line) for line in re.split(rb"\r\n|\r|\n", data)]
+    return [(i, line) for i, line in enumerate(lines, 1)]
+
+
+_HEADER_WORDS = ("path", "file", "filename", "image", "name", "key")
+
+
+def _read_table(path: Path, what: str) -> Iterator[tuple[int, list[str], str]]:
+    """(line number, fields, line) of each entry of a list or labels file: ``path`` or
+    ``path<TAB>label`` (``path,label`` with CSV quoting in a .csv, whose header row is dropped);
+    blank lines and lines starting with "#" are skipped."""
+    is_csv = path.suffix.lower() == ".csv"
+    first = True
+    for lineno, line in _read_lines(path, what):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = next(csv.reader([line])) if is_csv else line.split("\t")
+        fields = [f.strip() for f in fields]
+        if first and is_csv and fields[0].lower() in _HEADER_WORDS:
+            first = False
+            continue  # a header row
+        first = False
+        if len(fields) > 2 or not fields[0]:
+            sep = "," if is_csv else "<TAB>"
+            raise ValueError(
+                f"{printable(str(path))}, line {lineno}: expected 'path' or 'path{sep}label', got '{printable(line)}'"
+            )
+        yield lineno, fields, line
+
+
+def _read_labels_file(path: Path) -> dict[str, str]:
+    """name (normalised, see `_clean_rel`) -> label, from a labels file."""
+    out: dict[str, tuple[str, int]] = {}
+    for lineno, fields, _ in _read_table(path, "labels file"):
+        if len(fields) != 2 or not fields[1]:
+            raise ValueError(f"{printable(str(path))}, line {lineno}: expected 'name<TAB>label', got no label")
+        name = _clean_rel(fields[0])
+        if name in out and out[name][0] != fields[1]:
+            raise ValueError(
+                f"{printable(str(path))}: '{printable(fields[0])}' has label {out[name][0]!r} on line "
+                f"{out[name][1]} and {fields[1]!r} on line {lineno}; give each image one label"
+            )
+        out.setdefault(name, (fields[1], lineno))
+    return {k: v for k, (v, _) in out.items()}
+
+
+def _assign_labels(
+    keys: Sequence[str],
+    rels: Sequence[tuple[str, ...] | None],
+    mode: str | Path,
+    where: str,
+    written: Sequence[tuple[str | None, int]] | None = None,
+) -> tuple[list[str | None], LabelReport]:
+    """Labels by `mode` for images at `rels` (path parts below the root, None when outside it).
+
+    `where` names the root in reasons ("the source folder"); `written` holds the (label, line)
+    a list file gives each image, for "auto".
+    """
+    n = len(keys)
+    report = LabelReport(mode=str(mode))
+    labels: list[str | None] = [None] * n
+    why: list[str | None] = [None] * n
+    if isinstance(mode, Path):
+        table = _read_labels_file(mode)
+        used = set()
+        for i, (key, parts) in enumerate(zip(keys, rels)):
+            name = "/".join(parts) if parts is not None else None
+            for candidate in (name, _clean_rel(key)):
+                if candidate is not None and candidate in table:
+                    labels[i] = table[candidate]
+                    used.add(candidate)
+                    break
+            else:
+                why[i] = f"not in {mode.name}"
+        report.layout = f"from the labels file {printable(str(mode))}"
+        report.unmatched = sorted(set(table) - used)
+    elif mode == "none":
+        report.layout = "none"
+    elif written is not None and mode == "auto":
+        for i, (label, lineno) in enumerate(written):
+            labels[i] = label
+            if label is None:
+                why[i] = f"no label on line {lineno} of the list file"
+        report.layout = "written in the list file" if any(labels) else "none: the list file gives no labels"
+        if not any(labels):
+            why = [None] * n
+    elif mode == "parent":
+        for i, parts in enumerate(rels):
+            if parts is None:
+                labels[i] = Path(keys[i]).parent.name or None
+            elif len(parts) > 1:
+                labels[i] = parts[-2]
+            if labels[i] is None:
+                why[i] = f"directly in {where}: no folder to name it"
+        report.layout = "the folder holding each image"
+    else:  # "folder", or "auto" for folders and archives
+        tops = {p[0] for p in rels if p is not None and len(p) > 1}
+        split = bool(tops) and all(t.lower() in SPLIT_FOLDERS for t in tops) and any(
+            p is not None and len(p) > 2 for p in rels)
+        depth = 1 if split else 0
+        nested = False
+        for i, parts in enumerate(rels):
+            if parts is None:
+                why[i] = f"outside {where}"
+            elif len(parts) > depth + 1:
+                labels[i] = parts[depth]
+                nested = nested or len(parts) > depth + 2
+            elif depth and len(parts) == 2:
+                why[i] = f"directly in the split folder {printable(parts[0])}/, not in a class folder"
+            else:
+                why[i] = f"directly in {where}, not in a class folder"
+        if not any(lab is not None for lab in labels):
+            report.layout = f"none: no image is in a class folder below {where}"
+            why = [None] * n
+        else:
+            report.layout = ("class folders under the split folders " + ", ".join(f"{printable(t)}/" for t in sorted(tops))
+                             if split else "one folder per class")
+            if nested:
+                report.layout += " (an image in a subfolder takes its class folder's name)"
+    for i, lab in enumerate(labels):
+        if lab is not None:
+            report.counts[lab] = report.counts.get(lab, 0) + 1
+        elif why[i] is not None:
+            report.unlabelled.append((keys[i], why[i]))
+    report.counts = dict(sorted(report.counts.items()))
+    return labels, report
+
+
+def _is_image_name(name: str) -> bool:
+    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _read_file(record: ImageRecord) -> ReadResult:
+    try:
+        return record, Path(record.key).read_bytes(), None
+    except OSError as e:
+        if os.path.islink(record.key) and not os.path.exists(record.key):
+            return record, None, "a broken symbolic link (its target does not exist)"
+        return record, None, f"cannot read the file ({e.strerror or e})"
+
+
+# -- sources ----------------------------------------------------------------------------------
+
 class ImageSource:
     """A collection of images: `records()` lists them, `iter_bytes` reads them.
 
-    Subclasses implement `records` and `iter_bytes`. Neither decodes anything; use `iter_images`
-    (or the feature extractor) for that.
+    Subclasses implement `records`, `iter_bytes` and `root`. Neither decodes anything; use
+    `iter_images` (or the feature extractor) for that.
     """
+
+    _listing_report: Listing | None = None
 
     def records(self) -> list[ImageRecord]:
         """Every image of the source, sorted by key (a listing: nothing is read or decoded)."""
         raise NotImplementedError
+
+    @property
+    def root(self) -> str:
+        """The absolute folder the source's keys are relative to (`os.path.abspath`, links not
+        resolved): a folder source's folder, or the folder holding the archive or the list file."""
+        raise NotImplementedError
+
+    def listing(self) -> Listing:
+        """What the last `records()` left out and how it read the labels (lists the source if
+        it was not listed yet)."""
+        if self._listing_report is None:
+            self.records()
+        return self._listing_report
 
     def iter_bytes(self, records: Sequence[ImageRecord] | None = None) -> Iterator[ReadResult]:
         """Yield ``(record, data, error)`` for each record, in the order of `records`.
@@ -114,86 +506,80 @@ class ImageSource:
         return len(self.records())
 
 
-def _check_labels(labels: str) -> str:
-    if labels not in LABEL_MODES:
-        raise ValueError(f"labels must be one of {', '.join(map(repr, LABEL_MODES))}, got {labels!r}")
-    return labels
-
-
-def _labels_for(parts_list: Sequence[tuple[str, ...]], labels: str, root_name: str | None) -> list[str | None]:
-    """Labels by the one-folder-per-class rule, given each image's path parts below the root."""
-    if labels == "none":
-        return [None] * len(parts_list)
-    if labels == "auto" and any(len(parts) == 1 for parts in parts_list):
-        return [None] * len(parts_list)
-    return [parts[-2] if len(parts) > 1 else root_name for parts in parts_list]
-
-
-def _is_image_name(name: str) -> bool:
-    return PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _read_file(record: ImageRecord) -> ReadResult:
-    try:
-        return record, Path(record.key).read_bytes(), None
-    except OSError as e:
-        return record, None, f"cannot read the file ({e.strerror or e})"
-
-
 class FolderSource(ImageSource):
     """The images under a folder, found recursively.
 
-    Files whose extension is one of `IMAGE_EXTENSIONS` (any case) are listed, other files are
-    not; hidden files and folders (name starting with ".") are skipped, and symbolic links to
-    folders are not followed. A key is ``str(root / relative path)``, with `root` as given.
+    Files whose extension is one of `IMAGE_EXTENSIONS` (any case) are listed; the others are
+    counted in `listing().not_images`. Hidden files and folders (name starting with ".") are
+    left out (`listing().hidden`); symbolic links to folders are not followed and folders that
+    cannot be read are reported (`listing().problems`). A key is ``str(root / relative path)``,
+    with `root` as given.
 
     Parameters
     ----------
     root : str or os.PathLike
         The folder.
-    labels : {"auto", "parent", "none"}
-        How images get a class label (see the module docstring). With "parent", an image
-        directly in the root is labelled with the root folder's own name.
+    labels : {"auto", "folder", "parent", "none"} or path
+        How images get a class label (see the module docstring).
     """
 
-    def __init__(self, root: str | os.PathLike, labels: str = "auto") -> None:
-        self.root = root
+    def __init__(self, root: str | os.PathLike, labels: str | os.PathLike = "auto") -> None:
+        self.folder = root
         self.labels = _check_labels(labels)
 
+    @property
+    def root(self) -> str:
+        return os.path.abspath(Path(self.folder).expanduser())
+
     def _root(self) -> Path:
-        root = Path(self.root).expanduser()
+        root = Path(self.folder).expanduser()
         if not root.is_dir():
-            raise ValueError(f"FolderSource root {str(self.root)!r} is not a folder; give an existing folder of images")
+            raise ValueError(f"FolderSource root '{printable(str(self.folder))}' is not a folder; give an existing folder of images")
         return root
 
     def records(self) -> list[ImageRecord]:
         root = self._root()
+        listing = Listing()
         rels: list[tuple[str, ...]] = []
         stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
         while stack:
             folder, parts = stack.pop()
             try:
-                entries = list(os.scandir(folder))
+                with os.scandir(folder) as it:
+                    entries = list(it)
             except OSError as e:
-                warnings.warn(f"skipping folder {folder}: {e.strerror or e}", BadImageWarning, stacklevel=2)
+                if not parts:
+                    raise ValueError(f"cannot read the folder {printable(folder)}: {e.strerror or e}") from None
+                listing.problems.append((folder + os.sep, f"cannot read the folder ({e.strerror or e})"))
                 continue
             for entry in entries:
                 if entry.name.startswith("."):
-                    continue
-                if entry.is_dir(follow_symlinks=False):
+                    listing.hidden.append(entry.path + (os.sep if entry.is_dir(follow_symlinks=False) else ""))
+                elif entry.is_dir(follow_symlinks=False):
                     stack.append((entry.path, parts + (entry.name,)))
-                elif _is_image_name(entry.name) and entry.is_file():
-                    rels.append(parts + (entry.name,))
-        found = _labels_for(rels, self.labels, root.resolve().name)
-        records = [ImageRecord(str(root.joinpath(*parts)), label) for parts, label in zip(rels, found)]
-        return sorted(records, key=lambda r: r.key)
+                elif entry.is_symlink() and entry.is_dir():
+                    listing.problems.append((entry.path, "a symbolic link to a folder: not followed (give the folder itself)"))
+                elif not _is_image_name(entry.name):
+                    listing.not_images.append(entry.path)
+                elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                    rels.append(parts + (entry.name,))  # a broken link is reported when it is read
+                else:
+                    listing.problems.append((entry.path, "not a regular file (a device, socket or pipe)"))
+        rels.sort()
+        keys = [str(root.joinpath(*parts)) for parts in rels]
+        found, listing.labels = _assign_labels(keys, rels, self.labels, "the source folder")
+        listing.not_images.sort()
+        listing.hidden.sort()
+        listing.problems.sort()
+        self._listing_report = listing
+        return sorted((ImageRecord(k, lab) for k, lab in zip(keys, found)), key=lambda r: r.key)
 
     def iter_bytes(self, records: Sequence[ImageRecord] | None = None) -> Iterator[ReadResult]:
         for record in self.records() if records is None else records:
             yield _read_file(record)
 
     def __repr__(self) -> str:
-        return f"FolderSource({str(self.root)!r}, labels={self.labels!r})"
+        return f"FolderSource('{printable(str(self.folder))}', labels={str(self.labels)!r})"
 
 
 class ListSource(ImageSource):
@@ -205,67 +591,55 @@ class ListSource(ImageSource):
     joined to the list file's folder as given (an absolute path is kept as written). Files are
     not checked when listing: a missing one is reported when read.
 
+    The file is read as bytes: UTF-8 (with or without a BOM), UTF-16 with a BOM, and names that
+    are not UTF-8 (a list written in Latin-1) name their files exactly (see the module docstring).
+
     Parameters
     ----------
     path : str or os.PathLike
-        The list file (UTF-8).
-    labels : {"auto", "parent", "none"}
-        "auto" takes the labels written in the file (None where a line has none), "parent"
-        labels each image with the name of the folder holding it, "none" drops all labels.
+        The list file.
+    labels : {"auto", "folder", "parent", "none"} or path
+        "auto" takes the labels written in the file (None where a line has none); "folder" and
+        "parent" read them from the paths below the list file's folder, as a folder source
+        would; "none" drops all labels; a labels file maps paths (as written) to labels.
     """
 
-    def __init__(self, path: str | os.PathLike, labels: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, labels: str | os.PathLike = "auto") -> None:
         self.path = path
         self.labels = _check_labels(labels)
 
+    @property
+    def root(self) -> str:
+        return os.path.dirname(os.path.abspath(Path(self.path).expanduser()))
+
     def records(self) -> list[ImageRecord]:
         path = Path(self.path).expanduser()
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except OSError as e:
-            raise ValueError(f"cannot read the list file {str(self.path)!r}: {e.strerror or e}") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"the list file {str(self.path)!r} is not UTF-8 text ({e})") from None
-        is_csv = path.suffix.lower() == ".csv"
         base = path.parent
-        seen: dict[str, tuple[str | None, int]] = {}
-        first = True
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            fields = next(csv.reader([line])) if is_csv else line.split("\t")
-            fields = [f.strip() for f in fields]
-            if first and is_csv and fields[0].lower() in ("path", "file", "filename", "image"):
-                first = False
-                continue  # a header row
-            first = False
-            if len(fields) > 2 or not fields[0]:
-                sep = "," if is_csv else "<TAB>"
-                raise ValueError(
-                    f"{self.path}, line {lineno}: expected 'path' or 'path{sep}label', got {line!r}"
-                )
+        seen: dict[str, tuple[str | None, int, tuple[str, ...] | None]] = {}
+        for lineno, fields, _ in _read_table(path, "list file"):
             written = Path(fields[0]).expanduser()
             key = str(written if written.is_absolute() else base / written)
-            if self.labels == "none":
-                label = None
-            elif self.labels == "parent":
-                label = Path(key).parent.name or None
-            else:
-                label = fields[1] if len(fields) == 2 and fields[1] else None
+            label = fields[1] if len(fields) == 2 and fields[1] else None
             if key in seen and seen[key][0] != label:
                 raise ValueError(
-                    f"{self.path}: {fields[0]!r} is listed with label {seen[key][0]!r} on line "
+                    f"{printable(str(self.path))}: '{printable(fields[0])}' is listed with label {seen[key][0]!r} on line "
                     f"{seen[key][1]} and {label!r} on line {lineno}; give each image one label"
                 )
-            seen.setdefault(key, (label, lineno))
-        return sorted((ImageRecord(k, lab) for k, (lab, _) in seen.items()), key=lambda r: r.key)
+            rel = os.path.relpath(os.path.abspath(key), os.path.abspath(base))
+            parts = None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else tuple(Path(rel).parts)
+            seen.setdefault(key, (label, lineno, parts))
+        keys = sorted(seen)
+        found, report = _assign_labels(keys, [seen[k][2] for k in keys], self.labels, "the list file's folder",
+                                       written=[seen[k][:2] for k in keys])
+        self._listing_report = Listing(labels=report)
+        return [ImageRecord(k, lab) for k, lab in zip(keys, found)]
 
     def iter_bytes(self, records: Sequence[ImageRecord] | None = None) -> Iterator[ReadResult]:
         for record in self.records() if records is None else records:
             yield _read_file(record)
 
     def __repr__(self) -> str:
-        return f"ListSource({str(self.path)!r}, labels={self.labels!r})"
+        return f"ListSource('{printable(str(self.path))}', labels={str(self.labels)!r})"
 
 
 @dataclass(frozen=True)
@@ -280,9 +654,13 @@ class _Member:
 _ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
 
 
+def _member_parts(name: str) -> list[str]:
+    return [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("/", ".")]
+
+
 def _clean_member_name(name: str) -> str | None:
     """The member's path without "./" prefixes, or None for names that are unsafe or hidden."""
-    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in ("/", ".")]
+    parts = _member_parts(name)
     if not parts or any(p == ".." or p.startswith(".") or p == "__MACOSX" for p in parts):
         return None
     return "/".join(parts)
@@ -292,8 +670,10 @@ class TarSource(ImageSource):
     """The images in a tar archive (.tar, .tar.gz, .tgz, .tar.bz2, .tar.xz), read in place.
 
     Nothing is extracted to disk. Members are listed like `FolderSource` lists files (image
-    extensions only, hidden names skipped, same label rule on member paths; with "parent" a
-    member at the archive's top level has no label). A key is ``"<path>::<member name>"``.
+    extensions only, the rest counted in `listing()`; hidden names and macOS's ``__MACOSX``
+    left out; links and unsafe names (``..``) reported; the same label rule on member paths).
+    A key is ``"<path>::<member name>"``; a member name that is not UTF-8 arrives with
+    surrogate escapes, as `tarfile` decodes it.
 
     Reading. A compressed archive can only be read front to back, so `iter_bytes` reads it in
     sequential passes: ``iter_bytes()`` (all records) streams every member in archive order in
@@ -310,24 +690,28 @@ class TarSource(ImageSource):
     ----------
     path : str or os.PathLike
         The archive.
-    labels : {"auto", "parent", "none"}
-        How images get a class label.
+    labels : {"auto", "folder", "parent", "none"} or path
+        How images get a class label (see the module docstring).
     buffer_bytes : int
         Most member bytes held at once while reordering a compressed archive (default 32 MiB).
     """
 
-    def __init__(self, path: str | os.PathLike, labels: str = "auto", buffer_bytes: int = 32 << 20) -> None:
+    def __init__(self, path: str | os.PathLike, labels: str | os.PathLike = "auto", buffer_bytes: int = 32 << 20) -> None:
         self.path = path
         self.labels = _check_labels(labels)
         self.buffer_bytes = buffer_bytes
-        self._cache: tuple[tuple[int, int], bool, dict[str, _Member]] | None = None
+        self._cache: tuple[tuple[int, int], bool, dict[str, _Member], Listing] | None = None
+
+    @property
+    def root(self) -> str:
+        return os.path.dirname(os.path.abspath(Path(self.path).expanduser()))
 
     # -- listing ---------------------------------------------------------------------------
 
     def _file(self) -> Path:
         path = Path(self.path).expanduser()
         if not path.is_file():
-            raise ValueError(f"TarSource path {str(self.path)!r} is not a file; give an existing tar archive")
+            raise ValueError(f"TarSource path '{printable(str(self.path))}' is not a file; give an existing tar archive")
         return path
 
     @property
@@ -345,24 +729,45 @@ class TarSource(ImageSource):
             magic = f.read(6)
         compressed = magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
         members: dict[str, _Member] = {}
+        left = Listing()
+        prefix = self._prefix
         try:
             for position, info in _stream(path):
-                name = _clean_member_name(info.name)
-                if not info.isreg() or name is None or not _is_image_name(name):
+                if info.isdir():
                     continue
-                members.pop(name, None)  # a later copy of a name replaces the earlier (tar semantics)
-                members[name] = _Member(position, info.name, info.size, info.offset_data, info.issparse())
+                name = _clean_member_name(info.name)
+                if name is None:
+                    parts = _member_parts(info.name)
+                    if not parts or ".." in parts:
+                        left.problems.append((prefix + info.name, "an unsafe member name (it climbs out with ..): not read"))
+                    else:
+                        left.hidden.append(prefix + info.name)
+                elif not _is_image_name(name):
+                    left.not_images.append(prefix + name)
+                elif info.issym() or info.islnk():
+                    left.problems.append((prefix + name, "a link inside the archive: not followed"))
+                elif not info.isreg():
+                    left.problems.append((prefix + name, "not a regular file in the archive"))
+                else:
+                    members.pop(name, None)  # a later copy of a name replaces the earlier (tar semantics)
+                    members[name] = _Member(position, info.name, info.size, info.offset_data, info.issparse())
         except _ARCHIVE_ERRORS as e:
-            raise ValueError(f"{path} is not a readable tar archive ({type(e).__name__}: {e})") from None
-        self._cache = (stamp, compressed, members)
+            raise ValueError(f"{printable(str(path))} is not a readable tar archive ({type(e).__name__}: {e})") from None
+        for items in (left.not_images, left.hidden, left.problems):
+            items[:] = sorted(set(items))
+        self._cache = (stamp, compressed, members, left)
         return compressed, members
 
     def records(self) -> list[ImageRecord]:
         _, members = self._listing()
-        names = list(members)
-        found = _labels_for([tuple(n.split("/")) for n in names], self.labels, None)
+        names = sorted(members)
         prefix = self._prefix
-        return sorted((ImageRecord(prefix + n, lab) for n, lab in zip(names, found)), key=lambda r: r.key)
+        keys = [prefix + n for n in names]
+        found, labels = _assign_labels(keys, [tuple(n.split("/")) for n in names], self.labels,
+                                       "the archive's top level")
+        left = self._cache[3]
+        self._listing_report = Listing(labels, list(left.not_images), list(left.hidden), list(left.problems))
+        return [ImageRecord(k, lab) for k, lab in zip(keys, found)]
 
     def read_order(self, records: Sequence[ImageRecord]) -> list[ImageRecord]:
         _, members = self._listing()
@@ -477,7 +882,7 @@ class TarSource(ImageSource):
                 yield records[i], None, reason
 
     def __repr__(self) -> str:
-        return f"TarSource({str(self.path)!r}, labels={self.labels!r})"
+        return f"TarSource('{printable(str(self.path))}', labels={str(self.labels)!r})"
 
 
 def _stream(path: Path) -> Iterator[tuple[int, tarfile.TarInfo]]:
@@ -504,14 +909,14 @@ def _stream_data(path: Path, positions: dict[int, list[int]]) -> Iterator[tuple[
             position += 1
 
 
-def open_source(spec: str | os.PathLike | ImageSource, labels: str = "auto") -> ImageSource:
+def open_source(spec: str | os.PathLike | ImageSource, labels: str | os.PathLike = "auto") -> ImageSource:
     """The image source that `spec` names: a folder, a tar archive, or a list file.
 
     Parameters
     ----------
     spec : str, os.PathLike or ImageSource
         A path (an ImageSource is returned as is).
-    labels : {"auto", "parent", "none"}
+    labels : {"auto", "folder", "parent", "none"} or path of a labels file
         Passed to the source (see the module docstring).
 
     Raises
@@ -530,7 +935,7 @@ def open_source(spec: str | os.PathLike | ImageSource, labels: str = "auto") -> 
     _check_labels(labels)
     path = Path(spec).expanduser()
     if not path.exists():
-        raise ValueError(f"image source {str(spec)!r} does not exist; give {_ACCEPTED}")
+        raise ValueError(f"image source '{printable(str(spec))}' does not exist; give {_ACCEPTED}")
     if path.is_dir():
         return FolderSource(spec, labels)
     lower = path.name.lower()
@@ -541,7 +946,7 @@ def open_source(spec: str | os.PathLike | ImageSource, labels: str = "auto") -> 
     if path.is_file() and tarfile.is_tarfile(path):
         return TarSource(spec, labels)
     hint = " (a single image: put it in a folder, or name it in a .txt list)" if _is_image_name(lower) else ""
-    raise ValueError(f"image source {str(spec)!r} is of an unknown kind{hint}; give {_ACCEPTED}")
+    raise ValueError(f"image source '{printable(str(spec))}' is of an unknown kind{hint}; give {_ACCEPTED}")
 
 
 def iter_images(
@@ -562,7 +967,7 @@ def iter_images(
                 continue
             except DecodeError as e:
                 error = e.reason
-        warnings.warn(f"skipping {record.key}: {error}", BadImageWarning, stacklevel=2)
+        warnings.warn(f"skipping {printable(record.key)}: {error}", BadImageWarning, stacklevel=2)
         if report is not None:
             report.add(record.key, error)
 

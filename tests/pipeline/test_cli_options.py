@@ -44,9 +44,9 @@ def _crops(coll, paths):
 
 
 def _stored(coll):
-    """{source key: stored (float16) feature} of every entry."""
+    """{absolute path: stored (float16) feature} of every entry."""
     ids = np.arange(len(coll))
-    return {e["key"]: f for e, f in zip(coll.entries(ids), coll.features_of(ids).astype(np.float32))}
+    return {e["path"]: f for e, f in zip(coll.entries(ids), coll.features_of(ids).astype(np.float32))}
 
 
 def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_model(cifar_small, tmp_path):
@@ -76,7 +76,7 @@ def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_
                             "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     top = json.loads(r.output)[0]["results"][0]
-    assert top["key"] == str(paths[0]) and top["distance"] < 0.05, top
+    assert top["path"] == str(paths[0]) and top["distance"] < 0.05, top
 
     # Additions are encoded by the same int8 model, and the new generation keeps it.
     new = sorted((cifar_small / "train" / "cat").glob("*.jpg"))[:3]

@@ -44,8 +44,9 @@ def test_ray_index_equals_single_process_index(tmp_path, folder_with_bad, local_
     assert ray_report.n_computed == local_report.n_computed == 40
     assert ray_report.skipped.skipped == local_report.skipped.skipped
     assert len(ray_report.skipped) == 2
+    assert ray_report.duplicates == local_report.duplicates and len(local_report.duplicates) == 1
     n = len(local)
-    assert len(distributed) == n == 41
+    assert len(distributed) == n == 40
     assert distributed.entries(range(n)) == local.entries(range(n))
     np.testing.assert_array_equal(distributed.index._codes[:n], local.index._codes[:n])
     np.testing.assert_array_equal(distributed.index._ids[:n], local.index._ids[:n])

@@ -23,7 +23,7 @@ from hashsearch.backbones.base import Backbone
 from hashsearch.backbones.cache import FeatureCache, content_digest
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import cache_dir as default_cache_dir
-from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport
+from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport, printable
 
 # Records are read, looked up in the cache and encoded this many at a time, or fewer: a chunk
 # ends once its files hold _CHUNK_BYTES, so that large photos do not fill memory.
@@ -74,6 +74,9 @@ def extract_features(
 
     Parameters
     ----------
+    max_pixels : int
+        Largest width * height decoded (default `DEFAULT_MAX_PIXELS`, 64 Mpx, checked from the
+        header); a larger image is skipped with a reason naming this parameter.
     runtime : {"onnx", "torch"}
         The inference runtime. "onnx" (default) falls back to PyTorch with one warning when
         onnxruntime cannot load. fp32 ONNX and PyTorch features share the cache (they agree
@@ -209,7 +212,7 @@ def _finish_chunk(state: dict, encoder, cache, out: Extracted):
 
 
 def _skip(report: SkipReport, record: ImageRecord, reason: str) -> None:
-    warnings.warn(f"skipping {record.key}: {reason}", BadImageWarning, stacklevel=3)
+    warnings.warn(f"skipping {printable(record.key)}: {reason}", BadImageWarning, stacklevel=3)
     report.add(record.key, reason)
 
 

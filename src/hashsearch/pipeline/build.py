@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,83 +12,83 @@ import numpy as np
 from PIL import Image
 
 from hashsearch.backbones import Backbone
-from hashsearch.backbones.extract import extract_features
+from hashsearch.backbones.extract import Extracted, extract_features
 from hashsearch.collection import Collection
-from hashsearch.data.sources import ImageRecord, ImageSource, SkipReport
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.sources import ImageRecord, ImageSource, Listing, SkipReport, escape_name, printable
 from hashsearch.hashing import Hasher
+
+
+def _plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 @dataclass
 class IndexReport:
-    """What a build or an add did: counts, skipped files, time per stage."""
+    """What a build or an add did: counts, the files not indexed and why, time per stage.
+
+    Every file of the source that was not indexed is in exactly one of: `skipped` (could not be
+    listed, read or decoded), `duplicates` (the same bytes as an image kept or already in the
+    collection), `listing.not_images` (not an image by its extension) or `listing.hidden`.
+
+    Attributes
+    ----------
+    duplicates : list of (key, original)
+        Each file left out as a duplicate, with what it duplicates: the key of the copy kept,
+        or ``"id N (key)"`` of the collection's entry.
+    listing : Listing or None
+        What listing the source found and how it read the labels (None when the caller passed
+        its own `records`).
+    """
 
     n_indexed: int = 0
     n_cached: int = 0
     n_computed: int = 0
     skipped: SkipReport = field(default_factory=SkipReport)
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    listing: Listing | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def summary(self) -> str:
+    def summary(self, limit: int = 5) -> str:
+        """A few lines: counts and times; the labels; the files skipped, duplicated, left out."""
         t = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         lines = [
-            f"indexed {self.n_indexed} images ({self.n_computed} features computed, "
-            f"{self.n_cached} from the cache); {len(self.skipped)} skipped; {t}"
+            f"indexed {_plural(self.n_indexed, 'image')} ({_plural(self.n_computed, 'feature')} computed, "
+            f"{self.n_cached:,} from the cache); {_plural(len(self.skipped), 'file')} skipped; "
+            f"{_plural(len(self.duplicates), 'duplicate')} skipped; {t}"
         ]
+        if self.listing is not None:
+            lines.append(self.listing.labels.summary(limit))
         if len(self.skipped):
-            lines.append(self.skipped.summary())
+            lines.append(self.skipped.summary(limit))
+        if self.duplicates:
+            n = len(self.duplicates)
+            head = "; ".join(f"{printable(k)} (same bytes as {printable(o)})" for k, o in self.duplicates[:limit])
+            more = f"; and {n - limit:,} more" if n > limit else ""
+            lines.append(f"{_plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
+                         f"keep_duplicates=True): {head}{more}")
+        if self.listing is not None and self.listing.left_out(limit):
+            lines.append(self.listing.left_out(limit))
         return "\n".join(lines)
 
+    def not_indexed(self) -> list[tuple[str, str]]:
+        """(key, reason) of every file of the source that was not indexed (see the class docstring)."""
+        rows = list(self.skipped.skipped)
+        rows += [(k, f"duplicate: the same bytes as {o}") for k, o in self.duplicates]
+        if self.listing is not None:
+            rows += [(k, "not an image (by extension)") for k in self.listing.not_images]
+            rows += [(k, "hidden") for k in self.listing.hidden]
+        return rows
 
-def build_collection(
-    source: ImageSource,
-    backbone: Backbone,
-    hasher: Hasher,
-    *,
-    records: Sequence[ImageRecord] | None = None,
-    index: str = "flat",
-    store_features: bool = True,
-    cache_dir: str | Path | None = None,
-    batch_size: int = 64,
-    progress: bool = True,
-    engine: str = "local",
-    **encode,
-) -> tuple[Collection, IndexReport]:
-    """Extract features of `source`, fit `hasher` on them (unless already fitted), index them.
-
-    A supervised hasher is fitted on the labelled images; the collection holds them all.
-    `engine` is "local" (worker processes that decode and encode) or "ray" (Ray Data;
-    pass `address=` for a cluster); `encode` goes to the extractor (runtime, int8, workers, ...).
-    """
-    report = IndexReport()
-    t = time.perf_counter()
-    ex = _extractor(engine)(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress, **encode)
-    report.timings["features"] = time.perf_counter() - t
-    report.skipped, report.n_cached, report.n_computed = ex.report, ex.n_cached, ex.n_computed
-    if not ex.records:
-        raise ValueError(f"no readable image in the source ({len(ex.report)} files skipped)")
-    if not hasattr(hasher, "n_features_in_"):
-        t = time.perf_counter()
-        X, y = ex.features, None
-        if hasher.supervised:
-            labelled = [i for i, r in enumerate(ex.records) if r.label is not None]
-            if not labelled:
-                raise ValueError(
-                    f"method {hasher.name!r} learns from labels, but the source has none; "
-                    "use the one-folder-per-class layout, a list file with labels, or an unsupervised method (itq, lsh, pcah, pca-rr)"
-                )
-            X = ex.features[labelled]
-            y = np.array([ex.records[i].label for i in labelled])
-        hasher.fit(X, y)
-        report.timings["fit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    coll = Collection.create(backbone, hasher, index=index, store_features=store_features, int8_model=ex.int8_model)
-    coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests)
-    report.timings["index"] = time.perf_counter() - t
-    report.n_indexed = len(ex.records)
-    return coll, report
-
-
-ENGINES = ("local", "ray")
+    def write_skip_list(self, path: str | os.PathLike) -> int:
+        """Write `not_indexed()` to `path` as TSV (a "key<TAB>reason" header, then one row per
+        file); names are written with `escape_name` (reversible with `unescape_name`), so a name
+        holding a tab, a newline or bytes that are not UTF-8 stays one field. Returns the rows written."""
+        rows = self.not_indexed()
+        with open(path, "w", encoding="utf-8", newline="\n") as f:
+            f.write("key\treason\n")
+            f.writelines(f"{escape_name(k)}\t{escape_name(r)}\n" for k, r in rows)
+        return len(rows)
 
 
 def _extractor(engine: str):
@@ -101,6 +102,118 @@ def _extractor(engine: str):
     raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
 
 
+ENGINES = ("local", "ray")
+
+
+def _start(source: ImageSource, records: Sequence[ImageRecord] | None) -> tuple[list[ImageRecord], IndexReport]:
+    """The records to extract, and a report that starts with what listing the source found."""
+    report = IndexReport()
+    if records is None:
+        records = source.records()
+        report.listing = source.listing()
+        report.skipped.skipped += report.listing.problems
+    return list(records), report
+
+
+def _drop_duplicates(ex: Extracted, report: IndexReport, existing: dict[str, str] | None = None) -> Extracted:
+    """`ex` without the files whose bytes equal an earlier file's, or a collection entry's
+    (`existing`: digest -> description); each one left out is recorded in `report.duplicates`."""
+    existing = existing or {}
+    first: dict[str, str] = {}
+    keep = []
+    for i, (record, digest) in enumerate(zip(ex.records, ex.digests)):
+        if digest in existing:
+            report.duplicates.append((record.key, existing[digest]))
+        elif digest in first:
+            report.duplicates.append((record.key, first[digest]))
+        else:
+            first[digest] = record.key
+            keep.append(i)
+    if len(keep) == len(ex.records):
+        return ex
+    ex.records = [ex.records[i] for i in keep]
+    ex.digests = [ex.digests[i] for i in keep]
+    ex.features = ex.features[keep]
+    return ex
+
+
+def _unlabelled_error(method: str, report: IndexReport, n: int) -> ValueError:
+    """The error of a supervised method given images without any label, saying what was seen."""
+    seen = f" (labels: {report.listing.labels.layout})" if report.listing is not None else ""
+    return ValueError(
+        f"method {method!r} learns from labels, but none of the {n:,} images has one{seen}; put each class's "
+        "images in a folder of its own (photos/cat/..., photos/dog/...), write 'path<TAB>label' lines in a "
+        "list file, pass a labels file (--labels FILE, labels=path), or use an unsupervised method "
+        "(itq, lsh, pcah, pca-rr)"
+    )
+
+
+def build_collection(
+    source: ImageSource,
+    backbone: Backbone,
+    hasher: Hasher,
+    *,
+    records: Sequence[ImageRecord] | None = None,
+    index: str = "flat",
+    store_features: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_duplicates: bool = False,
+    progress: bool = True,
+    engine: str = "local",
+    **encode,
+) -> tuple[Collection, IndexReport]:
+    """Extract features of `source`, fit `hasher` on them (unless already fitted), index them.
+
+    A supervised hasher is fitted on the labelled images; the collection holds them all.
+    `engine` is "local" (worker processes that decode and encode) or "ray" (Ray Data;
+    pass `address=` for a cluster); `encode` goes to the extractor (runtime, int8, workers, ...).
+    Entries are stored relative to `source.root`.
+
+    Parameters
+    ----------
+    max_pixels : int
+        Largest width * height decoded (default 64 Mpx); a larger image is skipped and reported.
+    keep_duplicates : bool
+        Keep files whose bytes equal an earlier file's (default: the first copy, by key, is
+        indexed; the others are reported in `IndexReport.duplicates`).
+
+    Raises
+    ------
+    ValueError
+        No readable image in the source; a supervised method and no labelled image.
+    """
+    records, report = _start(source, records)
+    t = time.perf_counter()
+    ex = _extractor(engine)(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
+                            max_pixels=max_pixels, **encode)
+    report.timings["features"] = time.perf_counter() - t
+    report.skipped.skipped += ex.report.skipped
+    report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
+    if not keep_duplicates:
+        ex = _drop_duplicates(ex, report)
+    if not ex.records:
+        raise ValueError(f"no readable image in the source ({report.skipped.summary()})")
+    if not hasattr(hasher, "n_features_in_"):
+        t = time.perf_counter()
+        X, y = ex.features, None
+        if hasher.supervised:
+            labelled = [i for i, r in enumerate(ex.records) if r.label is not None]
+            if not labelled:
+                raise _unlabelled_error(hasher.name, report, len(ex.records))
+            X = ex.features[labelled]
+            y = np.array([ex.records[i].label for i in labelled])
+        hasher.fit(X, y)
+        report.timings["fit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    coll = Collection.create(backbone, hasher, index=index, store_features=store_features, int8_model=ex.int8_model)
+    coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests, root=source.root)
+    report.timings["index"] = time.perf_counter() - t
+    report.n_indexed = len(ex.records)
+    return coll, report
+
+
 def add_images(
     coll: Collection,
     source: ImageSource,
@@ -108,17 +221,36 @@ def add_images(
     records: Sequence[ImageRecord] | None = None,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    keep_duplicates: bool = False,
     progress: bool = True,
+    **encode,
 ) -> tuple[np.ndarray, IndexReport]:
     """Encode the images of `source` as the collection's were (`Collection.encoder`: its backbone,
-    and its int8 model if it has one) and add them with its hasher."""
-    report = IndexReport()
+    and its int8 model if it has one) and add them with its hasher; returns (new ids (int64), report).
+
+    By default a file whose bytes equal an image already in the collection, or an earlier file
+    of the source, is not added (`IndexReport.duplicates` names what it duplicates);
+    ``keep_duplicates=True`` adds it. `max_pixels` as in `build_collection`; `encode` goes to
+    `extract_features` (workers, ...). Nothing is added (and `coll.dirty` stays as it was) when
+    no new image is left.
+    """
+    records, report = _start(source, records)
     t = time.perf_counter()
     ex = extract_features(source, coll.backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                          encoder=coll.encoder(cache_dir))
+                          max_pixels=max_pixels, encoder=coll.encoder(cache_dir), **encode)
     report.timings["features"] = time.perf_counter() - t
-    report.skipped, report.n_cached, report.n_computed = ex.report, ex.n_cached, ex.n_computed
-    ids = coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests)
+    report.skipped.skipped += ex.report.skipped
+    report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
+    if not keep_duplicates:
+        found = coll.ids_by_digest(ex.digests)
+        entries = dict(zip(found.values(), coll.entries(list(found.values()))))
+        existing = {d: f"id {i} ({entries[i]['key'] if entries.get(i) else '?'})" for d, i in found.items()}
+        ex = _drop_duplicates(ex, report, existing)
+    if not ex.records:
+        return np.zeros(0, np.int64), report
+    ids = coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests,
+                   root=source.root)
     report.n_indexed = len(ids)
     return ids, report
 

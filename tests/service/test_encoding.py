@@ -25,6 +25,6 @@ def test_an_int8_collection_is_served_with_its_own_int8_model(cifar_small, tmp_p
     queries = sorted((cifar_small / "test" / "dog").glob("*.jpg"))[:2]
     got = state.features([state.decode(q.read_bytes(), q.name) for q in queries])
     ids = np.arange(len(state.coll))
-    row = {e["key"]: i for i, e in zip(ids, state.coll.entries(ids))}
+    row = {e["path"]: i for i, e in zip(ids, state.coll.entries(ids))}
     stored = state.coll.features_of(np.array([row[str(q)] for q in queries])).astype(np.float32)
     np.testing.assert_allclose(got, stored, rtol=2e-3, atol=2e-3)  # the database's int8 features, to float16

@@ -22,6 +22,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -165,7 +166,7 @@ class ServiceState:
         limits: Limits | None = None,
         eval_json: str | os.PathLike | None = None,
     ) -> None:
-        self.path = Path(collection_path)
+        self.path = Path(collection_path).absolute()  # saves go here whatever the working directory becomes
         self.coll = Collection.open(self.path)
         self.api_key = api_key or None
         base = Path(cache_dir) if cache_dir else self.path.parent / (self.path.name + ".cache")
@@ -242,7 +243,8 @@ class ServiceState:
             if e.reason.startswith("too many pixels"):
                 option = "max_query_pixels (hashsearch serve --max-query-pixels)" if query else \
                          "max_pixels (hashsearch serve --max-pixels)"
-                what = e.reason.split(",")[0].split(": ", 1)[-1]
+                found = re.match(r"too many pixels: (.*), above the limit", e.reason)
+                what = found.group(1) if found else "its size"
                 raise BadRequest(413, f"{name}: {what} pixels is above this server's limit of {limit:,} for "
                                       f"{'a query' if query else 'an added image'} ({option}); send a smaller image") from e
             raise BadRequest(422, str(e)) from e
@@ -368,6 +370,8 @@ class ServiceState:
     def stats(self) -> dict:
         with self.lock.read():
             info = self.coll.info()
+        # Where the folders are is the server's business: a client sees how many images each holds.
+        info["sources"] = [{"count": s["count"], "exists": s["exists"]} for s in info.get("sources", [])]
         info["mutations_enabled"] = self.api_key is not None
         info["evaluation"] = self.eval_json is not None
         return info
@@ -531,7 +535,7 @@ class ServiceState:
             self._save(f"removing image {image_id}")
             others = self.coll.ids_by_digest([record["digest"]]) if record["digest"] else {}
             original = Path(record["path"])
-            if original.parent == self.coll.uploads_dir and not others:
+            if original.parent.resolve() == self.coll.uploads_dir.resolve() and not others:
                 original.unlink(missing_ok=True)
             self._thumb_path(record).unlink(missing_ok=True)
             count = len(self.coll)

@@ -1,16 +1,86 @@
-"""The `hashsearch` command line: one command per stage, plus `demo` that chains them."""
+"""The `hashsearch` command line: one command per stage, plus `demo` that chains them.
+
+Every command prints one clean line per problem: a warning (a file skipped, ...) as
+``warning: ...`` on stderr, without Python's source line; a user error as ``error: ...`` on stderr
+with exit code 2; an interruption says that the features computed so far are kept. A traceback
+is shown only for an unexpected internal error with ``HASHSEARCH_DEBUG=1``.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import typer
+import typer.core
+from typer.exceptions import Abort, Exit, TyperException
 
 from hashsearch.cli import bench, commands, serve
 
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """warnings.showwarning for the CLI: one line, no source file or line, names made printable."""
+    from hashsearch.data.sources import printable
+
+    text = printable(str(message))
+    try:
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {text}", file=sys.stderr)  # between progress bars, not through them
+    except Exception:  # pragma: no cover - tqdm is a dependency
+        typer.echo(f"warning: {text}", err=True)
+
+
+def _error(text: str) -> None:
+    from hashsearch.data.sources import printable
+
+    typer.secho(f"error: {printable(text)}", fg="red", err=True)
+
+
+class _Commands(typer.core.TyperGroup):
+    """Runs every command with the CLI's warning format and error handling (see the module docstring)."""
+
+    def invoke(self, ctx):
+        from hashsearch.collection import CollectionError
+
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            from hashsearch.data.sources import BadImageWarning
+
+            warnings.simplefilter("always", BadImageWarning)  # one line per file, in every run
+            try:
+                return super().invoke(ctx)
+            except (TyperException, Exit, Abort):  # usage errors and exits: typer prints them
+                raise
+            except KeyboardInterrupt:
+                _error("interrupted; the features computed so far are in the feature cache, and running the "
+                       "command again computes only the rest")
+                raise Exit(130) from None
+            except (ValueError, OSError, CollectionError) as e:
+                if os.environ.get("HASHSEARCH_DEBUG"):
+                    raise
+                text = str(e)
+                if isinstance(e, OSError) and e.filename is not None and e.strerror:
+                    text = f"{e.filename}: {e.strerror}"
+                _error(text)
+                raise Exit(2) from None
+            except Exception as e:  # an internal error: one line, the traceback on request
+                if os.environ.get("HASHSEARCH_DEBUG"):
+                    raise
+                _error(f"unexpected {type(e).__name__}: {e} (a bug in hashsearch; run again with HASHSEARCH_DEBUG=1 "
+                       "for the traceback, and please report it)")
+                raise Exit(1) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     add_completion=False,
     no_args_is_help=True,
     help="Content-based image retrieval with learned binary hash codes.",
     pretty_exceptions_enable=False,
+    # Plain usage errors: rich's boxes wrap a long message (a path) over several lines.
+    rich_markup_mode=None,
 )
 for fn in commands.ALL:
     app.command()(fn)
@@ -20,12 +90,4 @@ app.command()(bench.bench)
 
 def main() -> None:
     """Console entry point: user errors print one clear line and exit 2, never a traceback."""
-    import sys
-
-    from hashsearch.collection import CollectionError
-
-    try:
-        app()
-    except (ValueError, FileNotFoundError, CollectionError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+    app()

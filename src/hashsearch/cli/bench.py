@@ -8,13 +8,24 @@ from typing import Optional
 import typer
 
 from hashsearch.cli.commands import _command_line
-from hashsearch.cli.common import BackboneOpt, BatchOpt, CacheOpt, InputSizeOpt, WeightsOpt, make_backbone, split_list
+from hashsearch.cli.common import (
+    MAX_BITS,
+    MIN_BITS,
+    BackboneOpt,
+    BatchOpt,
+    CacheOpt,
+    InputSizeOpt,
+    WeightsOpt,
+    bits_list,
+    make_backbone,
+    split_list,
+)
 
 
 def bench(
     protocol: str = typer.Option("cifar10-1k", "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
     methods: str = typer.Option("all", "--methods", "-m", help="Comma-separated methods, or 'all'."),
-    bits: str = typer.Option("12,16,24,32,48,64", "--bits", "-b", help="Comma-separated code lengths."),
+    bits: str = typer.Option("12,16,24,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots (default benchmarks/results/<protocol>)."),
     backbone: str = BackboneOpt,
@@ -31,7 +42,7 @@ def bench(
     from hashsearch.evaluation.bench import bench as run_bench
 
     run_bench(
-        protocol=protocol, methods=split_list(methods), bits=split_list(bits, int), seed=seed,
+        protocol=protocol, methods=split_list(methods), bits=bits_list(bits), seed=seed,
         out=out or Path("benchmarks/results") / protocol, backbone=make_backbone(backbone, input_size, weights),
         cache_dir=cache_dir, batch_size=batch_size, command=_command_line(), mode=mode,
         finetune_epochs=finetune_epochs,

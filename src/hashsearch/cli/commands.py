@@ -9,21 +9,64 @@ from typing import List, Optional
 import typer
 
 from hashsearch.cli.common import (
+    MAX_BITS,
+    MIN_BITS,
     BackboneOpt,
     BatchOpt,
     CacheOpt,
     InputSizeOpt,
+    KeepDuplicatesOpt,
+    LabelsOpt,
+    MaxPixelsOpt,
+    SkipListOpt,
     WeightsOpt,
+    bits_list,
+    check_bits,
     make_backbone,
+    plural,
+    show,
     split_list,
 )
+
+
+def _labels(value: str) -> str:
+    """--labels: a mode, or an existing labels file."""
+    from hashsearch.data.sources import LABEL_MODES
+
+    if value in LABEL_MODES or Path(value).expanduser().is_file():
+        return value
+    raise typer.BadParameter(
+        f"--labels {show(value)}: give one of {', '.join(LABEL_MODES)}, or an existing labels file (name<TAB>label per line)"
+    )
+
+
+def _report(report, skip_list: Path | None) -> None:
+    """Print what a build or an add did; write the skip list if asked (before saving, so that a
+    failed save still leaves it)."""
+    typer.echo(report.summary())
+    if skip_list is not None:
+        n = report.write_skip_list(skip_list)
+        typer.echo(f"wrote {show(skip_list)}: {plural(n, 'file')} not indexed, with the reason for each")
+
+
+def _save(coll, path: Path) -> None:
+    """Save, saying on failure that the features are cached (a rerun computes none of them again)."""
+    from hashsearch.collection import CollectionError
+
+    try:
+        coll.save(path)
+    except (CollectionError, OSError) as e:
+        raise CollectionError(
+            f"{e}; the features computed are in the feature cache: run the command again once the problem is "
+            "fixed, and none of them is computed again"
+        ) from None
 
 
 def index(
     source: str = typer.Argument(..., help="A folder (recursive), a .tar/.tar.gz archive, or a list file of paths [TAB label]."),
     out: Path = typer.Option(..., "--out", "-o", help="The collection folder to write (e.g. photos.hsx)."),
     method: str = typer.Option("itq", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
-    bits: int = typer.Option(64, "--bits", "-b", min=1, max=4096, help="Code length in bits."),
+    bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("flat", "--index", help="Index back end (see `hashsearch list`)."),
     no_features: bool = typer.Option(False, "--no-features", help="Do not store features (disables --rerank)."),
@@ -36,6 +79,10 @@ def index(
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."),
     runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for encoding: onnx or torch."),
     int8: bool = typer.Option(False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."),
+    labels: str = LabelsOpt,
+    max_pixels: int = MaxPixelsOpt,
+    keep_duplicates: bool = KeepDuplicatesOpt,
+    skip_list: Optional[Path] = SkipListOpt,
 ):
     """Index a collection of images: features, hash codes, and a searchable index."""
     from hashsearch.data.sources import open_source
@@ -44,16 +91,17 @@ def index(
 
     if address and engine != "ray":
         raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
+    check_bits([bits])
     bb = make_backbone(backbone, input_size, weights)
     hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
-        open_source(source), bb, hasher, index=backend, store_features=not no_features,
+        open_source(source, _labels(labels)), bb, hasher, index=backend, store_features=not no_features,
         cache_dir=cache_dir, batch_size=batch_size, engine=engine, runtime=runtime, int8=int8,
-        **({"address": address} if address else {}),
+        max_pixels=max_pixels, keep_duplicates=keep_duplicates, **({"address": address} if address else {}),
     )
-    coll.save(out)
-    typer.echo(report.summary())
-    typer.echo(f"wrote {out}: {len(coll)} entries, {method} {bits} bits, {bb.name} at {input_size}px")
+    _report(report, skip_list)
+    _save(coll, out)
+    typer.echo(f"wrote {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} {bits} bits, {bb.name} at {input_size}px")
 
 
 def search(
@@ -64,40 +112,69 @@ def search(
     radius: Optional[int] = typer.Option(None, "--radius", min=0, help="Hamming radius (lookup, or the candidate radius with --rerank)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     cache_dir: Optional[Path] = CacheOpt,
+    max_pixels: int = MaxPixelsOpt,
 ):
-    """Find the nearest indexed images of each query image (encoded as the collection's were)."""
+    """Find the nearest indexed images of each query image (encoded as the collection's were).
+
+    A query that cannot be read or decoded is reported on stderr (and, with --json, as an entry
+    with an "error") and the others are answered; the exit code is 1 only when no query could be.
+    """
     from hashsearch.collection import Collection
-    from hashsearch.data.decode import decode_image
+    from hashsearch.data.decode import DecodeError, decode_image
     from hashsearch.pipeline import encode_queries
 
     coll = Collection.open(collection)
-    images = [decode_image(p.read_bytes(), str(p)) for p in queries]
-    res = coll.search(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k=k, rerank=rerank, radius=radius)
+    images, answered, errors = [], [], {}
+    for qi, q in enumerate(queries):
+        try:
+            images.append(decode_image(q.read_bytes(), show(q), max_pixels))
+            answered.append(qi)
+        except OSError as e:
+            errors[qi] = f"cannot read the file ({e.strerror or e})"
+        except DecodeError as e:
+            errors[qi] = e.reason
+    for qi, why in errors.items():
+        typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
+    res = None
+    if images:
+        res = coll.search(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k=k, rerank=rerank, radius=radius)
     out = []
     for qi, q in enumerate(queries):
+        if qi in errors:
+            out.append({"query": str(q), "error": errors[qi]})
+            continue
+        row = answered.index(qi)
         hits = [
-            {"rank": r + 1, "id": int(i), "distance": float(d), "key": e["key"], "label": e["label"]}
-            for r, (i, d, e) in enumerate(zip(res.ids[qi], res.distances[qi], coll.entries(res.ids[qi])))
+            {"rank": r + 1, "id": int(i), "distance": float(d), "key": e["key"], "path": e["path"], "label": e["label"]}
+            for r, (i, d, e) in enumerate(zip(res.ids[row], res.distances[row], coll.entries(res.ids[row])))
             if e is not None
         ]
         out.append({"query": str(q), "results": hits})
     if as_json:
-        typer.echo(json.dumps(out, indent=1))
-        return
-    kind = "re-rank (L2)" if rerank else "hamming"
-    for item in out:
-        typer.echo(f"query {item['query']}")
-        typer.echo(f"  {'rank':>4} {kind:>12} {'label':<12} path")
-        for h in item["results"]:
-            dist = f"{h['distance']:.3f}" if rerank else f"{int(h['distance'])}"
-            typer.echo(f"  {h['rank']:>4} {dist:>12} {str(h['label']):<12} {h['key']}")
+        typer.echo(json.dumps(out, indent=1))  # ASCII: a name that is not UTF-8 as \udcXX (os.fsencode gives its bytes)
+    else:
+        kind = "re-rank (L2)" if rerank else "hamming"
+        for item in out:
+            if "error" in item:
+                continue
+            typer.echo(f"query {show(item['query'])}")
+            typer.echo(f"  {'rank':>4} {kind:>12} {'label':<12} path")
+            for h in item["results"]:
+                dist = f"{h['distance']:.3f}" if rerank else f"{int(h['distance'])}"
+                label = "(no label)" if h["label"] is None else show(h["label"])
+                typer.echo(f"  {h['rank']:>4} {dist:>12} {label:<12} {show(h['path'])}")
+    if not answered:
+        raise typer.Exit(1)
 
 
 def info(collection: Path = typer.Argument(..., help="A collection folder.")):
     """Describe a collection: size, code length, method, backbone, labels."""
     from hashsearch.collection import Collection
 
-    typer.echo(json.dumps(Collection.open(collection).info(), indent=1))
+    info = Collection.open(collection).info()
+    # Unlabelled entries under "(no label)" (json.dumps would write a None key as "null").
+    info["labels"] = {"(no label)" if k is None else k: v for k, v in info.get("labels", {}).items()}
+    typer.echo(json.dumps(info, indent=1))
 
 
 def add(
@@ -105,27 +182,55 @@ def add(
     source: str = typer.Argument(..., help="Images to add (folder, archive or list file)."),
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
+    labels: str = LabelsOpt,
+    max_pixels: int = MaxPixelsOpt,
+    keep_duplicates: bool = KeepDuplicatesOpt,
+    skip_list: Optional[Path] = SkipListOpt,
 ):
-    """Add images to a collection, encoded with its own backbone and hasher."""
+    """Add images to a collection, encoded with its own backbone and hasher.
+
+    Files whose bytes equal an image already in the collection (or an earlier file of the
+    source) are skipped and counted, unless --keep-duplicates; when nothing new is left, the
+    collection is not written.
+    """
     from hashsearch.collection import Collection
     from hashsearch.data.sources import open_source
     from hashsearch.pipeline import add_images
 
     coll = Collection.open(collection)
-    ids, report = add_images(coll, open_source(source), cache_dir=cache_dir, batch_size=batch_size)
-    coll.save(collection)
-    typer.echo(report.summary())
-    typer.echo(f"added ids {ids.min() if len(ids) else '-'}..{ids.max() if len(ids) else '-'}; {len(coll)} entries now")
+    ids, report = add_images(coll, open_source(source, _labels(labels)), cache_dir=cache_dir, batch_size=batch_size,
+                             max_pixels=max_pixels, keep_duplicates=keep_duplicates)
+    _report(report, skip_list)
+    if not len(ids):
+        typer.echo(f"added nothing; {plural(len(coll), 'entry', 'entries')} as before (the collection was not written)")
+        return
+    _save(coll, collection)
+    typer.echo(f"added {plural(len(ids), 'entry', 'entries')} (ids {ids.min()}..{ids.max()}); "
+               f"{plural(len(coll), 'entry', 'entries')} now")
 
 
 def remove(collection: Path = typer.Argument(...), ids: List[int] = typer.Argument(..., help="Entry ids to remove.")):
-    """Remove entries from a collection by id."""
+    """Remove entries from a collection by id.
+
+    Ids that no entry has are named on stderr and change nothing (exit code 1); when none of
+    the ids exists, the collection is not written.
+    """
     from hashsearch.collection import Collection
 
     coll = Collection.open(collection)
-    n = coll.remove(ids)
-    coll.save(collection)
-    typer.echo(f"removed {n} of {len(ids)} ids; {len(coll)} entries now")
+    wanted = list(dict.fromkeys(ids))
+    possible = [i for i in wanted if 0 <= i < 2**63]  # ids are non-negative int64
+    found = {i for i, e in zip(possible, coll.entries(possible)) if e is not None}
+    missing = [i for i in wanted if i not in found]
+    n = coll.remove(sorted(found)) if found else 0
+    if n:
+        _save(coll, collection)
+    typer.echo(f"removed {plural(n, 'entry', 'entries')}; {plural(len(coll), 'entry', 'entries')} now"
+               + ("" if n else " (the collection was not written)"))
+    if missing:
+        typer.echo(f"error: no entry has the {'id' if len(missing) == 1 else 'ids'} {', '.join(map(str, missing))}; "
+                   "see `hashsearch search --json` or GET /entries for ids", err=True)
+        raise typer.Exit(1)
 
 
 def eval(  # noqa: A001 - the command is called eval
@@ -134,7 +239,7 @@ def eval(  # noqa: A001 - the command is called eval
     queries_per_class: int = typer.Option(100, "--queries-per-class", min=1),
     train_per_class: int = typer.Option(500, "--train-per-class", min=1),
     method: str = typer.Option("lsh,pcah,pca-rr,itq,dlbhc", "--method", "-m", help="Comma-separated methods."),
-    bits: str = typer.Option("16,32,48,64", "--bits", "-b", help="Comma-separated code lengths."),
+    bits: str = typer.Option("16,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots."),
     backbone: str = BackboneOpt,
@@ -142,6 +247,9 @@ def eval(  # noqa: A001 - the command is called eval
     weights: Optional[str] = WeightsOpt,
     cache_dir: Optional[Path] = CacheOpt,
     batch_size: int = BatchOpt,
+    labels: str = typer.Option("auto", "--labels", help="With --data: how images get labels (as `index --labels`); "
+                               "images without one are left out and named."),
+    max_pixels: int = MaxPixelsOpt,
 ):
     """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""
     from hashsearch.evaluation.experiment import run_and_report
@@ -150,9 +258,9 @@ def eval(  # noqa: A001 - the command is called eval
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
     run_and_report(
         protocol=protocol, data=data, queries_per_class=queries_per_class, train_per_class=train_per_class,
-        methods=split_list(method), bits=split_list(bits, int), seed=seed, out=out,
+        methods=split_list(method), bits=bits_list(bits), seed=seed, out=out,
         backbone=make_backbone(backbone, input_size, weights), cache_dir=cache_dir, batch_size=batch_size,
-        command=_command_line(),
+        command=_command_line(), labels=_labels(labels), max_pixels=max_pixels,
     )
 
 

@@ -1,10 +1,15 @@
-"""Option parsing shared by the CLI commands (no logic of their own beyond parsing)."""
+"""Option parsing and output helpers shared by the CLI commands (no logic of their own beyond parsing)."""
 
 from __future__ import annotations
 
 import typer
 
 from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.sources import printable
+
+#: Code lengths the commands accept, as the README states them.
+MIN_BITS, MAX_BITS = 8, 128
 
 
 def split_list(value: str, cast=str) -> list:
@@ -18,6 +23,25 @@ def split_list(value: str, cast=str) -> list:
         raise typer.BadParameter(f"expected a comma-separated list, got {value!r}") from None
 
 
+def check_bits(values: list[int], option: str = "--bits") -> list[int]:
+    """Code lengths in [MIN_BITS, MAX_BITS], or a BadParameter naming the one that is not."""
+    for b in values:
+        if not MIN_BITS <= b <= MAX_BITS:
+            raise typer.BadParameter(
+                f"{option} {b}: code lengths from {MIN_BITS} to {MAX_BITS} bits are supported (e.g. 16, 32, 48, 64)"
+            )
+    return values
+
+
+def bits_list(value: str) -> list[int]:
+    """A comma-separated list of code lengths, each checked (`check_bits`)."""
+    try:
+        values = [int(v) for v in split_list(value)]
+    except ValueError:
+        raise typer.BadParameter(f"--bits expects comma-separated whole numbers, got {value!r}") from None
+    return check_bits(values)
+
+
 def make_backbone(name: str, input_size: int, weights: str | None):
     try:
         return create_backbone(name, input_size=input_size, weights=weights)
@@ -25,8 +49,34 @@ def make_backbone(name: str, input_size: int, weights: str | None):
         raise typer.BadParameter(str(e)) from None
 
 
+def show(name) -> str:
+    """A file name or key as one readable line (bytes that are not UTF-8 as \\xNN, see `printable`)."""
+    return printable(str(name))
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files' (`many` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 BackboneOpt = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Feature extractor (see `hashsearch list`).")
 InputSizeOpt = typer.Option(128, "--input-size", help="Backbone input resolution in pixels.")
 WeightsOpt = typer.Option(None, "--weights", help="A local weights file for the backbone (default: the packaged ImageNet weights).")
 CacheOpt = typer.Option(None, "--cache-dir", help="Cache folder of features and exported ONNX models (default $HASHSEARCH_CACHE or ~/.cache/hashsearch).")
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="Images per backbone batch.")
+MaxPixelsOpt = typer.Option(
+    DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+    help=f"Largest image decoded, in pixels (width x height; default {DEFAULT_MAX_PIXELS:,}); larger files are skipped and reported.",
+)
+LabelsOpt = typer.Option(
+    "auto", "--labels",
+    help="How images get labels: auto (class folders; a list file's own labels), folder (the first folder below "
+         "the source: photos/cat/2023/x.jpg is 'cat'), parent (the folder holding the file), none, or a labels "
+         "file (name<TAB>label per line). See docs/folders.md.",
+)
+KeepDuplicatesOpt = typer.Option(
+    False, "--keep-duplicates", help="Index files whose bytes equal another's (default: skip and count them).",
+)
+SkipListOpt = typer.Option(
+    None, "--skip-list", help="Write every file not indexed, with the reason, to this TSV file (names escaped: \\t, \\n, \\\\, \\xNN).",
+)

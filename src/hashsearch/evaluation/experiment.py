@@ -11,19 +11,38 @@ import numpy as np
 from hashsearch.backbones import Backbone, create_backbone
 from hashsearch.collection import Collection
 from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
-from hashsearch.data.sources import open_source
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.sources import open_source, printable
 from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
 from hashsearch.evaluation.runner import FeatureProvider, machine_description, parse_method, run_methods, split_features
 from hashsearch.hashing import create_hasher
 
 
-def load_split(protocol: str | None, data: str | None, queries_per_class: int, train_per_class: int, seed: int):
-    """(source, split) for a named protocol or for the user's own labelled images."""
+def load_split(protocol: str | None, data: str | None, queries_per_class: int, train_per_class: int, seed: int,
+               labels: str = "auto", log=print):
+    """(source, split) for a named protocol or for the user's own labelled images.
+
+    With `data`, `labels` says how its images get labels (see `hashsearch.data.sources`); the
+    line saying how they were read is logged, and images without a label are left out of the
+    split and named. Raises ValueError when no image has a label (saying what layout was seen).
+    """
     if protocol is not None:
         split = load_protocol(protocol, seed=seed)
         return open_source(cifar10_root()), split
-    source = open_source(data)
-    split = split_by_class(source.records(), queries_per_class, train_per_class, seed=seed, name=f"custom:{data}")
+    source = open_source(data, labels)
+    records = source.records()
+    listing = source.listing()
+    log(listing.labels.summary())
+    labelled = [r for r in records if r.label is not None]
+    if not labelled:
+        raise ValueError(
+            f"--data {printable(str(data))}: no image has a label (labels: {listing.labels.layout}); an evaluation needs "
+            "classes: put each class's images in a folder of its own (photos/cat/..., photos/dog/...), write "
+            "'path<TAB>label' lines in a list file, or pass a labels file with --labels FILE"
+        )
+    if len(labelled) < len(records):
+        log(f"left out of the evaluation: {listing.labels.unlabelled_text()}")
+    split = split_by_class(labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{data}")
     return source, split
 
 
@@ -42,14 +61,21 @@ def run_and_report(
     batch_size: int = 64,
     command: str = "",
     log=print,
+    labels: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> list[dict]:
-    """Evaluate every method x bits on the split; write <out>.md/.json and plots when `out` is given."""
+    """Evaluate every method x bits on the split; write <out>.md/.json and plots when `out` is given.
+
+    `labels` (with `data`) as in `load_split`; `max_pixels`: the largest image decoded (larger
+    ones are skipped and reported).
+    """
     for m in methods:
         parse_method(m)  # fail on an unknown method before the long feature pass
     t0 = time.perf_counter()
-    source, split = load_split(protocol, data, queries_per_class, train_per_class, seed)
+    source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
     log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
-    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log)
+    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log,
+                               max_pixels=max_pixels)
     feats = provider.features(None)
     if len(feats.skipped):
         log(feats.skipped.summary())

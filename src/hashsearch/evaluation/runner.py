@@ -12,6 +12,7 @@ import numpy as np
 
 from hashsearch.backbones import Backbone
 from hashsearch.backbones.extract import extract_features
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import Split
 from hashsearch.data.sources import ImageSource, SkipReport
 from hashsearch.evaluation.metrics import evaluate
@@ -51,11 +52,14 @@ def split_features(
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ProtocolFeatures:
-    """Extract (or read from the cache) the features of every image the split uses, once."""
+    """Extract (or read from the cache) the features of every image the split uses, once
+    (`max_pixels`: the largest image decoded; larger ones are skipped and reported)."""
     t = time.perf_counter()
     unique = {r.key: r for part in (split.train, split.query, split.database) for r in part}
-    ex = extract_features(source, backbone, list(unique.values()), cache_dir=cache_dir, batch_size=batch_size, progress=progress)
+    ex = extract_features(source, backbone, list(unique.values()), cache_dir=cache_dir, batch_size=batch_size,
+                          progress=progress, max_pixels=max_pixels)
     row = {r.key: i for i, r in enumerate(ex.records)}
     classes = sorted({r.label for r in unique.values() if r.label is not None})
     code = {c: i for i, c in enumerate(classes)}
@@ -83,8 +87,9 @@ class FeatureProvider:
 
     def __init__(self, source: ImageSource, split: Split, backbone: Backbone, *, cache_dir=None, batch_size: int = 64,
                  seed: int = 0, scratch_epochs: int = SCRATCH_EPOCHS, finetune_epochs: int | None = None,
-                 log=print) -> None:
+                 log=print, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.source, self.split, self.backbone = source, split, backbone
+        self.max_pixels = max_pixels
         self.finetune_epochs = finetune_epochs  # joint epochs of finetune mode (None: the hasher's)
         self.cache_dir, self.batch_size, self.seed, self.scratch_epochs, self.log = cache_dir, batch_size, seed, scratch_epochs, log
         self._feats: dict[str | None, ProtocolFeatures] = {}
@@ -95,7 +100,7 @@ class FeatureProvider:
         if name not in self._feats:
             backbone = self.backbone if name is None else self.trained_backbone(name)
             self._feats[name] = split_features(self.source, self.split, backbone, cache_dir=self.cache_dir,
-                                               batch_size=self.batch_size)
+                                               batch_size=self.batch_size, max_pixels=self.max_pixels)
         return self._feats[name]
 
     def trained_backbone(self, name: str) -> Backbone:
@@ -115,7 +120,8 @@ class FeatureProvider:
             self.trained[name] = json.loads(info.read_text())
             return create_backbone(name, weights=weights)
         self.log(f"training {name} from scratch on {len(self.split.train)} images, {self.scratch_epochs} epochs")
-        records, pixels, report = extract_pixels(self.source, self.split.train, backbone.preprocess)
+        records, pixels, report = extract_pixels(self.source, self.split.train, backbone.preprocess,
+                                                 max_pixels=self.max_pixels)
         t = time.perf_counter()
         trained, history = train_backbone(backbone, pixels, [r.label for r in records], weights,
                                           epochs=self.scratch_epochs, seed=self.seed)
@@ -158,7 +164,8 @@ class FeatureProvider:
             epochs = hasher.epochs if self.finetune_epochs is None else self.finetune_epochs
             self.log(f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(self.split.train)} "
                      f"images: the head alone {hasher.epochs} epochs, then with the backbone {epochs} epochs")
-            crops = [extract_pixels(self.source, self.split.train, b.preprocess)[:2] for b in backbones]
+            crops = [extract_pixels(self.source, self.split.train, b.preprocess, max_pixels=self.max_pixels)[:2]
+                     for b in backbones]
             if any([r.key for r in c[0]] != [r.key for r in crops[0][0]] for c in crops):
                 raise RuntimeError(f"the backbones of {tag} read different training images; check the split's files")
             labels = [r.label for r in crops[0][0]]
@@ -171,8 +178,8 @@ class FeatureProvider:
             seconds = time.perf_counter() - t
             hasher.save(saved)
             info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))
-        parts = [split_features(self.source, self.split, b, cache_dir=self.cache_dir, batch_size=self.batch_size)
-                 for b in tuned]
+        parts = [split_features(self.source, self.split, b, cache_dir=self.cache_dir, batch_size=self.batch_size,
+                                max_pixels=self.max_pixels) for b in tuned]
         return hasher, parts[0] if len(parts) == 1 else concat_features(parts), seconds
 
     def for_method(self, method: str) -> tuple[ProtocolFeatures, dict]:

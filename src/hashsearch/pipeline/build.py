@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -137,6 +138,16 @@ def _drop_duplicates(ex: Extracted, report: IndexReport, existing: dict[str, str
     return ex
 
 
+def _count_labels(report: IndexReport, ex: Extracted) -> None:
+    """The report's class counts: of the images indexed (the listing counted every image listed)."""
+    if report.listing is not None:
+        counts: dict[str, int] = {}
+        for r in ex.records:
+            if r.label is not None:
+                counts[r.label] = counts.get(r.label, 0) + 1
+        report.listing.labels = dataclasses.replace(report.listing.labels, counts=dict(sorted(counts.items())))
+
+
 def _unlabelled_error(method: str, report: IndexReport, n: int) -> ValueError:
     """The error of a supervised method given images without any label, saying what was seen."""
     seen = f" (labels: {report.listing.labels.layout})" if report.listing is not None else ""
@@ -193,6 +204,7 @@ def build_collection(
     report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
     if not keep_duplicates:
         ex = _drop_duplicates(ex, report)
+    _count_labels(report, ex)
     if not ex.records:
         raise ValueError(f"no readable image in the source ({report.skipped.summary()})")
     if not hasattr(hasher, "n_features_in_"):
@@ -247,6 +259,7 @@ def add_images(
         entries = dict(zip(found.values(), coll.entries(list(found.values()))))
         existing = {d: f"id {i} ({entries[i]['key'] if entries.get(i) else '?'})" for d, i in found.items()}
         ex = _drop_duplicates(ex, report, existing)
+    _count_labels(report, ex)
     if not ex.records:
         return np.zeros(0, np.int64), report
     ids = coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests,

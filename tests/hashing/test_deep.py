@@ -72,20 +72,23 @@ def test_determinism_with_seed(clustered):
     c = DLBHC(n_bits=16, epochs=3, seed=5).fit(X, y)
     assert torch.equal(torch.get_rng_state(), rng_before)  # the caller's RNG is left alone
     np.testing.assert_array_equal(a.loss_history_, b.loss_history_)
-    for k in a._state_names:
-        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    state_a, state_b = a._get_state(), b._get_state()
+    assert state_a.keys() == state_b.keys()
+    for k in state_a:
+        np.testing.assert_array_equal(state_a[k], state_b[k])
     np.testing.assert_array_equal(a.encode(X).data, b.encode(X).data)
-    assert not np.array_equal(a.latent_weight_, c.latent_weight_)
+    assert not np.array_equal(a.head_state_["latent.weight"], c.head_state_["latent.weight"])
 
 
 def test_learned_state_and_loss_history_are_saved(clustered, tmp_path):
     X, y = clustered
     h = DLBHC(n_bits=16, epochs=4, dropout=0.1, lr=2e-3).fit(X, y)
-    assert {"latent_weight_", "latent_bias_", "classifier_weight_", "classifier_bias_",
-            "feature_mean_", "feature_std_", "classes_", "loss_history_"} <= set(h._state_names)
-    assert h.latent_weight_.shape == (16, 32) and h.classifier_weight_.shape == (6, 16)
+    assert {"head.latent.weight", "head.latent.bias", "head.classifier.weight", "head.classifier.bias",
+            "feature_mean_", "feature_std_", "classes_", "loss_history_"} <= set(h._get_state())
+    assert h.head_state_["latent.weight"].shape == (16, 32) and h.head_state_["classifier.weight"].shape == (6, 16)
     h.save(tmp_path / "d.npz")
     loaded = Hasher.load(tmp_path / "d.npz")
+    assert loaded.name == "dlbhc" and loaded.get_params() == h.get_params()
     np.testing.assert_array_equal(loaded.loss_history_, h.loss_history_)
     assert loaded.get_params()["dropout"] == 0.1 and loaded.get_params()["lr"] == 2e-3
     np.testing.assert_array_equal(loaded.predict(X), h.predict(X))
@@ -143,10 +146,42 @@ def test_bad_params(clustered, params, match):
     assert not hasattr(h, "n_features_in_")
 
 
-def test_deep_hasher_is_abstract(clustered):
+def test_a_preset_is_the_composed_hasher(clustered):
+    """"dpsh" is DeepHasher with the latent-tanh head and the dpsh loss: the same training, the same codes."""
     X, y = clustered
-    with pytest.raises(TypeError, match="head_name"):
-        DeepHasher(n_bits=8, epochs=1).fit(X, y)
+    preset = create_hasher("dpsh", n_bits=16, epochs=3, eta=0.2)
+    composed = DeepHasher(n_bits=16, head="latent-tanh", loss="dpsh", loss_params={"eta": 0.2}, epochs=3)
+    np.testing.assert_array_equal(preset.fit(X, y).encode(X).data, composed.fit(X, y).encode(X).data)
+    assert preset.get_params() == {"n_bits": 16, "seed": 0, "epochs": 3, "batch_size": 128, "lr": 1e-3,
+                                   "weight_decay": 5e-4, "dropout": 0.2, "device": "cpu", "eta": 0.2}
+    assert repr(preset).startswith("dpsh(n_bits=16") and composed.name == "deep"
+
+
+def test_any_head_with_any_loss_trains_saves_and_loads(clustered, tmp_path):
+    """A pairing no paper made (DFEH's head with DSH's loss) is one DeepHasher, not a new class."""
+    X, y = clustered
+    h = DeepHasher(n_bits=12, head="feature-enhance", loss="dsh", head_params={"hidden": 24},
+                   loss_params={"alpha": 0.05}, epochs=3).fit(X, y)
+    h.save(tmp_path / "h.npz")
+    back = Hasher.load(tmp_path / "h.npz")
+    assert back.name == "deep" and back.get_params() == h.get_params()
+    np.testing.assert_array_equal(back.encode(X).data, h.encode(X).data)
+    assert [str(x) for x in back.code_layers_] == ["enhance", "latent"]
+    with torch.no_grad():  # the NumPy encoder is the torch head's sign
+        z = back.to_torch()(torch.from_numpy(back.standardize(X))).pre_activation.numpy()
+    np.testing.assert_array_equal(back.encode(X).to_bits(), (z >= 0).astype(np.uint8))
+    with pytest.raises(TypeError, match="no classifier"):
+        back.predict(X)
+
+
+def test_composition_errors_name_the_choices(clustered):
+    X, y = clustered
+    with pytest.raises(ValueError, match="unknown head 'nope'.*latent-sigmoid"):
+        DeepHasher(n_bits=8, head="nope", epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match="unknown loss 'nope'.*cross-entropy"):
+        DeepHasher(n_bits=8, loss="nope", epochs=1).fit(X, y)
+    with pytest.raises(TypeError, match=r"dpsh\(\) got unexpected parameters \['margin'\].*eta"):
+        create_hasher("dpsh", margin=3)
 
 
 def test_registries_of_heads_and_losses():

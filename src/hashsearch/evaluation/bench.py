@@ -38,12 +38,13 @@ def gpu_description() -> str:
 
 
 def resolve_methods(methods: Sequence[str]) -> list[str]:
-    """`all` -> every registered hasher; otherwise the names, checked against the registry."""
+    """`all` -> every registered method (not "deep", the composition that the deep presets are
+    made of); otherwise the names, checked against the registry."""
     names = list(methods)
     if names == ["all"]:
         # DHFI's comparison: its ResNet subnetwork alone at the same total bits (the pretrained
         # one alone is the 'dpsh' row).
-        return list_hashers() + ["dhfi[use=b]"]
+        return [m for m in list_hashers() if m != "deep"] + ["dhfi[use=b]"]
     for m in names:
         parse_method(m)  # unknown name -> ValueError listing the registered ones
     return names

@@ -16,7 +16,8 @@ from hashsearch.registry import Registry
 from hashsearch.types import Codes
 
 FORMAT = "hashsearch-hasher"
-FORMAT_VERSION = 1
+# 2: deep hashers store their head as "head.<layer>.<weight|bias>" arrays with its layer order.
+FORMAT_VERSION = 2
 
 hashers: Registry = Registry("hasher", builtins="hashsearch.hashing")
 
@@ -134,7 +135,7 @@ class Hasher:
             "n_features_in": int(self.n_features_in_),
             "extra": self._extra_meta(),
         }
-        arrays = {f"state.{k}": np.asarray(getattr(self, k)) for k in self._state_names}
+        arrays = {f"state.{k}": v for k, v in self._get_state().items()}
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
@@ -156,14 +157,25 @@ class Hasher:
             raise ValueError(f"{path} is not a readable hashsearch hasher file: {e}") from e
         check_header(meta, FORMAT, FORMAT_VERSION, path)
         hasher = create_hasher(meta["method"], **meta["params"])
-        missing = set(hasher._state_names) - set(arrays)
-        if missing:
-            raise ValueError(f"{path} lacks the learned arrays {sorted(missing)}")
-        for k, v in arrays.items():
-            setattr(hasher, k, v)
+        try:
+            hasher._set_state(arrays)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
         hasher.n_features_in_ = meta["n_features_in"]
         hasher._load_extra_meta(meta.get("extra", {}))
         return hasher
+
+    def _get_state(self) -> dict[str, np.ndarray]:
+        """The learned arrays that `save` writes, by name (default: the `_state_names` attributes)."""
+        return {k: np.asarray(getattr(self, k)) for k in self._state_names}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what `_get_state` returned; a ValueError names the arrays that are missing."""
+        missing = set(self._state_names) - set(arrays)
+        if missing:
+            raise ValueError(f"the learned arrays {sorted(missing)} are missing")
+        for k, v in arrays.items():
+            setattr(self, k, v)
 
     def _extra_meta(self) -> dict:
         """JSON-able learned values beyond arrays (override when needed)."""

@@ -1,12 +1,12 @@
-"""Deep hashers: heads and losses (registries), ONE training loop, and the methods built from them.
+"""Deep hashers: heads and losses (registries), ONE training loop, one composed class and its presets.
 
-Importing this package registers the deep hashers without importing torch; `heads`, `losses`
-and `trainer` import torch and are loaded when a deep hasher is fitted.
+Importing this package registers the deep hashers ("deep", the presets dlbhc, dpsh, dsh, dfeh,
+hashnet, csq, and dhfi) without importing torch; `heads`, `losses`, `trainer` and `endtoend`
+import torch and are loaded when a deep hasher trains.
 """
 
 from hashsearch.hashing.deep.base import DeepHasher
-from hashsearch.hashing.deep.dlbhc import DLBHC
-from hashsearch.hashing.deep.pairwise import CSQ, DFEH, DPSH, DSH, HashNet
+from hashsearch.hashing.deep.presets import CSQ, DFEH, DLBHC, DPSH, DSH, HashNet, Preset, register_preset
 from hashsearch.hashing.deep.fusion import DHFI
 
-__all__ = ["DeepHasher", "DLBHC", "DPSH", "DSH", "DFEH", "HashNet", "CSQ", "DHFI"]
+__all__ = ["DeepHasher", "Preset", "register_preset", "DLBHC", "DPSH", "DSH", "DFEH", "HashNet", "CSQ", "DHFI"]

@@ -1,43 +1,51 @@
-"""DeepHasher: the fit shared by every deep hasher (head + loss + the one training loop).
+"""DeepHasher: a head, a loss and the optimiser settings, composed and trained by the one loop.
 
-A deep method is a small subclass that names its head and loss (both from registries) and
-lists which head parameters it keeps; see `DLBHC`. Training runs on cached backbone features
-("head" mode). After `fit`, the head's weights live in NumPy arrays ending in `_`, so encoding
-needs neither torch nor autograd, and `save`/`load` work like for every other hasher.
-`finetune` is the other mode: the backbone trains too, through the same head, loss and loop.
+A deep hashing method is a choice of head (`deep.heads`), loss (`deep.losses`) and their
+parameters: ``DeepHasher(head="latent-tanh", loss="dpsh", loss_params={"eta": 0.1})`` is DPSH.
+The published methods are registered presets of this one class (`deep.presets`): DLBHC, DPSH,
+DSH, DFEH, HashNet, CSQ. Training runs on cached backbone features ("head" mode, `fit`) or
+through the backbone ("finetune" mode, `finetune`), on the same loop. After training, the
+head's weights live in NumPy arrays, so encoding needs neither torch nor autograd, and
+`save`/`load` work like for every other hasher.
 """
 
 from __future__ import annotations
 
+import inspect
 import numbers
+import os
 from typing import Any, ClassVar
 
 import numpy as np
 
-from hashsearch.hashing.base import Hasher, check_features
+from hashsearch.hashing.base import Hasher, register_hasher
 
 
+@register_hasher("deep")
 class DeepHasher(Hasher):
-    """Base of deep hashers trained on features with class labels.
-
-    Subclasses set `head_name` and `loss_name` (registered in `deep.heads` and `deep.losses`)
-    and `_param_map` (learned attribute -> head `state_dict` key; it must cover the whole
-    state dict, which `fit` checks). They override `_head_params` / `_loss_params` to pass
-    their own constructor parameters on. Every head's bit is ``pre-activation >= 0`` of its
-    `latent` linear layer (see `deep.heads`), which is what `encode` computes in NumPy.
+    """A deep hasher trained on features with class labels: head + loss + optimiser settings.
 
     Parameters
     ----------
     n_bits : int
-        Code length (latent units).
+        Code length (units of the head's code layer).
+    head : str
+        A registered head (`hashsearch.hashing.deep.heads.list_heads()`), e.g. "latent-sigmoid"
+        (DLBHC), "latent-tanh" (DPSH, DSH, HashNet, CSQ), "feature-enhance" (DFEH).
+    loss : str
+        A registered loss (`hashsearch.hashing.deep.losses.list_losses()`), e.g. "cross-entropy",
+        "dpsh", "dsh", "dfeh", "hashnet", "csq".
+    head_params, loss_params : dict, optional
+        Keyword arguments of the head (beyond in_dim, n_bits, n_classes, dropout) and of the loss
+        (beyond n_bits, n_classes; a loss that takes a `seed` gets this hasher's unless given).
     seed : int
         Seed of weight initialisation, dropout and batch shuffling.
     epochs, batch_size : int
-        Passes over the training features, and rows per optimiser step.
+        Passes over the training set, and rows per optimiser step.
     lr, weight_decay : float
-        Adam learning rate and L2 penalty.
+        Adam's learning rate and L2 penalty.
     dropout : float
-        Dropout probability on the (standardised) input features during training.
+        Dropout probability inside the head during training.
     device : str
         Torch device for training ('cpu', 'cuda', ...); encoding always runs on the CPU in NumPy.
 
@@ -47,8 +55,10 @@ class DeepHasher(Hasher):
         Input standardisation learned from the training features.
     classes_ : (C,) array
         The distinct training labels; class i of the head is ``classes_[i]``.
-    latent_weight_ : (n_bits, d) float32, latent_bias_ : (n_bits,) float32
-        The code layer.
+    head_state_ : dict of str -> float32 array
+        The trained head's weights by `state_dict` key ("latent.weight" is (n_bits, d') ...).
+    code_layers_ : (L,) str array, activation_ : str array
+        The head's linear layers from input to code (ReLU between), and its activation.
     loss_history_ : (epochs,) float64
         Mean training loss of each epoch.
     train_seconds_ : float
@@ -56,21 +66,19 @@ class DeepHasher(Hasher):
     """
 
     supervised: ClassVar[bool] = True
-    #: Registry names of the head and the loss (set by subclasses).
-    head_name: ClassVar[str | None] = None
-    loss_name: ClassVar[str | None] = None
-    #: Learned array attribute -> key in the head's state_dict.
-    _param_map: ClassVar[dict[str, str]] = {"latent_weight_": "latent.weight", "latent_bias_": "latent.bias"}
-    _common_state: ClassVar[tuple[str, ...]] = ("feature_mean_", "feature_std_", "classes_", "loss_history_")
-    _state_names: ClassVar[tuple[str, ...]] = _common_state + tuple(_param_map)
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        cls._state_names = cls._common_state + tuple(cls._param_map)
+    _state_names: ClassVar[tuple[str, ...]] = (
+        "feature_mean_", "feature_std_", "classes_", "loss_history_", "code_layers_", "activation_",
+    )
+    #: The training settings, shared by every preset (the rest of a preset's parameters go to its head or loss).
+    training_params: ClassVar[tuple[str, ...]] = ("seed", "epochs", "batch_size", "lr", "weight_decay", "dropout", "device")
 
     def __init__(
         self,
         n_bits: int = 48,
+        head: str = "latent-tanh",
+        loss: str = "dpsh",
+        head_params: dict[str, Any] | None = None,
+        loss_params: dict[str, Any] | None = None,
         seed: int = 0,
         epochs: int = 30,
         batch_size: int = 128,
@@ -80,6 +88,10 @@ class DeepHasher(Hasher):
         device: str = "cpu",
     ) -> None:
         self.n_bits = n_bits
+        self.head = head
+        self.loss = loss
+        self.head_params = head_params
+        self.loss_params = loss_params
         self.seed = seed
         self.epochs = epochs
         self.batch_size = batch_size
@@ -88,14 +100,45 @@ class DeepHasher(Hasher):
         self.dropout = dropout
         self.device = device
 
-    # -- hooks for subclasses ----------------------------------------------------------
-    def _head_params(self) -> dict[str, Any]:
-        """Keyword arguments of the head beyond in_dim, n_bits and n_classes."""
-        return {"dropout": float(self.dropout)}
+    # -- parameters ----------------------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor parameters; a preset's hasher gives its preset's (e.g. DPSH's `eta`)."""
+        preset = getattr(self, "_preset", None)
+        return preset.params_of(self) if preset is not None else super().get_params()
 
-    def _loss_params(self) -> dict[str, Any]:
-        """Keyword arguments of the loss beyond n_bits and n_classes."""
-        return {}
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{self.name}({args})"
+
+    # -- building and training ------------------------------------------------------------
+    def _build(self, X: np.ndarray, y: np.ndarray):
+        """Check the parameters, learn the input standardisation and classes from (X, y), and
+        build the head (seeded) and the loss. Returns (head, loss, class ids, device)."""
+        from hashsearch.hashing.deep.heads import create_head
+        from hashsearch.hashing.deep.losses import create_loss, losses
+        from hashsearch.hashing.deep.trainer import resolve_device, seeded
+
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        device = resolve_device(self.device)
+        targets, n_classes = self._targets(y)
+
+        std = X.std(axis=0, dtype=np.float64)
+        std[std < 1e-12] = 1.0  # constant features: leave them at 0 after centring
+        self.feature_mean_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        self.feature_std_ = std.astype(np.float32)
+
+        with seeded(self.seed, device):
+            head = self._new_head(create_head, X.shape[1], n_classes)
+        loss_params = dict(self.loss_params or {})
+        if "seed" in inspect.signature(losses.get(self.loss)).parameters:
+            loss_params.setdefault("seed", int(self.seed))
+        loss_fn = create_loss(self.loss, n_bits=self.n_bits, n_classes=n_classes, **loss_params)
+        return head, loss_fn, targets, device
+
+    def _new_head(self, create_head, in_dim: int, n_classes: int):
+        return create_head(self.head, in_dim=in_dim, n_bits=self.n_bits, n_classes=n_classes,
+                           dropout=float(self.dropout), **(self.head_params or {}))
 
     def _targets(self, y: np.ndarray) -> tuple[np.ndarray, int]:
         """Map 1-d labels of any values to class ids 0..C-1 (setting `classes_`); return (ids, C)."""
@@ -122,80 +165,100 @@ class DeepHasher(Hasher):
         self.classes_ = classes
         return ids.astype(np.int64).reshape(-1), len(classes)
 
-    # -- fit / encode ------------------------------------------------------------------
+    def _settings(self, device) -> dict[str, Any]:
+        return dict(batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, device=device)
+
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
         from hashsearch.hashing.deep.trainer import train
 
-        head, loss_fn, targets, device = self._setup(X, y)
-        history = train(
-            head, loss_fn, self.standardize(X, _checked=True), targets,
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-            seed=self.seed, device=device,
-        )
+        head, loss_fn, targets, device = self._build(X, y)
+        history = train(head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs,
+                        **self._settings(device))
         self._keep(head, history)
 
-    def _setup(self, X: np.ndarray, y: np.ndarray):
-        """Check the parameters, learn the input standardisation and classes from (X, y); build
-        the head and the loss. Returns (head, loss, class ids, device). Shared with `finetune`."""
-        from hashsearch.hashing.deep.heads import create_head
-        from hashsearch.hashing.deep.losses import create_loss
-        from hashsearch.hashing.deep.trainer import resolve_device, seeded
-
-        if not self.head_name or not self.loss_name:
-            raise TypeError(f"{type(self).__name__} must set head_name and loss_name (DeepHasher is abstract)")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
-        device = resolve_device(self.device)
-        targets, n_classes = self._targets(y)
-
-        std = X.std(axis=0, dtype=np.float64)
-        std[std < 1e-12] = 1.0  # constant features: leave them at 0 after centring
-        self.feature_mean_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
-        self.feature_std_ = std.astype(np.float32)
-
-        with seeded(self.seed, device):
-            head = create_head(self.head_name, in_dim=X.shape[1], n_bits=self.n_bits, n_classes=n_classes,
-                               **self._head_params())
-        loss_fn = create_loss(self.loss_name, n_bits=self.n_bits, n_classes=n_classes, **self._loss_params())
-        return head, loss_fn, targets, device
-
     def _keep(self, head, history) -> None:
-        """Copy the trained head's weights into the NumPy attributes, with the loss history."""
-        state = head.state_dict()
-        unsaved = set(state) - set(self._param_map.values())
-        if unsaved:
-            raise TypeError(
-                f"{type(self).__name__}._param_map does not keep the head parameters {sorted(unsaved)}; "
-                f"add them so save/load and encode see the whole trained head"
-            )
-        for attr, key in self._param_map.items():
-            setattr(self, attr, state[key].detach().to("cpu", copy=True).numpy())
+        """Copy the trained head's weights into NumPy arrays, with the loss history."""
+        self.head_state_ = {k: v.detach().to("cpu", copy=True).numpy() for k, v in head.state_dict().items()}
+        self.code_layers_ = np.array(head.code_layers)
+        self.activation_ = np.array(head.activation)
         self.loss_history_ = np.asarray(history.epoch_loss, np.float64)
         self.train_seconds_ = float(history.seconds)
 
-    def finetune(self, backbone, pixels: np.ndarray, labels: np.ndarray, weights_out, **options):
-        """"finetune" mode: train the backbone and this hasher's head together, with the same loss.
+    def finetune(self, backbone, pixels: np.ndarray, labels: np.ndarray, weights_out: str | os.PathLike, *,
+                 epochs: int | None = None, trunk_lr_scale: float = 0.1, augment: bool = True,
+                 pretrained: bool = True, progress: bool = True):
+        """"finetune" mode: the head and loss trained together with the backbone; returns the tuned backbone.
 
         `pixels` are the (n, s, s, 3) uint8 crops of the labelled training images at the
-        backbone's input size (`backbones.extract.extract_pixels`). Writes the trained backbone's
-        weights to `weights_out` and returns that backbone; this hasher is then fitted for *its*
-        features. Options as in `hashing.deep.endtoend.finetune`.
+        backbone's input size (`hashsearch.backbones.extract.extract_pixels`). Two stages on the
+        one training loop, with this hasher's loss and settings: first the head alone on the
+        starting backbone's features for `epochs` of this hasher (head mode, seconds), so that
+        the backbone's first gradients come from a trained head and not a random one; then head
+        and backbone together for `epochs` (default: this hasher's) on augmented images (see
+        `endtoend.ImageModel`), the backbone at ``lr * trunk_lr_scale``. The input
+        standardisation is learned from the starting backbone's features and then held fixed;
+        `loss_history_` holds both stages' epochs. With `pretrained` the backbone's batch-norm
+        statistics stay frozen and its weights get no L2. Writes the trained backbone's weights
+        to `weights_out` and returns that backbone; this hasher then encodes *its* features.
+
+        Raises
+        ------
+        ValueError
+            If `pixels` are not uint8 crops at the backbone's input size, or do not match `labels`.
         """
-        from hashsearch.hashing.deep.endtoend import finetune
+        from hashsearch.hashing.deep.endtoend import ImageModel, check_pixels, trained_backbone, trunk_features
+        from hashsearch.hashing.deep.trainer import TrainHistory, resolve_device, seeded, train
 
-        return finetune(self, backbone, pixels, labels, weights_out, **options)
+        pixels = check_pixels(pixels, labels, backbone)
+        self._check_n_bits()
+        dev = resolve_device(self.device)
+        with seeded(self.seed, dev):
+            trunk = backbone.init_module()
+        X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
+        head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
+        settings = dict(self._settings(dev), progress=progress)
+        warm = train(head, loss_fn, self.standardize(X0, _checked=True), targets, epochs=self.epochs, **settings)
+        model = ImageModel(trunk, head, backbone.preprocess, self.feature_mean_, self.feature_std_,
+                           augment=augment, trunk_lr_scale=trunk_lr_scale, pretrained=pretrained)
+        joint = train(model, loss_fn, pixels, targets, epochs=self.epochs if epochs is None else epochs, **settings)
+        self._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
+        self.n_features_in_ = X0.shape[1]
+        return trained_backbone(backbone, trunk, weights_out)
 
+    # -- encoding (NumPy) ---------------------------------------------------------------
     def standardize(self, features: np.ndarray, _checked: bool = False) -> np.ndarray:
         """The head's input: features standardised with the training mean and std (float32)."""
         X = features if _checked else self._check_input(features)
         return ((X - self.feature_mean_) / self.feature_std_).astype(np.float32, copy=False)
 
     def _pre_activation(self, X: np.ndarray) -> np.ndarray:
-        return self.standardize(X, _checked=True) @ self.latent_weight_.T + self.latent_bias_
+        h = self.standardize(X, _checked=True)
+        layers = [str(x) for x in self.code_layers_]
+        for i, layer in enumerate(layers):
+            h = h @ self.head_state_[f"{layer}.weight"].T + self.head_state_[f"{layer}.bias"]
+            if i < len(layers) - 1:
+                h = np.maximum(h, 0)
+        return h
 
     def _bits(self, X: np.ndarray) -> np.ndarray:
         # sigmoid(z) >= 0.5 and tanh(z) >= 0 both mean z >= 0: exact, and no exp needed.
         return self._pre_activation(X) >= 0
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, C), columns in the order of `classes_`, for a head with a
+        classifier on its codes (DLBHC's 'latent-sigmoid'); a TypeError for other heads."""
+        from scipy.special import expit, softmax
+
+        X = self._check_input(features)
+        if "classifier.weight" not in self.head_state_:
+            raise TypeError(f"head {self.head!r} has no classifier: predict needs one such as 'latent-sigmoid' (DLBHC)")
+        z = self._pre_activation(X)
+        codes = expit(z) if str(self.activation_) == "sigmoid" else np.tanh(z)
+        return softmax(codes @ self.head_state_["classifier.weight"].T + self.head_state_["classifier.bias"], axis=1)
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """The most probable class label of each row (values from `classes_`)."""
+        return self.classes_[self.predict_proba(features).argmax(axis=1)]
 
     def to_torch(self):
         """The trained head as a torch module (CPU, eval mode) rebuilt from the learned arrays.
@@ -207,10 +270,22 @@ class DeepHasher(Hasher):
         from hashsearch.hashing.deep.heads import create_head
 
         self._check_fitted()
-        head = create_head(self.head_name, in_dim=int(self.n_features_in_), n_bits=self.n_bits,
-                           n_classes=len(self.classes_), **self._head_params())
-        head.load_state_dict({key: torch.from_numpy(np.array(getattr(self, attr))) for attr, key in self._param_map.items()})
+        head = self._new_head(create_head, int(self.n_features_in_), len(self.classes_))
+        head.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in self.head_state_.items()})
         return head.eval()
+
+    # -- persistence ----------------------------------------------------------------------
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {**super()._get_state(), **{f"head.{k}": np.asarray(v) for k, v in self.head_state_.items()}}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        head = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
+        super()._set_state({k: v for k, v in arrays.items() if not k.startswith("head.")})
+        missing = [f"head.{layer}.{p}" for layer in self.code_layers_ for p in ("weight", "bias")
+                   if f"{layer}.{p}" not in head]
+        if missing:
+            raise ValueError(f"the learned arrays {missing} are missing")
+        self.head_state_ = head
 
     def _extra_meta(self) -> dict:
         return {"train_seconds": getattr(self, "train_seconds_", None)}

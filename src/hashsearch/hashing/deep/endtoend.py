@@ -1,5 +1,6 @@
 """Training through the backbone, on the one training loop: a network from scratch (RITQ's CIFAR
-ResNet, `train_backbone`) and the "finetune" mode of every deep hasher (`finetune`).
+ResNet, `train_backbone`) and the pieces of every deep hasher's "finetune" mode
+(`DeepHasher.finetune`).
 
 Both wrap the backbone's trunk and a head in an `ImageModel`, which takes uint8 pixels, augments
 them (random crop after reflection padding, horizontal flip) in training, normalises them with
@@ -121,7 +122,8 @@ class _Classifier(nn.Module):
         return HeadOutput(codes_continuous=f, logits=self.fc(f), pre_activation=f)
 
 
-def _check_pixels(pixels: np.ndarray, labels, backbone) -> np.ndarray:
+def check_pixels(pixels: np.ndarray, labels, backbone) -> np.ndarray:
+    """`pixels` as (n, s, s, 3) uint8 training crops at the backbone's input size, one per label, or a ValueError."""
     pixels = np.asarray(pixels)
     s = backbone.preprocess.input_size
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
@@ -145,7 +147,8 @@ def trunk_features(trunk: nn.Module, pixels: np.ndarray, preprocess, device, bat
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _trained_backbone(backbone, trunk: nn.Module, weights_out: str | os.PathLike):
+def trained_backbone(backbone, trunk: nn.Module, weights_out: str | os.PathLike):
+    """Write `trunk`'s weights to `weights_out`; the backbone of the same kind that loads them."""
     path = backbone.save_weights(trunk.cpu().eval(), Path(weights_out))
     return type(backbone)(weights=path, input_size=backbone.preprocess.input_size)
 
@@ -173,7 +176,7 @@ def train_backbone(
     """
     from hashsearch.hashing.deep.losses import create_loss
 
-    pixels = _check_pixels(pixels, labels, backbone)
+    pixels = check_pixels(pixels, labels, backbone)
     classes, targets = np.unique(np.asarray(labels), return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"training a classifier needs at least 2 classes, got {len(classes)}")
@@ -185,50 +188,7 @@ def train_backbone(
     loss = create_loss("cross-entropy", n_bits=backbone.feature_dim, n_classes=len(classes))
     history = train(model, loss, pixels, targets.astype(np.int64), epochs=epochs, batch_size=batch_size, lr=lr,
                     weight_decay=weight_decay, seed=seed, device=dev, progress=progress, cosine=True)
-    return _trained_backbone(backbone, trunk, weights_out), history
+    return trained_backbone(backbone, trunk, weights_out), history
 
 
-def finetune(
-    hasher,
-    backbone,
-    pixels: np.ndarray,
-    labels: np.ndarray,
-    weights_out: str | os.PathLike,
-    *,
-    epochs: int | None = None,
-    trunk_lr_scale: float = 0.1,
-    augment: bool = True,
-    pretrained: bool = True,
-    progress: bool = True,
-):
-    """A deep hasher's "finetune" mode: its head and loss trained together with the backbone.
-
-    Two stages on the one training loop, with the hasher's loss and settings (batch_size, lr,
-    weight_decay, seed, device): first the head alone on the starting backbone's features for
-    the hasher's `epochs` (head mode, seconds), so that the backbone's first gradients come
-    from a trained head and not a random one; then head and backbone together for `epochs`
-    (default: the hasher's) on augmented images, the backbone at ``lr * trunk_lr_scale``. The
-    input standardisation is learned from the starting backbone's features and then held
-    fixed; `loss_history_` holds both stages' epochs. With `pretrained` (the default) the
-    backbone's batch-norm statistics stay frozen and its weights get no L2 (see `ImageModel`). Returns the backbone with the trained
-    weights (written to `weights_out`); the hasher is fitted and encodes that backbone's features.
-    """
-    pixels = _check_pixels(pixels, labels, backbone)
-    hasher._check_n_bits()
-    dev = resolve_device(hasher.device)
-    with seeded(hasher.seed, dev):
-        trunk = backbone.init_module()
-    X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
-    head, loss, targets, dev = hasher._setup(X0, np.asarray(labels))
-    settings = dict(batch_size=hasher.batch_size, lr=hasher.lr, weight_decay=hasher.weight_decay, seed=hasher.seed,
-                    device=dev, progress=progress)
-    warm = train(head, loss, hasher.standardize(X0, _checked=True), targets, epochs=hasher.epochs, **settings)
-    model = ImageModel(trunk, head, backbone.preprocess, hasher.feature_mean_, hasher.feature_std_,
-                       augment=augment, trunk_lr_scale=trunk_lr_scale, pretrained=pretrained)
-    joint = train(model, loss, pixels, targets, epochs=hasher.epochs if epochs is None else epochs, **settings)
-    hasher._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
-    hasher.n_features_in_ = X0.shape[1]
-    return _trained_backbone(backbone, trunk, weights_out)
-
-
-__all__ = ["ImageModel", "TrainHistory", "finetune", "random_crop_flip", "train_backbone", "trunk_features"]
+__all__ = ["ImageModel", "TrainHistory", "check_pixels", "random_crop_flip", "train_backbone", "trained_backbone", "trunk_features"]

@@ -6,16 +6,16 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hashsearch.hashing.base import Hasher, register_hasher
-from hashsearch.hashing.deep.pairwise import DPSH
+from hashsearch.hashing.base import Hasher, create_hasher, register_hasher
+from hashsearch.hashing.deep.base import DeepHasher
 
-_SUBNETS = ("a_", "b_")
+_SUBNETS = ("a", "b")
 
 
 @register_hasher("dhfi")
 class DHFI(Hasher):
-    """DHFI (deep hashing by fusing features of two networks, ../shared/papers): two DPSH
-    subnetworks, one per network's features, their codes concatenated.
+    """DHFI (deep hashing by fusing the features of two networks of different architectures): two
+    DPSH subnetworks, one per network's features, their codes concatenated.
 
     The input is the two networks' features side by side: columns ``[0, feature_dims[0])`` from
     the first (the run's pretrained backbone), the rest from the second ('cifar-resnet32',
@@ -31,12 +31,17 @@ class DHFI(Hasher):
         Widths of the two feature blocks; None splits the columns in half.
     use : {"both", "a", "b"}
         "a" or "b": one subnetwork alone with all `n_bits` bits (the paper's comparison).
-    Others as in `DPSH`.
+    Others as in the "dpsh" preset (`hashsearch.hashing.deep.presets`); subnetwork b is seeded
+    with ``seed + 1``.
+
+    Attributes
+    ----------
+    subnets_ : dict of {"a", "b"} -> DeepHasher
+        The fitted DPSH subnetworks in use.
     """
 
     supervised: ClassVar[bool] = True
     feature_backbones: ClassVar[tuple[str | None, ...]] = (None, "cifar-resnet32")
-    _state_names: ClassVar[tuple[str, ...]] = tuple(p + n for p in _SUBNETS for n in DPSH._state_names)
 
     def __init__(self, n_bits: int = 48, seed: int = 0, feature_dims: tuple[int, int] | None = None, use: str = "both",
                  epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 5e-4,
@@ -53,7 +58,7 @@ class DHFI(Hasher):
         self.device = device
         self.eta = eta
 
-    def _blocks(self, d: int) -> tuple[slice, slice]:
+    def _blocks(self, d: int) -> dict[str, slice]:
         dims = self.feature_dims
         if dims is None:
             dims = (d // 2, d - d // 2)
@@ -63,30 +68,25 @@ class DHFI(Hasher):
                 f"feature_dims must be two positive widths summing to the feature dimension {d}, got "
                 f"{self.feature_dims!r}; pass the widths of the two networks' features"
             )
-        return slice(0, dims[0]), slice(dims[0], d)
+        return {"a": slice(0, dims[0]), "b": slice(dims[0], d)}
 
     def _bit_split(self) -> dict[str, int]:
         if self.use not in ("both", "a", "b"):
             raise ValueError(f"use must be 'both', 'a' or 'b', got {self.use!r}")
         if self.use != "both":
-            return {self.use + "_": int(self.n_bits)}
+            return {self.use: int(self.n_bits)}
         if self.n_bits < 2:
             raise ValueError(f"DHFI fuses two codes: n_bits must be at least 2, got {self.n_bits}")
-        return {"a_": (int(self.n_bits) + 1) // 2, "b_": int(self.n_bits) // 2}
+        return {"a": (int(self.n_bits) + 1) // 2, "b": int(self.n_bits) // 2}
 
-    def _subnet(self, prefix: str, n_bits: int) -> DPSH:
-        return DPSH(n_bits=n_bits, seed=self.seed + (prefix == "b_"), epochs=self.epochs, batch_size=self.batch_size,
-                    lr=self.lr, weight_decay=self.weight_decay, dropout=self.dropout, device=self.device, eta=self.eta)
+    def _subnet(self, name: str, n_bits: int) -> DeepHasher:
+        training = {k: getattr(self, k) for k in DeepHasher.training_params if k != "seed"}
+        return create_hasher("dpsh", n_bits=n_bits, seed=self.seed + (name == "b"), eta=self.eta, **training)
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
-        blocks = dict(zip(_SUBNETS, self._blocks(X.shape[1])))
-        for prefix in _SUBNETS:  # an unused subnetwork keeps empty arrays, so save/load stay uniform
-            for n in DPSH._state_names:
-                setattr(self, prefix + n, np.zeros(0, np.float32))
-        for prefix, bits in self._bit_split().items():
-            sub = self._subnet(prefix, bits).fit(X[:, blocks[prefix]], y)
-            for n in DPSH._state_names:
-                setattr(self, prefix + n, getattr(sub, n))
+        blocks = self._blocks(X.shape[1])
+        self.subnets_ = {name: self._subnet(name, bits).fit(X[:, blocks[name]], y)
+                         for name, bits in self._bit_split().items()}
 
     def finetune(self, backbones, pixels, labels, weights_out, **options) -> list:
         """"finetune" mode: each subnetwork in use fine-tunes its own network with DPSH's loss.
@@ -94,10 +94,10 @@ class DHFI(Hasher):
         `backbones`, `pixels` and `weights_out` hold one entry per network of
         `feature_backbones` (the pretrained backbone, then the ResNet), `pixels` each at that
         network's input size; a network whose subnetwork is not in use (``use="a"`` or "b") is
-        returned as it came. Each subnetwork is `DPSH.finetune` (head alone, then head and
-        network with crop/flip; options as there), so the fused code comes from two networks
-        trained end to end, as in the paper. Returns the networks; this hasher then encodes
-        their features side by side (widths in `feature_dims`).
+        returned as it came. Each subnetwork is the "dpsh" preset's `DeepHasher.finetune` (options
+        as there), so the fused code comes from two networks trained end to end, as in the paper.
+        Returns the networks; this hasher then encodes their features side by side (widths in
+        `feature_dims`).
         """
         self._check_n_bits()
         bits = self._bit_split()
@@ -105,16 +105,12 @@ class DHFI(Hasher):
             raise ValueError(f"DHFI fine-tunes {len(_SUBNETS)} networks: pass {len(_SUBNETS)} backbones, pixel arrays "
                              f"and weights paths, got {len(backbones)}, {len(pixels)} and {len(weights_out)}")
         tuned = list(backbones)
-        for prefix in _SUBNETS:
-            for n in DPSH._state_names:
-                setattr(self, prefix + n, np.zeros(0, np.float32))
-        for i, prefix in enumerate(_SUBNETS):
-            if prefix not in bits:
-                continue
-            sub = self._subnet(prefix, bits[prefix])
-            tuned[i] = sub.finetune(backbones[i], pixels[i], labels, weights_out[i], **options)
-            for n in DPSH._state_names:
-                setattr(self, prefix + n, getattr(sub, n))
+        self.subnets_ = {}
+        for i, name in enumerate(_SUBNETS):
+            if name in bits:
+                sub = self._subnet(name, bits[name])
+                tuned[i] = sub.finetune(backbones[i], pixels[i], labels, weights_out[i], **options)
+                self.subnets_[name] = sub
         self.feature_dims = [int(b.feature_dim) for b in tuned]
         self.n_features_in_ = sum(self.feature_dims)
         return tuned
@@ -123,18 +119,21 @@ class DHFI(Hasher):
     def loss_history_(self) -> np.ndarray:
         """The per-epoch training loss, summed over the subnetworks trained."""
         self._check_fitted()
-        return sum(getattr(self, p + "loss_history_") for p in self._bit_split())
+        return sum(sub.loss_history_ for sub in self.subnets_.values())
 
     def _bits(self, X: np.ndarray) -> np.ndarray:
-        blocks = dict(zip(_SUBNETS, self._blocks(X.shape[1])))
-        parts = []
-        for prefix, bits in self._bit_split().items():
-            sub = self._subnet(prefix, bits)
-            for n in DPSH._state_names:
-                setattr(sub, n, getattr(self, prefix + n))
-            sub.n_features_in_ = blocks[prefix].stop - blocks[prefix].start
-            parts.append(sub._bits(X[:, blocks[prefix]]))
-        return np.concatenate(parts, axis=1)
+        blocks = self._blocks(X.shape[1])
+        return np.concatenate([self.subnets_[name]._bits(X[:, blocks[name]]) for name in self._bit_split()], axis=1)
 
-    def _extra_meta(self) -> dict[str, Any]:
-        return {}
+    # -- persistence: each subnetwork's arrays under its name ("a.feature_mean_", ...) --------
+    def _get_state(self) -> dict[str, np.ndarray]:
+        return {f"{name}.{k}": v for name, sub in self.subnets_.items() for k, v in sub._get_state().items()}
+
+    def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
+        subnets = {}
+        for name, bits in self._bit_split().items():
+            sub = self._subnet(name, bits)
+            sub._set_state({k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")})
+            sub.n_features_in_ = len(sub.feature_mean_)
+            subnets[name] = sub
+        self.subnets_ = subnets

@@ -1,9 +1,11 @@
 """Heads: the trainable layers between backbone features and binary codes (one registry).
 
 Every head is an `nn.Module` built as ``Head(in_dim, n_bits, n_classes, **params)`` whose
-`forward(features)` returns a `HeadOutput`. Its codes come from one linear layer, `latent`,
-whose pre-activation ``z`` gives bit ``z >= 0`` (sigmoid(z) >= 0.5, tanh(z) >= 0 and sign(z)
-all agree on that), so a fitted deep hasher can encode with NumPy alone.
+`forward(features)` returns a `HeadOutput`. Its codes come from a chain of linear layers named
+in `code_layers` (ReLU between them, the last one `latent`), whose pre-activation ``z`` gives
+bit ``z >= 0`` (sigmoid(z) >= 0.5, tanh(z) >= 0 and sign(z) all agree on that), so a fitted
+deep hasher can encode with NumPy alone from the layers' weights. `activation` names the
+function that makes the relaxed codes from ``z`` ("sigmoid" or "tanh").
 """
 
 from __future__ import annotations
@@ -18,19 +20,10 @@ from hashsearch.registry import Registry
 heads: Registry[nn.Module] = Registry("head")
 
 
-def register_head(name: str):
-    """Class decorator: register an `nn.Module` head under `name` (also sets `cls.name`)."""
-
-    def decorate(cls):
-        cls.name = name
-        return heads.register(name)(cls)
-
-    return decorate
-
-
-def list_heads() -> list[str]:
-    """Names of all registered heads."""
-    return heads.names()
+#: Class decorator: register an `nn.Module` head under a name (also sets `cls.name`).
+register_head = heads.register
+#: Names of all registered heads.
+list_heads = heads.names
 
 
 def create_head(name: str, **params: Any) -> nn.Module:
@@ -78,6 +71,8 @@ class LatentSigmoidHead(nn.Module):
     """
 
     code_range = (0.0, 1.0)
+    activation = "sigmoid"
+    code_layers = ("latent",)
 
     def __init__(self, in_dim: int, n_bits: int, n_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -100,6 +95,8 @@ class LatentTanhHead(nn.Module):
     """
 
     code_range = (-1.0, 1.0)
+    activation = "tanh"
+    code_layers = ("latent",)
 
     def __init__(self, in_dim: int, n_bits: int, n_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -124,6 +121,8 @@ class FeatureEnhanceHead(nn.Module):
     """
 
     code_range = (-1.0, 1.0)
+    activation = "tanh"
+    code_layers = ("enhance", "latent")
 
     def __init__(self, in_dim: int, n_bits: int, n_classes: int, dropout: float = 0.0, hidden: int = 512) -> None:
         super().__init__()

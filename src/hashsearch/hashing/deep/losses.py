@@ -19,19 +19,10 @@ from hashsearch.registry import Registry
 losses: Registry[nn.Module] = Registry("loss")
 
 
-def register_loss(name: str):
-    """Class decorator: register a loss module under `name` (also sets `cls.name`)."""
-
-    def decorate(cls):
-        cls.name = name
-        return losses.register(name)(cls)
-
-    return decorate
-
-
-def list_losses() -> list[str]:
-    """Names of all registered losses."""
-    return losses.names()
+#: Class decorator: register a loss module under a name (also sets `cls.name`).
+register_loss = losses.register
+#: Names of all registered losses.
+list_losses = losses.names
 
 
 def create_loss(name: str, **params: Any) -> nn.Module:

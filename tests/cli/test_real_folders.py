@@ -201,3 +201,22 @@ def test_eval_leaves_out_the_stray_image_and_names_it(built, photos, tmp_path):
     result = invoke("eval", "--data", flat, "--method", "lsh", "--bits", "8", code=2)
     assert result.stderr.startswith(f"error: --data {flat}: no image has a label (labels: none: no image is in a "
                                     "class folder below the source folder); an evaluation needs classes")
+
+
+def test_eval_of_a_folder_whose_names_are_not_utf8_writes_its_report(cifar_small, tmp_path, built):
+    # A real process: the report quotes the command line, which holds the folder's name.
+    _, cache, _, _ = built
+    root = os.path.join(os.fsencode(tmp_path), b"ph\xe9tos")
+    for cls, folder in (("cat", b"ch\xe2t"), ("dog", b"dog")):
+        os.makedirs(os.path.join(root, folder))
+        for p in sorted((cifar_small / "test" / cls).glob("*.jpg")):
+            shutil.copy(p, os.path.join(root, folder, os.fsencode(p.name)))
+    exe = Path(sys.executable).with_name("hashsearch")
+    proc = subprocess.run([os.fsencode(exe), b"eval", b"--data", root, b"--queries-per-class", b"1",
+                           b"--train-per-class", b"2", b"--method", b"lsh", b"--bits", b"8", b"--input-size", b"64",
+                           b"--out", os.fsencode(tmp_path / "res"), b"--cache-dir", os.fsencode(cache)],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"labels: one folder per class; 2 classes (ch\\xe2t 4, dog 4)" in proc.stdout
+    md = (tmp_path / "res.md").read_text(encoding="utf-8")
+    assert "Data: " + str(tmp_path) + "/ph\\xe9tos" in md and "--data " in md

@@ -295,7 +295,7 @@ def _command_line() -> str:
     import shlex
     import sys
 
-    return "hashsearch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return "hashsearch " + " ".join(shlex.quote(show(a)) for a in sys.argv[1:])  # one printable line
 
 
 ALL = [index, search, info, add, remove, eval, demo, list_plugins]

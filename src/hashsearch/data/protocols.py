@@ -172,7 +172,7 @@ def cifar10_root() -> Path:
 
 def _stable_int(text: str) -> int:
     """A 64-bit integer from `text` that is the same in every process (unlike hash())."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little")
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 def _check_count(name: str, value, allow_none: bool = False) -> None:

@@ -42,7 +42,7 @@ def load_split(protocol: str | None, data: str | None, queries_per_class: int, t
         )
     if len(labelled) < len(records):
         log(f"left out of the evaluation: {listing.labels.unlabelled_text()}")
-    split = split_by_class(labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{data}")
+    split = split_by_class(labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{printable(str(data))}")
     return source, split
 
 
@@ -87,7 +87,7 @@ def run_and_report(
         notes = "\n".join([
             f"Command: `{command}`" if command else "",
             f"Protocol: {split.name} (seed {split.seed}): {split.description}",
-            f"Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {data}",
+            f"Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {printable(str(data))}",
             f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
             f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
             f"{feats.n_cached} read from the feature cache).",

@@ -12,6 +12,15 @@ from hashsearch.service.limits import Limits
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def allowed_host_list(host: str, allowed_hosts: str | None) -> list[str] | None:
+    """The Host header values `serve` accepts: those given (comma-separated; "*": any), else the
+    loopback names when listening on a loopback address (a page on another site cannot reach the
+    server through a DNS name it rebinds to 127.0.0.1), else any (None)."""
+    if allowed_hosts is None:
+        return ["localhost", "127.0.0.1"] if host in _LOOPBACK else None
+    return [h.strip() for h in allowed_hosts.split(",") if h.strip()]
+
+
 def serve(
     collection: Path = typer.Argument(..., help="the collection folder (*.hsx) to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
@@ -43,10 +52,7 @@ def serve(
 
     from hashsearch.service import create_app
 
-    if allowed_hosts is None:
-        hosts = ["localhost", "127.0.0.1"] if host in _LOOPBACK else None
-    else:
-        hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()]
+    hosts = allowed_host_list(host, allowed_hosts)
     # One line per write (time, client, route, status, ids) and per failed save, on stderr.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))

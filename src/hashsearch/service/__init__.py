@@ -13,7 +13,7 @@ from pathlib import Path
 from hashsearch.service.limits import MAX_FILES, Limits
 
 STATIC = Path(__file__).parent / "static"
-__all__ = ["create_app", "Limits", "MAX_FILES"]
+__all__ = ["create_app", "api_schema", "Limits", "MAX_FILES"]
 
 
 def create_app(
@@ -58,24 +58,39 @@ def create_app(
     CollectionError
         If the collection cannot be opened.
     """
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-    from fastapi_offline import FastAPIOffline
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from hashsearch.service.guard import RequestGuard, SecurityHeaders
-    from hashsearch.service.state import BadRequest, ServiceState
-    from hashsearch.service.routers import admin, images, search
+    from hashsearch.service.routers import images, search
+    from hashsearch.service.state import ServiceState
 
     limits = Limits(max_upload_bytes, max_request_bytes, max_pixels, max_query_pixels,
                     decode_slots, max_queued, max_jobs, job_ttl_s)
     state = ServiceState(collection_path, api_key, cache_dir, limits, eval_json)
+    app = _api()
+    app.state.hs = state
+    # The last added runs first: hosts, then headers on every answer, then the guard.
+    app.add_middleware(RequestGuard, state=state, routes=[*search.router.routes, *images.router.routes])
+    app.add_middleware(SecurityHeaders)
+    if allowed_hosts and "*" not in allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    return app
+
+
+def _api():
+    """The FastAPI app with its routes and error handler, before it has a collection."""
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from fastapi_offline import FastAPIOffline
+
+    from hashsearch.service.routers import admin, images, search
+    from hashsearch.service.state import BadRequest
+
     # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
     app = FastAPIOffline(
         title="hashsearch", description="Image search with learned binary hash codes.", version="1",
         redoc_url=None, favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
     )
-    app.state.hs = state
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request, exc: BadRequest):
@@ -92,12 +107,11 @@ def create_app(
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
-        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon",
-                            headers={"Cache-Control": "max-age=86400"})
+        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
 
-    # The last added runs first: hosts, then headers on every answer, then the guard.
-    app.add_middleware(RequestGuard, state=state, routes=[*search.router.routes, *images.router.routes])
-    app.add_middleware(SecurityHeaders)
-    if allowed_hosts and "*" not in allowed_hosts:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     return app
+
+
+def api_schema() -> dict:
+    """The service's OpenAPI schema (what GET /openapi.json answers), without opening a collection."""
+    return _api().openapi()

@@ -220,3 +220,24 @@ def test_eval_of_a_folder_whose_names_are_not_utf8_writes_its_report(cifar_small
     assert b"labels: one folder per class; 2 classes (ch\\xe2t 4, dog 4)" in proc.stdout
     md = (tmp_path / "res.md").read_text(encoding="utf-8")
     assert "Data: " + str(tmp_path) + "/ph\\xe9tos" in md and "--data " in md
+
+
+def test_an_interruption_says_the_features_are_kept(photos, tmp_path, monkeypatch):
+    from hashsearch.pipeline import build
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_extractor", lambda engine: interrupted)
+    result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--bits", "16", code=130)
+    assert result.stderr.strip() == ("error: interrupted; the features computed so far are in the feature cache, "
+                                     "and running the command again computes only the rest")
+
+
+def test_search_takes_max_pixels(built, photos):
+    out, cache, _, _ = built
+    query = sorted((photos / "dog").glob("0*.jpg"))[0]  # 32 x 32
+    result = invoke("search", out, query, "--max-pixels", "100", "--cache-dir", cache, code=1)
+    assert result.stderr.strip() == (f"error: query {query}: too many pixels: 32x32 = 1,024, above the limit of 100; "
+                                     "if the image is trusted, raise the limit: --max-pixels 1024 on the command "
+                                     "line, max_pixels=1024 in Python")

@@ -43,7 +43,8 @@ def _labels(value: str) -> str:
 def _report(report, skip_list: Path | None) -> None:
     """Print what a build or an add did; write the skip list if asked (before saving, so that a
     failed save still leaves it)."""
-    typer.echo(report.summary())
+    for line in report.summary().splitlines():
+        typer.echo(show(line))  # already printable; this keeps it so whatever a reason holds
     if skip_list is not None:
         n = report.write_skip_list(skip_list)
         typer.echo(f"wrote {show(skip_list)}: {plural(n, 'file')} not indexed, with the reason for each")

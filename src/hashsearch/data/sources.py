@@ -182,7 +182,7 @@ class SkipReport:
         n = len(self.skipped)
         if n == 0:
             return "0 files skipped"
-        head = "; ".join(f"{printable(key)} ({reason})" for key, reason in self.skipped[:limit])
+        head = "; ".join(f"{printable(key)} ({printable(reason)})" for key, reason in self.skipped[:limit])
         more = f"; and {n - limit:,} more" if n > limit else ""
         return f"{_plural(n, 'file')} skipped: {head}{more}"
 
@@ -217,7 +217,7 @@ class LabelReport:
         if not n:
             return ""
         verb = "has" if n == 1 else "have"
-        return f"{_plural(n, 'image')} {verb} no label: " + _names(self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({kw[1]})")
+        return f"{_plural(n, 'image')} {verb} no label: " + _names(self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({printable(kw[1])})")
 
     def summary(self, limit: int = 5) -> str:
         """One line: the layout, the classes with their counts, and the images without a label."""
@@ -796,7 +796,7 @@ class TarSource(ImageSource):
             yield from self._iter_seek(records, wanted)
 
     def _missing(self, record: ImageRecord) -> ReadResult:
-        return record, None, f"not an image member of the archive {self.path}"
+        return record, None, f"not an image member of the archive {printable(str(self.path))}"
 
     def _iter_seek(self, records: list[ImageRecord], wanted: list[_Member | None]) -> Iterator[ReadResult]:
         with open(self._file(), "rb") as f:

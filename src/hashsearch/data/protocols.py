@@ -60,8 +60,8 @@ class Split:
     def summary(self) -> str:
         """One line: the name, the seed and the size of each part."""
         return (
-            f"{self.name} (seed {self.seed}): {len(self.train):,} train, {len(self.query):,} queries, "
-            f"{len(self.database):,} database images"
+            f"{self.name} (seed {self.seed}): {len(self.train):,} train, {_n(len(self.query), 'query', 'queries')}, "
+            f"{_n(len(self.database), 'database image')}"
         )
 
 
@@ -170,6 +170,11 @@ def cifar10_root() -> Path:
 # -- drawing splits --------------------------------------------------------------------------
 
 
+def _n(n: int, word: str, many: str | None = None) -> str:
+    """'1 image', '2 images' (`many` for irregular plurals)."""
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def _stable_int(text: str) -> int:
     """A 64-bit integer from `text` that is the same in every process (unlike hash())."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little")
@@ -191,7 +196,8 @@ def _by_class(records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         names = ", ".join(printable(k) for k in unlabelled[:5]) + (
             f" and {len(unlabelled) - 5:,} more" if len(unlabelled) > 5 else "")
         raise ValueError(
-            f"{len(unlabelled):,} of {len(records):,} records have no label ({names}); a split by class needs "
+            f"{len(unlabelled):,} of {_n(len(records), 'record')} {'has' if len(unlabelled) == 1 else 'have'} no label "
+            f"({names}); a split by class needs "
             "every image labelled: leave them out, or give them a label (a class folder, a label in the list "
             "file, or a labels file)"
         )
@@ -218,7 +224,7 @@ def _draw(
     for label, members in _by_class(records).items():
         if len(members) < need:
             raise ValueError(
-                f"class {label!r} has {len(members)} images, but the split needs {need} per class "
+                f"class {label!r} has {_n(len(members), 'image')}, but the split needs {need} per class "
                 f"({' + '.join(str(c) for c in counts if c is not None)}); lower the per-class counts or add images"
             )
         members = sorted(members, key=order)
@@ -277,7 +283,7 @@ def split_by_class(
         ", training images included" if database == "rest" else " nor a training image"
     )
     description = (
-        f"{len(query):,} queries ({queries_per_class} per class), {len(train):,} training images "
+        f"{_n(len(query), 'query', 'queries')} ({queries_per_class} per class), {_n(len(train), 'training image')} "
         f"({train_words}), database: {db_words} ({len(db):,})"
     )
     return Split(name, train, query, db, int(seed), description)

@@ -73,7 +73,7 @@ def run_and_report(
         parse_method(m)  # fail on an unknown method before the long feature pass
     t0 = time.perf_counter()
     source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
-    log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
+    log(split.summary())
     provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log,
                                max_pixels=max_pixels)
     feats = provider.features(None)

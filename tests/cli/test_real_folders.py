@@ -185,6 +185,8 @@ def test_option_errors_are_one_clean_line(photos, tmp_path):
     assert "--labels classes: give one of auto, folder, parent, none, or an existing labels file" in result.output
     result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--max-pixels", "0", code=2)
     assert "--max-pixels" in result.output
+    result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--skip-list", tmp_path / "no" / "s.tsv", code=2)
+    assert f"--skip-list {tmp_path}/no/s.tsv: cannot write it (No such file or directory)" in result.output
 
 
 def test_eval_leaves_out_the_stray_image_and_names_it(built, photos, tmp_path):

@@ -50,6 +50,16 @@ def _report(report, skip_list: Path | None) -> None:
         typer.echo(f"wrote {show(skip_list)}: {plural(n, 'file')} not indexed, with the reason for each")
 
 
+def _check_writable(skip_list: Path | None) -> None:
+    """Fail before the long feature step, not after it, when the skip list cannot be written."""
+    if skip_list is not None:
+        try:
+            with open(skip_list, "a"):
+                pass
+        except OSError as e:
+            raise typer.BadParameter(f"--skip-list {show(skip_list)}: cannot write it ({e.strerror or e})") from None
+
+
 def _save(coll, path: Path) -> None:
     """Save, saying on failure that the features are cached (a rerun computes none of them again)."""
     from hashsearch.collection import CollectionError
@@ -93,6 +103,7 @@ def index(
     if address and engine != "ray":
         raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
     check_bits([bits])
+    _check_writable(skip_list)
     bb = make_backbone(backbone, input_size, weights)
     hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
@@ -198,6 +209,7 @@ def add(
     from hashsearch.data.sources import open_source
     from hashsearch.pipeline import add_images
 
+    _check_writable(skip_list)
     coll = Collection.open(collection)
     ids, report = add_images(coll, open_source(source, _labels(labels)), cache_dir=cache_dir, batch_size=batch_size,
                              max_pixels=max_pixels, keep_duplicates=keep_duplicates)

@@ -164,16 +164,22 @@ def test_remove_of_unknown_ids_names_them_and_writes_nothing(built, tmp_path):
 
 def test_a_failed_save_names_the_path_and_keeps_the_features(built, photos, tmp_path):
     _, cache, _, _ = built
+    # --out under a file is refused before any work.
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = invoke("index", photos / "cat", "--out", blocker / "p.hsx", "--bits", "16", "--input-size", "64",
+    result = invoke("index", photos / "cat", "--out", blocker / "p.hsx", "--bits", "16", code=2)
+    assert f"--out {blocker}/p.hsx: {blocker} is a file, not a folder" in result.output
+    # A save that fails after the features (its CURRENT cannot be replaced: a folder stands there).
+    out = tmp_path / "broken.hsx"
+    (out / "CURRENT").mkdir(parents=True)
+    result = invoke("index", photos / "cat", "--out", out, "--bits", "16", "--input-size", "64",
                     "--cache-dir", tmp_path / "cache", code=2)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: saving {blocker}/p.hsx failed")
+    assert len(errors) == 1 and errors[0].startswith(f"error: saving {out} failed (IsADirectoryError")
     assert errors[0].endswith("run the command again once the problem is fixed, and none of them is computed again")
     result = invoke("index", photos / "cat", "--out", tmp_path / "p.hsx", "--bits", "16", "--input-size", "64",
                     "--cache-dir", tmp_path / "cache")
-    assert "(0 features computed, 6 from the cache)" in result.stdout
+    assert "(0 features computed, 6 from the cache)" in result.stdout  # 5 images and a duplicate
 
 
 def test_option_errors_are_one_clean_line(photos, tmp_path):

@@ -60,6 +60,17 @@ def _check_writable(skip_list: Path | None) -> None:
             raise typer.BadParameter(f"--skip-list {show(skip_list)}: cannot write it ({e.strerror or e})") from None
 
 
+def _check_out(out: Path) -> None:
+    """Fail before the long steps, not after them, when --out cannot be a collection folder."""
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"--out {show(out)} is a file; give a new or existing collection folder")
+    for parent in out.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise typer.BadParameter(f"--out {show(out)}: {show(parent)} is a file, not a folder")
+            break
+
+
 def _save(coll, path: Path) -> None:
     """Save, saying on failure that the features are cached (a rerun computes none of them again)."""
     from hashsearch.collection import CollectionError
@@ -103,6 +114,7 @@ def index(
     if address and engine != "ray":
         raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
     check_bits([bits])
+    _check_out(out)
     _check_writable(skip_list)
     bb = make_backbone(backbone, input_size, weights)
     hasher = create_hasher(method, n_bits=bits, seed=seed)

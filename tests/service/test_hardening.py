@@ -7,6 +7,7 @@ import io
 import logging
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -140,11 +141,15 @@ def test_at_most_max_jobs_run_and_finished_jobs_expire(hardened, cifar_small):
     hs = hardened.app.state.hs
     files = [("images", (n, d, "image/jpeg")) for n, d in fresh_jpegs(cifar_small, 2, salt=31)]
     with httpx.Client(base_url=hardened.url, timeout=60) as c:
-        with hs.decode_slot():  # the only slot: the first job waits in its first decode, still running
+        release = threading.Event()
+        hs._decoder.submit(release.wait, 30)  # takes the only decoding thread: the job waits in its first decode
+        try:
             first = c.post("/images", files=files, data={"background": "true"}, headers=KEY).json()
             assert first["state"] == "running"
             r = c.post("/images", files=files, data={"background": "true"}, headers=KEY)
             assert r.status_code == 503 and r.headers["retry-after"] and "max_jobs=1" in r.json()["detail"]
+        finally:
+            release.set()
         while (j := c.get(f"/jobs/{first['id']}").json())["state"] == "running":
             time.sleep(0.05)
         assert j["state"] == "done" and len(j["ids"]) == 2

@@ -226,15 +226,18 @@ def test_uploads_beyond_the_queue_get_503_before_their_body_is_read(narrow, cifa
 
 
 def test_decoding_runs_in_at_most_decode_slots_threads(narrow, cifar_small):
-    """Six concurrent searches with distinct large queries: never more than one decodes at a time."""
+    """Concurrent searches with distinct large queries: never more than one decodes at a time, in one thread."""
     hs = narrow.app.state.hs
     active, peak, lock = [0], [0], threading.Lock()
     decode = hs.decode
+
+    threads_used = set()
 
     def watched(*a, **kw):  # observes the real decoder; changes nothing
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
+            threads_used.add(threading.current_thread().name)
         try:
             return decode(*a, **kw)
         finally:
@@ -257,3 +260,5 @@ def test_decoding_runs_in_at_most_decode_slots_threads(narrow, cifar_small):
     finally:
         del hs.decode
     assert peak[0] == 1 and set(codes) <= {200, 503} and 200 in codes
+    # Decoded pixels live only in the decoding threads (so only their malloc arenas hold them).
+    assert len(threads_used) == 1 and threads_used.pop().startswith("hashsearch-decode")

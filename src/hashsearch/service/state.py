@@ -6,9 +6,11 @@ Every route goes through `ServiceState`, which calls the library (`Collection`, 
 * searches hold the lock shared, mutations (add, remove, and the atomic save that follows) hold it
   exclusive, so a search sees the collection either before or after a mutation, never half-way;
 * the expensive part of an add (decoding and the backbone) runs outside the lock;
-* decoding and encoding run in at most `Limits.decode_slots` threads at once (`decode_slot`):
-  what an image costs in memory is paid by that many requests at a time, whatever the number of
-  clients; the request guard (`hashsearch.service.guard`) refuses uploads beyond a short queue;
+* decoding and encoding run only in `Limits.decode_slots` threads of their own (`decoding`): what
+  an image costs in memory is paid by that many at a time, whatever the number of clients, and only
+  those threads' malloc arenas ever hold decoded pixels (in the web server's thread pool, freed
+  pixels stayed in each of its 40 threads' arenas: memory grew with the threads, not the load);
+  the request guard (`hashsearch.service.guard`) refuses uploads beyond a short queue;
 * a save that fails leaves the collection in memory as it is on disk (`Collection.save` resets
   it), and the client gets a clean 503; nothing the service wrote for that change stays behind.
 
@@ -26,7 +28,7 @@ import re
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +181,7 @@ class ServiceState:
         self._thumb_lock = threading.Lock()
         self._encoder = None
         self._encoder_lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self.limits.decode_slots)
+        self._decoder = ThreadPoolExecutor(self.limits.decode_slots, thread_name_prefix="hashsearch-decode")
         self._admitted = 0
         self._admit_lock = threading.Lock()
 
@@ -196,11 +198,10 @@ class ServiceState:
         with self._admit_lock:
             self._admitted -= 1
 
-    @contextmanager
-    def decode_slot(self):
-        """Hold one of the `decode_slots` while decoding and encoding (waits for a free one)."""
-        with self._slots:
-            yield
+    def decoding(self, fn, *args):
+        """`fn(*args)` (decoding, encoding) run in one of the `decode_slots` decoding threads; waits
+        for a free one, then for the result (exceptions are raised here). `fn` must not call `decoding`."""
+        return self._decoder.submit(fn, *args).result()
 
     def features(self, images: list) -> np.ndarray:
         """Backbone features of decoded images, by the collection's encoder (`Collection.encoder`:
@@ -301,8 +302,7 @@ class ServiceState:
     def search_upload(self, data: bytes, name: str, content_type: str | None, **params) -> dict:
         """Search by an uploaded query image (decoded at reduced scale, under the query pixel limit)."""
         self.check_upload(data, name, content_type)
-        with self.decode_slot():
-            feats = self.features([self.decode(data, name, query=True)])
+        feats = self.decoding(lambda: self.features([self.decode(data, name, query=True)]))
         return self.search_features(feats, **params)
 
     def search_id(self, image_id: int, **params) -> dict:
@@ -314,8 +314,7 @@ class ServiceState:
                 feats = np.asarray(self.coll.features_of(np.asarray([image_id], np.int64)), np.float32)
         if feats is None:
             data = self.image_bytes(image_id)
-            with self.decode_slot():
-                feats = self.features([self.decode(data, f"image {image_id}")])
+            feats = self.decoding(lambda: self.features([self.decode(data, f"image {image_id}")]))
         return self.search_features(feats, exclude=image_id, **params)
 
     def _record(self, image_id: int) -> dict:
@@ -353,19 +352,20 @@ class ServiceState:
         path = self._thumb_path(self._record(image_id))
         if path.is_file():
             return path.read_bytes()
-        data = self.image_bytes(image_id)
-        with self.decode_slot():
-            im = self.decode(data, f"image {image_id}", draft=THUMB_SIZE)
-            im.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
-        data = buf.getvalue()
+        data = self.decoding(self._make_thumbnail, self.image_bytes(image_id), f"image {image_id}")
         with self._thumb_lock:
             self.thumb_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".tmp-{threading.get_ident()}")
             tmp.write_bytes(data)
             os.replace(tmp, path)
         return data
+
+    def _make_thumbnail(self, data: bytes, name: str) -> bytes:
+        im = self.decode(data, name, draft=THUMB_SIZE)
+        im.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=85)
+        return buf.getvalue()
 
     def stats(self) -> dict:
         with self.lock.read():
@@ -438,8 +438,7 @@ class ServiceState:
                     again.append((name, digest))
                 else:
                     self.check_upload(data, name, ctype)
-                    with self.decode_slot():
-                        feature = self.features([self.decode(data, name)])[0]
+                    feature = self.decoding(lambda: self.features([self.decode(data, name)])[0])
                     dest = uploads / f"{digest}.{check_image_bytes(data, name).lower()}"
                     new.append(_NewImage(data, name, lab, digest, feature, dest))
                     first.add(digest)

@@ -259,10 +259,12 @@ def test_a_failed_save_leaves_memory_equal_to_disk(tmp_path, hasher, monkeypatch
 
         for name in real:
             monkeypatch.setattr(os, name, failing(name))
+        files_before = sorted(os.listdir(path))
         try:
             coll.save(path)
         except CollectionError as e:
             assert "No space left on device" in str(e) and "nothing changed on disk" in str(e)
+            assert sorted(os.listdir(path)) == files_before
             assert snapshot(coll, X) == on_disk == snapshot(Collection.open(path), X)
             monkeypatch.undo()
             coll.add(X[12:13], ["z.jpg"], root=".")
@@ -331,3 +333,26 @@ def test_a_version_1_collection_says_to_rebuild(tmp_path, hasher):
     (gen / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(CollectionError, match="version 1.*rebuild"):
         Collection.open(tmp_path / "p.hsx", verify=False)
+
+
+def test_a_save_that_cannot_switch_leaves_nothing_behind(tmp_path, hasher):
+    """A folder standing where CURRENT goes: the save fails at its last step, and neither the new
+    generation nor the pointer's temporary file stays; a new collection's folder goes too."""
+    coll = new_collection(hasher)
+    coll.add(features(2), ["a.jpg", "b.jpg"], root=".")
+    (tmp_path / "p.hsx" / "CURRENT").mkdir(parents=True)
+    with pytest.raises(CollectionError, match="nothing changed on disk"):
+        coll.save(tmp_path / "p.hsx")
+    assert os.listdir(tmp_path / "p.hsx") == ["CURRENT"]
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "x.hsx").write_text("a file where a folder goes")
+    with pytest.raises(CollectionError, match="nothing changed on disk"):
+        coll.save(tmp_path / "ro" / "x.hsx" / "sub.hsx")
+    assert os.listdir(tmp_path / "ro") == ["x.hsx"]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(5, "Input/output error")))
+        with pytest.raises(CollectionError, match="Input/output error"):
+            coll.save(tmp_path / "new.hsx")
+    assert not (tmp_path / "new.hsx").exists()
+    coll.save(tmp_path / "new.hsx")
+    assert len(Collection.open(tmp_path / "new.hsx")) == 2

@@ -413,6 +413,7 @@ class Collection:
         """
         root = Path(path)
         previous = (self.path, self._roots)
+        existed = root.exists()
         try:
             root.mkdir(parents=True, exist_ok=True)
             if self.path is None or os.path.abspath(self.path) != os.path.abspath(root):
@@ -420,6 +421,9 @@ class Collection:
             return self._save(root)
         except Exception as e:
             self.path, self._roots = previous
+            if not existed:
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # made by this save, and empty again
             if self.path is not None and os.path.abspath(self.path) == os.path.abspath(root) and _current_generation(root):
                 self._reset_to(root)
                 kept = "; this collection was reset to it"
@@ -444,6 +448,14 @@ class Collection:
         name = f"gen-{gen:06d}"
         tmp = root / f".{name}.tmp-{os.getpid()}"
         tmp.mkdir()
+        try:
+            return self._write(root, tmp, gen)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # renamed into place on success
+
+    def _write(self, root: Path, tmp: Path, gen: int) -> Path:
+        """Write generation `gen` in the folder `tmp`, then make it live under `root`."""
+        name = f"gen-{gen:06d}"
         self.hasher.save(tmp / "hasher.npz")
         (tmp / "index").mkdir()
         self.index.save(tmp / "index")
@@ -475,12 +487,19 @@ class Collection:
             fsync_path(p)
         fsync_path(tmp / "index")
         fsync_path(tmp)
-        os.replace(tmp, root / name)
-        fsync_path(root)
         pointer = root / f".CURRENT.tmp-{os.getpid()}"
-        pointer.write_text(name + "\n")
-        fsync_path(pointer)
-        os.replace(pointer, root / "CURRENT")
+        try:
+            os.replace(tmp, root / name)
+            fsync_path(root)
+            pointer.write_text(name + "\n")
+            fsync_path(pointer)
+            os.replace(pointer, root / "CURRENT")
+        except BaseException:
+            # Not live: take this attempt's files away again (a kill leaves them to the next save).
+            if _current_generation(root) != name:
+                shutil.rmtree(root / name, ignore_errors=True)
+            pointer.unlink(missing_ok=True)
+            raise
         # Live from here: the object follows the generation just written, whatever happens next.
         self.path = root
         self._db_path = root / name / "entries.sqlite"

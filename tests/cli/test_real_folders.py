@@ -249,3 +249,30 @@ def test_search_takes_max_pixels(built, photos):
     assert result.stderr.strip() == (f"error: query {query}: too many pixels: 32x32 = 1,024, above the limit of 100; "
                                      "if the image is trusted, raise the limit: --max-pixels 1024 on the command "
                                      "line, max_pixels=1024 in Python")
+
+
+def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeypatch):
+    """`cd /data && index ./photos`, then from elsewhere: paths resolve; after the folder moves,
+    `info` shows it missing and one `relocate` repoints the collection."""
+    _, cache, _, _ = built
+    data = tmp_path / "data"
+    shutil.copytree(photos / "cat", data / "photos" / "cat")
+    monkeypatch.chdir(data)
+    invoke("index", "./photos", "--out", tmp_path / "srv" / "p.hsx", "--bits", "16", "--input-size", "64",
+           "--cache-dir", cache)
+    monkeypatch.chdir(tmp_path)
+    query = sorted((data / "photos" / "cat").glob("*.jpg"))[0]
+    hit = json.loads(invoke("search", "srv/p.hsx", query, "-k", "1", "--json", "--cache-dir", cache).stdout)[0]["results"][0]
+    assert Path(hit["path"]) == query and hit["key"] == f"cat/{query.name}" and hit["distance"] == 0
+    shutil.move(data / "photos", tmp_path / "moved")
+    sources = json.loads(invoke("info", "srv/p.hsx").stdout)["sources"]
+    # cat/ holds 4 JPEGs, the Latin-1 one, a duplicate and a text file: 5 entries
+    assert sources == [{"root": str(data / "photos"), "count": 5, "exists": False}]
+    result = invoke("relocate", "srv/p.hsx", tmp_path / "nowhere", tmp_path / "moved", code=2)
+    assert f"no entry lies under {tmp_path / 'nowhere'}; the collection reads from: {data / 'photos'}" in result.output
+    result = invoke("relocate", "srv/p.hsx", data, tmp_path)
+    assert result.stdout.startswith("relocated ") and f"to {tmp_path}" in result.stdout
+    hit = json.loads(invoke("search", "srv/p.hsx", tmp_path / "moved" / "cat" / query.name, "-k", "1", "--json",
+                            "--cache-dir", cache).stdout)[0]["results"][0]
+    assert Path(hit["path"]) == tmp_path / "moved" / "cat" / query.name
+    assert json.loads(invoke("info", "srv/p.hsx").stdout)["sources"][0]["exists"] is True

@@ -258,6 +258,29 @@ def remove(collection: Path = typer.Argument(...), ids: List[int] = typer.Argume
         raise typer.Exit(1)
 
 
+def relocate(
+    collection: Path = typer.Argument(..., help="A collection folder."),
+    old: Path = typer.Argument(..., help="Where the images were (a folder the collection read from, or one above it)."),
+    new: Path = typer.Argument(..., help="Where they are now."),
+):
+    """Repoint a collection whose image folder moved: entries under OLD are read under NEW.
+
+    `hashsearch info` lists the folders a collection reads from and whether each exists.
+    """
+    from hashsearch.collection import Collection
+
+    coll = Collection.open(collection)
+    n = coll.relocate(old, new)
+    if not n:
+        folders = ", ".join(show(s["root"]) for s in coll.sources()) or "none"
+        raise typer.BadParameter(f"no entry lies under {show(old)}; the collection reads from: {folders}")
+    _save(coll, collection)
+    typer.echo(f"relocated {plural(n, 'entry', 'entries')} from {show(old)} to {show(new)}")
+    for s in coll.sources():
+        if not s["exists"]:
+            typer.echo(f"warning: {show(s['root'])} ({plural(s['count'], 'entry', 'entries')}) does not exist", err=True)
+
+
 def eval(  # noqa: A001 - the command is called eval
     protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
     data: Optional[str] = typer.Option(None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."),
@@ -323,4 +346,4 @@ def _command_line() -> str:
     return "hashsearch " + " ".join(shlex.quote(show(a)) for a in sys.argv[1:])  # one printable line
 
 
-ALL = [index, search, info, add, remove, eval, demo, list_plugins]
+ALL = [index, search, info, add, remove, relocate, eval, demo, list_plugins]

@@ -270,8 +270,8 @@ def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeyp
     assert sources == [{"root": str(data / "photos"), "count": 5, "exists": False}]
     result = invoke("relocate", "srv/p.hsx", tmp_path / "nowhere", tmp_path / "moved", code=2)
     assert f"no entry lies under {tmp_path / 'nowhere'}; the collection reads from: {data / 'photos'}" in result.output
-    result = invoke("relocate", "srv/p.hsx", data, tmp_path)
-    assert result.stdout.startswith("relocated ") and f"to {tmp_path}" in result.stdout
+    result = invoke("relocate", "srv/p.hsx", data / "photos", tmp_path / "moved")
+    assert result.stdout == f"relocated 5 entries from {data / 'photos'} to {tmp_path / 'moved'}\n"
     hit = json.loads(invoke("search", "srv/p.hsx", tmp_path / "moved" / "cat" / query.name, "-k", "1", "--json",
                             "--cache-dir", cache).stdout)[0]["results"][0]
     assert Path(hit["path"]) == tmp_path / "moved" / "cat" / query.name

@@ -1,7 +1,34 @@
 // hashsearch web page: plain JavaScript, no build step, no network beyond this server.
 "use strict";
 const $ = (id) => document.getElementById(id);
-let queryLabel = null;
+
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function status(text, error) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+// One line from an error body: FastAPI gives `detail` as a string, or a list of {loc, msg}.
+function detailText(body, resp) {
+  const d = body && body.detail;
+  if (typeof d === "string") return d;
+  if (Array.isArray(d)) return d.map((x) => `${(x.loc || []).slice(1).join(".") || "request"}: ${x.msg}`).join("; ");
+  return `HTTP ${resp.status} ${resp.statusText}`.trim();
+}
+
+// What a result shows of its file: its key relative to the collection, never an absolute path
+// (a key that looks absolute, or a missing key, shows the id instead).
+function shownKey(r) {
+  const k = r.key;
+  if (typeof k !== "string" || !k || /^([\\/]|[A-Za-z]:|[A-Za-z][A-Za-z0-9+.-]*:\/\/)/.test(k)) return `image ${r.id}`;
+  return k;
+}
 
 function params() {
   const p = new URLSearchParams({ k: $("k").value });
@@ -12,79 +39,140 @@ function params() {
   return p;
 }
 
-function status(text, error) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
+// ---- search: only the latest request may change the page ----
+// Every search gets the next sequence number and its own AbortController; starting one aborts
+// the one before, and an answer whose number is not the latest is dropped. The query box and the
+// results are replaced together, in one synchronous step, from the same answer, so the query
+// shown and the results shown always belong together, whatever order the answers arrive in.
+let seq = 0;
+let inflight = null;
+let current = null;  // the latest query asked for; a change of mode, k, ... runs it again
+let shownBlob = null;  // the object URL of the file shown as the query (revoked when replaced)
+
+function fileQuery(file) {
+  return {
+    kind: "file", name: file.name || "upload", label: null, file,
+    request: (p) => {
+      const form = new FormData();
+      form.append("image", file);
+      return [`/search?${p}`, { method: "POST", body: form }];
+    },
+  };
 }
 
-async function show(resp, what) {
-  const body = await resp.json().catch(() => ({ detail: resp.statusText }));
-  if (!resp.ok) { status(`${what}: ${body.detail}`, true); return; }
-  const grid = $("results");
-  grid.replaceChildren();
-  for (const r of body.results) {
-    const div = document.createElement("div");
-    div.className = "result" + (queryLabel && r.label === queryLabel ? " match" : "");
-    div.dataset.id = r.id;
-    div.dataset.label = r.label ?? "";
-    const img = document.createElement("img");
-    img.src = `/thumbs/${r.id}`;
-    img.alt = r.path;
-    img.title = r.path;
-    const d = r.rerank_distance !== undefined
-      ? `d=${r.hamming} · ${r.rerank_distance.toFixed(2)}` : `d=${r.distance}`;
-    div.append(img, el("div", "label", r.label ?? "(no label)"), el("div", "dist", d));
-    div.addEventListener("click", () => searchId(r.id, r.label));
-    grid.append(div);
+function idQuery(id, label) {
+  return {
+    kind: `id:${id}`, name: `image ${id}`, label: label || null, id,
+    request: (p) => [`/search/${id}?${p}`, {}],
+  };
+}
+
+async function run(q) {
+  if (inflight) inflight.abort();
+  const ctl = new AbortController();
+  inflight = ctl;
+  const n = ++seq;
+  current = q;
+  $("results").setAttribute("aria-busy", "true");
+  status(`searching ${q.name}…`);
+  const [url, init] = q.request(params());
+  let resp, body;
+  try {
+    resp = await fetch(url, { ...init, signal: ctl.signal });
+    body = await resp.json().catch(() => null);
+  } catch (e) {
+    if (n !== seq) return;  // superseded: a later search owns the page
+    showAnswer(q, null, `${q.name}: the server could not be reached (${e.message}); try again`);
+    return;
   }
-  status(`${what}: ${body.results.length} results (${body.mode}) in ${body.took_ms} ms`);
+  if (n !== seq) return;
+  if (!resp.ok || !body || !Array.isArray(body.results)) {
+    const detail = detailText(body, resp);
+    showAnswer(q, null, detail.includes(q.name) ? detail : `${q.name}: ${detail}`);
+    return;
+  }
+  showAnswer(q, body);
 }
 
-function el(tag, cls, text) { const e = document.createElement(tag); e.className = cls; e.textContent = text; return e; }
+function ms(x) { return typeof x === "number" ? `${x < 10 ? x.toFixed(1) : Math.round(x)} ms` : "?"; }
 
-async function searchFile(file) {
-  queryLabel = null;
-  const q = document.createElement("img");
-  q.src = URL.createObjectURL(file);
-  $("query").replaceChildren(q);
-  $("query").dataset.kind = "file";
-  window.lastQuery = () => searchFile(file);
-  const form = new FormData();
-  form.append("image", file);
-  status("searching…");
-  await show(await fetch(`/search?${params()}`, { method: "POST", body: form }), file.name);
+function queryFigure(q) {
+  const img = el("img");
+  if (q.kind === "file") {
+    if (shownBlob) URL.revokeObjectURL(shownBlob);
+    shownBlob = img.src = URL.createObjectURL(q.file);
+  } else {
+    img.src = `/thumbs/${q.id}`;
+  }
+  img.alt = `query: ${q.name}`;
+  // A file the browser cannot draw (the status line says why) shows an empty frame.
+  img.addEventListener("error", () => img.replaceWith(el("div", "no-preview", "no preview")));
+  return [img, el("figcaption", "", q.label ? `${q.name} · ${q.label}` : q.name)];
 }
 
-async function searchId(id, label) {
-  queryLabel = label || null;
-  const q = document.createElement("img");
-  q.src = `/thumbs/${id}`;
-  $("query").replaceChildren(q);
-  $("query").dataset.kind = `id:${id}`;
-  window.lastQuery = () => searchId(id, label);
-  status("searching…");
-  await show(await fetch(`/search/${id}?${params()}`), `image ${id}`);
+function resultCard(r, q) {
+  const b = el("button", "result" + (q.label && r.label === q.label ? " match" : ""));
+  b.type = "button";
+  b.dataset.id = r.id;
+  b.dataset.label = r.label ?? "";
+  const name = shownKey(r);
+  b.title = name;
+  const img = el("img");
+  img.src = `/thumbs/${r.id}`;
+  img.alt = "";  // the button's text names it; the picture adds nothing a screen reader can use
+  const d = r.rerank_distance !== undefined
+    ? `d=${r.hamming} · ${r.rerank_distance.toFixed(2)}` : `d=${r.distance}`;
+  b.setAttribute("aria-label", `${r.label ?? "no label"}, ${d}, ${name}: search like this`);
+  b.append(img, el("span", "label", r.label ?? "(no label)"), el("span", "dist", d));
+  b.addEventListener("click", () => run(idQuery(r.id, r.label)));
+  return b;
+}
+
+// The query box and the results from one answer (or one error), replaced together.
+function showAnswer(q, body, error) {
+  const cards = body ? body.results.map((r) => resultCard(r, q)) : [];
+  $("query").replaceChildren(...queryFigure(q));
+  $("query").dataset.kind = q.kind;
+  $("results").replaceChildren(...cards);
+  $("results").dataset.kind = q.kind;
+  $("results").removeAttribute("aria-busy");
+  if (error) status(error, true);
+  else status(`${q.name}: ${body.results.length} results (${body.mode}) in ${ms(body.took_ms)}`);
+}
+
+function pick(files) {
+  if (files && files.length) run(fileQuery(files[0]));
 }
 
 const drop = $("drop");
+drop.addEventListener("click", () => $("file").click());
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
-  if (e.dataTransfer.files.length) searchFile(e.dataTransfer.files[0]);
+  pick(e.dataTransfer.files);
 });
-$("file").addEventListener("change", () => { if ($("file").files.length) searchFile($("file").files[0]); });
+$("file").addEventListener("change", () => {
+  pick($("file").files);
+  $("file").value = "";  // choosing the same file again is a new search
+});
 for (const id of ["mode", "k", "radius", "rerank", "label"])
-  $(id).addEventListener("change", () => window.lastQuery && window.lastQuery());
+  $(id).addEventListener("change", () => current && run(current));
 
 async function loadStats() {
-  const s = await (await fetch("/stats")).json();
-  $("stats").textContent = `${s.count} images · ${s.n_bits} bits · ${s.method} · ${s.backbone}`;
-  for (const lab of Object.keys(s.labels).sort()) {
-    if (lab === "None") continue;
-    const o = document.createElement("option"); o.value = o.textContent = lab; $("label").append(o);
+  try {
+    const resp = await fetch("/stats");
+    const s = await resp.json();
+    if (!resp.ok) throw new Error(detailText(s, resp));
+    $("stats").textContent = `${s.count} images · ${s.n_bits} bits · ${s.method} · ${s.backbone}`;
+    for (const lab of Object.keys(s.labels).sort()) {
+      if (lab === "None" || lab === "null") continue;
+      const o = document.createElement("option"); o.value = o.textContent = lab; $("label").append(o);
+    }
+    $("radius").max = s.n_bits;
+  } catch (e) {
+    $("stats").textContent = `collection details unavailable (${e.message})`;
   }
-  $("radius").max = s.n_bits;
 }
 
 // ---- evaluation view: SVG plots of a benchmark JSON ----

@@ -175,7 +175,7 @@ async function loadStats() {
   }
 }
 
-// ---- evaluation view: SVG plots of a benchmark JSON ----
+// ---- evaluation view: SVG plots and a table of a benchmark JSON ----
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2"];
 const NS = "http://www.w3.org/2000/svg";
 function svgEl(tag, attrs, text) {
@@ -185,10 +185,22 @@ function svgEl(tag, attrs, text) {
   return e;
 }
 
+// Drawn at the width the page gives the plot (a phone's 358 px or a desktop's 460 px), in
+// user units equal to CSS pixels, so the text keeps its size; redrawn when that width changes.
 function plot(svg, series, xlab, ylab, xs) {
+  svg.draw = () => drawPlot(svg, series, xlab, ylab, xs);
+  svg.draw();
+}
+
+function drawPlot(svg, series, xlab, ylab, xs) {
   svg.replaceChildren();
-  const W = +svg.getAttribute("width"), H = +svg.getAttribute("height"), m = { l: 50, r: 10, t: 10, b: 40 };
+  const W = Math.round(svg.getBoundingClientRect().width) || 460, H = 320, m = { l: 50, r: 12, t: 10, b: 40 };
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   const all = series.flatMap((s) => s.points);
+  if (!all.length) {
+    svg.append(svgEl("text", { x: W / 2, y: H / 2, "text-anchor": "middle", "font-size": 12 }, "no data"));
+    return;
+  }
   const x0 = Math.min(...all.map((p) => p[0])), x1 = Math.max(...all.map((p) => p[0]));
   const y1 = Math.max(...all.map((p) => p[1])) * 1.05 || 1;
   const X = (x) => m.l + (x - x0) / ((x1 - x0) || 1) * (W - m.l - m.r);
@@ -205,40 +217,87 @@ function plot(svg, series, xlab, ylab, xs) {
   svg.append(svgEl("text", { x: 12, y: H / 2, "text-anchor": "middle", "font-size": 11, transform: `rotate(-90 12 ${H / 2})` }, ylab));
   series.forEach((s, i) => {
     const pts = s.points.map((p) => `${X(p[0])},${Y(p[1])}`).join(" ");
-    svg.append(svgEl("polyline", { points: pts, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-method": s.name }));
-    for (const p of s.points) svg.append(svgEl("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.5, fill: COLORS[i % COLORS.length] }));
+    svg.append(svgEl("polyline", { points: pts, fill: "none", stroke: s.color, "stroke-width": 2, "data-method": s.name }));
+    for (const p of s.points) svg.append(svgEl("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.5, fill: s.color }));
   });
 }
 
-async function loadEval() {
+function redrawPlots() {
+  for (const svg of document.querySelectorAll("svg.plot")) if (svg.draw) svg.draw();
+}
+let resizeFrame = 0;
+window.addEventListener("resize", () => {
+  cancelAnimationFrame(resizeFrame);
+  resizeFrame = requestAnimationFrame(redrawPlots);
+});
+
+const TABLE_COLUMNS = [
+  ["mAP", (m) => m.map], ["P@100", (m) => m["p@100"]], ["P@1000", (m) => m["p@1000"]],
+  ["precision r≤2", (m) => m.precision_r2], ["recall r≤2", (m) => m.recall_r2],
+];
+
+function metricsTable(rows) {
+  const head = el("tr");
+  for (const h of ["method", "bits", ...TABLE_COLUMNS.map((c) => c[0])]) head.append(el("th", "", h));
+  const body = rows.map((r) => {
+    const tr = el("tr");
+    tr.append(el("th", "", r.method), el("td", "", r.bits));
+    for (const [, get] of TABLE_COLUMNS) {
+      const v = get(r.metrics || {});
+      tr.append(el("td", "", typeof v === "number" ? v.toFixed(3) : "–"));
+    }
+    return tr;
+  });
+  const thead = el("thead"); thead.append(head);
+  const caption = el("caption", "", "Per method and code length (r≤2: within Hamming radius 2)");
+  const tbody = el("tbody"); tbody.append(...body);
+  $("eval-table").replaceChildren(caption, thead, tbody);
+}
+
+let evalLoaded = null;  // loaded once; the tab shows the same benchmark until the page reloads
+function loadEval() {
+  evalLoaded ??= fetchEval().catch((e) => {
+    evalLoaded = null;  // try again next time the tab opens
+    $("eval-status").textContent = `the benchmark could not be loaded (${e.message})`;
+    $("eval-status").className = "error";
+  });
+  return evalLoaded;
+}
+
+async function fetchEval() {
   const resp = await fetch("/evaluation");
-  const body = await resp.json();
-  if (!resp.ok) { $("eval-status").textContent = body.detail; return; }
-  const rows = body.rows || body;
+  const body = await resp.json().catch(() => null);
+  if (!resp.ok || !body) throw new Error(detailText(body, resp));
+  const rows = (body.rows || body).filter((r) => r && r.metrics);
   $("eval-status").textContent = body.title || "";
+  $("eval-status").className = "";
   const methods = [...new Set(rows.map((r) => r.method))];
+  const color = (m) => COLORS[methods.indexOf(m) % COLORS.length];
   const bits = [...new Set(rows.map((r) => r.bits))].sort((a, b) => a - b);
-  plot($("map-plot"), methods.map((m) => ({ name: m,
+  plot($("map-plot"), methods.map((m) => ({ name: m, color: color(m),
     points: rows.filter((r) => r.method === m).map((r) => [r.bits, r.metrics.map]).sort((a, b) => a[0] - b[0]) })),
     "bits", "mAP", bits);
-  $("legend").replaceChildren(...methods.map((m, i) => { const s = el("span", "", `■ ${m}`); s.style.color = COLORS[i % COLORS.length]; return s; }));
+  $("legend").replaceChildren(...methods.map((m) => { const s = el("span", "", `■ ${m}`); s.style.color = color(m); return s; }));
   const sel = $("pr-bits");
   sel.replaceChildren(...bits.map((b) => { const o = document.createElement("option"); o.value = o.textContent = b; return o; }));
   const drawPR = () => plot($("pr-plot"), methods.map((m) => {
     const r = rows.find((r) => r.method === m && r.bits === +sel.value);
     const pr = r && r.metrics.pr_curve;
-    return { name: m, points: pr ? pr.recall.map((x, j) => [x, pr.precision[j]]) : [] };
+    return { name: m, color: color(m), points: pr ? pr.recall.map((x, j) => [x, pr.precision[j]]) : [] };
   }).filter((s) => s.points.length), "recall", "precision");
   sel.onchange = drawPR;
   drawPR();
+  metricsTable(rows);
 }
 
 function tab(name) {
   $("view-search").hidden = name !== "search";
   $("view-eval").hidden = name !== "eval";
-  $("tab-search").className = name === "search" ? "on" : "";
-  $("tab-eval").className = name === "eval" ? "on" : "";
-  if (name === "eval") loadEval();
+  for (const [id, on] of [["tab-search", name === "search"], ["tab-eval", name === "eval"]]) {
+    $(id).className = on ? "on" : "";
+    $(id).setAttribute("aria-pressed", on);
+  }
+  if (name === "eval") { redrawPlots(); loadEval(); }
 }
 $("tab-search").addEventListener("click", () => tab("search"));
 $("tab-eval").addEventListener("click", () => tab("eval"));

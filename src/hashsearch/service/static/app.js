@@ -249,9 +249,8 @@ function metricsTable(rows) {
     return tr;
   });
   const thead = el("thead"); thead.append(head);
-  const caption = el("caption", "", "Per method and code length (r≤2: within Hamming radius 2)");
   const tbody = el("tbody"); tbody.append(...body);
-  $("eval-table").replaceChildren(caption, thead, tbody);
+  $("eval-table").replaceChildren(thead, tbody);
 }
 
 let evalLoaded = null;  // loaded once; the tab shows the same benchmark until the page reloads

@@ -212,12 +212,13 @@ class RequestGuard:
                                 client[0], client[1], status[0], json.dumps(done, separators=(",", ":")))
 
 
-#: The page and the API: only this server's scripts and styles (the page's JavaScript sets some
-#: style properties, hence inline styles), images from here, blob: (the query preview) and data:.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+#: The page and the API: only this server's scripts and styles (style properties that the page's
+#: own script sets are not governed by style-src), images from here, blob: (the query preview) and data:.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-#: /docs: Swagger UI starts from an inline script.
-CSP_DOCS = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
+#: /docs: Swagger UI starts from an inline script and styles some elements inline.
+CSP_DOCS = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),

@@ -33,7 +33,7 @@ test: setup browser
 # The web page and HTTP API over an index (default: the one `make demo` wrote):
 #   make serve [INDEX=photos.hsx]
 serve: setup
-	$(BIN)/hashsearch serve $${INDEX:-$$($(BIN)/python -c "from hashsearch.data.protocols import cache_dir; print(cache_dir() / 'demo.hsx')")}
+	$(BIN)/hashsearch serve $${INDEX:-$$($(BIN)/python -c "from hashsearch.paths import cache_dir; print(cache_dir() / 'demo.hsx')")}
 
 # The committed core benchmark (full cifar10-1k protocol, 59,000-image database).
 eval-core: setup

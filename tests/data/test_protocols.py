@@ -16,7 +16,6 @@ import pytest
 import hashsearch.data.protocols as P
 from hashsearch.data.protocols import (
     Split,
-    cache_dir,
     cifar10_archive,
     cifar10_root,
     list_protocols,
@@ -24,6 +23,7 @@ from hashsearch.data.protocols import (
     split_by_class,
 )
 from hashsearch.data.sources import FolderSource, ImageRecord
+from hashsearch.paths import cache_dir
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

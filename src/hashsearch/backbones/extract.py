@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from hashsearch.backbones.base import Backbone
 from hashsearch.backbones.cache import FeatureCache, content_digest
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.protocols import cache_dir as default_cache_dir
+from hashsearch.paths import cache_dir as default_cache_dir
 from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport, printable
 
 # Records are read, looked up in the cache and encoded this many at a time, or fewer: a chunk

@@ -9,7 +9,6 @@ from hashsearch.data.decode import (
 )
 from hashsearch.data.protocols import (
     Split,
-    cache_dir,
     cifar10_archive,
     cifar10_root,
     list_protocols,
@@ -51,7 +50,6 @@ __all__ = [
     "SkipReport",
     "Split",
     "TarSource",
-    "cache_dir",
     "check_image_bytes",
     "cifar10_archive",
     "cifar10_root",

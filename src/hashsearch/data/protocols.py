@@ -27,6 +27,7 @@ import numpy as np
 
 from hashsearch.data.sources import FolderSource, ImageRecord
 from hashsearch.fileio import file_sha256
+from hashsearch.paths import cache_dir
 from hashsearch.registry import Registry
 
 #: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
@@ -66,12 +67,6 @@ class Split:
 
 
 # -- locations -------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """The folder for hashsearch's caches: $HASHSEARCH_CACHE, else ~/.cache/hashsearch."""
-    env = os.environ.get("HASHSEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "hashsearch"
 
 
 def _source_checkout() -> Path:

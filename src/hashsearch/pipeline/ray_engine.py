@@ -32,7 +32,7 @@ from hashsearch.backbones.base import Backbone
 from hashsearch.backbones.cache import FeatureCache, content_digest
 from hashsearch.backbones.extract import Extracted, extract_features
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.protocols import cache_dir as default_cache_dir
+from hashsearch.paths import cache_dir as default_cache_dir
 from hashsearch.data.sources import ImageRecord, ImageSource
 
 

@@ -130,3 +130,34 @@ def test_killed_save_leaves_a_loadable_collection(tmp_path):
         last = int(back.index.ids.max())
         assert back.entries([last])[0] is not None
         np.testing.assert_array_equal(back.search(X[:1], k=1).distances, [[0]])
+
+
+def test_search_records_filters_by_label_beyond_the_first_candidates():
+    """Few entries carry the label: the search fetches further until k of them are found, in the
+    order `search` ranks them, and joins each with its record."""
+    coll, X = make_collection(n=600)
+    coll.add(X[:5] + 0.5, [f"rare/{i}.jpg" for i in range(5)], ["rare"] * 5, root=".")
+    hits = coll.search_records(X[:1], k=3, label="rare")[0]
+    assert len(hits) == 3 and {h["label"] for h in hits} == {"rare"}
+    ranked = [int(i) for i in coll.search(X[:1], k=len(coll)).ids[0] if i >= 600]
+    assert [h["id"] for h in hits] == ranked[:3]
+    assert hits[0]["key"].startswith("rare/") and Path(hits[0]["path"]).is_absolute()
+    assert coll.search_records(X[:1], k=3, label="no such label") == [[]]
+
+
+def test_search_records_excludes_an_id_and_reports_stored_hamming_after_rerank():
+    coll, X = make_collection()
+    plain = coll.search_records(X[7:8], k=5)[0]
+    assert plain[0]["id"] == 7 and plain[0]["hamming"] == 0
+    more = coll.search_records(X[7:8], k=5, exclude=7)[0]
+    assert [h["id"] for h in more] == [h["id"] for h in coll.search_records(X[7:8], k=6)[0] if h["id"] != 7]
+    hits = coll.search_records(X[7:9], k=4, rerank=50)
+    codes = coll.hasher.encode(X[7:9])
+    from hashsearch.codes import hamming_distances
+
+    for q, row in enumerate(hits):
+        stored = coll.index.get_codes(np.array([h["id"] for h in row]))
+        assert [h["hamming"] for h in row] == hamming_distances(codes[q : q + 1], stored)[0].tolist()
+        assert [h["rerank_distance"] for h in row] == sorted(h["rerank_distance"] for h in row)
+    with pytest.raises(ValueError, match="radius"):
+        coll.search_records(X[:1], radius=17)

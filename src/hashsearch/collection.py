@@ -42,6 +42,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from hashsearch.backbones import Backbone, create_backbone
+from hashsearch.codes import hamming_distances
 from hashsearch.data.sources import read_key, split_key
 from hashsearch.fileio import check_header, file_sha256, fsync_path
 from hashsearch.hashing import Hasher
@@ -400,6 +401,81 @@ class Collection:
         if radius is not None:
             return _truncate_range(self.index.range_search(codes, radius), k)
         return self.index.search(codes, k)
+
+    def search_records(
+        self,
+        features: np.ndarray,
+        k: int = 10,
+        *,
+        rerank: int | None = None,
+        radius: int | None = None,
+        label: str | None = None,
+        exclude: int | None = None,
+    ) -> list[list[dict]]:
+        """Neighbours of query features as records: what the CLI prints and the HTTP API answers.
+
+        `search` with three additions: only entries labelled `label` (when given), found by
+        fetching more candidates until k match or the collection is exhausted; the entry
+        `exclude` left out (more like an indexed image: itself); and each hit joined with its
+        record.
+
+        Parameters
+        ----------
+        features : (n_queries, d) float array
+        k, rerank, radius : as in `search`.
+        label : str, optional
+            Keep only entries with this label.
+        exclude : int, optional
+            An id never returned.
+
+        Returns
+        -------
+        list of lists of dict
+            Per query, up to k hits ranked as `search` ranks them; each hit is the entry's record
+            (see `entries`: id, key, label, digest, path) with "hamming" (int, the Hamming distance
+            between the query's code and the entry's stored code) and, with `rerank`,
+            "rerank_distance" (float, the Euclidean distance between features that ranked it).
+
+        Raises
+        ------
+        ValueError
+            If k < 1, or radius is not in [0, n_bits].
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if radius is not None and not (isinstance(radius, (int, np.integer)) and 0 <= radius <= self.n_bits):
+            raise ValueError(f"radius must be an integer in [0, n_bits={self.n_bits}], got {radius!r}")
+        features = np.atleast_2d(np.asarray(features, np.float32))
+        n = len(self)
+        out = []
+        for q in range(len(features)):
+            query = features[q : q + 1]
+            want = k + (exclude is not None)
+            fetch = want if label is None else min(n, max(want * 20, 200))
+            while True:
+                res = self.search(query, k=max(fetch, 1), rerank=rerank, radius=radius)
+                found = res.ids[0] >= 0
+                ids, dist = res.ids[0][found].tolist(), res.distances[0][found].tolist()
+                rows = [(i, d, e) for i, d, e in zip(ids, dist, self.entries(ids))
+                        if e is not None and i != exclude and (label is None or e["label"] == label)]
+                if len(rows) >= k or fetch >= n or len(ids) < fetch:
+                    break
+                fetch = min(n, fetch * 8)
+            rows = rows[:k]
+            if rerank and rows:
+                # Re-ranked hits come with feature distances; their Hamming distance is that of the stored code.
+                stored = self.index.get_codes(np.array([i for i, _, _ in rows], np.int64))
+                hamming = hamming_distances(self.hasher.encode(query), stored)[0].tolist()
+            else:
+                hamming = [d for _, d, _ in rows]
+            hits = []
+            for (i, d, e), h in zip(rows, hamming):
+                hit = {**e, "hamming": int(h)}
+                if rerank:
+                    hit["rerank_distance"] = float(d)
+                hits.append(hit)
+            out.append(hits)
+        return out
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:

@@ -276,3 +276,14 @@ def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeyp
                             "--cache-dir", cache).stdout)[0]["results"][0]
     assert Path(hit["path"]) == tmp_path / "moved" / "cat" / query.name
     assert json.loads(invoke("info", "srv/p.hsx").stdout)["sources"][0]["exists"] is True
+
+
+def test_search_filters_by_label_as_the_api_does(built, photos):
+    out, cache, _, _ = built
+    query = sorted((photos / "dog").glob("*.jpg"))[0]
+    found = json.loads(invoke("search", out, query, "-k", "3", "--label", "cat", "--json", "--cache-dir", cache).stdout)
+    hits = found[0]["results"]
+    assert len(hits) == 3 and {h["label"] for h in hits} == {"cat"}
+    assert [h["rank"] for h in hits] == [1, 2, 3] and all(h["distance"] == h["hamming"] for h in hits)
+    rerank = json.loads(invoke("search", out, query, "-k", "2", "--rerank", "10", "--json", "--cache-dir", cache).stdout)
+    assert all(isinstance(h["hamming"], int) and h["distance"] >= 0 for h in rerank[0]["results"])

@@ -134,6 +134,7 @@ def search(
     k: int = typer.Option(10, "-k", min=1, help="Neighbours to return."),
     rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Coarse-to-fine: re-rank up to this many Hamming candidates by feature distance."),
     radius: Optional[int] = typer.Option(None, "--radius", min=0, help="Hamming radius (lookup, or the candidate radius with --rerank)."),
+    label: Optional[str] = typer.Option(None, "--label", help="Only results with this label."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     cache_dir: Optional[Path] = CacheOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -159,19 +160,19 @@ def search(
             errors[qi] = e.reason
     for qi, why in errors.items():
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
-    res = None
+    found = []
     if images:
-        res = coll.search(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k=k, rerank=rerank, radius=radius)
+        found = coll.search_records(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k,
+                                    rerank=rerank, radius=radius, label=label)
     out = []
     for qi, q in enumerate(queries):
         if qi in errors:
             out.append({"query": str(q), "error": errors[qi]})
             continue
-        row = answered.index(qi)
         hits = [
-            {"rank": r + 1, "id": int(i), "distance": float(d), "key": e["key"], "path": e["path"], "label": e["label"]}
-            for r, (i, d, e) in enumerate(zip(res.ids[row], res.distances[row], coll.entries(res.ids[row])))
-            if e is not None
+            {"rank": r + 1, "id": h["id"], "distance": h["rerank_distance"] if rerank else h["hamming"],
+             "hamming": h["hamming"], "key": h["key"], "path": h["path"], "label": h["label"]}
+            for r, h in enumerate(found[answered.index(qi)])
         ]
         out.append({"query": str(q), "results": hits})
     if as_json:
@@ -300,7 +301,7 @@ def eval(  # noqa: A001 - the command is called eval
     max_pixels: int = MaxPixelsOpt,
 ):
     """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""
-    from hashsearch.evaluation.experiment import run_and_report
+    from hashsearch.experiments.jobs import run_and_report
 
     if (protocol is None) == (data is None):
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
@@ -317,8 +318,8 @@ def demo(
     cache_dir: Optional[Path] = CacheOpt,
 ):
     """The main job on real data: CIFAR-10 (JPEG) `cifar10-demo` split, ITQ and DLBHC, index, queries."""
-    from hashsearch.data.protocols import cache_dir as default_cache
-    from hashsearch.evaluation.experiment import demo as run_demo
+    from hashsearch.paths import cache_dir as default_cache
+    from hashsearch.experiments.jobs import demo as run_demo
 
     run_demo(out=out or Path(cache_dir or default_cache()) / "demo.hsx", cache_dir=cache_dir)
 

@@ -262,42 +262,16 @@ class ServiceState:
             raise BadRequest(422, f"rerank must be between 1 and 100000 candidates, got {rerank}")
         t = time.perf_counter()
         with self.lock.read():
-            n = len(self.coll)
-            want = k + (exclude is not None)
-            fetch = want if label is None else min(n, max(want * 20, 200))
-            while True:
-                res = self.coll.search(feats, k=max(fetch, 1), rerank=rerank, radius=radius)
-                ids = [int(i) for i in res.ids[0] if i >= 0]
-                dist = [float(d) for d, i in zip(res.distances[0], res.ids[0]) if i >= 0]
-                ents = self.coll.entries(ids)
-                rows = [
-                    (i, d, e) for i, d, e in zip(ids, dist, ents)
-                    if e is not None and i != exclude and (label is None or e["label"] == label)
-                ]
-                if len(rows) >= k or fetch >= n or len(ids) < fetch:
-                    break
-                fetch = min(n, fetch * 8)
-            hamming = self._hamming(feats, [r[0] for r in rows[:k]]) if rerank else None
+            hits = self.coll.search_records(feats, k, rerank=rerank, radius=radius, label=label, exclude=exclude)[0]
         results = []
-        for j, (i, d, e) in enumerate(rows[:k]):
-            r = {"id": i, "key": e["key"], "label": e["label"]}
+        for h in hits:
+            r = {"id": h["id"], "key": h["key"], "label": h["label"], "distance": h["hamming"]}
             if rerank:
-                r["distance"], r["hamming"], r["rerank_distance"] = hamming[j], hamming[j], d
-            else:
-                r["distance"] = int(d)
+                r["hamming"], r["rerank_distance"] = h["hamming"], h["rerank_distance"]
             results.append(r)
         mode = "rerank" if rerank else ("radius" if radius is not None else "hamming")
         return {"mode": mode, "k": k, "radius": radius, "rerank": rerank, "label": label,
                 "results": results, "took_ms": round(1000 * (time.perf_counter() - t), 3)}
-
-    def _hamming(self, feats: np.ndarray, ids: list[int]) -> list[int]:
-        from hashsearch.codes import hamming_distances
-
-        if not ids:
-            return []
-        q = self.coll.hasher.encode(feats)
-        db = self.coll.hasher.encode(np.asarray(self.coll.features_of(np.asarray(ids, np.int64)), np.float32))
-        return [int(x) for x in hamming_distances(q, db)[0]]
 
     def search_upload(self, data: bytes, name: str, content_type: str | None, **params) -> dict:
         """Search by an uploaded query image (decoded at reduced scale, under the query pixel limit)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hashsearch import __version__
 from hashsearch.service.limits import MAX_FILES, Limits
 
 STATIC = Path(__file__).parent / "static"
@@ -88,7 +89,7 @@ def _api():
 
     # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
     app = FastAPIOffline(
-        title="hashsearch", description="Image search with learned binary hash codes.", version="1",
+        title="hashsearch", description="Image search with learned binary hash codes.", version=__version__,
         redoc_url=None, favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
     )
 

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from hashsearch.evaluation.bench import plot_loss_curves, plot_train_time, resolve_methods
+from hashsearch.evaluation.report import plot_loss_curves, plot_train_time
 from hashsearch.evaluation.published import DFEH_CIFAR10, RITQ_TABLE_II, published_map, tables_markdown
+from hashsearch.experiments.bench import resolve_methods
 from hashsearch.hashing import list_hashers
 
 

@@ -39,7 +39,7 @@ def bench(
                                                   "epochs of training the backbone with the head (default: the method's epochs)."),
 ):
     """Benchmark hashing methods on a protocol and write a report with the published numbers beside ours."""
-    from hashsearch.evaluation.bench import bench as run_bench
+    from hashsearch.experiments.bench import bench as run_bench
 
     run_bench(
         protocol=protocol, methods=split_list(methods), bits=bits_list(bits), seed=seed,

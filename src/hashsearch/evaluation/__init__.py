@@ -1,8 +1,8 @@
-"""Evaluation: pure retrieval metrics (`metrics`) and the benchmark report writer (`report`).
+"""Evaluation: pure retrieval metrics (`metrics`), the benchmark report writer (`report`) and the
+papers' published numbers (`published`).
 
-Importing this package loads neither matplotlib nor the heavier experiment runner; the plots
-import matplotlib when called, and `hashsearch.evaluation.runner` / `.experiment` are imported
-by name where needed.
+Nothing here runs an experiment (that is `hashsearch.experiments`), and importing this package
+does not load matplotlib: the plots import it when called.
 """
 
 from hashsearch.evaluation.metrics import (
@@ -19,7 +19,14 @@ from hashsearch.evaluation.metrics import (
     relevance,
     tie_aware_map,
 )
-from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
+from hashsearch.evaluation.report import (
+    machine_description,
+    plot_loss_curves,
+    plot_pr_curves,
+    plot_results,
+    plot_train_time,
+    write_results,
+)
 
 __all__ = [
     "MAPResult",
@@ -27,9 +34,12 @@ __all__ = [
     "PRCurve",
     "evaluate",
     "evaluate_distances",
+    "machine_description",
     "mean_average_precision",
+    "plot_loss_curves",
     "plot_pr_curves",
     "plot_results",
+    "plot_train_time",
     "pr_curve",
     "precision_at_k",
     "radius_precision_recall",

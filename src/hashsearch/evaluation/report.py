@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import re
 from datetime import datetime, timezone
 from pathlib import Path
@@ -203,12 +205,12 @@ def write_results(rows: list[dict], out_stem: Path, title: str, notes: str = "")
     return json_path, md_path
 
 
-def _figure():
+def _figure(figsize=(6, 4.5), dpi: int = 120):
     # The Agg canvas is attached to this figure only: no pyplot, no global backend switch.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4.5), dpi=120)
+    fig = Figure(figsize=figsize, dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
@@ -277,3 +279,42 @@ def plot_pr_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, out_png)
+
+
+def plot_train_time(rows: list[dict], out_png: Path) -> Path:
+    """Bar chart of the total fit time of each method (``timings["fit_s"]``, summed over its bit
+    lengths), on a log scale; return the path."""
+    totals: dict[str, float] = {}
+    for r in rows:
+        totals[r["method"]] = totals.get(r["method"], 0.0) + float(r["timings"]["fit_s"])
+    fig = _figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    ax.barh(list(totals), list(totals.values()))
+    ax.set_xlabel("training time, s (sum over bit lengths)")
+    ax.set_xscale("log")
+    return _save(fig, out_png)
+
+
+def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path | None:
+    """Training loss per epoch of every method that logs one (``loss_history``), at `bits` bits,
+    each curve divided by its first epoch's; no file (None) when no method at `bits` logs a loss."""
+    curves = [(r["method"], r["loss_history"]) for r in rows
+              if int(r["bits"]) == bits and r.get("loss_history") and r["loss_history"][0] != 0]
+    if not curves:
+        return None
+    fig = _figure(figsize=(7, 4), dpi=100)
+    ax = fig.add_subplot()
+    for method, loss in curves:
+        ax.plot(range(1, len(loss) + 1), [v / loss[0] for v in loss], label=method)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss / first epoch's")
+    ax.set_title(f"Training loss, {bits} bits")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out_png)
+
+
+def machine_description() -> str:
+    """What the numbers were measured on, for the notes of a result file: CPU architecture and
+    cores, Python implementation and version."""
+    return (f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
+            f"{platform.python_version()}, no GPU used")

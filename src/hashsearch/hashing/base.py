@@ -49,7 +49,7 @@ class Hasher:
     _state_names: ClassVar[tuple[str, ...]] = ()
     #: The backbones whose features the method is defined on, concatenated in this order;
     #: None is the run's backbone. RITQ is ITQ on its own CIFAR ResNet; DHFI fuses two networks.
-    #: The evaluation runner provides them (`evaluation.runner.run_methods`); `fit` takes any features.
+    #: The evaluation runner provides them (`experiments.runner.run_methods`); `fit` takes any features.
     feature_backbones: ClassVar[tuple[str | None, ...]] = (None,)
 
     def __init__(self, n_bits: int = 64, seed: int = 0) -> None:

@@ -10,9 +10,17 @@ from hashsearch.backbones import Backbone
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import open_source
 from hashsearch.evaluation.published import published_map, tables_markdown
-from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
-from hashsearch.evaluation.runner import FeatureProvider, check_mode, machine_description, parse_method, run_methods
-from hashsearch.evaluation.experiment import trained_notes
+from hashsearch.evaluation.report import (
+    machine_description,
+    plot_loss_curves,
+    plot_pr_curves,
+    plot_results,
+    plot_train_time,
+    write_results,
+)
+from hashsearch.experiments.features import FeatureProvider
+from hashsearch.experiments.jobs import trained_notes
+from hashsearch.experiments.runner import check_mode, parse_method, run_methods
 from hashsearch.hashing import list_hashers
 
 #: The mAP@ALL at 48 bits the issue aims at on cifar10-1k.
@@ -48,51 +56,6 @@ def resolve_methods(methods: Sequence[str]) -> list[str]:
     for m in names:
         parse_method(m)  # unknown name -> ValueError listing the registered ones
     return names
-
-
-def plot_train_time(rows: list[dict], out_png: Path) -> Path:
-    """Bar chart of the total fit time of each method, summed over its bit lengths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    totals: dict[str, float] = {}
-    for r in rows:
-        totals[r["method"]] = totals.get(r["method"], 0.0) + float(r["timings"]["fit_s"])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.barh(list(totals), list(totals.values()))
-    ax.set_xlabel("training time, s (sum over bit lengths)")
-    ax.set_xscale("log")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
-
-
-def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path | None:
-    """Training loss per epoch of every method that logs one, at `bits` bits (each curve / its
-    first epoch); no file (None) when no method at `bits` logs a loss."""
-    curves = [(r["method"], r["loss_history"]) for r in rows
-              if int(r["bits"]) == bits and r.get("loss_history") and r["loss_history"][0] != 0]
-    if not curves:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for method, loss in curves:
-        ax.plot(range(1, len(loss) + 1), [v / loss[0] for v in loss], label=method)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss / first epoch's")
-    ax.set_title(f"Training loss, {bits} bits")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
 
 
 def bench(

@@ -13,8 +13,9 @@ from hashsearch.collection import Collection
 from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.sources import open_source, printable
-from hashsearch.evaluation.report import plot_pr_curves, plot_results, write_results
-from hashsearch.evaluation.runner import FeatureProvider, machine_description, parse_method, run_methods, split_features
+from hashsearch.evaluation.report import machine_description, plot_pr_curves, plot_results, write_results
+from hashsearch.experiments.features import FeatureProvider, split_features
+from hashsearch.experiments.runner import parse_method, run_methods
 from hashsearch.hashing import create_hasher
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hashsearch.evaluation.runner import Part, ProtocolFeatures, concat_features, parse_method, run_methods
+from hashsearch.experiments import Part, ProtocolFeatures, concat_features, parse_method, run_methods
 
 
 def _feats(dim: int, digests: list[str], seed: int) -> ProtocolFeatures:
@@ -56,7 +56,7 @@ def small_provider(cifar_small, tmp_path_factory):
     from hashsearch.backbones import create_backbone
     from hashsearch.data.protocols import split_by_class
     from hashsearch.data.sources import open_source
-    from hashsearch.evaluation.runner import FeatureProvider
+    from hashsearch.experiments import FeatureProvider
 
     source = open_source(cifar_small)
     split = split_by_class(source.records(), 2, 8, seed=0, name="small")

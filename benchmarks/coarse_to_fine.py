@@ -19,7 +19,8 @@ import numpy as np
 from hashsearch.backbones import create_backbone
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import open_source
-from hashsearch.evaluation.runner import machine_description, split_features
+from hashsearch.evaluation.report import machine_description
+from hashsearch.experiments import split_features
 from hashsearch.hashing import create_hasher
 from hashsearch.index import create_index
 from hashsearch.index.coarse_to_fine import coarse_to_fine

@@ -238,7 +238,7 @@ def speed_table(name, source, records, size, args, models: Path, log, goal: floa
 
 def int8_map(args, models: Path, log) -> list[dict]:
     """mAP@ALL on cifar10-1k (subset database) with int8 vs fp32 features."""
-    from hashsearch.evaluation.runner import Part, ProtocolFeatures, run_methods
+    from hashsearch.experiments import Part, ProtocolFeatures, run_methods
 
     split = load_protocol("cifar10-1k", seed=0)
     per_class: dict[str, int] = {}

@@ -31,7 +31,8 @@ from hashsearch.backbones import create_backbone
 from hashsearch.collection import Collection
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import open_source
-from hashsearch.evaluation.runner import machine_description, split_features
+from hashsearch.evaluation.report import machine_description
+from hashsearch.experiments import split_features
 from hashsearch.hashing import create_hasher
 
 KEY = "load-test-key"

@@ -19,7 +19,8 @@ import numpy as np
 from hashsearch.backbones import create_backbone
 from hashsearch.data.protocols import cifar10_root, split_by_class
 from hashsearch.data.sources import open_source
-from hashsearch.evaluation.runner import machine_description, run_methods, split_features
+from hashsearch.evaluation.report import machine_description
+from hashsearch.experiments import run_methods, split_features
 
 
 def subset(records, per_class):

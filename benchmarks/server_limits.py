@@ -205,7 +205,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "server-limits.md")
     args = ap.parse_args()
 
-    from hashsearch.evaluation.runner import machine_description
+    from hashsearch.evaluation.report import machine_description
     from hashsearch.service.limits import Limits
 
     args.work.mkdir(parents=True, exist_ok=True)

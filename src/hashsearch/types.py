@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hashsearch.validation import check_int
+
 #: Id returned in a SearchResult slot that holds no neighbour (fewer than k entries exist).
 MISSING_ID = -1
 
@@ -26,8 +28,7 @@ class Codes:
                 f"Codes.data must be a 2-d uint8 array, got {type(self.data).__name__} "
                 f"{getattr(self.data, 'dtype', '')} {getattr(self.data, 'shape', '')}"
             )
-        if isinstance(self.n_bits, bool) or not isinstance(self.n_bits, (int, np.integer)) or self.n_bits < 1:
-            raise ValueError(f"Codes.n_bits must be a positive integer, got {self.n_bits!r}")
+        check_int("Codes.n_bits", self.n_bits, low=1)
         n_bytes = (self.n_bits + 7) // 8
         if self.data.shape[1] != n_bytes:
             raise ValueError(

@@ -30,6 +30,8 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from hashsearch.validation import check_int
+
 try:  # libjpeg-turbo called directly: the fast path for common JPEGs (see _decode_jpeg_direct)
     import simplejpeg as _simplejpeg
 except ImportError:  # pragma: no cover - a dependency; without it Pillow decodes every JPEG
@@ -269,8 +271,7 @@ def decode_image(
     >>> img.mode
     'RGB'
     """
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    check_int("max_pixels", max_pixels, low=1)
     if check_image_bytes(data, name) == "jpeg":
         image = _decode_jpeg_direct(data, max_pixels, draft)
         if image is not None:

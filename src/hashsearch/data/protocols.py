@@ -29,6 +29,7 @@ from hashsearch.data.sources import FolderSource, ImageRecord
 from hashsearch.fileio import file_sha256
 from hashsearch.paths import cache_dir
 from hashsearch.registry import Registry
+from hashsearch.validation import check_choice, check_int
 
 #: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
 CIFAR10_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
@@ -175,14 +176,6 @@ def _stable_int(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
-def _check_count(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        allowed = "a non-negative integer" + (" or None (all the rest)" if allow_none else "")
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
 def _by_class(records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
     unlabelled = [r.key for r in records if r.label is None]
     if unlabelled:
@@ -213,7 +206,7 @@ def _draw(
 
     A count of None takes all that is left. Returns one list per count (all classes together).
     """
-    _check_count("seed", seed)
+    check_int("seed", seed, low=0)
     parts: list[list[ImageRecord]] = [[] for _ in counts]
     need = sum(c for c in counts if c is not None)
     for label, members in _by_class(records).items():
@@ -266,10 +259,9 @@ def split_by_class(
     ValueError
         Unlabelled records, a class with too few images, or a bad parameter.
     """
-    _check_count("queries_per_class", queries_per_class)
-    _check_count("train_per_class", train_per_class, allow_none=True)
-    if database not in DATABASE_CHOICES:
-        raise ValueError(f"database must be one of {', '.join(map(repr, DATABASE_CHOICES))}, got {database!r}")
+    check_int("queries_per_class", queries_per_class, low=0)
+    check_int("train_per_class", train_per_class, low=0, allow_none=True, none_means="all the rest")
+    check_choice("database", database, DATABASE_CHOICES)
     query, train = _draw(records, [queries_per_class, train_per_class], seed, "split_by_class")
     taken = {r.key for r in query} | ({r.key for r in train} if database == "rest-minus-train" else set())
     db = sorted((r for r in records if r.key not in taken), key=lambda r: r.key)
@@ -341,7 +333,7 @@ def cifar10_all(seed: int = 0) -> Split:
     Queries: all 10,000 test images. Training and database: all 50,000 training images. Nothing
     is drawn at random; `seed` is only recorded.
     """
-    _check_count("seed", seed)
+    check_int("seed", seed, low=0)
     _, train_all, test_all, _ = _cifar10_parts()
     return Split(
         "cifar10-all", list(train_all), list(test_all), list(train_all), int(seed),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from hashsearch.data.protocols import Split, load_protocol, protocols
+from hashsearch.validation import check_int
 
 
 def unseen_classes(split: Split, n_unseen: int = 3, seed: int = 0, name: str | None = None) -> Split:
@@ -18,9 +19,8 @@ def unseen_classes(split: Split, n_unseen: int = 3, seed: int = 0, name: str | N
     The held-out classes are drawn with `seed` from the sorted class labels of `split.train`.
     """
     classes = sorted({r.label for r in split.train})
-    if isinstance(n_unseen, bool) or not isinstance(n_unseen, (int, np.integer)) or not 1 <= n_unseen < len(classes) - 1:
-        raise ValueError(f"n_unseen must be an integer in [1, {len(classes) - 2}] (the split has "
-                         f"{len(classes)} classes and training needs 2), got {n_unseen!r}")
+    check_int("n_unseen", n_unseen, low=1, high=len(classes) - 2,
+              note=f"the split has {len(classes)} classes and training needs 2")
     rng = np.random.default_rng(seed)
     unseen = sorted(classes[i] for i in rng.choice(len(classes), n_unseen, replace=False))
     held = set(unseen)

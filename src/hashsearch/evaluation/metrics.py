@@ -54,6 +54,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from hashsearch.validation import check_int
+
 # Queries are processed in blocks of about this many matrix elements (4M: a few tens of MB per
 # temporary), so 10,000 x 50,000 evaluations stay far below 1 GB of extra memory.
 _BLOCK_ELEMENTS = 1 << 22
@@ -239,18 +241,11 @@ def _require_small_ints(d: np.ndarray, what: str) -> None:
 
 
 def _check_k(k, name: str = "k", allow_none: bool = False) -> int | None:
-    if k is None and allow_none:
-        return None
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or k < 1:
-        allowed = "a positive integer or None (whole database)" if allow_none else "a positive integer"
-        raise ValueError(f"{name} must be {allowed}, got {k!r}")
-    return int(k)
+    return check_int(name, k, low=1, allow_none=allow_none, none_means="whole database")
 
 
 def _check_radius(radius, name: str = "radius") -> int:
-    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {radius!r}")
-    return int(radius)
+    return check_int(name, radius, low=0)
 
 
 def _blocks(n_rows: int, n_cols: int) -> Iterator[slice]:

@@ -31,9 +31,9 @@ from _report import Report  # benchmarks/_report.py (this script's folder is on 
 from encode import best_rate, cifar_test_records, megapixel_folder
 
 from hashsearch.backbones import create_backbone
-from hashsearch.backbones.runtime import OnnxEncoder
+from hashsearch.backbones.runtime import OnnxExtractor
 from hashsearch.data.decode import _decode_jpeg_direct, _decode_with_pillow, decode_image
-from hashsearch.pipeline.workers import BatchEncoder, decode_batch
+from hashsearch.pipeline.steps import BatchExtractor, decode_batch
 
 
 def ms_per_item(fn, items) -> float:
@@ -62,9 +62,9 @@ def costs(name: str, source, records, size: int, models: Path, log) -> None:
                for a, (k, d) in zip(images, datas))
     crop = ms_per_item(lambda xs: [pre.crop(im) for im in xs], images)
     whole = ms_per_item(lambda xs: decode_batch(xs, pre, 10**9, normalize=False), jobs)
-    enc = OnnxEncoder(bb, cache_dir=models)
-    enc.encode(crops[:4])  # exports (and checks) the model once
-    task = BatchEncoder(pre, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(), threads=1)
+    enc = OnnxExtractor(bb, cache_dir=models)
+    enc.extract(crops[:4])  # exports (and checks) the model once
+    task = BatchExtractor(pre, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(), threads=1)
     infer = ms_per_item(task.encode, crops)
     log(f"{name}: {len(datas)} images, one process, one core, ms per image")
     log(f"  decode_image {decode:6.3f} ({direct} of {len(datas)} by libjpeg-turbo directly; Pillow's path "

@@ -4,7 +4,7 @@ For each runtime and data set: end-to-end images/s (files on disk -> features in
 cache, starting from an empty cache in a temporary folder; the ONNX export, int8 calibration and
 Ray start-up are done once before the clock starts, as they are once per collection), and beside
 it the inference-only rate of the same runtime on pre-decoded tensors (the ceiling of that row;
-for ONNX, which encodes in the worker processes, the better of this process on every core and
+for ONNX, which extracts in the worker processes, the better of this process on every core and
 the workers' layout, one single-thread process per core).
 The machine is shared: every rate is the best of several runs (end-to-end: 2, each from an
 empty cache; inference-only and decode-only: 3).
@@ -16,7 +16,7 @@ goal of the encoding issue, met or not in this run and by how much.
 
 Data: CIFAR-10 (JPEG) test images (32x32) at the default 128 px; and "~1 megapixel JPEGs": CIFAR-10
 test images UPSCALED (bicubic) to 1152x864 and saved as JPEG quality 90 (no real photos are
-available offline), encoded at 224 px.
+available offline), extracted at 224 px.
 
 Run under the shared lock (timings must not overlap other jobs):
 
@@ -41,12 +41,13 @@ from PIL import Image
 from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
 
 from hashsearch.backbones import create_backbone
-from hashsearch.backbones.extract import extract_features
-from hashsearch.backbones.runtime import OnnxEncoder, TorchEncoder
+from hashsearch.pipeline.local import extract_features
+from hashsearch.backbones.runtime import OnnxExtractor, TorchExtractor
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import FolderSource
-from hashsearch.pipeline.encode import calibrate
-from hashsearch.pipeline.workers import INFER_BATCH, BatchEncoder, decode_batch, default_workers, worker_threads
+from hashsearch.pipeline.steps import calibrate
+from hashsearch.pipeline.steps import INFER_BATCH, BatchExtractor, decode_batch
+from hashsearch.pipeline.workers import default_workers, worker_threads
 
 warnings.simplefilter("ignore")
 import logging  # noqa: E402
@@ -97,28 +98,28 @@ def end_to_end(run, repeat: int = 2):
     return best
 
 
-def inference_rate(encoder, pixels: np.ndarray, batch: int) -> float:
-    """Inference-only images/s of `encoder.encode` in this process (on every core)."""
-    return best_rate(lambda: [encoder.encode(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
+def inference_rate(extractor, pixels: np.ndarray, batch: int) -> float:
+    """Inference-only images/s of `extractor.extract` in this process (on every core)."""
+    return best_rate(lambda: [extractor.extract(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
                      len(pixels))
 
 
-def _encode_share(task: BatchEncoder, pixels, batch, barrier, times, slot, repeat) -> None:
-    task.encode(pixels[:batch])  # makes this process's session
+def _extract_share(task: BatchExtractor, pixels, batch, barrier, times, slot, repeat) -> None:
+    task.extract(pixels[:batch])  # makes this process's session
     for r in range(repeat):
         barrier.wait()
         t = time.perf_counter()
         for i in range(0, len(pixels), batch):
-            task.encode(pixels[i : i + batch])
+            task.extract(pixels[i : i + batch])
         times[r * barrier.parties + slot] = time.perf_counter() - t
 
 
-def parallel_inference_rate(task: BatchEncoder, pixels: np.ndarray, batch: int, workers: int, repeat: int = 3) -> float:
+def parallel_inference_rate(task: BatchExtractor, pixels: np.ndarray, batch: int, workers: int, repeat: int = 3) -> float:
     """Inference-only images/s of the pipeline's worker layout: `workers` processes, each running
-    `task.encode` (its own session) on an equal share of `pixels`, started together; best of `repeat`."""
+    `task.extract` (its own session) on an equal share of `pixels`, started together; best of `repeat`."""
     ctx = multiprocessing.get_context("fork")
     barrier, times = ctx.Barrier(workers), ctx.Array("d", workers * repeat)
-    procs = [ctx.Process(target=_encode_share, args=(task, pixels[w::workers], batch, barrier, times, w, repeat))
+    procs = [ctx.Process(target=_extract_share, args=(task, pixels[w::workers], batch, barrier, times, w, repeat))
              for w in range(workers)]
     for p in procs:
         p.start()
@@ -140,7 +141,7 @@ def shared_bound(decode_rate: float, ceiling: float, cores: int | None = None) -
     return cores / (1.0 / decode_rate + cores / ceiling)
 
 
-def ray_end_to_end(source, bb, records, encoder, args):
+def ray_end_to_end(source, bb, records, extractor, args):
     """`end_to_end` of the Ray engine on a local Ray of 2 CPUs, started and warmed once before."""
     import ray
 
@@ -150,9 +151,9 @@ def ray_end_to_end(source, bb, records, encoder, args):
     try:
         # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
         with tempfile.TemporaryDirectory() as cache:
-            extract_features_ray(source, bb, records[:64], cache_dir=cache, encoder=encoder, progress=False)
+            extract_features_ray(source, bb, records[:64], cache_dir=cache, extractor=extractor, progress=False)
         return end_to_end(lambda cache: extract_features_ray(source, bb, records, cache_dir=cache,
-                                                             batch_size=args.batch_size, encoder=encoder,
+                                                             batch_size=args.batch_size, extractor=extractor,
                                                              progress=False))
     finally:
         ray.shutdown()
@@ -175,9 +176,9 @@ def ray_at_scale(src, n: int, folder: Path, args, models: Path, log) -> str:
     _, recs = cifar_test_records(n)
     mp = megapixel_folder(src, recs, folder)
     bb = create_backbone("efficientnet-lite0", input_size=224)
-    fp32 = OnnxEncoder(bb, cache_dir=models)
+    fp32 = OnnxExtractor(bb, cache_dir=models)
     local, _ = end_to_end(lambda cache: extract_features(mp, bb, mp.records(), cache_dir=cache,
-                                                         batch_size=args.batch_size, encoder=fp32, progress=False))
+                                                         batch_size=args.batch_size, extractor=fp32, progress=False))
     ray_rate, ex = ray_end_to_end(mp, bb, mp.records(), fp32, args)
     log(f"\nRay against the collection's size: {len(ex.records)} 1152x864 JPEGs (upscaled CIFAR-10 test images) "
         f"@224px: local fp32 {local:.1f} im/s, Ray local fp32 {ray_rate:.1f} im/s = {ray_rate / local:.0%} of local")
@@ -188,17 +189,17 @@ def ray_at_scale(src, n: int, folder: Path, args, models: Path, log) -> str:
 def speed_table(name, source, records, size, args, models: Path, log, goal: float) -> list[dict]:
     """The rows of one data set; `goal` is the fraction of its ceiling fp32 should reach."""
     bb = create_backbone("efficientnet-lite0", input_size=size)
-    fp32 = OnnxEncoder(bb, cache_dir=models)
+    fp32 = OnnxExtractor(bb, cache_dir=models)
     # Pre-decoded tensors for the inference-only ceilings (and the export check).
     sample = records[: args.infer_images]
     jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(source.iter_bytes(sample)) if e is None]
     _, pixels, _ = decode_batch(jobs, bb.preprocess, 10**9, normalize=False)
     decode_rate = best_rate(lambda: decode_batch(jobs, bb.preprocess, 10**9, normalize=False), len(jobs))
     log(f"{name:>28} | decode+crop only (a worker's decoding), 1 process: {decode_rate:.1f} im/s")
-    fp32.encode(pixels[:4])
-    int8 = OnnxEncoder(bb, cache_dir=models)
+    fp32.extract(pixels[:4])
+    int8 = OnnxExtractor(bb, cache_dir=models)
     calibrate(int8, source, records, args.calibration)
-    encoders = {"PyTorch": TorchEncoder(bb), "ONNX fp32": fp32, "ONNX int8": int8}
+    extractors = {"PyTorch": TorchExtractor(bb), "ONNX fp32": fp32, "ONNX int8": int8}
     rows = []
 
     def add_row(label: str, e2e: float, ceiling: float, n: int) -> None:
@@ -209,11 +210,11 @@ def speed_table(name, source, records, size, args, models: Path, log, goal: floa
             f" | {bound:8.1f} | {e2e / bound:4.0%}")
 
     workers = default_workers()
-    for label, enc in encoders.items():
+    for label, enc in extractors.items():
         ceiling = inference_rate(enc, pixels, args.batch_size)
-        if isinstance(enc, OnnxEncoder):
-            # ONNX encodes in the worker processes: its ceiling is the better of the two layouts.
-            task = BatchEncoder(bb.preprocess, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(),
+        if isinstance(enc, OnnxExtractor):
+            # ONNX extracts in the worker processes: its ceiling is the better of the two layouts.
+            task = BatchExtractor(bb.preprocess, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(),
                                 threads=worker_threads(workers))
             spread = parallel_inference_rate(task, pixels, args.batch_size, workers)
             task.infer_batch = args.batch_size  # for comparison: the whole batch in one call
@@ -223,11 +224,11 @@ def speed_table(name, source, records, size, args, models: Path, log, goal: floa
                 f"per call (the workers' default) {spread:.1f} im/s, {args.batch_size} per call {whole:.1f} im/s")
             ceiling = max(ceiling, spread, whole)
         e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache,
-                                                            batch_size=args.batch_size, encoder=enc, progress=False))
+                                                            batch_size=args.batch_size, extractor=enc, progress=False))
         add_row(label, e2e, ceiling, len(ex.records))
-    # The earlier layout: workers decode, this process encodes on every core.
+    # The earlier layout: workers decode, this process extracts on every core.
     e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
-                                                        encoder=fp32, progress=False, worker_inference=False))
+                                                        extractor=fp32, progress=False, worker_inference=False))
     add_row("fp32, decode-only", e2e, rows[1]["ceiling"], len(ex.records))
     if not args.no_ray:
         e2e, ex = ray_end_to_end(source, bb, records, fp32, args)
@@ -251,15 +252,15 @@ def int8_map(args, models: Path, log) -> list[dict]:
     bb = create_backbone("efficientnet-lite0", input_size=128)
     unique = list({r.key: r for part in (split.train, split.query, database) for r in part}.values())
     log(f"\nint8 retrieval cost: cifar10-1k, {len(split.query)} queries, {len(split.train)} training images, "
-        f"{len(database)} database images ({args.map_db_per_class}/class); {len(unique)} images to encode")
+        f"{len(database)} database images ({args.map_db_per_class}/class); {len(unique)} images to extract")
     out = []
     feats = {}
     for label in ("fp32", "int8"):
-        enc = OnnxEncoder(bb, cache_dir=models)
+        enc = OnnxExtractor(bb, cache_dir=models)
         if label == "int8":
             calibrate(enc, source, split.train, args.calibration)
         t = time.perf_counter()
-        ex = extract_features(source, bb, unique, encoder=enc, batch_size=args.batch_size, progress=True)
+        ex = extract_features(source, bb, unique, extractor=enc, batch_size=args.batch_size, progress=True)
         log(f"  {label} features: {ex.n_computed} computed, {ex.n_cached} cached, {time.perf_counter() - t:.0f}s"
             f" (cache key {ex.cache_key})")
         row = {r.key: i for i, r in enumerate(ex.records)}
@@ -272,8 +273,8 @@ def int8_map(args, models: Path, log) -> list[dict]:
                         [ex.records[i] for i in keep], [ex.digests[i] for i in keep])
 
         feats[label] = ProtocolFeatures(part(split.train), part(split.query), part(database), classes)
-    # What an int8 collection gave when its queries were encoded with fp32 (before collections
-    # kept their int8 model for queries, `Collection.encoder`): int8 training and database.
+    # What an int8 collection gave when the features of its queries were extracted with fp32 (before collections
+    # kept their int8 model for queries, `Collection.extractor`): int8 training and database.
     i8 = feats["int8"]
     feats["mixed"] = ProtocolFeatures(i8.train, feats["fp32"].query, i8.database, i8.classes)
     for method, bits in (("itq", 64), ("dlbhc", 48)):
@@ -331,8 +332,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
     args = ap.parse_args()
     log = Report(f"EfficientNet-Lite0; batch {args.batch_size}; {default_workers()} worker processes (the default, one "
-                 "per core) that decode, and for ONNX also encode ('fp32, decode-only': they decode, this process "
-                 "encodes on every core, the earlier layout and still PyTorch's)")
+                 "per core) that decode, and for ONNX also extract ('fp32, decode-only': they decode, this process "
+                 "extracts on every core, the earlier layout and still PyTorch's)")
     log("")
     log(f"{'data':>28} | {'runtime':<18} | e2e im/s | infer im/s | e2e/ceiling | shared-CPU bound | e2e/bound")
     rows = []

@@ -29,8 +29,8 @@ from _report import Report  # benchmarks/_report.py (this script's folder is on 
 from encode import cifar_test_records, megapixel_folder
 
 from hashsearch.backbones import create_backbone
-from hashsearch.backbones.extract import extract_features
-from hashsearch.backbones.runtime import OnnxEncoder
+from hashsearch.pipeline.local import extract_features
+from hashsearch.backbones.runtime import OnnxExtractor
 from hashsearch.data.protocols import cifar10_root
 from hashsearch.data.sources import FolderSource
 from hashsearch.pipeline.workers import default_workers
@@ -101,14 +101,14 @@ class PeakSampler(threading.Thread):
 def measure(label: str, source, records, size: int, models: Path, log) -> tuple[int, int]:
     """One row: encode `records` from an empty cache; returns (N, pipeline bytes)."""
     bb = create_backbone("efficientnet-lite0", input_size=size)
-    encoder = OnnxEncoder(bb, cache_dir=models)
+    extractor = OnnxExtractor(bb, cache_dir=models)
     with tempfile.TemporaryDirectory() as cache:  # export the model outside the measurement
-        extract_features(source, bb, records[:64], cache_dir=cache, encoder=encoder, progress=False)
+        extract_features(source, bb, records[:64], cache_dir=cache, extractor=extractor, progress=False)
     with tempfile.TemporaryDirectory() as cache:
         before = pss(os.getpid())
         t = time.perf_counter()
         with PeakSampler() as peak:
-            ex = extract_features(source, bb, records, cache_dir=cache, encoder=encoder, progress=False)
+            ex = extract_features(source, bb, records, cache_dir=cache, extractor=extractor, progress=False)
         seconds = time.perf_counter() - t
     n = len(ex.records)
     feats = ex.features.nbytes

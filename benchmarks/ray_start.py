@@ -85,7 +85,7 @@ def main() -> None:
     import ray
 
     from hashsearch.backbones import create_backbone
-    from hashsearch.backbones.runtime import OnnxEncoder
+    from hashsearch.backbones.runtime import OnnxExtractor
     from hashsearch.data.protocols import cifar10_root
     from hashsearch.data.sources import FolderSource
     from hashsearch.pipeline.ray_engine import extract_features_ray
@@ -98,7 +98,7 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            encoder = OnnxEncoder(bb, cache_dir=tmp)
+            extractor = OnnxExtractor(bb, cache_dir=tmp)
             for i in range(args.repeat + 1):
                 ready, imported = plain_run(ray)
                 log(f"{'cold ' if i == 0 else ''}2 plain Ray actors (not Ray Data's): ready {ready:.2f}s, "
@@ -110,7 +110,7 @@ def main() -> None:
             for i in range(args.repeat + 1):
                 with tempfile.TemporaryDirectory() as cache:
                     t = time.perf_counter()
-                    ex = extract_features_ray(source, bb, records, cache_dir=cache, encoder=encoder, progress=False)
+                    ex = extract_features_ray(source, bb, records, cache_dir=cache, extractor=extractor, progress=False)
                     total = time.perf_counter() - t
                 log(f"{'cold ' if i == 0 else ''}hashsearch Ray job, 64 CIFAR-10 images: {total:.2f}s ("
                     + ", ".join(f"{k} {v:.2f}s" for k, v in ex.timings.items()) + ")")

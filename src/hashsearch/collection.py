@@ -134,23 +134,23 @@ class Collection:
             raise CollectionError("this collection has no folder yet: save it before storing uploads")
         return self.path / UPLOADS
 
-    def encoder(self, cache_dir: str | os.PathLike | None = None):
-        """The encoder for this collection's queries and additions: the one that computed its
-        features. fp32: ONNX Runtime (exported to `cache_dir` on first use; PyTorch, with a
+    def extractor(self, cache_dir: str | os.PathLike | None = None):
+        """The feature extractor for this collection's queries and additions: the one that computed
+        its features. fp32: ONNX Runtime (exported to `cache_dir` on first use; PyTorch, with a
         warning, if onnxruntime cannot load), whose features equal PyTorch's within 1e-4. int8:
         the collection's own copy of its int8 model, so a query is quantized as the database was.
         """
-        from hashsearch.backbones.runtime import OnnxEncoder, make_encoder
+        from hashsearch.backbones.runtime import OnnxExtractor, make_extractor
 
-        encoder = make_encoder(self.backbone, "onnx", cache_dir=cache_dir)
+        extractor = make_extractor(self.backbone, "onnx", cache_dir=cache_dir)
         if self.int8_model is not None:
-            if not isinstance(encoder, OnnxEncoder):
+            if not isinstance(extractor, OnnxExtractor):
                 raise RuntimeError(
                     "this collection's features were computed by an int8 ONNX model, which needs "
-                    "onnxruntime to encode its queries and additions: pip install onnxruntime"
+                    "onnxruntime to extract the features of its queries and additions: pip install onnxruntime"
                 )
-            encoder.use_int8_model(self.int8_model, self.int8_model.stem)
-        return encoder
+            extractor.use_int8_model(self.int8_model, self.int8_model.stem)
+        return extractor
 
     def add(
         self,
@@ -171,7 +171,7 @@ class Collection:
             ``"<archive path>::<member>"``. Paths are made absolute now and stored relative to `root`.
         labels, digests : sequence, optional
             Class labels (None: unlabelled) and content digests
-            (`hashsearch.backbones.cache.content_digest` of the file's bytes).
+            (`hashsearch.pipeline.cache.content_digest` of the file's bytes).
         root : path, optional
             The folder the keys are stored relative to: the source's folder, or the folder holding
             its archive or list file (default: the folder common to all keys). A root inside the

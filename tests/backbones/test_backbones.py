@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from hashsearch.backbones import create_backbone, list_backbones
-from hashsearch.backbones.extract import extract_features
+from hashsearch.pipeline.local import extract_features
 from hashsearch.data.sources import open_source
 
 

@@ -1,4 +1,4 @@
-"""ONNX Runtime encoding: agrees with PyTorch on real images; int8 has its own cache key; fallback."""
+"""ONNX Runtime extraction: agrees with PyTorch on real images; int8 has its own cache key; fallback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from hashsearch.backbones import create_backbone
 from hashsearch.backbones import runtime as rt
-from hashsearch.backbones.extract import extract_features
+from hashsearch.pipeline.local import extract_features
 from hashsearch.data.sources import FolderSource
 
 pytest.importorskip("onnxruntime")
@@ -29,8 +29,8 @@ def real_batch(cifar_small, backbone):
 
 
 def test_onnx_export_matches_pytorch_on_real_images(tmp_path, backbone, real_batch, capsys):
-    enc = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
-    assert isinstance(enc, rt.OnnxEncoder)
+    enc = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
+    assert isinstance(enc, rt.OnnxExtractor)
     got = enc.forward(real_batch)
     assert "max abs difference from PyTorch" in capsys.readouterr().err
     assert enc.max_abs_diff is not None and enc.max_abs_diff < rt.EXPORT_TOLERANCE
@@ -39,15 +39,15 @@ def test_onnx_export_matches_pytorch_on_real_images(tmp_path, backbone, real_bat
     np.testing.assert_allclose(got, want, atol=rt.EXPORT_TOLERANCE, rtol=0)
     # fp32 ONNX shares the PyTorch cache key (same features within the export tolerance).
     assert enc.cache_key == backbone.cache_key
-    # Cached on disk by backbone key (name, resolution, weights sha256): a second encoder reuses it.
+    # Cached on disk by backbone key (name, resolution, weights sha256): a second extractor reuses it.
     assert enc.fp32_path.exists() and backbone.weights_sha256[:16] in enc.fp32_path.name
-    again = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    again = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
     np.testing.assert_array_equal(again.forward(real_batch), got)
     assert again.max_abs_diff is None  # not exported a second time
 
 
 def test_int8_gets_its_own_cache_key_and_stays_close(tmp_path, backbone, real_batch):
-    enc = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    enc = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
     enc.quantize(real_batch, rt.calibration_digest(["a", "b"]))
     assert enc.int8 and enc.cache_key != backbone.cache_key and "-int8-" in enc.cache_key
     q = enc.forward(real_batch)
@@ -59,14 +59,14 @@ def test_int8_gets_its_own_cache_key_and_stays_close(tmp_path, backbone, real_ba
     assert np.diag(cos).mean() > 0.93, np.diag(cos)
     # Each image's int8 feature is nearest to its own fp32 feature, not another image's.
     np.testing.assert_array_equal(cos.argmax(1), np.arange(len(q)))
-    other = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    other = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
     other.quantize(real_batch, rt.calibration_digest(["c"]))
     assert other.cache_key != enc.cache_key  # another calibration set, another key
 
 
 @pytest.mark.parametrize("int8", [False, True])
-def test_encode_normalises_in_the_graph_bit_for_bit(tmp_path, cifar_small, backbone, real_batch, int8):
-    """`encode` takes uint8 crops and normalises inside the ONNX graph: the same features, to the
+def test_extract_normalises_in_the_graph_bit_for_bit(tmp_path, cifar_small, backbone, real_batch, int8):
+    """`extract` takes uint8 crops and normalises inside the ONNX graph: the same features, to the
     bit, as numpy's `normalize` followed by the float model (fp32 and int8)."""
     from hashsearch.data.decode import decode_image
 
@@ -74,12 +74,12 @@ def test_encode_normalises_in_the_graph_bit_for_bit(tmp_path, cifar_small, backb
     s = backbone.preprocess.input_size
     crops = np.concatenate([np.stack([backbone.preprocess.crop(decode_image(p.read_bytes(), str(p))) for p in paths]),
                             np.zeros((1, s, s, 3), np.uint8), np.full((1, s, s, 3), 255, np.uint8)])
-    enc = rt.make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    enc = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
     if int8:
         enc.quantize(real_batch, rt.calibration_digest(["a"]))
-    np.testing.assert_array_equal(enc.encode(crops), enc.forward(backbone.preprocess.normalize(crops)))
-    torch_enc = rt.make_encoder(backbone, "torch")
-    np.testing.assert_array_equal(torch_enc.encode(crops), backbone.forward(backbone.preprocess.normalize(crops)))
+    np.testing.assert_array_equal(enc.extract(crops), enc.forward(backbone.preprocess.normalize(crops)))
+    torch_enc = rt.make_extractor(backbone, "torch")
+    np.testing.assert_array_equal(torch_enc.extract(crops), backbone.forward(backbone.preprocess.normalize(crops)))
 
 
 def test_extract_features_int8_does_not_mix_with_fp32_cache(tmp_path, cifar_small, backbone):
@@ -97,13 +97,13 @@ def test_fallback_to_torch_warns_once(monkeypatch, backbone):
     monkeypatch.setattr(rt, "onnxruntime_available", lambda: "ImportError: no onnxruntime")
     monkeypatch.setattr(rt, "_warned_fallback", False)
     with pytest.warns(rt.RuntimeFallbackWarning, match="onnxruntime cannot be loaded"):
-        enc = rt.make_encoder(backbone, "onnx")
-    assert isinstance(enc, rt.TorchEncoder)
+        enc = rt.make_extractor(backbone, "onnx")
+    assert isinstance(enc, rt.TorchExtractor)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert isinstance(rt.make_encoder(backbone, "onnx"), rt.TorchEncoder)
+        assert isinstance(rt.make_extractor(backbone, "onnx"), rt.TorchExtractor)
 
 
 def test_unknown_runtime_is_a_clear_error(backbone):
     with pytest.raises(ValueError, match="runtime must be one of"):
-        rt.make_encoder(backbone, "tensorrt")
+        rt.make_extractor(backbone, "tensorrt")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hashsearch.backbones import create_backbone
-from hashsearch.backbones.extract import extract_pixels
+from hashsearch.pipeline.local import extract_pixels
 from hashsearch.data.sources import open_source
 from hashsearch.hashing import create_hasher
 

@@ -1,4 +1,4 @@
-"""`hashsearch index` encoding options: --runtime, --int8, --engine/--address."""
+"""`hashsearch index` extraction options: --runtime, --int8, --engine/--address."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_address_needs_the_ray_engine(cifar_small, tmp_path):
 
 def _crops(coll, paths):
     """The uint8 crops the pipeline's workers make of `paths`."""
-    from hashsearch.pipeline.workers import decode_batch
+    from hashsearch.pipeline.steps import decode_batch
 
     jobs = [(str(p), str(p), p.read_bytes()) for p in paths]
     return decode_batch(jobs, coll.backbone.preprocess, 10**8, normalize=False)[1]
@@ -49,8 +49,8 @@ def _stored(coll):
     return {e["path"]: f for e, f in zip(coll.entries(ids), coll.features_of(ids).astype(np.float32))}
 
 
-def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_model(cifar_small, tmp_path):
-    from hashsearch.backbones.runtime import make_encoder
+def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8_model(cifar_small, tmp_path):
+    from hashsearch.backbones.runtime import make_extractor
     from hashsearch.collection import Collection
 
     cache, out = tmp_path / "cache", tmp_path / "a.hsx"
@@ -60,14 +60,14 @@ def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_
     assert json.loads(runner.invoke(app, ["info", str(out)]).output)["encoding"] == "int8"
     shutil.rmtree(cache)  # the collection keeps its own copy of the int8 model
     coll = Collection.open(out)
-    enc = coll.encoder(cache_dir=tmp_path / "cache2")
+    enc = coll.extractor(cache_dir=tmp_path / "cache2")
     assert enc.int8 and enc.cache_key == coll.int8_model.stem and "-int8-" in enc.cache_key
     stored = _stored(coll)
     paths = [Path(k) for k in stored]
     want = np.stack(list(stored.values()))
-    got = enc.encode(_crops(coll, paths))
+    got = enc.extract(_crops(coll, paths))
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)  # the database's features, to float16
-    fp32 = make_encoder(coll.backbone, "onnx", cache_dir=tmp_path / "cache2").encode(_crops(coll, paths))
+    fp32 = make_extractor(coll.backbone, "onnx", cache_dir=tmp_path / "cache2").extract(_crops(coll, paths))
     assert np.abs(fp32 - want).max() > 20 * np.abs(got - want).max()  # which fp32 queries were not
 
     # A query image of the database is its own nearest neighbour at (float16) distance ~0 (its
@@ -78,7 +78,7 @@ def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_
     top = json.loads(r.output)[0]["results"][0]
     assert top["path"] == str(paths[0]) and top["distance"] < 0.05, top
 
-    # Additions are encoded by the same int8 model, and the new generation keeps it.
+    # Additions are extracted by the same int8 model, and the new generation keeps it.
     new = sorted((cifar_small / "train" / "cat").glob("*.jpg"))[:3]
     extra = tmp_path / "extra"
     extra.mkdir()
@@ -91,4 +91,4 @@ def test_an_int8_collection_encodes_its_queries_and_additions_with_its_own_int8_
     assert not old_model.exists() and coll.int8_model.is_file() and coll.int8_model.parent != old_model.parent
     stored = _stored(coll)
     added = np.stack([stored[str(extra / p.name)] for p in new])
-    np.testing.assert_allclose(enc.encode(_crops(coll, new)), added, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(enc.extract(_crops(coll, new)), added, rtol=2e-3, atol=2e-3)

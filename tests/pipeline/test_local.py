@@ -1,5 +1,5 @@
-"""The local pipeline: same result with or without worker processes (decoding, or decoding and
-encoding, there); resume; draft."""
+"""The local engine: same result with or without worker processes (decoding, or decoding and
+extracting, there); resume; draft."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import pytest
 from PIL import Image
 
 from hashsearch.backbones import create_backbone
-from hashsearch.backbones.extract import extract_features
-from hashsearch.backbones.runtime import make_encoder
+from hashsearch.pipeline.local import extract_features
+from hashsearch.backbones.runtime import FeatureExtractor, make_extractor
 from hashsearch.data.decode import decode_image
 from hashsearch.data.sources import FolderSource
-from hashsearch.backbones import extract
-from hashsearch.pipeline.workers import WorkerPool, bounded, crops, decode_batch
+from hashsearch.pipeline import local, steps
+from hashsearch.pipeline.steps import decode_batch
+from hashsearch.pipeline.workers import WorkerPool, bounded, crops
 
 pytest.importorskip("onnxruntime")
 
@@ -32,7 +33,7 @@ def _extract(folder, backbone, cache, **kw):
         return extract_features(FolderSource(folder), backbone, cache_dir=cache, progress=False, batch_size=8, **kw)
 
 
-@pytest.mark.parametrize("worker_inference", [True, False], ids=["encode-in-workers", "decode-in-workers"])
+@pytest.mark.parametrize("worker_inference", [True, False], ids=["extract-in-workers", "decode-in-workers"])
 def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, backbone, worker_inference):
     inline = _extract(folder_with_bad, backbone, tmp_path / "a", workers=0)
     pooled = _extract(folder_with_bad, backbone, tmp_path / "b", workers=2, worker_inference=worker_inference)
@@ -42,45 +43,47 @@ def test_worker_processes_give_the_in_process_result(tmp_path, folder_with_bad, 
     reasons = dict(inline.report.skipped)
     assert any("notes.jpg" in k and "not an image" in v for k, v in reasons.items())
     np.testing.assert_allclose(pooled.features, inline.features, atol=1e-5)
-    assert inline.n_computed == pooled.n_computed == 40  # the duplicate is encoded once
+    assert inline.n_computed == pooled.n_computed == 40  # the duplicate is extracted once
 
 
-class _Counting:
-    """An encoder wrapper that records the digests... via the batches it encodes; can fail."""
+class _Counting(FeatureExtractor):
+    """A feature extractor (not portable: it runs in this process) that counts the images it
+    extracts, by the one it wraps; can fail."""
 
-    int8 = False
+    runtime = "counting"
 
-    def __init__(self, encoder, fail_after: int | None = None) -> None:
-        self.inner, self.fail_after, self.calls, self.images = encoder, fail_after, 0, 0
-        self.preprocess, self.feature_dim, self.cache_key = encoder.preprocess, encoder.feature_dim, encoder.cache_key
+    def __init__(self, inner, fail_after: int | None = None) -> None:
+        self.inner, self.fail_after, self.calls, self.images = inner, fail_after, 0, 0
+        self.backbone, self.preprocess = inner.backbone, inner.preprocess
+        self.feature_dim, self.cache_key = inner.feature_dim, inner.cache_key
 
-    def encode(self, pixels):
+    def extract(self, pixels):
         if self.fail_after is not None and self.calls >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.calls += 1
         self.images += len(pixels)
-        return self.inner.encode(pixels)
+        return self.inner.extract(pixels)
 
 
 def test_resume_after_interruption_recomputes_nothing_cached(tmp_path, folder_with_bad, backbone):
     src = FolderSource(folder_with_bad)
-    enc = make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    enc = make_extractor(backbone, "onnx", cache_dir=tmp_path)
     first = _Counting(enc, fail_after=2)
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, encoder=first)
+        extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, extractor=first)
     assert first.images == 16
     second = _Counting(enc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, encoder=second)
+        out = extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, extractor=second)
     assert out.n_computed == second.images == 40 - 16  # the 16 finished before the interruption are reused
     full = _extract(folder_with_bad, backbone, tmp_path / "fresh", workers=0)
     np.testing.assert_allclose(out.features, full.features, atol=1e-5)
     third = _Counting(enc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        again = extract_features(src, backbone, cache_dir=tmp_path, progress=False, workers=0, encoder=third)
+        again = extract_features(src, backbone, cache_dir=tmp_path, progress=False, workers=0, extractor=third)
     assert third.images == 0 and again.n_computed == 0
 
 
@@ -98,11 +101,11 @@ class _Interrupted(FolderSource):
             yield item
 
 
-@pytest.mark.parametrize("worker_inference", [True, False], ids=["encode-in-workers", "decode-in-workers"])
+@pytest.mark.parametrize("worker_inference", [True, False], ids=["extract-in-workers", "decode-in-workers"])
 def test_resume_keeps_the_batches_that_workers_finished(tmp_path, folder_with_bad, backbone, monkeypatch,
                                                         worker_inference):
     # Chunks of 8 files, 2 ahead: reading stops in the 5th chunk, when the first two are finished.
-    monkeypatch.setattr(extract, "_CHUNK", 8)
+    monkeypatch.setattr(steps, "CHUNK", 8)
     run = dict(cache_dir=tmp_path, progress=False, batch_size=4, workers=2, worker_inference=worker_inference)
     with pytest.raises(KeyboardInterrupt), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -119,16 +122,16 @@ def test_resume_keeps_the_batches_that_workers_finished(tmp_path, folder_with_ba
 
 
 def test_chunks_end_at_a_byte_bound_and_give_the_same_result(tmp_path, folder_with_bad, backbone, monkeypatch):
-    # Large photos: a chunk of 512 files could hold gigabytes; it ends once its files hold _CHUNK_BYTES.
+    # Large photos: a chunk of 512 files could hold gigabytes; it ends once its files hold CHUNK_BYTES.
     sizes = []
-    start = extract._start_chunk
+    start = local._start_chunk
 
-    def recording(chunk, *args):
+    def recording(run, chunk, *args):
         sizes.append([len(data or b"") for _, data, _ in chunk])
-        return start(chunk, *args)
+        return start(run, chunk, *args)
 
-    monkeypatch.setattr(extract, "_start_chunk", recording)
-    monkeypatch.setattr(extract, "_CHUNK_BYTES", 5000)
+    monkeypatch.setattr(local, "_start_chunk", recording)
+    monkeypatch.setattr(steps, "CHUNK_BYTES", 5000)
     out = _extract(folder_with_bad, backbone, tmp_path / "small", workers=2)
     assert len(sizes) > 5 and sum(map(len, sizes)) == 43
     assert all(sum(s[:-1]) < 5000 for s in sizes)  # each chunk stops at the file that reaches the bound
@@ -172,20 +175,20 @@ def test_workers_must_be_non_negative(backbone):
         WorkerPool(crops(backbone.preprocess, 10**8), -1)
 
 
-def test_batch_encoder_travels_without_its_session(folder_with_bad, backbone, tmp_path):
+def test_batch_extractor_travels_without_its_session(folder_with_bad, backbone, tmp_path):
     import pickle
 
-    from hashsearch.pipeline.workers import BatchEncoder, pixel_model
+    from hashsearch.pipeline.steps import BatchExtractor, worker_model
 
-    enc = make_encoder(backbone, "onnx", cache_dir=tmp_path)
+    enc = make_extractor(backbone, "onnx", cache_dir=tmp_path)
     src = FolderSource(folder_with_bad)
     jobs = [(str(i), r.key, d) for i, (r, d, e) in enumerate(src.iter_bytes(src.records()[:12])) if e is None and d]
-    task = BatchEncoder(backbone.preprocess, 10**8, enc.feature_dim, model=pixel_model(enc, jobs, 10**8))
+    task = BatchExtractor(backbone.preprocess, 10**8, enc.feature_dim, model=worker_model(enc, jobs, 10**8))
     digests, feats, failed = task(jobs)
     assert feats.shape == (len(digests), enc.feature_dim) and len(digests) + len(failed) == len(jobs)
     copy = pickle.loads(pickle.dumps(task))  # as a Ray actor or a spawned worker receives it
     assert copy._session is None and task._session is not None
     np.testing.assert_array_equal(copy(jobs)[1], feats)
-    # The same features as the encoder in this process (one thread there, every core here).
-    np.testing.assert_allclose(enc.encode(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats,
+    # The same features as the extractor in this process (one thread there, every core here).
+    np.testing.assert_allclose(enc.extract(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats,
                                atol=1e-5)

@@ -59,7 +59,7 @@ def test_ray_reads_an_archive_as_the_local_pipeline_does(tmp_path, folder_with_b
     """Actors read by key: members of a compressed archive (read in passes), bad ones included."""
     import tarfile
 
-    from hashsearch.backbones.extract import extract_features
+    from hashsearch.pipeline.local import extract_features
 
     archive = tmp_path / "photos.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

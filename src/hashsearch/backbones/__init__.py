@@ -1,4 +1,8 @@
-"""Backbones: pretrained feature extractors, each carrying its preprocessing; the feature cache."""
+"""Backbones: networks, each carrying its preprocessing, and the inference runtimes that run them
+behind one interface (`FeatureExtractor`: `extract(pixels) -> features`, `feature_dim`, `cache_key`).
+
+Nothing here reads files or caches features: that is `hashsearch.pipeline`.
+"""
 
 from hashsearch.backbones.base import (
     Backbone,
@@ -9,15 +13,27 @@ from hashsearch.backbones.base import (
     register_backbone,
 )
 from hashsearch.backbones import cifar_resnet, efficientnet  # noqa: E402,F401  (registers the built-ins)
+from hashsearch.backbones.runtime import (
+    RUNTIMES,
+    FeatureExtractor,
+    OnnxExtractor,
+    TorchExtractor,
+    make_extractor,
+)
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 
 __all__ = [
     "Backbone",
     "DEFAULT_BACKBONE",
+    "FeatureExtractor",
+    "OnnxExtractor",
     "Preprocess",
+    "RUNTIMES",
+    "TorchExtractor",
     "backbones",
     "create_backbone",
     "list_backbones",
+    "make_extractor",
     "register_backbone",
 ]

@@ -65,7 +65,7 @@ class Preprocess:
 
         Each value is ``(v * float32(1 / 255) - mean) / std`` in float32; it is read from a
         256-entry table per channel after moving the channels first in uint8, which is faster
-        than the float arithmetic and gives the same bits. (ONNX encoders do this inside the
+        than the float arithmetic and gives the same bits. (ONNX extractors do this inside the
         graph instead, see `hashsearch.backbones.runtime.pixel_input_model`.)
         """
         pixels = np.asarray(pixels)

@@ -1,18 +1,22 @@
-"""The inference runtime for encoding: ONNX Runtime (fp32 or int8), with PyTorch as the fallback.
+"""Feature extractors: a backbone run by an inference runtime, behind one interface.
 
-Training fine-tunes the PyTorch module; encoding only runs it forward, and ONNX Runtime does that
-several times faster on a CPU. `make_encoder(backbone, runtime="onnx")` exports the backbone's
-PyTorch module to ONNX once per (backbone, weights sha256, resolution), caches the file under
-``<cache>/onnx/``, and checks the export against PyTorch on the first real images it encodes
-(the max abs difference is logged and must be below `EXPORT_TOLERANCE`). If onnxruntime cannot be
-imported, one `RuntimeFallbackWarning` says so and PyTorch encodes instead.
+`FeatureExtractor` is what the pipeline and the query path call: ``extract(pixels) -> features``
+on the uint8 crops of `Preprocess.crop`, with `feature_dim` and the feature-cache key
+`cache_key`. Two runtimes implement it: `OnnxExtractor` (ONNX Runtime, fp32 or int8; the
+default) and `TorchExtractor` (the backbone's PyTorch module, the reference and the fallback).
+Training fine-tunes the PyTorch module; extraction only runs it forward, and ONNX Runtime does
+that several times faster on a CPU. `make_extractor(backbone, runtime="onnx")` exports the
+backbone's PyTorch module to ONNX once per (backbone, weights sha256, resolution), caches the
+file under ``<cache>/onnx/``, and checks the export against PyTorch on the first real images it
+extracts (the max abs difference is logged and must be below `EXPORT_TOLERANCE`). If onnxruntime
+cannot be imported, one `RuntimeFallbackWarning` says so and PyTorch extracts instead.
 
 Feature-cache keys. fp32 ONNX and PyTorch compute the same function in the same precision; the
 export check bounds their difference on real images (measured 1.6e-5 on CIFAR-10 features whose
 largest values are ~4, i.e. ~4e-6 relative: 250x below the float16 spacing of 0.004 at 4 in which
 a collection stores its features, and far below any change of a hash bit in practice), so they share
 `Backbone.cache_key`. int8 features differ by far more (quantization error ~1e-2), so an int8
-encoder's key adds ``-int8-<digest of the calibration images and onnxruntime version>``: int8
+extractor's key adds ``-int8-<digest of the calibration images and onnxruntime version>``: int8
 features never mix with fp32 ones, nor with those of another calibration set.
 """
 
@@ -25,7 +29,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 import numpy as np
 
@@ -39,14 +43,14 @@ EXPORT_TOLERANCE = 1e-4
 OPSET = 17
 #: The input name of `pixel_input_model`'s front: (n, s, s, 3) uint8 crops.
 PIXELS = "pixels"
-#: The runtimes `make_encoder` accepts.
+#: The runtimes `make_extractor` accepts.
 RUNTIMES = ("onnx", "torch")
 #: Default number of calibration images for int8 static quantization.
 DEFAULT_CALIBRATION = 256
 
 
 class RuntimeFallbackWarning(UserWarning):
-    """ONNX Runtime was asked for but cannot be used; PyTorch encodes instead."""
+    """ONNX Runtime was asked for but cannot be used; PyTorch extracts instead."""
 
 
 _warned_fallback = False
@@ -61,11 +65,73 @@ def onnxruntime_available() -> str | None:
     return None
 
 
-class TorchEncoder:
-    """Encode with the backbone's PyTorch module (the reference; used for training too)."""
+class FeatureExtractor:
+    """Pixels -> features: one backbone run by one inference runtime.
+
+    Subclasses implement `extract` (and `forward`); the pipeline, `Collection.extractor` and the
+    service call only what is defined here.
+
+    Attributes
+    ----------
+    runtime : str
+        "onnx" or "torch".
+    backbone : Backbone
+        The network whose features these are.
+    preprocess : Preprocess
+        The backbone's preprocessing; `extract` takes the uint8 crops of `preprocess.crop`.
+    feature_dim : int
+        Length of each feature vector.
+    cache_key : str
+        Names the features it makes in the feature cache: same key, same features
+        (`Backbone.cache_key`, plus the int8 model's tag for an int8 extractor).
+    int8 : bool
+        Whether it runs an int8-quantized model (`int8_model` names the file).
+    portable : bool
+        Whether `worker_model` gives a model that other processes (worker processes, Ray
+        actors) can run; False keeps inference in the process that holds the extractor.
+    """
+
+    runtime: ClassVar[str] = "?"
+    portable: ClassVar[bool] = False
+    int8: bool = False
+    backbone: Backbone
+    preprocess: Preprocess
+    feature_dim: int
+    cache_key: str
+
+    def extract(self, pixels: np.ndarray) -> np.ndarray:  # pragma: no cover - every runtime overrides
+        """Features of (n, s, s, 3) uint8 crops (`Preprocess.crop`) as (n, feature_dim) float32."""
+        raise NotImplementedError
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - every runtime overrides
+        """Features of a preprocessed (n, 3, s, s) float32 batch as (n, feature_dim) float32."""
+        raise NotImplementedError
+
+    @property
+    def ready(self) -> bool:
+        """Whether `extract` and `worker_model` can run without sample images first (an ONNX
+        model not yet exported needs a few real crops to check its export against PyTorch)."""
+        return True
+
+    @property
+    def int8_model(self) -> Path | None:
+        """The int8 model file this extractor runs (None unless `int8`)."""
+        return None
+
+    def worker_model(self, check_pixels: np.ndarray | None = None) -> bytes | None:
+        """The model for inference in another process on uint8 crops (`portable` runtimes), or
+        None. `check_pixels`: a few real (n, s, s, 3) uint8 crops, needed when not `ready`."""
+        return None
+
+    def describe(self) -> str:  # pragma: no cover - every runtime overrides
+        """One line: backbone, input size, runtime."""
+        raise NotImplementedError
+
+
+class TorchExtractor(FeatureExtractor):
+    """Extract with the backbone's PyTorch module (the reference; used for training too)."""
 
     runtime = "torch"
-    int8 = False
 
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
@@ -77,7 +143,7 @@ class TorchEncoder:
         """Features of a preprocessed (n, 3, s, s) float32 batch."""
         return self.backbone.forward(batch)
 
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
+    def extract(self, pixels: np.ndarray) -> np.ndarray:
         """Features of (n, s, s, 3) uint8 crops (`Preprocess.crop`), normalised here."""
         return self.forward(self.preprocess.normalize(pixels))
 
@@ -85,8 +151,8 @@ class TorchEncoder:
         return f"{self.backbone.name} {self.preprocess.input_size}px on PyTorch"
 
 
-class OnnxEncoder:
-    """Encode with ONNX Runtime from an exported (and optionally int8-quantized) ONNX file.
+class OnnxExtractor(FeatureExtractor):
+    """Extract with ONNX Runtime from an exported (and optionally int8-quantized) ONNX file.
 
     Parameters
     ----------
@@ -99,6 +165,7 @@ class OnnxEncoder:
     """
 
     runtime = "onnx"
+    portable = True
 
     def __init__(self, backbone: Backbone, cache_dir: str | Path | None = None, threads: int | None = None) -> None:
         from hashsearch.paths import cache_dir as default_cache_dir
@@ -110,7 +177,7 @@ class OnnxEncoder:
         self.folder = Path(cache_dir or default_cache_dir()) / "onnx"
         self.int8 = False
         self.cache_key = backbone.cache_key
-        self._session = None  # on uint8 crops (`encode`)
+        self._session = None  # on uint8 crops (`extract`)
         self._float_session = None  # on normalised float batches (`forward`)
         self._model_path = self.folder / f"{backbone.cache_key}-opset{OPSET}.onnx"
         self.max_abs_diff: float | None = None
@@ -145,7 +212,7 @@ class OnnxEncoder:
                 dynamic_axes={"images": {0: "n"}, "features": {0: "n"}}, opset_version=OPSET, dynamo=False,
             )
         model = buf.getvalue()
-        session = _session(model, self.threads)
+        session = onnx_session(model, self.threads)
         got = session.run(None, {"images": x.numpy()})[0]
         want = self.backbone.forward(x.numpy())
         diff = float(np.abs(got - want).max())
@@ -205,8 +272,8 @@ class OnnxEncoder:
 
     def use_int8_model(self, path: str | Path, key: str) -> Path:
         """Switch to the int8 model in `path`, whose features are cached under `key` (what
-        `quantize` made; a collection built with int8 keeps a copy, so that its queries and
-        additions are encoded by the same model: see `Collection.encoder`)."""
+        `quantize` made; a collection built with int8 keeps a copy, so that the features of its
+        queries and additions are extracted by the same model: see `Collection.extractor`)."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"int8 ONNX model {path} is missing; restore it, or rebuild with int8")
@@ -218,17 +285,27 @@ class OnnxEncoder:
 
     @property
     def model_path(self) -> Path:
-        """The ONNX file this encoder runs (the fp32 export, or the int8 model)."""
+        """The ONNX file this extractor runs (the fp32 export, or the int8 model)."""
         return self._model_path
+
+    @property
+    def int8_model(self) -> Path | None:
+        """The int8 model file this extractor runs (None unless `int8`)."""
+        return self._model_path if self.int8 else None
 
     # -- inference ----------------------------------------------------------------------------
     @property
     def exported(self) -> bool:
-        """Whether the model this encoder runs is on disk (else the first `encode` exports it)."""
+        """Whether the model this extractor runs is on disk (else the first `extract` exports it)."""
         return self._model_path.exists()
 
+    @property
+    def ready(self) -> bool:
+        """Whether the model is exported (else `extract` and `worker_model` export it on real crops)."""
+        return self.exported
+
     def model_bytes(self, check_batch: np.ndarray | None = None) -> bytes:
-        """The ONNX model this encoder runs (exported on `check_batch` if not yet)."""
+        """The ONNX model this extractor runs (exported on `check_batch` if not yet)."""
         if not self.exported:
             if check_batch is None:
                 raise RuntimeError("the ONNX file is not exported yet: pass real images in check_batch")
@@ -241,19 +318,23 @@ class OnnxEncoder:
         check = None if check_pixels is None else self.preprocess.normalize(check_pixels[:4])
         return pixel_input_model(self.model_bytes(check), self.preprocess)
 
-    def encode(self, pixels: np.ndarray) -> np.ndarray:
+    def worker_model(self, check_pixels: np.ndarray | None = None) -> bytes:
+        """`pixel_model_bytes`: the model on uint8 crops, for sessions in other processes."""
+        return self.pixel_model_bytes(check_pixels)
+
+    def extract(self, pixels: np.ndarray) -> np.ndarray:
         """Features of (n, s, s, 3) uint8 crops (`Preprocess.crop`), normalised inside the graph
         (exports on first use). What the pipelines run: the same features as
         ``forward(preprocess.normalize(pixels))``, bit for bit, in less time."""
         if self._session is None:
-            self._session = _session(self.pixel_model_bytes(pixels), self.threads)
+            self._session = onnx_session(self.pixel_model_bytes(pixels), self.threads)
         out = self._session.run(None, {PIXELS: np.ascontiguousarray(pixels, np.uint8)})[0]
         return out.astype(np.float32, copy=False)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Features of a preprocessed (n, 3, s, s) float32 batch (exports on first use)."""
         if self._float_session is None:
-            self._float_session = _session(self.model_bytes(batch), self.threads)
+            self._float_session = onnx_session(self.model_bytes(batch), self.threads)
         out = self._float_session.run(None, {"images": np.ascontiguousarray(batch, np.float32)})[0]
         return out.astype(np.float32, copy=False)
 
@@ -306,7 +387,7 @@ def pixel_input_model(model: bytes, preprocess: Preprocess) -> bytes:
     return m.SerializeToString()
 
 
-def _session(model: bytes | str, threads: int | None):
+def onnx_session(model: bytes | str, threads: int | None):
     """An ONNX Runtime CPU session with full graph optimisation."""
     import onnxruntime as ort
 
@@ -318,21 +399,18 @@ def _session(model: bytes | str, threads: int | None):
     return ort.InferenceSession(model, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
-Encoder = TorchEncoder | OnnxEncoder
-
-
-def make_encoder(
+def make_extractor(
     backbone: Backbone,
     runtime: str = "onnx",
     *,
     cache_dir: str | Path | None = None,
     threads: int | None = None,
-) -> Encoder:
-    """The encoder for `backbone` on `runtime` ("onnx" or "torch").
+) -> FeatureExtractor:
+    """The feature extractor for `backbone` on `runtime` ("onnx" or "torch").
 
     "onnx" falls back to PyTorch, with one RuntimeFallbackWarning per process, when
     onnxruntime cannot be imported. int8 is switched on afterwards with
-    `OnnxEncoder.quantize` (see `hashsearch.pipeline.encode.calibrate`).
+    `OnnxExtractor.quantize` (see `hashsearch.pipeline.steps.calibrate`).
     """
     global _warned_fallback
     if runtime not in RUNTIMES:
@@ -340,16 +418,16 @@ def make_encoder(
     if runtime == "onnx":
         why = onnxruntime_available()
         if why is None:
-            return OnnxEncoder(backbone, cache_dir=cache_dir, threads=threads)
+            return OnnxExtractor(backbone, cache_dir=cache_dir, threads=threads)
         if not _warned_fallback:
             warnings.warn(
-                f"onnxruntime cannot be loaded ({why}); encoding with PyTorch instead, which is "
+                f"onnxruntime cannot be loaded ({why}); extracting features with PyTorch instead, which is "
                 "several times slower. Install it with `pip install onnxruntime`, or pass "
                 "runtime='torch' (--runtime torch) to silence this warning.",
                 RuntimeFallbackWarning, stacklevel=2,
             )
             _warned_fallback = True
-    return TorchEncoder(backbone)
+    return TorchExtractor(backbone)
 
 
 def calibration_digest(digests: Iterable[str]) -> str:

@@ -90,7 +90,7 @@ def index(
     method: str = typer.Option("itq", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
     bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
-    backend: str = typer.Option("flat", "--index", help="Index back end (see `hashsearch list`)."),
+    backend: str = typer.Option("flat", "--backend", help="Index back end (see `hashsearch list`)."),
     no_features: bool = typer.Option(False, "--no-features", help="Do not store features (disables --rerank)."),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
@@ -99,7 +99,7 @@ def index(
     batch_size: int = BatchOpt,
     engine: str = typer.Option("local", "--engine", help="local (worker processes on this machine) or ray (Ray Data)."),
     address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."),
-    runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for encoding: onnx or torch."),
+    runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for feature extraction: onnx or torch."),
     int8: bool = typer.Option(False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."),
     labels: str = LabelsOpt,
     max_pixels: int = MaxPixelsOpt,
@@ -139,14 +139,14 @@ def search(
     cache_dir: Optional[Path] = CacheOpt,
     max_pixels: int = MaxPixelsOpt,
 ):
-    """Find the nearest indexed images of each query image (encoded as the collection's were).
+    """Find the nearest indexed images of each query image (its features extracted as the collection's were).
 
     A query that cannot be read or decoded is reported on stderr (and, with --json, as an entry
     with an "error") and the others are answered; the exit code is 1 only when no query could be.
     """
     from hashsearch.collection import Collection
     from hashsearch.data.decode import DecodeError, decode_image
-    from hashsearch.pipeline import encode_queries
+    from hashsearch.pipeline import extract_queries
 
     coll = Collection.open(collection)
     images, answered, errors = [], [], {}
@@ -162,7 +162,7 @@ def search(
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
     found = []
     if images:
-        found = coll.search_records(encode_queries(coll.backbone, images, coll.encoder(cache_dir)), k,
+        found = coll.search_records(extract_queries(coll.backbone, images, coll.extractor(cache_dir)), k,
                                     rerank=rerank, radius=radius, label=label)
     out = []
     for qi, q in enumerate(queries):
@@ -212,7 +212,7 @@ def add(
     keep_duplicates: bool = KeepDuplicatesOpt,
     skip_list: Optional[Path] = SkipListOpt,
 ):
-    """Add images to a collection, encoded with its own backbone and hasher.
+    """Add images to a collection, through its own backbone and hasher.
 
     Files whose bytes equal an image already in the collection (or an earlier file of the
     source) are skipped and counted, unless --keep-duplicates; when nothing new is left, the

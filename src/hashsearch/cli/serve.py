@@ -34,7 +34,7 @@ def serve(
     max_request_mb: float = typer.Option(Limits.max_request_bytes / 2**20, min=0.001, help="largest POST /images body (all files), in MiB"),
     max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="largest width*height of an image added through the API"),
     max_query_pixels: int = typer.Option(Limits.max_query_pixels, min=1, help="largest width*height of a query image"),
-    decode_slots: int = typer.Option(Limits.decode_slots, min=1, help="images decoded and encoded at once (bounds memory)"),
+    decode_slots: int = typer.Option(Limits.decode_slots, min=1, help="images decoded and their features extracted at once (bounds memory)"),
     max_queued: int = typer.Option(Limits.max_queued, min=1, help="upload requests waiting for a decode slot; more get 503"),
     max_jobs: int = typer.Option(Limits.max_jobs, min=1, help="background adds running at once; more get 503"),
     job_ttl: float = typer.Option(Limits.job_ttl_s, min=1, help="seconds a finished background job stays readable"),

@@ -1,4 +1,4 @@
-"""Build a collection from an image source, add images to one, and encode query images."""
+"""Build a collection from an image source, add images to one, and extract the features of query images."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import numpy as np
 from PIL import Image
 
 from hashsearch.backbones import Backbone
-from hashsearch.backbones.extract import Extracted, extract_features
+from hashsearch.backbones.runtime import FeatureExtractor, TorchExtractor
 from hashsearch.collection import Collection
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.sources import ImageRecord, ImageSource, Listing, SkipReport, escape_name, printable
 from hashsearch.hashing import Hasher
+from hashsearch.pipeline.local import extract_features
+from hashsearch.pipeline.steps import Extracted
 
 
 def _plural(n: int, word: str, many: str | None = None) -> str:
@@ -93,7 +95,7 @@ class IndexReport:
 
 
 def _extractor(engine: str):
-    """The feature extractor of an engine."""
+    """The extraction function of an engine (`extract_features` or `extract_features_ray`)."""
     if engine == "local":
         return extract_features
     if engine == "ray":
@@ -173,13 +175,13 @@ def build_collection(
     keep_duplicates: bool = False,
     progress: bool = True,
     engine: str = "local",
-    **encode,
+    **extract,
 ) -> tuple[Collection, IndexReport]:
     """Extract features of `source`, fit `hasher` on them (unless already fitted), index them.
 
     A supervised hasher is fitted on the labelled images; the collection holds them all.
-    `engine` is "local" (worker processes that decode and encode) or "ray" (Ray Data;
-    pass `address=` for a cluster); `encode` goes to the extractor (runtime, int8, workers, ...).
+    `engine` is "local" (worker processes that decode and extract) or "ray" (Ray Data;
+    pass `address=` for a cluster); `extract` goes to the engine (runtime, int8, workers, ...).
     Entries are stored relative to `source.root`.
 
     Parameters
@@ -198,7 +200,7 @@ def build_collection(
     records, report = _start(source, records)
     t = time.perf_counter()
     ex = _extractor(engine)(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                            max_pixels=max_pixels, **encode)
+                            max_pixels=max_pixels, **extract)
     report.timings["features"] = time.perf_counter() - t
     report.skipped.skipped += ex.report.skipped
     report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
@@ -236,21 +238,22 @@ def add_images(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     keep_duplicates: bool = False,
     progress: bool = True,
-    **encode,
+    **extract,
 ) -> tuple[np.ndarray, IndexReport]:
-    """Encode the images of `source` as the collection's were (`Collection.encoder`: its backbone,
-    and its int8 model if it has one) and add them with its hasher; returns (new ids (int64), report).
+    """Extract the features of `source`'s images as the collection's were (`Collection.extractor`:
+    its backbone, and its int8 model if it has one) and add them with its hasher; returns
+    (new ids (int64), report).
 
     By default a file whose bytes equal an image already in the collection, or an earlier file
     of the source, is not added (`IndexReport.duplicates` names what it duplicates);
-    ``keep_duplicates=True`` adds it. `max_pixels` as in `build_collection`; `encode` goes to
+    ``keep_duplicates=True`` adds it. `max_pixels` as in `build_collection`; `extract` goes to
     `extract_features` (workers, ...). Nothing is added (and `coll.dirty` stays as it was) when
     no new image is left.
     """
     records, report = _start(source, records)
     t = time.perf_counter()
     ex = extract_features(source, coll.backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                          max_pixels=max_pixels, encoder=coll.encoder(cache_dir), **encode)
+                          max_pixels=max_pixels, extractor=coll.extractor(cache_dir), **extract)
     report.timings["features"] = time.perf_counter() - t
     report.skipped.skipped += ex.report.skipped
     report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
@@ -268,16 +271,15 @@ def add_images(
     return ids, report
 
 
-def encode_queries(backbone: Backbone, images: Sequence[Image.Image], encoder=None) -> np.ndarray:
-    """Backbone features of decoded query images (not cached: queries are usually one-off).
+def extract_queries(backbone: Backbone, images: Sequence[Image.Image],
+                    extractor: FeatureExtractor | None = None) -> np.ndarray:
+    """Features (n, feature_dim) float32 of decoded query images (not cached: queries are usually one-off).
 
-    `encoder` runs the backbone: a collection's queries take `Collection.encoder()` (ONNX
+    `extractor` runs the backbone: a collection's queries take `Collection.extractor()` (ONNX
     Runtime, and the collection's int8 model if it was built with one); default: the PyTorch module.
     """
     if not images:
         return np.zeros((0, backbone.feature_dim), np.float32)
-    from hashsearch.backbones.runtime import TorchEncoder
-
     crops = np.stack([backbone.preprocess.crop(im) for im in images])
-    # The collection's own encoding path: uint8 crops in (ONNX normalises them in its graph).
-    return (encoder or TorchEncoder(backbone)).encode(crops)
+    # The collection's own extraction path: uint8 crops in (ONNX normalises them in its graph).
+    return (extractor or TorchExtractor(backbone)).extract(crops)

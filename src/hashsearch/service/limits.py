@@ -29,7 +29,7 @@ class Limits:
         Largest width * height of a query image (default 40 megapixels). JPEG queries decode at
         reduced scale (1/2 to 1/8, never below the backbone's input size), as the indexer does.
     decode_slots : int
-        Images decoded and encoded at once, across all requests and jobs (default 2).
+        Images decoded and their features extracted at once, across all requests and jobs (default 2).
     max_queued : int
         Upload requests (POST /search, POST /images) waiting for a slot beyond those decoding;
         more are refused with 503 and Retry-After before their body is read (default 8).

@@ -1,12 +1,12 @@
 """The state behind the HTTP service: one open `Collection`, a readers-writer lock, limits, thumbnails, jobs.
 
-Every route goes through `ServiceState`, which calls the library (`Collection`, `encode_queries`,
+Every route goes through `ServiceState`, which calls the library (`Collection`, `extract_queries`,
 `decode_image`) and owns the concurrency rules:
 
 * searches hold the lock shared, mutations (add, remove, and the atomic save that follows) hold it
   exclusive, so a search sees the collection either before or after a mutation, never half-way;
 * the expensive part of an add (decoding and the backbone) runs outside the lock;
-* decoding and encoding run only in `Limits.decode_slots` threads of their own (`decoding`): what
+* decoding and extraction run only in `Limits.decode_slots` threads of their own (`decoding`): what
   an image costs in memory is paid by that many at a time, whatever the number of clients, and only
   those threads' malloc arenas ever hold decoded pixels (in the web server's thread pool, freed
   pixels stayed in each of its 40 threads' arenas: memory grew with the threads, not the load);
@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.backbones.cache import content_digest
+from hashsearch.pipeline.cache import content_digest
 from hashsearch.collection import Collection, CollectionError
 from hashsearch.data.decode import DecodeError, check_image_bytes, decode_image
-from hashsearch.pipeline.build import encode_queries
+from hashsearch.pipeline.build import extract_queries
 from hashsearch.service.limits import MAX_FILES, MAX_ID, MAX_K, Limits  # noqa: F401 (re-exported)
 
 THUMB_SIZE = 128
@@ -105,7 +105,7 @@ class BadRequest(ValueError):
 
 @dataclass
 class _NewImage:
-    """An upload decoded and encoded, waiting to be added."""
+    """An upload decoded and its features extracted, waiting to be added."""
 
     data: bytes
     name: str
@@ -179,8 +179,8 @@ class ServiceState:
         self.jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
         self._thumb_lock = threading.Lock()
-        self._encoder = None
-        self._encoder_lock = threading.Lock()
+        self._extractor = None
+        self._extractor_lock = threading.Lock()
         self._decoder = ThreadPoolExecutor(self.limits.decode_slots, thread_name_prefix="hashsearch-decode")
         self._admitted = 0
         self._admit_lock = threading.Lock()
@@ -199,22 +199,22 @@ class ServiceState:
             self._admitted -= 1
 
     def decoding(self, fn, *args):
-        """`fn(*args)` (decoding, encoding) run in one of the `decode_slots` decoding threads; waits
+        """`fn(*args)` (decoding, extraction) run in one of the `decode_slots` decoding threads; waits
         for a free one, then for the result (exceptions are raised here). `fn` must not call `decoding`."""
         return self._decoder.submit(fn, *args).result()
 
     def features(self, images: list) -> np.ndarray:
-        """Backbone features of decoded images, by the collection's encoder (`Collection.encoder`:
+        """Backbone features of decoded images, by the collection's extractor (`Collection.extractor`:
         ONNX Runtime, exported on first use and then read from the cache on disk, with the
         collection's int8 model if it has one; PyTorch if onnxruntime cannot load)."""
-        if self._encoder is None:
-            with self._encoder_lock:  # the first call exports and opens the session, once
-                if self._encoder is None:
-                    encoder = self.coll.encoder()
-                    feats = encode_queries(self.coll.backbone, images, encoder)
-                    self._encoder = encoder
+        if self._extractor is None:
+            with self._extractor_lock:  # the first call exports and opens the session, once
+                if self._extractor is None:
+                    extractor = self.coll.extractor()
+                    feats = extract_queries(self.coll.backbone, images, extractor)
+                    self._extractor = extractor
                     return feats
-        return encode_queries(self.coll.backbone, images, self._encoder)
+        return extract_queries(self.coll.backbone, images, self._extractor)
 
     # -- input checks --------------------------------------------------------------------
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
@@ -389,7 +389,7 @@ class ServiceState:
 
     def add_uploads(self, files: list[tuple[bytes, str, str | None]], labels: list[str | None],
                     job: Job | None = None, keep_duplicates: bool = False) -> dict:
-        """Decode, encode and add uploaded images, then save atomically.
+        """Decode uploaded images, extract their features and add them, then save atomically.
 
         Bad files are reported in "errors", not added; a file whose content the collection already
         holds (by `content_digest`, the pipeline's digest) is not added again but answered in

@@ -129,7 +129,7 @@ def check_pixels(pixels: np.ndarray, labels, backbone) -> np.ndarray:
     if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (s, s, 3):
         raise ValueError(
             f"pixels must be (n, {s}, {s}, 3) uint8 crops at {backbone.name}'s input size, got "
-            f"{pixels.dtype} {pixels.shape}; make them with hashsearch.backbones.extract.extract_pixels"
+            f"{pixels.dtype} {pixels.shape}; make them with hashsearch.pipeline.local.extract_pixels"
         )
     if len(pixels) != len(labels):
         raise ValueError(f"pixels has {len(pixels)} images but labels has {len(labels)}; pass one label per image")

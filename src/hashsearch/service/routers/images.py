@@ -49,7 +49,7 @@ async def add_images(
     keep_duplicates: bool = Form(False, description="add files whose content the collection already holds"),
     x_api_key: Optional[str] = Security(API_KEY),
 ):
-    """Add images (encoded with the collection's backbone and hasher); the collection is saved atomically.
+    """Add images (through the collection's backbone and hasher); the collection is saved atomically.
 
     Returns the new ids, `duplicates` (files whose content is already indexed: their existing id,
     not added again unless `keep_duplicates`), per-file `errors`, and the new count."""

@@ -1,4 +1,4 @@
-"""A feature cache on disk, keyed by file content, backbone and resolution.
+"""The feature cache on disk (the pipeline's steps 3 and 6), keyed by file content and extractor.
 
 One SQLite file per backbone key (name, input size, weights digest) under the cache folder;
 rows map the BLAKE2b digest of an image file's bytes to its float32 feature vector. A second
@@ -28,7 +28,7 @@ class FeatureCache:
     directory : path
         The cache folder (created if missing).
     backbone_key : str
-        `Backbone.cache_key`; features of different keys never mix.
+        `FeatureExtractor.cache_key`; features of different keys never mix.
     dim : int
         Feature dimension; a stored vector of another size is an error.
     """

@@ -14,6 +14,7 @@ from hashsearch.codes import pack_bits
 from hashsearch.fileio import check_header
 from hashsearch.registry import Registry
 from hashsearch.types import Codes
+from hashsearch.validation import check_features, check_int
 
 FORMAT = "hashsearch-hasher"
 # 2: deep hashers store their head as "head.<layer>.<weight|bias>" arrays with its layer order.
@@ -89,8 +90,7 @@ class Hasher:
         return self
 
     def _check_n_bits(self) -> None:
-        if not isinstance(self.n_bits, (int, np.integer)) or not 1 <= self.n_bits <= 4096:
-            raise ValueError(f"n_bits must be an integer in [1, 4096], got {self.n_bits!r}")
+        check_int("n_bits", self.n_bits, low=1, high=4096)
 
     def encode(self, features: np.ndarray) -> Codes:
         """Packed codes of `features` (n, d)."""
@@ -185,17 +185,3 @@ class Hasher:
         pass
 
 
-def check_features(X: Any, name: str, allow_empty: bool = False) -> np.ndarray:
-    """Validate a real (n, d) matrix and return it as float32 (float64 stays float64)."""
-    X = np.asarray(X)
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d (n_samples, n_features) array, got shape {X.shape}")
-    if not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"{name} must be numeric, got dtype {X.dtype}")
-    if X.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty: at least one row is needed")
-    if X.dtype != np.float64:
-        X = X.astype(np.float32, copy=False)
-    if X.size and not np.isfinite(X).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
-    return X

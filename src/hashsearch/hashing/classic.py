@@ -6,7 +6,6 @@ algebra comes from NumPy / SciPy / scikit-learn.
 
 from __future__ import annotations
 
-import numbers
 from typing import ClassVar
 
 import numpy as np
@@ -14,19 +13,7 @@ import numpy as np
 from hashsearch.hashing.base import Hasher, register_hasher
 from hashsearch.hashing.itq import itq_rotation
 from hashsearch.hashing.pca import pca
-
-
-def _check(name: str, value, kind=numbers.Real, low=None, high=None, low_open=False) -> None:
-    """Raise a ValueError naming `name` when `value` is not of `kind` within the bounds."""
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bounds = f" {'>' if low_open else '>='} {low}" if low is not None else ""
-        raise ValueError(f"{name} must be a {'number' if kind is numbers.Real else 'integer'}{bounds}"
-                         f"{'' if high is None else f' and <= {high}'}, got {value!r}")
+from hashsearch.validation import check_int, check_real
 
 
 def one_hot(y: np.ndarray) -> np.ndarray:
@@ -95,7 +82,7 @@ class SKLSH(Hasher):
 
     def _fit(self, X, y):
         if self.gamma is not None:
-            _check("gamma", self.gamma, low=0, low_open=True)
+            check_real("gamma", self.gamma, low=0, low_open=True)
         rng = np.random.default_rng(self.seed)
         mean = X.mean(0, dtype=np.float64)
         gamma = self.gamma
@@ -187,8 +174,8 @@ class SphericalHashing(Hasher):
         self.n_samples = n_samples
 
     def _fit(self, X, y):
-        _check("n_iter", self.n_iter, numbers.Integral, low=0)
-        _check("n_samples", self.n_samples, numbers.Integral, low=2)
+        check_int("n_iter", self.n_iter, low=0)
+        check_int("n_samples", self.n_samples, low=2)
         S = X[_sample(len(X), self.n_samples, self.seed)].astype(np.float64)
         m = len(S)
         rng = np.random.default_rng(self.seed)
@@ -245,8 +232,8 @@ class DensitySensitiveHashing(Hasher):
     def _fit(self, X, y):
         from sklearn.cluster import KMeans
 
-        _check("alpha", self.alpha, low=0, low_open=True)
-        _check("r", self.r, numbers.Integral, low=1)
+        check_real("alpha", self.alpha, low=0, low_open=True)
+        check_int("r", self.r, low=1)
         k = int(min(len(X), max(2, np.ceil(self.alpha * self.n_bits))))
         S = X[_sample(len(X), 10000, self.seed)].astype(np.float64)
         km = KMeans(n_clusters=min(k, len(S)), n_init=1, max_iter=50, random_state=self.seed).fit(S)
@@ -312,8 +299,8 @@ class CCAITQ(Hasher):
     def _fit(self, X, y):
         from scipy.linalg import eigh
 
-        _check("reg", self.reg, low=0)
-        _check("n_iter", self.n_iter, numbers.Integral, low=0)
+        check_real("reg", self.reg, low=0)
+        check_int("n_iter", self.n_iter, low=0)
         if self.n_bits > X.shape[1]:
             raise ValueError(f"n_bits={self.n_bits} is larger than the {X.shape[1]} feature dimensions; "
                              f"CCA-ITQ needs n_bits <= n_features")
@@ -351,7 +338,7 @@ class _KernelHasher(Hasher):
         return self._kernel(X) @ self.projection_ > 0
 
     def _fit_kernel(self, X, n_anchors):
-        _check("n_anchors", n_anchors, numbers.Integral, low=1)
+        check_int("n_anchors", n_anchors, low=1)
         anchors, sigma = KernelFeatures.fit(X, n_anchors, self.seed)
         self.anchors_, self.sigma_ = anchors.astype(np.float32), np.float64(sigma)
         K = KernelFeatures.transform(X, anchors, sigma)
@@ -394,8 +381,8 @@ class KSH(_KernelHasher):
         from scipy.optimize import minimize
         from scipy.special import expit
 
-        _check("n_labelled", self.n_labelled, numbers.Integral, low=2)
-        _check("n_iter", self.n_iter, numbers.Integral, low=0)
+        check_int("n_labelled", self.n_labelled, low=2)
+        check_int("n_iter", self.n_iter, low=0)
         self._fit_kernel(X, self.n_anchors)
         idx = _sample(len(X), self.n_labelled, self.seed + 2)
         K = self._kernel(X[idx])
@@ -466,10 +453,10 @@ class SDH(_KernelHasher):
         self.n_dcc = n_dcc
 
     def _fit(self, X, y):
-        _check("lam", self.lam, low=0)
-        _check("nu", self.nu, low=0)
-        _check("n_iter", self.n_iter, numbers.Integral, low=1)
-        _check("n_dcc", self.n_dcc, numbers.Integral, low=1)
+        check_real("lam", self.lam, low=0)
+        check_real("nu", self.nu, low=0)
+        check_int("n_iter", self.n_iter, low=1)
+        check_int("n_dcc", self.n_dcc, low=1)
         Phi = self._fit_kernel(X, self.n_anchors).T  # (m, n)
         Y = one_hot(y).T  # (C, n)
         L = self.n_bits

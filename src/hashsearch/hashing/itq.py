@@ -9,6 +9,7 @@ import numpy as np
 from hashsearch.hashing.base import register_hasher
 from hashsearch.hashing.lsh import ProjectionHasher
 from hashsearch.hashing.pca import pca, random_rotation
+from hashsearch.validation import check_int
 
 
 def quantization_loss(B: np.ndarray, VR: np.ndarray) -> float:
@@ -72,8 +73,7 @@ class ITQ(ProjectionHasher):
         self.n_iter = n_iter
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
-        if isinstance(self.n_iter, bool) or not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 0:
-            raise ValueError(f"n_iter must be a non-negative integer, got {self.n_iter!r}")
+        check_int("n_iter", self.n_iter, low=0)
         mean, components = pca(X, self.n_bits)
         R, losses = itq_rotation((X.astype(np.float64) - mean) @ components, self.n_iter, self.seed)
         self.mean_ = mean.astype(np.float32)

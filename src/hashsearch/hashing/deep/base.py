@@ -12,13 +12,13 @@ head's weights live in NumPy arrays, so encoding needs neither torch nor autogra
 from __future__ import annotations
 
 import inspect
-import numbers
 import os
 from typing import Any, ClassVar
 
 import numpy as np
 
 from hashsearch.hashing.base import Hasher, register_hasher
+from hashsearch.validation import check_real
 
 
 @register_hasher("deep")
@@ -118,8 +118,7 @@ class DeepHasher(Hasher):
         from hashsearch.hashing.deep.losses import create_loss, losses
         from hashsearch.hashing.deep.trainer import resolve_device, seeded
 
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, numbers.Real) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        check_real("dropout", self.dropout, low=0, high=1, high_open=True, noun="probability")
         device = resolve_device(self.device)
         targets, n_classes = self._targets(y)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import numbers
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -13,6 +12,8 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import nn
+
+from hashsearch.validation import check_int, check_real
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(seed)
         yield
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def train(
@@ -105,14 +101,11 @@ def train(
     """
     from tqdm.auto import tqdm
 
-    _check_positive_int("epochs", epochs)
-    _check_positive_int("batch_size", batch_size)
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, numbers.Real) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}")
-    if log_every is not None:
-        _check_positive_int("log_every", log_every)
+    check_int("epochs", epochs, low=1)
+    check_int("batch_size", batch_size, low=1)
+    check_real("lr", lr, low=0, low_open=True, finite=True)
+    check_real("weight_decay", weight_decay, low=0, finite=True)
+    check_int("log_every", log_every, low=1, allow_none=True)
     dev = resolve_device(device)
 
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)

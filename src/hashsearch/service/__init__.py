@@ -7,6 +7,7 @@ only, so `import hashsearch` works without the `serve` extra.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,15 +88,24 @@ def _api():
     from hashsearch.service.routers import admin, images, search
     from hashsearch.service.state import BadRequest
 
+    class AsciiJSONResponse(JSONResponse):
+        """JSON with every non-ASCII character escaped: a file name or label that is not UTF-8 (held as
+        surrogate escapes) is then valid JSON ("caf\\udce9.jpg"), as `hashsearch search --json` writes it,
+        where UTF-8 output cannot encode it at all."""
+
+        def render(self, content) -> bytes:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
     # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
     app = FastAPIOffline(
         title="hashsearch", description="Image search with learned binary hash codes.", version=__version__,
         redoc_url=None, favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
+        default_response_class=AsciiJSONResponse,
     )
 
     @app.exception_handler(BadRequest)
     async def _bad_request(request, exc: BadRequest):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
+        return AsciiJSONResponse({"detail": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     app.include_router(search.router)
     app.include_router(images.router)

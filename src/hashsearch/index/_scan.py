@@ -35,15 +35,6 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_threads(n_threads) -> int | None:
-    """Validate an `n_threads` parameter (None: every core)."""
-    if n_threads is None:
-        return None
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
-        raise ValueError(f"n_threads must be a positive integer or None (every core), got {n_threads!r}")
-    return int(n_threads)
-
-
 def _run(tasks, n_threads: int) -> list:
     """Run zero-argument callables on up to `n_threads` threads; results in task order."""
     global _pool, _pool_size

@@ -9,6 +9,7 @@ import numpy as np
 
 from hashsearch.registry import Registry
 from hashsearch.types import Codes, RangeResult, SearchResult
+from hashsearch.validation import check_int
 
 index_backends: Registry = Registry("index back end", builtins="hashsearch.index")
 
@@ -48,13 +49,6 @@ def read_index_meta(directory, backend: str, fmt: str, version: int) -> dict:
         raise ValueError(f"{directory} holds an index of back end {got!r}, not {backend!r}; load it with that back end's class")
     check_header(meta, fmt, version, directory / "index.json")
     return meta
-
-
-def check_radius(radius: Any) -> int:
-    """A range-search radius as int, or a ValueError naming the value received."""
-    if not isinstance(radius, (int, np.integer)) or isinstance(radius, bool) or radius < 0:
-        raise ValueError(f"radius must be a non-negative integer, got {radius!r}")
-    return int(radius)
 
 
 class Index:
@@ -126,9 +120,7 @@ class Index:
 
     @staticmethod
     def _check_k(k: int) -> int:
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        return int(k)
+        return check_int("k", k, low=1)
 
 
 class MirroredIndex(Index):

@@ -27,16 +27,11 @@ import numpy as np
 
 from hashsearch.index.base import Index
 from hashsearch.types import MISSING_ID, Codes, SearchResult
+from hashsearch.validation import check_int
 
 # Stored features are fetched in chunks of distinct ids holding about this many float32 values
 # (64 MiB), so memory stays bounded whatever the pool sizes and feature dimension.
 _CHUNK_VALUES = 1 << 24
-
-
-def _check_count(value, name: str, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 def _candidates(index: Index, query_codes: Codes, radius: int, n_candidates: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +95,8 @@ def coarse_to_fine(
         raise TypeError(f"index must be a hashsearch Index, got {type(index).__name__}")
     index._check_codes(query_codes, "query_codes")
     k = Index._check_k(k)
-    radius = _check_count(radius, "radius", 0)
-    n_candidates = _check_count(n_candidates, "n_candidates", 1)
+    radius = check_int("radius", radius, low=0)
+    n_candidates = check_int("n_candidates", n_candidates, low=1)
     qf = np.asarray(query_features)
     if qf.ndim != 2 or len(qf) != len(query_codes):
         raise ValueError(

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.index._scan import check_threads, default_threads
-from hashsearch.index.base import MirroredIndex, check_radius, read_index_meta, register_index
+from hashsearch.index._scan import default_threads
+from hashsearch.index.base import MirroredIndex, read_index_meta, register_index
 from hashsearch.index.flat import FlatIndex, _as_id_array
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
+from hashsearch.validation import check_int
 
 FORMAT = "hashsearch-faiss-index"
 FORMAT_VERSION = 1
@@ -102,11 +103,10 @@ class FaissIndex(MirroredIndex):
             )
         self.factory = factory
         self.exact = factory in EXACT_FACTORIES
-        self._n_threads = check_threads(n_threads)
+        self._n_threads = check_int("n_threads", n_threads, low=1, allow_none=True, none_means="every core")
         self.params = {"nprobe": nprobe, "ef_search": ef_search, "nflip": nflip, "train_size": train_size}
         for key, value in self.params.items():
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{key} must be a positive integer or None, got {value!r}")
+            check_int(key, value, low=1, allow_none=True)
         self._d = 8 * ((self.n_bits + 7) // 8)
         try:
             inner = faiss.index_binary_factory(self._d, factory)
@@ -242,7 +242,7 @@ class FaissIndex(MirroredIndex):
         index); HNSW has none, so its range search is an exact scan of the kept codes.
         """
         self._check_codes(queries, "queries")
-        radius = check_radius(radius)
+        radius = check_int("radius", radius, low=0)
         if not self._in_faiss():
             return self._store.range_search(queries, radius)
         self._set_search_params(1)

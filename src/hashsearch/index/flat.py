@@ -18,7 +18,6 @@ import numpy as np
 
 from hashsearch.codes import word_view
 from hashsearch.index._scan import (
-    check_threads,
     default_threads,
     id_order,
     keys_to_range,
@@ -27,8 +26,9 @@ from hashsearch.index._scan import (
     query_words,
     range_keys,
 )
-from hashsearch.index.base import Index, check_radius, read_index_meta, register_index
+from hashsearch.index.base import Index, read_index_meta, register_index
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
+from hashsearch.validation import check_int
 
 FORMAT = "hashsearch-flat-index"
 FORMAT_VERSION = 1
@@ -89,7 +89,7 @@ class FlatIndex(Index):
         self._next_id = 0
         self._row_of: dict[int, int] | None = {}  # id -> row; None until needed after remove/load
         self._state: tuple | None = None  # (words, id ranks, sorted ids, ascending), see _scan_state
-        self._n_threads = check_threads(n_threads)
+        self._n_threads = check_int("n_threads", n_threads, low=1, allow_none=True, none_means="every core")
 
     def __repr__(self) -> str:
         return f"FlatIndex(n_bits={self.n_bits}, count={self._count})"
@@ -231,7 +231,7 @@ class FlatIndex(Index):
     def range_search(self, queries: Codes, radius: int) -> RangeResult:
         """Every entry within Hamming distance `radius` (inclusive), sorted by (distance, id)."""
         self._check_codes(queries, "queries")
-        radius = check_radius(radius)
+        radius = check_int("radius", radius, low=0)
         n = self._count
         if n == 0 or len(queries) == 0:
             return RangeResult(np.zeros(len(queries) + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))

@@ -43,9 +43,10 @@ from hashsearch.index._scan import (
     query_words,
     range_keys,
 )
-from hashsearch.index.base import check_radius, register_index
+from hashsearch.index.base import register_index
 from hashsearch.index.flat import FlatIndex
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
+from hashsearch.validation import check_int
 
 MIH_VERSION = 1
 # Default substring length: 2 ** 16 buckets a table (512 KiB of offsets), ~ log2 of 65k entries.
@@ -121,15 +122,9 @@ class MIHIndex(FlatIndex):
         super().__init__(n_bits, n_threads=n_threads)
         if n_substrings is None:
             n_substrings = -(-self.n_bits // _SUBSTRING_BITS)
-        if isinstance(n_substrings, bool) or not isinstance(n_substrings, (int, np.integer)):
-            raise ValueError(f"n_substrings must be a positive integer or None, got {n_substrings!r}")
-        lowest = -(-self.n_bits // _MAX_SUBSTRING_BITS)
-        if not lowest <= n_substrings <= self.n_bits:
-            raise ValueError(
-                f"n_substrings must be between {lowest} (substrings of at most {_MAX_SUBSTRING_BITS} bits) "
-                f"and n_bits={self.n_bits}, got {n_substrings}"
-            )
-        self.n_substrings = int(n_substrings)
+        self.n_substrings = check_int(
+            "n_substrings", n_substrings, low=-(-self.n_bits // _MAX_SUBSTRING_BITS), high=self.n_bits,
+            note=f"substrings of at most {_MAX_SUBSTRING_BITS} bits, at least 1 bit each of n_bits={self.n_bits}")
         self._bounds = substring_bounds(self.n_bits, self.n_substrings)
         self._lens = np.diff(self._bounds)
         self._tabled = 0
@@ -223,7 +218,7 @@ class MIHIndex(FlatIndex):
         from hashsearch.index import _kernels
 
         self._check_codes(queries, "queries")
-        radius = check_radius(radius)
+        radius = check_int("radius", radius, low=0)
         n, nq = len(self), len(queries)
         if n == 0 or nq == 0:
             return RangeResult(np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64))

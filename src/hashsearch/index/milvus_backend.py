@@ -35,9 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.index.base import MirroredIndex, check_radius, read_index_meta, register_index
+from hashsearch.index.base import MirroredIndex, read_index_meta, register_index
 from hashsearch.index.flat import FlatIndex, _as_id_array
 from hashsearch.types import MISSING_ID, Codes, RangeResult, SearchResult
+from hashsearch.validation import check_int
 
 FORMAT = "hashsearch-milvus-index"
 FORMAT_VERSION = 1
@@ -247,7 +248,7 @@ class MilvusIndex(MirroredIndex):
     def range_search(self, queries: Codes, radius: int) -> RangeResult:
         """Every entry within `radius` (inclusive), sorted by (distance, id)."""
         self._check_codes(queries, "queries")
-        radius = check_radius(radius)
+        radius = check_int("radius", radius, low=0)
         nq = len(queries)
         lims = np.zeros(nq + 1, np.int64)
         if nq == 0 or len(self) == 0:

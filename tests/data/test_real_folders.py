@@ -213,15 +213,20 @@ def test_every_file_of_a_folder_is_listed_or_accounted_for(tmp_path, jpegs):
     os.symlink(tmp_path / "elsewhere", root / "linked")  # a folder link: not followed
     os.symlink(tmp_path / "gone.jpg", root / "cat" / "broken.jpg")
     os.mkfifo(root / "cat" / "pipe.jpg")  # reading it would block forever
+    for a, b in (("loop1.jpg", "loop2.jpg"), ("loopa", "loopb")):  # links that lead to each other
+        os.symlink(b, root / "cat" / a)
+        os.symlink(a, root / "cat" / b)
     src = FolderSource(root)
     names = sorted(Path(r.key).name for r in src.records())
     assert names == ["IMG_0001.HEIC", "a.jpg", "broken.jpg"]
     listing = src.listing()
     assert sorted(Path(k).name for k in listing.not_images) == ["README.txt", "clip.mov"]
     assert listing.hidden == [str(root / ".DS_Store"), str(root / ".thumbs") + "/"]
+    loop = "a symbolic link loop (the link leads back to itself): not followed"
     assert dict(listing.problems) == {
         str(root / "cat" / "pipe.jpg"): "not a regular file (a device, socket or pipe)",
         str(root / "linked"): "a symbolic link to a folder: not followed (give the folder itself)",
+        **{str(root / "cat" / name): loop for name in ("loop1.jpg", "loop2.jpg", "loopa", "loopb")},
     }
     read = {Path(r.key).name: e for r, _, e in src.iter_bytes()}
     assert read["broken.jpg"] == "a broken symbolic link (its target does not exist)"
@@ -282,3 +287,12 @@ def test_root_is_the_absolute_folder_keys_are_relative_to(tmp_path, jpegs, monke
     assert ListSource("lists/l.txt").root == str(tmp_path / "lists")
     os.symlink(tmp_path / "photos", tmp_path / "link")
     assert FolderSource("link").root == str(tmp_path / "link")  # links are not resolved
+
+
+def test_a_list_naming_a_link_loop_says_so(tmp_path, jpegs):
+    write(tmp_path / "a.jpg", jpegs[0])
+    os.symlink("y.jpg", tmp_path / "x.jpg")
+    os.symlink("x.jpg", tmp_path / "y.jpg")
+    (tmp_path / "list.txt").write_text("a.jpg\nx.jpg\n")
+    read = {Path(r.key).name: e for r, _, e in ListSource(tmp_path / "list.txt").iter_bytes()}
+    assert read == {"a.jpg": None, "x.jpg": "a symbolic link loop (the link leads back to itself): not followed"}

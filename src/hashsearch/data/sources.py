@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import os
 import re
 import tarfile
@@ -451,9 +452,14 @@ def _read_file(record: ImageRecord) -> ReadResult:
     try:
         return record, Path(record.key).read_bytes(), None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            return record, None, _LINK_LOOP
         if os.path.islink(record.key) and not os.path.exists(record.key):
             return record, None, "a broken symbolic link (its target does not exist)"
         return record, None, f"cannot read the file ({e.strerror or e})"
+
+
+_LINK_LOOP = "a symbolic link loop (the link leads back to itself): not followed"
 
 
 # -- sources ----------------------------------------------------------------------------------
@@ -553,18 +559,22 @@ class FolderSource(ImageSource):
                 listing.problems.append((folder + os.sep, f"cannot read the folder ({e.strerror or e})"))
                 continue
             for entry in entries:
-                if entry.name.startswith("."):
-                    listing.hidden.append(entry.path + (os.sep if entry.is_dir(follow_symlinks=False) else ""))
-                elif entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, parts + (entry.name,)))
-                elif entry.is_symlink() and entry.is_dir():
-                    listing.problems.append((entry.path, "a symbolic link to a folder: not followed (give the folder itself)"))
-                elif not _is_image_name(entry.name):
-                    listing.not_images.append(entry.path)
-                elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
-                    rels.append(parts + (entry.name,))  # a broken link is reported when it is read
-                else:
-                    listing.problems.append((entry.path, "not a regular file (a device, socket or pipe)"))
+                try:
+                    if entry.name.startswith("."):
+                        listing.hidden.append(entry.path + (os.sep if entry.is_dir(follow_symlinks=False) else ""))
+                    elif entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, parts + (entry.name,)))
+                    elif entry.is_symlink() and entry.is_dir():
+                        listing.problems.append((entry.path, "a symbolic link to a folder: not followed (give the folder itself)"))
+                    elif not _is_image_name(entry.name):
+                        listing.not_images.append(entry.path)
+                    elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                        rels.append(parts + (entry.name,))  # a broken link is reported when it is read
+                    else:
+                        listing.problems.append((entry.path, "not a regular file (a device, socket or pipe)"))
+                except OSError as e:  # following a link that loops, or an entry gone meanwhile
+                    why = _LINK_LOOP if e.errno == errno.ELOOP else f"cannot be read ({e.strerror or e})"
+                    listing.problems.append((entry.path, why))
         rels.sort()
         keys = [str(root.joinpath(*parts)) for parts in rels]
         found, listing.labels = _assign_labels(keys, rels, self.labels, "the source folder")

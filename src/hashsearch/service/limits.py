@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from hashsearch.validation import check_int, check_real
+
 MAX_K = 1000
 #: Largest id a route accepts (ids are int64).
 MAX_ID = 2**63 - 1
@@ -55,11 +57,10 @@ class Limits:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            v = getattr(self, f.name)
-            real = f.name == "job_ttl_s"
-            ok = isinstance(v, (int, float)) if real else isinstance(v, int)
-            if isinstance(v, bool) or not ok or not v > 0:
-                raise ValueError(f"{f.name} must be a positive {'number' if real else 'integer'}, got {v!r}")
+            if f.name == "job_ttl_s":
+                check_real(f.name, getattr(self, f.name), low=0, low_open=True)
+            else:
+                check_int(f.name, getattr(self, f.name), low=1)
 
     @property
     def max_pending_uploads(self) -> int:

@@ -343,8 +343,9 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
 def _decode_jpeg_direct(data: bytes, max_pixels: int, draft: tuple[int, int] | None) -> Image.Image | None:
     """The common JPEG decoded by libjpeg-turbo called directly (simplejpeg), or None for Pillow.
 
-    Pillow's JPEG path costs about 0.1 ms per image beyond the decoding itself (parsing the markers
-    in Python, the EXIF read, copies), as much as decoding a 32x32 image. This path takes only what
+    Pillow's JPEG path adds a fixed cost per image beyond the decoding itself (parsing the markers
+    in Python, the EXIF read, copies), which for small images is as large as the decoding (see
+    docs/encoding.md for the measured figure). This path takes only what
     it decodes exactly as the Pillow path would, the same libjpeg-turbo calls at the same scale
     (draft mode's 1/2, 1/4 or 1/8, chosen by Pillow's rule), so the same pixels (tested): YCbCr or
     grayscale, within both pixel limits, no orientation to apply (of a multi-picture file, the

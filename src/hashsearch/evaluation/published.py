@@ -1,4 +1,9 @@
-"""Published CIFAR-10 mAP tables, copied from the papers in ../shared/papers, for side-by-side reports.
+"""Published CIFAR-10 mAP tables, copied from the papers, for side-by-side reports.
+
+The papers: DFEH (Zhao & Liu, "Leveraging deep features enhance and semantic-preserving hashing
+for image retrieval", Electronics 2022), its CIFAR-10 mAP table; RITQ (Wang, Qiang, Zou & Lu, "Image retrieval based on ResNet and ITQ"; its text
+carries no date, its latest reference is from 2016), Table II; DLBHC (Lin et al., "Deep learning
+of binary hash codes for fast image retrieval", CVPR Workshops 2015), its precision curve.
 
 Keys are our registry names; values map bits -> mAP. Each table notes the paper, the table and
 its protocol, which differs from ours (cifar10-1k: 1,000 queries, 5,000 training images,

@@ -10,8 +10,9 @@ from hashsearch.hashing.itq import ITQ
 
 @register_hasher("ritq")
 class RITQ(ITQ):
-    """RITQ (the RITQ paper in ../shared/papers): PCA + ITQ on the 256-d feature layer of a
-    ResNet-32 trained from scratch with a classifier on the labelled training images.
+    """RITQ (Wang, Qiang, Zou & Lu, "Image retrieval based on ResNet and ITQ"; the paper's text
+    carries no date, its latest reference is from 2016): PCA + ITQ on the 256-d feature layer of
+    a ResNet-32 trained from scratch with a classifier on the labelled training images.
 
     The network is the backbone 'cifar-resnet32' (`backbones.cifar_resnet`), trained by
     `hashing.deep.endtoend.train_backbone`; `hashsearch bench` / `eval` train it on the

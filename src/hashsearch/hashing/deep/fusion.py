@@ -14,8 +14,10 @@ _SUBNETS = ("a", "b")
 
 @register_hasher("dhfi")
 class DHFI(Hasher):
-    """DHFI (deep hashing by fusing the features of two networks of different architectures): two
-    DPSH subnetworks, one per network's features, their codes concatenated.
+    """DHFI (Duan et al., "Deep hashing based fusing index method for large-scale image
+    retrieval", Applied Computational Intelligence and Soft Computing 2017): two DPSH
+    subnetworks on the features of two networks of different architectures, their codes
+    concatenated.
 
     The input is the two networks' features side by side: columns ``[0, feature_dims[0])`` from
     the first (the run's pretrained backbone), the rest from the second ('cifar-resnet32',

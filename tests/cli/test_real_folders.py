@@ -193,6 +193,13 @@ def test_option_errors_are_one_clean_line(photos, tmp_path):
     assert "--max-pixels" in result.output
     result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--skip-list", tmp_path / "no" / "s.tsv", code=2)
     assert f"--skip-list {tmp_path}/no/s.tsv: cannot write it (No such file or directory)" in result.output
+    # Click's own errors too: one line naming the problem and where help is, never click's four.
+    for args, text in [(("remove", tmp_path / "x.hsx", "-5"), "error: No such option: -5 (see `hashsearch remove --help`)"),
+                       (("search",), "error: Missing argument 'collection'. (see `hashsearch search --help`)"),
+                       (("nosuch",), "error: No such command 'nosuch'. (see `hashsearch --help`)"),
+                       (("index", photos, "--out", "x", "--bits", "4"), "error: Invalid value: --bits 4: code lengths")]:
+        result = invoke(*args, code=2)
+        assert result.output.startswith(text) and result.output.count("\n") == 1, result.output
 
 
 def test_eval_leaves_out_the_stray_image_and_names_it(built, photos, tmp_path):

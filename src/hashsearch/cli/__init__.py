@@ -41,6 +41,28 @@ def _error(text: str) -> None:
 class _Commands(typer.core.TyperGroup):
     """Runs every command with the CLI's warning format and error handling (see the module docstring)."""
 
+    def main(self, *args, **kwargs):
+        """Click's own errors (a bad option value, a missing argument) as one ``error:`` line too."""
+        # Click's exception classes, whether typer ships its own copy of click or uses click's.
+        click_errors = sys.modules[typer.BadParameter.__module__]
+        kwargs.pop("standalone_mode", None)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click_errors.NoArgsIsHelpError as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click_errors.UsageError as e:
+            where = e.ctx.command_path if e.ctx is not None else "hashsearch"
+            _error(f"{e.format_message()} (see `{where} --help`)")
+            sys.exit(e.exit_code)
+        except click_errors.ClickException as e:
+            _error(e.format_message())
+            sys.exit(e.exit_code)
+        except Abort:
+            _error("aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx):
         from hashsearch.collection import CollectionError
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from hashsearch.validation import check_choice, check_features, check_int, check_real
+from hashsearch.validation import NotFittedError, check_choice, check_features, check_int, check_is_fitted, check_real
 
 
 @pytest.mark.parametrize("value", [0, 3, np.int64(7), np.uint8(2)])
@@ -94,3 +94,17 @@ def test_check_features():
                          (np.array([[np.nan]]), "NaN")]:
         with pytest.raises(ValueError, match=f"queries .*{message}|queries {message}"):
             check_features(bad, "queries")
+
+
+def test_check_is_fitted_names_the_class():
+    class Thing:
+        pass
+
+    thing = Thing()
+    with pytest.raises(NotFittedError, match="this Thing is not fitted yet: call fit"):
+        check_is_fitted(thing)
+    thing.n_features_in_ = 3
+    check_is_fitted(thing)
+    from hashsearch.hashing import NotFittedError as FromHashing
+
+    assert FromHashing is NotFittedError

@@ -31,9 +31,22 @@ from typing import Any, Sequence, TypeVar
 
 import numpy as np
 
-__all__ = ["check_choice", "check_features", "check_int", "check_real", "int_words", "real_words"]
+__all__ = [
+    "NotFittedError",
+    "check_choice",
+    "check_features",
+    "check_int",
+    "check_is_fitted",
+    "check_real",
+    "int_words",
+    "real_words",
+]
 
 T = TypeVar("T")
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a hasher (or any estimator) is used before `fit`."""
 
 
 def _article(noun: str) -> str:
@@ -180,6 +193,18 @@ def check_choice(name: str, value: T, choices: Sequence[Any], *, note: str | Non
                for c in choices):
         raise _fail(name, "one of " + ", ".join(map(repr, choices)), value, note)
     return value
+
+
+def check_is_fitted(estimator: Any, attribute: str = "n_features_in_") -> None:
+    """Refuse an estimator that has no `attribute` yet (set last by its `fit`).
+
+    Raises
+    ------
+    NotFittedError
+        ``"this ITQ is not fitted yet: call fit(features) first"``.
+    """
+    if not hasattr(estimator, attribute):
+        raise NotFittedError(f"this {type(estimator).__name__} is not fitted yet: call fit(features) first")
 
 
 def check_features(X: Any, name: str, allow_empty: bool = False) -> np.ndarray:

@@ -240,14 +240,6 @@ def _require_small_ints(d: np.ndarray, what: str) -> None:
             )
 
 
-def _check_k(k, name: str = "k", allow_none: bool = False) -> int | None:
-    return check_int(name, k, low=1, allow_none=allow_none, none_means="whole database")
-
-
-def _check_radius(radius, name: str = "radius") -> int:
-    return check_int(name, radius, low=0)
-
-
 def _blocks(n_rows: int, n_cols: int) -> Iterator[slice]:
     step = max(1, _BLOCK_ELEMENTS // max(1, n_cols))
     for start in range(0, n_rows, step):
@@ -390,7 +382,7 @@ def mean_average_precision(distances, relevant, k: int | None = None) -> MetricR
     >>> mean_average_precision([[0, 1, 1, 2]], [[1, 0, 1, 1]]).value  # (1 + 2/3 + 3/4) / 3
     0.8055555555555555
     """
-    k = _check_k(k, allow_none=True)
+    k = check_int("k", k, low=1, allow_none=True, none_means="whole database")
     d, r = _check_inputs(distances, relevant)
     ap = np.zeros(d.shape[0])
     for b in _blocks(*d.shape):
@@ -442,7 +434,7 @@ def precision_at_k(distances, relevant, k: int) -> MetricResult:
     >>> precision_at_k([[0, 1, 1, 2]], [[1, 0, 1, 1]], k=2).value
     0.5
     """
-    k = _check_k(k)
+    k = check_int("k", k, low=1)
     d, r = _check_inputs(distances, relevant)
     kk = max(1, min(k, d.shape[1]))
     p = np.zeros(d.shape[0])
@@ -461,7 +453,7 @@ def recall_at_k(distances, relevant, k: int) -> MetricResult:
     >>> recall_at_k([[0, 1, 1, 2]], [[1, 0, 1, 1]], k=2).value
     0.3333333333333333
     """
-    k = _check_k(k)
+    k = check_int("k", k, low=1)
     d, r = _check_inputs(distances, relevant)
     n_relevant = np.count_nonzero(r, axis=1)
     hits = np.zeros(d.shape[0])
@@ -498,7 +490,7 @@ def radius_precision_recall(
     >>> p.value, r.value, empty  # query 0: P 1/2, R 1/2; query 1: empty ball, P 0, R 0
     (0.25, 0.25, 0.5)
     """
-    radius = _check_radius(radius)
+    radius = check_int("radius", radius, low=0)
     d, r = _check_inputs(distances, relevant)
     n_relevant = np.count_nonzero(r, axis=1)
     retrieved = np.zeros(d.shape[0], np.int64)
@@ -533,7 +525,7 @@ def pr_curve(distances, relevant, max_radius: int | None = None) -> PRCurve:
     _require_small_ints(d, "pr_curve")
     if max_radius is None:
         max_radius = int(d.max()) if d.size else 0
-    max_radius = _check_radius(max_radius, "max_radius")
+    max_radius = check_int("max_radius", max_radius, low=0)
     radii = np.arange(max_radius + 1)
     n_relevant = np.count_nonzero(r, axis=1)
     retrieved = np.zeros((d.shape[0], radii.size), np.int64)
@@ -562,7 +554,7 @@ def _check_ks(ks) -> list[int]:
         ks = (ks,)
     out: list[int] = []
     for k in ks:
-        k = _check_k(k, "each entry of ks")
+        k = check_int("each entry of ks", k, low=1)
         if k not in out:
             out.append(k)
     return out
@@ -664,16 +656,16 @@ def evaluate_distances(
         ``n_excluded``. Metric values are floats, or None where undefined (every query
         excluded) or not applicable (float distances).
     """
-    k_map = _check_k(k_map, "k_map", allow_none=True)
+    k_map = check_int("k_map", k_map, low=1, allow_none=True, none_means="whole database")
     ks = _check_ks(ks)
-    radius = _check_radius(radius)
+    radius = check_int("radius", radius, low=0)
     d, r = _check_inputs(distances, relevant)
     integer = d.dtype.kind in "iu"
     if integer:
         _require_small_ints(d, "evaluate_distances")
         if max_radius is None:
             max_radius = int(d.max()) if d.size else 0
-        max_radius = _check_radius(max_radius, "max_radius")
+        max_radius = check_int("max_radius", max_radius, low=0)
     acc = _Accumulator(d.shape[0], d.shape[1], k_map, ks, radius, max_radius or 0, integer)
     for b in _blocks(*d.shape):
         acc.add(b, d[b], r[b])
@@ -717,9 +709,9 @@ def evaluate(
             raise TypeError(f"{name} must be hashsearch.types.Codes, got {type(c).__name__}; pack bits with hashsearch.codes.pack_bits")
     if query_codes.n_bits != db_codes.n_bits:
         raise ValueError(f"query_codes have {query_codes.n_bits} bits but db_codes have {db_codes.n_bits}")
-    k_map = _check_k(k_map, "k_map", allow_none=True)
+    k_map = check_int("k_map", k_map, low=1, allow_none=True, none_means="whole database")
     ks = _check_ks(ks)
-    radius = _check_radius(radius)
+    radius = check_int("radius", radius, low=0)
     q, dl = _check_label_pair(query_labels, db_labels)
     for name, labels, codes in (("query_labels", q, query_codes), ("db_labels", dl, db_codes)):
         if labels.shape[0] != len(codes):

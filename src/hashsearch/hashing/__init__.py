@@ -2,12 +2,12 @@
 
 from hashsearch.hashing.base import (
     Hasher,
-    NotFittedError,
     create_hasher,
     hashers,
     list_hashers,
     register_hasher,
 )
+from hashsearch.validation import NotFittedError
 
 # Importing the modules registers the built-in hashers.
 from hashsearch.hashing import lsh, pca, itq, ritq, classic  # noqa: E402,F401

@@ -14,7 +14,7 @@ from hashsearch.codes import pack_bits
 from hashsearch.fileio import check_header
 from hashsearch.registry import Registry
 from hashsearch.types import Codes
-from hashsearch.validation import check_features, check_int
+from hashsearch.validation import check_features, check_int, check_is_fitted
 
 FORMAT = "hashsearch-hasher"
 # 2: deep hashers store their head as "head.<layer>.<weight|bias>" arrays with its layer order.
@@ -28,10 +28,6 @@ register_hasher = hashers.register
 list_hashers = hashers.names
 #: Build a registered plug-in by name, e.g. ``create_hasher("itq", n_bits=64)``.
 create_hasher = hashers.create
-
-
-class NotFittedError(RuntimeError):
-    """Raised when a hasher is used before `fit`."""
 
 
 class Hasher:
@@ -112,10 +108,7 @@ class Hasher:
         return X
 
     def _check_fitted(self) -> None:
-        if not hasattr(self, "n_features_in_"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit(features) first"
-            )
+        check_is_fitted(self)
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:  # pragma: no cover
         raise NotImplementedError

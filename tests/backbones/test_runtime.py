@@ -20,6 +20,37 @@ def backbone():
     return create_backbone("efficientnet-lite0", input_size=64)
 
 
+@pytest.mark.parametrize("runtime", rt.RUNTIMES)
+def test_every_runtime_is_a_feature_extractor(tmp_path, cifar_small, backbone, runtime):
+    """The one interface: extract(uint8 crops) -> (n, feature_dim) float32, cache_key, feature_dim."""
+    from hashsearch.data.decode import decode_image
+
+    paths = sorted((cifar_small / "test").rglob("*.jpg"))[:5]
+    crops = np.stack([backbone.preprocess.crop(decode_image(p.read_bytes(), str(p))) for p in paths])
+    ex = rt.make_extractor(backbone, runtime, cache_dir=tmp_path)
+    assert isinstance(ex, rt.FeatureExtractor) and ex.runtime == runtime
+    assert ex.feature_dim == backbone.feature_dim and ex.cache_key == backbone.cache_key and not ex.int8
+    feats = ex.extract(crops)
+    assert feats.dtype == np.float32 and feats.shape == (5, backbone.feature_dim)
+    np.testing.assert_allclose(feats, backbone.forward(backbone.preprocess.normalize(crops)), atol=rt.EXPORT_TOLERANCE)
+    assert ex.ready and ex.int8_model is None
+    assert (ex.worker_model() is not None) == ex.portable == (runtime == "onnx")
+
+
+def test_backbones_import_nothing_from_the_pipeline():
+    """backbones/ (networks, preprocessing, runtimes) sits before pipeline/ in the data flow."""
+    import ast
+    from pathlib import Path
+
+    import hashsearch.backbones
+
+    for path in Path(hashsearch.backbones.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("hashsearch.pipeline") for n in names), f"{path.name} imports {names}"
+
+
 @pytest.fixture(scope="module")
 def real_batch(cifar_small, backbone):
     from hashsearch.data.decode import decode_image

@@ -23,10 +23,13 @@ def test_index_with_int8_and_torch_runtime(cifar_small, tmp_path):
     # PyTorch shares fp32's cache key, not int8's: it computes all 40 again.
     r = runner.invoke(app, common + ["--out", str(tmp_path / "b.hsx"), "--runtime", "torch"], catch_exceptions=False)
     assert r.exit_code == 0 and "40 features computed" in r.output, r.output
-    r = runner.invoke(app, common + ["--out", str(tmp_path / "c.hsx")], catch_exceptions=False)
+    r = runner.invoke(app, common + ["--out", str(tmp_path / "c.hsx"), "--backend", "mih"], catch_exceptions=False)
     assert r.exit_code == 0 and "0 features computed, 40 from the cache" in r.output, r.output
     info = json.loads(runner.invoke(app, ["info", str(tmp_path / "c.hsx")]).output)
-    assert info["count"] == 40
+    assert info["count"] == 40 and info["index"] == "mih"
+    # The index back end is --backend; --index (its old name, beside the `index` command) is gone.
+    r = runner.invoke(app, common + ["--out", str(tmp_path / "d.hsx"), "--index", "mih"])
+    assert r.exit_code != 0 and "--index" in r.output
 
 
 def test_address_needs_the_ray_engine(cifar_small, tmp_path):

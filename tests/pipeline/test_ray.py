@@ -70,6 +70,7 @@ def test_ray_reads_an_archive_as_the_local_pipeline_does(tmp_path, folder_with_b
         local = extract_features(source, bb, cache_dir=tmp_path / "local", progress=False, batch_size=8, workers=0)
         remote = extract_features_ray(source, bb, cache_dir=tmp_path / "ray", progress=False, batch_size=8)
     assert remote.n_computed == local.n_computed == 40
+    assert remote.n_cached == local.n_cached == 0  # the duplicate file is neither cached nor computed twice
     assert [r.key for r in remote.records] == [r.key for r in local.records] and len(local.records) == 41
     assert remote.digests == local.digests
     assert remote.report.skipped == local.report.skipped and len(local.report) == 2

@@ -189,7 +189,7 @@ class DeepHasher(Hasher):
         """"finetune" mode: the head and loss trained together with the backbone; returns the tuned backbone.
 
         `pixels` are the (n, s, s, 3) uint8 crops of the labelled training images at the
-        backbone's input size (`hashsearch.backbones.extract.extract_pixels`). Two stages on the
+        backbone's input size (`hashsearch.pipeline.local.extract_pixels`). Two stages on the
         one training loop, with this hasher's loss and settings: first the head alone on the
         starting backbone's features for `epochs` of this hasher (head mode, seconds), so that
         the backbone's first gradients come from a trained head and not a random one; then head

@@ -356,3 +356,38 @@ def test_a_save_that_cannot_switch_leaves_nothing_behind(tmp_path, hasher):
     assert not (tmp_path / "new.hsx").exists()
     coll.save(tmp_path / "new.hsx")
     assert len(Collection.open(tmp_path / "new.hsx")) == 2
+
+
+def test_one_moved_folder_of_a_source_is_relocated(tmp_path, hasher):
+    """Only photos/daisy moved: its entries follow it, the others stay; counts, labels and the
+    files read agree before and after the save."""
+    photos = tmp_path / "photos"
+    for cls in ("daisy", "iris"):
+        (photos / cls).mkdir(parents=True)
+        for i in range(3):
+            (photos / cls / f"{i}.jpg").write_bytes(f"{cls} {i}".encode())
+    coll = new_collection(hasher)
+    keys = [str(photos / cls / f"{i}.jpg") for cls in ("daisy", "iris") for i in range(3)]
+    coll.add(features(6), keys, ["daisy"] * 3 + ["iris"] * 3, root=photos)
+    coll.save(tmp_path / "p.hsx")
+    shutil.move(photos / "daisy", tmp_path / "daisy2")
+    coll = Collection.open(tmp_path / "p.hsx")
+    assert coll.relocate(photos / "daisy", tmp_path / "daisy2") == 3
+    for c in (coll, None):
+        c = c or Collection.open(tmp_path / "p.hsx")
+        assert [c.read_image(i) for i in range(6)] == [f"{cls} {i}".encode() for cls in ("daisy", "iris") for i in range(3)]
+        assert [e["key"] for e in c.entries(range(6))] == ["0.jpg", "1.jpg", "2.jpg", "iris/0.jpg", "iris/1.jpg", "iris/2.jpg"]
+        assert c.info()["labels"] == {"daisy": 3, "iris": 3}
+        assert sorted((s["root"], s["count"], s["exists"]) for s in c.sources()) == sorted([
+            (str(photos), 3, True), (str(tmp_path / "daisy2"), 3, True)])
+        if c is coll:
+            coll.save(tmp_path / "p.hsx")
+
+
+def test_the_unlabelled_entries_are_found_by_the_name_info_gives_them(hasher):
+    coll = new_collection(hasher)
+    X = features(6)
+    coll.add(X, [f"{i}.jpg" for i in range(6)], ["a", None, "b", None, None, "a"], root=".")
+    assert coll.info()["labels"][NO_LABEL] == 3
+    hits = coll.search_records(X[:1], k=6, label=NO_LABEL)[0]
+    assert sorted(h["id"] for h in hits) == [1, 3, 4] and {h["label"] for h in hits} == {None}

@@ -317,39 +317,60 @@ class Collection:
         return found
 
     def relocate(self, old: str | os.PathLike, new: str | os.PathLike) -> int:
-        """Point the entries whose root is `old` (or a folder under it) at `new`; returns how many.
+        """Point the entries whose files were under the folder `old` at the folder `new`; returns how many.
 
-        For a collection whose image folder moved: ``relocate("/data/photos", "/mnt/photos")``.
-        Nothing is checked on disk; the change is written by the next `save`.
+        For a collection whose image folder moved, ``relocate("/data/photos", "/mnt/photos")``, or one
+        folder of it, ``relocate("/data/photos/daisy", "/mnt/daisy")``. Nothing is checked on disk;
+        the change is written by the next `save`.
         """
         old, new = os.path.abspath(old), os.path.abspath(new)
         moved = []
-        for i, (path, inside) in self._roots.items():
+        for i, (path, inside) in list(self._roots.items()):
             if not inside and _is_under(path, old):
                 self._roots[i] = (os.path.join(new, os.path.relpath(path, old)) if path != old else new, False)
                 moved.append(i)
-        if moved:
-            self._roots_changed = True
         counts = self._root_counts()
-        return sum(counts.get(i, 0) for i in moved)
+        n = sum(counts.get(i, 0) for i in moved)
+        # A folder below a root: its entries get a root of their own, their keys lose the folder.
+        for i, (path, inside) in list(self._roots.items()):
+            if not inside and i not in moved and _is_under(old, path) and old != path:
+                n += self._move_below(i, os.path.relpath(old, path).replace(os.sep, "/") + "/", new)
+        if n:
+            self._roots_changed = True
+        return n
+
+    def _move_below(self, root_id: int, prefix: str, new: str) -> int:
+        """Entries of `root_id` whose key starts with `prefix` move to the root `new`, keys shortened."""
+        target = self._root_id(new)
+        moving = {i: rec for i, rec in self._new.items() if rec[0] == root_id and rec[1].startswith(prefix)}
+        if self._db_path is not None:
+            raw = _blob(prefix)
+            with _read_db(self._db_path) as db:
+                rows = db.execute("SELECT id, key, label, digest FROM entries WHERE root = ? AND substr(key, 1, ?) = ?",
+                                  (root_id, len(raw), raw))
+                moving.update((i, (root_id, _text(k), _text(lab), d)) for i, k, lab, d in rows
+                              if i not in self._removed and i not in self._new)
+        for i, (_, key, label, digest) in moving.items():
+            self._new[i] = (target, key[len(prefix):], label, digest)
+        return len(moving)
 
     def _root_counts(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         if self._db_path is not None:
             with _read_db(self._db_path) as db:
                 counts = dict(db.execute("SELECT root, COUNT(*) FROM entries GROUP BY root"))
-            for root_id, *_ in self._stored_removed():
+            for root_id, *_ in self._stored_replaced():
                 counts[root_id] -= 1
         for root_id, *_ in self._new.values():
             counts[root_id] = counts.get(root_id, 0) + 1
         return counts
 
-    def _stored_removed(self) -> Iterator[tuple[int, str | None]]:
-        """(root, label) of the saved entries removed since the last save."""
-        removed = sorted(self._removed)
+    def _stored_replaced(self) -> Iterator[tuple[int, str | None]]:
+        """(root, label) of the saved entries that the next save removes or rewrites (relocated)."""
+        changed = sorted(self._removed | self._new.keys())
         with _read_db(self._db_path) as db:
-            for start in range(0, len(removed), 900):
-                chunk = removed[start : start + 900]
+            for start in range(0, len(changed), 900):
+                chunk = changed[start : start + 900]
                 yield from ((r, _text(lab)) for r, lab in db.execute(
                     f"SELECT root, label FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk))
 
@@ -424,7 +445,7 @@ class Collection:
         features : (n_queries, d) float array
         k, rerank, radius : as in `search`.
         label : str, optional
-            Keep only entries with this label.
+            Keep only entries with this label (`NO_LABEL`, "(no label)": the unlabelled ones).
         exclude : int, optional
             An id never returned.
 
@@ -446,6 +467,7 @@ class Collection:
         if radius is not None and not (isinstance(radius, (int, np.integer)) and 0 <= radius <= self.n_bits):
             raise ValueError(f"radius must be an integer in [0, n_bits={self.n_bits}], got {radius!r}")
         features = np.atleast_2d(np.asarray(features, np.float32))
+        wanted = None if label == NO_LABEL else label  # as `info` names the unlabelled entries
         n = len(self)
         out = []
         for q in range(len(features)):
@@ -457,7 +479,7 @@ class Collection:
                 found = res.ids[0] >= 0
                 ids, dist = res.ids[0][found].tolist(), res.distances[0][found].tolist()
                 rows = [(i, d, e) for i, d, e in zip(ids, dist, self.entries(ids))
-                        if e is not None and i != exclude and (label is None or e["label"] == label)]
+                        if e is not None and i != exclude and (label is None or e["label"] == wanted)]
                 if len(rows) >= k or fetch >= n or len(ids) < fetch:
                     break
                 fetch = min(n, fetch * 8)
@@ -673,7 +695,7 @@ class Collection:
             with _read_db(self._db_path) as db:
                 for lab, n in db.execute("SELECT label, COUNT(*) FROM entries GROUP BY label"):
                     labels[_label_name(_text(lab))] = n
-            for _, lab in self._stored_removed():
+            for _, lab in self._stored_replaced():
                 labels[_label_name(lab)] -= 1
         for _, _, lab, _ in self._new.values():
             labels[_label_name(lab)] = labels.get(_label_name(lab), 0) + 1

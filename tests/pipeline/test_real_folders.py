@@ -112,6 +112,12 @@ def test_max_pixels_reaches_decoding_in_build_and_add(tmp_path, bb, cache, cifar
     assert len(ids) == 1 and coll.entries(ids)[0]["key"] == "large.png"
     coll, report = build(FolderSource(folder), bb, cache, max_pixels=40_000)
     assert len(coll) == 2 and len(report.skipped) == 0
+    # The features of large.png are cached now: the limit still decides, as for a decoded file.
+    coll, report = build(FolderSource(folder), bb, cache, max_pixels=10_000)
+    assert len(coll) == 1 and report.n_computed == 0
+    assert [(os.path.basename(k), "--max-pixels 40000" in why) for k, why in report.skipped.skipped] == [("large.png", True)]
+    ids, report = add(coll, FolderSource(folder), cache, max_pixels=10_000, keep_duplicates=True)
+    assert [coll.entries(ids)[0]["key"]] == ["small.jpg"] and len(report.skipped) == 1
 
 
 def test_the_skip_list_names_every_file_not_indexed(tmp_path, bb, cache, photos):

@@ -435,6 +435,39 @@ def _exif_orientation(tiff: bytes) -> int | None:
     return found
 
 
+def check_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Apply `decode_image`'s pixel limit from the header alone (no pixel is decoded).
+
+    For a file whose features are already known (the feature cache): the limit then decides
+    as it does for a file that is decoded. A header that cannot be read passes (the decoder
+    judged the file when its features were made).
+
+    Raises
+    ------
+    DecodeError
+        If width * height is above `max_pixels`, with the reason `decode_image` gives.
+    """
+    width = height = 0
+    if _simplejpeg is not None and bytes(data[:3]) == b"\xff\xd8\xff":
+        try:
+            height, width, _, _ = _simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            pass
+    if not width:
+        try:
+            with _no_pillow_warnings(max_pixels), Image.open(io.BytesIO(data), formats=_pillow_formats()) as im:
+                width, height = im.size
+        except Image.DecompressionBombError as e:
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            pixels = int(found.group(1)) if found else None
+            raise DecodeError(name, _too_many(f"{pixels:,}" if pixels else "more than twice the limit",
+                                              max_pixels, pixels)) from None
+        except (UnidentifiedImageError, *_PILLOW_ERRORS):
+            return
+    if width * height > max_pixels:
+        raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels, width * height))
+
+
 def _too_many(size: str, max_pixels: int, pixels: int | None = None) -> str:
     """The reason for an image above the pixel limit, naming the option that raises it."""
     n = str(pixels) if pixels else "N"

@@ -42,7 +42,7 @@ from hashsearch.backbones.runtime import (
     make_extractor,
     onnx_session,
 )
-from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, check_pixels, decode_image
 from hashsearch.data.sources import BadImageWarning, ImageRecord, ImageSource, SkipReport, printable
 from hashsearch.paths import cache_dir as default_cache_dir
 from hashsearch.pipeline.cache import FeatureCache, content_digest
@@ -306,6 +306,17 @@ class Run:
             good.append((record, digest))
             data_of.setdefault(digest, data)
         cached = self.cache.get_many(sorted(data_of))
+        # A cached file meets the pixel limit as a decoded one would (checked from its header).
+        refused: dict[str, str] = {}
+        for digest in list(cached):
+            try:
+                check_pixels(data_of[digest], digest, self.max_pixels)
+            except DecodeError as e:
+                refused[digest] = e.reason
+                del cached[digest]
+        if refused:
+            unreadable += [(r, refused[d]) for r, d in good if d in refused]
+            good = [(r, d) for r, d in good if d not in refused]
         self.out.n_cached += sum(d in cached for _, d in good)
         # Each missing digest once, even if several files share it.
         todo: dict[str, ImageRecord] = {}

@@ -88,7 +88,7 @@ def run_and_report(
         notes = "\n".join([
             f"Command: `{command}`" if command else "",
             f"Protocol: {split.name} (seed {split.seed}): {split.description}",
-            f"Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {printable(str(data))}",
+            "Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {printable(str(data))}",
             f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
             f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
             f"{feats.n_cached} read from the feature cache).",

@@ -28,7 +28,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from hashsearch.service.state import MAX_FILES, ServiceState
+from hashsearch.service.state import ServiceState
 
 access_log = logging.getLogger("hashsearch.service.access")
 #: Largest body of a route that takes no upload, and largest non-file field of a form.

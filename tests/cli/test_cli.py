@@ -76,3 +76,25 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.exit_code != 0
     result = runner.invoke(app, ["eval", "--method", "itq"])
     assert result.exit_code != 0 and "exactly one of" in result.output
+
+
+def test_serve_on_a_taken_port_is_one_clean_line(tmp_path):
+    """The port is checked before anything else: a taken port, a bad one, or an address that is not
+    this machine's is one 'error:' line at once (it was a uvicorn traceback, or a 'serving' line first)."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    from hashsearch.cli import app
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--port", str(port)])
+    assert result.exit_code == 2 and result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
+    assert result.output.count("\n") == 1 and "serving" not in result.output
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--port", "99999"])
+    assert result.exit_code == 2 and result.output.startswith("error: Invalid value for '--port': Input should be less than or equal to 65535")
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--host", "192.0.2.1"])
+    assert result.exit_code == 2 and "error: cannot listen on 192.0.2.1:8000" in result.output

@@ -24,7 +24,7 @@ def allowed_host_list(host: str, allowed_hosts: str | None) -> list[str] | None:
 def serve(
     collection: Path = typer.Argument(..., help="the collection folder (*.hsx) to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
-    port: int = typer.Option(8000, help="TCP port"),
+    port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
     api_key: Optional[str] = typer.Option(
         None, envvar="HASHSEARCH_API_KEY",
         help="enables POST /images and DELETE /images/{id} for clients sending it as X-API-Key (or set HASHSEARCH_API_KEY)",
@@ -53,6 +53,7 @@ def serve(
     from hashsearch.service import create_app
 
     hosts = allowed_host_list(host, allowed_hosts)
+    listener = _listen(host, port)  # before the collection loads: a taken port is one line, at once
     # One line per write (time, client, route, status, ids) and per failed save, on stderr.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
@@ -68,4 +69,19 @@ def serve(
     typer.echo(f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
                f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "
                f"hosts {'any' if not hosts or '*' in hosts else ', '.join(hosts)})")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
+
+
+def _listen(host: str, port: int):
+    """A socket bound to (host, port), or a ValueError saying why not (taken, not this machine's)."""
+    import socket
+
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port, "
+                         "or an address of this machine with --host") from None
+    return sock

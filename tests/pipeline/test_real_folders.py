@@ -168,3 +168,10 @@ def test_a_supervised_method_without_labels_says_what_it_saw(tmp_path, bb, cache
     labels = [e["label"] for e in coll.entries(range(13))]
     assert labels.count(None) == 1 and len(set(labels)) == 4  # airplane, automobile, bird, and None
     assert np.isfinite(coll.features_of(np.arange(13)).astype(np.float32)).all()
+
+
+def test_an_unknown_back_end_or_engine_is_refused_before_any_work(tmp_path, bb, cache, photos):
+    for kw, what in (({"index": "nosuch"}, "unknown index back end 'nosuch'"), ({"engine": "spark"}, "engine must be")):
+        with pytest.raises(ValueError, match=what):
+            build(FolderSource(photos), bb, tmp_path / "empty-cache", **kw)
+        assert not (tmp_path / "empty-cache" / "features").exists() or not any((tmp_path / "empty-cache" / "features").iterdir())

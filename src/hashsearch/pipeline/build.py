@@ -195,11 +195,17 @@ def build_collection(
     Raises
     ------
     ValueError
-        No readable image in the source; a supervised method and no labelled image.
+        An unknown index back end or engine (before any work); no readable image in the source;
+        a supervised method and no labelled image.
     """
+    from hashsearch.index import index_backends
+
+    if not (isinstance(index, str) and index.startswith("faiss:")):
+        index_backends.get(index)  # an unknown back end is refused before the features, not after
+    extractor = _extractor(engine)
     records, report = _start(source, records)
     t = time.perf_counter()
-    ex = _extractor(engine)(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
+    ex = extractor(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
                             max_pixels=max_pixels, **extract)
     report.timings["features"] = time.perf_counter() - t
     report.skipped.skipped += ex.report.skipped

@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
-.PHONY: setup browser demo test serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
+.PHONY: setup browser lint demo test serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ $(CHROMIUM):
 demo: setup
 	$(BIN)/hashsearch demo
 
-test: setup browser
+test: setup browser lint
 	$(BIN)/python -m pytest -q
+
+# Lint and format (ruff), the import contract of the data flow (import-linter), types of the public modules (mypy).
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # The web page and HTTP API over an index (default: the one `make demo` wrote):
 #   make serve [INDEX=photos.hsx]

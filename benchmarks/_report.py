@@ -15,8 +15,10 @@ class Report:
     def __init__(self, setup: str) -> None:
         self.lines: list[str] = []
         self(f"command: {' '.join(shlex.quote(a) for a in ['python'] + sys.argv)}")
-        self(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
-             f"Python {platform.python_version()}; {setup}")
+        self(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores (shared), "
+            f"Python {platform.python_version()}; {setup}"
+        )
 
     def __call__(self, line: str = "") -> None:
         print(line, flush=True)

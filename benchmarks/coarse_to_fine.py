@@ -50,11 +50,13 @@ def main() -> None:
     ]
     kmax = max(KS)
     t = time.perf_counter()
-    d2 = (Xq ** 2).sum(1)[:, None] - 2 * Xq @ Xd.T + (Xd ** 2).sum(1)[None]
+    d2 = (Xq**2).sum(1)[:, None] - 2 * Xq @ Xd.T + (Xd**2).sum(1)[None]
     exact = np.argsort(d2, axis=1, kind="stable")[:, :kmax]
     t_exact = (time.perf_counter() - t) / len(yq) * 1e3
     for method, bits in (("dlbhc", 48), ("itq", 64)):
-        hasher = create_hasher(method, n_bits=bits).fit(feats.train.features, feats.train.labels if create_hasher(method).supervised else None)
+        hasher = create_hasher(method, n_bits=bits).fit(
+            feats.train.features, feats.train.labels if create_hasher(method).supervised else None
+        )
         index = create_index("flat", n_bits=bits)
         index.add(hasher.encode(Xd))
         qc = hasher.encode(Xq)
@@ -62,15 +64,23 @@ def main() -> None:
         ham = index.search(qc, kmax)
         t_ham = (time.perf_counter() - t) / len(yq) * 1e3
         row = [precision(ham.ids, yq, yd, k) for k in KS]
-        lines.append(f"| {method} {bits} | Hamming ranking | " + " | ".join(f"{p:.4f}" for p in row) + f" | {t_ham:.2f} |")
+        lines.append(
+            f"| {method} {bits} | Hamming ranking | " + " | ".join(f"{p:.4f}" for p in row) + f" | {t_ham:.2f} |"
+        )
         for m in (200, 1000):
             t = time.perf_counter()
             c2f = coarse_to_fine(index, qc, Xq, lambda ids: Xd16[ids], k=kmax, radius=2, n_candidates=m)
             t_c2f = (time.perf_counter() - t) / len(yq) * 1e3
             row = [precision(c2f.ids, yq, yd, k) for k in KS]
-            lines.append(f"| {method} {bits} | coarse-to-fine, r=2, M={m} | " + " | ".join(f"{p:.4f}" for p in row) + f" | {t_c2f:.2f} |")
+            lines.append(
+                f"| {method} {bits} | coarse-to-fine, r=2, M={m} | "
+                + " | ".join(f"{p:.4f}" for p in row)
+                + f" | {t_c2f:.2f} |"
+            )
     row = [precision(exact, yq, yd, k) for k in KS]
-    lines.append("| float 1280-d | exhaustive Euclidean | " + " | ".join(f"{p:.4f}" for p in row) + f" | {t_exact:.2f} |")
+    lines.append(
+        "| float 1280-d | exhaustive Euclidean | " + " | ".join(f"{p:.4f}" for p in row) + f" | {t_exact:.2f} |"
+    )
     out = Path(__file__).parent / "results" / "coarse-to-fine.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

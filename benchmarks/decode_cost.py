@@ -26,7 +26,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
 from encode import best_rate, cifar_test_records, megapixel_folder
 
@@ -58,8 +57,10 @@ def costs(name: str, source, records, size: int, models: Path, log) -> None:
     decode = ms_per_item(lambda xs: [decode_image(d, k, draft=draft) for k, d in xs], datas)
     pillow = ms_per_item(lambda xs: [_decode_with_pillow(d, k, 10**9, draft) for k, d in xs], datas)
     direct = sum(_decode_jpeg_direct(d, 10**9, draft) is not None for _, d in datas)
-    same = all(np.array_equal(np.asarray(a), np.asarray(_decode_with_pillow(d, k, 10**9, draft)))
-               for a, (k, d) in zip(images, datas))
+    same = all(
+        np.array_equal(np.asarray(a), np.asarray(_decode_with_pillow(d, k, 10**9, draft)))
+        for a, (k, d) in zip(images, datas)
+    )
     crop = ms_per_item(lambda xs: [pre.crop(im) for im in xs], images)
     whole = ms_per_item(lambda xs: decode_batch(xs, pre, 10**9, normalize=False), jobs)
     enc = OnnxExtractor(bb, cache_dir=models)
@@ -67,13 +68,17 @@ def costs(name: str, source, records, size: int, models: Path, log) -> None:
     task = BatchExtractor(pre, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(), threads=1)
     infer = ms_per_item(task.encode, crops)
     log(f"{name}: {len(datas)} images, one process, one core, ms per image")
-    log(f"  decode_image {decode:6.3f} ({direct} of {len(datas)} by libjpeg-turbo directly; Pillow's path "
+    log(
+        f"  decode_image {decode:6.3f} ({direct} of {len(datas)} by libjpeg-turbo directly; Pillow's path "
         f"{pillow:6.3f}, pixels {'identical' if same else 'DIFFERENT'}) | crop (resize + centre crop) {crop:6.3f} | "
-        f"decode_batch (both, stacked) {whole:6.3f} | ONNX fp32 inference, 1 thread, 8 per call {infer:6.3f}")
+        f"decode_batch (both, stacked) {whole:6.3f} | ONNX fp32 inference, 1 thread, 8 per call {infer:6.3f}"
+    )
     with_pillow = whole - decode + pillow
-    log(f"  decoding = {whole / infer:.0%} of inference: a pipeline sharing the cores stays below "
+    log(
+        f"  decoding = {whole / infer:.0%} of inference: a pipeline sharing the cores stays below "
         f"{bound(infer, whole):.0%} of the inference-only ceiling ({bound(infer, with_pillow):.0%} with "
-        f"Pillow's path for every JPEG, decoding {with_pillow / infer:.0%} of inference)")
+        f"Pillow's path for every JPEG, decoding {with_pillow / infer:.0%} of inference)"
+    )
 
 
 def main() -> None:

@@ -36,17 +36,15 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
 from PIL import Image
 
-from _report import Report  # benchmarks/_report.py (this script's folder is on the path)
-
 from hashsearch.backbones import create_backbone
-from hashsearch.pipeline.local import extract_features
 from hashsearch.backbones.runtime import OnnxExtractor, TorchExtractor
 from hashsearch.data.protocols import cifar10_root, load_protocol
 from hashsearch.data.sources import FolderSource
-from hashsearch.pipeline.steps import calibrate
-from hashsearch.pipeline.steps import INFER_BATCH, BatchExtractor, decode_batch
+from hashsearch.pipeline.local import extract_features
+from hashsearch.pipeline.steps import INFER_BATCH, BatchExtractor, calibrate, decode_batch
 from hashsearch.pipeline.workers import default_workers, worker_threads
 
 warnings.simplefilter("ignore")
@@ -100,8 +98,9 @@ def end_to_end(run, repeat: int = 2):
 
 def inference_rate(extractor, pixels: np.ndarray, batch: int) -> float:
     """Inference-only images/s of `extractor.extract` in this process (on every core)."""
-    return best_rate(lambda: [extractor.extract(pixels[i : i + batch]) for i in range(0, len(pixels), batch)],
-                     len(pixels))
+    return best_rate(
+        lambda: [extractor.extract(pixels[i : i + batch]) for i in range(0, len(pixels), batch)], len(pixels)
+    )
 
 
 def _extract_share(task: BatchExtractor, pixels, batch, barrier, times, slot, repeat) -> None:
@@ -114,13 +113,17 @@ def _extract_share(task: BatchExtractor, pixels, batch, barrier, times, slot, re
         times[r * barrier.parties + slot] = time.perf_counter() - t
 
 
-def parallel_inference_rate(task: BatchExtractor, pixels: np.ndarray, batch: int, workers: int, repeat: int = 3) -> float:
+def parallel_inference_rate(
+    task: BatchExtractor, pixels: np.ndarray, batch: int, workers: int, repeat: int = 3
+) -> float:
     """Inference-only images/s of the pipeline's worker layout: `workers` processes, each running
     `task.extract` (its own session) on an equal share of `pixels`, started together; best of `repeat`."""
     ctx = multiprocessing.get_context("fork")
     barrier, times = ctx.Barrier(workers), ctx.Array("d", workers * repeat)
-    procs = [ctx.Process(target=_extract_share, args=(task, pixels[w::workers], batch, barrier, times, w, repeat))
-             for w in range(workers)]
+    procs = [
+        ctx.Process(target=_extract_share, args=(task, pixels[w::workers], batch, barrier, times, w, repeat))
+        for w in range(workers)
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -152,9 +155,11 @@ def ray_end_to_end(source, bb, records, extractor, args):
         # Warm the cluster (workers, actor start) on a few images, as a running cluster is.
         with tempfile.TemporaryDirectory() as cache:
             extract_features_ray(source, bb, records[:64], cache_dir=cache, extractor=extractor, progress=False)
-        return end_to_end(lambda cache: extract_features_ray(source, bb, records, cache_dir=cache,
-                                                             batch_size=args.batch_size, extractor=extractor,
-                                                             progress=False))
+        return end_to_end(
+            lambda cache: extract_features_ray(
+                source, bb, records, cache_dir=cache, batch_size=args.batch_size, extractor=extractor, progress=False
+            )
+        )
     finally:
         ray.shutdown()
 
@@ -177,11 +182,16 @@ def ray_at_scale(src, n: int, folder: Path, args, models: Path, log) -> str:
     mp = megapixel_folder(src, recs, folder)
     bb = create_backbone("efficientnet-lite0", input_size=224)
     fp32 = OnnxExtractor(bb, cache_dir=models)
-    local, _ = end_to_end(lambda cache: extract_features(mp, bb, mp.records(), cache_dir=cache,
-                                                         batch_size=args.batch_size, extractor=fp32, progress=False))
+    local, _ = end_to_end(
+        lambda cache: extract_features(
+            mp, bb, mp.records(), cache_dir=cache, batch_size=args.batch_size, extractor=fp32, progress=False
+        )
+    )
     ray_rate, ex = ray_end_to_end(mp, bb, mp.records(), fp32, args)
-    log(f"\nRay against the collection's size: {len(ex.records)} 1152x864 JPEGs (upscaled CIFAR-10 test images) "
-        f"@224px: local fp32 {local:.1f} im/s, Ray local fp32 {ray_rate:.1f} im/s = {ray_rate / local:.0%} of local")
+    log(
+        f"\nRay against the collection's size: {len(ex.records)} 1152x864 JPEGs (upscaled CIFAR-10 test images) "
+        f"@224px: local fp32 {local:.1f} im/s, Ray local fp32 {ray_rate:.1f} im/s = {ray_rate / local:.0%} of local"
+    )
     log(f"  Ray time split: {ray_split(ex, ray_rate, local, args.batch_size)}")
     return f"{ray_rate / local:.0%} on {len(ex.records)} of those JPEGs"
 
@@ -204,31 +214,59 @@ def speed_table(name, source, records, size, args, models: Path, log, goal: floa
 
     def add_row(label: str, e2e: float, ceiling: float, n: int) -> None:
         bound = shared_bound(decode_rate, ceiling)
-        rows.append({"data": name, "runtime": label, "e2e": e2e, "ceiling": ceiling, "bound": bound,
-                     "decode": decode_rate, "n": n, "goal": goal})
-        log(f"{name:>28} | {label:<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}"
-            f" | {bound:8.1f} | {e2e / bound:4.0%}")
+        rows.append(
+            {
+                "data": name,
+                "runtime": label,
+                "e2e": e2e,
+                "ceiling": ceiling,
+                "bound": bound,
+                "decode": decode_rate,
+                "n": n,
+                "goal": goal,
+            }
+        )
+        log(
+            f"{name:>28} | {label:<18} | {e2e:8.1f} | {ceiling:8.1f} | {e2e / ceiling:5.0%}"
+            f" | {bound:8.1f} | {e2e / bound:4.0%}"
+        )
 
     workers = default_workers()
     for label, enc in extractors.items():
         ceiling = inference_rate(enc, pixels, args.batch_size)
         if isinstance(enc, OnnxExtractor):
             # ONNX extracts in the worker processes: its ceiling is the better of the two layouts.
-            task = BatchExtractor(bb.preprocess, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(),
-                                threads=worker_threads(workers))
+            task = BatchExtractor(
+                bb.preprocess, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(), threads=worker_threads(workers)
+            )
             spread = parallel_inference_rate(task, pixels, args.batch_size, workers)
             task.infer_batch = args.batch_size  # for comparison: the whole batch in one call
             whole = parallel_inference_rate(task, pixels, args.batch_size, workers)
-            log(f"{name:>28} | {label:<18} | inference only: this process on every core {ceiling:.1f} im/s; "
+            log(
+                f"{name:>28} | {label:<18} | inference only: this process on every core {ceiling:.1f} im/s; "
                 f"{workers} processes x {task.threads} thread{'s' * (task.threads > 1)}: {INFER_BATCH} images "
-                f"per call (the workers' default) {spread:.1f} im/s, {args.batch_size} per call {whole:.1f} im/s")
+                f"per call (the workers' default) {spread:.1f} im/s, {args.batch_size} per call {whole:.1f} im/s"
+            )
             ceiling = max(ceiling, spread, whole)
-        e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache,
-                                                            batch_size=args.batch_size, extractor=enc, progress=False))
+        e2e, ex = end_to_end(
+            lambda cache: extract_features(
+                source, bb, records, cache_dir=cache, batch_size=args.batch_size, extractor=enc, progress=False
+            )
+        )
         add_row(label, e2e, ceiling, len(ex.records))
     # The earlier layout: workers decode, this process extracts on every core.
-    e2e, ex = end_to_end(lambda cache: extract_features(source, bb, records, cache_dir=cache, batch_size=args.batch_size,
-                                                        extractor=fp32, progress=False, worker_inference=False))
+    e2e, ex = end_to_end(
+        lambda cache: extract_features(
+            source,
+            bb,
+            records,
+            cache_dir=cache,
+            batch_size=args.batch_size,
+            extractor=fp32,
+            progress=False,
+            worker_inference=False,
+        )
+    )
     add_row("fp32, decode-only", e2e, rows[1]["ceiling"], len(ex.records))
     if not args.no_ray:
         e2e, ex = ray_end_to_end(source, bb, records, fp32, args)
@@ -251,8 +289,10 @@ def int8_map(args, models: Path, log) -> list[dict]:
     source = FolderSource(cifar10_root())
     bb = create_backbone("efficientnet-lite0", input_size=128)
     unique = list({r.key: r for part in (split.train, split.query, database) for r in part}.values())
-    log(f"\nint8 retrieval cost: cifar10-1k, {len(split.query)} queries, {len(split.train)} training images, "
-        f"{len(database)} database images ({args.map_db_per_class}/class); {len(unique)} images to extract")
+    log(
+        f"\nint8 retrieval cost: cifar10-1k, {len(split.query)} queries, {len(split.train)} training images, "
+        f"{len(database)} database images ({args.map_db_per_class}/class); {len(unique)} images to extract"
+    )
     out = []
     feats = {}
     for label in ("fp32", "int8"):
@@ -261,16 +301,22 @@ def int8_map(args, models: Path, log) -> list[dict]:
             calibrate(enc, source, split.train, args.calibration)
         t = time.perf_counter()
         ex = extract_features(source, bb, unique, extractor=enc, batch_size=args.batch_size, progress=True)
-        log(f"  {label} features: {ex.n_computed} computed, {ex.n_cached} cached, {time.perf_counter() - t:.0f}s"
-            f" (cache key {ex.cache_key})")
+        log(
+            f"  {label} features: {ex.n_computed} computed, {ex.n_cached} cached, {time.perf_counter() - t:.0f}s"
+            f" (cache key {ex.cache_key})"
+        )
         row = {r.key: i for i, r in enumerate(ex.records)}
         classes = sorted({r.label for r in unique})
         code = {c: i for i, c in enumerate(classes)}
 
         def part(records):
             keep = [row[r.key] for r in records]
-            return Part(ex.features[keep], np.array([code[ex.records[i].label] for i in keep]),
-                        [ex.records[i] for i in keep], [ex.digests[i] for i in keep])
+            return Part(
+                ex.features[keep],
+                np.array([code[ex.records[i].label] for i in keep]),
+                [ex.records[i] for i in keep],
+                [ex.digests[i] for i in keep],
+            )
 
         feats[label] = ProtocolFeatures(part(split.train), part(split.query), part(database), classes)
     # What an int8 collection gave when the features of its queries were extracted with fp32 (before collections
@@ -283,9 +329,11 @@ def int8_map(args, models: Path, log) -> list[dict]:
             res = run_methods(feats[label], [method], [bits], seed=0, log=lambda *a: None)
             m[label] = res[0]["metrics"]["map"]
         out.append({"method": method, "bits": bits, **m})
-        log(f"  {method:>6} {bits:>3} bits | mAP fp32 {m['fp32']:.4f} | int8 {m['int8']:.4f} | "
+        log(
+            f"  {method:>6} {bits:>3} bits | mAP fp32 {m['fp32']:.4f} | int8 {m['int8']:.4f} | "
             f"difference {m['int8'] - m['fp32']:+.4f} | int8 database, fp32 queries {m['mixed']:.4f} "
-            f"({m['mixed'] - m['fp32']:+.4f})")
+            f"({m['mixed'] - m['fp32']:+.4f})"
+        )
     return out
 
 
@@ -301,17 +349,26 @@ def goals(rows: list[dict], maps: list[dict], at_scale: str | None, log) -> None
         pt, fp, q = by["PyTorch"], by["ONNX fp32"], by["ONNX int8"]
         x, c, goal, b = fp["e2e"] / pt["e2e"], fp["e2e"] / fp["ceiling"], fp["goal"], fp["bound"] / fp["ceiling"]
         check(x >= 4, f"{data}: fp32 >= 4x PyTorch: {x:.1f}x")
-        reach = ("below the goal: not reachable on these cores however well the stages overlap" if b < goal
-                 else f"the goal needs {goal / b:.0%} of the bound; this run reached {fp['e2e'] / fp['bound']:.0%}")
-        check(c >= goal, f"{data}: fp32 >= {goal:.0%} of its inference-only ceiling: {c:.0%}",
-              f", short by {100 * (goal - c):.0f} points; decoding on the same cores bounds it at {b:.0%} ({reach})")
+        reach = (
+            "below the goal: not reachable on these cores however well the stages overlap"
+            if b < goal
+            else f"the goal needs {goal / b:.0%} of the bound; this run reached {fp['e2e'] / fp['bound']:.0%}"
+        )
+        check(
+            c >= goal,
+            f"{data}: fp32 >= {goal:.0%} of its inference-only ceiling: {c:.0%}",
+            f", short by {100 * (goal - c):.0f} points; decoding on the same cores bounds it at {b:.0%} ({reach})",
+        )
         r = q["e2e"] / fp["e2e"]
         check(r >= 1.5, f"{data}: int8 >= 1.5x fp32: {r:.2f}x", f", short by {1.5 - r:.2f}x")
         if "Ray local fp32" in by:
             ray = by["Ray local fp32"]["e2e"] / fp["e2e"]
-            check(ray >= 0.8, f"{data}: Ray local >= 80% of the local pipeline: {ray:.0%}",
-                  f", short by {100 * (0.8 - ray):.0f} points; Ray's fixed start per run weighs on short runs (the Ray time split above)"
-                  + (f"; {at_scale}" if at_scale and data.startswith("1152") else ""))
+            check(
+                ray >= 0.8,
+                f"{data}: Ray local >= 80% of the local pipeline: {ray:.0%}",
+                f", short by {100 * (0.8 - ray):.0f} points; Ray's fixed start per run weighs on short runs (the Ray time split above)"
+                + (f"; {at_scale}" if at_scale and data.startswith("1152") else ""),
+            )
     for m in maps:
         d = m["int8"] - m["fp32"]
         check(abs(d) <= 0.01, f"cifar10-1k {m['method']} {m['bits']} bits: int8 mAP@ALL within 0.01 of fp32: {d:+.4f}")
@@ -325,15 +382,21 @@ def main() -> None:
     ap.add_argument("--calibration", type=int, default=256, help="int8 calibration images")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--map-db-per-class", type=int, default=5900, help="database images per class for mAP (5900 = all)")
-    ap.add_argument("--ray-scale-images", type=int, default=4000,
-                    help="also run local fp32 and Ray on this many ~1 Mpx JPEGs (0: skip)")
+    ap.add_argument(
+        "--ray-scale-images",
+        type=int,
+        default=4000,
+        help="also run local fp32 and Ray on this many ~1 Mpx JPEGs (0: skip)",
+    )
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-map", action="store_true")
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
     args = ap.parse_args()
-    log = Report(f"EfficientNet-Lite0; batch {args.batch_size}; {default_workers()} worker processes (the default, one "
-                 "per core) that decode, and for ONNX also extract ('fp32, decode-only': they decode, this process "
-                 "extracts on every core, the earlier layout and still PyTorch's)")
+    log = Report(
+        f"EfficientNet-Lite0; batch {args.batch_size}; {default_workers()} worker processes (the default, one "
+        "per core) that decode, and for ONNX also extract ('fp32, decode-only': they decode, this process "
+        "extracts on every core, the earlier layout and still PyTorch's)"
+    )
     log("")
     log(f"{'data':>28} | {'runtime':<18} | e2e im/s | infer im/s | e2e/ceiling | shared-CPU bound | e2e/bound")
     rows = []
@@ -344,21 +407,30 @@ def main() -> None:
         if args.mp_images:
             _, mp_recs = cifar_test_records(args.mp_images)
             mp = megapixel_folder(src, mp_recs, Path(tmp) / "mp")
-            rows += speed_table(f"1152x864 JPEG {args.mp_images} @224px", mp, mp.records(), 224, args, models, log, goal=0.8)
+            rows += speed_table(
+                f"1152x864 JPEG {args.mp_images} @224px", mp, mp.records(), 224, args, models, log, goal=0.8
+            )
         log("")
         for data in dict.fromkeys(r["data"] for r in rows):
             by = {r["runtime"]: r for r in rows if r["data"] == data}
             pt, fp, q = by["PyTorch"], by["ONNX fp32"], by["ONNX int8"]
-            log(f"{data}: ONNX fp32 e2e = {fp['e2e'] / pt['e2e']:.1f}x PyTorch e2e; "
+            log(
+                f"{data}: ONNX fp32 e2e = {fp['e2e'] / pt['e2e']:.1f}x PyTorch e2e; "
                 f"{fp['e2e'] / fp['ceiling']:.0%} of its ceiling; int8 e2e = {q['e2e'] / fp['e2e']:.2f}x fp32 e2e "
                 f"(inference-only {q['ceiling'] / fp['ceiling']:.2f}x)"
-                + (f"; Ray local = {by['Ray local fp32']['e2e'] / fp['e2e']:.0%} of the local pipeline"
-                   if "Ray local fp32" in by else ""))
+                + (
+                    f"; Ray local = {by['Ray local fp32']['e2e'] / fp['e2e']:.0%} of the local pipeline"
+                    if "Ray local fp32" in by
+                    else ""
+                )
+            )
             cores = os.cpu_count() or 1
-            log(f"  why not the ceiling: decoding costs {1e3 / fp['decode']:.2f} core-ms per image and fp32 "
+            log(
+                f"  why not the ceiling: decoding costs {1e3 / fp['decode']:.2f} core-ms per image and fp32 "
                 f"inference {1e3 * cores / fp['ceiling']:.2f} core-ms on these {cores} cores, so with both on the same "
                 f"cores the pipeline cannot pass {fp['bound']:.1f} im/s ({fp['bound'] / fp['ceiling']:.0%} of the "
-                f"inference-only ceiling); fp32 e2e reaches {fp['e2e'] / fp['bound']:.0%} of that bound")
+                f"inference-only ceiling); fp32 e2e reaches {fp['e2e'] / fp['bound']:.0%} of that bound"
+            )
         at_scale = None
         if args.ray_scale_images and not args.no_ray:
             at_scale = ray_at_scale(src, args.ray_scale_images, Path(tmp) / "mp-scale", args, models, log)

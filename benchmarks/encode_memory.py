@@ -29,10 +29,10 @@ from _report import Report  # benchmarks/_report.py (this script's folder is on 
 from encode import cifar_test_records, megapixel_folder
 
 from hashsearch.backbones import create_backbone
-from hashsearch.pipeline.local import extract_features
 from hashsearch.backbones.runtime import OnnxExtractor
 from hashsearch.data.protocols import cifar10_root
 from hashsearch.data.sources import FolderSource
+from hashsearch.pipeline.local import extract_features
 from hashsearch.pipeline.workers import default_workers
 
 warnings.filterwarnings("ignore")
@@ -89,7 +89,7 @@ class PeakSampler(threading.Thread):
                 self.main, self.workers = main, workers
             self.stop.wait(self.interval)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self.start()
         return self
 
@@ -113,8 +113,10 @@ def measure(label: str, source, records, size: int, models: Path, log) -> tuple[
     n = len(ex.records)
     feats = ex.features.nbytes
     total = peak.total - before
-    log(f"{label:>22} | {n:>6} | {n / seconds:6.1f} | {before / MB:6.1f} | {peak.main / MB:6.1f} | "
-        f"{peak.workers / MB:7.1f} | {total / MB:7.1f} | {feats / MB:8.1f} | {(total - feats) / MB:8.1f}")
+    log(
+        f"{label:>22} | {n:>6} | {n / seconds:6.1f} | {before / MB:6.1f} | {peak.main / MB:6.1f} | "
+        f"{peak.workers / MB:7.1f} | {total / MB:7.1f} | {feats / MB:8.1f} | {(total - feats) / MB:8.1f}"
+    )
     del ex
     return n, total - feats
 
@@ -128,20 +130,31 @@ def slope(points: list[tuple[int, int]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--cifar", type=int, nargs="+", default=[2500, 10000, 40000],
-                    help="CIFAR-10 collection sizes (train and test images, at most 60000)")
+    ap.add_argument(
+        "--cifar",
+        type=int,
+        nargs="+",
+        default=[2500, 10000, 40000],
+        help="CIFAR-10 collection sizes (train and test images, at most 60000)",
+    )
     ap.add_argument("--mp", type=int, nargs="+", default=[500, 2000, 4000], help="~1 Mpx collection sizes")
     ap.add_argument("--big", type=int, nargs="+", default=[300, 1200], help="~4 Mpx collection sizes")
     ap.add_argument("--out", type=Path, help="also write the printed report (markdown) here")
     args = ap.parse_args()
-    log = Report(f"EfficientNet-Lite0, ONNX Runtime fp32, batch 64, {default_workers()} worker processes; "
-                 "PSS sampled every 20 ms; MB = 2^20 bytes")
+    log = Report(
+        f"EfficientNet-Lite0, ONNX Runtime fp32, batch 64, {default_workers()} worker processes; "
+        "PSS sampled every 20 ms; MB = 2^20 bytes"
+    )
     log("")
-    log(f"{'data':>22} | {'N':>6} | {'im/s':>6} | {'before':>6} | {'main':>6} | {'workers':>7} | "
-        f"{'growth':>7} | {'features':>8} | {'pipeline':>8}")
-    log("  MB of PSS. before: this process before the call; at the sample where this process and its workers "
+    log(
+        f"{'data':>22} | {'N':>6} | {'im/s':>6} | {'before':>6} | {'main':>6} | {'workers':>7} | "
+        f"{'growth':>7} | {'features':>8} | {'pipeline':>8}"
+    )
+    log(
+        "  MB of PSS. before: this process before the call; at the sample where this process and its workers "
         "together peaked: main (this process), workers (together); growth: main + workers - before; features: "
-        "the N x 1280 float32 returned; pipeline: growth - features")
+        "the N x 1280 float32 returned; pipeline: growth - features"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp) / "models"
         source = FolderSource(cifar10_root())
@@ -159,8 +172,10 @@ def main() -> None:
             mp_recs = folder.records()
             nbytes = sum(p.stat().st_size for p in (Path(r.key) for r in mp_recs))
             log(f"{'':>22}   ({len(mp_recs)} {w}x{h} JPEGs of {nbytes / len(mp_recs) / 1024:.0f} kB on average)")
-            growth[name] = [measure(f"{w}x{h} JPEG, 224 px", folder, mp_recs[:: max(1, len(mp_recs) // n)][:n],
-                                    224, models, log) for n in sizes]
+            growth[name] = [
+                measure(f"{w}x{h} JPEG, 224 px", folder, mp_recs[:: max(1, len(mp_recs) // n)][:n], 224, models, log)
+                for n in sizes
+            ]
         log("")
         for name, points in growth.items():
             if len(points) > 1:

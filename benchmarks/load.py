@@ -108,7 +108,7 @@ def run_load(url, args, feats, n_db, path) -> None:
     queries = [r.key for r in feats.query.records]
     qbytes = {k: Path(k).read_bytes() for k in queries[:200]}
     qkeys = list(qbytes)
-    adds = [r for r in feats.query.records[200:200 + args.adds * args.per_add]]
+    adds = [r for r in feats.query.records[200 : 200 + args.adds * args.per_add]]
     jobs = [("id", rng.randrange(n_db)) if i % 2 == 0 else ("upload", rng.choice(qkeys)) for i in range(args.searches)]
     lat: dict[str, list[float]] = {"id": [], "upload": []}
     errors: list[str] = []
@@ -127,7 +127,9 @@ def run_load(url, args, feats, n_db, path) -> None:
                     if job[0] == "id":
                         r = c.get(f"/search/{job[1]}", params={"k": 10})
                     else:
-                        r = c.post("/search", params={"k": 10}, files={"image": ("q.jpg", qbytes[job[1]], "image/jpeg")})
+                        r = c.post(
+                            "/search", params={"k": 10}, files={"image": ("q.jpg", qbytes[job[1]], "image/jpeg")}
+                        )
                     ok = r.status_code == 200 and len(r.json()["results"]) == 10
                     if not ok:
                         errors.append(f"{job}: {r.status_code} {r.text[:200]}")
@@ -144,10 +146,15 @@ def run_load(url, args, feats, n_db, path) -> None:
         time.sleep(1.0)  # let the load start first
         with httpx.Client(base_url=url, timeout=300) as c:
             for a in range(args.adds):
-                batch = adds[a * args.per_add:(a + 1) * args.per_add]
+                batch = adds[a * args.per_add : (a + 1) * args.per_add]
                 files = [("images", (Path(r.key).name, Path(r.key).read_bytes(), "image/jpeg")) for r in batch]
                 t = time.perf_counter()
-                r = c.post("/images", files=files, data={"labels": ",".join(r.label for r in batch)}, headers={"X-API-Key": KEY})
+                r = c.post(
+                    "/images",
+                    files=files,
+                    data={"labels": ",".join(r.label for r in batch)},
+                    headers={"X-API-Key": KEY},
+                )
                 add_times.append(time.perf_counter() - t)
                 add_ends.append(time.perf_counter() - t0)
                 if r.status_code != 200 or r.json()["errors"]:
@@ -172,10 +179,12 @@ def run_load(url, args, feats, n_db, path) -> None:
         count = c.get("/stats").json()["count"]
         recs = [c.get(f"/entries/{i}").json() for i, _ in added]
     ids_ok = len({i for i, _ in added}) == n_add and all(
-        r.get("id") == i and r.get("label") == lab for r, (i, lab) in zip(recs, added))
+        r.get("id") == i and r.get("label") == lab for r, (i, lab) in zip(recs, added)
+    )
     disk = Collection.open(path)
     disk_ok = len(disk) == n_db + n_add and all(
-        e is not None and e["label"] == lab for e, (_, lab) in zip(disk.entries([i for i, _ in added]), added))
+        e is not None and e["label"] == lab for e, (_, lab) in zip(disk.entries([i for i, _ in added]), added)
+    )
     all_lat = lat["id"] + lat["upload"]
     done = len(all_lat)
     lines = [

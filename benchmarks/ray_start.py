@@ -69,7 +69,8 @@ def floor_run(ray) -> tuple[float, float, float]:
     """(actors constructed, first batch back, done), seconds from the job's creation."""
     t0 = time.time()
     ds = ray.data.from_items([{"i": i} for i in range(128)], override_num_blocks=2).map_batches(
-        _Idle, batch_size=None, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=2))
+        _Idle, batch_size=None, num_cpus=0.5, compute=ray.data.ActorPoolStrategy(size=2)
+    )
     first = born = None
     for batch in ds.iter_batches(batch_size=None):
         first = first or time.time()
@@ -101,22 +102,30 @@ def main() -> None:
             extractor = OnnxExtractor(bb, cache_dir=tmp)
             for i in range(args.repeat + 1):
                 ready, imported = plain_run(ray)
-                log(f"{'cold ' if i == 0 else ''}2 plain Ray actors (not Ray Data's): ready {ready:.2f}s, "
-                    f"of which importing ray.data in each {imported:.2f}s")
+                log(
+                    f"{'cold ' if i == 0 else ''}2 plain Ray actors (not Ray Data's): ready {ready:.2f}s, "
+                    f"of which importing ray.data in each {imported:.2f}s"
+                )
             for i in range(args.repeat + 1):
                 born, first, done = floor_run(ray)
-                log(f"{'cold ' if i == 0 else ''}Ray Data floor (2 idle actors, 128 rows): actors constructed "
-                    f"{born:.2f}s, first batch {first:.2f}s, done {done:.2f}s")
+                log(
+                    f"{'cold ' if i == 0 else ''}Ray Data floor (2 idle actors, 128 rows): actors constructed "
+                    f"{born:.2f}s, first batch {first:.2f}s, done {done:.2f}s"
+                )
             for i in range(args.repeat + 1):
                 with tempfile.TemporaryDirectory() as cache:
                     t = time.perf_counter()
                     ex = extract_features_ray(source, bb, records, cache_dir=cache, extractor=extractor, progress=False)
                     total = time.perf_counter() - t
-                log(f"{'cold ' if i == 0 else ''}hashsearch Ray job, 64 CIFAR-10 images: {total:.2f}s ("
-                    + ", ".join(f"{k} {v:.2f}s" for k, v in ex.timings.items()) + ")")
+                log(
+                    f"{'cold ' if i == 0 else ''}hashsearch Ray job, 64 CIFAR-10 images: {total:.2f}s ("
+                    + ", ".join(f"{k} {v:.2f}s" for k, v in ex.timings.items())
+                    + ")"
+                )
     finally:
         ray.shutdown()
     log.save(args.out, "Ray's fixed start per run (printed by benchmarks/ray_start.py)")
+
 
 if __name__ == "__main__":
     main()

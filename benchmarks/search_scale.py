@@ -198,7 +198,6 @@ def run(args) -> str:
                 res10 = loaded.search(ql, 10).ids
                 if label == "flat":
                     truth = res10
-                    flat_index = loaded
                 rec = recall_at(res10, truth) if truth is not None else float("nan")
                 rows.append((bits, label, n, build_s, size / n, open_ms, stats, rec, loaded.exact))
                 print(f"  {bits} bits {label}: built in {build_s:.1f} s", file=sys.stderr, flush=True)
@@ -231,11 +230,15 @@ def run(args) -> str:
             "recall@10: against flat on the same entries (1.0 = identical neighbour sets)."
         )
         out("")
-        out("| bits | back end | N | exact | build s | bytes/entry | open ms | k=1 | k=10 | k=100 | radius 2 | recall@10 |")
+        out(
+            "| bits | back end | N | exact | build s | bytes/entry | open ms | k=1 | k=10 | k=100 | radius 2 | recall@10 |"
+        )
         out("|---:|---|---:|:-:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for bits, label, m, build_s, bpe, open_ms, st, rec, exact in rows:
             cells = " | ".join(f"{st[key][0]:.3f} / {st[key][1]:.3f}" for key in (1, 10, 100, "r2"))
-            out(f"| {bits} | {label} | {m:,} | {'yes' if exact else 'no'} | {build_s:.1f} | {bpe:.1f} | {open_ms:.1f} | {cells} | {rec:.3f} |")
+            out(
+                f"| {bits} | {label} | {m:,} | {'yes' if exact else 'no'} | {build_s:.1f} | {bpe:.1f} | {open_ms:.1f} | {cells} | {rec:.3f} |"
+            )
         out("")
 
         if 64 in codes_by_bits:
@@ -357,7 +360,12 @@ def dlbhc_section(data, feats, labels, qfeats, qlabels, quick: bool) -> str:
     lookup = lambda ids: feats[ids]  # noqa: E731
     coarse_to_fine(mih, q[:2], qfeats[:2], lookup, k)
     t = time.perf_counter()
-    c2f = np.stack([coarse_to_fine(mih, q[i : i + 1], qfeats[i : i + 1], lookup, k, radius=2, n_candidates=200).ids[0] for i in range(len(q))])
+    c2f = np.stack(
+        [
+            coarse_to_fine(mih, q[i : i + 1], qfeats[i : i + 1], lookup, k, radius=2, n_candidates=200).ids[0]
+            for i in range(len(q))
+        ]
+    )
     t_c2f = (time.perf_counter() - t) / len(q)
 
     def precision(ids):

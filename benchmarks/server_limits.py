@@ -61,9 +61,14 @@ def build(path: Path, work: Path, n: int) -> None:
     records = sorted(source.records(), key=lambda r: r.key)[:n]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        coll, _ = build_collection(source, create_backbone("efficientnet-lite0", input_size=128),
-                                   create_hasher("itq", n_bits=64, seed=0), records=records,
-                                   cache_dir=work / "features", progress=False)
+        coll, _ = build_collection(
+            source,
+            create_backbone("efficientnet-lite0", input_size=128),
+            create_hasher("itq", n_bits=64, seed=0),
+            records=records,
+            cache_dir=work / "features",
+            progress=False,
+        )
     coll.save(path)
 
 
@@ -84,8 +89,21 @@ def status_kib(pid: int, field: str) -> int:
 def memory_rows(path: Path, work: Path, png: bytes, slots: int, counts: list[int]) -> list[dict]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-c", "from hashsearch.cli import main; main()", "serve", str(path), "--port", str(port),
-           "--api-key", KEY, "--cache-dir", str(work / "cache"), "--decode-slots", str(slots)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from hashsearch.cli import main; main()",
+        "serve",
+        str(path),
+        "--port",
+        str(port),
+        "--api-key",
+        KEY,
+        "--cache-dir",
+        str(work / "cache"),
+        "--decode-slots",
+        str(slots),
+    ]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
@@ -121,10 +139,19 @@ def memory_rows(path: Path, work: Path, png: bytes, slots: int, counts: list[int
                 th.start()
             for th in threads:
                 th.join()
-            rows.append({"slots": slots, "n": n, "rest": rest, "peak": status_kib(server.pid, "VmHWM"),
-                         "ok": codes.count(200), "busy": codes.count(503),
-                         "other": len(codes) - codes.count(200) - codes.count(503),
-                         "wall": time.perf_counter() - t, "max_s": max(lat) if lat else float("nan")})
+            rows.append(
+                {
+                    "slots": slots,
+                    "n": n,
+                    "rest": rest,
+                    "peak": status_kib(server.pid, "VmHWM"),
+                    "ok": codes.count(200),
+                    "busy": codes.count(503),
+                    "other": len(codes) - codes.count(200) - codes.count(503),
+                    "wall": time.perf_counter() - t,
+                    "max_s": max(lat) if lat else float("nan"),
+                }
+            )
             print(rows[-1], flush=True)
     finally:
         server.terminate()
@@ -149,20 +176,34 @@ def unauthenticated_rows(path: Path, work: Path, trials: int) -> list[dict]:
     shutil.rmtree(copy, ignore_errors=True)
     shutil.copytree(path, copy)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(copy, api_key=KEY, cache_dir=work / "cache2"), host="127.0.0.1",
-                                           port=port, log_level="warning", http=Counting))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(copy, api_key=KEY, cache_dir=work / "cache2"),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            http=Counting,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.05)
-    head = (b'--bnd\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\n'
-            b"Content-Type: image/png\r\n\r\n")
+    head = (
+        b'--bnd\r\nContent-Disposition: form-data; name="images"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'
+    )
     cases = [
         ("POST /images, no key, chunked", "POST", "/images", {}, None),
         ("POST /images, wrong key, chunked", "POST", "/images", {"X-API-Key": "wrong"}, None),
         ("DELETE /images/3, no key, chunked", "DELETE", "/images/3", {}, None),
         ("POST /images, no key, Content-Length 1 GiB", "POST", "/images", {}, 1024 * MIB),
-        ("POST /images, with the key, one 1 GiB file (per-file limit 20 MiB)", "POST", "/images", {"X-API-Key": KEY}, None),
+        (
+            "POST /images, with the key, one 1 GiB file (per-file limit 20 MiB)",
+            "POST",
+            "/images",
+            {"X-API-Key": KEY},
+            None,
+        ),
     ]
     rows = []
     try:
@@ -243,15 +284,19 @@ def main() -> None:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in mem:
-        lines.append(f"| {r['slots']} | {r['n']} | {r['rest'] / 1024:.0f} | {r['peak'] / 1024:.0f} | "
-                     f"{(r['peak'] - r['rest']) / 1024:.0f} | {r['ok']} | {r['busy']} | {r['other']} | "
-                     f"{r['wall']:.1f} | {r['max_s']:.1f} |")
+        lines.append(
+            f"| {r['slots']} | {r['n']} | {r['rest'] / 1024:.0f} | {r['peak'] / 1024:.0f} | "
+            f"{(r['peak'] - r['rest']) / 1024:.0f} | {r['ok']} | {r['busy']} | {r['other']} | "
+            f"{r['wall']:.1f} | {r['max_s']:.1f} |"
+        )
     per_slot = [(r["slots"], (r["peak"] - r["rest"]) / 1024 / r["slots"]) for r in mem if r["n"] == 32]
     lines += [
         "",
-        "Peak growth per decode slot at N = 32: " + ", ".join(f"{x:.0f} MiB ({k} slots)" for k, x in per_slot)
-        + f"; per decoded pixel of the worst case: "
-        + ", ".join(f"{x * MIB / (w * h):.1f} bytes ({k} slots)" for k, x in per_slot) + ".",
+        "Peak growth per decode slot at N = 32: "
+        + ", ".join(f"{x:.0f} MiB ({k} slots)" for k, x in per_slot)
+        + "; per decoded pixel of the worst case: "
+        + ", ".join(f"{x * MIB / (w * h):.1f} bytes ({k} slots)" for k, x in per_slot)
+        + ".",
         "",
         "## Bytes read of an upload before refusing it",
         "",
@@ -265,8 +310,10 @@ def main() -> None:
     ]
     for r in unauth:
         rd = r["read"]
-        lines.append(f"| {r['case']} | {', '.join(map(str, r['codes']))} | {min(rd):,} | {int(statistics.median(rd)):,} | "
-                     f"{max(rd):,} | {max(r['sent']):,} |")
+        lines.append(
+            f"| {r['case']} | {', '.join(map(str, r['codes']))} | {min(rd):,} | {int(statistics.median(rd)):,} | "
+            f"{max(rd):,} | {max(r['sent']):,} |"
+        )
     lines.append("")
     text = "\n".join(lines)
     print(text)

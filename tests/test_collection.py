@@ -63,7 +63,10 @@ def test_add_and_remove_persist(tmp_path):
     assert len(back) == 299
     ids = back.search(X[:3], k=300).ids
     assert not np.isin([0, 1, 2], ids).any() and np.isin(new, ids).all()
-    assert [record(e) for e in back.entries([0, int(new[0])])] == [None, {"id": int(new[0]), "key": "new/a.jpg", "label": "c9"}]
+    assert [record(e) for e in back.entries([0, int(new[0])])] == [
+        None,
+        {"id": int(new[0]), "key": "new/a.jpg", "label": "c9"},
+    ]
     assert len(list((tmp_path / "c.hsx").glob("gen-*"))) == 1
 
 

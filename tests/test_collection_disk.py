@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -40,7 +39,12 @@ def snapshot(coll, X):
     """What a user can observe of a collection: size, records and search results."""
     ids = sorted(int(i) for i in coll.index.ids)
     res = coll.search(X, k=5)
-    return len(coll), [(e["key"], e["label"], e["path"]) for e in coll.entries(ids)], res.ids.tolist(), coll.info()["labels"]
+    return (
+        len(coll),
+        [(e["key"], e["label"], e["path"]) for e in coll.entries(ids)],
+        res.ids.tolist(),
+        coll.info()["labels"],
+    )
 
 
 # -- names and places ------------------------------------------------------------------
@@ -107,8 +111,10 @@ def test_a_moved_folder_is_repaired_by_relocate(tmp_path, hasher):
     coll.save(tmp_path / "p.hsx")
     back = Collection.open(tmp_path / "p.hsx")
     assert back.read_image(0) == b"one" and back.read_image(1) == b"two"
-    assert back.sources() == [{"root": str(tmp_path / "photos"), "count": 1, "exists": True},
-                              {"root": str(other), "count": 1, "exists": True}]
+    assert back.sources() == [
+        {"root": str(tmp_path / "photos"), "count": 1, "exists": True},
+        {"root": str(other), "count": 1, "exists": True},
+    ]
 
 
 def test_uploads_move_with_the_collection(tmp_path, hasher):
@@ -148,8 +154,18 @@ def test_unlabelled_entries_are_named_in_info(hasher):
 # -- crashes ---------------------------------------------------------------------------
 
 # Every call through which a save touches the disk; a kill lands before each of them in turn.
-_STEPS = [(os, "replace"), (os, "rename"), (os, "fsync"), (os, "open"), (os, "mkdir"), (os, "unlink"),
-          (os, "rmdir"), (builtins, "open"), (io, "open"), (shutil, "copyfile")]
+_STEPS = [
+    (os, "replace"),
+    (os, "rename"),
+    (os, "fsync"),
+    (os, "open"),
+    (os, "mkdir"),
+    (os, "unlink"),
+    (os, "rmdir"),
+    (builtins, "open"),
+    (io, "open"),
+    (shutil, "copyfile"),
+]
 
 
 def _die_at(step: int) -> None:
@@ -255,6 +271,7 @@ def test_a_failed_save_leaves_memory_equal_to_disk(tmp_path, hasher, monkeypatch
                 if count[0] == k:
                     raise OSError(28, "No space left on device")
                 return real[name](*a, **kw)
+
             return call
 
         for name in real:
@@ -290,7 +307,11 @@ def test_no_sqlite_handle_stays_open(tmp_path, hasher):
         coll.remove([i])
     coll = Collection.open(path)
     coll.entries([4])
-    fds = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}")]
+    fds = [
+        os.readlink(f"/proc/self/fd/{fd}")
+        for fd in os.listdir("/proc/self/fd")
+        if os.path.exists(f"/proc/self/fd/{fd}")
+    ]
     assert not [f for f in fds if "entries.sqlite" in f]
 
 
@@ -308,7 +329,9 @@ def test_an_index_file_without_its_header_is_refused(tmp_path, drop):
     meta = json.loads((tmp_path / "index.json").read_text())
     del meta[drop]
     (tmp_path / "index.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=r"index.json has format .* this hashsearch reads 'hashsearch-flat-index' version 1"):
+    with pytest.raises(
+        ValueError, match=r"index.json has format .* this hashsearch reads 'hashsearch-flat-index' version 1"
+    ):
         FlatIndex.load(tmp_path)
 
 
@@ -375,11 +398,21 @@ def test_one_moved_folder_of_a_source_is_relocated(tmp_path, hasher):
     assert coll.relocate(photos / "daisy", tmp_path / "daisy2") == 3
     for c in (coll, None):
         c = c or Collection.open(tmp_path / "p.hsx")
-        assert [c.read_image(i) for i in range(6)] == [f"{cls} {i}".encode() for cls in ("daisy", "iris") for i in range(3)]
-        assert [e["key"] for e in c.entries(range(6))] == ["0.jpg", "1.jpg", "2.jpg", "iris/0.jpg", "iris/1.jpg", "iris/2.jpg"]
+        assert [c.read_image(i) for i in range(6)] == [
+            f"{cls} {i}".encode() for cls in ("daisy", "iris") for i in range(3)
+        ]
+        assert [e["key"] for e in c.entries(range(6))] == [
+            "0.jpg",
+            "1.jpg",
+            "2.jpg",
+            "iris/0.jpg",
+            "iris/1.jpg",
+            "iris/2.jpg",
+        ]
         assert c.info()["labels"] == {"daisy": 3, "iris": 3}
-        assert sorted((s["root"], s["count"], s["exists"]) for s in c.sources()) == sorted([
-            (str(photos), 3, True), (str(tmp_path / "daisy2"), 3, True)])
+        assert sorted((s["root"], s["count"], s["exists"]) for s in c.sources()) == sorted(
+            [(str(photos), 3, True), (str(tmp_path / "daisy2"), 3, True)]
+        )
         if c is coll:
             coll.save(tmp_path / "p.hsx")
 

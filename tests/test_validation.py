@@ -26,10 +26,16 @@ def test_check_int_accepts_python_and_numpy_integers(value):
         ({"low": 1, "high": 4096}, 4097, r"k must be an integer in \[1, 4096\], got 4097"),
         ({}, 2.0, "k must be an integer, got 2.0"),
         ({}, "3", "k must be an integer, got '3'"),
-        ({"low": 1, "allow_none": True, "none_means": "whole database"}, 0,
-         r"k must be a positive integer or None \(whole database\), got 0"),
-        ({"low": 1, "high": 8, "note": "the split has 10 classes"}, 9,
-         r"k must be an integer in \[1, 8\] \(the split has 10 classes\), got 9"),
+        (
+            {"low": 1, "allow_none": True, "none_means": "whole database"},
+            0,
+            r"k must be a positive integer or None \(whole database\), got 0",
+        ),
+        (
+            {"low": 1, "high": 8, "note": "the split has 10 classes"},
+            9,
+            r"k must be an integer in \[1, 8\] \(the split has 10 classes\), got 9",
+        ),
     ],
 )
 def test_check_int_refuses_with_the_name_the_value_and_what_is_allowed(kwargs, value, message):
@@ -54,8 +60,11 @@ def test_check_real_accepts_real_numbers(value):
     [
         ({"low": 0, "low_open": True}, 0, "lr must be a positive number, got 0"),
         ({"low": 0}, -1e-3, "lr must be a non-negative number, got -0.001"),
-        ({"low": 0, "high": 1, "high_open": True, "noun": "probability"}, 1.0,
-         r"lr must be a probability in \[0, 1\), got 1.0"),
+        (
+            {"low": 0, "high": 1, "high_open": True, "noun": "probability"},
+            1.0,
+            r"lr must be a probability in \[0, 1\), got 1.0",
+        ),
         ({"low": 2, "low_open": True}, 2, "lr must be a number > 2, got 2"),
         ({"high": 1, "high_open": True}, 1, "lr must be a number < 1, got 1"),
         ({}, math.nan, "lr must be a number, got nan"),
@@ -90,8 +99,12 @@ def test_check_features():
     assert X.dtype == np.float32 and X.shape == (2, 2)
     assert check_features(np.zeros((1, 2)), "features").dtype == np.float64
     assert check_features(np.zeros((0, 3)), "features", allow_empty=True).shape == (0, 3)
-    for bad, message in [(np.zeros(3), "2-d"), (np.array([["a"]]), "numeric"), (np.zeros((0, 3)), "empty"),
-                         (np.array([[np.nan]]), "NaN")]:
+    for bad, message in [
+        (np.zeros(3), "2-d"),
+        (np.array([["a"]]), "numeric"),
+        (np.zeros((0, 3)), "empty"),
+        (np.array([[np.nan]]), "NaN"),
+    ]:
         with pytest.raises(ValueError, match=f"queries .*{message}|queries {message}"):
             check_features(bad, "queries")
 

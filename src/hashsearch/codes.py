@@ -41,9 +41,7 @@ def word_view(data: np.ndarray) -> np.ndarray:
 def hamming_distances(queries: Codes, database: Codes) -> np.ndarray:
     """All pairwise Hamming distances, shape (n_queries, n_database), dtype int32."""
     if queries.n_bits != database.n_bits:
-        raise ValueError(
-            f"queries have {queries.n_bits} bits but the database has {database.n_bits}"
-        )
+        raise ValueError(f"queries have {queries.n_bits} bits but the database has {database.n_bits}")
     d = word_view(database.data)
     q = word_view(queries.data)  # the same word type and width: both have n_bytes per row
     out = np.empty((q.shape[0], d.shape[0]), np.int32)

@@ -36,8 +36,8 @@ import shutil
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from hashsearch.fileio import check_header, file_sha256, fsync_path
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
-from hashsearch.types import MISSING_ID, Codes, SearchResult
+from hashsearch.types import MISSING_ID, SearchResult
 
 FORMAT = "hashsearch-collection"
 # 2: entries keyed by (root, relative key) as bytes, a roots table, the int8 model kept.
@@ -103,7 +103,7 @@ class Collection:
         self._removed: set[int] = set()
 
     @classmethod
-    def create(cls, backbone: Backbone, hasher: Hasher, index: str = "flat", **kw) -> "Collection":
+    def create(cls, backbone: Backbone, hasher: Hasher, index: str = "flat", **kw) -> Collection:
         """An empty collection around a fitted hasher (`kw`: store_features, stats, int8_model)."""
         hasher._check_fitted()
         return cls(backbone, hasher, create_index(index, n_bits=hasher.n_bits), **kw)
@@ -142,7 +142,7 @@ class Collection:
         """
         from hashsearch.backbones.runtime import OnnxExtractor, make_extractor
 
-        extractor = make_extractor(self.backbone, "onnx", cache_dir=cache_dir)
+        extractor = make_extractor(self.backbone, "onnx", cache_dir=None if cache_dir is None else Path(cache_dir))
         if self.int8_model is not None:
             if not isinstance(extractor, OnnxExtractor):
                 raise RuntimeError(
@@ -208,8 +208,9 @@ class Collection:
         return ids
 
     def _root_id(self, root: str) -> int:
-        inside = self.path is not None and _is_under(root, os.path.abspath(self.path))
-        stored = (os.path.relpath(root, os.path.abspath(self.path)) if inside else root, inside)
+        folder = None if self.path is None else os.path.abspath(self.path)
+        inside = folder is not None and _is_under(root, folder)
+        stored = (os.path.relpath(root, folder) if folder is not None and inside else root, inside)
         for i, r in self._roots.items():
             if r == stored:
                 return i
@@ -252,7 +253,7 @@ class Collection:
                         f"SELECT id, root, key, label, digest FROM entries WHERE id IN ({','.join('?' * len(chunk))})",
                         chunk,
                     )
-                    stored.update((r[0], (r[1], _text(r[2]), _text(r[3]), r[4])) for r in rows)
+                    stored.update((r[0], (r[1], os.fsdecode(r[2]), _text(r[3]), r[4])) for r in rows)
         return stored
 
     def entries(self, ids: Iterable[int]) -> list[dict | None]:
@@ -265,15 +266,22 @@ class Collection:
         """
         ids = [int(i) for i in ids]
         stored = self._stored(ids)
-        out = []
+        out: list[dict | None] = []
         for i in ids:
             rec = self._new.get(i) or stored.get(i)
             if rec is None:
                 out.append(None)
                 continue
             root_id, key, label, digest = rec
-            out.append({"id": i, "key": key, "label": label, "digest": digest,
-                        "path": os.path.join(self._root_path(root_id), key)})
+            out.append(
+                {
+                    "id": i,
+                    "key": key,
+                    "label": label,
+                    "digest": digest,
+                    "path": os.path.join(self._root_path(root_id), key),
+                }
+            )
         return out
 
     def read_image(self, image_id: int) -> bytes:
@@ -292,8 +300,10 @@ class Collection:
         try:
             return read_key(entry["path"])
         except OSError as e:
-            raise OSError(f"the image of entry {image_id} ({entry['key']}) cannot be read: "
-                          f"{e.strerror or e}; if its folder moved, run `hashsearch relocate`") from None
+            raise OSError(
+                f"the image of entry {image_id} ({entry['key']}) cannot be read: "
+                f"{e.strerror or e}; if its folder moved, run `hashsearch relocate`"
+            ) from None
 
     def ids_by_digest(self, digests: Iterable[str]) -> dict[str, int]:
         """For each given content digest held by the collection, the smallest live id with it."""
@@ -346,12 +356,17 @@ class Collection:
         if self._db_path is not None:
             raw = _blob(prefix)
             with _read_db(self._db_path) as db:
-                rows = db.execute("SELECT id, key, label, digest FROM entries WHERE root = ? AND substr(key, 1, ?) = ?",
-                                  (root_id, len(raw), raw))
-                moving.update((i, (root_id, _text(k), _text(lab), d)) for i, k, lab, d in rows
-                              if i not in self._removed and i not in self._new)
+                rows = db.execute(
+                    "SELECT id, key, label, digest FROM entries WHERE root = ? AND substr(key, 1, ?) = ?",
+                    (root_id, len(raw), raw),
+                )
+                moving.update(
+                    (i, (root_id, os.fsdecode(k), _text(lab), d))
+                    for i, k, lab, d in rows
+                    if i not in self._removed and i not in self._new
+                )
         for i, (_, key, label, digest) in moving.items():
-            self._new[i] = (target, key[len(prefix):], label, digest)
+            self._new[i] = (target, key[len(prefix) :], label, digest)
         return len(moving)
 
     def _root_counts(self) -> dict[int, int]:
@@ -368,11 +383,17 @@ class Collection:
     def _stored_replaced(self) -> Iterator[tuple[int, str | None]]:
         """(root, label) of the saved entries that the next save removes or rewrites (relocated)."""
         changed = sorted(self._removed | self._new.keys())
+        if self._db_path is None:
+            return
         with _read_db(self._db_path) as db:
             for start in range(0, len(changed), 900):
                 chunk = changed[start : start + 900]
-                yield from ((r, _text(lab)) for r, lab in db.execute(
-                    f"SELECT root, label FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+                yield from (
+                    (r, _text(lab))
+                    for r, lab in db.execute(
+                        f"SELECT root, label FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk
+                    )
+                )
 
     def sources(self) -> list[dict]:
         """The folders entries are stored relative to: [{"root": str, "count": int, "exists": bool}]."""
@@ -416,8 +437,13 @@ class Collection:
         codes = self.hasher.encode(features)
         if rerank:
             return coarse_to_fine(
-                self.index, codes, np.asarray(features, np.float32), self.features_of,
-                k=k, radius=2 if radius is None else radius, n_candidates=rerank,
+                self.index,
+                codes,
+                np.asarray(features, np.float32),
+                self.features_of,
+                k=k,
+                radius=2 if radius is None else radius,
+                n_candidates=rerank,
             )
         if radius is not None:
             return _truncate_range(self.index.range_search(codes, radius), k)
@@ -478,8 +504,11 @@ class Collection:
                 res = self.search(query, k=max(fetch, 1), rerank=rerank, radius=radius)
                 found = res.ids[0] >= 0
                 ids, dist = res.ids[0][found].tolist(), res.distances[0][found].tolist()
-                rows = [(i, d, e) for i, d, e in zip(ids, dist, self.entries(ids))
-                        if e is not None and i != exclude and (label is None or e["label"] == wanted)]
+                rows = [
+                    (i, d, e)
+                    for i, d, e in zip(ids, dist, self.entries(ids))
+                    if e is not None and i != exclude and (label is None or e["label"] == wanted)
+                ]
                 if len(rows) >= k or fetch >= n or len(ids) < fetch:
                     break
                 fetch = min(n, fetch * 8)
@@ -491,7 +520,7 @@ class Collection:
             else:
                 hamming = [d for _, d, _ in rows]
             hits = []
-            for (i, d, e), h in zip(rows, hamming):
+            for (_i, d, e), h in zip(rows, hamming):
                 hit = {**e, "hamming": int(h)}
                 if rerank:
                     hit["rerank_distance"] = float(d)
@@ -522,12 +551,18 @@ class Collection:
             if not existed:
                 with contextlib.suppress(OSError):
                     root.rmdir()  # made by this save, and empty again
-            if self.path is not None and os.path.abspath(self.path) == os.path.abspath(root) and _current_generation(root):
+            if (
+                self.path is not None
+                and os.path.abspath(self.path) == os.path.abspath(root)
+                and _current_generation(root)
+            ):
                 self._reset_to(root)
                 kept = "; this collection was reset to it"
             else:
                 kept = ""
-            raise CollectionError(f"saving {root} failed ({type(e).__name__}: {e}); nothing changed on disk{kept}") from e
+            raise CollectionError(
+                f"saving {root} failed ({type(e).__name__}: {e}); nothing changed on disk{kept}"
+            ) from e
 
     def _rebase_roots(self, root: Path) -> None:
         """Roots inside the new folder become relative to it, those inside the old one absolute."""
@@ -628,8 +663,10 @@ class Collection:
                 [(i, r, _blob(k), None if lab is None else _blob(lab), d) for i, (r, k, lab, d) in self._new.items()],
             )
             db.execute("DELETE FROM roots")
-            db.executemany("INSERT INTO roots VALUES (?, ?, ?)",
-                           [(i, _blob(p), int(inside)) for i, (p, inside) in self._roots.items()])
+            db.executemany(
+                "INSERT INTO roots VALUES (?, ?, ?)",
+                [(i, _blob(p), int(inside)) for i, (p, inside) in self._roots.items()],
+            )
             db.commit()
 
     def _reset_to(self, root: Path) -> None:
@@ -638,7 +675,7 @@ class Collection:
         self.__dict__.update(fresh.__dict__)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> "Collection":
+    def open(cls, path: str | os.PathLike, verify: bool = True) -> Collection:
         """Open a saved collection (memory-mapped); `verify` checks every file's sha256.
 
         Raises
@@ -649,40 +686,67 @@ class Collection:
         root = Path(path)
         current = _current_generation(root)
         if current is None:
-            raise CollectionError(f"{root} is not a hashsearch collection (no CURRENT file); build one with `hashsearch index`")
+            raise CollectionError(
+                f"{root} is not a hashsearch collection (no CURRENT file); build one with `hashsearch index`"
+            )
         gen = root / current
         try:
-            manifest = check_header(json.loads((gen / "manifest.json").read_text()), FORMAT, FORMAT_VERSION,
-                                    gen / "manifest.json")
+            manifest = check_header(
+                json.loads((gen / "manifest.json").read_text()), FORMAT, FORMAT_VERSION, gen / "manifest.json"
+            )
         except OSError as e:
-            raise CollectionError(f"{gen}/manifest.json is missing or unreadable ({e.strerror or e}); restore it from a backup or rebuild the index") from e
+            raise CollectionError(
+                f"{gen}/manifest.json is missing or unreadable ({e.strerror or e}); restore it from a backup or rebuild the index"
+            ) from e
         except ValueError as e:
-            raise CollectionError(f"{e}" if "format" in str(e) else f"{gen}/manifest.json is damaged ({e}); restore it from a backup or rebuild the index") from e
+            raise CollectionError(
+                f"{e}"
+                if "format" in str(e)
+                else f"{gen}/manifest.json is damaged ({e}); restore it from a backup or rebuild the index"
+            ) from e
         if not {"files", "backbone", "hasher", "index", "store_features"} <= manifest.keys():
-            raise CollectionError(f"{gen}/manifest.json is damaged (required fields missing); restore it from a backup or rebuild the index")
+            raise CollectionError(
+                f"{gen}/manifest.json is damaged (required fields missing); restore it from a backup or rebuild the index"
+            )
         if verify:
             for rel, digest in manifest["files"].items():
                 p = gen / rel
                 if not p.is_file() or file_sha256(p) != digest:
-                    raise CollectionError(f"{p} is missing or damaged (checksum mismatch); restore it from a backup or rebuild the index")
+                    raise CollectionError(
+                        f"{p} is missing or damaged (checksum mismatch); restore it from a backup or rebuild the index"
+                    )
         try:
             bb = manifest["backbone"]
             backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
             hasher = Hasher.load(gen / "hasher.npz")
-            index = index_backends.get(manifest["index"]["backend"]).load(gen / "index")
+            backend: type[Index] = index_backends.get(manifest["index"]["backend"])  # type: ignore[assignment]
+            index = backend.load(gen / "index")
             int8 = manifest["int8_model"]
-            if int8 is not None and (not isinstance(int8, str) or Path(int8).name != int8 or int8 not in manifest["files"]):
+            if int8 is not None and (
+                not isinstance(int8, str) or Path(int8).name != int8 or int8 not in manifest["files"]
+            ):
                 raise ValueError(f"int8_model {int8!r} is not one of the generation's files")
-            self = cls(backbone, hasher, index, manifest["store_features"], manifest.get("stats"),
-                       int8_model=None if int8 is None else gen / int8)
+            self = cls(
+                backbone,
+                hasher,
+                index,
+                manifest["store_features"],
+                manifest.get("stats"),
+                int8_model=None if int8 is None else gen / int8,
+            )
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
                 self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
             with _read_db(gen / "entries.sqlite") as db:
-                self._roots = {i: (_text(p), bool(inside)) for i, p, inside in db.execute("SELECT id, path, inside FROM roots")}
+                self._roots = {
+                    i: (os.fsdecode(p), bool(inside))
+                    for i, p, inside in db.execute("SELECT id, path, inside FROM roots")
+                }
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, sqlite3.Error) as e:
             # Reached with verify=False (or a manifest damaged consistently with its checksums).
-            raise CollectionError(f"{gen} cannot be loaded ({type(e).__name__}: {e}); restore it from a backup or rebuild the index") from e
+            raise CollectionError(
+                f"{gen} cannot be loaded ({type(e).__name__}: {e}); restore it from a backup or rebuild the index"
+            ) from e
         self.path = root
         self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
@@ -769,8 +833,9 @@ def _generation_number(name: str) -> int:
 
 def _backbone_params(backbone: Backbone) -> dict:
     params = {"input_size": backbone.preprocess.input_size}
-    if getattr(backbone, "weights", None):
-        params["weights"] = backbone.weights
+    weights = getattr(backbone, "weights", None)
+    if weights:
+        params["weights"] = weights
     return params
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -32,7 +33,7 @@ class Registry(Generic[T]):
             if name in self._factories:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             if isinstance(factory, type):
-                factory.name = name
+                setattr(factory, "name", name)  # noqa: B010 - the class attribute every plug-in reads
             self._factories[name] = factory
             return factory
 
@@ -54,9 +55,7 @@ class Registry(Generic[T]):
         try:
             return self._factories[name]
         except KeyError:
-            raise ValueError(
-                f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
-            ) from None
+            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def create(self, name: str, **params: Any) -> T:
         """Build the plug-in registered as `name` with `params`."""

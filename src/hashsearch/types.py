@@ -31,9 +31,7 @@ class Codes:
         check_int("Codes.n_bits", self.n_bits, low=1)
         n_bytes = (self.n_bits + 7) // 8
         if self.data.shape[1] != n_bytes:
-            raise ValueError(
-                f"Codes of n_bits={self.n_bits} need {n_bytes} bytes per row, got {self.data.shape[1]}"
-            )
+            raise ValueError(f"Codes of n_bits={self.n_bits} need {n_bytes} bytes per row, got {self.data.shape[1]}")
         spare = (-self.n_bits) % 8
         if spare and len(self.data):
             bad = np.flatnonzero(self.data[:, -1] & np.uint8((1 << spare) - 1))
@@ -46,7 +44,7 @@ class Codes:
     def __len__(self) -> int:
         return self.data.shape[0]
 
-    def __getitem__(self, rows) -> "Codes":
+    def __getitem__(self, rows) -> Codes:
         data = self.data[rows]
         return Codes(data.reshape(-1, self.data.shape[1]), self.n_bits)
 
@@ -55,7 +53,7 @@ class Codes:
         return self.data.shape[1]
 
     @classmethod
-    def from_bits(cls, bits: np.ndarray) -> "Codes":
+    def from_bits(cls, bits: np.ndarray) -> Codes:
         """Pack a (n, n_bits) array of 0/1 values (any integer or bool dtype) into Codes.
 
         Raises ValueError if `bits` is not 2-d or holds values other than 0 and 1.

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
@@ -70,8 +71,14 @@ def int_words(low: int | None = None, high: int | None = None) -> str:
     return f"an integer in [{low}, {high}]"
 
 
-def real_words(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-               high_open: bool = False, noun: str = "number") -> str:
+def real_words(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    noun: str = "number",
+) -> str:
     """What `check_real` allows, in words: 'a positive number', 'a probability in [0, 1)', ..."""
     a = _article(noun)
     if low is None and high is None:
@@ -89,6 +96,28 @@ def _fail(name: str, allowed: str, value: Any, note: str | None) -> ValueError:
     return ValueError(f"{name} must be {allowed}{f' ({note})' if note else ''}, got {value!r}")
 
 
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = ...,
+    high: int | None = ...,
+    allow_none: Literal[False] = ...,
+    none_means: str | None = ...,
+    note: str | None = ...,
+) -> int: ...
+@overload
+def check_int(
+    name: str,
+    value: Any,
+    *,
+    low: int | None = ...,
+    high: int | None = ...,
+    allow_none: bool = ...,
+    none_means: str | None = ...,
+    note: str | None = ...,
+) -> int | None: ...
 def check_int(
     name: str,
     value: Any,
@@ -189,8 +218,10 @@ def check_choice(name: str, value: T, choices: Sequence[Any], *, note: str | Non
     ValueError
         ``"<name> must be one of 'a', 'b'[ (<note>)], got <value>"``.
     """
-    if not any(isinstance(value, type(c)) and isinstance(value, bool) == isinstance(c, bool) and bool(value == c)
-               for c in choices):
+    if not any(
+        isinstance(value, type(c)) and isinstance(value, bool) == isinstance(c, bool) and bool(value == c)
+        for c in choices
+    ):
         raise _fail(name, "one of " + ", ".join(map(repr, choices)), value, note)
     return value
 

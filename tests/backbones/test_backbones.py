@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from hashsearch.backbones import create_backbone, list_backbones
-from hashsearch.pipeline.local import extract_features
 from hashsearch.data.sources import open_source
+from hashsearch.pipeline.local import extract_features
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,9 @@ def test_pretrained_features_separate_classes(cifar_small, tmp_path):
     Measured at 128 px: 0.55 with the ImageNet weights, 0.05 with a randomly initialised network.
     """
     src = open_source(cifar_small)
-    ex = extract_features(src, create_backbone("efficientnet-lite0", input_size=128), cache_dir=tmp_path, progress=False)
+    ex = extract_features(
+        src, create_backbone("efficientnet-lite0", input_size=128), cache_dir=tmp_path, progress=False
+    )
     assert ex.features.shape == (120, 1280) and ex.n_computed == 120
     split = np.array([Path(r.key).parts[-3] for r in ex.records])
     labels = np.array([r.label for r in ex.records])
@@ -109,7 +111,9 @@ def test_second_run_reads_the_cache(cifar_small, tmp_path, lite0):
     assert first.n_computed == 40 and again.n_computed == 0 and again.n_cached == 40
     np.testing.assert_array_equal(first.features, again.features)
     # Another resolution is another cache key: nothing is shared by mistake.
-    other = extract_features(src, create_backbone("efficientnet-lite0", input_size=32), cache_dir=tmp_path, progress=False)
+    other = extract_features(
+        src, create_backbone("efficientnet-lite0", input_size=32), cache_dir=tmp_path, progress=False
+    )
     assert other.n_computed == 40
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from hashsearch.backbones import create_backbone
 from hashsearch.backbones import runtime as rt
-from hashsearch.pipeline.local import extract_features
 from hashsearch.data.sources import FolderSource
+from hashsearch.pipeline.local import extract_features
 
 pytest.importorskip("onnxruntime")
 
@@ -46,8 +46,13 @@ def test_backbones_import_nothing_from_the_pipeline():
 
     for path in Path(hashsearch.backbones.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             assert not any(n.startswith("hashsearch.pipeline") for n in names), f"{path.name} imports {names}"
 
 
@@ -103,8 +108,13 @@ def test_extract_normalises_in_the_graph_bit_for_bit(tmp_path, cifar_small, back
 
     paths = sorted((cifar_small / "test").rglob("*.jpg"))[:6]
     s = backbone.preprocess.input_size
-    crops = np.concatenate([np.stack([backbone.preprocess.crop(decode_image(p.read_bytes(), str(p))) for p in paths]),
-                            np.zeros((1, s, s, 3), np.uint8), np.full((1, s, s, 3), 255, np.uint8)])
+    crops = np.concatenate(
+        [
+            np.stack([backbone.preprocess.crop(decode_image(p.read_bytes(), str(p))) for p in paths]),
+            np.zeros((1, s, s, 3), np.uint8),
+            np.full((1, s, s, 3), 255, np.uint8),
+        ]
+    )
     enc = rt.make_extractor(backbone, "onnx", cache_dir=tmp_path)
     if int8:
         enc.quantize(real_batch, rt.calibration_digest(["a"]))
@@ -117,8 +127,9 @@ def test_extract_features_int8_does_not_mix_with_fp32_cache(tmp_path, cifar_smal
     src = FolderSource(cifar_small / "test")
     recs = src.records()[:16]
     fp = extract_features(src, backbone, recs, cache_dir=tmp_path, progress=False, workers=0)
-    q = extract_features(src, backbone, recs, cache_dir=tmp_path, progress=False, workers=0, int8=True,
-                         calibration_size=8)
+    q = extract_features(
+        src, backbone, recs, cache_dir=tmp_path, progress=False, workers=0, int8=True, calibration_size=8
+    )
     assert q.n_computed == 16 and q.n_cached == 0 and q.cache_key != fp.cache_key
     torch_run = extract_features(src, backbone, recs, cache_dir=tmp_path, progress=False, runtime="torch")
     assert torch_run.n_cached == 16  # fp32 ONNX and PyTorch share the cache

@@ -7,16 +7,30 @@ import sys
 
 import pytest
 
-from hashsearch.evaluation.report import plot_loss_curves, plot_train_time
 from hashsearch.evaluation.published import DFEH_CIFAR10, RITQ_TABLE_II, published_map, tables_markdown
+from hashsearch.evaluation.report import plot_loss_curves, plot_train_time
 from hashsearch.experiments.bench import resolve_methods
 from hashsearch.hashing import list_hashers
 
 
 def test_all_means_every_registered_hasher():
     assert resolve_methods(["all"]) == [m for m in list_hashers() if m != "deep"] + ["dhfi[use=b]"]
-    assert {"sklsh", "sh", "sph", "dsh-density", "cca-itq", "ksh", "sdh", "dpsh", "dsh", "dfeh", "hashnet", "csq",
-            "ritq", "dhfi"} <= set(list_hashers())
+    assert {
+        "sklsh",
+        "sh",
+        "sph",
+        "dsh-density",
+        "cca-itq",
+        "ksh",
+        "sdh",
+        "dpsh",
+        "dsh",
+        "dfeh",
+        "hashnet",
+        "csq",
+        "ritq",
+        "dhfi",
+    } <= set(list_hashers())
     assert resolve_methods(["itq", "dfeh[lambda_q=0,lambda_b=0]"]) == ["itq", "dfeh[lambda_q=0,lambda_b=0]"]
     with pytest.raises(ValueError, match="nope"):
         resolve_methods(["itq", "nope"])
@@ -34,8 +48,10 @@ def test_published_numbers_are_the_papers():
 
 
 def test_train_time_plot(tmp_path):
-    rows = [{"method": m, "bits": b, "timings": {"fit_s": t}} for m, b, t in
-            [("itq", 16, 0.5), ("itq", 32, 0.7), ("dpsh", 16, 3.0)]]
+    rows = [
+        {"method": m, "bits": b, "timings": {"fit_s": t}}
+        for m, b, t in [("itq", 16, 0.5), ("itq", 32, 0.7), ("dpsh", 16, 3.0)]
+    ]
     out = plot_train_time(rows, tmp_path / "t.png")
     assert out.stat().st_size > 1000
 
@@ -48,7 +64,11 @@ def test_loss_curve_plot(tmp_path):
 
 
 def test_cli_rejects_an_unknown_method_before_any_work():
-    r = subprocess.run([sys.executable, "-c", "from hashsearch.cli import main; main()", "bench", "--methods", "itq,nope"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", "from hashsearch.cli import main; main()", "bench", "--methods", "itq,nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode != 0
     assert "nope" in (r.stderr + r.stdout)

@@ -1,7 +1,6 @@
 """The CLI end to end on real CIFAR-10 images: index, info, search, add, remove, eval, list."""
 
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,8 +20,20 @@ def run(*args):
 def built(cifar_small, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     out = tmp / "test.hsx"
-    text = run("index", cifar_small / "test", "--out", out, "--method", "itq", "--bits", "16",
-               "--input-size", "64", "--cache-dir", tmp / "cache")
+    text = run(
+        "index",
+        cifar_small / "test",
+        "--out",
+        out,
+        "--method",
+        "itq",
+        "--bits",
+        "16",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        tmp / "cache",
+    )
     assert "indexed 40 images" in text
     return out, tmp
 
@@ -40,7 +51,9 @@ def test_search_finds_the_query_itself_first(built, cifar_small):
     hits = json.loads(run("search", out, query, "-k", "5", "--json", "--cache-dir", tmp / "cache"))[0]["results"]
     assert len(hits) == 5 and hits[0]["distance"] == 0
     assert any(h["path"] == str(query) and h["key"] == f"ship/{query.name}" for h in hits if h["distance"] == 0)
-    reranked = json.loads(run("search", out, query, "-k", "5", "--rerank", "20", "--json", "--cache-dir", tmp / "cache"))[0]["results"]
+    reranked = json.loads(
+        run("search", out, query, "-k", "5", "--rerank", "20", "--json", "--cache-dir", tmp / "cache")
+    )[0]["results"]
     # Stored features are float16, so the query's distance to itself is small but not 0.
     assert reranked[0]["path"] == str(query) and reranked[0]["distance"] < reranked[1]["distance"] / 10
     assert "rank" in run("search", out, query, "-k", "3", "--cache-dir", tmp / "cache")
@@ -56,9 +69,25 @@ def test_add_then_remove(built, cifar_small):
 
 def test_eval_on_a_users_labelled_folder(cifar_small, tmp_path):
     stem = tmp_path / "res"
-    text = run("eval", "--data", cifar_small, "--queries-per-class", 2, "--train-per-class", 4,
-               "--method", "lsh,itq", "--bits", "8,16", "--input-size", "64", "--out", stem,
-               "--cache-dir", tmp_path / "cache")
+    text = run(
+        "eval",
+        "--data",
+        cifar_small,
+        "--queries-per-class",
+        2,
+        "--train-per-class",
+        4,
+        "--method",
+        "lsh,itq",
+        "--bits",
+        "8,16",
+        "--input-size",
+        "64",
+        "--out",
+        stem,
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert "itq" in text
     rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
     assert {(r["method"], r["bits"]) for r in rows} == {("lsh", 8), ("lsh", 16), ("itq", 8), ("itq", 16)}
@@ -95,6 +124,8 @@ def test_serve_on_a_taken_port_is_one_clean_line(tmp_path):
     assert result.exit_code == 2 and result.output.startswith(f"error: cannot listen on 127.0.0.1:{port}: ")
     assert result.output.count("\n") == 1 and "serving" not in result.output
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--port", "99999"])
-    assert result.exit_code == 2 and result.output.startswith("error: Invalid value for '--port': Input should be less than or equal to 65535")
+    assert result.exit_code == 2 and result.output.startswith(
+        "error: Invalid value for '--port': Input should be less than or equal to 65535"
+    )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--host", "192.0.2.1"])
     assert result.exit_code == 2 and "error: cannot listen on 192.0.2.1:8000" in result.output

@@ -56,40 +56,69 @@ def photos(cifar_small, tmp_path_factory) -> Path:
 def built(photos, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("real-cli")
     out, cache = tmp / "p.hsx", tmp / "cache"
-    result = invoke("index", photos, "--out", out, "--bits", "16", "--input-size", "64", "--cache-dir", cache,
-                    "--max-pixels", "20000", "--skip-list", tmp / "skipped.tsv")
+    result = invoke(
+        "index",
+        photos,
+        "--out",
+        out,
+        "--bits",
+        "16",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        cache,
+        "--max-pixels",
+        "20000",
+        "--skip-list",
+        tmp / "skipped.tsv",
+    )
     return out, cache, tmp, result
 
 
 def test_index_reports_every_file_on_one_line_each(built, photos):
     out, _, tmp, result = built
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("indexed 11 images (11 features computed, 0 from the cache); 2 files skipped; "
-                               "1 duplicate skipped;")
-    assert lines[1] == (f"labels: one folder per class; 2 classes (cat 5, dog 5); 1 image has no label: "
-                        f"{photos}/cover.jpg (directly in the source folder, not in a class folder)")
+    assert lines[0].startswith(
+        "indexed 11 images (11 features computed, 0 from the cache); 2 files skipped; 1 duplicate skipped;"
+    )
+    assert lines[1] == (
+        f"labels: one folder per class; 2 classes (cat 5, dog 5); 1 image has no label: "
+        f"{photos}/cover.jpg (directly in the source folder, not in a class folder)"
+    )
     assert lines[2].startswith(f"2 files skipped: {photos}/cat/notes.jpg (not an image: it holds text")
-    assert f"{photos}/dog/big.png (too many pixels: 200x200 = 40,000, above the limit of 20,000; " \
-           f"if the image is trusted, raise the limit: --max-pixels 40000 on the command line" in lines[2]
+    assert (
+        f"{photos}/dog/big.png (too many pixels: 200x200 = 40,000, above the limit of 20,000; "
+        f"if the image is trusted, raise the limit: --max-pixels 40000 on the command line" in lines[2]
+    )
     cat0 = sorted((photos / "cat").glob("0*.jpg"))[0]
-    assert lines[3] == (f"1 duplicate skipped (keep them with --keep-duplicates / keep_duplicates=True): "
-                        f"{photos}/cat/copy.jpg (same bytes as {cat0})")
-    assert lines[4] == (f"1 file not an image (by extension): {photos}/README.txt; 1 hidden file or folder left "
-                        f"out: {photos}/.DS_Store")
+    assert lines[3] == (
+        f"1 duplicate skipped (keep them with --keep-duplicates / keep_duplicates=True): "
+        f"{photos}/cat/copy.jpg (same bytes as {cat0})"
+    )
+    assert lines[4] == (
+        f"1 file not an image (by extension): {photos}/README.txt; 1 hidden file or folder left out: {photos}/.DS_Store"
+    )
     assert lines[5].startswith(f"wrote {tmp}/skipped.tsv: 5 files not indexed")
     assert lines[6] == f"wrote {out}: 11 entries, itq 16 bits, efficientnet-lite0 at 64px"
     # One clean line per skipped file on stderr, no Python warning format.
     errs = [line for line in result.stderr.splitlines() if not line.startswith("exported ")]  # the ONNX export's note
-    assert sorted(errs) == sorted(f"warning: skipping {photos}/{n}: {r}" for n, r in [
-        ("cat/notes.jpg", "not an image: it holds text ('not a picture')"),
-        ("dog/big.png", "too many pixels: 200x200 = 40,000, above the limit of 20,000; if the image is trusted, "
-                        "raise the limit: --max-pixels 40000 on the command line, max_pixels=40000 in Python"),
-    ])
+    assert sorted(errs) == sorted(
+        f"warning: skipping {photos}/{n}: {r}"
+        for n, r in [
+            ("cat/notes.jpg", "not an image: it holds text ('not a picture')"),
+            (
+                "dog/big.png",
+                "too many pixels: 200x200 = 40,000, above the limit of 20,000; if the image is trusted, "
+                "raise the limit: --max-pixels 40000 on the command line, max_pixels=40000 in Python",
+            ),
+        ]
+    )
     info = json.loads(invoke("info", out).stdout)
     assert info["count"] == 11 and info["labels"] == {"(no label)": 1, "cat": 5, "dog": 5}
     skipped = (tmp / "skipped.tsv").read_text().splitlines()
     assert skipped[0] == "key\treason" and sorted(s.split("\t")[0] for s in skipped[1:]) == sorted(
-        f"{photos}/{n}" for n in ("cat/notes.jpg", "dog/big.png", "cat/copy.jpg", "README.txt", ".DS_Store"))
+        f"{photos}/{n}" for n in ("cat/notes.jpg", "dog/big.png", "cat/copy.jpg", "README.txt", ".DS_Store")
+    )
 
 
 def test_a_latin1_name_and_a_heic_photo_are_found(built, photos):
@@ -101,8 +130,9 @@ def test_a_latin1_name_and_a_heic_photo_are_found(built, photos):
     assert os.fsencode(answer["query"]) == cafe
     text = invoke("search", out, cafe, "-k", "1", "--cache-dir", cache).stdout
     assert "caf\\xe9.jpg" in text  # readable, on one line
-    heic = json.loads(invoke("search", out, photos / "dog" / "IMG_0001.HEIC", "-k", "1", "--json",
-                             "--cache-dir", cache).stdout)[0]["results"][0]
+    heic = json.loads(
+        invoke("search", out, photos / "dog" / "IMG_0001.HEIC", "-k", "1", "--json", "--cache-dir", cache).stdout
+    )[0]["results"][0]
     assert heic["key"] == "dog/IMG_0001.HEIC" and heic["distance"] == 0 and heic["label"] == "dog"
 
 
@@ -111,9 +141,12 @@ def test_text_output_of_a_latin1_name_in_a_real_process(built, photos):
     out, cache, _, _ = built
     cafe = os.path.join(os.fsencode(photos / "cat"), CAFE)
     exe = Path(sys.executable).with_name("hashsearch")
-    proc = subprocess.run([os.fsencode(exe), b"search", os.fsencode(out), cafe, b"-k", b"2", b"--cache-dir",
-                           os.fsencode(cache)], capture_output=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"},
-                          timeout=300)
+    proc = subprocess.run(
+        [os.fsencode(exe), b"search", os.fsencode(out), cafe, b"-k", b"2", b"--cache-dir", os.fsencode(cache)],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"cat/caf\\xe9.jpg" in proc.stdout and b"Traceback" not in proc.stderr
 
@@ -121,8 +154,18 @@ def test_text_output_of_a_latin1_name_in_a_real_process(built, photos):
 def test_one_bad_query_does_not_stop_the_others(built, photos):
     out, cache, _, _ = built
     good = sorted((photos / "dog").glob("0*.jpg"))[0]
-    result = invoke("search", out, photos / "cat" / "notes.jpg", good, photos / "gone.jpg", "-k", "2",
-                    "--json", "--cache-dir", cache)
+    result = invoke(
+        "search",
+        out,
+        photos / "cat" / "notes.jpg",
+        good,
+        photos / "gone.jpg",
+        "-k",
+        "2",
+        "--json",
+        "--cache-dir",
+        cache,
+    )
     answers = json.loads(result.stdout)
     assert [("error" in a, "results" in a) for a in answers] == [(True, False), (False, True), (True, False)]
     assert answers[1]["results"][0]["distance"] == 0
@@ -172,13 +215,34 @@ def test_a_failed_save_names_the_path_and_keeps_the_features(built, photos, tmp_
     # A save that fails after the features (its CURRENT cannot be replaced: a folder stands there).
     out = tmp_path / "broken.hsx"
     (out / "CURRENT").mkdir(parents=True)
-    result = invoke("index", photos / "cat", "--out", out, "--bits", "16", "--input-size", "64",
-                    "--cache-dir", tmp_path / "cache", code=2)
+    result = invoke(
+        "index",
+        photos / "cat",
+        "--out",
+        out,
+        "--bits",
+        "16",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        tmp_path / "cache",
+        code=2,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error")]
     assert len(errors) == 1 and errors[0].startswith(f"error: saving {out} failed (IsADirectoryError")
     assert errors[0].endswith("run the command again once the problem is fixed, and none of them is computed again")
-    result = invoke("index", photos / "cat", "--out", tmp_path / "p.hsx", "--bits", "16", "--input-size", "64",
-                    "--cache-dir", tmp_path / "cache")
+    result = invoke(
+        "index",
+        photos / "cat",
+        "--out",
+        tmp_path / "p.hsx",
+        "--bits",
+        "16",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        tmp_path / "cache",
+    )
     assert "(0 features computed, 6 from the cache)" in result.stdout  # 5 images and a duplicate
 
 
@@ -194,10 +258,12 @@ def test_option_errors_are_one_clean_line(photos, tmp_path):
     result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--skip-list", tmp_path / "no" / "s.tsv", code=2)
     assert f"--skip-list {tmp_path}/no/s.tsv: cannot write it (No such file or directory)" in result.output
     # Click's own errors too: one line naming the problem and where help is, never click's four.
-    for args, text in [(("remove", tmp_path / "x.hsx", "-5"), "error: No such option: -5 (see `hashsearch remove --help`)"),
-                       (("search",), "error: Missing argument 'collection'. (see `hashsearch search --help`)"),
-                       (("nosuch",), "error: No such command 'nosuch'. (see `hashsearch --help`)"),
-                       (("index", photos, "--out", "x", "--bits", "4"), "error: Invalid value: --bits 4: code lengths")]:
+    for args, text in [
+        (("remove", tmp_path / "x.hsx", "-5"), "error: No such option: -5 (see `hashsearch remove --help`)"),
+        (("search",), "error: Missing argument 'collection'. (see `hashsearch search --help`)"),
+        (("nosuch",), "error: No such command 'nosuch'. (see `hashsearch --help`)"),
+        (("index", photos, "--out", "x", "--bits", "4"), "error: Invalid value: --bits 4: code lengths"),
+    ]:
         result = invoke(*args, code=2)
         shown = result.output.replace("`root", "`hashsearch")  # CliRunner's program name is "root"
         assert shown.startswith(text) and shown.count("\n") == 1, result.output
@@ -205,18 +271,39 @@ def test_option_errors_are_one_clean_line(photos, tmp_path):
 
 def test_eval_leaves_out_the_stray_image_and_names_it(built, photos, tmp_path):
     _, cache, _, _ = built
-    result = invoke("eval", "--data", photos, "--queries-per-class", 1, "--train-per-class", 2, "--method", "lsh",
-                    "--bits", "8", "--input-size", "64", "--cache-dir", cache, "--max-pixels", "20000")
+    result = invoke(
+        "eval",
+        "--data",
+        photos,
+        "--queries-per-class",
+        1,
+        "--train-per-class",
+        2,
+        "--method",
+        "lsh",
+        "--bits",
+        "8",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        cache,
+        "--max-pixels",
+        "20000",
+    )
     assert "labels: one folder per class; 2 classes (cat 7, dog 6)" in result.stdout  # as listed, before decoding
-    assert (f"left out of the evaluation: 1 image has no label: {photos}/cover.jpg (directly in the source "
-            "folder, not in a class folder)") in result.stdout
+    assert (
+        f"left out of the evaluation: 1 image has no label: {photos}/cover.jpg (directly in the source "
+        "folder, not in a class folder)"
+    ) in result.stdout
     flat = tmp_path / "flat"
     flat.mkdir()
     for p in sorted((photos / "cat").glob("0*.jpg")):
         shutil.copy(p, flat / p.name)
     result = invoke("eval", "--data", flat, "--method", "lsh", "--bits", "8", code=2)
-    assert result.stderr.startswith(f"error: --data {flat}: no image has a label (labels: none: no image is in a "
-                                    "class folder below the source folder); an evaluation needs classes")
+    assert result.stderr.startswith(
+        f"error: --data {flat}: no image has a label (labels: none: no image is in a "
+        "class folder below the source folder); an evaluation needs classes"
+    )
 
 
 def test_eval_of_a_folder_whose_names_are_not_utf8_writes_its_report(cifar_small, tmp_path, built):
@@ -228,10 +315,30 @@ def test_eval_of_a_folder_whose_names_are_not_utf8_writes_its_report(cifar_small
         for p in sorted((cifar_small / "test" / cls).glob("*.jpg")):
             shutil.copy(p, os.path.join(root, folder, os.fsencode(p.name)))
     exe = Path(sys.executable).with_name("hashsearch")
-    proc = subprocess.run([os.fsencode(exe), b"eval", b"--data", root, b"--queries-per-class", b"1",
-                           b"--train-per-class", b"2", b"--method", b"lsh", b"--bits", b"8", b"--input-size", b"64",
-                           b"--out", os.fsencode(tmp_path / "res"), b"--cache-dir", os.fsencode(cache)],
-                          capture_output=True, timeout=300)
+    proc = subprocess.run(
+        [
+            os.fsencode(exe),
+            b"eval",
+            b"--data",
+            root,
+            b"--queries-per-class",
+            b"1",
+            b"--train-per-class",
+            b"2",
+            b"--method",
+            b"lsh",
+            b"--bits",
+            b"8",
+            b"--input-size",
+            b"64",
+            b"--out",
+            os.fsencode(tmp_path / "res"),
+            b"--cache-dir",
+            os.fsencode(cache),
+        ],
+        capture_output=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert b"labels: one folder per class; 2 classes (ch\\xe2t 4, dog 4)" in proc.stdout
     md = (tmp_path / "res.md").read_text(encoding="utf-8")
@@ -246,17 +353,21 @@ def test_an_interruption_says_the_features_are_kept(photos, tmp_path, monkeypatc
 
     monkeypatch.setattr(build, "_extractor", lambda engine: interrupted)
     result = invoke("index", photos, "--out", tmp_path / "x.hsx", "--bits", "16", code=130)
-    assert result.stderr.strip() == ("error: interrupted; the features computed so far are in the feature cache, "
-                                     "and running the command again computes only the rest")
+    assert result.stderr.strip() == (
+        "error: interrupted; the features computed so far are in the feature cache, "
+        "and running the command again computes only the rest"
+    )
 
 
 def test_search_takes_max_pixels(built, photos):
     out, cache, _, _ = built
     query = sorted((photos / "dog").glob("0*.jpg"))[0]  # 32 x 32
     result = invoke("search", out, query, "--max-pixels", "100", "--cache-dir", cache, code=1)
-    assert result.stderr.strip() == (f"error: query {query}: too many pixels: 32x32 = 1,024, above the limit of 100; "
-                                     "if the image is trusted, raise the limit: --max-pixels 1024 on the command "
-                                     "line, max_pixels=1024 in Python")
+    assert result.stderr.strip() == (
+        f"error: query {query}: too many pixels: 32x32 = 1,024, above the limit of 100; "
+        "if the image is trusted, raise the limit: --max-pixels 1024 on the command "
+        "line, max_pixels=1024 in Python"
+    )
 
 
 def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeypatch):
@@ -266,11 +377,23 @@ def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeyp
     data = tmp_path / "data"
     shutil.copytree(photos / "cat", data / "photos" / "cat")
     monkeypatch.chdir(data)
-    invoke("index", "./photos", "--out", tmp_path / "srv" / "p.hsx", "--bits", "16", "--input-size", "64",
-           "--cache-dir", cache)
+    invoke(
+        "index",
+        "./photos",
+        "--out",
+        tmp_path / "srv" / "p.hsx",
+        "--bits",
+        "16",
+        "--input-size",
+        "64",
+        "--cache-dir",
+        cache,
+    )
     monkeypatch.chdir(tmp_path)
     query = sorted((data / "photos" / "cat").glob("*.jpg"))[0]
-    hit = json.loads(invoke("search", "srv/p.hsx", query, "-k", "1", "--json", "--cache-dir", cache).stdout)[0]["results"][0]
+    hit = json.loads(invoke("search", "srv/p.hsx", query, "-k", "1", "--json", "--cache-dir", cache).stdout)[0][
+        "results"
+    ][0]
     assert Path(hit["path"]) == query and hit["key"] == f"cat/{query.name}" and hit["distance"] == 0
     shutil.move(data / "photos", tmp_path / "moved")
     sources = json.loads(invoke("info", "srv/p.hsx").stdout)["sources"]
@@ -280,8 +403,11 @@ def test_a_moved_folder_is_repaired_by_relocate(photos, built, tmp_path, monkeyp
     assert f"no entry lies under {tmp_path / 'nowhere'}; the collection reads from: {data / 'photos'}" in result.output
     result = invoke("relocate", "srv/p.hsx", data / "photos", tmp_path / "moved")
     assert result.stdout == f"relocated 5 entries from {data / 'photos'} to {tmp_path / 'moved'}\n"
-    hit = json.loads(invoke("search", "srv/p.hsx", tmp_path / "moved" / "cat" / query.name, "-k", "1", "--json",
-                            "--cache-dir", cache).stdout)[0]["results"][0]
+    hit = json.loads(
+        invoke(
+            "search", "srv/p.hsx", tmp_path / "moved" / "cat" / query.name, "-k", "1", "--json", "--cache-dir", cache
+        ).stdout
+    )[0]["results"][0]
     assert Path(hit["path"]) == tmp_path / "moved" / "cat" / query.name
     assert json.loads(invoke("info", "srv/p.hsx").stdout)["sources"][0]["exists"] is True
 
@@ -293,5 +419,7 @@ def test_search_filters_by_label_as_the_api_does(built, photos):
     hits = found[0]["results"]
     assert len(hits) == 3 and {h["label"] for h in hits} == {"cat"}
     assert [h["rank"] for h in hits] == [1, 2, 3] and all(h["distance"] == h["hamming"] for h in hits)
-    rerank = json.loads(invoke("search", out, query, "-k", "2", "--rerank", "10", "--json", "--cache-dir", cache).stdout)
+    rerank = json.loads(
+        invoke("search", out, query, "-k", "2", "--rerank", "10", "--json", "--cache-dir", cache).stdout
+    )
     assert all(isinstance(h["hamming"], int) and h["distance"] >= 0 for h in rerank[0]["results"])

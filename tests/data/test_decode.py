@@ -293,10 +293,13 @@ def _mpo(width: int = 40, height: int = 30) -> bytes:
         (encode(_noisy(40, 30), "JPEG", exif=_exif(1)), True),  # "as stored": nothing to apply
         (encode(_noisy(40, 30), "JPEG", exif=_exif(6)), False),  # rotate: Pillow's path applies it
         (encode(_noisy(40, 30), "JPEG", exif=_exif(9)), True),  # not an orientation: Pillow ignores it too
-        (encode(_noisy(40, 30), "JPEG", xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'),
-         False),
-        (encode(_noisy(40, 30), "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 10, 4000)),
-         False),  # a damaged orientation entry
+        (encode(_noisy(40, 30), "JPEG", xmp=b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'), False),
+        (
+            encode(
+                _noisy(40, 30), "JPEG", exif=b"Exif\x00\x00II*\x00" + struct.pack("<IHHHII", 8, 1, 0x0112, 3, 10, 4000)
+            ),
+            False,
+        ),  # a damaged orientation entry
         (encode(_noisy(40, 30).convert("CMYK"), "JPEG"), False),
         (_mpo(), True),  # multi-picture: its first picture, as Pillow's path decodes
     ],
@@ -329,10 +332,13 @@ def test_multi_picture_jpeg_decodes_in_draft_mode():
         assert im.format == "MPO"
     assert decode_image(data, "phone.jpg", draft=(64, 64)).size == (100, 75)  # 1/4 scale
     assert decode_module._decode_with_pillow(data, "phone.jpg", DEFAULT_MAX_PIXELS, (64, 64)).size == (100, 75)
-    np.testing.assert_array_equal(np.asarray(decode_image(data, "phone.jpg", draft=(64, 64))), _pillow_path(data, (64, 64)))
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(data, "phone.jpg", draft=(64, 64))), _pillow_path(data, (64, 64))
+    )
 
 
 # -- HEIC/HEIF and AVIF (issue 18, item 5) ------------------------------------------------------
+
 
 def _two_colour(size=(60, 40)) -> Image.Image:
     """Left half red, right half blue: which way it is turned shows in the pixels."""
@@ -383,6 +389,7 @@ def test_heif_brands_are_sniffed():
 
 
 # -- max_pixels (issue 18, item 6) --------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def png_81mpx() -> bytes:

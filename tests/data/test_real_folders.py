@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from hashsearch.data.sources import (
     FolderSource,
@@ -42,6 +40,7 @@ def write(path: bytes | Path, data: bytes) -> None:
 
 
 # -- names that are not UTF-8 -------------------------------------------------------------------
+
 
 def test_folder_keys_keep_the_bytes_of_names_that_are_not_utf8(tmp_path, jpegs):
     root = os.fsencode(tmp_path / "photos")
@@ -79,8 +78,10 @@ def test_a_list_file_in_latin1_names_its_files_exactly(tmp_path, jpegs):
     lst = tmp_path / "list.txt"
     lst.write_bytes(b"imgs/" + CAFE + b"\tcaf\xe9\r\nimgs/b.jpg\tdog\r\n")  # Latin-1, Windows line ends
     recs = ListSource(lst).records()
-    assert [os.fsencode(r.key) for r in recs] == [os.fsencode(tmp_path / "imgs" / "b.jpg"),
-                                                   os.path.join(os.fsencode(tmp_path), b"imgs", CAFE)]
+    assert [os.fsencode(r.key) for r in recs] == [
+        os.fsencode(tmp_path / "imgs" / "b.jpg"),
+        os.path.join(os.fsencode(tmp_path), b"imgs", CAFE),
+    ]
     assert recs[1].label == os.fsdecode(b"caf\xe9")
     assert [d for _, d, _ in ListSource(lst).iter_bytes()] == [jpegs[1], jpegs[0]]
     # UTF-16 with a BOM (Windows Notepad's "Unicode"): the names are text.
@@ -93,10 +94,19 @@ def test_a_list_file_in_latin1_names_its_files_exactly(tmp_path, jpegs):
     assert ListSource(csv).records() == [ImageRecord(str(tmp_path / "imgs" / "b.jpg"), "dog")]
 
 
-@pytest.mark.parametrize("name", [
-    os.fsdecode(CAFE), "plain.jpg", "tab\there.jpg", "new\nline.jpg", "back\\slash.jpg", "snow ☃ 🐈.jpg",
-    "bell\x07.jpg", os.fsdecode(b"\xff\xfe\\x41.jpg"),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        os.fsdecode(CAFE),
+        "plain.jpg",
+        "tab\there.jpg",
+        "new\nline.jpg",
+        "back\\slash.jpg",
+        "snow ☃ 🐈.jpg",
+        "bell\x07.jpg",
+        os.fsdecode(b"\xff\xfe\\x41.jpg"),
+    ],
+)
 def test_names_escape_reversibly_and_print_on_one_line(name):
     assert unescape_name(escape_name(name)) == name
     escaped = escape_name(name)
@@ -110,18 +120,25 @@ def test_names_escape_reversibly_and_print_on_one_line(name):
 
 # -- labels -------------------------------------------------------------------------------------
 
+
 def test_a_stray_image_keeps_the_other_labels_and_is_named(tmp_path, jpegs):
     root = tmp_path / "photos"
     write(root / "cover.jpg", jpegs[0])
     write(root / "cat" / "a.jpg", jpegs[1])
     write(root / "dog" / "b.jpg", jpegs[2])
     src = open_source(root)
-    assert [(Path(r.key).name, r.label) for r in src.records()] == [("a.jpg", "cat"), ("cover.jpg", None), ("b.jpg", "dog")]
+    assert [(Path(r.key).name, r.label) for r in src.records()] == [
+        ("a.jpg", "cat"),
+        ("cover.jpg", None),
+        ("b.jpg", "dog"),
+    ]
     labels = src.listing().labels
     assert labels.layout == "one folder per class" and labels.counts == {"cat": 1, "dog": 1}
     assert labels.unlabelled == [(str(root / "cover.jpg"), "directly in the source folder, not in a class folder")]
-    assert labels.summary() == (f"labels: one folder per class; 2 classes (cat 1, dog 1); 1 image has no label: "
-                                f"{root / 'cover.jpg'} (directly in the source folder, not in a class folder)")
+    assert labels.summary() == (
+        f"labels: one folder per class; 2 classes (cat 1, dog 1); 1 image has no label: "
+        f"{root / 'cover.jpg'} (directly in the source folder, not in a class folder)"
+    )
 
 
 def test_a_nested_tree_takes_the_class_folder(tmp_path, jpegs):
@@ -201,6 +218,7 @@ def test_a_list_file_can_take_labels_from_folders(tmp_path, jpegs):
 
 # -- nothing vanishes ---------------------------------------------------------------------------
 
+
 def test_every_file_of_a_folder_is_listed_or_accounted_for(tmp_path, jpegs):
     root = tmp_path / "photos"
     write(root / "cat" / "a.jpg", jpegs[0])
@@ -233,8 +251,12 @@ def test_every_file_of_a_folder_is_listed_or_accounted_for(tmp_path, jpegs):
     # Everything under the folder is in exactly one of the lists.
     every = {str(p) for p in root.rglob("*") if not p.is_dir() or p.is_symlink()} | {str(root / ".thumbs")}
     every -= {str(root / ".thumbs" / "a.jpg")}  # inside a hidden folder, counted with it
-    accounted = ({r.key for r in src.records()} | set(listing.not_images) | {k.rstrip("/") for k in listing.hidden}
-                 | {k for k, _ in listing.problems})
+    accounted = (
+        {r.key for r in src.records()}
+        | set(listing.not_images)
+        | {k.rstrip("/") for k in listing.hidden}
+        | {k for k, _ in listing.problems}
+    )
     assert accounted == every
 
 
@@ -254,6 +276,7 @@ def test_an_unreadable_subfolder_is_reported(tmp_path, jpegs):
 def test_every_member_of_an_archive_is_listed_or_accounted_for(tmp_path, jpegs):
     path = tmp_path / "photos.tar"
     with tarfile.open(path, "w") as tar:
+
         def add(name, data=b"", kind=tarfile.REGTYPE, target=""):
             info = tarfile.TarInfo(name)
             info.type, info.linkname, info.size = kind, target, len(data)

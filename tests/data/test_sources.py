@@ -76,8 +76,10 @@ def test_folder_source_rules(tmp_path, cifar_small):
     listing = FolderSource(root).listing()
     assert listing.not_images == [str(root / "cat" / "notes.txt")]
     assert listing.hidden == [str(root / ".thumbs") + "/", str(root / "cat" / ".hidden.jpg")]
-    assert listing.left_out() == (f"1 file not an image (by extension): {root / 'cat' / 'notes.txt'}; 2 hidden files "
-                                  f"and folders left out: {root / '.thumbs'}/, {root / 'cat' / '.hidden.jpg'}")
+    assert listing.left_out() == (
+        f"1 file not an image (by extension): {root / 'cat' / 'notes.txt'}; 2 hidden files "
+        f"and folders left out: {root / '.thumbs'}/, {root / 'cat' / '.hidden.jpg'}"
+    )
 
     # A stray image directly in the root keeps the others' labels, and is named as unlabelled.
     (root / "top.jpg").write_bytes(jpeg)
@@ -88,7 +90,9 @@ def test_folder_source_rules(tmp_path, cifar_small):
     assert "top.jpg (directly in the source folder" in labels.summary()
     assert {r.label for r in FolderSource(root, labels="parent").records()} == {"cat", None}
     assert {r.label for r in FolderSource(cifar_small, labels="none").records()} == {None}
-    with pytest.raises(ValueError, match="labels must be one of 'auto', 'folder', 'parent', 'none' or the path of a labels file"):
+    with pytest.raises(
+        ValueError, match="labels must be one of 'auto', 'folder', 'parent', 'none' or the path of a labels file"
+    ):
         FolderSource(root, labels="class")
     with pytest.raises(ValueError, match="not a folder"):
         FolderSource(tmp_path / "nowhere").records()
@@ -101,7 +105,9 @@ def test_tar_source_matches_folder(cifar_small, cifar_tars, name):
     recs = tar.records()
     assert len(recs) == 120 and [r.key for r in recs] == sorted(r.key for r in recs)
     assert recs[0].key == f"{cifar_tars[name]}::test/airplane/{recs[0].key.rsplit('/', 1)[1]}"
-    folder = {str(Path(r.key).relative_to(cifar_small).as_posix()): r.label for r in FolderSource(cifar_small).records()}
+    folder = {
+        str(Path(r.key).relative_to(cifar_small).as_posix()): r.label for r in FolderSource(cifar_small).records()
+    }
     assert {r.key.split("::", 1)[1]: r.label for r in recs} == folder
     expected = folder_bytes(cifar_small)
     got = [(r.key.split("::", 1)[1], data, err) for r, data, err in tar.iter_bytes(recs)]
@@ -158,7 +164,9 @@ def test_list_source(tmp_path, cifar_small):
     for i, p in enumerate(images):
         shutil.copy(p, tmp_path / "imgs" / f"{i}.jpg")
     lst = tmp_path / "list.txt"
-    lst.write_text(f"# two images and a missing one\nimgs/0.jpg\tcat\n\nimgs/1.jpg\n{images[0]}\tfeline\nimgs/gone.jpg\tcat\n")
+    lst.write_text(
+        f"# two images and a missing one\nimgs/0.jpg\tcat\n\nimgs/1.jpg\n{images[0]}\tfeline\nimgs/gone.jpg\tcat\n"
+    )
     recs = open_source(lst).records()
     assert recs == sorted(
         [

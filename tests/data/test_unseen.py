@@ -10,7 +10,9 @@ from hashsearch.data.unseen import unseen_classes
 
 
 def _split():
-    recs = lambda part, n: [ImageRecord(f"{part}/{c}/{i}", c) for c in "abcdefghij" for i in range(n)]
+    def recs(part, n):
+        return [ImageRecord(f"{part}/{c}/{i}", c) for c in "abcdefghij" for i in range(n)]
+
     train, query = recs("train", 5), recs("test", 2)
     return Split("toy", train, query, sorted(train + recs("db", 3), key=lambda r: r.key), 0, "toy split.")
 

@@ -186,8 +186,7 @@ def test_tie_aware_equals_mean_over_all_permutations():
     r = np.array([1, 0, 1, 1, 0, 1, 0, 1, 0, 1], bool)
     groups = [np.flatnonzero(d == v) for v in np.unique(d)]
     aps = [
-        ap_of_order(r[np.concatenate(perm)])
-        for perm in itertools.product(*(itertools.permutations(g) for g in groups))
+        ap_of_order(r[np.concatenate(perm)]) for perm in itertools.product(*(itertools.permutations(g) for g in groups))
     ]
     assert len(aps) == 1 * 6 * 2 * 6 * 1
     assert tie_aware_map(d[None], r[None]).value == pytest.approx(np.mean(aps), rel=1e-12)
@@ -235,11 +234,19 @@ def test_blocked_computation_matches_single_block(monkeypatch):
     g = np.random.default_rng(2)
     d = g.integers(0, 17, (50, 40))
     r = g.random((50, 40)) < 0.3
-    whole = [mean_average_precision(d, r).per_query, tie_aware_map(d, r).per_query,
-             pr_curve(d, r).precision, evaluate_distances(d, r, ks=(5,))]
+    whole = [
+        mean_average_precision(d, r).per_query,
+        tie_aware_map(d, r).per_query,
+        pr_curve(d, r).precision,
+        evaluate_distances(d, r, ks=(5,)),
+    ]
     monkeypatch.setattr(M, "_BLOCK_ELEMENTS", 7 * 40)  # 7 queries per block, last block partial
-    blocked = [mean_average_precision(d, r).per_query, tie_aware_map(d, r).per_query,
-               pr_curve(d, r).precision, evaluate_distances(d, r, ks=(5,))]
+    blocked = [
+        mean_average_precision(d, r).per_query,
+        tie_aware_map(d, r).per_query,
+        pr_curve(d, r).precision,
+        evaluate_distances(d, r, ks=(5,)),
+    ]
     for a, b in zip(whole[:3], blocked[:3]):
         np.testing.assert_allclose(a, b)
     assert whole[3] == blocked[3]

@@ -25,19 +25,23 @@ def rows() -> list[dict]:
             flip = 0.2 if method == "itq" else 0.4
             qc = pack_bits((centres[yq] ^ (g.random((20, bits)) < flip)).astype(np.uint8))
             dc = pack_bits((centres[yd] ^ (g.random((120, bits)) < flip)).astype(np.uint8))
-            out.append({
-                "method": method,
-                "bits": bits,
-                "metrics": evaluate(qc, dc, yq, yd, ks=(10, 1000)),
-                "timings": {"fit_s": 1.25, "encode_s": 0.5, "eval_s": np.float64(0.01)},
-                "params": {"n_bits": np.int64(bits)},
-            })
+            out.append(
+                {
+                    "method": method,
+                    "bits": bits,
+                    "metrics": evaluate(qc, dc, yq, yd, ks=(10, 1000)),
+                    "timings": {"fit_s": 1.25, "encode_s": 0.5, "eval_s": np.float64(0.01)},
+                    "params": {"n_bits": np.int64(bits)},
+                }
+            )
     out[0]["reference"] = {"map": 0.1234}
     return out
 
 
 def test_write_results_writes_json_and_markdown(tmp_path, rows):
-    json_path, md_path = write_results(rows, tmp_path / "sub" / "cifar10.v1", "Retrieval on test", notes="Machine: test box")
+    json_path, md_path = write_results(
+        rows, tmp_path / "sub" / "cifar10.v1", "Retrieval on test", notes="Machine: test box"
+    )
     assert json_path == tmp_path / "sub" / "cifar10.v1.json"
     assert md_path == tmp_path / "sub" / "cifar10.v1.md"
 
@@ -49,7 +53,15 @@ def test_write_results_writes_json_and_markdown(tmp_path, rows):
 
     md = md_path.read_text()
     assert md.startswith("# Retrieval on test")
-    for heading in ("mAP@all", "Tie-aware mAP", "Precision@1000", "Precision@10", "radius 2", "empty Hamming ball", "Timings"):
+    for heading in (
+        "mAP@all",
+        "Tie-aware mAP",
+        "Precision@1000",
+        "Precision@10",
+        "radius 2",
+        "empty Hamming ball",
+        "Timings",
+    ):
         assert heading in md
     for method in ("itq", "lsh"):
         assert f"| {method} |" in md

@@ -20,7 +20,9 @@ def _feats(dim: int, digests: list[str], seed: int) -> ProtocolFeatures:
 def test_parse_method_reads_bracketed_parameters():
     assert parse_method("itq") == ("itq", {})
     assert parse_method("dfeh[lambda_q=0,lambda_b=0.1,use_contrastive=false]") == (
-        "dfeh", {"lambda_q": 0, "lambda_b": 0.1, "use_contrastive": False})
+        "dfeh",
+        {"lambda_q": 0, "lambda_b": 0.1, "use_contrastive": False},
+    )
     assert parse_method("dhfi[use=b]") == ("dhfi", {"use": "b"})
     with pytest.raises(ValueError, match="nope"):
         parse_method("nope")
@@ -31,7 +33,9 @@ def test_parse_method_reads_bracketed_parameters():
 def test_concat_features_keeps_the_images_every_backbone_read_in_order():
     a = _feats(3, list("abcdef"), 0)
     b = _feats(2, list("abcdef"), 1)
-    b.train = Part(b.train.features[1:], b.train.labels[1:], b.train.records[1:], b.train.digests[1:])  # 'a' failed here
+    b.train = Part(
+        b.train.features[1:], b.train.labels[1:], b.train.records[1:], b.train.digests[1:]
+    )  # 'a' failed here
     c = concat_features([a, b])
     assert c.train.digests == list("bcdef")
     np.testing.assert_array_equal(c.train.features[:, :3], a.train.features[1:])
@@ -60,8 +64,14 @@ def small_provider(cifar_small, tmp_path_factory):
 
     source = open_source(cifar_small)
     split = split_by_class(source.records(), 2, 8, seed=0, name="small")
-    return FeatureProvider(source, split, create_backbone("efficientnet-lite0", input_size=32),
-                           cache_dir=tmp_path_factory.mktemp("cache"), scratch_epochs=2, log=lambda *_: None)
+    return FeatureProvider(
+        source,
+        split,
+        create_backbone("efficientnet-lite0", input_size=32),
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        scratch_epochs=2,
+        log=lambda *_: None,
+    )
 
 
 def test_provider_trains_the_cifar_resnet_for_ritq_and_concatenates_for_dhfi(small_provider):
@@ -72,8 +82,14 @@ def test_provider_trains_the_cifar_resnet_for_ritq_and_concatenates_for_dhfi(sma
     info = small_provider.trained["cifar-resnet32"]
     assert info["epochs"] == 2 and info["images"] == 80 and len(info["loss"]) == 2
     # a second provider on the same cache reuses the trained weights instead of training again
-    again = type(small_provider)(small_provider.source, small_provider.split, small_provider.backbone,
-                                 cache_dir=small_provider.cache_dir, scratch_epochs=2, log=pytest.fail)
+    again = type(small_provider)(
+        small_provider.source,
+        small_provider.split,
+        small_provider.backbone,
+        cache_dir=small_provider.cache_dir,
+        scratch_epochs=2,
+        log=pytest.fail,
+    )
     assert again.trained_backbone("cifar-resnet32").weights == info["weights"]
 
 
@@ -100,4 +116,3 @@ def test_dhfi_finetune_mode_tunes_both_networks_and_reuses_them_from_the_cache(s
     (again,) = run_methods(small_provider, [spec], [8], mode="finetune", log=said.append)
     assert not any(m.startswith(("fine-tuning", "training")) for m in said), said
     assert again["metrics"] == row["metrics"] and again["timings"]["fit_s"] == pytest.approx(row["timings"]["fit_s"])
-

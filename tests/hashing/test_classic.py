@@ -22,8 +22,10 @@ def test_registered(name):
     assert create_hasher(name).name == name
 
 
-@pytest.mark.parametrize("name,margin", [("sklsh", -0.05), ("sh", 0.0), ("sph", 0.0), ("dsh-density", 0.0),
-                                         ("cca-itq", 0.1), ("ksh", 0.1), ("sdh", 0.1)])
+@pytest.mark.parametrize(
+    "name,margin",
+    [("sklsh", -0.05), ("sh", 0.0), ("sph", 0.0), ("dsh-density", 0.0), ("cca-itq", 0.1), ("ksh", 0.1), ("sdh", 0.1)],
+)
 def test_beats_lsh_on_real_features(name, margin, cifar_features, real_map):
     """Data-dependent and supervised codes retrieve better than random hyperplanes (LSH, mean of 5 seeds).
 
@@ -103,10 +105,16 @@ def test_helpers():
     assert K[0, 0] == 1.0
 
 
-@pytest.mark.parametrize("name,params,match", [
-    ("sklsh", {"gamma": -1.0}, "gamma"), ("sph", {"n_iter": -1}, "n_iter"), ("dsh-density", {"alpha": 0}, "alpha"),
-    ("ksh", {"n_anchors": 0}, "n_anchors"), ("sdh", {"n_iter": 0}, "n_iter"),
-])
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("sklsh", {"gamma": -1.0}, "gamma"),
+        ("sph", {"n_iter": -1}, "n_iter"),
+        ("dsh-density", {"alpha": 0}, "alpha"),
+        ("ksh", {"n_anchors": 0}, "n_anchors"),
+        ("sdh", {"n_iter": 0}, "n_iter"),
+    ],
+)
 def test_bad_params(name, params, match, clustered):
     X, y = clustered
     with pytest.raises(ValueError, match=match):

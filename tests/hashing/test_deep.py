@@ -16,7 +16,6 @@ from hashsearch.hashing.deep.heads import HeadOutput, LatentSigmoidHead, create_
 from hashsearch.hashing.deep.losses import create_loss, list_losses
 from hashsearch.hashing.deep.trainer import TrainHistory, train
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -83,8 +82,16 @@ def test_determinism_with_seed(clustered):
 def test_learned_state_and_loss_history_are_saved(clustered, tmp_path):
     X, y = clustered
     h = DLBHC(n_bits=16, epochs=4, dropout=0.1, lr=2e-3).fit(X, y)
-    assert {"head.latent.weight", "head.latent.bias", "head.classifier.weight", "head.classifier.bias",
-            "feature_mean_", "feature_std_", "classes_", "loss_history_"} <= set(h._get_state())
+    assert {
+        "head.latent.weight",
+        "head.latent.bias",
+        "head.classifier.weight",
+        "head.classifier.bias",
+        "feature_mean_",
+        "feature_std_",
+        "classes_",
+        "loss_history_",
+    } <= set(h._get_state())
     assert h.head_state_["latent.weight"].shape == (16, 32) and h.head_state_["classifier.weight"].shape == (6, 16)
     h.save(tmp_path / "d.npz")
     loaded = Hasher.load(tmp_path / "d.npz")
@@ -147,21 +154,31 @@ def test_bad_params(clustered, params, match):
 
 
 def test_a_preset_is_the_composed_hasher(clustered):
-    """"dpsh" is DeepHasher with the latent-tanh head and the dpsh loss: the same training, the same codes."""
+    """ "dpsh" is DeepHasher with the latent-tanh head and the dpsh loss: the same training, the same codes."""
     X, y = clustered
     preset = create_hasher("dpsh", n_bits=16, epochs=3, eta=0.2)
     composed = DeepHasher(n_bits=16, head="latent-tanh", loss="dpsh", loss_params={"eta": 0.2}, epochs=3)
     np.testing.assert_array_equal(preset.fit(X, y).encode(X).data, composed.fit(X, y).encode(X).data)
-    assert preset.get_params() == {"n_bits": 16, "seed": 0, "epochs": 3, "batch_size": 128, "lr": 1e-3,
-                                   "weight_decay": 5e-4, "dropout": 0.2, "device": "cpu", "eta": 0.2}
+    assert preset.get_params() == {
+        "n_bits": 16,
+        "seed": 0,
+        "epochs": 3,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "weight_decay": 5e-4,
+        "dropout": 0.2,
+        "device": "cpu",
+        "eta": 0.2,
+    }
     assert repr(preset).startswith("dpsh(n_bits=16") and composed.name == "deep"
 
 
 def test_any_head_with_any_loss_trains_saves_and_loads(clustered, tmp_path):
     """A pairing no paper made (DFEH's head with DSH's loss) is one DeepHasher, not a new class."""
     X, y = clustered
-    h = DeepHasher(n_bits=12, head="feature-enhance", loss="dsh", head_params={"hidden": 24},
-                   loss_params={"alpha": 0.05}, epochs=3).fit(X, y)
+    h = DeepHasher(
+        n_bits=12, head="feature-enhance", loss="dsh", head_params={"hidden": 24}, loss_params={"alpha": 0.05}, epochs=3
+    ).fit(X, y)
     h.save(tmp_path / "h.npz")
     back = Hasher.load(tmp_path / "h.npz")
     assert back.name == "deep" and back.get_params() == h.get_params()
@@ -204,8 +221,20 @@ def test_trainer_on_its_own(clustered):
         torch.manual_seed(0)
         head = LatentSigmoidHead(32, 8, 6, dropout=0.2)
         loss = create_loss("cross-entropy", n_bits=8, n_classes=6)
-        hist = train(head, loss, X, y, epochs=3, batch_size=64, lr=1e-2, weight_decay=0.0, seed=1,
-                     device="cpu", log_every=1, progress=False)
+        hist = train(
+            head,
+            loss,
+            X,
+            y,
+            epochs=3,
+            batch_size=64,
+            lr=1e-2,
+            weight_decay=0.0,
+            seed=1,
+            device="cpu",
+            log_every=1,
+            progress=False,
+        )
         runs.append((hist, head))
     hist = runs[0][0]
     assert isinstance(hist, TrainHistory) and len(hist.epoch_loss) == 3 and hist.seconds > 0
@@ -213,8 +242,19 @@ def test_trainer_on_its_own(clustered):
     assert hist.epoch_loss == runs[1][0].epoch_loss
     assert not runs[0][1].training  # left in eval mode
     with pytest.raises(FloatingPointError, match="lr"):
-        train(LatentSigmoidHead(32, 8, 6), loss, X * np.nan, y, epochs=1, batch_size=64, lr=1e-3,
-              weight_decay=0.0, seed=0, device="cpu", progress=False)
+        train(
+            LatentSigmoidHead(32, 8, 6),
+            loss,
+            X * np.nan,
+            y,
+            epochs=1,
+            batch_size=64,
+            lr=1e-3,
+            weight_decay=0.0,
+            seed=0,
+            device="cpu",
+            progress=False,
+        )
 
 
 def test_importing_hashers_does_not_import_torch():

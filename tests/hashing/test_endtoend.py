@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from hashsearch.backbones import create_backbone
-from hashsearch.pipeline.local import extract_pixels
 from hashsearch.data.sources import open_source
 from hashsearch.hashing import create_hasher
+from hashsearch.pipeline.local import extract_pixels
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def trained_resnet(small_pixels, tmp_path_factory):
 
     pixels, labels = small_pixels["train"]
     path = tmp_path_factory.mktemp("rn") / "cifar-resnet32.pt"
-    backbone, history = train_backbone(create_backbone("cifar-resnet32"), pixels, labels, path, epochs=30,
-                                       batch_size=40, progress=False)
+    backbone, history = train_backbone(
+        create_backbone("cifar-resnet32"), pixels, labels, path, epochs=30, batch_size=40, progress=False
+    )
     return backbone, history
 
 
@@ -58,7 +59,7 @@ def test_random_crop_flip_returns_padded_crops_or_their_mirror_images():
 
 def test_cifar_resnet_needs_weights_and_says_how_to_get_them():
     with pytest.raises(FileNotFoundError, match="train_backbone"):
-        create_backbone("cifar-resnet32").weights_path
+        _ = create_backbone("cifar-resnet32").weights_path
 
 
 def test_resnet_from_scratch_learns_and_its_weights_file_loads_as_a_backbone(trained_resnet, small_pixels):
@@ -164,8 +165,13 @@ def test_dhfi_finetune_trains_each_network_with_its_own_subnetwork(small_pixels,
     assert [t.weights for t in tuned] == [str(tmp_path / "a.pt"), str(tmp_path / "b.pt")]
     assert tuned[1].weights_sha256 != resnet.weights_sha256
     assert h.feature_dims == [1280, 256] and len(h.loss_history_) == 4
-    feats = np.concatenate([tuned[0].forward(tuned[0].preprocess.normalize(eff_pixels)),
-                            tuned[1].forward(tuned[1].preprocess.normalize(rn_pixels))], axis=1)
+    feats = np.concatenate(
+        [
+            tuned[0].forward(tuned[0].preprocess.normalize(eff_pixels)),
+            tuned[1].forward(tuned[1].preprocess.normalize(rn_pixels)),
+        ],
+        axis=1,
+    )
     codes = h.encode(feats)
     assert codes.n_bits == 16
     np.testing.assert_array_equal(type(h).load(_saved(h, tmp_path)).encode(feats).data, codes.data)
@@ -178,8 +184,9 @@ def test_dhfi_finetune_trains_each_network_with_its_own_subnetwork(small_pixels,
 def test_finetune_rejects_pixels_of_the_wrong_size(small_pixels, tmp_path):
     pixels, labels = small_pixels["train"]
     with pytest.raises(ValueError, match="uint8 crops"):
-        create_hasher("dpsh", n_bits=8).finetune(create_backbone("efficientnet-lite0", input_size=64), pixels, labels,
-                                                  tmp_path / "x.pt")
+        create_hasher("dpsh", n_bits=8).finetune(
+            create_backbone("efficientnet-lite0", input_size=64), pixels, labels, tmp_path / "x.pt"
+        )
 
 
 def _saved(h, tmp_path):

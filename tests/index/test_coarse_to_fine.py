@@ -11,7 +11,7 @@ import hashsearch.index.coarse_to_fine as c2f_module
 from hashsearch.codes import pack_bits
 from hashsearch.index import create_index, index_backends, list_indexes
 from hashsearch.index.coarse_to_fine import coarse_to_fine
-from hashsearch.types import MISSING_ID, Codes
+from hashsearch.types import MISSING_ID
 
 # In-process exact back ends; Milvus (a server per index here) is held to the same search and
 # range_search answers by the contract tests, which is all coarse_to_fine calls.

@@ -49,8 +49,11 @@ def make_index(name: str, n_bits: int) -> Index:
         # Recycle a pool of collections per code width; "clear" empties one in milliseconds.
         slot = next(_pool) % 3
         return create_index(
-            "milvus", n_bits=n_bits, uri=str(Path(_MILVUS_DIR.name) / "contract.db"),
-            collection=f"pool_{(n_bits + 7) // 8}_{slot}", if_exists="clear",
+            "milvus",
+            n_bits=n_bits,
+            uri=str(Path(_MILVUS_DIR.name) / "contract.db"),
+            collection=f"pool_{(n_bits + 7) // 8}_{slot}",
+            if_exists="clear",
         )
     return create_index(name, n_bits=n_bits)
 
@@ -107,7 +110,10 @@ def reference_search(queries: Codes, db: Codes, ids: np.ndarray, k: int) -> tupl
 
 def reference_range(queries: Codes, db: Codes, ids: np.ndarray, radius: int) -> list[list[tuple[int, int]]]:
     dist = reference_distances(queries, db)
-    return [sorted((int(dist[qi, j]), int(ids[j])) for j in range(len(ids)) if dist[qi, j] <= radius) for qi in range(len(queries))]
+    return [
+        sorted((int(dist[qi, j]), int(ids[j])) for j in range(len(ids)) if dist[qi, j] <= radius)
+        for qi in range(len(queries))
+    ]
 
 
 def range_as_lists(result: RangeResult) -> list[list[tuple[int, int]]]:
@@ -249,7 +255,7 @@ def test_k_larger_than_index(name):
             assert sorted(row[:4].tolist()) == [1, 3, 7, 9]
         else:  # an approximate index may miss some, but returns no others, found ones first
             found = row[row != MISSING_ID].tolist()
-            assert set(found) <= {1, 3, 7, 9} and (row[len(found):] == MISSING_ID).all()
+            assert set(found) <= {1, 3, 7, 9} and (row[len(found) :] == MISSING_ID).all()
 
 
 @pytest.mark.parametrize("name", BACKENDS)

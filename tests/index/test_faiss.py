@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from hashsearch.codes import pack_bits  # noqa: E402
-from hashsearch.index import FlatIndex, create_index  # noqa: E402
-from hashsearch.index.faiss_backend import FaissIndex  # noqa: E402
-from hashsearch.types import Codes  # noqa: E402
+from hashsearch.codes import pack_bits
+from hashsearch.index import FlatIndex, create_index
+from hashsearch.index.faiss_backend import FaissIndex
+from hashsearch.types import Codes
 
 
 def clustered(g, n, n_bits=64, n_centres=20):

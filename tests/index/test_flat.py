@@ -33,7 +33,7 @@ def test_growth_is_amortised_over_many_small_adds():
     g = np.random.default_rng(0)
     index = FlatIndex(n_bits=24)
     added, buffers = [], set()
-    for step in range(400):
+    for _step in range(400):
         codes = random_codes(g, int(g.integers(1, 4)), 24)
         index.add(codes)
         added.append(codes.data)

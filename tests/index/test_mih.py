@@ -39,7 +39,15 @@ def test_tables_match_flat(tables_only, n_bits, m, clustered_data):
     n = 1500
     db = clustered(g, n, n_bits) if clustered_data else pack_bits(g.integers(0, 2, (n, n_bits)))
     ids = g.choice(10 * n, n, replace=False)
-    queries = Codes(np.concatenate([db.data[:5], (clustered(g, 5, n_bits) if clustered_data else pack_bits(g.integers(0, 2, (5, n_bits)))).data]), n_bits)
+    queries = Codes(
+        np.concatenate(
+            [
+                db.data[:5],
+                (clustered(g, 5, n_bits) if clustered_data else pack_bits(g.integers(0, 2, (5, n_bits)))).data,
+            ]
+        ),
+        n_bits,
+    )
     flat, mih = FlatIndex(n_bits), MIHIndex(n_bits, n_substrings=m)
     flat.add(db, ids)
     mih.add(db, ids)

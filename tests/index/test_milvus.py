@@ -8,10 +8,10 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from hashsearch.codes import hamming_distances, pack_bits  # noqa: E402
-from hashsearch.index import FlatIndex, create_index  # noqa: E402
-from hashsearch.index.milvus_backend import TOPK_LIMIT, MilvusIndex  # noqa: E402
-from hashsearch.types import Codes  # noqa: E402
+from hashsearch.codes import hamming_distances, pack_bits
+from hashsearch.index import FlatIndex, create_index
+from hashsearch.index.milvus_backend import TOPK_LIMIT, MilvusIndex
+from hashsearch.types import Codes
 
 pytestmark = pytest.mark.milvus
 

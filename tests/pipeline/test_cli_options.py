@@ -33,8 +33,7 @@ def test_index_with_int8_and_torch_runtime(cifar_small, tmp_path):
 
 
 def test_address_needs_the_ray_engine(cifar_small, tmp_path):
-    r = runner.invoke(app, ["index", str(cifar_small / "test"), "--out", str(tmp_path / "x.hsx"),
-                            "--address", "auto"])
+    r = runner.invoke(app, ["index", str(cifar_small / "test"), "--out", str(tmp_path / "x.hsx"), "--address", "auto"])
     assert r.exit_code != 0 and "--engine ray" in r.output
 
 
@@ -57,8 +56,23 @@ def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8
     from hashsearch.collection import Collection
 
     cache, out = tmp_path / "cache", tmp_path / "a.hsx"
-    r = runner.invoke(app, ["index", str(cifar_small / "test"), "--bits", "16", "--input-size", "64",
-                            "--cache-dir", str(cache), "--out", str(out), "--int8"], catch_exceptions=False)
+    r = runner.invoke(
+        app,
+        [
+            "index",
+            str(cifar_small / "test"),
+            "--bits",
+            "16",
+            "--input-size",
+            "64",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+            "--int8",
+        ],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     assert json.loads(runner.invoke(app, ["info", str(out)]).output)["encoding"] == "int8"
     shutil.rmtree(cache)  # the collection keeps its own copy of the int8 model
@@ -75,8 +89,11 @@ def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8
 
     # A query image of the database is its own nearest neighbour at (float16) distance ~0 (its
     # fp32 feature lies far from the stored int8 one: the check above).
-    r = runner.invoke(app, ["search", str(out), str(paths[0]), "--rerank", "10", "--json",
-                            "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False)
+    r = runner.invoke(
+        app,
+        ["search", str(out), str(paths[0]), "--rerank", "10", "--json", "--cache-dir", str(tmp_path / "cache2")],
+        catch_exceptions=False,
+    )
     assert r.exit_code == 0, r.output
     top = json.loads(r.output)[0]["results"][0]
     assert top["path"] == str(paths[0]) and top["distance"] < 0.05, top
@@ -88,7 +105,9 @@ def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8
     for p in new:
         shutil.copy(p, extra / p.name)
     old_model = coll.int8_model
-    r = runner.invoke(app, ["add", str(out), str(extra), "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False)
+    r = runner.invoke(
+        app, ["add", str(out), str(extra), "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False
+    )
     assert r.exit_code == 0 and "3 features computed" in r.output, r.output
     coll = Collection.open(out)
     assert not old_model.exists() and coll.int8_model.is_file() and coll.int8_model.parent != old_model.parent

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from hashsearch.backbones import create_backbone
-from hashsearch.pipeline.local import extract_features
 from hashsearch.backbones.runtime import FeatureExtractor, make_extractor
 from hashsearch.data.decode import decode_image
 from hashsearch.data.sources import FolderSource
 from hashsearch.pipeline import local, steps
+from hashsearch.pipeline.local import extract_features
 from hashsearch.pipeline.steps import decode_batch
 from hashsearch.pipeline.workers import WorkerPool, bounded, crops
 
@@ -76,7 +76,9 @@ def test_resume_after_interruption_recomputes_nothing_cached(tmp_path, folder_wi
     second = _Counting(enc)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = extract_features(src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, extractor=second)
+        out = extract_features(
+            src, backbone, cache_dir=tmp_path, progress=False, batch_size=8, workers=1, extractor=second
+        )
     assert out.n_computed == second.images == 40 - 16  # the 16 finished before the interruption are reused
     full = _extract(folder_with_bad, backbone, tmp_path / "fresh", workers=0)
     np.testing.assert_allclose(out.features, full.features, atol=1e-5)
@@ -102,8 +104,9 @@ class _Interrupted(FolderSource):
 
 
 @pytest.mark.parametrize("worker_inference", [True, False], ids=["extract-in-workers", "decode-in-workers"])
-def test_resume_keeps_the_batches_that_workers_finished(tmp_path, folder_with_bad, backbone, monkeypatch,
-                                                        worker_inference):
+def test_resume_keeps_the_batches_that_workers_finished(
+    tmp_path, folder_with_bad, backbone, monkeypatch, worker_inference
+):
     # Chunks of 8 files, 2 ahead: reading stops in the 5th chunk, when the first two are finished.
     monkeypatch.setattr(steps, "CHUNK", 8)
     run = dict(cache_dir=tmp_path, progress=False, batch_size=4, workers=2, worker_inference=worker_inference)
@@ -190,5 +193,6 @@ def test_batch_extractor_travels_without_its_session(folder_with_bad, backbone, 
     assert copy._session is None and task._session is not None
     np.testing.assert_array_equal(copy(jobs)[1], feats)
     # The same features as the extractor in this process (one thread there, every core here).
-    np.testing.assert_allclose(enc.extract(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        enc.extract(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats, atol=1e-5
+    )

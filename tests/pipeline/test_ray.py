@@ -29,8 +29,15 @@ def _build(folder, cache, **kw):
     bb = create_backbone("efficientnet-lite0", input_size=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_collection(FolderSource(folder), bb, create_hasher("itq", n_bits=32, seed=0),
-                                cache_dir=cache, progress=False, batch_size=8, **kw)
+        return build_collection(
+            FolderSource(folder),
+            bb,
+            create_hasher("itq", n_bits=32, seed=0),
+            cache_dir=cache,
+            progress=False,
+            batch_size=8,
+            **kw,
+        )
 
 
 def test_ray_index_equals_single_process_index(tmp_path, folder_with_bad, local_ray):

@@ -47,8 +47,9 @@ def photos(cifar_small, tmp_path_factory):
 def build(source, bb, cache, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return build_collection(source, bb, create_hasher("itq", n_bits=16, seed=0), cache_dir=cache,
-                                progress=False, workers=0, **kw)
+        return build_collection(
+            source, bb, create_hasher("itq", n_bits=16, seed=0), cache_dir=cache, progress=False, workers=0, **kw
+        )
 
 
 def add(coll, source, cache, **kw):
@@ -63,8 +64,10 @@ def test_build_skips_duplicates_by_content_unless_asked(photos, bb, cache):
     assert len(coll) == report.n_indexed == 6
     assert report.duplicates == [(str(photos / "cat" / "copy.jpg"), first), (str(photos / "dog" / "again.jpg"), first)]
     assert "; 2 duplicates skipped;" in report.summary()
-    assert f"2 duplicates skipped (keep them with --keep-duplicates / keep_duplicates=True): {photos}/cat/copy.jpg " \
-           f"(same bytes as {first})" in report.summary()
+    assert (
+        f"2 duplicates skipped (keep them with --keep-duplicates / keep_duplicates=True): {photos}/cat/copy.jpg "
+        f"(same bytes as {first})" in report.summary()
+    )
     # Stored relative to the source's folder (its `root`).
     keys = sorted(e["key"] for e in coll.entries(range(len(coll))))
     assert keys == sorted(f"{p.parent.name}/{p.name}" for p in photos.rglob("0*.jpg"))
@@ -115,7 +118,9 @@ def test_max_pixels_reaches_decoding_in_build_and_add(tmp_path, bb, cache, cifar
     # The features of large.png are cached now: the limit still decides, as for a decoded file.
     coll, report = build(FolderSource(folder), bb, cache, max_pixels=10_000)
     assert len(coll) == 1 and report.n_computed == 0
-    assert [(os.path.basename(k), "--max-pixels 40000" in why) for k, why in report.skipped.skipped] == [("large.png", True)]
+    assert [(os.path.basename(k), "--max-pixels 40000" in why) for k, why in report.skipped.skipped] == [
+        ("large.png", True)
+    ]
     ids, report = add(coll, FolderSource(folder), cache, max_pixels=10_000, keep_duplicates=True)
     assert [coll.entries(ids)[0]["key"]] == ["small.jpg"] and len(report.skipped) == 1
 
@@ -148,12 +153,16 @@ def test_a_supervised_method_without_labels_says_what_it_saw(tmp_path, bb, cache
     flat.mkdir()
     for p in sorted((cifar_small / "test").rglob("*.jpg"))[:6]:
         shutil.copy(p, flat / f"{p.parent.name}-{p.name}")
-    with pytest.raises(ValueError, match=r"'cca-itq' learns from labels, but none of the 6 images has one \(labels: "
-                                         r"none: no image is in a class folder below the source folder\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'cca-itq' learns from labels, but none of the 6 images has one \(labels: "
+        r"none: no image is in a class folder below the source folder\)",
+    ):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            build_collection(FolderSource(flat), bb, create_hasher("cca-itq", n_bits=8), cache_dir=cache,
-                             progress=False, workers=0)
+            build_collection(
+                FolderSource(flat), bb, create_hasher("cca-itq", n_bits=8), cache_dir=cache, progress=False, workers=0
+            )
     # With class folders and one stray image, the method learns from the labelled ones.
     tree = tmp_path / "tree"
     for p in sorted((cifar_small / "test").rglob("*.jpg"))[:12]:
@@ -162,8 +171,9 @@ def test_a_supervised_method_without_labels_says_what_it_saw(tmp_path, bb, cache
     shutil.copy(sorted((cifar_small / "train").rglob("*.jpg"))[0], tree / "cover.jpg")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        coll, report = build_collection(FolderSource(tree), bb, create_hasher("cca-itq", n_bits=8), cache_dir=cache,
-                                        progress=False, workers=0)
+        coll, report = build_collection(
+            FolderSource(tree), bb, create_hasher("cca-itq", n_bits=8), cache_dir=cache, progress=False, workers=0
+        )
     assert len(coll) == 13 and "1 image has no label: " in report.summary() and "cover.jpg" in report.summary()
     labels = [e["label"] for e in coll.entries(range(13))]
     assert labels.count(None) == 1 and len(set(labels)) == 4  # airplane, automobile, bird, and None
@@ -174,4 +184,6 @@ def test_an_unknown_back_end_or_engine_is_refused_before_any_work(tmp_path, bb, 
     for kw, what in (({"index": "nosuch"}, "unknown index back end 'nosuch'"), ({"engine": "spark"}, "engine must be")):
         with pytest.raises(ValueError, match=what):
             build(FolderSource(photos), bb, tmp_path / "empty-cache", **kw)
-        assert not (tmp_path / "empty-cache" / "features").exists() or not any((tmp_path / "empty-cache" / "features").iterdir())
+        assert not (tmp_path / "empty-cache" / "features").exists() or not any(
+            (tmp_path / "empty-cache" / "features").iterdir()
+        )

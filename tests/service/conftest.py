@@ -26,8 +26,12 @@ def served_collection(cifar_small, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         coll, _ = build_collection(
-            FolderSource(cifar_small), bb, create_hasher("dlbhc", n_bits=32, seed=0, epochs=60),
-            cache_dir=tmp_path_factory.mktemp("feat"), progress=False, batch_size=32,
+            FolderSource(cifar_small),
+            bb,
+            create_hasher("dlbhc", n_bits=32, seed=0, epochs=60),
+            cache_dir=tmp_path_factory.mktemp("feat"),
+            progress=False,
+            batch_size=32,
         )
     coll.save(out)
     return out
@@ -63,7 +67,9 @@ class Server:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", http=http))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", http=http)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -89,8 +95,9 @@ def server(served_collection, tmp_path_factory):
 
     path = tmp_path_factory.mktemp("copy") / "c.hsx"
     shutil.copytree(served_collection, path)
-    app = create_app(path, api_key=API_KEY, cache_dir=tmp_path_factory.mktemp("cache"),
-                     eval_json=_eval_json(tmp_path_factory))
+    app = create_app(
+        path, api_key=API_KEY, cache_dir=tmp_path_factory.mktemp("cache"), eval_json=_eval_json(tmp_path_factory)
+    )
     with Server(app) as s:
         yield s
 
@@ -105,8 +112,16 @@ def _eval_json(tmp_path_factory):
         return p
     q = tmp_path_factory.mktemp("eval") / "e.json"
     pr = {"radii": [0, 1, 2], "precision": [0.5, 0.4, 0.3], "recall": [0.1, 0.5, 1.0]}
-    q.write_text(json.dumps({"title": "t", "rows": [
-        {"method": "itq", "bits": b, "metrics": {"map": 0.2 + b / 1000, "pr_curve": pr}} for b in (16, 32)]}))
+    q.write_text(
+        json.dumps(
+            {
+                "title": "t",
+                "rows": [
+                    {"method": "itq", "bits": b, "metrics": {"map": 0.2 + b / 1000, "pr_curve": pr}} for b in (16, 32)
+                ],
+            }
+        )
+    )
     return q
 
 

@@ -30,9 +30,16 @@ def _upload(path, ctype="image/jpeg", name=None):
 
 def _png(w, h, payload=b""):
     """A valid PNG header claiming w x h pixels (a decompression bomb when large)."""
+
     def chunk(t, d):
         return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(payload)) + chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(payload))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_health_stats_openapi(client):
@@ -42,7 +49,16 @@ def test_health_stats_openapi(client):
     assert s["backbone"] == "efficientnet-lite0" and s["mutations_enabled"] is True
     assert sum(s["labels"].values()) == 120 and len(s["labels"]) == 10
     paths = client.get("/openapi.json").json()["paths"]
-    for route in ["/search", "/search/{image_id}", "/images/{image_id}", "/thumbs/{image_id}", "/images", "/stats", "/health", "/jobs/{job_id}"]:
+    for route in [
+        "/search",
+        "/search/{image_id}",
+        "/images/{image_id}",
+        "/thumbs/{image_id}",
+        "/images",
+        "/stats",
+        "/health",
+        "/jobs/{job_id}",
+    ]:
         assert route in paths
 
 
@@ -94,9 +110,17 @@ def test_unknown_id_is_404(client, route):
     assert r.status_code == 404 and r.json()["detail"] == "no image with id 999999 in this collection"
 
 
-@pytest.mark.parametrize("method,route", [("GET", "/images/{}"), ("GET", "/thumbs/{}"), ("GET", "/search/{}"),
-                                          ("GET", "/entries/{}"), ("DELETE", "/images/{}")])
-@pytest.mark.parametrize("bad", [str(2**63), str(2**63 - 1), "-1", str(-2**63 - 1), "9" * 400, "1.5", "x", "1e3"])
+@pytest.mark.parametrize(
+    "method,route",
+    [
+        ("GET", "/images/{}"),
+        ("GET", "/thumbs/{}"),
+        ("GET", "/search/{}"),
+        ("GET", "/entries/{}"),
+        ("DELETE", "/images/{}"),
+    ],
+)
+@pytest.mark.parametrize("bad", [str(2**63), str(2**63 - 1), "-1", str(-(2**63) - 1), "9" * 400, "1.5", "x", "1e3"])
 def test_ids_outside_int64_are_422_never_500(client, method, route, bad):
     """Any id text: a 422 naming the range, or (2**63-1, in range) a 404; never a 500."""
     r = client.request(method, route.format(bad), headers=KEY)
@@ -111,11 +135,19 @@ def test_query_ints_outside_their_range_are_422(client, params):
     assert client.get("/search/0", params=params).status_code == 422
 
 
-@pytest.mark.parametrize("path", [
-    "/images/..%2F..%2F..%2Fetc%2Fpasswd", "/images/../../etc/passwd", "/thumbs/%2Fetc%2Fpasswd",
-    "/images/0%2F..%2F..%2Fmanifest.json", "/static/..%2F..%2Fcollection.py", "/static/../state.py",
-    "/thumbs/1e3", "/images/0x1",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/images/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/images/../../etc/passwd",
+        "/thumbs/%2Fetc%2Fpasswd",
+        "/images/0%2F..%2F..%2Fmanifest.json",
+        "/static/..%2F..%2Fcollection.py",
+        "/static/../state.py",
+        "/thumbs/1e3",
+        "/images/0x1",
+    ],
+)
 def test_path_traversal_never_reads_a_file(client, path):
     r = client.get(path)
     assert r.status_code in (404, 422), (path, r.status_code)
@@ -177,7 +209,9 @@ def test_add_remove_saved_atomically(client, server, cifar_small):
     assert len(reopened) == 122 and reopened.entries(out["ids"])[0]["label"] == "airplane"
     new = out["ids"][0]
     assert client.get(f"/thumbs/{new}").status_code == 200
-    hit = client.post("/search", files={"image": ("q.jpg", imgs[0][1], "image/jpeg")}, params={"k": 3}).json()["results"]
+    hit = client.post("/search", files={"image": ("q.jpg", imgs[0][1], "image/jpeg")}, params={"k": 3}).json()[
+        "results"
+    ]
     assert new in [x["id"] for x in hit]
     assert client.delete(f"/images/{new}", headers=KEY).json()["count"] == 121
     assert client.get(f"/images/{new}").status_code == 404

@@ -21,8 +21,15 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import pytest
 
 CHROMIUM = os.environ.get("HASHSEARCH_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(os.environ.get("HASHSEARCH_ARTIFACTS", Path(__file__).parent / "artifacts"))
 K = 12
 
@@ -41,7 +48,9 @@ SHOWN = """() => {
 def browser():
     from playwright.sync_api import sync_playwright
 
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: install it with `make browser` (apt-get install -y chromium)"
+    assert Path(CHROMIUM).is_file(), (
+        f"{CHROMIUM} not found: install it with `make browser` (apt-get install -y chromium)"
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
@@ -103,8 +112,12 @@ def queries(cifar_small, tmp_path_factory):
 
 def _settled(page, kind):
     """Wait until the page shows `kind` as its query and no search is in flight."""
-    _until(page, "k => document.getElementById('query').dataset.kind === k && "
-                 "!document.getElementById('results').hasAttribute('aria-busy')", kind)
+    _until(
+        page,
+        "k => document.getElementById('query').dataset.kind === k && "
+        "!document.getElementById('results').hasAttribute('aria-busy')",
+        kind,
+    )
     return page.evaluate(SHOWN)
 
 
@@ -115,8 +128,12 @@ def _search_file(page, path):
 
 def _shows_file(page, name):
     """Wait until the page shows the file `name` as its query and no search is in flight."""
-    _until(page, "n => (document.querySelector('#query figcaption') || {}).textContent === n && "
-                 "!document.getElementById('results').hasAttribute('aria-busy')", name)
+    _until(
+        page,
+        "n => (document.querySelector('#query figcaption') || {}).textContent === n && "
+        "!document.getElementById('results').hasAttribute('aria-busy')",
+        name,
+    )
     return page.evaluate(SHOWN)
 
 
@@ -162,7 +179,9 @@ def test_page_search_click_and_evaluation(open_page, client, cifar_small, querie
     query = queries[0]
     shown = _search_file(page, query)
     _belongs(shown, client, query)
-    assert Counter(page.eval_on_selector_all("#results .result", "els => els.map(e => e.dataset.label)"))["ship"] > K / 2
+    assert (
+        Counter(page.eval_on_selector_all("#results .result", "els => els.map(e => e.dataset.label)"))["ship"] > K / 2
+    )
     # Each result names its file by its key relative to the collection, never by a server path.
     assert shown["titles"] == [_shown_key(r) for r in _api_ids(client, query)[1]]
     assert str(Path(cifar_small).parent) not in page.content()
@@ -179,8 +198,11 @@ def test_page_search_click_and_evaluation(open_page, client, cifar_small, querie
     page.select_option("#mode", "rerank")
     _until(page, "() => document.getElementById('status').textContent.includes('(rerank)')")
     page.select_option("#label", "cat")
-    _until(page, "() => document.getElementById('status').textContent.includes('(rerank)') && "
-                 "[...document.querySelectorAll('#results .result')].every(e => e.dataset.label === 'cat')")
+    _until(
+        page,
+        "() => document.getElementById('status').textContent.includes('(rerank)') && "
+        "[...document.querySelectorAll('#results .result')].every(e => e.dataset.label === 'cat')",
+    )
     assert page.evaluate(SHOWN)["query"] == f"id:{clicked}"
     page.screenshot(path=str(ARTIFACTS / "click-1280.png"), full_page=True)
 
@@ -319,8 +341,11 @@ def test_late_answer_never_shows_under_another_query(open_page, client, cifar_sm
     page.unroute_all()
 
     # Every state drawn on the way: a query with the API's results for it, and never an error.
-    answers = {f"file:{first.name}": _api_ids(client, first)[0], f"file:{upload.name}": _api_ids(client, upload)[0],
-               f"id:{clicked}": _api_ids(client, clicked)[0]}
+    answers = {
+        f"file:{first.name}": _api_ids(client, first)[0],
+        f"file:{upload.name}": _api_ids(client, upload)[0],
+        f"id:{clicked}": _api_ids(client, clicked)[0],
+    }
     seen = page.evaluate("() => window.__seen")
     assert seen
     for state in seen:
@@ -382,11 +407,14 @@ def test_phone_width_has_no_sideways_scroll(open_page, client, cifar_small, quer
     _no_horizontal_scroll(page, 390)
     # The plots fit the screen and keep their text size (drawn at the width they are given).
     for svg in ("#map-plot", "#pr-plot"):
-        box = page.eval_on_selector(svg, "e => [e.getBoundingClientRect().right, e.getBoundingClientRect().width, e.viewBox.baseVal.width]")
+        box = page.eval_on_selector(
+            svg, "e => [e.getBoundingClientRect().right, e.getBoundingClientRect().width, e.viewBox.baseVal.width]"
+        )
         assert box[0] <= 390 and abs(box[1] - box[2]) <= 1, (svg, box)
     # The table (seven columns, wider than a phone) scrolls inside its own box.
     right, client_w, scroll_w = page.eval_on_selector(
-        "#eval-table-box", "e => [e.getBoundingClientRect().right, e.clientWidth, e.scrollWidth]")
+        "#eval-table-box", "e => [e.getBoundingClientRect().right, e.clientWidth, e.scrollWidth]"
+    )
     assert right <= 390 and scroll_w > client_w, (right, client_w, scroll_w)
     page.screenshot(path=str(ARTIFACTS / "evaluation-390.png"), full_page=True)
 
@@ -416,7 +444,9 @@ def test_file_picker_and_results_by_keyboard(open_page, client, cifar_small, que
     else:
         pytest.fail("Tab never reaches the file picker")
     assert page.get_by_role("button", name=re.compile("Choose a query image")).count() == 1
-    ring = page.eval_on_selector("#drop", "e => { const s = getComputedStyle(e); return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
+    ring = page.eval_on_selector(
+        "#drop", "e => { const s = getComputedStyle(e); return [s.outlineStyle, parseFloat(s.outlineWidth)]; }"
+    )
     assert ring[0] != "none" and ring[1] >= 2, ring
     page.screenshot(path=str(ARTIFACTS / "keyboard-1280.png"))
 

@@ -17,8 +17,15 @@ def test_an_int8_collection_is_served_with_its_own_int8_model(cifar_small, tmp_p
     bb = create_backbone("efficientnet-lite0", input_size=64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        coll, _ = build_collection(FolderSource(cifar_small / "test"), bb, create_hasher("itq", n_bits=16, seed=0),
-                                   cache_dir=tmp_path / "cache", progress=False, int8=True, calibration_size=16)
+        coll, _ = build_collection(
+            FolderSource(cifar_small / "test"),
+            bb,
+            create_hasher("itq", n_bits=16, seed=0),
+            cache_dir=tmp_path / "cache",
+            progress=False,
+            int8=True,
+            calibration_size=16,
+        )
     assert coll.int8_model is not None
     coll.save(tmp_path / "c.hsx")
     state = ServiceState(tmp_path / "c.hsx", cache_dir=tmp_path / "svc")

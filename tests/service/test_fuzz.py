@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import shutil
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +17,9 @@ from hashsearch.data.decode import DecodeError, decode_image
 from hashsearch.service.limits import Limits
 from hashsearch.service.state import BadRequest, ServiceState
 
-FUZZ = settings(max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=100, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 
 
 def _seeds():
@@ -48,7 +49,9 @@ def mutated(draw):
         elif op == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=16))
         elif op == "set32" and len(data) >= pos + 4:
-            data[pos:pos + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x01\x00\x00"]))
+            data[pos : pos + 4] = draw(
+                st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x00\x01\x00\x00"])
+            )
     return bytes(data)
 
 
@@ -65,12 +68,18 @@ def test_decoder_gives_decode_error_or_an_rgb_image(data):
 
 @pytest.fixture(scope="module")
 def state(served_collection, tmp_path_factory):
-    return ServiceState(served_collection, cache_dir=tmp_path_factory.mktemp("fz"),
-                        limits=Limits(max_pixels=4_000_000, max_query_pixels=4_000_000))
+    return ServiceState(
+        served_collection,
+        cache_dir=tmp_path_factory.mktemp("fz"),
+        limits=Limits(max_pixels=4_000_000, max_query_pixels=4_000_000),
+    )
 
 
 @FUZZ
-@given(data=st.one_of(st.binary(max_size=2048), mutated()), ctype=st.sampled_from(["image/jpeg", "image/png", None, "text/plain"]))
+@given(
+    data=st.one_of(st.binary(max_size=2048), mutated()),
+    ctype=st.sampled_from(["image/jpeg", "image/png", None, "text/plain"]),
+)
 def test_upload_path_gives_4xx_or_decodes(state, data, ctype):
     try:
         state.check_upload(data, "fuzz", ctype)
@@ -87,9 +96,18 @@ def pristine(served_collection):
     return served_collection
 
 
-@settings(max_examples=60, deadline=5000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(which=st.sampled_from(FILES + ["index"]), pos=st.floats(0, 1), op=st.sampled_from(["flip", "cut", "garbage"]),
-       verify=st.booleans())
+@settings(
+    max_examples=60,
+    deadline=5000,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    which=st.sampled_from(FILES + ["index"]),
+    pos=st.floats(0, 1),
+    op=st.sampled_from(["flip", "cut", "garbage"]),
+    verify=st.booleans(),
+)
 def test_loader_gives_collection_error(pristine, tmp_path_factory, which, pos, op, verify):
     """Collection.open on a damaged file: a CollectionError, never another exception.
 
@@ -112,7 +130,7 @@ def test_loader_gives_collection_error(pristine, tmp_path_factory, which, pos, o
     elif op == "cut":
         del data[i:]
     else:
-        data[i:i + 8] = b"\xde\xad\xbe\xef" * 2
+        data[i : i + 8] = b"\xde\xad\xbe\xef" * 2
     target.write_bytes(bytes(data))
     try:
         coll = Collection.open(root, verify=verify)
@@ -129,9 +147,9 @@ def test_loader_gives_collection_error(pristine, tmp_path_factory, which, pos, o
         assert len(coll) == 120 and len(coll.entries(range(120))) == 120
 
 
-
-
-@pytest.mark.parametrize("old,new", [('"files"', '"filez"'), ('"backbone"', '"backbonf"'), ('"index"', '"indey"'), ("{", "[")])
+@pytest.mark.parametrize(
+    "old,new", [('"files"', '"filez"'), ('"backbone"', '"backbonf"'), ('"index"', '"indey"'), ("{", "[")]
+)
 def test_manifest_with_missing_fields_is_a_collection_error(pristine, tmp_path, old, new):
     root = tmp_path / "c.hsx"
     shutil.copytree(pristine, root)

@@ -29,14 +29,23 @@ def hardened(served_collection, tmp_path_factory):
     """A server with a Host allow-list, one background job at a time, finished jobs kept 1 s."""
     path = tmp_path_factory.mktemp("hard") / "c.hsx"
     shutil.copytree(served_collection, path)
-    app = create_app(path, api_key=API_KEY, cache_dir=tmp_path_factory.mktemp("hardc"),
-                     allowed_hosts=["127.0.0.1", "localhost"], max_jobs=1, job_ttl_s=1, decode_slots=1)
+    app = create_app(
+        path,
+        api_key=API_KEY,
+        cache_dir=tmp_path_factory.mktemp("hardc"),
+        allowed_hosts=["127.0.0.1", "localhost"],
+        max_jobs=1,
+        job_ttl_s=1,
+        decode_slots=1,
+    )
     with Server(app) as s:
         yield s
 
 
 def _links(html: str) -> list[str]:
-    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html) + re.findall(r"""url\s*:\s*['"]([^'"]+)['"]""", html)
+    return re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html) + re.findall(
+        r"""url\s*:\s*['"]([^'"]+)['"]""", html
+    )
 
 
 def test_docs_reference_nothing_outside_the_server_and_their_assets_load(hardened):
@@ -58,8 +67,11 @@ def test_docs_render_in_a_browser_with_the_network_cut_off(hardened):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: install it with `apt-get install -y chromium`"
     outside, errors = [], []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
         try:
             page = browser.new_page()
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -102,7 +114,9 @@ def test_serve_defaults_to_loopback_names_on_a_loopback_address():
     assert allowed_host_list("127.0.0.1", "*") == ["*"]
 
 
-@pytest.mark.parametrize("route", ["/", "/docs", "/stats", "/entries/0", "/entries/999999", "/static/app.js", "/favicon.ico"])
+@pytest.mark.parametrize(
+    "route", ["/", "/docs", "/stats", "/entries/0", "/entries/999999", "/static/app.js", "/favicon.ico"]
+)
 def test_security_headers_on_every_answer(hardened, route):
     h = httpx.get(hardened.url + route).headers
     assert h["x-content-type-options"] == "nosniff" and h["x-frame-options"] == "DENY"
@@ -119,8 +133,11 @@ def test_refusals_carry_the_headers_too(hardened):
 
 
 def test_every_write_is_logged(hardened, cifar_small, caplog):
-    (name, data), = fresh_jpegs(cifar_small, 1, salt=30)
-    with caplog.at_level(logging.INFO, logger="hashsearch.service.access"), httpx.Client(base_url=hardened.url, timeout=60) as c:
+    ((name, data),) = fresh_jpegs(cifar_small, 1, salt=30)
+    with (
+        caplog.at_level(logging.INFO, logger="hashsearch.service.access"),
+        httpx.Client(base_url=hardened.url, timeout=60) as c,
+    ):
         new = c.post("/images", files={"images": (name, data, "image/jpeg")}, headers=KEY).json()["ids"][0]
         c.post("/images", files={"images": (name, data, "image/jpeg")}, headers=KEY)  # a duplicate now
         c.delete(f"/images/{new}", headers=KEY)
@@ -131,9 +148,15 @@ def test_every_write_is_logged(hardened, cifar_small, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "hashsearch.service.access"]
     assert len(lines) == 4, lines
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}"
-    assert re.fullmatch(stamp + rf" write POST /images from 127\.0\.0\.1:\d+ -> 200 \{{\"ids\":\[{new}\],\"duplicates\":\[\],\"errors\":0\}}", lines[0])
+    assert re.fullmatch(
+        stamp
+        + rf" write POST /images from 127\.0\.0\.1:\d+ -> 200 \{{\"ids\":\[{new}\],\"duplicates\":\[\],\"errors\":0\}}",
+        lines[0],
+    )
     assert lines[1].endswith(f'-> 200 {{"ids":[],"duplicates":[{new}],"errors":0}}')
-    assert re.fullmatch(stamp + rf" write DELETE /images/{new} from 127\.0\.0\.1:\d+ -> 200 \{{\"ids\":\[{new}\]\}}", lines[2])
+    assert re.fullmatch(
+        stamp + rf" write DELETE /images/{new} from 127\.0\.0\.1:\d+ -> 200 \{{\"ids\":\[{new}\]\}}", lines[2]
+    )
     assert " write DELETE /images/1 from 127.0.0.1:" in lines[3] and lines[3].endswith("-> 401 {}")
 
 

@@ -31,12 +31,15 @@ READ_AHEAD = 64 * KIB + 256 * KIB + 16 * KIB
 
 
 def _form_head(name="images", filename="x.png"):
-    return (f'--bnd\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-            "Content-Type: image/png\r\n\r\n").encode()
+    return (
+        f'--bnd\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
 
 def _stream(total: int, sent: list, head: bytes = b"", chunk: int = 64 * KIB, delay: float = 0.0):
     """A generator body: `head`, then zeros up to `total` bytes; counts what it gave in sent[0]."""
+
     def gen():
         yield head
         sent[0] += len(head)
@@ -46,6 +49,7 @@ def _stream(total: int, sent: list, head: bytes = b"", chunk: int = 64 * KIB, de
                 time.sleep(delay)
             yield block
             sent[0] += len(block)
+
     return gen()
 
 
@@ -57,8 +61,13 @@ def counted(served_collection, tmp_path_factory):
     """A server with small limits (1 MiB per file, 3 MiB per request) whose socket reads are counted."""
     path = tmp_path_factory.mktemp("lim") / "c.hsx"
     shutil.copytree(served_collection, path)
-    app = create_app(path, api_key=API_KEY, cache_dir=tmp_path_factory.mktemp("limc"),
-                     max_upload_bytes=1 * MIB, max_request_bytes=3 * MIB)
+    app = create_app(
+        path,
+        api_key=API_KEY,
+        cache_dir=tmp_path_factory.mktemp("limc"),
+        max_upload_bytes=1 * MIB,
+        max_request_bytes=3 * MIB,
+    )
     proto = counting_h11()
     with Server(app, http=proto) as s:
         s.read = proto.read
@@ -72,9 +81,14 @@ def _send(server, method, route, body, headers):
     return r, server.read[0]
 
 
-@pytest.mark.parametrize("method,route,headers", [
-    ("POST", "/images", {}), ("POST", "/images", {"X-API-Key": "wrong"}), ("DELETE", "/images/3", {}),
-])
+@pytest.mark.parametrize(
+    "method,route,headers",
+    [
+        ("POST", "/images", {}),
+        ("POST", "/images", {"X-API-Key": "wrong"}),
+        ("DELETE", "/images/3", {}),
+    ],
+)
 def test_without_the_key_a_gigabyte_stream_is_refused_after_a_few_kilobytes(counted, method, route, headers):
     sent = [0]
     r, read = _send(counted, method, route, _stream(1024 * MIB, sent, _form_head()), {**MULTIPART, **headers})
@@ -86,8 +100,13 @@ def test_without_the_key_a_gigabyte_stream_is_refused_after_a_few_kilobytes(coun
 
 def test_without_the_key_a_declared_length_is_refused_before_reading(counted):
     sent = [0]
-    r, read = _send(counted, "POST", "/images", _stream(200 * MIB, sent, _form_head()),
-                    {**MULTIPART, "Content-Length": str(200 * MIB)})
+    r, read = _send(
+        counted,
+        "POST",
+        "/images",
+        _stream(200 * MIB, sent, _form_head()),
+        {**MULTIPART, "Content-Length": str(200 * MIB)},
+    )
     assert r.status_code == 401 and read < READ_AHEAD
 
 
@@ -101,7 +120,9 @@ def test_mutations_disabled_refuse_before_reading(served_collection, tmp_path):
 
 def test_one_file_over_the_per_file_limit_is_cut_on_the_stream(counted):
     sent = [0]
-    r, read = _send(counted, "POST", "/images", _stream(512 * MIB, sent, _form_head(filename="huge.png")), {**MULTIPART, **KEY})
+    r, read = _send(
+        counted, "POST", "/images", _stream(512 * MIB, sent, _form_head(filename="huge.png")), {**MULTIPART, **KEY}
+    )
     assert r.status_code == 413, r.text
     assert r.json()["detail"].startswith("file 'huge.png' is over the per-file limit of 1,048,576 bytes")
     assert 1 * MIB < read < 1 * MIB + READ_AHEAD
@@ -136,6 +157,7 @@ def test_a_route_that_reads_no_body_does_not_read_a_streamed_one(counted):
 
 # -- item 12: decoding --------------------------------------------------------------------
 
+
 def _png(w: int, h: int) -> bytes:
     """A real PNG of w x h pixels that compresses to little (one colour, some noise rows)."""
     im = Image.new("RGB", (w, h), (90, 140, 200))
@@ -157,8 +179,14 @@ def narrow(served_collection, tmp_path_factory):
     """One decode slot, one queued upload, a 10-megapixel query limit."""
     path = tmp_path_factory.mktemp("nar") / "c.hsx"
     shutil.copytree(served_collection, path)
-    app = create_app(path, api_key=API_KEY, cache_dir=tmp_path_factory.mktemp("narc"),
-                     decode_slots=1, max_queued=1, max_query_pixels=10_000_000)
+    app = create_app(
+        path,
+        api_key=API_KEY,
+        cache_dir=tmp_path_factory.mktemp("narc"),
+        decode_slots=1,
+        max_queued=1,
+        max_query_pixels=10_000_000,
+    )
     with Server(app) as s:
         yield s
 
@@ -168,8 +196,10 @@ def test_queries_have_their_own_pixel_limit(narrow):
     assert len(png) < 200 * KIB
     r = httpx.post(narrow.url + "/search", files={"image": ("wide.png", png, "image/png")}, timeout=60)
     assert r.status_code == 413
-    assert r.json()["detail"] == ("wide.png: 4000x3000 = 12,000,000 pixels is above this server's limit of 10,000,000 "
-                                  "for a query (max_query_pixels (hashsearch serve --max-query-pixels)); send a smaller image")
+    assert r.json()["detail"] == (
+        "wide.png: 4000x3000 = 12,000,000 pixels is above this server's limit of 10,000,000 "
+        "for a query (max_query_pixels (hashsearch serve --max-query-pixels)); send a smaller image"
+    )
     r = httpx.post(narrow.url + "/images", files={"images": ("wide.png", png, "image/png")}, headers=KEY, timeout=60)
     assert r.status_code == 200 and len(r.json()["ids"]) == 1, r.text  # under max_pixels: added
 
@@ -187,9 +217,15 @@ def test_a_large_jpeg_query_decodes_at_reduced_scale_as_the_indexer_does(narrow,
     assert hs.decode(big, "big.jpg", query=True).size == (400, 300)
     assert min(hs.decode(big, "big.jpg", query=True).size) >= side
     # Added (decoded as the indexer decodes) then searched with the same bytes: itself at distance 0.
-    added = httpx.post(narrow.url + "/images", files={"images": ("big.jpg", big, "image/jpeg")}, headers=KEY, timeout=60).json()
-    top, second = httpx.post(narrow.url + "/search", files={"image": ("big.jpg", big, "image/jpeg")},
-                             params={"k": 2, "rerank": 5}, timeout=60).json()["results"]
+    added = httpx.post(
+        narrow.url + "/images", files={"images": ("big.jpg", big, "image/jpeg")}, headers=KEY, timeout=60
+    ).json()
+    top, second = httpx.post(
+        narrow.url + "/search",
+        files={"image": ("big.jpg", big, "image/jpeg")},
+        params={"k": 2, "rerank": 5},
+        timeout=60,
+    ).json()["results"]
     # The same features up to the float16 they are stored in.
     assert top["id"] == added["ids"][0] and top["hamming"] == 0
     assert top["rerank_distance"] < 0.05 * second["rerank_distance"]
@@ -206,6 +242,7 @@ def test_uploads_beyond_the_queue_get_503_before_their_body_is_read(narrow, cifa
             yield _form_head("image", "slow.jpg").replace(b"image/png", b"image/jpeg")
             release.wait(30)
             yield jpg + b"\r\n--bnd--\r\n"
+
         results.append(httpx.post(narrow.url + "/search", content=body(), headers=MULTIPART, timeout=60).status_code)
 
     threads = [threading.Thread(target=slow_upload) for _ in range(hs.limits.max_pending_uploads)]
@@ -222,7 +259,9 @@ def test_uploads_beyond_the_queue_get_503_before_their_body_is_read(narrow, cifa
     for t in threads:
         t.join(60)
     assert results == [200] * len(threads)
-    assert httpx.post(narrow.url + "/search", files={"image": ("q.jpg", jpg, "image/jpeg")}, timeout=60).status_code == 200
+    assert (
+        httpx.post(narrow.url + "/search", files={"image": ("q.jpg", jpg, "image/jpeg")}, timeout=60).status_code == 200
+    )
 
 
 def test_decoding_runs_in_at_most_decode_slots_threads(narrow, cifar_small):
@@ -250,7 +289,9 @@ def test_decoding_runs_in_at_most_decode_slots_threads(narrow, cifar_small):
         codes = []
 
         def search(q):
-            codes.append(httpx.post(narrow.url + "/search", files={"image": ("q.jpg", q, "image/jpeg")}, timeout=60).status_code)
+            codes.append(
+                httpx.post(narrow.url + "/search", files={"image": ("q.jpg", q, "image/jpeg")}, timeout=60).status_code
+            )
 
         threads = [threading.Thread(target=search, args=(q,)) for q in queries]
         for t in threads:

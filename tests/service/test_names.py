@@ -34,8 +34,13 @@ def latin1(cifar_small, tmp_path_factory):
             shutil.copy(p, root / cls / (CAFE if (cls == CREME and i == 0) else p.name))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        coll, _ = build_collection(FolderSource(root), create_backbone("efficientnet-lite0", input_size=64),
-                                   create_hasher("itq", n_bits=8), cache_dir=tmp / "cache", progress=False)
+        coll, _ = build_collection(
+            FolderSource(root),
+            create_backbone("efficientnet-lite0", input_size=64),
+            create_hasher("itq", n_bits=8),
+            cache_dir=tmp / "cache",
+            progress=False,
+        )
     coll.save(tmp / "n.hsx")
     with Server(create_app(tmp / "n.hsx", api_key=API_KEY, cache_dir=tmp / "svc")) as server:
         yield server, root
@@ -49,8 +54,12 @@ def test_every_route_answers_names_that_are_not_utf8(latin1):
     entries = [httpx.get(f"{server.url}/entries/{i}").json() for i in range(8)]
     cafe = next(e for e in entries if e["key"].endswith(".jpg") and os.fsencode(e["key"]) == b"cr\xe8me/caf\xe9.jpg")
     assert os.fsencode(cafe["label"]) == b"cr\xe8me"
-    for url in (f"/search/{cafe['id']}?k=7", f"/search/{cafe['id']}?k=7&rerank=5", f"/thumbs/{cafe['id']}",
-                f"/images/{cafe['id']}"):
+    for url in (
+        f"/search/{cafe['id']}?k=7",
+        f"/search/{cafe['id']}?k=7&rerank=5",
+        f"/thumbs/{cafe['id']}",
+        f"/images/{cafe['id']}",
+    ):
         assert httpx.get(server.url + url).status_code == 200, url
     hits = httpx.get(f"{server.url}/search/{(cafe['id'] + 1) % 8}?k=7").json()["results"]
     assert any(os.fsencode(h["key"]) == b"cr\xe8me/caf\xe9.jpg" for h in hits)

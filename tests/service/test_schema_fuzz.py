@@ -46,8 +46,7 @@ def test_the_fuzzed_schema_is_the_served_one(fuzzed):
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_generated_request_gets_a_5xx_or_a_server_path(case, fuzzed):
     # Half the requests carry the key, so the mutating routes' parsing and validation run too.
     headers = {"X-API-Key": API_KEY} if hash(repr(case.path_parameters)) % 2 == 0 else None

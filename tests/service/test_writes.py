@@ -41,10 +41,11 @@ def _serve(path, tmp_path, **kw):
 
 
 def test_uploads_live_in_the_collection_and_resolve_from_any_directory_and_after_a_move(
-        coll_path, tmp_path, cifar_small, monkeypatch):
+    coll_path, tmp_path, cifar_small, monkeypatch
+):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    (name, data), = fresh_jpegs(cifar_small, 1, salt=20)
+    ((name, data),) = fresh_jpegs(cifar_small, 1, salt=20)
     monkeypatch.chdir(tmp_path / "a")
     with _serve(Path(os.path.relpath(coll_path)), tmp_path) as s:  # a relative collection path, as a user types it
         new = httpx.post(s.url + "/images", files=_files([(name, data)]), headers=KEY).json()["ids"][0]
@@ -71,19 +72,30 @@ def test_content_already_indexed_is_answered_with_its_id(coll_path, tmp_path, ci
         ids = {c.get(f"/entries/{i}").json()["key"]: i for i in range(120)}
         want = [ids[p.relative_to(cifar_small).as_posix()] for p in indexed]
         # Two indexed files under new names, a new one, and the new one again in the same request.
-        files = _files([("again-1.jpg", indexed[0].read_bytes()), ("again-2.jpg", indexed[1].read_bytes()),
-                        fresh[0], ("copy.jpg", fresh[0][1])])
+        files = _files(
+            [
+                ("again-1.jpg", indexed[0].read_bytes()),
+                ("again-2.jpg", indexed[1].read_bytes()),
+                fresh[0],
+                ("copy.jpg", fresh[0][1]),
+            ]
+        )
         out = c.post("/images", files=files, headers=KEY).json()
         assert len(out["ids"]) == 1 and out["count"] == 121 and not out["errors"]
-        assert out["duplicates"] == [{"file": "again-1.jpg", "id": want[0]}, {"file": "again-2.jpg", "id": want[1]},
-                                     {"file": "copy.jpg", "id": out["ids"][0]}]
+        assert out["duplicates"] == [
+            {"file": "again-1.jpg", "id": want[0]},
+            {"file": "again-2.jpg", "id": want[1]},
+            {"file": "copy.jpg", "id": out["ids"][0]},
+        ]
         # Uploaded again later, and in a background job: the id the first upload got.
         again = c.post("/images", files=_files([fresh[0]]), headers=KEY).json()
         assert again["ids"] == [] and again["duplicates"] == [{"file": fresh[0][0], "id": out["ids"][0]}]
         job = c.post("/images", files=_files([fresh[0]]), data={"background": "true"}, headers=KEY).json()
         while (j := c.get(f"/jobs/{job['id']}").json())["state"] == "running":
             pass
-        assert j["state"] == "done" and j["ids"] == [] and j["duplicates"] == [{"file": fresh[0][0], "id": out["ids"][0]}]
+        assert (
+            j["state"] == "done" and j["ids"] == [] and j["duplicates"] == [{"file": fresh[0][0], "id": out["ids"][0]}]
+        )
         # keep_duplicates adds it anyway.
         kept = c.post("/images", files=_files([fresh[0]]), data={"keep_duplicates": "true"}, headers=KEY).json()
         assert len(kept["ids"]) == 1 and kept["ids"][0] != out["ids"][0] and kept["count"] == 122
@@ -101,7 +113,7 @@ def _failing_fsync(monkeypatch):
 
 
 def test_a_failed_save_leaves_memory_equal_to_the_disk(coll_path, tmp_path, cifar_small, monkeypatch):
-    (name, data), = fresh_jpegs(cifar_small, 1, salt=22)
+    ((name, data),) = fresh_jpegs(cifar_small, 1, salt=22)
     with _serve(coll_path, tmp_path) as s, httpx.Client(base_url=s.url, timeout=60) as c:
         before = c.get("/stats").json()["count"]
         with monkeypatch.context() as m:
@@ -109,7 +121,9 @@ def test_a_failed_save_leaves_memory_equal_to_the_disk(coll_path, tmp_path, cifa
             r = c.post("/images", files=_files([(name, data)]), headers=KEY)
             assert r.status_code == 503 and r.headers["retry-after"]
             detail = r.json()["detail"]
-            assert detail.startswith("adding the images failed: the collection could not be saved on the server, so nothing changed")
+            assert detail.startswith(
+                "adding the images failed: the collection could not be saved on the server, so nothing changed"
+            )
             assert str(tmp_path) not in detail and "Traceback" not in detail
             d = c.delete("/images/5", headers=KEY)
             assert d.status_code == 503 and d.json()["detail"].startswith("removing image 5 failed")
@@ -157,10 +171,17 @@ def test_no_response_carries_a_server_path(coll_path, tmp_path, cifar_small):
             hidden.rename(moved_away)
         new = c.post("/images", files=_files(fresh_jpegs(cifar_small, 1, salt=24)), headers=KEY).json()
         q = {"image": ("q.jpg", moved_away.read_bytes(), "image/jpeg")}
-        for resp in [c.post("/search", files=q, params={"k": 200}), c.post("/search", files=q, params={"rerank": 50}),
-                     c.get("/search/3", params={"k": 200}), c.get(f"/entries/{new['ids'][0]}"), c.get("/stats"),
-                     c.get("/entries/999"), c.get("/jobs/nope"), c.delete("/images/999", headers=KEY),
-                     c.post("/images", files=_files([("bad.jpg", b"nope")]), headers=KEY)]:
+        for resp in [
+            c.post("/search", files=q, params={"k": 200}),
+            c.post("/search", files=q, params={"rerank": 50}),
+            c.get("/search/3", params={"k": 200}),
+            c.get(f"/entries/{new['ids'][0]}"),
+            c.get("/stats"),
+            c.get("/entries/999"),
+            c.get("/jobs/nope"),
+            c.delete("/images/999", headers=KEY),
+            c.post("/images", files=_files([("bad.jpg", b"nope")]), headers=KEY),
+        ]:
             bodies.append(resp.text)
         results = c.get("/search/3", params={"k": 200}).json()["results"]
     assert all(set(x) == {"id", "key", "label", "distance"} for x in results)

@@ -4,6 +4,7 @@ behind one interface (`FeatureExtractor`: `extract(pixels) -> features`, `featur
 Nothing here reads files or caches features: that is `hashsearch.pipeline`.
 """
 
+from hashsearch.backbones import cifar_resnet, efficientnet  # noqa: F401  (registers the built-ins)
 from hashsearch.backbones.base import (
     Backbone,
     Preprocess,
@@ -12,7 +13,6 @@ from hashsearch.backbones.base import (
     list_backbones,
     register_backbone,
 )
-from hashsearch.backbones import cifar_resnet, efficientnet  # noqa: E402,F401  (registers the built-ins)
 from hashsearch.backbones.runtime import (
     RUNTIMES,
     FeatureExtractor,

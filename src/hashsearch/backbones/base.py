@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from PIL import Image
@@ -55,7 +55,7 @@ class Preprocess:
             # A quarter fewer output pixels for a 4:3 photo.
             sx, sy = w / nw, h / nh
             box = (left * sx, top * sy, (left + s) * sx, (top + s) * sy)
-            image = image.resize((s, s), Image.BICUBIC, box=box, reducing_gap=3.0)
+            image = image.resize((s, s), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
         elif (nw, nh) != (s, s):
             image = image.crop((left, top, left + s, top + s))
         return np.asarray(image, dtype=np.uint8)

@@ -31,9 +31,7 @@ class _EfficientNetLite(Backbone):
 
     def __init__(self, input_size: int = 128, weights: str | os.PathLike | None = None) -> None:
         if not isinstance(input_size, int) or not 32 <= input_size <= 1024 or input_size % 8:
-            raise ValueError(
-                f"input_size must be a multiple of 8 in [32, 1024], got {input_size!r}"
-            )
+            raise ValueError(f"input_size must be a multiple of 8 in [32, 1024], got {input_size!r}")
         self.input_size = input_size
         self.weights = None if weights is None else str(weights)
         self.preprocess = Preprocess(input_size, _MEAN, _STD)

@@ -28,8 +28,9 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import ClassVar, Iterable
+from typing import ClassVar
 
 import numpy as np
 
@@ -208,8 +209,14 @@ class OnnxExtractor(FeatureExtractor):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript exporter's tracer chatter
             torch.onnx.export(
-                module, x, buf, input_names=["images"], output_names=["features"],
-                dynamic_axes={"images": {0: "n"}, "features": {0: "n"}}, opset_version=OPSET, dynamo=False,
+                module,
+                x,
+                buf,
+                input_names=["images"],
+                output_names=["features"],
+                dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
+                opset_version=OPSET,
+                dynamo=False,
             )
         model = buf.getvalue()
         session = onnx_session(model, self.threads)
@@ -217,8 +224,10 @@ class OnnxExtractor(FeatureExtractor):
         want = self.backbone.forward(x.numpy())
         diff = float(np.abs(got - want).max())
         self.max_abs_diff = diff
-        msg = (f"exported {self.backbone.cache_key} to ONNX: max abs difference from PyTorch on "
-               f"{len(x)} real images = {diff:.2e} (tolerance {EXPORT_TOLERANCE:.0e})")
+        msg = (
+            f"exported {self.backbone.cache_key} to ONNX: max abs difference from PyTorch on "
+            f"{len(x)} real images = {diff:.2e} (tolerance {EXPORT_TOLERANCE:.0e})"
+        )
         log.info(msg)
         print(msg, file=sys.stderr)  # stderr: `hashsearch search --json` prints only JSON
         if not diff < EXPORT_TOLERANCE:
@@ -260,8 +269,13 @@ class OnnxExtractor(FeatureExtractor):
                     return None if b is None else {"images": np.ascontiguousarray(b, np.float32)}
 
             quantize_static(
-                str(pre), str(tmp), Reader(calibration), quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                str(pre),
+                str(tmp),
+                Reader(calibration),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
                 # 7-bit weights: u8 x s8 products saturate on AVX2 CPUs without VNNI (seen
                 # here: feature cosine to fp32 fell to 0.56 without it).
                 reduce_range=True,
@@ -368,11 +382,13 @@ def pixel_input_model(model: bytes, preprocess: Preprocess) -> bytes:
         v = np.array(values, np.float32)
         return numpy_helper.from_array(v[0] if (v == v[0]).all() else v.reshape(1, 3, 1, 1), name)
 
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array(np.float32(1.0 / 255.0)), "pixels_scale"),
-        per_channel(preprocess.mean, "pixels_mean"),
-        per_channel(preprocess.std, "pixels_std"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(np.float32(1.0 / 255.0)), "pixels_scale"),
+            per_channel(preprocess.mean, "pixels_mean"),
+            per_channel(preprocess.std, "pixels_std"),
+        ]
+    )
     front = [
         helper.make_node("Transpose", [PIXELS], ["pixels_nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["pixels_nchw"], ["pixels_float"], to=TensorProto.FLOAT),
@@ -424,7 +440,8 @@ def make_extractor(
                 f"onnxruntime cannot be loaded ({why}); extracting features with PyTorch instead, which is "
                 "several times slower. Install it with `pip install onnxruntime`, or pass "
                 "runtime='torch' (--runtime torch) to silence this warning.",
-                RuntimeFallbackWarning, stacklevel=2,
+                RuntimeFallbackWarning,
+                stacklevel=2,
             )
             _warned_fallback = True
     return TorchExtractor(backbone)

@@ -76,8 +76,10 @@ class _Commands(typer.core.TyperGroup):
             except (TyperException, Exit, Abort):  # usage errors and exits: typer prints them
                 raise
             except KeyboardInterrupt:
-                _error("interrupted; the features computed so far are in the feature cache, and running the "
-                       "command again computes only the rest")
+                _error(
+                    "interrupted; the features computed so far are in the feature cache, and running the "
+                    "command again computes only the rest"
+                )
                 raise Exit(130) from None
             except (ValueError, OSError, CollectionError) as e:
                 if os.environ.get("HASHSEARCH_DEBUG"):
@@ -90,8 +92,10 @@ class _Commands(typer.core.TyperGroup):
             except Exception as e:  # an internal error: one line, the traceback on request
                 if os.environ.get("HASHSEARCH_DEBUG"):
                     raise
-                _error(f"unexpected {type(e).__name__}: {e} (a bug in hashsearch; run again with HASHSEARCH_DEBUG=1 "
-                       "for the traceback, and please report it)")
+                _error(
+                    f"unexpected {type(e).__name__}: {e} (a bug in hashsearch; run again with HASHSEARCH_DEBUG=1 "
+                    "for the traceback, and please report it)"
+                )
                 raise Exit(1) from None
 
 

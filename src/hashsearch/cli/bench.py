@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,25 +24,44 @@ from hashsearch.cli.common import (
 def bench(
     protocol: str = typer.Option("cifar10-1k", "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
     methods: str = typer.Option("all", "--methods", "-m", help="Comma-separated methods, or 'all'."),
-    bits: str = typer.Option("12,16,24,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."),
+    bits: str = typer.Option(
+        "12,16,24,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots (default benchmarks/results/<protocol>)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write <out>.md, <out>.json and plots (default benchmarks/results/<protocol>)."
+    ),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
-    weights: Optional[str] = WeightsOpt,
-    cache_dir: Optional[Path] = CacheOpt,
+    weights: str | None = WeightsOpt,
+    cache_dir: Path | None = CacheOpt,
     batch_size: int = BatchOpt,
-    mode: str = typer.Option("head", "--mode", help="'head' (frozen backbone, cached features) or 'finetune' "
-                             "(each deep method's head trains first, then the backbone with it)."),
-    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", min=1, help="With --mode finetune: "
-                                                  "epochs of training the backbone with the head (default: the method's epochs)."),
+    mode: str = typer.Option(
+        "head",
+        "--mode",
+        help="'head' (frozen backbone, cached features) or 'finetune' "
+        "(each deep method's head trains first, then the backbone with it).",
+    ),
+    finetune_epochs: int | None = typer.Option(
+        None,
+        "--finetune-epochs",
+        min=1,
+        help="With --mode finetune: epochs of training the backbone with the head (default: the method's epochs).",
+    ),
 ):
     """Benchmark hashing methods on a protocol and write a report with the published numbers beside ours."""
     from hashsearch.experiments.bench import bench as run_bench
 
     run_bench(
-        protocol=protocol, methods=split_list(methods), bits=bits_list(bits), seed=seed,
-        out=out or Path("benchmarks/results") / protocol, backbone=make_backbone(backbone, input_size, weights),
-        cache_dir=cache_dir, batch_size=batch_size, command=_command_line(), mode=mode,
+        protocol=protocol,
+        methods=split_list(methods),
+        bits=bits_list(bits),
+        seed=seed,
+        out=out or Path("benchmarks/results") / protocol,
+        backbone=make_backbone(backbone, input_size, weights),
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        command=_command_line(),
+        mode=mode,
         finetune_epochs=finetune_epochs,
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -85,7 +84,9 @@ def _save(coll, path: Path) -> None:
 
 
 def index(
-    source: str = typer.Argument(..., help="A folder (recursive), a .tar/.tar.gz archive, or a list file of paths [TAB label]."),
+    source: str = typer.Argument(
+        ..., help="A folder (recursive), a .tar/.tar.gz archive, or a list file of paths [TAB label]."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The collection folder to write (e.g. photos.hsx)."),
     method: str = typer.Option("itq", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
     bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
@@ -94,17 +95,21 @@ def index(
     no_features: bool = typer.Option(False, "--no-features", help="Do not store features (disables --rerank)."),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
-    weights: Optional[str] = WeightsOpt,
-    cache_dir: Optional[Path] = CacheOpt,
+    weights: str | None = WeightsOpt,
+    cache_dir: Path | None = CacheOpt,
     batch_size: int = BatchOpt,
     engine: str = typer.Option("local", "--engine", help="local (worker processes on this machine) or ray (Ray Data)."),
-    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."),
+    address: str | None = typer.Option(
+        None, "--address", help="With --engine ray: a Ray cluster (auto, ray://HOST:10001); default a local Ray."
+    ),
     runtime: str = typer.Option("onnx", "--runtime", help="Inference runtime for feature extraction: onnx or torch."),
-    int8: bool = typer.Option(False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."),
+    int8: bool = typer.Option(
+        False, "--int8", help="Quantize the backbone to int8 (ONNX), calibrated on 256 of your images."
+    ),
     labels: str = LabelsOpt,
     max_pixels: int = MaxPixelsOpt,
     keep_duplicates: bool = KeepDuplicatesOpt,
-    skip_list: Optional[Path] = SkipListOpt,
+    skip_list: Path | None = SkipListOpt,
 ):
     """Index a collection of images: features, hash codes, and a searchable index."""
     from hashsearch.data.sources import open_source
@@ -119,24 +124,40 @@ def index(
     bb = make_backbone(backbone, input_size, weights)
     hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
-        open_source(source, _labels(labels)), bb, hasher, index=backend, store_features=not no_features,
-        cache_dir=cache_dir, batch_size=batch_size, engine=engine, runtime=runtime, int8=int8,
-        max_pixels=max_pixels, keep_duplicates=keep_duplicates, **({"address": address} if address else {}),
+        open_source(source, _labels(labels)),
+        bb,
+        hasher,
+        index=backend,
+        store_features=not no_features,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        engine=engine,
+        runtime=runtime,
+        int8=int8,
+        max_pixels=max_pixels,
+        keep_duplicates=keep_duplicates,
+        **({"address": address} if address else {}),
     )
     _report(report, skip_list)
     _save(coll, out)
-    typer.echo(f"wrote {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} {bits} bits, {bb.name} at {input_size}px")
+    typer.echo(
+        f"wrote {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} {bits} bits, {bb.name} at {input_size}px"
+    )
 
 
 def search(
     collection: Path = typer.Argument(..., help="A collection folder written by `hashsearch index`."),
-    queries: List[Path] = typer.Argument(..., help="Query image file(s)."),
+    queries: list[Path] = typer.Argument(..., help="Query image file(s)."),
     k: int = typer.Option(10, "-k", min=1, help="Neighbours to return."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=1, help="Coarse-to-fine: re-rank up to this many Hamming candidates by feature distance."),
-    radius: Optional[int] = typer.Option(None, "--radius", min=0, help="Hamming radius (lookup, or the candidate radius with --rerank)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Only results with this label."),
+    rerank: int | None = typer.Option(
+        None, "--rerank", min=1, help="Coarse-to-fine: re-rank up to this many Hamming candidates by feature distance."
+    ),
+    radius: int | None = typer.Option(
+        None, "--radius", min=0, help="Hamming radius (lookup, or the candidate radius with --rerank)."
+    ),
+    label: str | None = typer.Option(None, "--label", help="Only results with this label."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    cache_dir: Optional[Path] = CacheOpt,
+    cache_dir: Path | None = CacheOpt,
     max_pixels: int = MaxPixelsOpt,
 ):
     """Find the nearest indexed images of each query image (its features extracted as the collection's were).
@@ -162,16 +183,28 @@ def search(
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
     found = []
     if images:
-        found = coll.search_records(extract_queries(coll.backbone, images, coll.extractor(cache_dir)), k,
-                                    rerank=rerank, radius=radius, label=label)
+        found = coll.search_records(
+            extract_queries(coll.backbone, images, coll.extractor(cache_dir)),
+            k,
+            rerank=rerank,
+            radius=radius,
+            label=label,
+        )
     out = []
     for qi, q in enumerate(queries):
         if qi in errors:
             out.append({"query": str(q), "error": errors[qi]})
             continue
         hits = [
-            {"rank": r + 1, "id": h["id"], "distance": h["rerank_distance"] if rerank else h["hamming"],
-             "hamming": h["hamming"], "key": h["key"], "path": h["path"], "label": h["label"]}
+            {
+                "rank": r + 1,
+                "id": h["id"],
+                "distance": h["rerank_distance"] if rerank else h["hamming"],
+                "hamming": h["hamming"],
+                "key": h["key"],
+                "path": h["path"],
+                "label": h["label"],
+            }
             for r, h in enumerate(found[answered.index(qi)])
         ]
         out.append({"query": str(q), "results": hits})
@@ -205,12 +238,12 @@ def info(collection: Path = typer.Argument(..., help="A collection folder.")):
 def add(
     collection: Path = typer.Argument(...),
     source: str = typer.Argument(..., help="Images to add (folder, archive or list file)."),
-    cache_dir: Optional[Path] = CacheOpt,
+    cache_dir: Path | None = CacheOpt,
     batch_size: int = BatchOpt,
     labels: str = LabelsOpt,
     max_pixels: int = MaxPixelsOpt,
     keep_duplicates: bool = KeepDuplicatesOpt,
-    skip_list: Optional[Path] = SkipListOpt,
+    skip_list: Path | None = SkipListOpt,
 ):
     """Add images to a collection, through its own backbone and hasher.
 
@@ -224,18 +257,26 @@ def add(
 
     _check_writable(skip_list)
     coll = Collection.open(collection)
-    ids, report = add_images(coll, open_source(source, _labels(labels)), cache_dir=cache_dir, batch_size=batch_size,
-                             max_pixels=max_pixels, keep_duplicates=keep_duplicates)
+    ids, report = add_images(
+        coll,
+        open_source(source, _labels(labels)),
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        keep_duplicates=keep_duplicates,
+    )
     _report(report, skip_list)
     if not len(ids):
         typer.echo(f"added nothing; {plural(len(coll), 'entry', 'entries')} as before (the collection was not written)")
         return
     _save(coll, collection)
-    typer.echo(f"added {plural(len(ids), 'entry', 'entries')} (ids {ids.min()}..{ids.max()}); "
-               f"{plural(len(coll), 'entry', 'entries')} now")
+    typer.echo(
+        f"added {plural(len(ids), 'entry', 'entries')} (ids {ids.min()}..{ids.max()}); "
+        f"{plural(len(coll), 'entry', 'entries')} now"
+    )
 
 
-def remove(collection: Path = typer.Argument(...), ids: List[int] = typer.Argument(..., help="Entry ids to remove.")):
+def remove(collection: Path = typer.Argument(...), ids: list[int] = typer.Argument(..., help="Entry ids to remove.")):
     """Remove entries from a collection by id.
 
     Ids that no entry has are named on stderr and change nothing (exit code 1); when none of
@@ -251,11 +292,16 @@ def remove(collection: Path = typer.Argument(...), ids: List[int] = typer.Argume
     n = coll.remove(sorted(found)) if found else 0
     if n:
         _save(coll, collection)
-    typer.echo(f"removed {plural(n, 'entry', 'entries')}; {plural(len(coll), 'entry', 'entries')} now"
-               + ("" if n else " (the collection was not written)"))
+    typer.echo(
+        f"removed {plural(n, 'entry', 'entries')}; {plural(len(coll), 'entry', 'entries')} now"
+        + ("" if n else " (the collection was not written)")
+    )
     if missing:
-        typer.echo(f"error: no entry has the {'id' if len(missing) == 1 else 'ids'} {', '.join(map(str, missing))}; "
-                   "see `hashsearch search --json` or GET /entries for ids", err=True)
+        typer.echo(
+            f"error: no entry has the {'id' if len(missing) == 1 else 'ids'} {', '.join(map(str, missing))}; "
+            "see `hashsearch search --json` or GET /entries for ids",
+            err=True,
+        )
         raise typer.Exit(1)
 
 
@@ -279,25 +325,34 @@ def relocate(
     typer.echo(f"relocated {plural(n, 'entry', 'entries')} from {show(old)} to {show(new)}")
     for s in coll.sources():
         if not s["exists"]:
-            typer.echo(f"warning: {show(s['root'])} ({plural(s['count'], 'entry', 'entries')}) does not exist", err=True)
+            typer.echo(
+                f"warning: {show(s['root'])} ({plural(s['count'], 'entry', 'entries')}) does not exist", err=True
+            )
 
 
-def eval(  # noqa: A001 - the command is called eval
-    protocol: Optional[str] = typer.Option(None, "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."),
+def eval(
+    protocol: str | None = typer.Option(None, "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
+    data: str | None = typer.Option(
+        None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."
+    ),
     queries_per_class: int = typer.Option(100, "--queries-per-class", min=1),
     train_per_class: int = typer.Option(500, "--train-per-class", min=1),
     method: str = typer.Option("lsh,pcah,pca-rr,itq,dlbhc", "--method", "-m", help="Comma-separated methods."),
-    bits: str = typer.Option("16,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."),
+    bits: str = typer.Option(
+        "16,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."
+    ),
     seed: int = typer.Option(0, "--seed"),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots."),
+    out: Path | None = typer.Option(None, "--out", help="Write <out>.md, <out>.json and plots."),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
-    weights: Optional[str] = WeightsOpt,
-    cache_dir: Optional[Path] = CacheOpt,
+    weights: str | None = WeightsOpt,
+    cache_dir: Path | None = CacheOpt,
     batch_size: int = BatchOpt,
-    labels: str = typer.Option("auto", "--labels", help="With --data: how images get labels (as `index --labels`); "
-                               "images without one are left out and named."),
+    labels: str = typer.Option(
+        "auto",
+        "--labels",
+        help="With --data: how images get labels (as `index --labels`); images without one are left out and named.",
+    ),
     max_pixels: int = MaxPixelsOpt,
 ):
     """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""
@@ -306,20 +361,32 @@ def eval(  # noqa: A001 - the command is called eval
     if (protocol is None) == (data is None):
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
     run_and_report(
-        protocol=protocol, data=data, queries_per_class=queries_per_class, train_per_class=train_per_class,
-        methods=split_list(method), bits=bits_list(bits), seed=seed, out=out,
-        backbone=make_backbone(backbone, input_size, weights), cache_dir=cache_dir, batch_size=batch_size,
-        command=_command_line(), labels=_labels(labels), max_pixels=max_pixels,
+        protocol=protocol,
+        data=data,
+        queries_per_class=queries_per_class,
+        train_per_class=train_per_class,
+        methods=split_list(method),
+        bits=bits_list(bits),
+        seed=seed,
+        out=out,
+        backbone=make_backbone(backbone, input_size, weights),
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        command=_command_line(),
+        labels=_labels(labels),
+        max_pixels=max_pixels,
     )
 
 
 def demo(
-    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the demo collection (default <cache>/demo.hsx)."),
-    cache_dir: Optional[Path] = CacheOpt,
+    out: Path | None = typer.Option(
+        None, "--out", help="Where to write the demo collection (default <cache>/demo.hsx)."
+    ),
+    cache_dir: Path | None = CacheOpt,
 ):
     """The main job on real data: CIFAR-10 (JPEG) `cifar10-demo` split, ITQ and DLBHC, index, queries."""
-    from hashsearch.paths import cache_dir as default_cache
     from hashsearch.experiments.jobs import demo as run_demo
+    from hashsearch.paths import cache_dir as default_cache
 
     run_demo(out=out or Path(cache_dir or default_cache()) / "demo.hsx", cache_dir=cache_dir)
 
@@ -331,7 +398,9 @@ def list_plugins():
     from hashsearch.hashing import hashers, list_hashers
     from hashsearch.index import list_indexes
 
-    typer.echo("methods:   " + ", ".join(f"{m}{' (supervised)' if hashers.get(m).supervised else ''}" for m in list_hashers()))
+    typer.echo(
+        "methods:   " + ", ".join(f"{m}{' (supervised)' if hashers.get(m).supervised else ''}" for m in list_hashers())
+    )
     typer.echo("backbones: " + ", ".join(list_backbones()))
     typer.echo("indexes:   " + ", ".join(list_indexes()))
     typer.echo("protocols: " + ", ".join(list_protocols()))

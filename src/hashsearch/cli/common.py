@@ -61,22 +61,35 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 BackboneOpt = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Feature extractor (see `hashsearch list`).")
 InputSizeOpt = typer.Option(128, "--input-size", help="Backbone input resolution in pixels.")
-WeightsOpt = typer.Option(None, "--weights", help="A local weights file for the backbone (default: the packaged ImageNet weights).")
-CacheOpt = typer.Option(None, "--cache-dir", help="Cache folder of features and exported ONNX models (default $HASHSEARCH_CACHE or ~/.cache/hashsearch).")
+WeightsOpt = typer.Option(
+    None, "--weights", help="A local weights file for the backbone (default: the packaged ImageNet weights)."
+)
+CacheOpt = typer.Option(
+    None,
+    "--cache-dir",
+    help="Cache folder of features and exported ONNX models (default $HASHSEARCH_CACHE or ~/.cache/hashsearch).",
+)
 BatchOpt = typer.Option(64, "--batch-size", min=1, help="Images per backbone batch.")
 MaxPixelsOpt = typer.Option(
-    DEFAULT_MAX_PIXELS, "--max-pixels", min=1,
+    DEFAULT_MAX_PIXELS,
+    "--max-pixels",
+    min=1,
     help=f"Largest image decoded, in pixels (width x height; default {DEFAULT_MAX_PIXELS:,}); larger files are skipped and reported.",
 )
 LabelsOpt = typer.Option(
-    "auto", "--labels",
+    "auto",
+    "--labels",
     help="How images get labels: auto (class folders; a list file's own labels), folder (the first folder below "
-         "the source: photos/cat/2023/x.jpg is 'cat'), parent (the folder holding the file), none, or a labels "
-         "file (name<TAB>label per line). See docs/folders.md.",
+    "the source: photos/cat/2023/x.jpg is 'cat'), parent (the folder holding the file), none, or a labels "
+    "file (name<TAB>label per line). See docs/folders.md.",
 )
 KeepDuplicatesOpt = typer.Option(
-    False, "--keep-duplicates", help="Index files whose bytes equal another's (default: skip and count them).",
+    False,
+    "--keep-duplicates",
+    help="Index files whose bytes equal another's (default: skip and count them).",
 )
 SkipListOpt = typer.Option(
-    None, "--skip-list", help="Write every file not indexed, with the reason, to this TSV file (names escaped: \\t, \\n, \\\\, \\xNN).",
+    None,
+    "--skip-list",
+    help="Write every file not indexed, with the reason, to this TSV file (names escaped: \\t, \\n, \\\\, \\xNN).",
 )

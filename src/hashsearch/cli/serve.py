@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,24 +24,38 @@ def serve(
     collection: Path = typer.Argument(..., help="the collection folder (*.hsx) to serve"),
     host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 exposes it to the network)"),
     port: int = typer.Option(8000, min=1, max=65535, help="TCP port"),
-    api_key: Optional[str] = typer.Option(
-        None, envvar="HASHSEARCH_API_KEY",
+    api_key: str | None = typer.Option(
+        None,
+        envvar="HASHSEARCH_API_KEY",
         help="enables POST /images and DELETE /images/{id} for clients sending it as X-API-Key (or set HASHSEARCH_API_KEY)",
     ),
-    cache_dir: Optional[Path] = typer.Option(None, help="thumbnails (default <collection>.cache); uploads go to <collection>/uploads"),
-    max_upload_mb: float = typer.Option(Limits.max_upload_bytes / 2**20, min=0.001, help="largest uploaded file, in MiB"),
-    max_request_mb: float = typer.Option(Limits.max_request_bytes / 2**20, min=0.001, help="largest POST /images body (all files), in MiB"),
-    max_pixels: int = typer.Option(Limits.max_pixels, min=1, help="largest width*height of an image added through the API"),
+    cache_dir: Path | None = typer.Option(
+        None, help="thumbnails (default <collection>.cache); uploads go to <collection>/uploads"
+    ),
+    max_upload_mb: float = typer.Option(
+        Limits.max_upload_bytes / 2**20, min=0.001, help="largest uploaded file, in MiB"
+    ),
+    max_request_mb: float = typer.Option(
+        Limits.max_request_bytes / 2**20, min=0.001, help="largest POST /images body (all files), in MiB"
+    ),
+    max_pixels: int = typer.Option(
+        Limits.max_pixels, min=1, help="largest width*height of an image added through the API"
+    ),
     max_query_pixels: int = typer.Option(Limits.max_query_pixels, min=1, help="largest width*height of a query image"),
-    decode_slots: int = typer.Option(Limits.decode_slots, min=1, help="images decoded and their features extracted at once (bounds memory)"),
-    max_queued: int = typer.Option(Limits.max_queued, min=1, help="upload requests waiting for a decode slot; more get 503"),
+    decode_slots: int = typer.Option(
+        Limits.decode_slots, min=1, help="images decoded and their features extracted at once (bounds memory)"
+    ),
+    max_queued: int = typer.Option(
+        Limits.max_queued, min=1, help="upload requests waiting for a decode slot; more get 503"
+    ),
     max_jobs: int = typer.Option(Limits.max_jobs, min=1, help="background adds running at once; more get 503"),
     job_ttl: float = typer.Option(Limits.job_ttl_s, min=1, help="seconds a finished background job stays readable"),
-    allowed_hosts: Optional[str] = typer.Option(
-        None, help="comma-separated Host header values to accept (against DNS rebinding); '*' accepts any. "
-                   "Default: localhost,127.0.0.1 when --host is a loopback address, else any",
+    allowed_hosts: str | None = typer.Option(
+        None,
+        help="comma-separated Host header values to accept (against DNS rebinding); '*' accepts any. "
+        "Default: localhost,127.0.0.1 when --host is a loopback address, else any",
     ),
-    eval_json: Optional[Path] = typer.Option(None, "--eval", help="benchmark JSON for the page's evaluation view"),
+    eval_json: Path | None = typer.Option(None, "--eval", help="benchmark JSON for the page's evaluation view"),
 ) -> None:
     """Serve a collection: web page at /, API documented at /docs (works offline)."""
     import logging
@@ -61,14 +74,25 @@ def serve(
     service_log.addHandler(handler)
     service_log.setLevel(logging.INFO)
     app = create_app(
-        collection, api_key, cache_dir=cache_dir, eval_json=eval_json, allowed_hosts=hosts,
-        max_upload_bytes=int(max_upload_mb * 2**20), max_request_bytes=int(max_request_mb * 2**20),
-        max_pixels=max_pixels, max_query_pixels=max_query_pixels, decode_slots=decode_slots,
-        max_queued=max_queued, max_jobs=max_jobs, job_ttl_s=job_ttl,
+        collection,
+        api_key,
+        cache_dir=cache_dir,
+        eval_json=eval_json,
+        allowed_hosts=hosts,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_request_bytes=int(max_request_mb * 2**20),
+        max_pixels=max_pixels,
+        max_query_pixels=max_query_pixels,
+        decode_slots=decode_slots,
+        max_queued=max_queued,
+        max_jobs=max_jobs,
+        job_ttl_s=job_ttl,
     )
-    typer.echo(f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
-               f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "
-               f"hosts {'any' if not hosts or '*' in hosts else ', '.join(hosts)})")
+    typer.echo(
+        f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
+        f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "
+        f"hosts {'any' if not hosts or '*' in hosts else ', '.join(hosts)})"
+    )
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[listener])
 
 
@@ -82,6 +106,8 @@ def _listen(host: str, port: int):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as e:
-        raise ValueError(f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port, "
-                         "or an address of this machine with --host") from None
+        raise ValueError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; choose another --port, "
+            "or an address of this machine with --host"
+        ) from None
     return sock

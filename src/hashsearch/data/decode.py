@@ -227,11 +227,15 @@ def check_image_bytes(data: bytes, name: str = "<bytes>") -> str:
     if fmt is None:
         raise DecodeError(name, f"not an image: it holds {_describe_non_image(data)}")
     if fmt == "heic" and "HEIF" not in _pillow_formats():
-        raise DecodeError(name, "HEIC/HEIF images need the pillow-heif package: pip install pillow-heif "
-                                "(or convert the file to JPEG)")
+        raise DecodeError(
+            name, "HEIC/HEIF images need the pillow-heif package: pip install pillow-heif (or convert the file to JPEG)"
+        )
     if fmt == "avif" and "AVIF" not in _pillow_formats():
-        raise DecodeError(name, "AVIF images need Pillow 11.2 or later built with libavif (or pillow-heif); "
-                                "upgrade Pillow or convert the file to JPEG")
+        raise DecodeError(
+            name,
+            "AVIF images need Pillow 11.2 or later built with libavif (or pillow-heif); "
+            "upgrade Pillow or convert the file to JPEG",
+        )
     return fmt
 
 
@@ -460,8 +464,9 @@ def check_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
         except Image.DecompressionBombError as e:
             found = re.search(r"\((\d+) pixels\)", str(e))
             pixels = int(found.group(1)) if found else None
-            raise DecodeError(name, _too_many(f"{pixels:,}" if pixels else "more than twice the limit",
-                                              max_pixels, pixels)) from None
+            raise DecodeError(
+                name, _too_many(f"{pixels:,}" if pixels else "more than twice the limit", max_pixels, pixels)
+            ) from None
         except (UnidentifiedImageError, *_PILLOW_ERRORS):
             return
     if width * height > max_pixels:
@@ -471,8 +476,10 @@ def check_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
 def _too_many(size: str, max_pixels: int, pixels: int | None = None) -> str:
     """The reason for an image above the pixel limit, naming the option that raises it."""
     n = str(pixels) if pixels else "N"
-    return (f"too many pixels: {size}, above the limit of {max_pixels:,}; if the image is trusted, raise the "
-            f"limit: --max-pixels {n} on the command line, max_pixels={n} in Python")
+    return (
+        f"too many pixels: {size}, above the limit of {max_pixels:,}; if the image is trusted, raise the "
+        f"limit: --max-pixels {n} on the command line, max_pixels={n} in Python"
+    )
 
 
 def _failure(part: str, e: BaseException) -> str:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import tarfile
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -182,7 +182,8 @@ def _by_class(records: Sequence[ImageRecord]) -> dict[str, list[ImageRecord]]:
         from hashsearch.data.sources import printable
 
         names = ", ".join(printable(k) for k in unlabelled[:5]) + (
-            f" and {len(unlabelled) - 5:,} more" if len(unlabelled) > 5 else "")
+            f" and {len(unlabelled) - 5:,} more" if len(unlabelled) > 5 else ""
+        )
         raise ValueError(
             f"{len(unlabelled):,} of {_n(len(records), 'record')} {'has' if len(unlabelled) == 1 else 'have'} no label "
             f"({names}); a split by class needs "
@@ -293,7 +294,10 @@ def _cifar10_parts() -> tuple[Path, list[ImageRecord], list[ImageRecord], Callab
     """(root, train records, test records, order by path relative to root) of unpacked CIFAR-10."""
     root = cifar10_root()
     prefix = len(str(root)) + 1
-    relative: Callable[[ImageRecord], str] = lambda r: r.key[prefix:].replace(os.sep, "/")
+
+    def relative(r: ImageRecord) -> str:
+        return r.key[prefix:].replace(os.sep, "/")
+
     train, test = [], []
     for r in FolderSource(root).records():
         top = relative(r).split("/", 1)[0]
@@ -319,7 +323,11 @@ def cifar10_1k(seed: int = 0) -> Split:
     queried = {r.key for r in query}
     database = sorted((r for r in train_all + test_all if r.key not in queried), key=lambda r: r.key)
     return Split(
-        "cifar10-1k", train, query, database, int(seed),
+        "cifar10-1k",
+        train,
+        query,
+        database,
+        int(seed),
         "CIFAR-10 (JPEG), DPSH/DSH protocol: 1,000 queries (100 per class, from the test set); "
         "5,000 training images (500 per class, from the training set); database: the 59,000 images "
         "that are not queries, training images included.",
@@ -336,7 +344,11 @@ def cifar10_all(seed: int = 0) -> Split:
     check_int("seed", seed, low=0)
     _, train_all, test_all, _ = _cifar10_parts()
     return Split(
-        "cifar10-all", list(train_all), list(test_all), list(train_all), int(seed),
+        "cifar10-all",
+        list(train_all),
+        list(test_all),
+        list(train_all),
+        int(seed),
         "CIFAR-10 (JPEG), standard split: the 10,000 test images are the queries; the 50,000 "
         "training images are both the training set and the database.",
     )
@@ -353,9 +365,15 @@ def cifar10_demo(seed: int = 0) -> Split:
     query, rest = _draw(test_all, [20, None], seed, "cifar10-query", relative)
     (train,) = _draw(train_all, [200], seed, "cifar10-train", relative)
     return Split(
-        "cifar10-demo", train, query, rest, int(seed),
+        "cifar10-demo",
+        train,
+        query,
+        rest,
+        int(seed),
         "CIFAR-10 (JPEG), demo size: 200 queries (20 per class, from the test set); 2,000 training "
         "images (200 per class, from the training set); database: the 9,800 test images that are "
         "not queries.",
     )
+
+
 from hashsearch.data import unseen  # noqa: E402,F401  (registers the unseen-classes protocol)

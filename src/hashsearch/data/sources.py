@@ -39,39 +39,75 @@ import re
 import tarfile
 import warnings
 import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Iterator, Sequence
 
 from PIL import Image
 
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image
 
 #: File name extensions (lower case) that folder and archive sources list as images.
-IMAGE_EXTENSIONS = frozenset({
-    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-    ".heic", ".heif", ".hif", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
-})
+IMAGE_EXTENSIONS = frozenset(
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".jfif",
+        ".png",
+        ".bmp",
+        ".gif",
+        ".webp",
+        ".tif",
+        ".tiff",
+        ".heic",
+        ".heif",
+        ".hif",
+        ".avif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".ico",
+    }
+)
 #: The accepted label modes (the `labels` parameter may also be the path of a labels file).
 LABEL_MODES = ("auto", "folder", "parent", "none")
 #: Top-level folder names taken as dataset splits, not classes, by the "folder" label rule
 #: (when every top-level folder is one of them). Compared in lower case.
-SPLIT_FOLDERS = frozenset({
-    "train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval",
-    "query", "queries", "gallery", "database",
-})
+SPLIT_FOLDERS = frozenset(
+    {
+        "train",
+        "training",
+        "test",
+        "testing",
+        "val",
+        "valid",
+        "validation",
+        "dev",
+        "eval",
+        "query",
+        "queries",
+        "gallery",
+        "database",
+    }
+)
 #: Archive name endings that `open_source` reads with `TarSource`.
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 #: List-file name endings that `open_source` reads with `ListSource`.
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".tsv", ".csv")
 
 _ACCEPTED = (
-    "a folder of images, a tar archive (" + ", ".join(TAR_SUFFIXES) + "), or a list file ("
-    + ", ".join(LIST_SUFFIXES) + ") with one image path per line"
+    "a folder of images, a tar archive ("
+    + ", ".join(TAR_SUFFIXES)
+    + "), or a list file ("
+    + ", ".join(LIST_SUFFIXES)
+    + ") with one image path per line"
 )
 
 
 # -- names ------------------------------------------------------------------------------------
+
 
 def _name_bytes(name: str) -> bytes | None:
     """The bytes a name stands for (surrogate escapes back to their bytes), None if it has none."""
@@ -94,8 +130,10 @@ def printable(name: str) -> str:
     text = ascii(name)[1:-1] if raw is None else raw.decode("utf-8", "backslashreplace")
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _CONTROL.get(c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
-                   for c in text)
+    return "".join(
+        c if c.isprintable() else _CONTROL.get(c, f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
+        for c in text
+    )
 
 
 def escape_name(name: str) -> str:
@@ -125,6 +163,7 @@ _UNESCAPE = re.compile(r"\\(\\|t|n|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F
 
 def unescape_name(text: str) -> str:
     """The name that `escape_name` wrote as `text` (bytes that are not UTF-8 as surrogate escapes)."""
+
     def one(m: re.Match) -> str:
         e = m.group(1)
         if e == "\\":
@@ -149,6 +188,7 @@ def _names(items: Sequence, limit: int, describe=lambda x: printable(x)) -> str:
 
 
 # -- reports ----------------------------------------------------------------------------------
+
 
 class BadImageWarning(UserWarning):
     """Warned once per file that is skipped because it cannot be read or decoded."""
@@ -218,7 +258,9 @@ class LabelReport:
         if not n:
             return ""
         verb = "has" if n == 1 else "have"
-        return f"{_plural(n, 'image')} {verb} no label: " + _names(self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({printable(kw[1])})")
+        return f"{_plural(n, 'image')} {verb} no label: " + _names(
+            self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({printable(kw[1])})"
+        )
 
     def summary(self, limit: int = 5) -> str:
         """One line: the layout, the classes with their counts, and the images without a label."""
@@ -227,13 +269,19 @@ class LabelReport:
         line = f"labels: {self.layout}"
         if self.counts:
             classes = sorted(self.counts.items())
-            line += f"; {_plural(len(classes), 'class', 'classes')} (" + _names(classes, 8, lambda c: f"{printable(c[0])} {c[1]:,}") + ")"
+            line += (
+                f"; {_plural(len(classes), 'class', 'classes')} ("
+                + _names(classes, 8, lambda c: f"{printable(c[0])} {c[1]:,}")
+                + ")"
+            )
         text = self.unlabelled_text(limit)
         if text:
             line += "; " + text
         if self.unmatched:
-            line += (f"; {_plural(len(self.unmatched), 'name')} in the labels file "
-                     f"{'matches' if len(self.unmatched) == 1 else 'match'} no image: " + _names(self.unmatched, limit))
+            line += (
+                f"; {_plural(len(self.unmatched), 'name')} in the labels file "
+                f"{'matches' if len(self.unmatched) == 1 else 'match'} no image: " + _names(self.unmatched, limit)
+            )
         return line
 
 
@@ -266,11 +314,15 @@ class Listing:
         parts = []
         if self.not_images:
             n = len(self.not_images)
-            parts.append(f"{_plural(n, 'file')} not {'an image' if n == 1 else 'images'} (by extension): "
-                         + _names(self.not_images, limit))
+            parts.append(
+                f"{_plural(n, 'file')} not {'an image' if n == 1 else 'images'} (by extension): "
+                + _names(self.not_images, limit)
+            )
         if self.hidden:
-            parts.append(f"{_plural(len(self.hidden), 'hidden file or folder', 'hidden files and folders')} "
-                         "left out: " + _names(self.hidden, limit))
+            parts.append(
+                f"{_plural(len(self.hidden), 'hidden file or folder', 'hidden files and folders')} "
+                "left out: " + _names(self.hidden, limit)
+            )
         return "; ".join(parts)
 
 
@@ -278,6 +330,7 @@ ReadResult = tuple[ImageRecord, "bytes | None", "str | None"]
 
 
 # -- labels -----------------------------------------------------------------------------------
+
 
 def _check_labels(labels: str | os.PathLike) -> str | Path:
     """A label mode (str), or the labels file's path (Path)."""
@@ -315,7 +368,7 @@ def _read_lines(path: Path, what: str) -> list[tuple[int, str]]:
             raise ValueError(f"the {what} {printable(str(path))} starts as UTF-16 but is not ({e})") from None
     else:
         if data.startswith(codecs.BOM_UTF8):
-            data = data[len(codecs.BOM_UTF8):]
+            data = data[len(codecs.BOM_UTF8) :]
         lines = [os.fsdecode(line) for line in re.split(rb"\r\n|\r|\n", data)]
     return [(i, line) for i, line in enumerate(lines, 1)]
 
@@ -413,8 +466,11 @@ def _assign_labels(
         report.layout = "the folder holding each image"
     else:  # "folder", or "auto" for folders and archives
         tops = {p[0] for p in rels if p is not None and len(p) > 1}
-        split = bool(tops) and all(t.lower() in SPLIT_FOLDERS for t in tops) and any(
-            p is not None and len(p) > 2 for p in rels)
+        split = (
+            bool(tops)
+            and all(t.lower() in SPLIT_FOLDERS for t in tops)
+            and any(p is not None and len(p) > 2 for p in rels)
+        )
         depth = 1 if split else 0
         nested = False
         for i, parts in enumerate(rels):
@@ -431,8 +487,11 @@ def _assign_labels(
             report.layout = f"none: no image is in a class folder below {where}"
             why = [None] * n
         else:
-            report.layout = ("class folders under the split folders " + ", ".join(f"{printable(t)}/" for t in sorted(tops))
-                             if split else "one folder per class")
+            report.layout = (
+                "class folders under the split folders " + ", ".join(f"{printable(t)}/" for t in sorted(tops))
+                if split
+                else "one folder per class"
+            )
             if nested:
                 report.layout += " (an image in a subfolder takes its class folder's name)"
     for i, lab in enumerate(labels):
@@ -463,6 +522,7 @@ _LINK_LOOP = "a symbolic link loop (the link leads back to itself): not followed
 
 
 # -- sources ----------------------------------------------------------------------------------
+
 
 class ImageSource:
     """A collection of images: `records()` lists them, `iter_bytes` reads them.
@@ -540,7 +600,9 @@ class FolderSource(ImageSource):
     def _root(self) -> Path:
         root = Path(self.folder).expanduser()
         if not root.is_dir():
-            raise ValueError(f"FolderSource root '{printable(str(self.folder))}' is not a folder; give an existing folder of images")
+            raise ValueError(
+                f"FolderSource root '{printable(str(self.folder))}' is not a folder; give an existing folder of images"
+            )
         return root
 
     def records(self) -> list[ImageRecord]:
@@ -565,7 +627,9 @@ class FolderSource(ImageSource):
                     elif entry.is_dir(follow_symlinks=False):
                         stack.append((entry.path, parts + (entry.name,)))
                     elif entry.is_symlink() and entry.is_dir():
-                        listing.problems.append((entry.path, "a symbolic link to a folder: not followed (give the folder itself)"))
+                        listing.problems.append(
+                            (entry.path, "a symbolic link to a folder: not followed (give the folder itself)")
+                        )
                     elif not _is_image_name(entry.name):
                         listing.not_images.append(entry.path)
                     elif entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
@@ -639,8 +703,9 @@ class ListSource(ImageSource):
             parts = None if rel == os.pardir or rel.startswith(os.pardir + os.sep) else tuple(Path(rel).parts)
             seen.setdefault(key, (label, lineno, parts))
         keys = sorted(seen)
-        found, report = _assign_labels(keys, [seen[k][2] for k in keys], self.labels, "the list file's folder",
-                                       written=[seen[k][:2] for k in keys])
+        found, report = _assign_labels(
+            keys, [seen[k][2] for k in keys], self.labels, "the list file's folder", written=[seen[k][:2] for k in keys]
+        )
         self._listing_report = Listing(labels=report)
         return [ImageRecord(k, lab) for k, lab in zip(keys, found)]
 
@@ -706,7 +771,9 @@ class TarSource(ImageSource):
         Most member bytes held at once while reordering a compressed archive (default 32 MiB).
     """
 
-    def __init__(self, path: str | os.PathLike, labels: str | os.PathLike = "auto", buffer_bytes: int = 32 << 20) -> None:
+    def __init__(
+        self, path: str | os.PathLike, labels: str | os.PathLike = "auto", buffer_bytes: int = 32 << 20
+    ) -> None:
         self.path = path
         self.labels = _check_labels(labels)
         self.buffer_bytes = buffer_bytes
@@ -721,7 +788,9 @@ class TarSource(ImageSource):
     def _file(self) -> Path:
         path = Path(self.path).expanduser()
         if not path.is_file():
-            raise ValueError(f"TarSource path '{printable(str(self.path))}' is not a file; give an existing tar archive")
+            raise ValueError(
+                f"TarSource path '{printable(str(self.path))}' is not a file; give an existing tar archive"
+            )
         return path
 
     @property
@@ -749,7 +818,9 @@ class TarSource(ImageSource):
                 if name is None:
                     parts = _member_parts(info.name)
                     if not parts or ".." in parts:
-                        left.problems.append((prefix + info.name, "an unsafe member name (it climbs out with ..): not read"))
+                        left.problems.append(
+                            (prefix + info.name, "an unsafe member name (it climbs out with ..): not read")
+                        )
                     else:
                         left.hidden.append(prefix + info.name)
                 elif not _is_image_name(name):
@@ -762,7 +833,9 @@ class TarSource(ImageSource):
                     members.pop(name, None)  # a later copy of a name replaces the earlier (tar semantics)
                     members[name] = _Member(position, info.name, info.size, info.offset_data, info.issparse())
         except _ARCHIVE_ERRORS as e:
-            raise ValueError(f"{printable(str(path))} is not a readable tar archive ({type(e).__name__}: {e})") from None
+            raise ValueError(
+                f"{printable(str(path))} is not a readable tar archive ({type(e).__name__}: {e})"
+            ) from None
         for items in (left.not_images, left.hidden, left.problems):
             items[:] = sorted(set(items))
         self._cache = (stamp, compressed, members, left)
@@ -773,8 +846,9 @@ class TarSource(ImageSource):
         names = sorted(members)
         prefix = self._prefix
         keys = [prefix + n for n in names]
-        found, labels = _assign_labels(keys, [tuple(n.split("/")) for n in names], self.labels,
-                                       "the archive's top level")
+        found, labels = _assign_labels(
+            keys, [tuple(n.split("/")) for n in names], self.labels, "the archive's top level"
+        )
         left = self._cache[3]
         self._listing_report = Listing(labels, list(left.not_images), list(left.hidden), list(left.problems))
         return [ImageRecord(k, lab) for k, lab in zip(keys, found)]
@@ -784,7 +858,7 @@ class TarSource(ImageSource):
         prefix, last = self._prefix, float("inf")
 
         def position(r: ImageRecord) -> float:
-            m = members.get(r.key[len(prefix):]) if r.key.startswith(prefix) else None
+            m = members.get(r.key[len(prefix) :]) if r.key.startswith(prefix) else None
             return m.position if m is not None else last
 
         return sorted(records, key=position)
@@ -798,7 +872,7 @@ class TarSource(ImageSource):
         records = list(records)
         prefix = self._prefix
         wanted: list[_Member | None] = [
-            members.get(r.key[len(prefix):]) if r.key.startswith(prefix) else None for r in records
+            members.get(r.key[len(prefix) :]) if r.key.startswith(prefix) else None for r in records
         ]
         if compressed:
             yield from self._iter_passes(records, wanted)

@@ -19,8 +19,13 @@ def unseen_classes(split: Split, n_unseen: int = 3, seed: int = 0, name: str | N
     The held-out classes are drawn with `seed` from the sorted class labels of `split.train`.
     """
     classes = sorted({r.label for r in split.train})
-    check_int("n_unseen", n_unseen, low=1, high=len(classes) - 2,
-              note=f"the split has {len(classes)} classes and training needs 2")
+    check_int(
+        "n_unseen",
+        n_unseen,
+        low=1,
+        high=len(classes) - 2,
+        note=f"the split has {len(classes)} classes and training needs 2",
+    )
     rng = np.random.default_rng(seed)
     unseen = sorted(classes[i] for i in rng.choice(len(classes), n_unseen, replace=False))
     held = set(unseen)
@@ -29,7 +34,11 @@ def unseen_classes(split: Split, n_unseen: int = 3, seed: int = 0, name: str | N
     query = [r for r in split.query if r.label in held]
     database = [r for r in split.database if r.label in held and r.key not in trained]
     return Split(
-        name or f"{split.name}-unseen", train, query, database, split.seed,
+        name or f"{split.name}-unseen",
+        train,
+        query,
+        database,
+        split.seed,
         f"{split.description} Unseen-classes variant: training on the {len(classes) - n_unseen} classes "
         f"other than {', '.join(map(str, unseen))}; queries and database restricted to those {n_unseen} classes.",
     )

@@ -49,8 +49,8 @@ Multi-label relevance
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -146,8 +146,7 @@ def _check_labels(labels, name: str) -> np.ndarray:
             )
         return arr
     raise ValueError(
-        f"{name} must be 1-d class ids (single-label) or a 2-d 0/1 array (multi-label), "
-        f"got shape {arr.shape}"
+        f"{name} must be 1-d class ids (single-label) or a 2-d 0/1 array (multi-label), got shape {arr.shape}"
     )
 
 
@@ -463,9 +462,7 @@ def recall_at_k(distances, relevant, k: int) -> MetricResult:
     return _result(rec, n_relevant)
 
 
-def radius_precision_recall(
-    distances, relevant, radius: int = 2
-) -> tuple[MetricResult, MetricResult, float]:
+def radius_precision_recall(distances, relevant, radius: int = 2) -> tuple[MetricResult, MetricResult, float]:
     """Precision and recall of a lookup within distance `radius` (inclusive).
 
     Parameters
@@ -706,7 +703,9 @@ def evaluate(
 
     for name, c in (("query_codes", query_codes), ("db_codes", db_codes)):
         if not isinstance(c, Codes):
-            raise TypeError(f"{name} must be hashsearch.types.Codes, got {type(c).__name__}; pack bits with hashsearch.codes.pack_bits")
+            raise TypeError(
+                f"{name} must be hashsearch.types.Codes, got {type(c).__name__}; pack bits with hashsearch.codes.pack_bits"
+            )
     if query_codes.n_bits != db_codes.n_bits:
         raise ValueError(f"query_codes have {query_codes.n_bits} bits but db_codes have {db_codes.n_bits}")
     k_map = check_int("k_map", k_map, low=1, allow_none=True, none_means="whole database")
@@ -715,7 +714,9 @@ def evaluate(
     q, dl = _check_label_pair(query_labels, db_labels)
     for name, labels, codes in (("query_labels", q, query_codes), ("db_labels", dl, db_codes)):
         if labels.shape[0] != len(codes):
-            raise ValueError(f"{name} has {labels.shape[0]} rows but there are {len(codes)} codes; give one label per code")
+            raise ValueError(
+                f"{name} has {labels.shape[0]} rows but there are {len(codes)} codes; give one label per code"
+            )
     nq, nd = len(query_codes), len(db_codes)
     acc = _Accumulator(nq, nd, k_map, ks, radius, query_codes.n_bits, integer=True)
     for b in _blocks(nq, nd):

@@ -15,7 +15,7 @@ from __future__ import annotations
 RITQ_TABLE_II = {
     "source": "RITQ (ResNet + ITQ) paper, Table II, CIFAR-10 columns",
     "protocol": "1k test queries; GIST-512 features for the shallow methods, 224 px raw pixels for deep ones; "
-                "mAP over the database",
+    "mAP over the database",
     "bits": (8, 16, 48, 64, 128),
     "map": {
         "dlbhc": (0.684, 0.715, 0.715, 0.741, 0.748),
@@ -79,9 +79,12 @@ def tables_markdown() -> str:
     out = []
     for table in TABLES:
         bits = table["bits"]
-        out += [f"**{table['source']}** ({table['protocol']})", "",
-                "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
-                "|---|" + "---:|" * len(bits)]
+        out += [
+            f"**{table['source']}** ({table['protocol']})",
+            "",
+            "| method | " + " | ".join(f"{b} bits" for b in bits) + " |",
+            "|---|" + "---:|" * len(bits),
+        ]
         for m, vals in table["map"].items():
             out.append(f"| {m} | " + " | ".join("garbled in text" if v is None else f"{v:.4f}" for v in vals) + " |")
         out.append("")

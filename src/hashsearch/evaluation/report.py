@@ -23,9 +23,9 @@ import math
 import os
 import platform
 import re
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -111,7 +111,7 @@ def _table_metrics(rows: list[dict]) -> list[tuple[str, str]]:
     for key in sorted((k for k in keys if re.fullmatch(r"p@\d+", k)), key=_k_key):
         out.append((key, f"Precision@{key[2:]}"))
     for key in sorted(k for k in keys if re.fullmatch(r"precision_r\d+", k)):
-        r = key[len("precision_r"):]
+        r = key[len("precision_r") :]
         out.append((key, f"Precision within Hamming radius {r} (an empty ball counts as 0)"))
         if f"frac_empty_r{r}" in keys:
             out.append((f"frac_empty_r{r}", f"Fraction of queries with an empty Hamming ball of radius {r}"))
@@ -138,7 +138,7 @@ def _markdown(rows: list[dict], title: str, notes: str) -> str:
     rows = [dict(row, method=str(row["method"]), bits=int(row["bits"])) for row in rows]
     lines = [f"# {title}", ""]
     if any(row.get("reference") for row in rows):
-        lines += ["Cells read \"ours (paper)\" where a published number is given.", ""]
+        lines += ['Cells read "ours (paper)" where a published number is given.', ""]
     header = "| method | " + " | ".join(f"{b} bits" for b in bits) + " |"
     rule = "|---|" + "---:|" * len(bits)
     for key, heading in _table_metrics(rows):
@@ -147,18 +147,29 @@ def _markdown(rows: list[dict], title: str, notes: str) -> str:
         lines.append("")
     timing_keys = _ordered(k for row in rows for k in (row.get("timings") or {}))
     if timing_keys:
-        lines += ["## Timings (seconds)", "", "| method | bits | " + " | ".join(timing_keys) + " |",
-                  "|---|---:|" + "---:|" * len(timing_keys)]
+        lines += [
+            "## Timings (seconds)",
+            "",
+            "| method | bits | " + " | ".join(timing_keys) + " |",
+            "|---|---:|" + "---:|" * len(timing_keys),
+        ]
         for row in sorted(rows, key=lambda r: (methods.index(r["method"]), r["bits"])):
             t = row.get("timings") or {}
-            lines.append(f"| {row['method']} | {row['bits']} | " + " | ".join(_fmt(t.get(k), 2) for k in timing_keys) + " |")
+            lines.append(
+                f"| {row['method']} | {row['bits']} | " + " | ".join(_fmt(t.get(k), 2) for k in timing_keys) + " |"
+            )
         lines.append("")
-    counts = _ordered((row["metrics"].get("n_queries"), row["metrics"].get("n_database"), row["metrics"].get("n_excluded"))
-                      for row in rows)
+    counts = _ordered(
+        (row["metrics"].get("n_queries"), row["metrics"].get("n_database"), row["metrics"].get("n_excluded"))
+        for row in rows
+    )
     if len(counts) == 1 and counts[0][0] is not None:
         nq, nd, ne = counts[0]
-        lines += [f"{nq} queries against {nd} database items; {ne} queries with no relevant item "
-                  "are excluded from every mean (never scored 0).", ""]
+        lines += [
+            f"{nq} queries against {nd} database items; {ne} queries with no relevant item "
+            "are excluded from every mean (never scored 0).",
+            "",
+        ]
     if notes:
         lines += ["## Notes", "", notes.strip(), ""]
     return "\n".join(lines)
@@ -236,8 +247,10 @@ def plot_results(rows: list[dict], out_png: Path, metric: str = "map") -> Path:
             ax.plot([b for b, _ in pts], [v for _, v in pts], marker="o", label=method)
             drawn += 1
     if not drawn:
-        raise ValueError(f"no row has a value for metric {metric!r}; metrics present: "
-                         f"{', '.join(_ordered(k for r in rows for k in r['metrics']))}")
+        raise ValueError(
+            f"no row has a value for metric {metric!r}; metrics present: "
+            f"{', '.join(_ordered(k for r in rows for k in r['metrics']))}"
+        )
     bits = sorted({int(r["bits"]) for r in rows})
     ax.set_xticks(bits)
     ax.set_xlabel("code length (bits)")
@@ -266,7 +279,9 @@ def plot_pr_curves(rows: list[dict], bits: int, out_png: Path) -> Path:
         if not curve:
             continue  # float-distance evaluations carry no Hamming-radius curve
         full = 1.0 - np.asarray(curve["frac_empty"], float)
-        precision = np.divide(np.asarray(curve["precision"], float), full, out=np.full(full.shape, np.nan), where=full > 0)
+        precision = np.divide(
+            np.asarray(curve["precision"], float), full, out=np.full(full.shape, np.nan), where=full > 0
+        )
         ax.plot(curve["recall"], precision, marker=".", label=str(row["method"]))
         drawn += 1
     if not drawn:
@@ -298,8 +313,11 @@ def plot_train_time(rows: list[dict], out_png: Path) -> Path:
 def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path | None:
     """Training loss per epoch of every method that logs one (``loss_history``), at `bits` bits,
     each curve divided by its first epoch's; no file (None) when no method at `bits` logs a loss."""
-    curves = [(r["method"], r["loss_history"]) for r in rows
-              if int(r["bits"]) == bits and r.get("loss_history") and r["loss_history"][0] != 0]
+    curves = [
+        (r["method"], r["loss_history"])
+        for r in rows
+        if int(r["bits"]) == bits and r.get("loss_history") and r["loss_history"][0] != 0
+    ]
     if not curves:
         return None
     fig = _figure(figsize=(7, 4), dpi=100)
@@ -316,5 +334,7 @@ def plot_loss_curves(rows: list[dict], bits: int, out_png: Path) -> Path | None:
 def machine_description() -> str:
     """What the numbers were measured on, for the notes of a result file: CPU architecture and
     cores, Python implementation and version."""
-    return (f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
-            f"{platform.python_version()}, no GPU used")
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {platform.python_implementation()} "
+        f"{platform.python_version()}, no GPU used"
+    )

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hashsearch.backbones import Backbone
 from hashsearch.data.protocols import cifar10_root, load_protocol
@@ -41,8 +41,9 @@ def gpu_description() -> str:
 
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)} available."
-    return ("none on this machine: finetune mode ran on the CPU only where a results file says so "
-            "(it is meant for a GPU).")
+    return (
+        "none on this machine: finetune mode ran on the CPU only where a results file says so (it is meant for a GPU)."
+    )
 
 
 def resolve_methods(methods: Sequence[str]) -> list[str]:
@@ -82,8 +83,16 @@ def bench(
     split = load_protocol(protocol, seed=seed)
     source = open_source(cifar10_root())
     log(f"{split.name}: {len(split.train)} train, {len(split.query)} queries, {len(split.database)} database images")
-    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed,
-                               finetune_epochs=finetune_epochs, log=log)
+    provider = FeatureProvider(
+        source,
+        split,
+        backbone,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        seed=seed,
+        finetune_epochs=finetune_epochs,
+        log=log,
+    )
     provider.features(None)
     rows = run_methods(provider, methods, bits, seed=seed, mode=mode, log=log)
     for row in rows:
@@ -100,28 +109,34 @@ def bench(
         if at48:
             best = max(at48, key=lambda r: r["metrics"]["map"])
             gap = GOAL_MAP_48 - best["metrics"]["map"]
-            goal = (f"Goal: best mAP@ALL at 48 bits >= {GOAL_MAP_48}. Best here: {best['method']} "
-                    f"{best['metrics']['map']:.4f}, " + ("goal met." if gap <= 0 else f"short by {gap:.4f}. " + GAP_LEVERS))
-        notes = "\n".join([
-            f"Command: `{command}`" if command else "",
-            f"Protocol: {split.name} (seed {split.seed}): {split.description}",
-            "Data: CIFAR-10 (JPEG) from ../shared/datasets.",
-            f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, " + (
-                "frozen ImageNet weights (head mode: only the hash head is trained, on cached features)."
-                if mode == "head" else
-                "ImageNet weights fine-tuned with each method's head and loss (finetune mode, crop/flip "
-                "augmentation; the fit time is the fine-tuning)."),
-            f"GPU: {gpu_description()}",
-            f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
-            *trained_notes(provider),
-            goal,
-            "",
-            "Cells read 'ours (paper)'. The papers' numbers are under their own protocols (GIST or "
-            "raw-pixel inputs, end-to-end fine-tuned CNNs), listed below; cells at 12/24/36/48 bits "
-            "quote the DFEH table where it has the method, others the RITQ paper's Table II.",
-            "",
-            tables_markdown(),
-        ])
+            goal = (
+                f"Goal: best mAP@ALL at 48 bits >= {GOAL_MAP_48}. Best here: {best['method']} "
+                f"{best['metrics']['map']:.4f}, " + ("goal met." if gap <= 0 else f"short by {gap:.4f}. " + GAP_LEVERS)
+            )
+        notes = "\n".join(
+            [
+                f"Command: `{command}`" if command else "",
+                f"Protocol: {split.name} (seed {split.seed}): {split.description}",
+                "Data: CIFAR-10 (JPEG) from ../shared/datasets.",
+                f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, "
+                + (
+                    "frozen ImageNet weights (head mode: only the hash head is trained, on cached features)."
+                    if mode == "head"
+                    else "ImageNet weights fine-tuned with each method's head and loss (finetune mode, crop/flip "
+                    "augmentation; the fit time is the fine-tuning)."
+                ),
+                f"GPU: {gpu_description()}",
+                f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
+                *trained_notes(provider),
+                goal,
+                "",
+                "Cells read 'ours (paper)'. The papers' numbers are under their own protocols (GIST or "
+                "raw-pixel inputs, end-to-end fine-tuned CNNs), listed below; cells at 12/24/36/48 bits "
+                "quote the DFEH table where it has the method, others the RITQ paper's Table II.",
+                "",
+                tables_markdown(),
+            ]
+        )
         write_results(rows, out, title=f"All methods on {split.name}", notes=notes)
         plot_results(rows, out.with_name(out.name + "-map.png"))
         pr_bits = 48 if 48 in bits else max(bits)

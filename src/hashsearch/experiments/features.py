@@ -9,19 +9,19 @@ the weights in the cache folder so that the next run reads them back.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from hashsearch.backbones import Backbone
-from hashsearch.pipeline.local import extract_features
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import Split
 from hashsearch.data.sources import ImageSource, SkipReport
 from hashsearch.hashing import hashers
 from hashsearch.paths import cache_dir as default_cache_dir
+from hashsearch.pipeline.local import extract_features
 
 
 @dataclass
@@ -63,8 +63,15 @@ def split_features(
     (`max_pixels`: the largest image decoded; larger ones are skipped and reported)."""
     t = time.perf_counter()
     unique = {r.key: r for part in (split.train, split.query, split.database) for r in part}
-    ex = extract_features(source, backbone, list(unique.values()), cache_dir=cache_dir, batch_size=batch_size,
-                          progress=progress, max_pixels=max_pixels)
+    ex = extract_features(
+        source,
+        backbone,
+        list(unique.values()),
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        max_pixels=max_pixels,
+    )
     row = {r.key: i for i, r in enumerate(ex.records)}
     classes = sorted({r.label for r in unique.values() if r.label is not None})
     code = {c: i for i, c in enumerate(classes)}
@@ -75,8 +82,15 @@ def split_features(
         return Part(ex.features[keep], labels, [ex.records[i] for i in keep], [ex.digests[i] for i in keep])
 
     return ProtocolFeatures(
-        part(split.train), part(split.query), part(split.database), classes, ex.report,
-        time.perf_counter() - t, len(unique), ex.n_cached, ex.n_computed,
+        part(split.train),
+        part(split.query),
+        part(split.database),
+        classes,
+        ex.report,
+        time.perf_counter() - t,
+        len(unique),
+        ex.n_cached,
+        ex.n_computed,
     )
 
 
@@ -90,13 +104,30 @@ class FeatureProvider:
     ('cifar-resnet32') is first trained from scratch on the split's labelled training images,
     its weights kept in the cache folder (keyed by split, seed and epochs) for the next run."""
 
-    def __init__(self, source: ImageSource, split: Split, backbone: Backbone, *, cache_dir=None, batch_size: int = 64,
-                 seed: int = 0, scratch_epochs: int = SCRATCH_EPOCHS, finetune_epochs: int | None = None,
-                 log=print, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        split: Split,
+        backbone: Backbone,
+        *,
+        cache_dir=None,
+        batch_size: int = 64,
+        seed: int = 0,
+        scratch_epochs: int = SCRATCH_EPOCHS,
+        finetune_epochs: int | None = None,
+        log=print,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
         self.source, self.split, self.backbone = source, split, backbone
         self.max_pixels = max_pixels
         self.finetune_epochs = finetune_epochs  # joint epochs of finetune mode (None: the hasher's)
-        self.cache_dir, self.batch_size, self.seed, self.scratch_epochs, self.log = cache_dir, batch_size, seed, scratch_epochs, log
+        self.cache_dir, self.batch_size, self.seed, self.scratch_epochs, self.log = (
+            cache_dir,
+            batch_size,
+            seed,
+            scratch_epochs,
+            log,
+        )
         self._feats: dict[str | None, ProtocolFeatures] = {}
         #: name -> {"seconds": training time, "loss": per-epoch loss, "weights": path} of backbones trained here.
         self.trained: dict[str, dict] = {}
@@ -104,8 +135,14 @@ class FeatureProvider:
     def features(self, name: str | None) -> ProtocolFeatures:
         if name not in self._feats:
             backbone = self.backbone if name is None else self.trained_backbone(name)
-            self._feats[name] = split_features(self.source, self.split, backbone, cache_dir=self.cache_dir,
-                                               batch_size=self.batch_size, max_pixels=self.max_pixels)
+            self._feats[name] = split_features(
+                self.source,
+                self.split,
+                backbone,
+                cache_dir=self.cache_dir,
+                batch_size=self.batch_size,
+                max_pixels=self.max_pixels,
+            )
         return self._feats[name]
 
     def trained_backbone(self, name: str) -> Backbone:
@@ -113,8 +150,8 @@ class FeatureProvider:
         import json
 
         from hashsearch.backbones import create_backbone
-        from hashsearch.pipeline.local import extract_pixels
         from hashsearch.hashing.deep.endtoend import train_backbone
+        from hashsearch.pipeline.local import extract_pixels
 
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
         stem = f"{name}-{self.split.name}-seed{self.split.seed}-{self.scratch_epochs}ep"
@@ -124,20 +161,29 @@ class FeatureProvider:
             self.trained[name] = json.loads(info.read_text())
             return create_backbone(name, weights=weights)
         self.log(f"training {name} from scratch on {len(self.split.train)} images, {self.scratch_epochs} epochs")
-        records, pixels, report = extract_pixels(self.source, self.split.train, backbone.preprocess,
-                                                 max_pixels=self.max_pixels)
+        records, pixels, report = extract_pixels(
+            self.source, self.split.train, backbone.preprocess, max_pixels=self.max_pixels
+        )
         t = time.perf_counter()
-        trained, history = train_backbone(backbone, pixels, [r.label for r in records], weights,
-                                          epochs=self.scratch_epochs, seed=self.seed)
-        self.trained[name] = {"seconds": time.perf_counter() - t, "loss": history.epoch_loss, "weights": str(weights),
-                              "images": len(records), "epochs": self.scratch_epochs}
+        trained, history = train_backbone(
+            backbone, pixels, [r.label for r in records], weights, epochs=self.scratch_epochs, seed=self.seed
+        )
+        self.trained[name] = {
+            "seconds": time.perf_counter() - t,
+            "loss": history.epoch_loss,
+            "weights": str(weights),
+            "images": len(records),
+            "epochs": self.scratch_epochs,
+        }
         info.write_text(json.dumps(self.trained[name]))
-        self.log(f"trained {name} in {self.trained[name]['seconds']:.0f}s, loss {history.epoch_loss[0]:.3f} -> "
-                 f"{history.epoch_loss[-1]:.3f}")
+        self.log(
+            f"trained {name} in {self.trained[name]['seconds']:.0f}s, loss {history.epoch_loss[0]:.3f} -> "
+            f"{history.epoch_loss[-1]:.3f}"
+        )
         return trained
 
     def finetuned(self, hasher, tag: str) -> tuple:
-        """"finetune" mode: train `hasher` with its backbones (`feature_backbones`: the run's
+        """ "finetune" mode: train `hasher` with its backbones (`feature_backbones`: the run's
         backbone, a trained-from-scratch one, or both) on the split's training images, then
         the split's features from the fine-tuned backbones. Returns (fitted hasher, features,
         training seconds). Tuned weights and hasher are kept in the cache folder under `tag`
@@ -145,30 +191,38 @@ class FeatureProvider:
         import hashlib
         import json
 
-        from hashsearch.pipeline.local import extract_pixels
         from hashsearch.hashing import Hasher
         from hashsearch.hashing.deep.endtoend import FINETUNE_RECIPE
+        from hashsearch.pipeline.local import extract_pixels
 
         names = type(hasher).feature_backbones
         backbones = [self.backbone if n is None else self.trained_backbone(n) for n in names]
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
-        stem = (f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
-                f"-seed{self.split.seed}")
+        stem = (
+            f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
+            f"-seed{self.split.seed}"
+        )
         if len(backbones) > 1:  # the other networks' weights are part of what was tuned
             stem += "-" + hashlib.sha256("|".join(b.cache_key for b in backbones[1:]).encode()).hexdigest()[:8]
         weights = [folder / f"{stem}.pt"] if len(names) == 1 else [folder / f"{stem}-{i}.pt" for i in range(len(names))]
         saved, info = folder / f"{stem}.npz", folder / f"{stem}.json"
         if saved.is_file() and info.is_file():
             # A network the hasher did not tune (DHFI with one subnetwork in use) has no file.
-            tuned = [type(b)(weights=w, input_size=b.preprocess.input_size) if w.is_file() else b
-                     for b, w in zip(backbones, weights)]
+            tuned = [
+                type(b)(weights=w, input_size=b.preprocess.input_size) if w.is_file() else b
+                for b, w in zip(backbones, weights)
+            ]
             hasher, seconds = Hasher.load(saved), json.loads(info.read_text())["seconds"]
         else:
             epochs = hasher.epochs if self.finetune_epochs is None else self.finetune_epochs
-            self.log(f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(self.split.train)} "
-                     f"images: the head alone {hasher.epochs} epochs, then with the backbone {epochs} epochs")
-            crops = [extract_pixels(self.source, self.split.train, b.preprocess, max_pixels=self.max_pixels)[:2]
-                     for b in backbones]
+            self.log(
+                f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(self.split.train)} "
+                f"images: the head alone {hasher.epochs} epochs, then with the backbone {epochs} epochs"
+            )
+            crops = [
+                extract_pixels(self.source, self.split.train, b.preprocess, max_pixels=self.max_pixels)[:2]
+                for b in backbones
+            ]
             if any([r.key for r in c[0]] != [r.key for r in crops[0][0]] for c in crops):
                 raise RuntimeError(f"the backbones of {tag} read different training images; check the split's files")
             labels = [r.label for r in crops[0][0]]
@@ -181,8 +235,17 @@ class FeatureProvider:
             seconds = time.perf_counter() - t
             hasher.save(saved)
             info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))
-        parts = [split_features(self.source, self.split, b, cache_dir=self.cache_dir, batch_size=self.batch_size,
-                                max_pixels=self.max_pixels) for b in tuned]
+        parts = [
+            split_features(
+                self.source,
+                self.split,
+                b,
+                cache_dir=self.cache_dir,
+                batch_size=self.batch_size,
+                max_pixels=self.max_pixels,
+            )
+            for b in tuned
+        ]
         return hasher, parts[0] if len(parts) == 1 else concat_features(parts), seconds
 
     def for_method(self, method: str) -> tuple[ProtocolFeatures, dict]:
@@ -197,15 +260,28 @@ class FeatureProvider:
 
 def concat_features(parts: Sequence[ProtocolFeatures]) -> ProtocolFeatures:
     """Features of several backbones side by side, for the images all of them could read."""
+
     def part(name):
         ps = [getattr(p, name) for p in parts]
         common = set.intersection(*(set(x.digests) for x in ps))
         keep = [[i for i, d in enumerate(x.digests) if d in common] for x in ps]
         first = ps[0]
-        return Part(np.concatenate([x.features[k] for x, k in zip(ps, keep)], axis=1), first.labels[keep[0]],
-                    [first.records[i] for i in keep[0]], [first.digests[i] for i in keep[0]])
+        return Part(
+            np.concatenate([x.features[k] for x, k in zip(ps, keep)], axis=1),
+            first.labels[keep[0]],
+            [first.records[i] for i in keep[0]],
+            [first.digests[i] for i in keep[0]],
+        )
 
     base = parts[0]
-    return ProtocolFeatures(part("train"), part("query"), part("database"), base.classes, base.skipped,
-                            sum(p.seconds for p in parts), base.n_images, sum(p.n_cached for p in parts),
-                            sum(p.n_computed for p in parts))
+    return ProtocolFeatures(
+        part("train"),
+        part("query"),
+        part("database"),
+        base.classes,
+        base.skipped,
+        sum(p.seconds for p in parts),
+        base.n_images,
+        sum(p.n_cached for p in parts),
+        sum(p.n_computed for p in parts),
+    )

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from hashsearch.backbones import Backbone, create_backbone
 from hashsearch.collection import Collection
-from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.protocols import cifar10_root, load_protocol, split_by_class
 from hashsearch.data.sources import open_source, printable
 from hashsearch.evaluation.report import machine_description, plot_pr_curves, plot_results, write_results
 from hashsearch.experiments.features import FeatureProvider, split_features
@@ -19,8 +19,15 @@ from hashsearch.experiments.runner import parse_method, run_methods
 from hashsearch.hashing import create_hasher
 
 
-def load_split(protocol: str | None, data: str | None, queries_per_class: int, train_per_class: int, seed: int,
-               labels: str = "auto", log=print):
+def load_split(
+    protocol: str | None,
+    data: str | None,
+    queries_per_class: int,
+    train_per_class: int,
+    seed: int,
+    labels: str = "auto",
+    log=print,
+):
     """(source, split) for a named protocol or for the user's own labelled images.
 
     With `data`, `labels` says how its images get labels (see `hashsearch.data.sources`); the
@@ -43,7 +50,9 @@ def load_split(protocol: str | None, data: str | None, queries_per_class: int, t
         )
     if len(labelled) < len(records):
         log(f"left out of the evaluation: {listing.labels.unlabelled_text()}")
-    split = split_by_class(labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{printable(str(data))}")
+    split = split_by_class(
+        labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{printable(str(data))}"
+    )
     return source, split
 
 
@@ -75,8 +84,9 @@ def run_and_report(
     t0 = time.perf_counter()
     source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
     log(split.summary())
-    provider = FeatureProvider(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log,
-                               max_pixels=max_pixels)
+    provider = FeatureProvider(
+        source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, seed=seed, log=log, max_pixels=max_pixels
+    )
     feats = provider.features(None)
     if len(feats.skipped):
         log(feats.skipped.summary())
@@ -85,17 +95,21 @@ def run_and_report(
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        notes = "\n".join([
-            f"Command: `{command}`" if command else "",
-            f"Protocol: {split.name} (seed {split.seed}): {split.description}",
-            "Data: CIFAR-10 (JPEG) from ../shared/datasets." if protocol and protocol.startswith("cifar10") else f"Data: {printable(str(data))}",
-            f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
-            f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
-            f"{feats.n_cached} read from the feature cache).",
-            f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
-            f"Skipped files: {len(feats.skipped)}.",
-            *trained_notes(provider),
-        ])
+        notes = "\n".join(
+            [
+                f"Command: `{command}`" if command else "",
+                f"Protocol: {split.name} (seed {split.seed}): {split.description}",
+                "Data: CIFAR-10 (JPEG) from ../shared/datasets."
+                if protocol and protocol.startswith("cifar10")
+                else f"Data: {printable(str(data))}",
+                f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
+                f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
+                f"{feats.n_cached} read from the feature cache).",
+                f"Machine: {machine_description()}. Total wall time {total:.0f}s.",
+                f"Skipped files: {len(feats.skipped)}.",
+                *trained_notes(provider),
+            ]
+        )
         write_results(rows, out, title=f"Retrieval on {split.name}", notes=notes)
         plot_results(rows, out.with_name(out.name + "-map.png"))
         plot_pr_curves(rows, max(bits), out.with_name(out.name + f"-pr{max(bits)}.png"))
@@ -105,9 +119,11 @@ def run_and_report(
 
 def trained_notes(provider: FeatureProvider) -> list[str]:
     """A line per backbone the run trained from scratch (for RITQ and DHFI): images, epochs, time, loss."""
-    return [f"Backbone {name} trained from scratch on {t['images']} training images, {t['epochs']} epochs, in "
-            f"{t['seconds']:.0f}s (cross-entropy {t['loss'][0]:.3f} -> {t['loss'][-1]:.3f}); weights {t['weights']}."
-            for name, t in provider.trained.items()]
+    return [
+        f"Backbone {name} trained from scratch on {t['images']} training images, {t['epochs']} epochs, in "
+        f"{t['seconds']:.0f}s (cross-entropy {t['loss'][0]:.3f} -> {t['loss'][-1]:.3f}); weights {t['weights']}."
+        for name, t in provider.trained.items()
+    ]
 
 
 def demo(out: Path, cache_dir=None, log=print) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -72,22 +72,29 @@ def run_methods(
         if isinstance(feats, FeatureProvider):
             mf, extra = feats.for_method(method)
         elif hashers.get(method).feature_backbones != (None,):
-            raise ValueError(f"method {method!r} needs features of {hashers.get(method).feature_backbones}; "
-                             "pass a FeatureProvider")
+            raise ValueError(
+                f"method {method!r} needs features of {hashers.get(method).feature_backbones}; pass a FeatureProvider"
+            )
         else:
             mf = feats
         Xt, yt = mf.train.features, mf.train.labels
         Xq, yq = mf.query.features, mf.query.labels
         Xd, yd = mf.database.features, mf.database.labels
         for b in bits:
-            hasher = create_hasher(method, **{"n_bits": b, "seed": seed, **extra, **(params or {}).get(method, {}),
-                                              **spec_params})
+            hasher = create_hasher(
+                method, **{"n_bits": b, "seed": seed, **extra, **(params or {}).get(method, {}), **spec_params}
+            )
             t0 = time.perf_counter()
             if mode == "finetune":
                 if not hasattr(hasher, "finetune"):
                     raise ValueError(f"method {spec!r} has no finetune mode (deep hashers have it)")
                 hasher, tuned, seconds = feats.finetuned(hasher, f"{spec}-{b}")
-                Xq, yq, Xd, yd = tuned.query.features, tuned.query.labels, tuned.database.features, tuned.database.labels
+                Xq, yq, Xd, yd = (
+                    tuned.query.features,
+                    tuned.query.labels,
+                    tuned.database.features,
+                    tuned.database.labels,
+                )
                 t1 = time.perf_counter()
                 t0 = t1 - seconds
             else:
@@ -97,16 +104,23 @@ def run_methods(
             t2 = time.perf_counter()
             metrics = evaluate(qc, dc, yq, yd, ks=ks, radius=radius)
             t3 = time.perf_counter()
-            rows.append({
-                "method": spec if mode == "head" else f"{spec} (finetune)",
-                "mode": mode,
-                "bits": b,
-                "metrics": metrics,
-                "timings": {"fit_s": t1 - t0, "encode_s": t2 - t1, "eval_s": t3 - t2},
-                "params": hasher.get_params(),
-                **({"loss_history": [float(v) for v in np.ravel(hasher.loss_history_)]}
-                   if hasattr(hasher, "loss_history_") else {}),
-            })
-            log(f"{spec:>8} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
-                f"fit {t1 - t0:.1f}s encode {t2 - t1:.1f}s eval {t3 - t2:.1f}s")
+            rows.append(
+                {
+                    "method": spec if mode == "head" else f"{spec} (finetune)",
+                    "mode": mode,
+                    "bits": b,
+                    "metrics": metrics,
+                    "timings": {"fit_s": t1 - t0, "encode_s": t2 - t1, "eval_s": t3 - t2},
+                    "params": hasher.get_params(),
+                    **(
+                        {"loss_history": [float(v) for v in np.ravel(hasher.loss_history_)]}
+                        if hasattr(hasher, "loss_history_")
+                        else {}
+                    ),
+                }
+            )
+            log(
+                f"{spec:>8} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
+                f"fit {t1 - t0:.1f}s encode {t2 - t1:.1f}s eval {t3 - t2:.1f}s"
+            )
     return rows

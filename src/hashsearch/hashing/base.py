@@ -64,7 +64,7 @@ class Hasher:
         return f"{type(self).__name__}({args})"
 
     # -- fit / encode ------------------------------------------------------------------
-    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> "Hasher":
+    def fit(self, features: np.ndarray, labels: np.ndarray | None = None) -> Hasher:
         """Learn the hash functions from `features` (n, d), with `labels` if supervised.
 
         `labels` is an (n,) array of integer class ids or an (n, c) 0/1 multi-label matrix.
@@ -75,9 +75,7 @@ class Hasher:
         if labels is not None:
             y = np.asarray(labels)
             if y.shape[0] != X.shape[0]:
-                raise ValueError(
-                    f"labels has {y.shape[0]} rows but features has {X.shape[0]}; pass one label per row"
-                )
+                raise ValueError(f"labels has {y.shape[0]} rows but features has {X.shape[0]}; pass one label per row")
         if self.supervised and y is None:
             raise ValueError(f"hasher {self.name!r} is supervised: pass labels to fit()")
         self._fit(X, y)
@@ -132,13 +130,13 @@ class Hasher:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, __meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+            np.savez(f, **{"__meta__": np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays})  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
 
     @staticmethod
-    def load(path: str | os.PathLike) -> "Hasher":
+    def load(path: str | os.PathLike) -> Hasher:
         """Read a hasher written by `save`; a damaged or foreign file raises ValueError."""
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -176,5 +174,3 @@ class Hasher:
 
     def _load_extra_meta(self, extra: dict) -> None:
         pass
-
-

@@ -179,7 +179,9 @@ class SphericalHashing(Hasher):
         S = X[_sample(len(X), self.n_samples, self.seed)].astype(np.float64)
         m = len(S)
         rng = np.random.default_rng(self.seed)
-        P = S[rng.choice(m, self.n_bits, replace=len(S) < self.n_bits)] + 1e-3 * rng.standard_normal((self.n_bits, S.shape[1]))
+        P = S[rng.choice(m, self.n_bits, replace=len(S) < self.n_bits)] + 1e-3 * rng.standard_normal(
+            (self.n_bits, S.shape[1])
+        )
         q = m / 4.0
         for _ in range(int(self.n_iter) + 1):
             D = np.sqrt(KernelFeatures.sq_dist(S, P))
@@ -302,8 +304,10 @@ class CCAITQ(Hasher):
         check_real("reg", self.reg, low=0)
         check_int("n_iter", self.n_iter, low=0)
         if self.n_bits > X.shape[1]:
-            raise ValueError(f"n_bits={self.n_bits} is larger than the {X.shape[1]} feature dimensions; "
-                             f"CCA-ITQ needs n_bits <= n_features")
+            raise ValueError(
+                f"n_bits={self.n_bits} is larger than the {X.shape[1]} feature dimensions; "
+                f"CCA-ITQ needs n_bits <= n_features"
+            )
         Y = one_hot(y)
         mx = X.mean(0, dtype=np.float64)
         Xc = X.astype(np.float64) - mx
@@ -368,8 +372,9 @@ class KSH(_KernelHasher):
         L-BFGS iterations per bit.
     """
 
-    def __init__(self, n_bits: int = 64, seed: int = 0, n_anchors: int = 300, n_labelled: int = 1000,
-                 n_iter: int = 50) -> None:
+    def __init__(
+        self, n_bits: int = 64, seed: int = 0, n_anchors: int = 300, n_labelled: int = 1000, n_iter: int = 50
+    ) -> None:
         self.n_bits = n_bits
         self.seed = seed
         self.n_anchors = n_anchors
@@ -405,8 +410,7 @@ class KSH(_KernelHasher):
             a0 = evecs[:, 0] * np.sqrt(l / max(evecs[:, 0] @ KK @ evecs[:, 0], 1e-12))
             a = a0
             if self.n_iter:
-                res = minimize(obj, a0, args=(R,), jac=True, method="L-BFGS-B",
-                               options={"maxiter": int(self.n_iter)})
+                res = minimize(obj, a0, args=(R,), jac=True, method="L-BFGS-B", options={"maxiter": int(self.n_iter)})
                 # keep the refinement only if it beats the spectral start on the discrete objective
                 b_new, b_old = np.sign(K @ res.x), np.sign(K @ a0)
                 if b_new @ R @ b_new >= b_old @ R @ b_old:
@@ -442,8 +446,16 @@ class SDH(_KernelHasher):
         Outer iterations (paper 5) and DCC sweeps per B step.
     """
 
-    def __init__(self, n_bits: int = 64, seed: int = 0, n_anchors: int = 1000, lam: float = 1.0,
-                 nu: float = 1e-5, n_iter: int = 5, n_dcc: int = 3) -> None:
+    def __init__(
+        self,
+        n_bits: int = 64,
+        seed: int = 0,
+        n_anchors: int = 1000,
+        lam: float = 1.0,
+        nu: float = 1e-5,
+        n_iter: int = 5,
+        n_dcc: int = 3,
+    ) -> None:
         self.n_bits = n_bits
         self.seed = seed
         self.n_anchors = n_anchors

@@ -64,7 +64,11 @@ class ITQ(ProjectionHasher):
     """
 
     _state_names: ClassVar[tuple[str, ...]] = (
-        "mean_", "components_", "rotation_", "projection_", "quantization_loss_",
+        "mean_",
+        "components_",
+        "rotation_",
+        "projection_",
+        "quantization_loss_",
     )
 
     def __init__(self, n_bits: int = 64, seed: int = 0, n_iter: int = 50) -> None:

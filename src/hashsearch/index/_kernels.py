@@ -334,7 +334,9 @@ def _table_distance(q, qi, tcodes, j, p):
 
 
 @njit(nogil=True, cache=True)
-def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0):
+def mih_knn(
+    q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0
+):
     """Exact k-NN by multi-index hashing (Norouzi, Punjani and Fleet) over the tabled rows.
 
     `qsub` (nq, m) holds each query's substring values; substring j has `lens[j]` bits and its

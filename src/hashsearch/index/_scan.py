@@ -100,7 +100,11 @@ def knn_keys(
     if nq >= n_threads * _BLOCKS_PER_THREAD or rows < 2 * _MIN_SHARD_ROWS or n_threads == 1:
         block = max(1, -(-nq // (n_threads * _BLOCKS_PER_THREAD)))
         tasks = [
-            (lambda a=a: _kernels.knn_scan(qw[a : a + block], flat, rank, lo, hi, n_keys, k, max_d, asc, out[a : a + block]))
+            (
+                lambda a=a: _kernels.knn_scan(
+                    qw[a : a + block], flat, rank, lo, hi, n_keys, k, max_d, asc, out[a : a + block]
+                )
+            )
             for a in range(0, nq, block)
         ]
         _run(tasks, n_threads)
@@ -110,7 +114,11 @@ def knn_keys(
     bounds = np.linspace(lo, hi, n_shards + 1).astype(np.int64)
     parts = np.full((n_shards, nq, k), _INT64_MAX, np.int64)
     tasks = [
-        (lambda s=s: _kernels.knn_scan(qw, flat, rank, int(bounds[s]), int(bounds[s + 1]), n_keys, k, max_d, asc, parts[s]))
+        (
+            lambda s=s: _kernels.knn_scan(
+                qw, flat, rank, int(bounds[s]), int(bounds[s + 1]), n_keys, k, max_d, asc, parts[s]
+            )
+        )
         for s in range(n_shards)
     ]
     _run(tasks, n_threads)

@@ -19,7 +19,7 @@ register_index = index_backends.register
 list_indexes = index_backends.names
 
 
-def create_index(name: str, n_bits: int, **params: Any) -> "Index":
+def create_index(name: str, n_bits: int, **params: Any) -> Index:
     """Build an empty index back end, e.g. ``create_index("flat", n_bits=64)``.
 
     A faiss factory string may follow ``faiss:``, e.g. ``create_index("faiss:BHNSW32", n_bits=64)``
@@ -46,7 +46,9 @@ def read_index_meta(directory, backend: str, fmt: str, version: int) -> dict:
         raise ValueError(f"{directory}/index.json is missing or not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("backend") != backend:
         got = meta.get("backend") if isinstance(meta, dict) else meta
-        raise ValueError(f"{directory} holds an index of back end {got!r}, not {backend!r}; load it with that back end's class")
+        raise ValueError(
+            f"{directory} holds an index of back end {got!r}, not {backend!r}; load it with that back end's class"
+        )
     check_header(meta, fmt, version, directory / "index.json")
     return meta
 
@@ -108,7 +110,7 @@ class Index:
         raise NotImplementedError
 
     @classmethod
-    def load(cls, directory: str | os.PathLike) -> "Index":
+    def load(cls, directory: str | os.PathLike) -> Index:
         raise NotImplementedError
 
     # -- shared argument checks ---------------------------------------------------------

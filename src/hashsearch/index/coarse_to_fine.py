@@ -21,7 +21,7 @@ candidate's stored feature (computed in float32), ties broken by ascending id, a
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -55,9 +55,7 @@ def _import_faiss():
     try:
         import faiss
     except ImportError as e:  # pragma: no cover - faiss is installed with the "search" extra
-        raise ImportError(
-            "the faiss index back end needs faiss-cpu: pip install 'hashsearch[search]'"
-        ) from e
+        raise ImportError("the faiss index back end needs faiss-cpu: pip install 'hashsearch[search]'") from e
     return faiss
 
 
@@ -111,7 +109,9 @@ class FaissIndex(MirroredIndex):
         try:
             inner = faiss.index_binary_factory(self._d, factory)
         except RuntimeError as e:
-            raise ValueError(f"faiss cannot build a binary index from factory {factory!r}: {str(e).splitlines()[0]}") from e
+            raise ValueError(
+                f"faiss cannot build a binary index from factory {factory!r}: {str(e).splitlines()[0]}"
+            ) from e
         self._index = faiss.IndexBinaryIDMap2(inner)  # keeps a reference to `inner`
         self._store = FlatIndex(self.n_bits, n_threads=n_threads)
         self._dead = np.zeros(0, np.int64)  # tombstones: ids still in faiss but removed
@@ -291,7 +291,7 @@ class FaissIndex(MirroredIndex):
         os.replace(tmp, directory / "index.json")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, n_threads: int | None = None) -> "FaissIndex":
+    def load(cls, directory: str | os.PathLike, n_threads: int | None = None) -> FaissIndex:
         """Read an index written by `save` (ValueError if files are missing or disagree)."""
         faiss = _import_faiss()
         directory = Path(directory)
@@ -304,7 +304,9 @@ class FaissIndex(MirroredIndex):
             index = faiss.read_index_binary(str(directory / "faiss.index"))
             dead = np.load(directory / "dead.i64", allow_pickle=False)
         except (RuntimeError, OSError, ValueError) as e:
-            raise ValueError(f"{directory}: faiss.index or dead.i64 is missing or damaged: {str(e).splitlines()[0]}") from e
+            raise ValueError(
+                f"{directory}: faiss.index or dead.i64 is missing or damaged: {str(e).splitlines()[0]}"
+            ) from e
         expected = len(self._store) + len(dead) if index.is_trained else 0
         if not isinstance(index, faiss.IndexBinaryIDMap2) or index.d != self._d or index.ntotal not in (expected, 0):
             raise ValueError(

@@ -157,9 +157,7 @@ class FlatIndex(Index):
                 rows_of = self._rows()
                 present = [i for i in new_ids.tolist() if i in rows_of]
                 if present:
-                    raise ValueError(
-                        f"ids already in the index: {_few(present)}; remove them first or pass new ids"
-                    )
+                    raise ValueError(f"ids already in the index: {_few(present)}; remove them first or pass new ids")
         if m == 0:
             return new_ids.copy()
         start = self._count
@@ -220,7 +218,9 @@ class FlatIndex(Index):
         k = self._check_k(k)
         n = self._count
         if n == 0 or len(queries) == 0:
-            return SearchResult(np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), MISSING_ID, np.int64))
+            return SearchResult(
+                np.full((len(queries), k), -1, np.int32), np.full((len(queries), k), MISSING_ID, np.int64)
+            )
         words, rank, sorted_ids, ascending = self._scan_state()
         qw = query_words(queries, words)
         keys = knn_keys(qw, words, rank, ascending, 0, n, n, min(k, n), self.n_bits, self.n_threads)
@@ -270,7 +270,7 @@ class FlatIndex(Index):
         os.replace(tmp, directory / "index.json")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> "FlatIndex":
+    def load(cls, directory: str | os.PathLike, mmap: bool = True) -> FlatIndex:
         """Read an index written by `save`; with `mmap` the codes stay on disk until written to.
 
         Raises ValueError when the files are missing, of another format, or disagree with

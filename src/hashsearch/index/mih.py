@@ -33,8 +33,8 @@ import numpy as np
 
 from hashsearch.codes import word_view
 from hashsearch.index._scan import (
-    _INT64_MAX,
     _BLOCKS_PER_THREAD,
+    _INT64_MAX,
     _run,
     keys_to_range,
     keys_to_search,
@@ -75,7 +75,7 @@ def substring_values(data: np.ndarray, n_bits: int, bounds: np.ndarray) -> np.nd
         bits = np.unpackbits(np.asarray(data[a : a + step]), axis=1, count=n_bits)
         for j in range(m):
             lo, hi = int(bounds[j]), int(bounds[j + 1])
-            weights = (np.int64(1) << np.arange(hi - lo - 1, -1, -1, dtype=np.int64))
+            weights = np.int64(1) << np.arange(hi - lo - 1, -1, -1, dtype=np.int64)
             out[a : a + step, j] = bits[:, lo:hi].astype(np.int64) @ weights
     return out
 
@@ -123,8 +123,12 @@ class MIHIndex(FlatIndex):
         if n_substrings is None:
             n_substrings = -(-self.n_bits // _SUBSTRING_BITS)
         self.n_substrings = check_int(
-            "n_substrings", n_substrings, low=-(-self.n_bits // _MAX_SUBSTRING_BITS), high=self.n_bits,
-            note=f"substrings of at most {_MAX_SUBSTRING_BITS} bits, at least 1 bit each of n_bits={self.n_bits}")
+            "n_substrings",
+            n_substrings,
+            low=-(-self.n_bits // _MAX_SUBSTRING_BITS),
+            high=self.n_bits,
+            note=f"substrings of at most {_MAX_SUBSTRING_BITS} bits, at least 1 bit each of n_bits={self.n_bits}",
+        )
         self._bounds = substring_bounds(self.n_bits, self.n_substrings)
         self._lens = np.diff(self._bounds)
         self._tabled = 0
@@ -206,8 +210,23 @@ class MIHIndex(FlatIndex):
         def task(sl: slice) -> None:
             seen, stamp = _seen_buffer(self._tabled, len(qw[sl]))
             _kernels.mih_knn(
-                qw[sl], qsub[sl], flat, rank, int(ascending), n_keys, k, self.n_bits, self._lens, self._offsets,
-                self._rows_tab, self._tcodes, self._tabled, budget, out[sl], seen, stamp,
+                qw[sl],
+                qsub[sl],
+                flat,
+                rank,
+                int(ascending),
+                n_keys,
+                k,
+                self.n_bits,
+                self._lens,
+                self._offsets,
+                self._rows_tab,
+                self._tcodes,
+                self._tabled,
+                budget,
+                out[sl],
+                seen,
+                stamp,
             )
 
         _run([lambda sl=sl: task(sl) for sl in self._blocks(len(queries))], self.n_threads)
@@ -234,8 +253,20 @@ class MIHIndex(FlatIndex):
             def task(sl: slice):
                 seen, stamp = _seen_buffer(self._tabled, len(qw[sl]))
                 return _kernels.mih_range(
-                    qw[sl], qsub[sl], flat, rank, n, radius, self._lens, self._offsets,
-                    self._rows_tab, self._tcodes, self._tabled, budget, seen, stamp,
+                    qw[sl],
+                    qsub[sl],
+                    flat,
+                    rank,
+                    n,
+                    radius,
+                    self._lens,
+                    self._offsets,
+                    self._rows_tab,
+                    self._tcodes,
+                    self._tabled,
+                    budget,
+                    seen,
+                    stamp,
                 )
 
             parts = _run([lambda sl=sl: task(sl) for sl in self._blocks(nq)], self.n_threads)
@@ -280,7 +311,12 @@ class MIHIndex(FlatIndex):
         except (OSError, ValueError) as e:
             raise ValueError(f"{directory} has missing or damaged mih tables: {e}") from e
         size = 1 << int(self._lens.max())
-        if rows.dtype != np.int32 or rows.shape != (m, tabled) or offsets.dtype != np.int64 or offsets.shape != (m, size + 1):
+        if (
+            rows.dtype != np.int32
+            or rows.shape != (m, tabled)
+            or offsets.dtype != np.int64
+            or offsets.shape != (m, size + 1)
+        ):
             raise ValueError(
                 f"{directory}: mih tables hold {rows.dtype} {rows.shape} and {offsets.dtype} {offsets.shape}, "
                 f"expected int32 ({m}, {tabled}) and int64 ({m}, {size + 1}); the index is damaged"

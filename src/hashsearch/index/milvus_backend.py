@@ -52,7 +52,9 @@ def _import_pymilvus():
     try:
         import pymilvus
     except ImportError as e:  # pragma: no cover - installed with the "search" extra
-        raise ImportError("the milvus index back end needs pymilvus and milvus-lite: pip install 'hashsearch[search]'") from e
+        raise ImportError(
+            "the milvus index back end needs pymilvus and milvus-lite: pip install 'hashsearch[search]'"
+        ) from e
     return pymilvus
 
 
@@ -180,7 +182,10 @@ class MilvusIndex(MirroredIndex):
 
     def _insert(self, data: np.ndarray, ids: np.ndarray) -> None:
         for a in range(0, len(ids), _INSERT_BATCH):
-            rows = [{"id": int(i), "code": c.tobytes()} for i, c in zip(ids[a : a + _INSERT_BATCH], data[a : a + _INSERT_BATCH])]
+            rows = [
+                {"id": int(i), "code": c.tobytes()}
+                for i, c in zip(ids[a : a + _INSERT_BATCH], data[a : a + _INSERT_BATCH])
+            ]
             self._client.insert(self.collection, rows)
 
     def remove(self, ids: np.ndarray) -> int:
@@ -291,7 +296,7 @@ class MilvusIndex(MirroredIndex):
         os.replace(tmp, directory / "index.json")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, token: str = "") -> "MilvusIndex":
+    def load(cls, directory: str | os.PathLike, token: str = "") -> MilvusIndex:
         """Reopen a saved index: Milvus Lite in `directory`/milvus.db, or the server it names."""
         _import_pymilvus()
         directory = Path(directory)

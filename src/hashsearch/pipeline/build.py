@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -68,8 +68,10 @@ class IndexReport:
             n = len(self.duplicates)
             head = "; ".join(f"{printable(k)} (same bytes as {printable(o)})" for k, o in self.duplicates[:limit])
             more = f"; and {n - limit:,} more" if n > limit else ""
-            lines.append(f"{_plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
-                         f"keep_duplicates=True): {head}{more}")
+            lines.append(
+                f"{_plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
+                f"keep_duplicates=True): {head}{more}"
+            )
         if self.listing is not None and self.listing.left_out(limit):
             lines.append(self.listing.left_out(limit))
         return "\n".join(lines)
@@ -205,8 +207,16 @@ def build_collection(
     extractor = _extractor(engine)
     records, report = _start(source, records)
     t = time.perf_counter()
-    ex = extractor(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                            max_pixels=max_pixels, **extract)
+    ex = extractor(
+        source,
+        backbone,
+        records,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        max_pixels=max_pixels,
+        **extract,
+    )
     report.timings["features"] = time.perf_counter() - t
     report.skipped.skipped += ex.report.skipped
     report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
@@ -258,27 +268,38 @@ def add_images(
     """
     records, report = _start(source, records)
     t = time.perf_counter()
-    ex = extract_features(source, coll.backbone, records, cache_dir=cache_dir, batch_size=batch_size, progress=progress,
-                          max_pixels=max_pixels, extractor=coll.extractor(cache_dir), **extract)
+    ex = extract_features(
+        source,
+        coll.backbone,
+        records,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        progress=progress,
+        max_pixels=max_pixels,
+        extractor=coll.extractor(cache_dir),
+        **extract,
+    )
     report.timings["features"] = time.perf_counter() - t
     report.skipped.skipped += ex.report.skipped
     report.n_cached, report.n_computed = ex.n_cached, ex.n_computed
     if not keep_duplicates:
         found = coll.ids_by_digest(ex.digests)
         entries = dict(zip(found.values(), coll.entries(list(found.values()))))
-        existing = {d: f"id {i} ({entries[i]['key'] if entries.get(i) else '?'})" for d, i in found.items()}
+        existing = {d: f"id {i} ({(entries.get(i) or {}).get('key', '?')})" for d, i in found.items()}
         ex = _drop_duplicates(ex, report, existing)
     _count_labels(report, ex)
     if not ex.records:
         return np.zeros(0, np.int64), report
-    ids = coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests,
-                   root=source.root)
+    ids = coll.add(
+        ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests, root=source.root
+    )
     report.n_indexed = len(ids)
     return ids, report
 
 
-def extract_queries(backbone: Backbone, images: Sequence[Image.Image],
-                    extractor: FeatureExtractor | None = None) -> np.ndarray:
+def extract_queries(
+    backbone: Backbone, images: Sequence[Image.Image], extractor: FeatureExtractor | None = None
+) -> np.ndarray:
     """Features (n, feature_dim) float32 of decoded query images (not cached: queries are usually one-off).
 
     `extractor` runs the backbone: a collection's queries take `Collection.extractor()` (ONNX

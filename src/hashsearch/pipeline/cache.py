@@ -48,9 +48,7 @@ class FeatureCache:
         for start in range(0, len(digests), 900):  # SQLite's bound-parameter limit
             chunk = digests[start : start + 900]
             marks = ",".join("?" * len(chunk))
-            for digest, blob in self._db.execute(
-                f"SELECT digest, vec FROM features WHERE digest IN ({marks})", chunk
-            ):
+            for digest, blob in self._db.execute(f"SELECT digest, vec FROM features WHERE digest IN ({marks})", chunk):
                 vec = np.frombuffer(blob, np.float32)
                 if vec.size == self.dim:
                     found[digest] = vec

@@ -11,8 +11,8 @@ run resumes without recomputing anything finished.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -75,8 +75,18 @@ def extract_features(
     ValueError
         batch_size < 1; workers not an integer >= 0; int8 without ONNX Runtime.
     """
-    run = Run(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels,
-              runtime=runtime, int8=int8, calibration_size=calibration_size, extractor=extractor)
+    run = Run(
+        source,
+        backbone,
+        records,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        runtime=runtime,
+        int8=int8,
+        calibration_size=calibration_size,
+        extractor=extractor,
+    )
     ex, out = run.extractor, run.out
     workers = default_workers() if workers is None else workers
     if worker_inference and ex.portable and workers:
@@ -87,6 +97,7 @@ def extract_features(
     bar = tqdm(total=len(run.records), unit="img", desc=f"features {ex.cache_key}", disable=not progress or None)
     with run, pool:
         try:
+
             def finish(state: tuple[Chunk, list]) -> None:
                 chunk, futures = state
                 _finish_chunk(run, chunk, futures, pool.extracts)

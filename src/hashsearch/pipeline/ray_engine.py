@@ -22,8 +22,8 @@ be able to read the source's paths (a shared file system) and have hashsearch in
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -135,8 +135,18 @@ def extract_features_ray(
     """
     import ray
 
-    run = Run(source, backbone, records, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels,
-              runtime=runtime, int8=int8, calibration_size=calibration_size, extractor=extractor)
+    run = Run(
+        source,
+        backbone,
+        records,
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        runtime=runtime,
+        int8=int8,
+        calibration_size=calibration_size,
+        extractor=extractor,
+    )
     ex = run.extractor
     with run:
         # Steps 1-3, chunk by chunk as the local engine; the bytes are not kept.
@@ -162,8 +172,13 @@ def extract_features_ray(
                 model = worker_model(ex, ((content_digest(b), r.key, b) for r, b, e in reads if e is None), max_pixels)
             started = False
             if not ray.is_initialized():
-                ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                         log_to_driver=False, logging_level="ERROR")
+                ray.init(
+                    address=address,
+                    num_cpus=None if address else num_cpus,
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level="ERROR",
+                )
                 started = True
             try:
                 ctx = ray.data.DataContext.get_current()
@@ -173,14 +188,24 @@ def extract_features_ray(
                 # One block per batch, each block one task (batch_size=None): blocks of n / ceil(n / b)
                 # rows fall just short of b, and Ray would otherwise pair them into tasks of 2 b rows,
                 # which doubles the wait for the first features and the imbalance at the end.
-                ds = ray.data.from_items([{"key": r.key, "digest": d} for d, r in missing.items()],
-                                         override_num_blocks=max(1, -(-len(missing) // batch_size)))
-                task = BatchExtractor(ex.preprocess, max_pixels, ex.feature_dim, model=model,
-                                      backbone=None if model is not None else ex.backbone, threads=threads)
+                ds = ray.data.from_items(
+                    [{"key": r.key, "digest": d} for d, r in missing.items()],
+                    override_num_blocks=max(1, -(-len(missing) // batch_size)),
+                )
+                task = BatchExtractor(
+                    ex.preprocess,
+                    max_pixels,
+                    ex.feature_dim,
+                    model=model,
+                    backbone=None if model is not None else ex.backbone,
+                    threads=threads,
+                )
                 ds = ds.map_batches(
                     _Extract,
                     fn_constructor_args=(source, task),
-                    batch_size=None, num_cpus=actor_cpus, compute=ray.data.ActorPoolStrategy(size=n_actors),
+                    batch_size=None,
+                    num_cpus=actor_cpus,
+                    compute=ray.data.ActorPoolStrategy(size=n_actors),
                 )
                 bar = tqdm(total=len(missing), unit="img", desc=f"ray {ex.cache_key}", disable=not progress or None)
                 try:
@@ -206,8 +231,10 @@ def extract_features_ray(
             run.assemble(chunk, failed)
     result = run.result()
     t_first = first_arrived - t1 if first_arrived else t_ray
-    result.timings = {"scan (driver: read, digest, cache look-up)": t_scan,
-                      "ray start (the job, its actors, the first batch)": t_first,
-                      "ray rest (decode + extract)": t_ray - t_first,
-                      "assemble (driver: from the cache)": time.perf_counter() - t2}
+    result.timings = {
+        "scan (driver: read, digest, cache look-up)": t_scan,
+        "ray start (the job, its actors, the first batch)": t_first,
+        "ray rest (decode + extract)": t_ray - t_first,
+        "assemble (driver: from the cache)": time.perf_counter() - t2,
+    }
     return result

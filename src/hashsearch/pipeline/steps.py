@@ -26,9 +26,9 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -126,8 +126,17 @@ class BatchExtractor:
     engine's worker processes and the Ray engine's actors run it.
     """
 
-    def __init__(self, preprocess: Preprocess, max_pixels: int, feature_dim: int, *, model: bytes | None = None,
-                 backbone: Backbone | None = None, threads: int = 1, infer_batch: int = INFER_BATCH) -> None:
+    def __init__(
+        self,
+        preprocess: Preprocess,
+        max_pixels: int,
+        feature_dim: int,
+        *,
+        model: bytes | None = None,
+        backbone: Backbone | None = None,
+        threads: int = 1,
+        infer_batch: int = INFER_BATCH,
+    ) -> None:
         self.preprocess, self.max_pixels, self.feature_dim = preprocess, max_pixels, feature_dim
         self.model, self.backbone, self.threads, self.infer_batch = model, backbone, threads, infer_batch
         self._session = None
@@ -148,8 +157,9 @@ class BatchExtractor:
             if self._session is None:
                 self._session = onnx_session(self.model, self.threads)
             step = self.infer_batch
-            return np.concatenate([self._session.run(None, {PIXELS: pixels[i : i + step]})[0]
-                                   for i in range(0, len(pixels), step)]).astype(np.float32, copy=False)
+            return np.concatenate(
+                [self._session.run(None, {PIXELS: pixels[i : i + step]})[0] for i in range(0, len(pixels), step)]
+            ).astype(np.float32, copy=False)
         if self.backbone is None:
             raise RuntimeError("BatchExtractor has no model yet: export it first (see worker_model)")
         if self._session is None:
@@ -189,8 +199,14 @@ def calibration_records(records: Sequence[ImageRecord], n: int) -> list[ImageRec
     return [records[i] for i in sorted(set(picks.tolist()))]
 
 
-def calibrate(extractor: FeatureExtractor, source: ImageSource, records: Sequence[ImageRecord], n: int = 256,
-              *, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+def calibrate(
+    extractor: FeatureExtractor,
+    source: ImageSource,
+    records: Sequence[ImageRecord],
+    n: int = 256,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> str:
     """Quantize `extractor` (an `OnnxExtractor`) to int8, calibrated on `n` images of `records`.
 
     Bad files among them are left out (the extraction run itself reports them). Returns the
@@ -215,10 +231,18 @@ def calibrate(extractor: FeatureExtractor, source: ImageSource, records: Sequenc
     return extractor.cache_key
 
 
-def prepare_extractor(backbone: Backbone, records: Sequence[ImageRecord], source: ImageSource, *,
-                      runtime: str = "onnx", int8: bool = False, calibration_size: int = 256, cache_dir=None,
-                      max_pixels: int = DEFAULT_MAX_PIXELS, extractor: FeatureExtractor | None = None
-                      ) -> FeatureExtractor:
+def prepare_extractor(
+    backbone: Backbone,
+    records: Sequence[ImageRecord],
+    source: ImageSource,
+    *,
+    runtime: str = "onnx",
+    int8: bool = False,
+    calibration_size: int = 256,
+    cache_dir=None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    extractor: FeatureExtractor | None = None,
+) -> FeatureExtractor:
     """The extractor a run uses: `extractor` if given, else `make_extractor(backbone, runtime)`;
     quantized to int8 (`calibrate`) when `int8` and it is not yet."""
     if extractor is None:
@@ -271,23 +295,47 @@ class Run:
     cache); `result()` gives the `Extracted`.
     """
 
-    def __init__(self, source: ImageSource, backbone: Backbone, records: Sequence[ImageRecord] | None, *,
-                 cache_dir: str | Path | None, batch_size: int, max_pixels: int, runtime: str, int8: bool,
-                 calibration_size: int, extractor: FeatureExtractor | None) -> None:
+    def __init__(
+        self,
+        source: ImageSource,
+        backbone: Backbone,
+        records: Sequence[ImageRecord] | None,
+        *,
+        cache_dir: str | Path | None,
+        batch_size: int,
+        max_pixels: int,
+        runtime: str,
+        int8: bool,
+        calibration_size: int,
+        extractor: FeatureExtractor | None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.t0 = time.perf_counter()
         self.source, self.batch_size, self.max_pixels = source, batch_size, max_pixels
         self.records = list(source.records() if records is None else records)
-        self.extractor = prepare_extractor(backbone, self.records, source, runtime=runtime, int8=int8,
-                                           calibration_size=calibration_size, cache_dir=cache_dir,
-                                           max_pixels=max_pixels, extractor=extractor)
+        self.extractor = prepare_extractor(
+            backbone,
+            self.records,
+            source,
+            runtime=runtime,
+            int8=int8,
+            calibration_size=calibration_size,
+            cache_dir=cache_dir,
+            max_pixels=max_pixels,
+            extractor=extractor,
+        )
         ex = self.extractor
         self.cache = FeatureCache(cache_dir or default_cache_dir(), ex.cache_key, ex.feature_dim)
         # The features are filled in place as chunks are assembled (no list of parts to
         # concatenate at the end, which would hold every feature twice), and cut at the end.
-        self.out = Extracted(records=[], features=np.empty((len(self.records), ex.feature_dim), np.float32),
-                             digests=[], cache_key=ex.cache_key, int8_model=ex.int8_model)
+        self.out = Extracted(
+            records=[],
+            features=np.empty((len(self.records), ex.feature_dim), np.float32),
+            digests=[],
+            cache_key=ex.cache_key,
+            int8_model=ex.int8_model,
+        )
 
     def chunks(self) -> Iterator[list[Read]]:
         """Step 1 over the run's records, in chunks."""
@@ -366,7 +414,7 @@ class Run:
     def close(self) -> None:
         self.cache.close()
 
-    def __enter__(self) -> "Run":
+    def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import functools
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Callable, Iterable, Sequence
 
 from hashsearch.backbones.base import Preprocess
 from hashsearch.pipeline.steps import BatchExtractor, Job, decode_batch
@@ -87,8 +87,12 @@ class WorkerPool:
             # forkserver/spawn would re-import torch in each worker; fork is cheap, and safe here
             # because workers only run Pillow, numpy and a session they make themselves.
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                             initializer=_set_task, initargs=(self.task,))
+            self._pool = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context(method),
+                initializer=_set_task,
+                initargs=(self.task,),
+            )
         return self._pool.submit(_run_task, list(jobs))
 
     def close(self) -> None:
@@ -96,7 +100,7 @@ class WorkerPool:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "WorkerPool":
+    def __enter__(self) -> WorkerPool:
         return self
 
     def __exit__(self, *exc) -> None:

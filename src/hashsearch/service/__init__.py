@@ -66,8 +66,9 @@ def create_app(
     from hashsearch.service.routers import images, search
     from hashsearch.service.state import ServiceState
 
-    limits = Limits(max_upload_bytes, max_request_bytes, max_pixels, max_query_pixels,
-                    decode_slots, max_queued, max_jobs, job_ttl_s)
+    limits = Limits(
+        max_upload_bytes, max_request_bytes, max_pixels, max_query_pixels, decode_slots, max_queued, max_jobs, job_ttl_s
+    )
     state = ServiceState(collection_path, api_key, cache_dir, limits, eval_json)
     app = _api()
     app.state.hs = state
@@ -98,8 +99,12 @@ def _api():
 
     # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
     app = FastAPIOffline(
-        title="hashsearch", description="Image search with learned binary hash codes.", version=__version__,
-        redoc_url=None, favicon_url="/favicon.ico", swagger_ui_parameters={"validatorUrl": None},
+        title="hashsearch",
+        description="Image search with learned binary hash codes.",
+        version=__version__,
+        redoc_url=None,
+        favicon_url="/favicon.ico",
+        swagger_ui_parameters={"validatorUrl": None},
         default_response_class=AsciiJSONResponse,
     )
 
@@ -118,7 +123,9 @@ def _api():
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon():
-        return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+        return FileResponse(
+            STATIC / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"}
+        )
 
     return app
 

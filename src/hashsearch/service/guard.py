@@ -54,14 +54,17 @@ class _BodyMeter:
             self._header = [b"", b""]
             self._filename: str | None = None
             self._size = 0
-            self.parser = MultipartParser(params[b"boundary"], {
-                "on_part_begin": self._part_begin,
-                "on_header_field": lambda d, s, e: self._add_header(0, d[s:e]),
-                "on_header_value": lambda d, s, e: self._add_header(1, d[s:e]),
-                "on_header_end": self._header_end,
-                "on_headers_finished": self._headers_finished,
-                "on_part_data": self._part_data,
-            })
+            self.parser = MultipartParser(
+                params[b"boundary"],
+                {
+                    "on_part_begin": self._part_begin,
+                    "on_header_field": lambda d, s, e: self._add_header(0, d[s:e]),
+                    "on_header_value": lambda d, s, e: self._add_header(1, d[s:e]),
+                    "on_header_end": self._header_end,
+                    "on_headers_finished": self._headers_finished,
+                    "on_part_data": self._part_data,
+                },
+            )
 
     def feed(self, chunk: bytes) -> None:
         self.total += len(chunk)
@@ -96,24 +99,33 @@ class _BodyMeter:
         if self._filename is not None:
             self.files += 1
             if self.files > self.max_files:
-                raise BodyTooLarge(f"more than {self.max_files} files in one request to {self.route}; send them in several requests")
+                raise BodyTooLarge(
+                    f"more than {self.max_files} files in one request to {self.route}; send them in several requests"
+                )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         self._size += end - start
         if self._filename is not None and self._size > self.max_file:
-            raise BodyTooLarge(f"file {self._filename!r} is over the per-file limit of {self.max_file:,} bytes "
-                               "(max_upload_bytes; hashsearch serve --max-upload-mb); send a smaller file")
+            raise BodyTooLarge(
+                f"file {self._filename!r} is over the per-file limit of {self.max_file:,} bytes "
+                "(max_upload_bytes; hashsearch serve --max-upload-mb); send a smaller file"
+            )
         if self._filename is None and self._size > SMALL_BODY:
             raise BodyTooLarge(f"a form field is over {SMALL_BODY:,} bytes; form fields are short (labels, flags)")
 
 
 def _refusal(status: int, message: str, extra: dict[str, str] | None = None):
     body = json.dumps({"detail": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra or {}).items()]
-    return ({"type": "http.response.start", "status": status, "headers": headers},
-            {"type": "http.response.body", "body": body})
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    )
 
 
 class RequestGuard:
@@ -131,8 +143,12 @@ class RequestGuard:
 
     def __init__(self, app, state: ServiceState, routes) -> None:
         self.app, self.state = app, state
-        self.routes = [r for r in routes if getattr(r, "endpoint", None) is not None
-                       and (getattr(r.endpoint, "needs_key", False) or getattr(r.endpoint, "max_files", None))]
+        self.routes = [
+            r
+            for r in routes
+            if getattr(r, "endpoint", None) is not None
+            and (getattr(r.endpoint, "needs_key", False) or getattr(r.endpoint, "max_files", None))
+        ]
 
     def _endpoint(self, scope):
         """The marked endpoint this request is for (path and method), else None."""
@@ -180,8 +196,11 @@ class RequestGuard:
             limit = SMALL_BODY if max_files is None else limits.body_limit(max_files)
             length = headers.get(b"content-length", b"")
             if length.isdigit() and int(length) > limit:
-                return await refuse(413, f"the request body is {int(length):,} bytes, over the limit of {limit:,} "
-                                         f"bytes for {route}; send fewer or smaller files")
+                return await refuse(
+                    413,
+                    f"the request body is {int(length):,} bytes, over the limit of {limit:,} "
+                    f"bytes for {route}; send fewer or smaller files",
+                )
             meter = _BodyMeter(headers, limit, limits.max_upload_bytes, max_files or 0, route)
 
             async def receive_counted():
@@ -194,8 +213,12 @@ class RequestGuard:
             if max_files is None:
                 return await self.app(scope, receive_counted, send_seen)
             if not self.state.admit_upload():
-                return await refuse(503, f"the server is busy with {limits.max_pending_uploads} uploads (decode_slots + "
-                                         "max_queued); retry in a few seconds", {"Retry-After": "2"})
+                return await refuse(
+                    503,
+                    f"the server is busy with {limits.max_pending_uploads} uploads (decode_slots + "
+                    "max_queued); retry in a few seconds",
+                    {"Retry-After": "2"},
+                )
             try:
                 await self.app(scope, receive_counted, send_seen)
             except BodyTooLarge as e:
@@ -208,17 +231,27 @@ class RequestGuard:
             if writes:
                 client = scope.get("client") or ("-", 0)
                 done = scope.get("state", {}).get("hs_write", {})
-                access_log.info("%s write %s from %s:%s -> %d %s", time.strftime("%Y-%m-%dT%H:%M:%S%z"), route,
-                                client[0], client[1], status[0], json.dumps(done, separators=(",", ":")))
+                access_log.info(
+                    "%s write %s from %s:%s -> %d %s",
+                    time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    route,
+                    client[0],
+                    client[1],
+                    status[0],
+                    json.dumps(done, separators=(",", ":")),
+                )
 
 
 #: The page and the API: only this server's scripts and styles (style properties that the page's
 #: own script sets are not governed by style-src), images from here, blob: (the query preview) and data:.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 #: /docs: Swagger UI starts from an inline script and styles some elements inline.
 CSP_DOCS = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'").replace(
-    "style-src 'self'", "style-src 'self' 'unsafe-inline'")
+    "style-src 'self'", "style-src 'self' 'unsafe-inline'"
+)
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),

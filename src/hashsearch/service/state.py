@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hashsearch.pipeline.cache import content_digest
 from hashsearch.collection import Collection, CollectionError
 from hashsearch.data.decode import DecodeError, check_image_bytes, decode_image
 from hashsearch.pipeline.build import extract_queries
+from hashsearch.pipeline.cache import content_digest
 from hashsearch.service.limits import MAX_FILES, MAX_ID, MAX_K, Limits  # noqa: F401 (re-exported)
 
 THUMB_SIZE = 128
@@ -132,8 +132,14 @@ class Job:
 
     def as_dict(self) -> dict:
         return {
-            "id": self.id, "state": self.state, "total": self.total, "done": self.done,
-            "ids": self.ids, "duplicates": self.duplicates, "errors": self.errors, "message": self.message,
+            "id": self.id,
+            "state": self.state,
+            "total": self.total,
+            "done": self.done,
+            "ids": self.ids,
+            "duplicates": self.duplicates,
+            "errors": self.errors,
+            "message": self.message,
         }
 
 
@@ -220,10 +226,15 @@ class ServiceState:
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
         """Size, declared content type and magic bytes of one upload (no decoding)."""
         if len(data) > self.limits.max_upload_bytes:
-            raise BadRequest(413, f"{name}: upload is over the per-file limit of {self.limits.max_upload_bytes:,} "
-                                  "bytes (max_upload_bytes); send a smaller file")
+            raise BadRequest(
+                413,
+                f"{name}: upload is over the per-file limit of {self.limits.max_upload_bytes:,} "
+                "bytes (max_upload_bytes); send a smaller file",
+            )
         if content_type and not (content_type.startswith("image/") or content_type == "application/octet-stream"):
-            raise BadRequest(415, f"{name}: content type {content_type!r} is not an image; send image/jpeg, image/png, ...")
+            raise BadRequest(
+                415, f"{name}: content type {content_type!r} is not an image; send image/jpeg, image/png, ..."
+            )
         try:
             check_image_bytes(data, name)
         except DecodeError as e:
@@ -242,17 +253,30 @@ class ServiceState:
             return decode_image(data, name, limit, draft=(side, side))
         except DecodeError as e:
             if e.reason.startswith("too many pixels"):
-                option = "max_query_pixels (hashsearch serve --max-query-pixels)" if query else \
-                         "max_pixels (hashsearch serve --max-pixels)"
+                option = (
+                    "max_query_pixels (hashsearch serve --max-query-pixels)"
+                    if query
+                    else "max_pixels (hashsearch serve --max-pixels)"
+                )
                 found = re.match(r"too many pixels: (.*), above the limit", e.reason)
                 what = found.group(1) if found else "its size"
-                raise BadRequest(413, f"{name}: {what} pixels is above this server's limit of {limit:,} for "
-                                      f"{'a query' if query else 'an added image'} ({option}); send a smaller image") from e
+                raise BadRequest(
+                    413,
+                    f"{name}: {what} pixels is above this server's limit of {limit:,} for "
+                    f"{'a query' if query else 'an added image'} ({option}); send a smaller image",
+                ) from e
             raise BadRequest(422, str(e)) from e
 
     # -- reads ---------------------------------------------------------------------------
-    def search_features(self, feats: np.ndarray, k: int, radius: int | None, rerank: int | None,
-                        label: str | None, exclude: int | None = None) -> dict:
+    def search_features(
+        self,
+        feats: np.ndarray,
+        k: int,
+        radius: int | None,
+        rerank: int | None,
+        label: str | None,
+        exclude: int | None = None,
+    ) -> dict:
         """Search one query's features; results (id, key, label, distances) filtered by label."""
         if not 1 <= k <= MAX_K:
             raise BadRequest(422, f"k must be between 1 and {MAX_K}, got {k}")
@@ -270,8 +294,15 @@ class ServiceState:
                 r["hamming"], r["rerank_distance"] = h["hamming"], h["rerank_distance"]
             results.append(r)
         mode = "rerank" if rerank else ("radius" if radius is not None else "hamming")
-        return {"mode": mode, "k": k, "radius": radius, "rerank": rerank, "label": label,
-                "results": results, "took_ms": round(1000 * (time.perf_counter() - t), 3)}
+        return {
+            "mode": mode,
+            "k": k,
+            "radius": radius,
+            "rerank": rerank,
+            "label": label,
+            "results": results,
+            "took_ms": round(1000 * (time.perf_counter() - t), 3),
+        }
 
     def search_upload(self, data: bytes, name: str, content_type: str | None, **params) -> dict:
         """Search by an uploaded query image (decoded at reduced scale, under the query pixel limit)."""
@@ -314,8 +345,11 @@ class ServiceState:
             except OSError as e:
                 key = (self.coll.entries([image_id])[0] or {}).get("key", "?")
                 log.warning("image %d cannot be read: %s", image_id, e)
-                raise BadRequest(404, f"the file of image {image_id} ({key}) cannot be read on the server; "
-                                      "if its folder moved, the collection needs `hashsearch relocate`") from None
+                raise BadRequest(
+                    404,
+                    f"the file of image {image_id} ({key}) cannot be read on the server; "
+                    "if its folder moved, the collection needs `hashsearch relocate`",
+                ) from None
 
     def _thumb_path(self, record: dict) -> Path:
         name = hashlib.sha256(f"{record['id']}\0{record['digest']}\0{record['key']}".encode("utf-8", "surrogateescape"))
@@ -358,8 +392,11 @@ class ServiceState:
         try:
             return json.loads(self.eval_json.read_text())
         except (OSError, ValueError) as e:
-            raise BadRequest(404, f"benchmark JSON {self.eval_json.name} cannot be read: "
-                                  f"{getattr(e, 'strerror', None) or type(e).__name__}") from e
+            raise BadRequest(
+                404,
+                f"benchmark JSON {self.eval_json.name} cannot be read: "
+                f"{getattr(e, 'strerror', None) or type(e).__name__}",
+            ) from e
 
     # -- mutations -----------------------------------------------------------------------
     def key_problem(self, given: str | None) -> tuple[int, str] | None:
@@ -383,12 +420,20 @@ class ServiceState:
             self.coll.save(self.path)
         except CollectionError as e:
             log.error("%s not saved: %s", what, e)
-            raise BadRequest(503, f"{what} failed: the collection could not be saved on the server, so nothing "
-                                  "changed; try again later (the server's log has the reason)",
-                             {"Retry-After": "30"}) from None
+            raise BadRequest(
+                503,
+                f"{what} failed: the collection could not be saved on the server, so nothing "
+                "changed; try again later (the server's log has the reason)",
+                {"Retry-After": "30"},
+            ) from None
 
-    def add_uploads(self, files: list[tuple[bytes, str, str | None]], labels: list[str | None],
-                    job: Job | None = None, keep_duplicates: bool = False) -> dict:
+    def add_uploads(
+        self,
+        files: list[tuple[bytes, str, str | None]],
+        labels: list[str | None],
+        job: Job | None = None,
+        keep_duplicates: bool = False,
+    ) -> dict:
         """Decode uploaded images, extract their features and add them, then save atomically.
 
         Bad files are reported in "errors", not added; a file whose content the collection already
@@ -440,8 +485,13 @@ class ServiceState:
                             os.replace(tmp, n.dest)
                             written.append(n.dest)
                     if adding:
-                        ids = self.coll.add(np.stack([n.feature for n in adding]), [str(n.dest) for n in adding],
-                                            [n.label for n in adding], [n.digest for n in adding], root=uploads).tolist()
+                        ids = self.coll.add(
+                            np.stack([n.feature for n in adding]),
+                            [str(n.dest) for n in adding],
+                            [n.label for n in adding],
+                            [n.digest for n in adding],
+                            root=uploads,
+                        ).tolist()
                         self._save("adding the images")
                 except BaseException:
                     for p in written:  # no orphaned upload for a change that did not happen
@@ -458,7 +508,9 @@ class ServiceState:
 
     def _expire_jobs(self) -> None:
         now = time.time()
-        for jid in [j.id for j in self.jobs.values() if j.finished is not None and now - j.finished > self.limits.job_ttl_s]:
+        for jid in [
+            j.id for j in self.jobs.values() if j.finished is not None and now - j.finished > self.limits.job_ttl_s
+        ]:
             del self.jobs[jid]
 
     def start_add_job(self, files, labels, keep_duplicates: bool = False) -> Job:
@@ -467,9 +519,12 @@ class ServiceState:
             self._expire_jobs()
             running = sum(j.state == "running" for j in self.jobs.values())
             if running >= self.limits.max_jobs:
-                raise BadRequest(503, f"{running} background adds are running, the most this server runs at once "
-                                      f"(max_jobs={self.limits.max_jobs}); retry when one has finished",
-                                 {"Retry-After": "10"})
+                raise BadRequest(
+                    503,
+                    f"{running} background adds are running, the most this server runs at once "
+                    f"(max_jobs={self.limits.max_jobs}); retry when one has finished",
+                    {"Retry-After": "10"},
+                )
             job = Job(id=uuid.uuid4().hex, total=len(files))
             self.jobs[job.id] = job
 
@@ -481,7 +536,10 @@ class ServiceState:
                 job.state, job.message = "failed", str(e)
             except Exception as e:  # a job must end in a state the client can read
                 log.exception("background add %s failed", job.id)
-                job.state, job.message = "failed", f"the add failed on the server ({type(e).__name__}); nothing was added"
+                job.state, job.message = (
+                    "failed",
+                    f"the add failed on the server ({type(e).__name__}); nothing was added",
+                )
             finally:
                 job.finished = time.time()
 
@@ -493,8 +551,9 @@ class ServiceState:
             self._expire_jobs()
             job = self.jobs.get(job_id)
         if job is None:
-            raise BadRequest(404, f"no job with id {job_id[:64]!r} (finished jobs are kept for "
-                                  f"{self.limits.job_ttl_s:g} s)")
+            raise BadRequest(
+                404, f"no job with id {job_id[:64]!r} (finished jobs are kept for {self.limits.job_ttl_s:g} s)"
+            )
         return job
 
     def remove(self, image_id: int) -> dict:

@@ -6,7 +6,7 @@ import torch and are loaded when a deep hasher trains.
 """
 
 from hashsearch.hashing.deep.base import DeepHasher
-from hashsearch.hashing.deep.presets import CSQ, DFEH, DLBHC, DPSH, DSH, HashNet, Preset, register_preset
 from hashsearch.hashing.deep.fusion import DHFI
+from hashsearch.hashing.deep.presets import CSQ, DFEH, DLBHC, DPSH, DSH, HashNet, Preset, register_preset
 
 __all__ = ["DeepHasher", "Preset", "register_preset", "DLBHC", "DPSH", "DSH", "DFEH", "HashNet", "CSQ", "DHFI"]

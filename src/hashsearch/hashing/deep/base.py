@@ -67,10 +67,23 @@ class DeepHasher(Hasher):
 
     supervised: ClassVar[bool] = True
     _state_names: ClassVar[tuple[str, ...]] = (
-        "feature_mean_", "feature_std_", "classes_", "loss_history_", "code_layers_", "activation_",
+        "feature_mean_",
+        "feature_std_",
+        "classes_",
+        "loss_history_",
+        "code_layers_",
+        "activation_",
     )
     #: The training settings, shared by every preset (the rest of a preset's parameters go to its head or loss).
-    training_params: ClassVar[tuple[str, ...]] = ("seed", "epochs", "batch_size", "lr", "weight_decay", "dropout", "device")
+    training_params: ClassVar[tuple[str, ...]] = (
+        "seed",
+        "epochs",
+        "batch_size",
+        "lr",
+        "weight_decay",
+        "dropout",
+        "device",
+    )
 
     def __init__(
         self,
@@ -136,8 +149,14 @@ class DeepHasher(Hasher):
         return head, loss_fn, targets, device
 
     def _new_head(self, create_head, in_dim: int, n_classes: int):
-        return create_head(self.head, in_dim=in_dim, n_bits=self.n_bits, n_classes=n_classes,
-                           dropout=float(self.dropout), **(self.head_params or {}))
+        return create_head(
+            self.head,
+            in_dim=in_dim,
+            n_bits=self.n_bits,
+            n_classes=n_classes,
+            dropout=float(self.dropout),
+            **(self.head_params or {}),
+        )
 
     def _targets(self, y: np.ndarray) -> tuple[np.ndarray, int]:
         """Map 1-d labels of any values to class ids 0..C-1 (setting `classes_`); return (ids, C)."""
@@ -165,14 +184,17 @@ class DeepHasher(Hasher):
         return ids.astype(np.int64).reshape(-1), len(classes)
 
     def _settings(self, device) -> dict[str, Any]:
-        return dict(batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, device=device)
+        return dict(
+            batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, device=device
+        )
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
         from hashsearch.hashing.deep.trainer import train
 
         head, loss_fn, targets, device = self._build(X, y)
-        history = train(head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs,
-                        **self._settings(device))
+        history = train(
+            head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs, **self._settings(device)
+        )
         self._keep(head, history)
 
     def _keep(self, head, history) -> None:
@@ -183,10 +205,20 @@ class DeepHasher(Hasher):
         self.loss_history_ = np.asarray(history.epoch_loss, np.float64)
         self.train_seconds_ = float(history.seconds)
 
-    def finetune(self, backbone, pixels: np.ndarray, labels: np.ndarray, weights_out: str | os.PathLike, *,
-                 epochs: int | None = None, trunk_lr_scale: float = 0.1, augment: bool = True,
-                 pretrained: bool = True, progress: bool = True):
-        """"finetune" mode: the head and loss trained together with the backbone; returns the tuned backbone.
+    def finetune(
+        self,
+        backbone,
+        pixels: np.ndarray,
+        labels: np.ndarray,
+        weights_out: str | os.PathLike,
+        *,
+        epochs: int | None = None,
+        trunk_lr_scale: float = 0.1,
+        augment: bool = True,
+        pretrained: bool = True,
+        progress: bool = True,
+    ):
+        """ "finetune" mode: the head and loss trained together with the backbone; returns the tuned backbone.
 
         `pixels` are the (n, s, s, 3) uint8 crops of the labelled training images at the
         backbone's input size (`hashsearch.pipeline.local.extract_pixels`). Two stages on the
@@ -217,8 +249,16 @@ class DeepHasher(Hasher):
         head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
         settings = dict(self._settings(dev), progress=progress)
         warm = train(head, loss_fn, self.standardize(X0, _checked=True), targets, epochs=self.epochs, **settings)
-        model = ImageModel(trunk, head, backbone.preprocess, self.feature_mean_, self.feature_std_,
-                           augment=augment, trunk_lr_scale=trunk_lr_scale, pretrained=pretrained)
+        model = ImageModel(
+            trunk,
+            head,
+            backbone.preprocess,
+            self.feature_mean_,
+            self.feature_std_,
+            augment=augment,
+            trunk_lr_scale=trunk_lr_scale,
+            pretrained=pretrained,
+        )
         joint = train(model, loss_fn, pixels, targets, epochs=self.epochs if epochs is None else epochs, **settings)
         self._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
         self.n_features_in_ = X0.shape[1]
@@ -280,8 +320,9 @@ class DeepHasher(Hasher):
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         head = {k[5:]: v for k, v in arrays.items() if k.startswith("head.")}
         super()._set_state({k: v for k, v in arrays.items() if not k.startswith("head.")})
-        missing = [f"head.{layer}.{p}" for layer in self.code_layers_ for p in ("weight", "bias")
-                   if f"{layer}.{p}" not in head]
+        missing = [
+            f"head.{layer}.{p}" for layer in self.code_layers_ for p in ("weight", "bias") if f"{layer}.{p}" not in head
+        ]
         if missing:
             raise ValueError(f"the learned arrays {missing} are missing")
         self.head_state_ = head

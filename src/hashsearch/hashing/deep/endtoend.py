@@ -50,8 +50,17 @@ class ImageModel(nn.Module):
         Adam a coupled L2 term moves every weight toward 0 at the learning rate's pace).
     """
 
-    def __init__(self, trunk: nn.Module, head: nn.Module, preprocess, feature_mean=None, feature_std=None,
-                 augment: bool = True, trunk_lr_scale: float = 1.0, pretrained: bool = False) -> None:
+    def __init__(
+        self,
+        trunk: nn.Module,
+        head: nn.Module,
+        preprocess,
+        feature_mean=None,
+        feature_std=None,
+        augment: bool = True,
+        trunk_lr_scale: float = 1.0,
+        pretrained: bool = False,
+    ) -> None:
         super().__init__()
         self.trunk = trunk.to(memory_format=torch.channels_last)
         self.head = head
@@ -72,7 +81,7 @@ class ImageModel(nn.Module):
             trunk["weight_decay"] = 0.0
         return [trunk, {"params": list(self.head.parameters()), "lr": lr}]
 
-    def train(self, mode: bool = True) -> "ImageModel":
+    def train(self, mode: bool = True) -> ImageModel:
         super().train(mode)
         if mode and self.pretrained:
             for m in self.trunk.modules():
@@ -107,8 +116,12 @@ def random_crop_flip(x: torch.Tensor) -> torch.Tensor:
     rows = dy + ar  # (n, s)
     cols = dx + torch.where(flip, s - 1 - ar, ar)  # (n, s), reversed for the flipped images
     # One gather for the whole batch: out[i, ch, r, q] = padded[i, ch, rows[i, r], cols[i, q]].
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+    return padded[
+        torch.arange(n)[:, None, None, None],
+        torch.arange(c)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
 
 
 class _Classifier(nn.Module):
@@ -142,8 +155,10 @@ def check_pixels(pixels: np.ndarray, labels, backbone) -> np.ndarray:
 def trunk_features(trunk: nn.Module, pixels: np.ndarray, preprocess, device, batch_size: int = 128) -> np.ndarray:
     """Features of uint8 pixels through `trunk` in eval mode (no augmentation)."""
     model = ImageModel(trunk, nn.Identity(), preprocess, augment=False).to(device).eval()
-    out = [model.features(torch.from_numpy(pixels[i : i + batch_size]).to(device)).float().cpu().numpy()
-           for i in range(0, len(pixels), batch_size)]
+    out = [
+        model.features(torch.from_numpy(pixels[i : i + batch_size]).to(device)).float().cpu().numpy()
+        for i in range(0, len(pixels), batch_size)
+    ]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -186,9 +201,29 @@ def train_backbone(
         head = _Classifier(backbone.feature_dim, len(classes))
     model = ImageModel(trunk, head, backbone.preprocess, augment=augment)
     loss = create_loss("cross-entropy", n_bits=backbone.feature_dim, n_classes=len(classes))
-    history = train(model, loss, pixels, targets.astype(np.int64), epochs=epochs, batch_size=batch_size, lr=lr,
-                    weight_decay=weight_decay, seed=seed, device=dev, progress=progress, cosine=True)
+    history = train(
+        model,
+        loss,
+        pixels,
+        targets.astype(np.int64),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        device=dev,
+        progress=progress,
+        cosine=True,
+    )
     return trained_backbone(backbone, trunk, weights_out), history
 
 
-__all__ = ["ImageModel", "TrainHistory", "check_pixels", "random_crop_flip", "train_backbone", "trained_backbone", "trunk_features"]
+__all__ = [
+    "ImageModel",
+    "TrainHistory",
+    "check_pixels",
+    "random_crop_flip",
+    "train_backbone",
+    "trained_backbone",
+    "trunk_features",
+]

@@ -45,9 +45,20 @@ class DHFI(Hasher):
     supervised: ClassVar[bool] = True
     feature_backbones: ClassVar[tuple[str | None, ...]] = (None, "cifar-resnet32")
 
-    def __init__(self, n_bits: int = 48, seed: int = 0, feature_dims: tuple[int, int] | None = None, use: str = "both",
-                 epochs: int = 30, batch_size: int = 128, lr: float = 1e-3, weight_decay: float = 5e-4,
-                 dropout: float = 0.2, device: str = "cpu", eta: float = 0.1) -> None:
+    def __init__(
+        self,
+        n_bits: int = 48,
+        seed: int = 0,
+        feature_dims: tuple[int, int] | None = None,
+        use: str = "both",
+        epochs: int = 30,
+        batch_size: int = 128,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        dropout: float = 0.2,
+        device: str = "cpu",
+        eta: float = 0.1,
+    ) -> None:
         self.n_bits = n_bits
         self.seed = seed
         self.feature_dims = feature_dims
@@ -87,11 +98,12 @@ class DHFI(Hasher):
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
         blocks = self._blocks(X.shape[1])
-        self.subnets_ = {name: self._subnet(name, bits).fit(X[:, blocks[name]], y)
-                         for name, bits in self._bit_split().items()}
+        self.subnets_ = {
+            name: self._subnet(name, bits).fit(X[:, blocks[name]], y) for name, bits in self._bit_split().items()
+        }
 
     def finetune(self, backbones, pixels, labels, weights_out, **options) -> list:
-        """"finetune" mode: each subnetwork in use fine-tunes its own network with DPSH's loss.
+        """ "finetune" mode: each subnetwork in use fine-tunes its own network with DPSH's loss.
 
         `backbones`, `pixels` and `weights_out` hold one entry per network of
         `feature_backbones` (the pretrained backbone, then the ResNet), `pixels` each at that
@@ -104,8 +116,10 @@ class DHFI(Hasher):
         self._check_n_bits()
         bits = self._bit_split()
         if not len(backbones) == len(pixels) == len(weights_out) == len(_SUBNETS):
-            raise ValueError(f"DHFI fine-tunes {len(_SUBNETS)} networks: pass {len(_SUBNETS)} backbones, pixel arrays "
-                             f"and weights paths, got {len(backbones)}, {len(pixels)} and {len(weights_out)}")
+            raise ValueError(
+                f"DHFI fine-tunes {len(_SUBNETS)} networks: pass {len(_SUBNETS)} backbones, pixel arrays "
+                f"and weights paths, got {len(backbones)}, {len(pixels)} and {len(weights_out)}"
+            )
         tuned = list(backbones)
         self.subnets_ = {}
         for i, name in enumerate(_SUBNETS):
@@ -135,7 +149,7 @@ class DHFI(Hasher):
         subnets = {}
         for name, bits in self._bit_split().items():
             sub = self._subnet(name, bits)
-            sub._set_state({k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(name + ".")})
+            sub._set_state({k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + ".")})
             sub.n_features_in_ = len(sub.feature_mean_)
             subnets[name] = sub
         self.subnets_ = subnets

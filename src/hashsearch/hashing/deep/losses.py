@@ -106,8 +106,9 @@ class DSHLoss(HashLoss):
     The margin defaults to ``2 * n_bits`` (the paper's m = 2k) and alpha to 0.01.
     """
 
-    def __init__(self, n_bits: int, n_classes: int | None = None, margin: float | None = None,
-                 alpha: float = 0.01) -> None:
+    def __init__(
+        self, n_bits: int, n_classes: int | None = None, margin: float | None = None, alpha: float = 0.01
+    ) -> None:
         super().__init__(n_bits, n_classes)
         self.margin = float(2 * n_bits if margin is None else margin)
         self.alpha = float(alpha)
@@ -127,8 +128,15 @@ class DFEHLoss(HashLoss):
     ``use_contrastive=False`` removes the contrastive term.
     """
 
-    def __init__(self, n_bits: int, n_classes: int | None = None, margin: float | None = None,
-                 lambda_q: float = 0.1, lambda_b: float = 0.1, use_contrastive: bool = True) -> None:
+    def __init__(
+        self,
+        n_bits: int,
+        n_classes: int | None = None,
+        margin: float | None = None,
+        lambda_q: float = 0.1,
+        lambda_b: float = 0.1,
+        use_contrastive: bool = True,
+    ) -> None:
         super().__init__(n_bits, n_classes)
         self.margin = float(2 * n_bits if margin is None else margin)
         self.lambda_q, self.lambda_b, self.use_contrastive = float(lambda_q), float(lambda_b), bool(use_contrastive)

@@ -37,17 +37,30 @@ class Preset:
     supervised: ClassVar[bool] = True
     feature_backbones: ClassVar[tuple[str | None, ...]] = (None,)
 
-    def __init__(self, name: str, head: str, loss: str, doc: str,
-                 head_params: dict[str, Any] | None = None, loss_params: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        head: str,
+        loss: str,
+        doc: str,
+        head_params: dict[str, Any] | None = None,
+        loss_params: dict[str, Any] | None = None,
+    ) -> None:
         self.name, self.head, self.loss = name, head, loss
         self.head_defaults = dict(head_params or {})
         self.loss_defaults = dict(loss_params or {})
         self.__doc__ = doc
         base = inspect.signature(DeepHasher.__init__).parameters
-        own = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
-               for k, v in {**self.head_defaults, **self.loss_defaults}.items()]
+        own = [
+            inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+            for k, v in {**self.head_defaults, **self.loss_defaults}.items()
+        ]
         self.__signature__ = inspect.Signature(
-            [base["n_bits"], *(base[k].replace(kind=inspect.Parameter.KEYWORD_ONLY) for k in DeepHasher.training_params), *own]
+            [
+                base["n_bits"],
+                *(base[k].replace(kind=inspect.Parameter.KEYWORD_ONLY) for k in DeepHasher.training_params),
+                *own,
+            ]
         )
 
     def __call__(self, n_bits: int = 48, **params: Any) -> DeepHasher:
@@ -59,7 +72,9 @@ class Preset:
                 f"{', '.join(DeepHasher.training_params)}{''.join(', ' + k for k in {**self.head_defaults, **self.loss_defaults})}"
             )
         hasher = DeepHasher(
-            n_bits, head=self.head, loss=self.loss,
+            n_bits,
+            head=self.head,
+            loss=self.loss,
             head_params={k: params.get(k, v) for k, v in self.head_defaults.items()},
             loss_params={k: params.get(k, v) for k, v in self.loss_defaults.items()},
             **training,
@@ -71,8 +86,12 @@ class Preset:
     def params_of(self, hasher: DeepHasher) -> dict[str, Any]:
         """The parameters that rebuild `hasher` through this preset (what `get_params` reports)."""
         params = Hasher.get_params(hasher)
-        return {"n_bits": params["n_bits"], **{k: params[k] for k in DeepHasher.training_params},
-                **(params["head_params"] or {}), **(params["loss_params"] or {})}
+        return {
+            "n_bits": params["n_bits"],
+            **{k: params[k] for k in DeepHasher.training_params},
+            **(params["head_params"] or {}),
+            **(params["loss_params"] or {}),
+        }
 
     def __repr__(self) -> str:
         return f"Preset({self.name!r}: head {self.head!r}, loss {self.loss!r})"
@@ -86,7 +105,9 @@ def register_preset(name: str, head: str, loss: str, doc: str, **defaults: dict[
 
 
 DLBHC = register_preset(
-    "dlbhc", "latent-sigmoid", "cross-entropy",
+    "dlbhc",
+    "latent-sigmoid",
+    "cross-entropy",
     """DLBHC (Lin, Yang, Hsiao & Chen, "Deep learning of binary hash codes for fast image retrieval",
     CVPR-W 2015): features -> a latent layer H of `n_bits` sigmoid units -> a classification layer,
     trained with softmax cross-entropy on class labels; bit = H >= 0.5. In head mode the backbone
@@ -95,7 +116,9 @@ DLBHC = register_preset(
 )
 
 DPSH = register_preset(
-    "dpsh", "latent-tanh", "dpsh",
+    "dpsh",
+    "latent-tanh",
+    "dpsh",
     """DPSH (Li, Wang & Kang, "Feature learning based deep supervised hashing with pairwise labels",
     IJCAI 2016): pairwise label likelihood from inner products of the relaxed codes, plus `eta`
     times the quantization term.""",
@@ -103,7 +126,9 @@ DPSH = register_preset(
 )
 
 DSH = register_preset(
-    "dsh", "latent-tanh", "dsh",
+    "dsh",
+    "latent-tanh",
+    "dsh",
     """DSH (Liu, Wang, Shan & Chen, "Deep supervised hashing for fast image retrieval", CVPR 2016):
     contrastive loss with margin (default 2 * n_bits) on relaxed codes, plus `alpha` times the L1
     pull toward +-1. Deep *supervised* hashing; density-sensitive hashing is 'dsh-density'.""",
@@ -111,7 +136,9 @@ DSH = register_preset(
 )
 
 HashNet = register_preset(
-    "hashnet", "latent-tanh", "hashnet",
+    "hashnet",
+    "latent-tanh",
+    "hashnet",
     """HashNet (Cao, Long, Wang & Yu, "HashNet: deep learning to hash by continuation", ICCV 2017):
     weighted pairwise cross-entropy on ``alpha * u_i . u_j`` (default alpha 10 / n_bits); no
     continuation (beta = 1).""",
@@ -119,7 +146,9 @@ HashNet = register_preset(
 )
 
 CSQ = register_preset(
-    "csq", "latent-tanh", "csq",
+    "csq",
+    "latent-tanh",
+    "csq",
     """CSQ (Yuan et al., "Central similarity quantization for efficient image and video retrieval",
     CVPR 2020): each class gets a hash centre (Hadamard rows, or seeded random codes); the codes
     are pulled to their class's centre by binary cross-entropy, plus `lam` times quantization.""",
@@ -127,7 +156,9 @@ CSQ = register_preset(
 )
 
 DFEH = register_preset(
-    "dfeh", "feature-enhance", "dfeh",
+    "dfeh",
+    "feature-enhance",
+    "dfeh",
     """DFEH (Zhao & Liu, "Leveraging deep features enhance and semantic-preserving hashing for image
     retrieval", Electronics 11(15):2391, 2022): a feature-enhancement layer (Linear + ReLU, width
     `hidden`) before the tanh hash layer; loss = contrastive + `lambda_q` * quantization +

@@ -6,8 +6,8 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -127,8 +127,13 @@ def train(
     t0 = time.perf_counter()
     with seeded(int(seed), dev):
         model.train()
-        bar = tqdm(range(int(epochs)), desc=f"training {type(model).__name__}", unit="epoch",
-                   disable=None if progress else True, leave=False)
+        bar = tqdm(
+            range(int(epochs)),
+            desc=f"training {type(model).__name__}",
+            unit="epoch",
+            disable=None if progress else True,
+            leave=False,
+        )
         for epoch in bar:
             order = torch.randperm(n, generator=shuffle).to(dev)
             total = torch.zeros((), dtype=torch.float64, device=dev)

@@ -20,15 +20,24 @@ def needs_key(endpoint):
 
 def takes_files(n: int):
     """Mark a route as an upload route carrying up to `n` files."""
+
     def mark(endpoint):
         endpoint.max_files = n
         return endpoint
+
     return mark
 
 
 #: The id of an indexed image: an int64 >= 0 (others are a 422, never a 500).
 IMAGE_ID = Path(..., ge=0, le=MAX_ID, description="the id of an indexed image (0 to 2**63-1)")
 K = Query(10, ge=1, le=MAX_K, description=f"number of results (1-{MAX_K})")
-RADIUS = Query(None, ge=0, le=4096, description="Hamming radius: only results within it (with rerank: the candidate radius); at most the code length")
-RERANK = Query(None, ge=1, le=100_000, description="coarse-to-fine: re-rank this many Hamming candidates by feature distance")
+RADIUS = Query(
+    None,
+    ge=0,
+    le=4096,
+    description="Hamming radius: only results within it (with rerank: the candidate radius); at most the code length",
+)
+RERANK = Query(
+    None, ge=1, le=100_000, description="coarse-to-fine: re-rank this many Hamming candidates by feature distance"
+)
 LABEL = Query(None, max_length=1000, description="keep only results with this label")

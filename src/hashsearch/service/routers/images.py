@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 from fastapi import APIRouter, File, Form, Request, Response, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
@@ -12,8 +10,15 @@ from hashsearch.service.routers import IMAGE_ID, needs_key, takes_files
 from hashsearch.service.state import MAX_FILES, BadRequest
 
 router = APIRouter(tags=["images"])
-_TYPES = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png", b"GI": "image/gif", b"BM": "image/bmp",
-          b"RI": "image/webp", b"II": "image/tiff", b"MM": "image/tiff"}
+_TYPES = {
+    b"\xff\xd8": "image/jpeg",
+    b"\x89P": "image/png",
+    b"GI": "image/gif",
+    b"BM": "image/bmp",
+    b"RI": "image/webp",
+    b"II": "image/tiff",
+    b"MM": "image/tiff",
+}
 #: The API key header (checked by the request guard before the body is read; declared here for the schema).
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key (--api-key)")
 
@@ -34,8 +39,9 @@ def image(request: Request, image_id: int = IMAGE_ID):
 @router.get("/thumbs/{image_id}")
 def thumb(request: Request, image_id: int = IMAGE_ID):
     """A cached JPEG thumbnail (128 px) of an indexed image."""
-    return Response(request.app.state.hs.thumbnail(image_id), media_type="image/jpeg",
-                    headers={"Cache-Control": "max-age=3600"})
+    return Response(
+        request.app.state.hs.thumbnail(image_id), media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+    )
 
 
 @router.post("/images")
@@ -43,11 +49,13 @@ def thumb(request: Request, image_id: int = IMAGE_ID):
 @takes_files(MAX_FILES)
 async def add_images(
     request: Request,
-    images: List[UploadFile] = File(..., description=f"image files to add (at most {MAX_FILES})"),
-    labels: Optional[str] = Form(None, max_length=60_000, description="comma-separated labels, one per file, or one for all"),
+    images: list[UploadFile] = File(..., description=f"image files to add (at most {MAX_FILES})"),
+    labels: str | None = Form(
+        None, max_length=60_000, description="comma-separated labels, one per file, or one for all"
+    ),
     background: bool = Form(False, description="run as a job; poll GET /jobs/{id}"),
     keep_duplicates: bool = Form(False, description="add files whose content the collection already holds"),
-    x_api_key: Optional[str] = Security(API_KEY),
+    x_api_key: str | None = Security(API_KEY),
 ):
     """Add images (through the collection's backbone and hasher); the collection is saved atomically.
 
@@ -61,21 +69,26 @@ async def add_images(
     if len(labs) == 1:
         labs = labs * len(images)
     if len(labs) != len(images):
-        raise BadRequest(422, f"labels has {len(labs)} entries for {len(images)} files; give one per file or one for all")
+        raise BadRequest(
+            422, f"labels has {len(labs)} entries for {len(images)} files; give one per file or one for all"
+        )
     files = [(await f.read(hs.limits.max_upload_bytes + 1), f.filename or "upload", f.content_type) for f in images]
     if background:
         job = hs.start_add_job(files, labs, keep_duplicates)
         request.state.hs_write = {"job": job.id, "files": len(files)}
         return job.as_dict()
     out = await run_in_threadpool(hs.add_uploads, files, labs, None, keep_duplicates)
-    request.state.hs_write = {"ids": out["ids"], "duplicates": [d["id"] for d in out["duplicates"]],
-                              "errors": len(out["errors"])}
+    request.state.hs_write = {
+        "ids": out["ids"],
+        "duplicates": [d["id"] for d in out["duplicates"]],
+        "errors": len(out["errors"]),
+    }
     return out
 
 
 @router.delete("/images/{image_id}")
 @needs_key
-def remove_image(request: Request, image_id: int = IMAGE_ID, x_api_key: Optional[str] = Security(API_KEY)):
+def remove_image(request: Request, image_id: int = IMAGE_ID, x_api_key: str | None = Security(API_KEY)):
     """Remove an image from the index, and the uploaded original and thumbnail the service stored for it;
     the collection is saved atomically."""
     hs = request.app.state.hs

@@ -132,3 +132,30 @@ def test_bad_files_are_skipped_named_and_counted(cifar_small, tmp_path, lite0):
     skipped = {Path(k).name for k, _ in ex.report.skipped}
     assert skipped == {"empty.jpg", "notes.png", "truncated.jpg"}
     assert sum("skipping" in str(w.message) for w in caught) == 3
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_backbone_keeps_the_backbone_contract(name, tmp_path):
+    """Over the registry: a backbone carries its preprocessing, names its features by a cache key
+    that changes with its weights, and maps an (n, 3, s, s) batch to (n, feature_dim) float32;
+    saved weights load back as the same features (a trained backbone is one like any other)."""
+    import torch
+
+    bb = create_backbone(name)
+    try:
+        bb.weights_path
+    except FileNotFoundError as e:  # trained from scratch: no packaged weights; it says how to make them
+        assert "train_backbone" in str(e)
+        torch.manual_seed(0)
+        bb = create_backbone(name, weights=str(bb.save_weights(bb.init_module(), tmp_path / "init.pt")))
+    s = bb.preprocess.input_size
+    assert bb.config()["name"] == name and bb.cache_key.startswith(f"{name}-{s}px-")
+    crop = np.random.default_rng(0).integers(0, 256, (2, s, s, 3), dtype=np.uint8)
+    batch = bb.preprocess.normalize(crop)
+    assert batch.shape == (2, 3, s, s) and batch.dtype == np.float32
+    feats = bb.forward(batch)
+    assert feats.shape == (2, bb.feature_dim) and feats.dtype == np.float32 and np.isfinite(feats).all()
+    saved = bb.save_weights(bb.torch_module(), tmp_path / "w.pt")
+    again = create_backbone(name, weights=str(saved), input_size=s)
+    assert again.cache_key != bb.cache_key or again.weights_sha256 == bb.weights_sha256
+    np.testing.assert_allclose(again.forward(batch), feats, rtol=1e-4, atol=1e-4)

@@ -143,7 +143,7 @@ def test_every_backbone_keeps_the_backbone_contract(name, tmp_path):
 
     bb = create_backbone(name)
     try:
-        bb.weights_path
+        _ = bb.weights_path
     except FileNotFoundError as e:  # trained from scratch: no packaged weights; it says how to make them
         assert "train_backbone" in str(e)
         torch.manual_seed(0)

@@ -99,3 +99,18 @@ def test_default_lite_database_and_reopen(tmp_path):
     ref = FlatIndex(24)
     ref.add(db[1:], np.arange(1, 50))
     np.testing.assert_array_equal(again.search(q, 5).ids, ref.search(q, 5).ids)
+
+
+def test_a_token_comes_from_the_environment_when_not_given(uri, monkeypatch, tmp_path):
+    """Collection.open passes no back-end options: a server's token reaches the reopened index
+    through HASHSEARCH_MILVUS_TOKEN (and is never written into the saved index)."""
+    monkeypatch.setenv("HASHSEARCH_MILVUS_TOKEN", "root:Milvus")
+    index = create_index("milvus", n_bits=16, uri=uri)
+    index.add(pack_bits(np.eye(16, dtype=np.uint8)))
+    index.save(tmp_path)
+    assert index._token == "root:Milvus" and "root:Milvus" not in "".join(
+        p.read_text(errors="ignore") for p in tmp_path.rglob("*.json")
+    )
+    back = MilvusIndex.load(tmp_path)
+    assert back._token == "root:Milvus" and len(back) == 16
+    assert MilvusIndex.load(tmp_path, token="other")._token == "other"

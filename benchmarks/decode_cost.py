@@ -66,7 +66,7 @@ def costs(name: str, source, records, size: int, models: Path, log) -> None:
     enc = OnnxExtractor(bb, cache_dir=models)
     enc.extract(crops[:4])  # exports (and checks) the model once
     task = BatchExtractor(pre, 10**9, enc.feature_dim, model=enc.pixel_model_bytes(), threads=1)
-    infer = ms_per_item(task.encode, crops)
+    infer = ms_per_item(task.extract, crops)
     log(f"{name}: {len(datas)} images, one process, one core, ms per image")
     log(
         f"  decode_image {decode:6.3f} ({direct} of {len(datas)} by libjpeg-turbo directly; Pillow's path "

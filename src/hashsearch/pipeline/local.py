@@ -21,7 +21,16 @@ from hashsearch.backbones.base import Backbone, Preprocess
 from hashsearch.backbones.runtime import FeatureExtractor
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.sources import ImageRecord, ImageSource, SkipReport
-from hashsearch.pipeline.steps import BatchExtractor, Chunk, Extracted, Run, _skip, decode_batch, read, worker_model
+from hashsearch.pipeline.steps import (
+    BatchExtractor,
+    Chunk,
+    Extracted,
+    Run,
+    decode_batch,
+    read,
+    report_bad,
+    worker_model,
+)
 from hashsearch.pipeline.workers import WorkerPool, bounded, crops, default_workers, worker_threads
 
 # Chunks decoded ahead of inference (the bounded queue between the two stages).
@@ -156,7 +165,7 @@ def extract_pixels(
             if failed:
                 error = failed[0][1]
         if error is not None:
-            _skip(report, record, error)
+            report_bad(report, record, error)
             continue
         kept.append(record)
         pixels.append(batch[0])

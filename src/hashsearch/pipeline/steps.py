@@ -390,15 +390,15 @@ class Run:
         whichever engine ran: read errors, then decode failures, then copies of a failed file."""
         out = self.out
         for record, reason in chunk.unreadable:
-            _skip(out.report, record, reason)
+            report_bad(out.report, record, reason)
         for digest, record in chunk.todo.items():
             if digest in failed:
-                _skip(out.report, record, failed[digest])
+                report_bad(out.report, record, failed[digest])
         kept = [(r, d) for r, d in chunk.good if d not in failed]
         # A copy of a file that failed was reported through its first copy; name it too.
         for r, d in chunk.good:
             if d in failed and chunk.todo[d] is not r:
-                _skip(out.report, r, "same bytes as a file that failed to decode")
+                report_bad(out.report, r, "same bytes as a file that failed to decode")
         n = len(out.digests)
         out.records += [r for r, _ in kept]
         out.digests += [d for _, d in kept]
@@ -421,6 +421,7 @@ class Run:
         self.close()
 
 
-def _skip(report: SkipReport, record: ImageRecord, reason: str) -> None:
+def report_bad(report: SkipReport, record: ImageRecord, reason: str) -> None:
+    """A bad file: a BadImageWarning naming it, and a row of `report`."""
     warnings.warn(f"skipping {printable(record.key)}: {reason}", BadImageWarning, stacklevel=3)
     report.add(record.key, reason)

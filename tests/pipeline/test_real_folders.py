@@ -169,6 +169,8 @@ def test_a_supervised_method_without_labels_says_what_it_saw(tmp_path, bb, cache
         (tree / p.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy(p, tree / p.parent.name / p.name)
     shutil.copy(sorted((cifar_small / "train").rglob("*.jpg"))[0], tree / "cover.jpg")
+    (tree / "notes.jpg").write_text("not a picture")  # unlabelled too, but skipped: not counted as unlabelled
+    shutil.copy(tree / "cover.jpg", tree / "cover copy.jpg")  # a duplicate, dropped: not counted either
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         coll, report = build_collection(

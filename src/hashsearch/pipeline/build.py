@@ -143,13 +143,18 @@ def _drop_duplicates(ex: Extracted, report: IndexReport, existing: dict[str, str
 
 
 def _count_labels(report: IndexReport, ex: Extracted) -> None:
-    """The report's class counts: of the images indexed (the listing counted every image listed)."""
+    """The report's class counts and unlabelled images: of the images indexed (the listing counted
+    every image listed, those skipped or dropped as duplicates too)."""
     if report.listing is not None:
         counts: dict[str, int] = {}
         for r in ex.records:
             if r.label is not None:
                 counts[r.label] = counts.get(r.label, 0) + 1
-        report.listing.labels = dataclasses.replace(report.listing.labels, counts=dict(sorted(counts.items())))
+        indexed = {r.key for r in ex.records}
+        labels = report.listing.labels
+        report.listing.labels = dataclasses.replace(
+            labels, counts=dict(sorted(counts.items())), unlabelled=[u for u in labels.unlabelled if u[0] in indexed]
+        )
 
 
 def _unlabelled_error(method: str, report: IndexReport, n: int) -> ValueError:

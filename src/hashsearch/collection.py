@@ -49,6 +49,7 @@ from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
 from hashsearch.types import MISSING_ID, SearchResult
+from hashsearch.validation import check_int
 
 FORMAT = "hashsearch-collection"
 # 2: entries keyed by (root, relative key) as bytes, a roots table, the int8 model kept.
@@ -488,10 +489,8 @@ class Collection:
         ValueError
             If k < 1, or radius is not in [0, n_bits].
         """
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
-        if radius is not None and not (isinstance(radius, (int, np.integer)) and 0 <= radius <= self.n_bits):
-            raise ValueError(f"radius must be an integer in [0, n_bits={self.n_bits}], got {radius!r}")
+        check_int("k", k, low=1)
+        check_int("radius", radius, low=0, high=self.n_bits, allow_none=True, note=f"n_bits={self.n_bits}")
         features = np.atleast_2d(np.asarray(features, np.float32))
         wanted = None if label == NO_LABEL else label  # as `info` names the unlabelled entries
         n = len(self)

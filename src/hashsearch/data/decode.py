@@ -297,10 +297,7 @@ def _decode_with_pillow(data: bytes, name: str, max_pixels: int, draft: tuple[in
     except Image.DecompressionBombError as e:
         # Pillow refuses anything beyond twice its limit (raised to max_pixels if that is larger)
         # before we see the size.
-        found = re.search(r"\((\d+) pixels\)", str(e))
-        pixels = int(found.group(1)) if found else None
-        size = f"{pixels:,}" if pixels else "more than twice the limit"
-        raise DecodeError(name, _too_many(size, max_pixels, pixels)) from None
+        raise DecodeError(name, _bomb_reason(e, max_pixels)) from None
     except _PILLOW_ERRORS as e:
         raise DecodeError(name, _failure("header", e)) from None
 
@@ -462,15 +459,18 @@ def check_pixels(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_M
             with _no_pillow_warnings(max_pixels), Image.open(io.BytesIO(data), formats=_pillow_formats()) as im:
                 width, height = im.size
         except Image.DecompressionBombError as e:
-            found = re.search(r"\((\d+) pixels\)", str(e))
-            pixels = int(found.group(1)) if found else None
-            raise DecodeError(
-                name, _too_many(f"{pixels:,}" if pixels else "more than twice the limit", max_pixels, pixels)
-            ) from None
+            raise DecodeError(name, _bomb_reason(e, max_pixels)) from None
         except (UnidentifiedImageError, *_PILLOW_ERRORS):
             return
     if width * height > max_pixels:
         raise DecodeError(name, _too_many(f"{width}x{height} = {width * height:,}", max_pixels, width * height))
+
+
+def _bomb_reason(e: Image.DecompressionBombError, max_pixels: int) -> str:
+    """The pixel-limit reason for Pillow's own refusal, with the size its message gives."""
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    pixels = int(found.group(1)) if found else None
+    return _too_many(f"{pixels:,}" if pixels else "more than twice the limit", max_pixels, pixels)
 
 
 def _too_many(size: str, max_pixels: int, pixels: int | None = None) -> str:

@@ -7,6 +7,7 @@ only, so `import hashsearch` works without the `serve` extra.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -85,6 +86,7 @@ def _api():
     from fastapi.responses import FileResponse, JSONResponse
     from fastapi.staticfiles import StaticFiles
     from fastapi_offline import FastAPIOffline
+    from starlette.concurrency import run_in_threadpool
 
     from hashsearch.service.routers import admin, images, search
     from hashsearch.service.state import BadRequest
@@ -97,8 +99,18 @@ def _api():
         def render(self, content) -> bytes:
             return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # The model and the search kernels are loaded before uvicorn reports itself started, so
+        # the first search is as fast as the later ones (ServiceState.warm).
+        hs = getattr(app.state, "hs", None)
+        if hs is not None:
+            await run_in_threadpool(hs.warm)
+        yield
+
     # Swagger UI's files are served from this server (fastapi-offline ships them): /docs works offline.
     app = FastAPIOffline(
+        lifespan=lifespan,
         title="hashsearch",
         description="Image search with learned binary hash codes.",
         version=__version__,

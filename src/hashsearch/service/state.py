@@ -222,6 +222,29 @@ class ServiceState:
                     return feats
         return extract_queries(self.coll.backbone, images, self._extractor)
 
+    def warm(self) -> float:
+        """Load the extractor and search once with a blank image, before the first client comes.
+
+        The first search would otherwise pay for the model's load (ONNX session) and the search
+        kernels' first call (numba loading its compiled code), about 1.3 s; `create_app`'s lifespan
+        calls this before the server reports itself started. A failure is logged, not raised: the
+        first real search then reports it as it would have. Returns the seconds it took.
+        """
+        from PIL import Image
+
+        t = time.perf_counter()
+        try:
+            side = self.coll.backbone.preprocess.input_size
+            blank = Image.new("RGB", (side, side), (128, 128, 128))
+            feats = self.decoding(lambda: self.features([blank]))
+            with self.lock.read():
+                if len(self.coll):
+                    self.coll.search_records(feats, 1)
+                    self.coll.search_records(feats, 1, radius=0)
+        except Exception as e:  # the server still starts; the first search shows the problem to its client
+            log.warning("warming the extractor and search failed (%s: %s)", type(e).__name__, e)
+        return time.perf_counter() - t
+
     # -- input checks --------------------------------------------------------------------
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
         """Size, declared content type and magic bytes of one upload (no decoding)."""

@@ -39,7 +39,7 @@ SHOWN = """() => {
   return {query: q.dataset.kind || '', results: r.dataset.kind || '', busy: r.hasAttribute('aria-busy'),
           caption: (q.querySelector('figcaption') || {}).textContent || '',
           ids: [...r.querySelectorAll('.result')].map(e => +e.dataset.id),
-          titles: [...r.querySelectorAll('.result')].map(e => e.title),
+          titles: [...r.querySelectorAll('.result')].map(e => e.dataset.key),
           status: st.textContent, error: st.className === 'error'};
 }"""
 
@@ -443,7 +443,7 @@ def test_file_picker_and_results_by_keyboard(open_page, client, cifar_small, que
             break
     else:
         pytest.fail("Tab never reaches the file picker")
-    assert page.get_by_role("button", name=re.compile("Choose a query image")).count() == 1
+    assert page.get_by_role("button", name=re.compile("Choose query images")).count() == 1
     ring = page.eval_on_selector(
         "#drop", "e => { const s = getComputedStyle(e); return [s.outlineStyle, parseFloat(s.outlineWidth)]; }"
     )

@@ -9,9 +9,9 @@ function el(tag, cls, text) {
   return e;
 }
 
-function status(text, error) {
-  $("status").textContent = text;
-  $("status").className = error ? "error" : "";
+function status(text, error, id = "status") {
+  $(id).textContent = text;
+  $(id).className = error ? "error" : "";
 }
 
 // One line from an error body: FastAPI gives `detail` as a string, or a list of {loc, msg}.
@@ -30,6 +30,20 @@ function shownKey(r) {
   return k;
 }
 
+const info = { count: 0, nBits: 0, writable: false };  // from GET /stats
+
+// ---- search settings: only the controls of the chosen mode are shown ----
+const MODE_HELP = {
+  hamming: "The k images whose codes are nearest the query's.",
+  radius: "Every image within the radius (in bits) of the query's code, nearest first, at most k.",
+  rerank: "The nearest codes (within the radius) as candidates, re-ranked by their features: slower, closer to the backbone's ranking.",
+};
+function showMode() {
+  const mode = $("mode").value;
+  for (const e of document.querySelectorAll("#settings [data-modes]")) e.hidden = !e.dataset.modes.split(" ").includes(mode);
+  $("mode-help").textContent = MODE_HELP[mode];
+}
+
 function params() {
   const p = new URLSearchParams({ k: $("k").value });
   const mode = $("mode").value;
@@ -44,17 +58,21 @@ function params() {
 // the one before, and an answer whose number is not the latest is dropped. The query box and the
 // results are replaced together, in one synchronous step, from the same answer, so the query
 // shown and the results shown always belong together, whatever order the answers arrive in.
+// Several files dropped at once are one query of kind "batch": one search each, one group each.
 let seq = 0;
 let inflight = null;
 let current = null;  // the latest query asked for; a change of mode, k, ... runs it again
-let shownBlob = null;  // the object URL of the file shown as the query (revoked when replaced)
+let shown = null;  // the query whose answer is on the page
+let lastParams = "";  // the settings `current` last ran with
+let blobs = [];  // object URLs of the files shown as the query (revoked when replaced)
+const MAX_BATCH = 12;
 
 function fileQuery(file) {
   return {
-    kind: "file", name: file.name || "upload", label: null, file,
+    kind: "file", name: file.name || "pasted image", label: null, file,
     request: (p) => {
       const form = new FormData();
-      form.append("image", file);
+      form.append("image", file, file.name || "pasted image");
       return [`/search?${p}`, { method: "POST", body: form }];
     },
   };
@@ -67,47 +85,93 @@ function idQuery(id, label) {
   };
 }
 
+function batchQuery(files) {
+  return { kind: "batch", name: `${files.length} images`, label: null, items: files.map(fileQuery) };
+}
+
+function busy(on, spinner = "spinner", box = "results") {
+  $(spinner).hidden = !on;
+  if (on) $(box).setAttribute("aria-busy", "true");
+  else $(box).removeAttribute("aria-busy");
+}
+
+// One search's answer: {body} (the API's JSON), {error} (one line for the user) or {aborted}.
+async function ask(q, p, signal) {
+  const [url, init] = q.request(p);
+  let resp, body;
+  try {
+    resp = await fetch(url, { ...init, signal });
+    body = await resp.json().catch(() => null);
+  } catch (e) {
+    if (e.name === "AbortError") return { aborted: true };
+    return { error: `${q.name}: the server could not be reached (${e.message}); try again` };
+  }
+  if (!resp.ok || !body || !Array.isArray(body.results)) {
+    const detail = detailText(body, resp);
+    return { error: detail.includes(q.name) ? detail : `${q.name}: ${detail}` };
+  }
+  return { body };
+}
+
 async function run(q) {
   if (inflight) inflight.abort();
   const ctl = new AbortController();
   inflight = ctl;
   const n = ++seq;
   current = q;
-  $("results").setAttribute("aria-busy", "true");
+  const p = params();
+  lastParams = p.toString();
+  busy(true);
   status(`searching ${q.name}…`);
-  const [url, init] = q.request(params());
-  let resp, body;
-  try {
-    resp = await fetch(url, { ...init, signal: ctl.signal });
-    body = await resp.json().catch(() => null);
-  } catch (e) {
-    if (n !== seq) return;  // superseded: a later search owns the page
-    showAnswer(q, null, `${q.name}: the server could not be reached (${e.message}); try again`);
-    return;
-  }
-  if (n !== seq) return;
-  if (!resp.ok || !body || !Array.isArray(body.results)) {
-    const detail = detailText(body, resp);
-    showAnswer(q, null, detail.includes(q.name) ? detail : `${q.name}: ${detail}`);
-    return;
-  }
-  showAnswer(q, body);
+  if (q.items) return runBatch(q, p, n, ctl);
+  const a = await ask(q, p, ctl.signal);
+  if (n !== seq || a.aborted) return;  // superseded or cancelled: a later action owns the page
+  inflight = null;
+  showAnswer(q, a.body, a.error);
+}
+
+// Escape: the search in flight is dropped; the page keeps the query and results it shows.
+function cancel() {
+  if (!inflight) return false;
+  inflight.abort();
+  inflight = null;
+  seq++;
+  current = shown;
+  lastParams = current ? params().toString() : "";
+  busy(false);
+  status("search cancelled");
+  return true;
 }
 
 function ms(x) { return typeof x === "number" ? `${x < 10 ? x.toFixed(1) : Math.round(x)} ms` : "?"; }
 
-function queryFigure(q) {
+function preview(q) {
   const img = el("img");
   if (q.kind === "file") {
-    if (shownBlob) URL.revokeObjectURL(shownBlob);
-    shownBlob = img.src = URL.createObjectURL(q.file);
+    img.src = URL.createObjectURL(q.file);
+    blobs.push(img.src);
   } else {
     img.src = `/thumbs/${q.id}`;
   }
   img.alt = `query: ${q.name}`;
   // A file the browser cannot draw (the status line says why) shows an empty frame.
   img.addEventListener("error", () => img.replaceWith(el("div", "no-preview", "no preview")));
-  return [img, el("figcaption", "", q.label ? `${q.name} · ${q.label}` : q.name)];
+  return img;
+}
+
+function queryFigure(q) {
+  for (const u of blobs) URL.revokeObjectURL(u);
+  blobs = [];
+  if (q.items) {
+    const strip = el("div", "strip");
+    strip.append(...q.items.slice(0, 4).map(preview));
+    return [strip, el("figcaption", "", q.name)];
+  }
+  return [preview(q), el("figcaption", "", q.label ? `${q.name} · ${q.label}` : q.name)];
+}
+
+function distanceText(r) {
+  return r.rerank_distance !== undefined ? `d=${r.hamming} · ${r.rerank_distance.toFixed(2)}` : `d=${r.distance}`;
 }
 
 function resultCard(r, q) {
@@ -116,39 +180,123 @@ function resultCard(r, q) {
   b.dataset.id = r.id;
   b.dataset.label = r.label ?? "";
   const name = shownKey(r);
-  b.title = name;
+  b.dataset.key = name;
   const img = el("img");
   img.src = `/thumbs/${r.id}`;
-  img.alt = "";  // the button's text names it; the picture adds nothing a screen reader can use
-  const d = r.rerank_distance !== undefined
-    ? `d=${r.hamming} · ${r.rerank_distance.toFixed(2)}` : `d=${r.distance}`;
+  img.alt = "";  // the button's label names it; the picture adds nothing a screen reader can use
+  img.loading = "lazy";
+  const d = distanceText(r);
   b.setAttribute("aria-label", `${r.label ?? "no label"}, ${d}, ${name}: search like this`);
-  b.append(img, el("span", "label", r.label ?? "(no label)"), el("span", "dist", d));
+  // Shown over the picture on hover and keyboard focus: where the file is, its label, how far.
+  const details = el("span", "details");
+  const bits = info.nBits ? ` of ${info.nBits} bits` : " bits";
+  const far = r.rerank_distance !== undefined
+    ? `Hamming ${r.hamming}${bits}; feature distance ${r.rerank_distance.toFixed(3)}` : `Hamming ${r.distance}${bits}`;
+  details.append(el("span", "path", name), el("span", "", `label: ${r.label ?? "(none)"}`),
+    el("span", "", far), el("span", "", `id ${r.id}`));
+  details.setAttribute("aria-hidden", "true");
+  b.append(img, el("span", "label", r.label ?? "(no label)"), el("span", "dist", d), details);
   b.addEventListener("click", () => run(idQuery(r.id, r.label)));
   return b;
 }
 
+// What to try when a search finds nothing.
+function emptyAdvice() {
+  const mode = $("mode").value;
+  if ($("label").value) return `No result labelled ${$("label").value}: choose "any" label.`;
+  if (mode !== "hamming") return `No image within ${$("radius").value} bits: raise the radius, or use Hamming ranking.`;
+  return "The collection is empty: add images with `hashsearch index` or POST /images.";
+}
+
+function resultsOf(q, body, error) {
+  if (error) return [el("p", "empty error-note", error)];
+  if (!body.results.length) return [el("p", "empty", emptyAdvice())];
+  return body.results.map((r) => resultCard(r, q));
+}
+
 // The query box and the results from one answer (or one error), replaced together.
 function showAnswer(q, body, error) {
-  const cards = body ? body.results.map((r) => resultCard(r, q)) : [];
+  const cards = body ? resultsOf(q, body) : [];
   $("query").replaceChildren(...queryFigure(q));
   $("query").dataset.kind = q.kind;
   $("results").replaceChildren(...cards);
+  $("results").className = "grid";
   $("results").dataset.kind = q.kind;
-  $("results").removeAttribute("aria-busy");
+  shown = q;
+  busy(false);
+  $("hint").hidden = true;
+  $("more").hidden = !body || body.results.length < +$("k").value;
   if (error) status(error, true);
   else status(`${q.name}: ${body.results.length} results (${body.mode}) in ${ms(body.took_ms)}`);
 }
 
-function pick(files) {
-  if (files && files.length) run(fileQuery(files[0]));
+// Several files: the query box shows them all and the results one group per file, each filled
+// in as its answer comes (one search at a time, so a large drop does not fill the server's queue).
+async function runBatch(q, p, n, ctl) {
+  const groups = q.items.map((item) => {
+    const g = el("section", "group");
+    g.dataset.kind = item.kind;
+    g.dataset.name = item.name;
+    const head = el("div", "group-head");
+    head.append(preview(item), el("h2", "", item.name), el("span", "group-status", "waiting…"));
+    const grid = el("div", "grid");
+    g.append(head, grid);
+    g.setAttribute("aria-label", `results for ${item.name}`);
+    return g;
+  });
+  $("query").replaceChildren(...queryFigure(q));
+  $("query").dataset.kind = q.kind;
+  for (const g of groups) blobs.push(g.querySelector("img").src);
+  $("results").replaceChildren(...groups);
+  $("results").className = "groups";
+  $("results").dataset.kind = q.kind;
+  $("hint").hidden = true;
+  $("more").hidden = true;
+  shown = q;
+  let full = false, failed = 0, found = 0;
+  for (const [i, item] of q.items.entries()) {
+    const g = groups[i];
+    g.querySelector(".group-status").textContent = "searching…";
+    const a = await ask(item, p, ctl.signal);
+    if (n !== seq || a.aborted) return;
+    g.dataset.done = "1";
+    if (a.error) failed++;
+    else { found += a.body.results.length; full ||= a.body.results.length >= +$("k").value; }
+    g.querySelector(".grid").replaceChildren(...resultsOf(item, a.body, a.error));
+    g.querySelector(".group-status").textContent = a.error ? "failed"
+      : `${a.body.results.length} results (${a.body.mode}) in ${ms(a.body.took_ms)}`;
+  }
+  inflight = null;
+  busy(false);
+  $("more").hidden = !full;
+  const note = q.dropped ? `; only the first ${MAX_BATCH} of ${q.dropped} files were searched` : "";
+  status(`${q.items.length} queries: ${found} results${failed ? `, ${failed} failed (see its group)` : ""}${note}`, failed > 0);
 }
+
+function pick(files) {
+  const all = [...(files || [])];
+  if (!all.length) return;
+  tab("search");
+  if (all.length === 1) return run(fileQuery(all[0]));
+  const q = batchQuery(all.slice(0, MAX_BATCH));
+  if (all.length > MAX_BATCH) q.dropped = all.length;
+  run(q);
+}
+
+// "More results": k grows by its first value each time (12, 24, 36, ...), up to the API's 1000.
+const K_STEP = +$("k").value || 12;
+$("more").addEventListener("click", () => {
+  $("k").value = Math.min(1000, +$("k").value + K_STEP);
+  if (current) run(current);
+});
 
 const drop = $("drop");
 drop.addEventListener("click", () => $("file").click());
-drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-drop.addEventListener("drop", (e) => {
+// Files can be dropped anywhere on the search view; the box lights up while they are held over it.
+const searchView = $("view-search");
+searchView.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+searchView.addEventListener("dragleave", (e) => { if (!searchView.contains(e.relatedTarget)) drop.classList.remove("over"); });
+searchView.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   pick(e.dataTransfer.files);
 });
@@ -156,20 +304,281 @@ $("file").addEventListener("change", () => {
   pick($("file").files);
   $("file").value = "";  // choosing the same file again is a new search
 });
-for (const id of ["mode", "k", "radius", "rerank", "label"])
-  $(id).addEventListener("change", () => current && run(current));
+// An image pasted anywhere on the page (Ctrl+V, or the browser's Paste) is searched.
+document.addEventListener("paste", (e) => {
+  const files = [...(e.clipboardData ? e.clipboardData.files : [])].filter((f) => f.type.startsWith("image/"));
+  if (!files.length) return;  // text pasted into a field stays there
+  e.preventDefault();
+  pick(files.slice(0, 1));
+});
+
+// A change of a setting runs the shown query again; Enter in a field runs it at once.
+function rerun(force) {
+  showMode();
+  if (current && (force || params().toString() !== lastParams)) run(current);
+}
+for (const id of ["mode", "k", "radius", "rerank", "label"]) {
+  $(id).addEventListener("change", () => rerun(false));
+  $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") { e.preventDefault(); rerun(true); } });
+}
+showMode();
+
+document.addEventListener("keydown", (e) => {
+  if (e.key !== "Escape") return;
+  if (disarm()) return;  // a delete waiting for its confirmation is called off first
+  if (!$("view-search").hidden) cancel();
+});
+
+// ---- deleting an image (browse and duplicates views): two presses, with the API key ----
+let armed = null;  // the delete button pressed once, waiting for its confirmation
+function disarm() {
+  if (!armed) return false;
+  armed.textContent = "Delete";
+  armed.classList.remove("confirm");
+  armed = null;
+  return true;
+}
+
+function apiKey() {
+  return [...document.querySelectorAll(".api-key")].map((i) => i.value).find((v) => v) || "";
+}
+// The key is typed once: the browse and duplicates views' fields show the same value.
+for (const input of document.querySelectorAll(".api-key"))
+  input.addEventListener("input", () => { for (const o of document.querySelectorAll(".api-key")) o.value = input.value; });
+
+function deleteButton(id, statusId, onDeleted) {
+  const b = el("button", "delete", "Delete");
+  b.type = "button";
+  b.setAttribute("aria-label", `delete image ${id} from the collection`);
+  b.addEventListener("click", async () => {
+    if (armed !== b) {
+      disarm();
+      armed = b;
+      b.textContent = "Confirm delete";
+      b.classList.add("confirm");
+      status(`Press "Confirm delete" again to remove image ${id} from the collection (Escape: keep it).`, false, statusId);
+      return;
+    }
+    armed = null;
+    const key = apiKey();
+    if (!key) {
+      b.textContent = "Delete"; b.classList.remove("confirm");
+      status("Type the server's API key first (the field above), then delete.", true, statusId);
+      document.querySelector(`#${statusId}`).closest("main").querySelector(".api-key").focus();
+      return;
+    }
+    b.disabled = true;
+    let resp, body;
+    try {
+      resp = await fetch(`/images/${id}`, { method: "DELETE", headers: { "X-API-Key": key } });
+      body = await resp.json().catch(() => null);
+    } catch (e) {
+      body = { detail: `the server could not be reached (${e.message}); try again` };
+    }
+    b.disabled = false;
+    if (!resp || !resp.ok) {
+      b.textContent = "Delete"; b.classList.remove("confirm");
+      status(`image ${id} was not deleted: ${detailText(body, resp || {})}`, true, statusId);
+      return;
+    }
+    info.count = body.count;
+    showStats();
+    status(`image ${id} deleted; the collection holds ${body.count} images`, false, statusId);
+    onDeleted();
+  });
+  return b;
+}
+
+// ---- browse: the collection page by page, through GET /entries/{id} ----
+// Ids are not reused, so a page is the next PAGE ids that exist, from where the last page
+// ended; the pages seen are remembered to go back.
+const PAGE = 24;
+let pageStarts = [0];
+let pageAt = 0;
+let pageEnd = 0;  // one past the last id the page looked at
+let browseSeq = 0;
+
+async function entry(id) {
+  const resp = await fetch(`/entries/${id}`);
+  if (resp.status === 404) return null;
+  const body = await resp.json().catch(() => null);
+  if (!resp.ok || !body) throw new Error(detailText(body, resp));
+  return body;
+}
+
+async function loadPage(index) {
+  const n = ++browseSeq;
+  disarm();
+  busy(true, "browse-spinner", "entries");
+  status("loading…", false, "browse-status");
+  const before = index * PAGE;  // every earlier page was full
+  const found = [];
+  let id = pageStarts[index], misses = 0;
+  try {
+    // Ids are read a page at a time; a long run of missing ids (many removed) ends the search.
+    while (found.length < PAGE && before + found.length < info.count && misses < 20 * PAGE) {
+      const batch = Array.from({ length: PAGE }, (_, i) => id + i);
+      const got = await Promise.all(batch.map(entry));
+      if (n !== browseSeq) return;
+      for (const [i, e] of got.entries()) {
+        if (found.length >= PAGE) break;
+        id = batch[i] + 1;
+        if (e) { found.push(e); misses = 0; } else misses++;
+      }
+    }
+  } catch (e) {
+    if (n !== browseSeq) return;
+    busy(false, "browse-spinner", "entries");
+    status(`the collection's entries could not be read (${e.message})`, true, "browse-status");
+    return;
+  }
+  pageAt = index;
+  pageEnd = id;
+  $("entries").replaceChildren(...found.map(entryCard));
+  busy(false, "browse-spinner", "entries");
+  const last = before + found.length;
+  $("page-info").textContent = found.length
+    ? `${before + 1}–${last} of ${info.count}` : "no images";
+  $("prev").disabled = index === 0;
+  $("next").disabled = last >= info.count;
+  status(found.length ? "Click a picture to search like it." : "The collection is empty.", false, "browse-status");
+}
+
+function entryCard(e) {
+  const card = el("figure", "entry");
+  card.dataset.id = e.id;
+  const open = el("button", "thumb");
+  open.type = "button";
+  const name = shownKey(e);
+  open.setAttribute("aria-label", `${name}, ${e.label ?? "no label"}: search like this`);
+  const img = el("img");
+  img.src = `/thumbs/${e.id}`;
+  img.alt = "";
+  img.loading = "lazy";
+  open.append(img);
+  open.addEventListener("click", () => { tab("search"); run(idQuery(e.id, e.label)); });
+  const cap = el("figcaption");
+  cap.append(el("span", "path", name), el("span", "", `${e.label ?? "(no label)"} · id ${e.id}`));
+  card.append(open, cap);
+  if (info.writable) cap.append(deleteButton(e.id, "browse-status", () => card.remove()));
+  return card;
+}
+
+$("prev").addEventListener("click", () => pageAt > 0 && loadPage(pageAt - 1));
+$("next").addEventListener("click", () => {
+  pageStarts = pageStarts.slice(0, pageAt + 1);
+  pageStarts.push(pageEnd);
+  loadPage(pageAt + 1);
+});
+
+// ---- duplicates: groups of near-duplicate images (GET /duplicates, docs/duplicates.md) ----
+let dupSeq = 0;
+let dupOffset = 0;
+const DUP_LIMIT = 50;
+
+async function loadDups(more) {
+  const n = ++dupSeq;
+  disarm();
+  const p = new URLSearchParams({ keep: $("dup-keep").value, limit: DUP_LIMIT, offset: more ? dupOffset : 0 });
+  if ($("dup-radius").value !== "") p.set("radius", $("dup-radius").value);
+  if ($("dup-sim").value !== "") p.set("min_similarity", $("dup-sim").value);
+  busy(true, "dup-spinner", "dup-groups");
+  status("looking for duplicates…", false, "dup-status");
+  let resp, body;
+  try {
+    resp = await fetch(`/duplicates?${p}`);
+    body = await resp.json().catch(() => null);
+  } catch (e) {
+    body = null;
+    resp = { ok: false, status: 0, statusText: `the server could not be reached (${e.message})` };
+  }
+  if (n !== dupSeq) return;
+  busy(false, "dup-spinner", "dup-groups");
+  if (!resp.ok || !body || !Array.isArray(body.groups)) {
+    const why = resp.status === 404 && !(body && typeof body.detail === "string" && body.detail !== "Not Found")
+      ? "this server has no duplicates route (GET /duplicates); update hashsearch" : detailText(body, resp);
+    if (!more) $("dup-groups").replaceChildren();
+    $("dup-more").hidden = true;
+    status(why, true, "dup-status");
+    return;
+  }
+  const cards = body.groups.map(groupCard);
+  if (more) $("dup-groups").append(...cards);
+  else $("dup-groups").replaceChildren(...cards);
+  if (!more && !cards.length) $("dup-groups").append(el("p", "empty",
+    `No duplicates within ${body.radius} bits${body.min_similarity != null ? ` and similarity ${body.min_similarity}` : ""}: raise the radius to find looser copies.`));
+  dupOffset = body.offset + body.groups.length;
+  $("dup-more").hidden = dupOffset >= body.n_groups;
+  $("dup-radius").placeholder = `${body.radius}`;
+  status(`${body.n_groups} groups, ${body.n_duplicates} duplicates among ${body.n_images} images ` +
+    `(radius ${body.radius} of ${body.n_bits} bits${body.min_similarity != null ? `, similarity ≥ ${body.min_similarity}` : ""}; ` +
+    `keeping the ${body.keep.replace("-", " ")}) in ${ms(body.took_ms)}`, false, "dup-status");
+}
+
+function size(m) {
+  const parts = [];
+  if (m.width && m.height) parts.push(`${m.width}×${m.height}`);
+  if (typeof m.bytes === "number") parts.push(m.bytes >= 1e6 ? `${(m.bytes / 1e6).toFixed(1)} MB` : `${Math.round(m.bytes / 1e3)} kB`);
+  return parts.join(" · ");
+}
+
+function groupCard(g) {
+  const sec = el("section", "dup-group");
+  sec.dataset.group = g.group;
+  sec.append(el("h2", "", `Group ${g.group + 1} · ${g.size} images`));
+  const grid = el("div", "grid");
+  for (const m of g.members) {
+    const card = el("figure", "entry" + (m.keep ? " keep" : ""));
+    card.dataset.id = m.id;
+    const open = el("button", "thumb");
+    open.type = "button";
+    const name = shownKey(m);
+    open.setAttribute("aria-label", `${name}${m.keep ? ", kept" : ""}: search like this`);
+    const img = el("img");
+    img.src = `/thumbs/${m.id}`;
+    img.alt = "";
+    img.loading = "lazy";
+    open.append(img);
+    open.addEventListener("click", () => { tab("search"); run(idQuery(m.id, m.label)); });
+    const cap = el("figcaption");
+    const how = m.keep ? "keep" : m.exact ? "exact copy"
+      : `d=${m.distance}${typeof m.similarity === "number" ? ` · sim ${m.similarity.toFixed(2)}` : ""}`;
+    cap.append(el("span", m.keep ? "badge keep" : "badge", how), el("span", "path", name));
+    const s = size(m);
+    if (s) cap.append(el("span", "", s));
+    if (info.writable && !m.keep) cap.append(deleteButton(m.id, "dup-status", () => card.remove()));
+    card.append(open, cap);
+    grid.append(card);
+  }
+  sec.append(grid);
+  return sec;
+}
+
+$("dup-find").addEventListener("click", () => loadDups(false));
+$("dup-more").addEventListener("click", () => loadDups(true));
+for (const id of ["dup-radius", "dup-sim"])
+  $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") loadDups(false); });
+$("dup-keep").addEventListener("change", () => loadDups(false));
+
+// ---- collection details ----
+function showStats() {
+  $("stats").textContent = `${info.count} images · ${info.nBits} bits · ${info.method} · ${info.backbone}`;
+}
 
 async function loadStats() {
   try {
     const resp = await fetch("/stats");
     const s = await resp.json();
     if (!resp.ok) throw new Error(detailText(s, resp));
-    $("stats").textContent = `${s.count} images · ${s.n_bits} bits · ${s.method} · ${s.backbone}`;
+    Object.assign(info, { count: s.count, nBits: s.n_bits, writable: !!s.mutations_enabled, method: s.method, backbone: s.backbone });
+    showStats();
     for (const lab of Object.keys(s.labels).sort()) {
       if (lab === "None" || lab === "null") continue;
       const o = document.createElement("option"); o.value = o.textContent = lab; $("label").append(o);
     }
     $("radius").max = s.n_bits;
+    $("dup-radius").max = s.n_bits;
+    for (const box of document.querySelectorAll(".key-box")) box.hidden = !info.writable;
   } catch (e) {
     $("stats").textContent = `collection details unavailable (${e.message})`;
   }
@@ -289,15 +698,20 @@ async function fetchEval() {
   metricsTable(rows);
 }
 
+
+// ---- views ----
+const VIEWS = ["search", "browse", "dups", "eval"];
+let browsed = false;
 function tab(name) {
-  $("view-search").hidden = name !== "search";
-  $("view-eval").hidden = name !== "eval";
-  for (const [id, on] of [["tab-search", name === "search"], ["tab-eval", name === "eval"]]) {
-    $(id).className = on ? "on" : "";
-    $(id).setAttribute("aria-pressed", on);
+  disarm();
+  for (const v of VIEWS) {
+    $(`view-${v}`).hidden = name !== v;
+    $(`tab-${v}`).className = name === v ? "on" : "";
+    $(`tab-${v}`).setAttribute("aria-pressed", name === v);
   }
   if (name === "eval") { redrawPlots(); loadEval(); }
+  if (name === "browse" && !browsed) { browsed = true; stats.then(() => loadPage(0)); }
+  if (name === "dups" && !$("dup-groups").childElementCount) stats.then(() => loadDups(false));
 }
-$("tab-search").addEventListener("click", () => tab("search"));
-$("tab-eval").addEventListener("click", () => tab("eval"));
-loadStats();
+for (const v of VIEWS) $(`tab-${v}`).addEventListener("click", () => tab(v));
+const stats = loadStats();

@@ -217,6 +217,8 @@ class DeepHasher(Hasher):
         augment: bool = True,
         pretrained: bool = True,
         progress: bool = True,
+        loop: dict | None = None,
+        warm_loop: dict | None = None,
     ):
         """ "finetune" mode: the head and loss trained together with the backbone; returns the tuned backbone.
 
@@ -231,6 +233,8 @@ class DeepHasher(Hasher):
         `loss_history_` holds both stages' epochs. With `pretrained` the backbone's batch-norm
         statistics stay frozen and its weights get no L2. Writes the trained backbone's weights
         to `weights_out` and returns that backbone; this hasher then encodes *its* features.
+        `loop` and `warm_loop` go to the training loop of the joint and the head-alone stage
+        (`trainer.train`'s validate, patience, checkpoint).
 
         Raises
         ------
@@ -248,7 +252,9 @@ class DeepHasher(Hasher):
         X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
         head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
         settings = dict(self._settings(dev), progress=progress)
-        warm = train(head, loss_fn, self.standardize(X0, _checked=True), targets, epochs=self.epochs, **settings)
+        warm = train(
+            head, loss_fn, self.standardize(X0, _checked=True), targets, epochs=self.epochs, **settings, **(warm_loop or {})
+        )
         model = ImageModel(
             trunk,
             head,
@@ -259,8 +265,11 @@ class DeepHasher(Hasher):
             trunk_lr_scale=trunk_lr_scale,
             pretrained=pretrained,
         )
-        joint = train(model, loss_fn, pixels, targets, epochs=self.epochs if epochs is None else epochs, **settings)
+        joint = train(
+            model, loss_fn, pixels, targets, epochs=self.epochs if epochs is None else epochs, **settings, **(loop or {})
+        )
         self._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
+        self.head_history_, self.joint_history_ = warm, joint
         self.n_features_in_ = X0.shape[1]
         return trained_backbone(backbone, trunk, weights_out)
 

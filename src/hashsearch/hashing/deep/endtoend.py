@@ -218,8 +218,34 @@ def train_backbone(
     return trained_backbone(backbone, trunk, weights_out), history
 
 
+def fit_head(hasher, features: np.ndarray, labels, **loop):
+    """ "head" mode with the training loop's options: `hasher.fit(features, labels)` where `loop`
+    (`trainer.train`'s validate, patience, checkpoint, desc) reaches the loop. Returns (the
+    fitted hasher, its `TrainHistory`).
+
+    `validate(head)` is called with the head, whose input is ``hasher.standardize(features)``.
+
+    Raises
+    ------
+    ValueError
+        As `Hasher.fit`: features not a finite (n, d) array, labels not one per row.
+    """
+    from hashsearch.validation import check_features
+
+    X = check_features(features, "features")
+    hasher._check_n_bits()
+    head, loss_fn, targets, device = hasher._build(X, np.asarray(labels))
+    history = train(
+        head, loss_fn, hasher.standardize(X, _checked=True), targets, epochs=hasher.epochs, **hasher._settings(device), **loop
+    )
+    hasher._keep(head, history)
+    hasher.n_features_in_ = X.shape[1]
+    return hasher, history
+
+
 __all__ = [
     "ImageModel",
+    "fit_head",
     "TrainHistory",
     "check_pixels",
     "random_crop_flip",

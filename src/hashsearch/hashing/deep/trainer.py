@@ -1,13 +1,20 @@
-"""The one training loop every deep hasher uses: mini-batch Adam over cached features."""
+"""The one training loop every deep hasher uses: mini-batch Adam over cached features or pixels.
+
+Optionally it scores the model on held-out data after each epoch (`validate`), keeps the weights
+of the best epoch and stops when `patience` epochs bring no gain, and writes a checkpoint after
+each epoch (`checkpoint`) from which a killed run resumes where it stopped.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import math
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,12 +25,37 @@ from hashsearch.validation import check_int, check_real
 logger = logging.getLogger(__name__)
 
 
+#: Version of the checkpoint file `train` writes; another version is not resumed from.
+CHECKPOINT_VERSION = 1
+
+
 @dataclass
 class TrainHistory:
-    """What a training run did: the mean loss of each epoch (weighted by batch size) and its wall time."""
+    """What a training run did.
+
+    Attributes
+    ----------
+    epoch_loss : list of float
+        Mean training loss of each epoch run (weighted by batch size).
+    seconds : float
+        Wall time of training, summed over the runs of a resumed training.
+    val_score : list of float
+        The `validate` score after each epoch (empty without `validate`).
+    best_epoch : int or None
+        The epoch (1-based) whose weights the model holds at the end (None without `validate`:
+        the last one).
+    stopped_early : bool
+        Training stopped before `epochs` because `patience` epochs brought no gain.
+    resumed_at : int
+        Epochs read back from a checkpoint when the run started (0: a fresh start).
+    """
 
     epoch_loss: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    val_score: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    resumed_at: int = 0
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -63,6 +95,10 @@ def train(
     log_every: int | None = None,
     progress: bool = True,
     cosine: bool = False,
+    validate: Callable[[nn.Module], float] | None = None,
+    patience: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    desc: str | None = None,
 ) -> TrainHistory:
     """Train `model` in place to minimise ``loss_fn(model(X_batch), y_batch)``; return the history.
 
@@ -95,9 +131,31 @@ def train(
     log_every : int, optional
         Log (``logging`` INFO, logger ``hashsearch.hashing.deep.trainer``) every that many epochs.
     progress : bool
-        Show a tqdm bar of epochs with the running loss (hidden anyway when stderr is not a TTY).
+        Show a tqdm bar of the images trained on (images/s, time left for all `epochs`) with
+        the epoch, its loss and validation score (hidden anyway when stderr is not a TTY).
     cosine : bool
         Anneal the learning rate to 0 over the epochs (cosine), as for training a network from scratch.
+    validate : callable, optional
+        ``validate(model) -> float``, higher is better (e.g. the mAP of held-out images), called
+        after each epoch with the model in eval mode under ``torch.no_grad``. The model ends
+        with the weights of the best-scoring epoch (the first of equal ones).
+    patience : int, optional
+        With `validate`: stop after this many epochs without a better score (None: run all `epochs`).
+    checkpoint : path, optional
+        A file written (atomically) after each epoch with the model's, the optimiser's, the
+        schedule's and the loss's state, both RNGs and the history. If it exists when training
+        starts, training resumes from it, so a killed run ends as an uninterrupted one would,
+        with the same number of epochs. A checkpoint of other settings (epochs, rows, batch
+        size, lr, seed) raises ValueError. The caller removes it once the result is saved.
+    desc : str, optional
+        The progress bar's label (default "training <model class>").
+
+    Raises
+    ------
+    ValueError
+        Bad settings, X and y of different lengths, a checkpoint of other settings or damaged.
+    FloatingPointError
+        The loss became NaN or infinite.
     """
     from tqdm.auto import tqdm
 
@@ -106,6 +164,9 @@ def train(
     check_real("lr", lr, low=0, low_open=True, finite=True)
     check_real("weight_decay", weight_decay, low=0, finite=True)
     check_int("log_every", log_every, low=1, allow_none=True)
+    check_int("patience", patience, low=1, allow_none=True, none_means="run all epochs")
+    if patience is not None and validate is None:
+        raise ValueError(f"patience={patience} needs validate (a score to wait for); pass validate= or patience=None")
     dev = resolve_device(device)
 
     X = torch.as_tensor(np.asarray(X) if not torch.is_tensor(X) else X)
@@ -124,17 +185,51 @@ def train(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(epochs)) if cosine else None
     shuffle = torch.Generator().manual_seed(int(seed))
     history = TrainHistory()
+    settings = {"epochs": int(epochs), "rows": int(n), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed)}
+    best_state: dict | None = None
+    best_score = -math.inf
+    since_best = 0
+    done = 0
+    before = 0.0
     t0 = time.perf_counter()
     with seeded(int(seed), dev):
+        if checkpoint is not None and Path(checkpoint).is_file():
+            state = _read_checkpoint(Path(checkpoint), settings)
+            model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            if schedule is not None and state["schedule"] is not None:
+                schedule.load_state_dict(state["schedule"])
+            if isinstance(loss_fn, nn.Module):
+                loss_fn.load_state_dict(state["loss"])
+            shuffle.set_state(state["shuffle_rng"])
+            torch.set_rng_state(state["torch_rng"])
+            if dev.type == "cuda" and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state(state["cuda_rng"], dev)
+            h = state["history"]
+            history = TrainHistory(
+                epoch_loss=list(h["epoch_loss"]),
+                seconds=float(h["seconds"]),
+                val_score=list(h["val_score"]),
+                best_epoch=h["best_epoch"],
+                stopped_early=bool(h["stopped_early"]),
+            )
+            done = history.resumed_at = len(history.epoch_loss)
+            before = history.seconds  # the killed runs' time, to which this run's adds
+            best_state, best_score, since_best = state["best_model"], float(state["best_score"]), int(state["since_best"])
+            logger.info("resumed from %s after epoch %d of %d", checkpoint, done, epochs)
         model.train()
         bar = tqdm(
-            range(int(epochs)),
-            desc=f"training {type(model).__name__}",
-            unit="epoch",
+            total=int(epochs) * n,
+            initial=done * n,
+            desc=desc or f"training {type(model).__name__}",
+            unit="img",
+            unit_scale=True,
             disable=None if progress else True,
             leave=False,
         )
-        for epoch in bar:
+        for epoch in range(done, int(epochs)):
+            if history.stopped_early:
+                break
             order = torch.randperm(n, generator=shuffle).to(dev)
             total = torch.zeros((), dtype=torch.float64, device=dev)
             for start in range(0, n, int(batch_size)):
@@ -144,6 +239,7 @@ def train(
                 loss.backward()
                 optimiser.step()
                 total += loss.detach().double() * idx.numel()
+                bar.update(int(idx.numel()))
             mean = float(total) / n
             if not math.isfinite(mean):
                 raise FloatingPointError(
@@ -153,10 +249,81 @@ def train(
             history.epoch_loss.append(mean)
             if schedule is not None:
                 schedule.step()
-            bar.set_postfix(loss=f"{mean:.4f}")
+            postfix = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{mean:.4f}"}
+            if validate is not None:
+                model.eval()
+                with torch.no_grad():
+                    score = float(validate(model))
+                model.train()
+                history.val_score.append(score)
+                postfix["val"] = f"{score:.4f}"
+                if score > best_score:
+                    best_score, since_best, history.best_epoch = score, 0, epoch + 1
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+                    if patience is not None and since_best >= patience and epoch + 1 < epochs:
+                        history.stopped_early = True
+            bar.set_postfix(postfix)
             if log_every is not None and ((epoch + 1) % log_every == 0 or epoch + 1 == epochs):
                 logger.info("epoch %d/%d  loss %.5f", epoch + 1, epochs, mean)
+            if checkpoint is not None:
+                history.seconds = before + time.perf_counter() - t0
+                _write_checkpoint(
+                    Path(checkpoint),
+                    {
+                        "version": CHECKPOINT_VERSION,
+                        "settings": settings,
+                        "model": model.state_dict(),
+                        "optimiser": optimiser.state_dict(),
+                        "schedule": None if schedule is None else schedule.state_dict(),
+                        "loss": loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else {},
+                        "shuffle_rng": shuffle.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+                        "history": {
+                            "epoch_loss": history.epoch_loss,
+                            "seconds": history.seconds,
+                            "val_score": history.val_score,
+                            "best_epoch": history.best_epoch,
+                            "stopped_early": history.stopped_early,
+                        },
+                        "best_model": best_state,
+                        "best_score": best_score,
+                        "since_best": since_best,
+                    },
+                )
         bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
-    history.seconds = time.perf_counter() - t0
+    history.seconds = before + time.perf_counter() - t0
     return history
+
+
+def _write_checkpoint(path: Path, state: dict) -> None:
+    """`state` to `path` by `torch.save` through a temporary file and a rename (a kill leaves the previous one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: Path, settings: dict) -> dict:
+    """A checkpoint written by `train` with the same `settings`, or a ValueError saying what to do."""
+    try:
+        # weights_only: tensors, numbers, strings, lists and dicts only (no arbitrary objects).
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} cannot be read ({e}); delete it to start training afresh") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} is of another version; delete it to start training afresh "
+            f"(this hashsearch writes version {CHECKPOINT_VERSION})"
+        )
+    if state.get("settings") != settings:
+        raise ValueError(
+            f"checkpoint {path} was written with other training settings ({state.get('settings')}, now {settings}); "
+            "delete it to start afresh, or run with the settings it was written with"
+        )
+    return state

@@ -6,7 +6,8 @@ entry::
 
     key = distance * n_keys + rank
 
-where `rank` is the position of the entry's id in ascending id order (distinct, < n_keys).
+where `rank` is the position of the entry's id in ascending id order (distinct, < n_keys); an
+empty `rank` array means the rows already are in id order (rank of row j = j).
 Keys are distinct, so "the k smallest keys" is exactly "the k nearest by (distance, id)",
 ties included, and a caller merges results of several kernels (database shards, a table part
 and a tail part) by sorting their keys together.
@@ -80,6 +81,13 @@ def _hits(q, qi, db, g, e, td):
     for j in range(g, e):
         hits += _distance(q, qi, db, j) <= td
     return hits
+
+
+@njit(nogil=True, inline="always")
+def _rank_of(rank, j):
+    """Rank of row j: rank[j], or j itself when `rank` is empty (rows already in id order,
+    which spares an index of n rows an (n,) int64 array of 0, 1, 2, ...)."""
+    return j if rank.shape[0] == 0 else rank[j]
 
 
 @njit(nogil=True, cache=True)
@@ -201,7 +209,7 @@ def _knn_one_word(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
                     mask &= mask - np.uint64(1)
                     d = _popcount(qw ^ blk[t])
                     if d <= td:
-                        key = d * n_keys + (g + t if ascending else rank[g + t])
+                        key = d * n_keys + (g + t if ascending else _rank_of(rank, g + t))
                         if key < tkey:
                             cnt, tkey, td = _admit(bufs[b], cnt, key, tkey, td, k, n_keys, ascending)
                 cnts[b] = cnt
@@ -235,7 +243,7 @@ def _knn_two_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
             for j in range(g, min(g + _GROUP, hi)):
                 d = _popcount(q0 ^ db[2 * j]) + _popcount(q1 ^ db[2 * j + 1])
                 if d <= td:
-                    key = d * n_keys + rank[j]
+                    key = d * n_keys + _rank_of(rank, j)
                     if key < tkey:
                         cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, ascending)
         _emit(buf, cnt, k, out[qi])
@@ -258,7 +266,7 @@ def _knn_words(q, db, rank, lo, hi, n_keys, k, max_d, ascending, out):
             for j in range(g, e):
                 d = _distance(q, qi, db, j)
                 if d <= td:
-                    key = d * n_keys + rank[j]
+                    key = d * n_keys + _rank_of(rank, j)
                     if key < tkey:
                         cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, ascending)
         _emit(buf, cnt, k, out[qi])
@@ -307,7 +315,7 @@ def range_scan(q, db, rank, lo, hi, n_keys, radius):
             for j in range(g, e):
                 d = _distance(q, qi, db, j)
                 if d <= radius:
-                    keys[total] = d * n_keys + rank[j]
+                    keys[total] = d * n_keys + _rank_of(rank, j)
                     total += 1
         keys[start:total].sort()
         counts[qi] = total - start
@@ -413,7 +421,7 @@ def mih_knn(
                                     d = _popcount(qw ^ tc[t])
                                     if d <= td:
                                         row = rows[j, c0 + t]
-                                        key = d * n_keys + (row if ascending else rank[row])
+                                        key = d * n_keys + (row if ascending else _rank_of(rank, row))
                                         if key < tkey and seen[row] != stamp:
                                             seen[row] = stamp
                                             cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
@@ -422,7 +430,7 @@ def mih_knn(
                                 d = _table_distance(q, qi, tcodes, j, p)
                                 if d <= td:
                                     row = rows[j, p]
-                                    key = d * n_keys + rank[row]
+                                    key = d * n_keys + _rank_of(rank, row)
                                     if key < tkey and seen[row] != stamp:
                                         seen[row] = stamp
                                         cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
@@ -510,7 +518,7 @@ def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_
                                 grown = np.empty(2 * len(keys), np.int64)
                                 grown[:total] = keys[:total]
                                 keys = grown
-                            keys[total] = d * n_keys + rank[row]
+                            keys[total] = d * n_keys + _rank_of(rank, row)
                             total += 1
                     if s == 0:
                         break
@@ -518,3 +526,38 @@ def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_
         keys[start:total].sort()
         counts[qi] = total - start
     return counts, keys[:total]
+
+
+# -- multi-index hashing: table build ---------------------------------------------------------
+@njit(nogil=True, cache=True)
+def substring_column(data, lo, hi, out, counts):
+    """Value of bits [lo, hi) (at most 24; bit 0 = the high bit of byte 0) of every packed code
+    in `data` (n, n_bytes) uint8, into `out` (n,) uint32; adds 1 to counts[value + 1] for each
+    (so a cumulative sum of `counts` gives CSR bucket offsets)."""
+    b0 = lo // 8
+    b1 = (hi - 1) // 8
+    shift = (b1 + 1) * 8 - hi
+    mask = (np.int64(1) << (hi - lo)) - 1
+    for i in range(data.shape[0]):
+        acc = np.int64(0)
+        for b in range(b0, b1 + 1):
+            acc = (acc << 8) | np.int64(data[i, b])
+        val = (acc >> shift) & mask
+        out[i] = val
+        counts[val + 1] += 1
+
+
+@njit(nogil=True, cache=True)
+def bucket_fill(values, offsets, words, rows_out, tcodes_out):
+    """Counting sort of rows by `values` into a CSR table: rows_out[p] (int32) and their code
+    words tcodes_out[p * W : (p + 1) * W] for p in offsets[v] .. offsets[v + 1], rows of equal
+    value in ascending order (the order `argsort(kind="stable")` gives). `words` is (n, W)."""
+    W = words.shape[1]
+    pos = offsets[:-1].copy()
+    for i in range(values.shape[0]):
+        v = values[i]
+        p = pos[v]
+        pos[v] = p + 1
+        rows_out[p] = i
+        for w in range(W):
+            tcodes_out[p * W + w] = words[i, w]

@@ -154,7 +154,7 @@ def _belongs(shown, client, query, k=K):
     else:
         assert shown["query"] == "file" and shown["caption"] == query.name, shown
     assert shown["results"] == shown["query"], shown
-    assert not shown["error"] and not shown["busy"], shown
+    assert not shown["error"] and not shown["busy"], (shown["status"], shown)
     assert shown["ids"] == _api_ids(client, query, k)[0], shown
 
 
@@ -490,3 +490,193 @@ def test_server_is_warm_when_it_reports_started(served_collection, tmp_path, ser
         with httpx.Client(base_url=s.url, timeout=60) as c:
             r = c.post("/search", params={"k": 5}, files={"image": ("q.jpg", query, "image/jpeg")})
     assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+
+
+def _visible(page, selectors):
+    return {s: page.is_visible(s) for s in selectors}
+
+
+def test_settings_spinner_cancel_more_and_details(open_page, client, queries):
+    """Issue 22.4: the empty-state hint; only the settings of the chosen mode; a spinner while a
+    search waits, Escape to cancel it; "More results" (k grows, the API's answer for the new k);
+    a result's file, label and distance on hover."""
+    page = open_page(1280, 800)
+    assert page.is_visible("#hint") and "paste" in page.text_content("#hint")
+    assert page.eval_on_selector_all("#results > *", "e => e.length") == 0
+    page.screenshot(path=str(ARTIFACTS / "empty-1280.png"))
+
+    settings = ("#k", "#radius", "#rerank", "#label")
+    assert _visible(page, settings) == {"#k": True, "#radius": False, "#rerank": False, "#label": True}
+    page.select_option("#mode", "radius")
+    assert _visible(page, settings) == {"#k": True, "#radius": True, "#rerank": False, "#label": True}
+    page.select_option("#mode", "rerank")
+    assert _visible(page, settings) == dict.fromkeys(settings, True)
+    assert "re-ranked" in page.text_content("#mode-help")
+    page.select_option("#mode", "hamming")
+    page.fill("#k", str(K))
+
+    query = queries[0]
+    shown = _search_file(page, query)
+    _belongs(shown, client, query)
+    assert not page.is_visible("#spinner") and not page.is_visible("#hint")
+
+    # The spinner turns while an answer is held (a GET: Chromium does not hand a held upload's
+    # body back to Playwright), and stops when it is drawn.
+    held = _hold(page, re.compile(r"/search/\d+\?"), "GET")
+    page.click(f"#results .result[data-id='{shown['ids'][0]}']")
+    _wait_held(page, held)
+    assert page.is_visible("#spinner") and "searching" in page.text_content("#status")
+    page.screenshot(path=str(ARTIFACTS / "spinner-1280.png"))
+    _release(page, held)
+    _belongs(_settled(page, f"id:{shown['ids'][0]}"), client, shown["ids"][0])
+    assert not page.is_visible("#spinner")
+
+    # Escape cancels a search in flight: the page keeps the query and results it showed, and the
+    # late answer is never drawn.
+    shown = _search_file(page, query)
+    page.click(f"#results .result[data-id='{shown['ids'][1]}']")
+    _wait_held(page, held, 2)
+    assert page.is_visible("#spinner")
+    page.keyboard.press("Escape")
+    s = page.evaluate(SHOWN)
+    assert not page.is_visible("#spinner") and s["status"] == "search cancelled" and not s["busy"], s
+    _release(page, held[1:])
+    page.unroute_all()
+    s = page.evaluate(SHOWN)
+    assert s["query"] == s["results"] == "file" and s["ids"] == shown["ids"], s
+
+    # More results: k grows by its first value; the page shows the API's answer for the new k.
+    page.click("#more")
+    _until(page, f"() => document.querySelectorAll('#results .result').length === {2 * K}")
+    assert page.input_value("#k") == str(2 * K)
+    _belongs(page.evaluate(SHOWN), client, query, k=2 * K)
+
+    # Hover: the result's key, label and Hamming distance over its picture, inside its card.
+    top = _api_ids(client, query, 2 * K)[1][4]
+    card = f"#results .result[data-id='{top['id']}']"
+    assert not page.is_visible(f"{card} .details")
+    page.hover(card)
+    text = page.inner_text(f"{card} .details")
+    assert _shown_key(top) in text and f"label: {top['label']}" in text, text
+    assert f"Hamming {top['distance']} of 32 bits" in text and f"id {top['id']}" in text, text
+    inner, outer = page.locator(f"{card} .details").bounding_box(), page.locator(card).bounding_box()
+    assert outer["x"] <= inner["x"] and inner["x"] + inner["width"] <= outer["x"] + outer["width"], (inner, outer)
+    page.screenshot(path=str(ARTIFACTS / "hover-1280.png"))
+
+
+def _png(path) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(path).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_paste_and_drop_several(open_page, client, queries):
+    """An image pasted from the clipboard (Ctrl+V) is searched; several files dropped at once are
+    searched one by one, each answer in its own group under its file's name."""
+    page = open_page(1280, 900)
+    page.fill("#k", "6")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.bring_to_front()
+    page.evaluate(
+        """async (bytes) => {
+        const blob = new Blob([new Uint8Array(bytes)], {type: 'image/png'});
+        await navigator.clipboard.write([new ClipboardItem({'image/png': blob})]); }""",
+        list(_png(queries[1])),
+    )
+    page.keyboard.press("ControlOrMeta+V")
+    shown = _settled(page, "file")
+    png = ("pasted.png", _png(queries[1]))
+    r = client.post("/search", params={"k": 6}, files={"image": (png[0], png[1], "image/png")})
+    assert shown["ids"] == [x["id"] for x in r.json()["results"]] and not shown["error"], shown
+
+    # Three files dropped on the drop box: three groups, each the API's answer for its file.
+    files = [{"name": q.name, "bytes": list(q.read_bytes())} for q in queries]
+    transfer = page.evaluate_handle(
+        """(files) => { const dt = new DataTransfer();
+        for (const f of files) dt.items.add(new File([new Uint8Array(f.bytes)], f.name, {type: 'image/jpeg'}));
+        return dt; }""",
+        files,
+    )
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    _settled(page, "batch")
+    groups = page.eval_on_selector_all(
+        "#results .group",
+        "gs => gs.map(g => ({name: g.dataset.name, done: !!g.dataset.done, "
+        "ids: [...g.querySelectorAll('.result')].map(e => +e.dataset.id)}))",
+    )
+    assert [g["name"] for g in groups] == [q.name for q in queries], groups
+    for g, q in zip(groups, queries):
+        assert g["done"] and g["ids"] == _api_ids(client, q, 6)[0], (g, q.name)
+    assert page.text_content("#query figcaption") == "3 images"
+    assert page.text_content("#status").startswith("3 queries: 18 results"), page.text_content("#status")
+    _until(page, "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.eval_on_selector_all("#results .group-head img", "e => e.length") == 3  # each file's own picture
+    _no_horizontal_scroll(page, 1280)
+    page.screenshot(path=str(ARTIFACTS / "several-1280.png"), full_page=True)
+
+
+ENTRIES = "() => [...document.querySelectorAll('#entries .entry')].map(e => +e.dataset.id)"
+
+
+def test_browse_pages_and_delete_with_the_key(open_page, client):
+    """The collection page by page (GET /entries/{id}); deleting needs two presses and the API
+    key: no key or a wrong key deletes nothing and says why, Escape calls a delete off."""
+    from .conftest import API_KEY
+
+    count = client.get("/stats").json()["count"]
+    page = open_page(1280, 900)
+    page.click("#tab-browse")
+    first = _until(page, f"() => {{ const ids = ({ENTRIES})(); return ids.length === 24 && ids; }}")
+    assert page.text_content("#page-info") == f"1–24 of {count}"
+    assert page.is_disabled("#prev") and not page.is_disabled("#next")
+    for i in first[:3]:
+        e = client.get(f"/entries/{i}").json()
+        assert page.text_content(f"#entries .entry[data-id='{i}'] .path") == _shown_key(e)
+    page.click("#next")
+    _until(page, f"() => document.getElementById('page-info').textContent === '25–48 of {count}'")
+    second = page.evaluate(ENTRIES)
+    assert len(second) == 24 and min(second) > max(first)
+    page.click("#prev")
+    _until(page, "() => document.getElementById('page-info').textContent.startsWith('1–24')")
+    assert page.evaluate(ENTRIES) == first
+    _until(page, "() => [...document.querySelectorAll('#entries img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "browse-1280.png"), full_page=True)
+
+    victim = first[5]
+    button = f"#entries .entry[data-id='{victim}'] .delete"
+    # One press arms it, Escape calls it off; without the key, a second press deletes nothing.
+    page.click(button)
+    assert page.text_content(button) == "Confirm delete"
+    page.keyboard.press("Escape")
+    assert page.text_content(button) == "Delete"
+    page.click(button)
+    page.click(button)
+    assert "API key" in page.text_content("#browse-status") and page.evaluate(
+        "() => document.activeElement.classList.contains('api-key')"
+    )
+    # A wrong key: the server's refusal, in one line; the image stays.
+    page.fill("#view-browse .api-key", "wrong-key")
+    page.click(button)
+    page.click(button)
+    _until(page, "() => document.getElementById('browse-status').className === 'error'")
+    assert "not deleted" in page.text_content("#browse-status") and "X-API-Key" in page.text_content("#browse-status")
+    assert client.get(f"/entries/{victim}").status_code == 200
+    # The right key: gone from the page and the collection; the count follows.
+    page.fill("#view-browse .api-key", API_KEY)
+    page.click(button)
+    page.screenshot(path=str(ARTIFACTS / "delete-1280.png"))
+    page.click(button)
+    _until(page, f"() => !document.querySelector(\"#entries .entry[data-id='{victim}']\")")
+    assert client.get(f"/entries/{victim}").status_code == 404
+    assert client.get("/stats").json()["count"] == count - 1
+    assert f"{count - 1} images" in page.text_content("#stats")
+    # The first page again: the next id that exists fills it.
+    page.click("#next")
+    _until(page, "() => document.getElementById('page-info').textContent.startsWith('25–')")
+    page.click("#prev")
+    _until(page, "() => document.getElementById('page-info').textContent.startsWith('1–24')")
+    assert page.evaluate(ENTRIES) == [i for i in first if i != victim] + [second[0]]

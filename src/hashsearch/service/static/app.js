@@ -30,6 +30,16 @@ function shownKey(r) {
   return k;
 }
 
+// A file's key, breakable after each "/" (a long path wraps at its folders, not mid-name).
+function pathSpan(name, cls = "path") {
+  const span = el("span", cls);
+  name.split("/").forEach((part, i, parts) => {
+    span.append(part + (i < parts.length - 1 ? "/" : ""));
+    if (i < parts.length - 1) span.append(el("wbr"));
+  });
+  return span;
+}
+
 const info = { count: 0, nBits: 0, writable: false };  // from GET /stats
 
 // ---- search settings: only the controls of the chosen mode are shown ----
@@ -192,7 +202,7 @@ function resultCard(r, q) {
   const bits = info.nBits ? ` of ${info.nBits} bits` : " bits";
   const far = r.rerank_distance !== undefined
     ? `Hamming ${r.hamming}${bits}; feature distance ${r.rerank_distance.toFixed(3)}` : `Hamming ${r.distance}${bits}`;
-  details.append(el("span", "path", name), el("span", "", `label: ${r.label ?? "(none)"}`),
+  details.append(pathSpan(name), el("span", "", `label: ${r.label ?? "(none)"}`),
     el("span", "", far), el("span", "", `id ${r.id}`));
   details.setAttribute("aria-hidden", "true");
   b.append(img, el("span", "label", r.label ?? "(no label)"), el("span", "dist", d), details);
@@ -233,6 +243,7 @@ function showAnswer(q, body, error) {
 // Several files: the query box shows them all and the results one group per file, each filled
 // in as its answer comes (one search at a time, so a large drop does not fill the server's queue).
 async function runBatch(q, p, n, ctl) {
+  const figure = queryFigure(q);  // first: it revokes the previous previews
   const groups = q.items.map((item) => {
     const g = el("section", "group");
     g.dataset.kind = item.kind;
@@ -244,9 +255,8 @@ async function runBatch(q, p, n, ctl) {
     g.setAttribute("aria-label", `results for ${item.name}`);
     return g;
   });
-  $("query").replaceChildren(...queryFigure(q));
+  $("query").replaceChildren(...figure);
   $("query").dataset.kind = q.kind;
-  for (const g of groups) blobs.push(g.querySelector("img").src);
   $("results").replaceChildren(...groups);
   $("results").className = "groups";
   $("results").dataset.kind = q.kind;
@@ -342,6 +352,8 @@ function disarm() {
 function apiKey() {
   return [...document.querySelectorAll(".api-key")].map((i) => i.value).find((v) => v) || "";
 }
+// The key sits in a form (where browsers want a password field); Enter there submits nothing.
+for (const form of document.querySelectorAll("form.key-box")) form.addEventListener("submit", (e) => e.preventDefault());
 // The key is typed once: the browse and duplicates views' fields show the same value.
 for (const input of document.querySelectorAll(".api-key"))
   input.addEventListener("input", () => { for (const o of document.querySelectorAll(".api-key")) o.value = input.value; });
@@ -458,7 +470,7 @@ function entryCard(e) {
   open.append(img);
   open.addEventListener("click", () => { tab("search"); run(idQuery(e.id, e.label)); });
   const cap = el("figcaption");
-  cap.append(el("span", "path", name), el("span", "", `${e.label ?? "(no label)"} · id ${e.id}`));
+  cap.append(pathSpan(name), el("span", "", `${e.label ?? "(no label)"} · id ${e.id}`));
   card.append(open, cap);
   if (info.writable) cap.append(deleteButton(e.id, "browse-status", () => card.remove()));
   return card;
@@ -543,7 +555,7 @@ function groupCard(g) {
     const cap = el("figcaption");
     const how = m.keep ? "keep" : m.exact ? "exact copy"
       : `d=${m.distance}${typeof m.similarity === "number" ? ` · sim ${m.similarity.toFixed(2)}` : ""}`;
-    cap.append(el("span", m.keep ? "badge keep" : "badge", how), el("span", "path", name));
+    cap.append(el("span", m.keep ? "badge keep" : "badge", how), pathSpan(name));
     const s = size(m);
     if (s) cap.append(el("span", "", s));
     if (info.writable && !m.keep) cap.append(deleteButton(m.id, "dup-status", () => card.remove()));

@@ -12,6 +12,8 @@ On disk a collection is a folder (by convention named `*.hsx`) of immutable gene
         feature_ids.npy
         entries.sqlite         id -> (root, key below the root), label, content digest; roots
         <key>.onnx             only if built with int8: the int8 model that computed the features
+        model.hsm              only if built with a trained model (`hashsearch index --model`): a copy
+                               of it, so the collection needs nothing outside its folder
       uploads/                 images uploaded through the HTTP service (not part of a generation)
 
 Entries name their files relative to a root (the folder a source was read from, the folder holding
@@ -48,6 +50,7 @@ from hashsearch.fileio import check_header, file_sha256, fsync_path
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
+from hashsearch.model import TrainedModel
 from hashsearch.types import MISSING_ID, SearchResult
 from hashsearch.validation import check_int
 
@@ -56,6 +59,8 @@ FORMAT = "hashsearch-collection"
 FORMAT_VERSION = 2
 #: The folder, inside a collection, of the images uploaded through the HTTP service.
 UPLOADS = "uploads"
+#: A collection's copy of the trained model that built it (`hashsearch.model`).
+MODEL_FILE = "model.hsm"
 #: `info()`'s label for entries without one.
 NO_LABEL = "(no label)"
 
@@ -83,8 +88,11 @@ class Collection:
         store_features: bool = True,
         stats: dict | None = None,
         int8_model: str | os.PathLike | None = None,
+        model: TrainedModel | None = None,
     ) -> None:
         self.backbone = backbone
+        # The trained model whose backbone and hasher these are (None: a stock backbone and a hasher fitted here).
+        self.model = model
         # The int8 ONNX model that computed the features (None: fp32), named `<feature cache key>.onnx`.
         self.int8_model = None if int8_model is None else Path(int8_model)
         self.hasher = hasher
@@ -116,6 +124,43 @@ class Collection:
     @property
     def n_bits(self) -> int:
         return self.hasher.n_bits
+
+    @property
+    def model_id(self) -> str | None:
+        """The id of the trained model that built this collection (`TrainedModel.id`), or None."""
+        return None if self.model is None else self.model.id
+
+    def use_model(self, model: TrainedModel) -> None:
+        """Record that `model` built this collection: its backbone and hasher are the collection's.
+
+        Raises
+        ------
+        ValueError
+            If the collection's hasher is not the model's (build it with ``model.hasher``).
+        """
+        if self.hasher is not model.hasher or self.backbone.cache_key != model.backbone().cache_key:
+            raise ValueError("the collection's backbone and hasher must be the model's (model.backbone(), model.hasher)")
+        self.model = model
+
+    def check_model(self, model_id: str | None, what: str = "these codes") -> None:
+        """Refuse codes made by another model than this collection's.
+
+        Raises
+        ------
+        CollectionError
+            If `model_id` (None: the stock backbone with a hasher fitted at indexing) is not
+            this collection's `model_id`; the message names both.
+        """
+        if model_id != self.model_id:
+
+            def name(i):
+                return f"model {i[:12]}" if i else "no trained model (a stock backbone and a hasher fitted at indexing)"
+
+            raise CollectionError(
+                f"{self.path or 'this collection'} holds codes of {name(self.model_id)}, but {what} come from "
+                f"{name(model_id)}; codes of two models are not comparable: add with "
+                f"{'--model of the same file' if self.model_id else 'no --model'}, or index into a new collection"
+            )
 
     @property
     def dirty(self) -> bool:
@@ -161,6 +206,7 @@ class Collection:
         digests: Sequence[str] | None = None,
         *,
         root: str | os.PathLike | None = None,
+        model_id: str | None = ...,  # type: ignore[assignment]
     ) -> np.ndarray:
         """Encode `features` (float, (n, d)) and add them with their records; returns the new ids (int64, (n,)).
 
@@ -177,12 +223,19 @@ class Collection:
             The folder the keys are stored relative to: the source's folder, or the folder holding
             its archive or list file (default: the folder common to all keys). A root inside the
             collection folder (its `uploads_dir`) is stored relative to the collection.
+        model_id : str or None, optional
+            The id of the trained model whose backbone computed `features` (None: a stock
+            backbone); when given it must be this collection's (`check_model`).
 
         Raises
         ------
         ValueError
             If the lengths of features, keys, labels and digests differ.
+        CollectionError
+            If `model_id` is given and is not this collection's.
         """
+        if model_id is not ...:
+            self.check_model(model_id)
         n = len(features)
         labels = [None] * n if labels is None else list(labels)
         digests = [""] * n if digests is None else list(digests)
@@ -597,6 +650,12 @@ class Collection:
         self._write_entries(tmp / "entries.sqlite")
         if self.int8_model is not None:
             shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
+        if self.model is not None:
+            # A copy, not a reference: the collection then opens and extracts anywhere, like its int8 model.
+            if self.model.path is not None and self.model.path.is_file():
+                shutil.copyfile(self.model.path, tmp / MODEL_FILE)
+            else:
+                self.model.save(tmp / MODEL_FILE)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
@@ -611,6 +670,7 @@ class Collection:
             "index": {"backend": self.index.name},
             "store_features": self.store_features,
             "int8_model": None if self.int8_model is None else self.int8_model.name,
+            "model": None if self.model is None else {"id": self.model.id, "file": MODEL_FILE},
             "stats": self.stats,
             "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
         }
@@ -637,6 +697,8 @@ class Collection:
         self._db_path = root / name / "entries.sqlite"
         if self.int8_model is not None:
             self.int8_model = root / name / self.int8_model.name
+        if self.model is not None:
+            self.model.path = root / name / MODEL_FILE
         self._new.clear()
         self._removed.clear()
         self._roots_changed = False
@@ -715,8 +777,15 @@ class Collection:
                         f"{p} is missing or damaged (checksum mismatch); restore it from a backup or rebuild the index"
                     )
         try:
-            bb = manifest["backbone"]
-            backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
+            model = None
+            if manifest.get("model") is not None:
+                model = TrainedModel.load(gen / MODEL_FILE)
+                if model.id != manifest["model"]["id"]:
+                    raise ValueError(f"{MODEL_FILE} is model {model.id[:12]}, the manifest names {manifest['model']['id'][:12]}")
+                backbone = model.backbone()
+            else:
+                bb = manifest["backbone"]
+                backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})
             hasher = Hasher.load(gen / "hasher.npz")
             backend: type[Index] = index_backends.get(manifest["index"]["backend"])  # type: ignore[assignment]
             index = backend.load(gen / "index")
@@ -732,6 +801,7 @@ class Collection:
                 manifest["store_features"],
                 manifest.get("stats"),
                 int8_model=None if int8 is None else gen / int8,
+                model=model,
             )
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
@@ -741,6 +811,8 @@ class Collection:
                     i: (os.fsdecode(p), bool(inside))
                     for i, p, inside in db.execute("SELECT id, path, inside FROM roots")
                 }
+        except ConnectionError:
+            raise  # an index server that cannot be reached, or refuses the credentials: nothing is damaged
         except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, sqlite3.Error) as e:
             # Reached with verify=False (or a manifest damaged consistently with its checksums).
             raise CollectionError(
@@ -771,6 +843,7 @@ class Collection:
             "input_size": self.backbone.preprocess.input_size,
             "index": self.index.name,
             "encoding": "int8" if self.int8_model is not None else "fp32",
+            "model": None if self.model is None else {"id": self.model.id, **_model_summary(self.model)},
             "store_features": self.store_features,
             "labels": {k: v for k, v in sorted(labels.items()) if v},
             "sources": self.sources(),
@@ -836,6 +909,11 @@ def _backbone_params(backbone: Backbone) -> dict:
     if weights:
         params["weights"] = weights
     return params
+
+
+def _model_summary(model: TrainedModel) -> dict:
+    r = model.record
+    return {k: r.get(k) for k in ("method", "mode", "val_map", "created_at")}
 
 
 def _truncate_range(result, k: int) -> SearchResult:

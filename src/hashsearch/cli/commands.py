@@ -70,6 +70,25 @@ def _check_out(out: Path) -> None:
             break
 
 
+ModelOpt = typer.Option(
+    None,
+    "--model",
+    help="A trained model file (`hashsearch train`): its backbone, weights and hasher are used, and "
+    "--method, --bits, --backbone, --input-size and --weights are not.",
+)
+
+
+def _load_model(path: Path | None, cache_dir: Path | None):
+    """The trained model at `path` (None: none), its backbone ready (weights unpacked into the cache)."""
+    if path is None:
+        return None
+    from hashsearch.model import TrainedModel
+
+    model = TrainedModel.load(path)
+    model.backbone(cache_dir)
+    return model
+
+
 def _save(coll, path: Path) -> None:
     """Save, saying on failure that the features are cached (a rerun computes none of them again)."""
     from hashsearch.collection import CollectionError
@@ -110,8 +129,13 @@ def index(
     max_pixels: int = MaxPixelsOpt,
     keep_duplicates: bool = KeepDuplicatesOpt,
     skip_list: Path | None = SkipListOpt,
+    model: Path | None = ModelOpt,
 ):
-    """Index a collection of images: features, hash codes, and a searchable index."""
+    """Index a collection of images: features, hash codes, and a searchable index.
+
+    With --model, the images go through a trained model's backbone and hasher (no labels needed,
+    nothing is fitted), and the collection keeps a copy of the model.
+    """
     from hashsearch.data.sources import open_source
     from hashsearch.hashing import create_hasher
     from hashsearch.pipeline import build_collection
@@ -121,8 +145,13 @@ def index(
     check_bits([bits])
     _check_out(out)
     _check_writable(skip_list)
-    bb = make_backbone(backbone, input_size, weights)
-    hasher = create_hasher(method, n_bits=bits, seed=seed)
+    trained = _load_model(model, cache_dir)
+    if trained is not None:
+        bb, hasher = trained.backbone(cache_dir), trained.hasher
+        method, bits, input_size = hasher.name, hasher.n_bits, bb.preprocess.input_size
+    else:
+        bb = make_backbone(backbone, input_size, weights)
+        hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
         open_source(source, _labels(labels)),
         bb,
@@ -138,10 +167,13 @@ def index(
         keep_duplicates=keep_duplicates,
         **({"address": address} if address else {}),
     )
+    if trained is not None:
+        coll.use_model(trained)
     _report(report, skip_list)
     _save(coll, out)
     typer.echo(
         f"wrote {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} {bits} bits, {bb.name} at {input_size}px"
+        + (f", model {trained.id[:12]}" if trained is not None else "")
     )
 
 
@@ -244,8 +276,13 @@ def add(
     max_pixels: int = MaxPixelsOpt,
     keep_duplicates: bool = KeepDuplicatesOpt,
     skip_list: Path | None = SkipListOpt,
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="A trained model file: refused unless it is the model that built the collection (which is used anyway).",
+    ),
 ):
-    """Add images to a collection, through its own backbone and hasher.
+    """Add images to a collection, through its own backbone and hasher (and its trained model, if it has one).
 
     Files whose bytes equal an image already in the collection (or an earlier file of the
     source) are skipped and counted, unless --keep-duplicates; when nothing new is left, the
@@ -257,6 +294,9 @@ def add(
 
     _check_writable(skip_list)
     coll = Collection.open(collection)
+    trained = _load_model(model, cache_dir)
+    if trained is not None:
+        coll.check_model(trained.id, f"the codes of {show(model)}")
     ids, report = add_images(
         coll,
         open_source(source, _labels(labels)),

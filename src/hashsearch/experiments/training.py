@@ -1,0 +1,444 @@
+"""`hashsearch train`: labelled images -> a trained model file (`hashsearch.model.TrainedModel`).
+
+The steps, each a library call: list the labelled images; split off a seeded, per-class
+validation set; extract features (head mode, cached) or pixels (finetune mode); train on the one
+training loop (`hashing.deep.trainer.train`), scoring every epoch by the validation mAP, keeping
+the best epoch, stopping after `patience` epochs without gain, and checkpointing every epoch
+under ``<out>.ckpt/`` so that a killed run resumes; save the model and draw its loss/mAP curve.
+
+Validation mAP is mAP@all of each validation image queried against the other validation images
+(Hamming ranking, ties broken by index, the query itself left out): cheap enough to compute
+after every epoch, and independent of the training images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hashsearch.backbones import Backbone
+from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.sources import ImageRecord, ImageSource
+from hashsearch.evaluation.metrics import mean_average_precision
+from hashsearch.hashing import create_hasher, hashers
+from hashsearch.model import TrainedModel
+
+#: Training modes: a head on frozen (cached) features, or the backbone trained with the head.
+MODES = ("head", "finetune")
+#: Version of the run description kept beside a checkpoint: another one is not resumed from.
+_RUN_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What `train_model` did, for the command's summary."""
+
+    model: TrainedModel
+    out: Path
+    curve: Path | None
+    resumed_at: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def device_name(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a CUDA device, else 'cpu'; other names unchanged."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def split_validation(records: list[ImageRecord], fraction: float, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(train, validation) records: `fraction` of each class's images (rounded, at least 1 when the
+    class has 2 or more), drawn with `seed`; both lists in the records' order.
+
+    Raises
+    ------
+    ValueError
+        If `fraction` is not in (0, 1), or no class has 2 images (nothing to validate on).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
+    g = np.random.default_rng(seed)
+    by_class: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(str(r.label), []).append(i)
+    val: set[int] = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        if len(idx) < 2:
+            continue
+        n = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        val.update(int(i) for i in g.choice(idx, size=n, replace=False))
+    if not val:
+        raise ValueError("no class has 2 labelled images: a validation split needs some; add images")
+    return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
+
+
+def validation_map(bits: np.ndarray, labels: np.ndarray) -> float:
+    """mAP@all of each row of `bits` ((n, b) bool) queried against the other rows, relevant when
+    labels are equal; NaN when no row has another of its label."""
+    b = np.asarray(bits, np.float32) * 2 - 1
+    n_bits = b.shape[1]
+    d = np.rint((n_bits - b @ b.T) / 2).astype(np.int32)
+    labels = np.asarray(labels)
+    rel = labels[:, None] == labels[None, :]
+    np.fill_diagonal(d, n_bits + 1)  # the query itself: last, and not relevant
+    np.fill_diagonal(rel, False)
+    return float(mean_average_precision(d, rel).value)
+
+
+def data_digest(source: ImageSource, records: list[ImageRecord]) -> str:
+    """sha256 naming the training data: each image's key below the source root, label and content sha256."""
+    from hashsearch.pipeline.cache import content_digest
+
+    rows = []
+    for record, data, error in source.iter_bytes(records):
+        rel = os.path.relpath(record.key.split("::")[0], source.root) + (
+            "::" + record.key.split("::", 1)[1] if "::" in record.key else ""
+        )
+        rows.append(f"{rel}\t{record.label}\t{'unreadable' if error else content_digest(data)}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+
+
+def machine() -> dict[str, Any]:
+    """Where the training ran: platform, CPU count, torch and hashsearch versions, GPU name if any."""
+    import torch
+
+    import hashsearch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "hashsearch": hashsearch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    return info
+
+
+def _bits_of(model, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Binary codes ((n, b) bool) of `inputs` through a head or an `ImageModel` (eval mode, no grad)."""
+    import torch
+
+    dev = next(model.parameters()).device
+    out = [
+        (model(torch.from_numpy(np.ascontiguousarray(inputs[i : i + batch])).to(dev)).pre_activation >= 0).cpu().numpy()
+        for i in range(0, len(inputs), batch)
+    ]
+    return np.concatenate(out)
+
+
+def train_model(
+    source: ImageSource,
+    out: str | os.PathLike,
+    *,
+    method: str,
+    bits: int,
+    backbone: Backbone,
+    mode: str = "head",
+    epochs: int | None = None,
+    patience: int | None = 5,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    device: str = "cpu",
+    lr: float | None = None,
+    batch_size: int | None = None,
+    trunk_lr_scale: float = 0.1,
+    fresh: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train `method` at `bits` on the labelled images of `source` and save the model to `out`.
+
+    Parameters
+    ----------
+    mode : {"head", "finetune"}
+        "head": the hasher learns on the backbone's frozen features (every method). "finetune":
+        a deep method's head and loss train the backbone too (`DeepHasher.finetune`).
+    epochs : int, optional
+        Deep methods: epochs of training (finetune: of the joint stage; the head alone first
+        trains the method's own epochs). Default: the method's.
+    patience : int or None
+        Deep methods: stop after this many epochs without a better validation mAP.
+    val_fraction, seed : float, int
+        The share of each class held out for validation, and the seed of that split and of training.
+    device : {"cpu", "cuda", "auto"} or a torch device name
+        Where deep methods train ("auto": CUDA when available).
+    lr, batch_size : optional
+        Override the method's learning rate and batch size.
+    fresh : bool
+        Discard a checkpoint left by an earlier run of the same `out` instead of resuming from it.
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ValueError
+        An unknown method or mode, finetune mode for a method that cannot train a backbone,
+        fewer than 2 classes, a checkpoint left by a different training (use `fresh`).
+    """
+    from hashsearch.hashing.deep.base import DeepHasher
+
+    if mode not in MODES:
+        raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    cls = hashers.get(method)
+    if cls.feature_backbones != (None,):
+        raise ValueError(
+            f"--method {method}: it computes its features with its own networks ({cls.feature_backbones}), which a "
+            "model file does not hold yet; train one of the single-backbone methods (see `hashsearch list`)"
+        )
+    hasher = create_hasher(method, n_bits=bits, seed=seed)
+    deep = isinstance(hasher, DeepHasher)
+    if mode == "finetune" and not deep:
+        raise ValueError(
+            f"--mode finetune trains the backbone through a deep method's loss, and {method} is not one; use one of "
+            f"{', '.join(_deep_methods())}, or --mode head"
+        )
+    dev = device_name(device)
+    if deep:
+        # Training settings are plain attributes of a DeepHasher (and part of its saved parameters).
+        hasher.device = dev
+        if lr is not None:
+            hasher.lr = lr
+        if batch_size is not None:
+            hasher.batch_size = batch_size
+        if epochs is not None and mode == "head":
+            hasher.epochs = epochs
+
+    out = Path(out)
+    records = source.records()
+    labelled = [r for r in records if r.label is not None]
+    if len({r.label for r in labelled}) < 2 and cls.supervised or len(labelled) < 2 and deep:
+        raise ValueError(
+            f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
+            "training needs labelled images of at least 2 classes (class folders, or --labels)"
+        )
+    train_recs, val_recs = split_validation(labelled, val_fraction, seed)
+    t_start = time.perf_counter()
+    log(f"{len(train_recs)} training and {len(val_recs)} validation images, {len({r.label for r in labelled})} classes")
+    digest = data_digest(source, labelled)
+
+    run = {
+        "version": _RUN_VERSION,
+        "method": method,
+        "params": hasher.get_params(),
+        "mode": mode,
+        "epochs": epochs,
+        "patience": patience,
+        "val_fraction": val_fraction,
+        "backbone": backbone.config() | {"weights": None},
+        "data": digest,
+        "trunk_lr_scale": trunk_lr_scale,
+    }
+    ckpt = out.with_name(out.name + ".ckpt")
+    _prepare_checkpoint(ckpt, run, fresh, log)
+
+    val_labels = np.array([r.label for r in val_recs])
+    record: dict[str, Any] = {
+        "method": method,
+        "params": hasher.get_params(),
+        "mode": mode,
+        "backbone": {"name": backbone.name, "input_size": backbone.preprocess.input_size, "start": backbone.config()},
+        "data": {
+            "source": source.root,
+            "digest": digest,
+            "images": len(labelled),
+            "train": len(train_recs),
+            "validation": len(val_recs),
+            "classes": sorted({str(r.label) for r in labelled}),
+            "split": {"val_fraction": val_fraction, "seed": seed},
+        },
+        "protocol": None,
+        "device": dev,
+        "machine": machine(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    notes: list[str] = []
+    resumed_at = 0
+
+    if mode == "head":
+        from hashsearch.pipeline.local import extract_features
+
+        ex = extract_features(
+            source, backbone, train_recs + val_recs, cache_dir=cache_dir, max_pixels=max_pixels, progress=progress
+        )
+        keys = {r.key: i for i, r in enumerate(ex.records)}
+        tr = [keys[r.key] for r in train_recs if r.key in keys]
+        va = [keys[r.key] for r in val_recs if r.key in keys]
+        X, y = ex.features[tr], np.array([ex.records[i].label for i in tr])
+        Xv, yv = ex.features[va], np.array([ex.records[i].label for i in va])
+        if deep:
+            from hashsearch.hashing.deep.endtoend import fit_head
+
+            def validate(head) -> float:
+                return validation_map(_bits_of(head, hasher.standardize(np.asarray(Xv, np.float32), _checked=True)), yv)
+
+            _, history = fit_head(
+                hasher,
+                X,
+                y,
+                validate=validate,
+                patience=patience,
+                checkpoint=ckpt / "head.pt",
+                desc=f"training {method}",
+                progress=progress,
+            )
+            resumed_at = history.resumed_at
+            record["epochs"] = _epochs(history)
+        else:
+            t = time.perf_counter()
+            hasher.fit(X, y if cls.supervised else None)
+            score = validation_map(_unpack(hasher.encode(Xv)), yv)
+            record["epochs"] = {"loss": [], "val_map": [score], "best_epoch": None, "stopped_early": False}
+            record["fit_seconds"] = time.perf_counter() - t
+        record["val_map"] = max(record["epochs"]["val_map"], default=None)
+        tuned = backbone
+    else:
+        from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
+        from hashsearch.pipeline.local import extract_pixels
+
+        kept, pixels, _ = extract_pixels(source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress)
+        vkept, vpixels, _ = extract_pixels(source, val_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress)
+        labels = np.array([r.label for r in kept])
+        yv = np.array([r.label for r in vkept])
+        frozen: dict[str, np.ndarray] = {}
+
+        def validate(model) -> float:
+            if isinstance(model, ImageModel):
+                return validation_map(_bits_of(model, vpixels), yv)
+            if "X" not in frozen:  # the starting backbone's validation features, for the head-alone stage
+                from hashsearch.hashing.deep.trainer import resolve_device
+
+                frozen["X"] = trunk_features(backbone.init_module(), vpixels, backbone.preprocess, resolve_device(dev))
+            return validation_map(_bits_of(model, hasher.standardize(frozen["X"], _checked=True)), yv)
+
+        tuned = hasher.finetune(
+            backbone,
+            pixels,
+            labels,
+            ckpt / "backbone.pt",
+            epochs=epochs,
+            trunk_lr_scale=trunk_lr_scale,
+            progress=progress,
+            warm_loop={"validate": validate, "checkpoint": ckpt / "head.pt", "desc": f"training the {method} head"},
+            loop={
+                "validate": validate,
+                "patience": patience,
+                "checkpoint": ckpt / "joint.pt",
+                "desc": f"fine-tuning {backbone.name} with {method}",
+            },
+        )
+        warm, joint = hasher.head_history_, hasher.joint_history_
+        resumed_at = joint.resumed_at or warm.resumed_at
+        # The head alone on the starting backbone's frozen features: what fine-tuning is measured against.
+        record["head_stage"] = _epochs(warm)
+        record["frozen_val_map"] = max(warm.val_score, default=None)
+        record["epochs"] = _epochs(joint)
+        record["val_map"] = max(joint.val_score, default=None)
+        record["trunk_lr_scale"] = trunk_lr_scale
+    record["seconds"] = time.perf_counter() - t_start
+    record["train_seconds"] = float(getattr(hasher, "train_seconds_", 0.0) or 0.0)
+    model = TrainedModel.from_trained(tuned, hasher, record)
+    model.save(out)
+    curve = write_curve(model, out.with_name(out.stem + "-training.png"))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return TrainResult(model, out, curve, resumed_at, notes)
+
+
+def _deep_methods() -> list[str]:
+    from hashsearch.hashing.deep.presets import Preset
+
+    return [m for m in hashers.names() if isinstance(hashers.get(m), Preset)]
+
+
+def _epochs(history) -> dict[str, Any]:
+    return {
+        "loss": [float(v) for v in history.epoch_loss],
+        "val_map": [float(v) for v in history.val_score],
+        "best_epoch": history.best_epoch,
+        "stopped_early": history.stopped_early,
+        "resumed_at": history.resumed_at,
+        "seconds": history.seconds,
+    }
+
+
+def _unpack(codes) -> np.ndarray:
+    from hashsearch.codes import unpack_bits
+
+    return unpack_bits(codes).astype(bool)
+
+
+def _prepare_checkpoint(ckpt: Path, run: dict, fresh: bool, log: Callable[[str], None]) -> bool:
+    """Make `ckpt` the checkpoint folder of `run`; True when it holds an earlier run's epochs to resume."""
+    desc = ckpt / "run.json"
+    if ckpt.exists() and fresh:
+        shutil.rmtree(ckpt)
+        log(f"--fresh: removed the checkpoint {ckpt}")
+    if desc.is_file():
+        try:
+            before = json.loads(desc.read_text())
+        except ValueError:
+            before = None
+        if before != json.loads(json.dumps(run, default=str)):
+            raise ValueError(
+                f"{ckpt} holds the checkpoint of a different training (other method, settings or data); "
+                "run with --fresh to discard it, or choose another --out"
+            )
+        done = sorted(p.name for p in ckpt.glob("*.pt") if p.name != "backbone.pt")
+        if done:
+            log(f"resuming from the checkpoint in {ckpt} (finished stages and epochs are not run again; --fresh starts over)")
+            return True
+        return False
+    ckpt.mkdir(parents=True, exist_ok=True)
+    desc.write_text(json.dumps(run, default=str, indent=1))
+    return False
+
+
+def write_curve(model: TrainedModel, out_png: str | os.PathLike) -> Path | None:
+    """The training loss and validation mAP by epoch as a PNG; None when there are no epochs (classic methods)."""
+    epochs = model.record.get("epochs") or {}
+    loss, vmap = epochs.get("loss") or [], epochs.get("val_map") or []
+    if not loss:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    x = np.arange(1, len(loss) + 1)
+    ax.plot(x, loss, color="tab:blue", marker="o", ms=3, label="training loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss", color="tab:blue")
+    if vmap:
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(1, len(vmap) + 1), vmap, color="tab:red", marker="s", ms=3, label="validation mAP")
+        ax2.set_ylabel("validation mAP", color="tab:red")
+        best = epochs.get("best_epoch")
+        if best:
+            ax2.axvline(best, color="grey", ls=":", lw=1)
+            ax2.annotate(f"best {vmap[best - 1]:.3f}", (best, vmap[best - 1]), fontsize=8)
+    r = model.record
+    ax.set_title(f"{r.get('method')} {model.n_bits} bits, {r.get('mode')} mode, {model.backbone_name}", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png)
+    return out_png

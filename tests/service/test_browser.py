@@ -401,6 +401,12 @@ def test_phone_width_has_no_sideways_scroll(open_page, client, cifar_small, quer
     _no_horizontal_scroll(page, 390)
     page.screenshot(path=str(ARTIFACTS / "search-390.png"), full_page=True)
 
+    page.click("#tab-browse")
+    _until(page, f"() => ({ENTRIES})().length === 24")
+    _until(page, "() => [...document.querySelectorAll('#entries img')].every(i => i.complete && i.naturalWidth > 0)")
+    _no_horizontal_scroll(page, 390)
+    page.screenshot(path=str(ARTIFACTS / "browse-390.png"))
+
     page.click("#tab-eval")
     page.wait_for_selector("#pr-plot polyline")
     page.wait_for_selector("#eval-table tbody tr")
@@ -469,8 +475,19 @@ def test_file_picker_and_results_by_keyboard(open_page, client, cifar_small, que
             break
     else:
         pytest.fail("Tab never reaches a result")
+    # The focused result shows its details (as on hover), and says which result it is.
+    focused = page.evaluate("+document.activeElement.dataset.id")
+    assert page.is_visible(f"#results .result[data-id='{focused}'] .details")
+    page.screenshot(path=str(ARTIFACTS / "keyboard-result-1280.png"))
     page.keyboard.press("Enter")
     _belongs(_settled(page, f"id:{shown['ids'][0]}"), client, shown["ids"][0])
+
+    # Enter in a setting runs the query again with it.
+    page.focus("#k")
+    page.fill("#k", "5")
+    page.keyboard.press("Enter")
+    _until(page, "() => document.querySelectorAll('#results .result').length === 5")
+    _belongs(_settled(page, f"id:{shown['ids'][0]}"), client, shown["ids"][0], k=5)
 
 
 def test_server_is_warm_when_it_reports_started(served_collection, tmp_path, server_class, cifar_small):

@@ -112,10 +112,13 @@ class Collection:
         self._removed: set[int] = set()
 
     @classmethod
-    def create(cls, backbone: Backbone, hasher: Hasher, index: str = "flat", **kw) -> Collection:
-        """An empty collection around a fitted hasher (`kw`: store_features, stats, int8_model)."""
+    def create(
+        cls, backbone: Backbone, hasher: Hasher, index: str = "flat", index_options: dict | None = None, **kw
+    ) -> Collection:
+        """An empty collection around a fitted hasher (`index_options`: the back end's parameters, e.g.
+        a Milvus ``uri``; `kw`: store_features, stats, int8_model)."""
         hasher._check_fitted()
-        return cls(backbone, hasher, create_index(index, n_bits=hasher.n_bits), **kw)
+        return cls(backbone, hasher, create_index(index, n_bits=hasher.n_bits, **(index_options or {})), **kw)
 
     # -- contents -----------------------------------------------------------------------
     def __len__(self) -> int:

@@ -111,6 +111,12 @@ def index(
     bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("flat", "--backend", help="Index back end (see `hashsearch list`)."),
+    uri: str | None = typer.Option(
+        None,
+        "--uri",
+        help="With --backend milvus: a Milvus server (http://HOST:19530; its token from HASHSEARCH_MILVUS_TOKEN) "
+        "or a Milvus Lite .db file; default a Milvus Lite database inside the collection.",
+    ),
     no_features: bool = typer.Option(False, "--no-features", help="Do not store features (disables --rerank)."),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
@@ -142,6 +148,8 @@ def index(
 
     if address and engine != "ray":
         raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
+    if uri and backend != "milvus":
+        raise typer.BadParameter(f"--uri {show(uri)} needs --backend milvus (got --backend {show(backend)})")
     check_bits([bits])
     _check_out(out)
     _check_writable(skip_list)
@@ -157,6 +165,7 @@ def index(
         bb,
         hasher,
         index=backend,
+        index_options={"uri": uri} if uri else None,
         store_features=not no_features,
         cache_dir=cache_dir,
         batch_size=batch_size,

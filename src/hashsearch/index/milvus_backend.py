@@ -16,6 +16,11 @@ Lite (a local ``.db`` file; binary vectors need Milvus Lite 2.4/2.5, not 3.x); g
 - Limits: Milvus returns at most 16,384 results per query (its topk limit). A search with a
   larger k, a tie group or range result that reaches the limit raises ValueError rather than
   return a silently truncated answer.
+- Servers: tested against Milvus 2.3.5 standalone (the PyPI package ``milvus``; see
+  tests/distributed/test_milvus_server.py). A server that cannot be reached, or refuses the token
+  (``token=``, else HASHSEARCH_MILVUS_TOKEN), is a ConnectionError naming the URI and what to do.
+  Searches use "Session" consistency: they see this process's writes, without waiting for the
+  server's time tick when nothing was written since.
 - Ids and codes are mirrored in this process (a FlatIndex): the collection is assumed to have
   this index as its only writer. `save` writes the mirror plus ``index.json``; `load` of a
   Milvus Lite index opens ``milvus.db`` in the index directory (re-filled from the mirror if
@@ -26,7 +31,9 @@ pymilvus is imported here only, when an index is built or loaded.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -46,6 +53,13 @@ FORMAT_VERSION = 1
 TOPK_LIMIT = 16384
 _INDEX_TYPES = ("BIN_FLAT", "BIN_IVF_FLAT")
 _INSERT_BATCH = 10_000
+#: Searches see every write of this process ("Session"): exact, and with no wait when nothing was
+#: written since. "Strong" (the collections' default) waits for the server's next time tick, up to
+#: 200 ms a search on a Milvus 2.3 standalone server; writes of other processes made before `load` are
+#: seen because `load` counts the entities with "Strong" consistency first.
+_CONSISTENCY = "Session"
+#: The environment variable a server's credentials are read from when no token is passed.
+TOKEN_ENV = "HASHSEARCH_MILVUS_TOKEN"
 
 
 def _import_pymilvus():
@@ -128,10 +142,16 @@ class MilvusIndex(MirroredIndex):
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self):
+        """A client for `uri`; a server that cannot be reached or refuses the token is a ConnectionError."""
         pymilvus = _import_pymilvus()
         if _is_lite(self.uri):
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        return pymilvus.MilvusClient(uri=self.uri, token=self._token)
+            return pymilvus.MilvusClient(uri=self.uri, token=self._token)
+        try:
+            with _quiet_pymilvus():  # it logs each failed attempt; the error below says it once
+                return pymilvus.MilvusClient(uri=self.uri, token=self._token)
+        except Exception as e:
+            raise ConnectionError(_connect_error(self.uri, self._token, e)) from None
 
     def _create_collection(self) -> None:
         pymilvus = _import_pymilvus()
@@ -207,6 +227,7 @@ class MilvusIndex(MirroredIndex):
             limit=limit,
             search_params=self._search_params(**params),
             output_fields=[],
+            consistency_level=_CONSISTENCY,
         )
         return [[(int(round(h["distance"])), int(h["id"])) for h in hits] for hits in res]
 
@@ -344,6 +365,34 @@ class MilvusIndex(MirroredIndex):
                 self._tmpdir = None
 
 
+@contextlib.contextmanager
+def _quiet_pymilvus():
+    """Silence pymilvus's own error log lines for the duration (it has handlers of its own)."""
+    loggers = [logging.getLogger(n) for n in ("pymilvus", "pymilvus.milvus_client")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _connect_error(uri: str, token: str, e: Exception) -> str:
+    """One line saying why a server connection failed and what to do."""
+    code = e.code() if callable(getattr(e, "code", None)) else None
+    if getattr(code, "name", None) == "UNAUTHENTICATED":
+        detail = e.details() if callable(getattr(e, "details", None)) else str(e)
+        given = "a token that it refused" if token else "no token"
+        return (
+            f"the Milvus server at {uri} needs credentials and got {given} ({detail}); set "
+            f"{TOKEN_ENV}='user:password' (or the server's API key) and run again"
+        )
+    reason = getattr(e, "message", None) or str(e).splitlines()[0]
+    return f"cannot connect to a Milvus server at {uri}: {reason}; check that it runs and the address is right"
+
+
 def _token(token: str | None) -> str:
     """A server's credentials: as given, else from HASHSEARCH_MILVUS_TOKEN, else none."""
-    return os.environ.get("HASHSEARCH_MILVUS_TOKEN", "") if token is None else token
+    return os.environ.get(TOKEN_ENV, "") if token is None else token

@@ -175,6 +175,7 @@ def build_collection(
     *,
     records: Sequence[ImageRecord] | None = None,
     index: str = "flat",
+    index_options: dict | None = None,
     store_features: bool = True,
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
@@ -193,6 +194,8 @@ def build_collection(
 
     Parameters
     ----------
+    index_options : dict, optional
+        Parameters of the index back end, e.g. ``{"uri": "http://host:19530"}`` for "milvus".
     max_pixels : int
         Largest width * height decoded (default 64 Mpx); a larger image is skipped and reported.
     keep_duplicates : bool
@@ -242,7 +245,14 @@ def build_collection(
         hasher.fit(X, y)
         report.timings["fit"] = time.perf_counter() - t
     t = time.perf_counter()
-    coll = Collection.create(backbone, hasher, index=index, store_features=store_features, int8_model=ex.int8_model)
+    coll = Collection.create(
+        backbone,
+        hasher,
+        index=index,
+        index_options=index_options,
+        store_features=store_features,
+        int8_model=ex.int8_model,
+    )
     coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests, root=source.root)
     report.timings["index"] = time.perf_counter() - t
     report.n_indexed = len(ex.records)

@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
-.PHONY: setup browser lint demo test serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
+.PHONY: setup browser lint demo test test-distributed serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,11 @@ demo: setup
 	$(BIN)/hashsearch demo
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not distributed"
+
+# Tests that start real servers and clusters (a Milvus standalone server, a two-node Ray cluster).
+test-distributed: setup
+	$(BIN)/python -m pytest -q -m distributed
 
 # Lint and format (ruff), the import contract of the data flow (import-linter), types of the public modules (mypy).
 lint: setup

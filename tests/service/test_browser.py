@@ -204,6 +204,7 @@ def test_page_search_click_and_evaluation(open_page, client, cifar_small, querie
         "[...document.querySelectorAll('#results .result')].every(e => e.dataset.label === 'cat')",
     )
     assert page.evaluate(SHOWN)["query"] == f"id:{clicked}"
+    page.mouse.move(1, 1)  # the pointer off the results: no card's details drawn over it
     page.screenshot(path=str(ARTIFACTS / "click-1280.png"), full_page=True)
 
     page.click("#tab-eval")
@@ -543,6 +544,7 @@ def test_settings_spinner_cancel_more_and_details(open_page, client, queries):
     page.click(f"#results .result[data-id='{shown['ids'][0]}']")
     _wait_held(page, held)
     assert page.is_visible("#spinner") and "searching" in page.text_content("#status")
+    page.mouse.move(1, 1)
     page.screenshot(path=str(ARTIFACTS / "spinner-1280.png"))
     _release(page, held)
     _belongs(_settled(page, f"id:{shown['ids'][0]}"), client, shown["ids"][0])

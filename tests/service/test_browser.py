@@ -582,6 +582,20 @@ def test_settings_spinner_cancel_more_and_details(open_page, client, queries):
     assert outer["x"] <= inner["x"] and inner["x"] + inner["width"] <= outer["x"] + outer["width"], (inner, outer)
     page.screenshot(path=str(ARTIFACTS / "hover-1280.png"))
 
+    # A search that finds nothing says what to change (radius 0 and another class's label).
+    none = client.post(
+        "/search",
+        params={"k": K, "radius": 0, "label": "cat"},
+        files={"image": (query.name, query.read_bytes(), "image/jpeg")},
+    )
+    assert none.status_code == 200 and none.json()["results"] == [], none.text
+    page.select_option("#mode", "radius")
+    page.fill("#radius", "0")
+    page.select_option("#label", "cat")
+    _until(page, "() => document.querySelector('#results .empty')")
+    assert "raise the radius" in page.text_content("#results .empty") and not page.is_visible("#more")
+    assert page.evaluate(SHOWN)["ids"] == []
+
 
 def _png(path) -> bytes:
     import io

@@ -212,10 +212,11 @@ function resultCard(r, q) {
 
 // What to try when a search finds nothing.
 function emptyAdvice() {
-  const mode = $("mode").value;
-  if ($("label").value) return `No result labelled ${$("label").value}: choose "any" label.`;
-  if (mode !== "hamming") return `No image within ${$("radius").value} bits: raise the radius, or use Hamming ranking.`;
-  return "The collection is empty: add images with `hashsearch index` or POST /images.";
+  const label = $("label").value;
+  const within = $("mode").value !== "hamming" ? ` within ${$("radius").value} bits` : "";
+  const tries = within ? ["raise the radius", "use Hamming ranking"] : label ? ['choose "any" label'] : [];
+  if (!tries.length) return "The collection is empty: add images with `hashsearch index` or POST /images.";
+  return `No image${label ? ` labelled ${label}` : ""}${within}: ${tries.join(", or ")}.`;
 }
 
 function resultsOf(q, body, error) {

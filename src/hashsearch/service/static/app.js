@@ -303,11 +303,11 @@ $("more").addEventListener("click", () => {
 
 const drop = $("drop");
 drop.addEventListener("click", () => $("file").click());
-// Files can be dropped anywhere on the search view; the box lights up while they are held over it.
-const searchView = $("view-search");
-searchView.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
-searchView.addEventListener("dragleave", (e) => { if (!searchView.contains(e.relatedTarget)) drop.classList.remove("over"); });
-searchView.addEventListener("drop", (e) => {
+// Files can be dropped anywhere on the page (never opened by the browser in place of it); they
+// are searched in the search view, whose box lights up while they are held over the page.
+document.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+document.addEventListener("dragleave", (e) => { if (!e.relatedTarget) drop.classList.remove("over"); });
+document.addEventListener("drop", (e) => {
   e.preventDefault(); drop.classList.remove("over");
   pick(e.dataTransfer.files);
 });

@@ -272,3 +272,27 @@ def test_cli_serve_answers_a_real_http_search(server_collection, cifar_small, mi
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_cli_add_and_remove_keep_the_server_in_step(server_collection, cifar_small, milvus_server):
+    """`add` and `remove` reopen the collection (token from the environment) and change the server's
+    collection with it: the server's count follows, and an added image is found. (Runs last: it changes
+    the collection the tests above read.)"""
+    out, cache = server_collection
+    hashsearch("add", out, cifar_small / "train" / "frog", "--cache-dir", cache)
+    frog = sorted((cifar_small / "train" / "frog").glob("*.jpg"))[0]
+    hits = json.loads(hashsearch("search", out, frog, "-k", 1, "--json", "--cache-dir", cache).stdout)[0]["results"]
+    assert hits[0]["distance"] == 0 and hits[0]["path"] == str(frog)
+    hashsearch("remove", out, 0, 1)
+    info = json.loads(hashsearch("info", out).stdout)
+    assert info["count"] == 46
+    from pymilvus import MilvusClient
+
+    meta = json.loads(max(out.glob("gen-*/index/index.json")).read_text())
+    client = MilvusClient(uri=milvus_server.uri, token=milvus_server.token)
+    try:
+        rows = client.query(meta["collection"], filter="", output_fields=["count(*)"], consistency_level="Strong")
+        assert int(rows[0]["count(*)"]) == 46
+        assert client.get(meta["collection"], ids=[0, 1]) == []
+    finally:
+        client.close()

@@ -491,10 +491,11 @@ def test_file_picker_and_results_by_keyboard(open_page, client, cifar_small, que
     _belongs(_settled(page, f"id:{shown['ids'][0]}"), client, shown["ids"][0], k=5)
 
 
-def test_server_is_warm_when_it_reports_started(served_collection, tmp_path, server_class, cifar_small):
+def test_server_is_warm_when_it_reports_started(served_collection, tmp_path, server_class, cifar_small, browser):
     """The model is loaded and a search has run before uvicorn reports itself started, so the
     first user's search is as quick as the later ones (before: about 1.3 s for the first;
-    `benchmarks/first_search.py` measures it in fresh processes)."""
+    `benchmarks/first_search.py` measures it in fresh processes). This server has no API key:
+    its page offers no key field and no Delete button."""
     import httpx
 
     from hashsearch.service import create_app
@@ -507,7 +508,18 @@ def test_server_is_warm_when_it_reports_started(served_collection, tmp_path, ser
         query = sorted((Path(cifar_small) / "test" / "ship").glob("*.jpg"))[0].read_bytes()
         with httpx.Client(base_url=s.url, timeout=60) as c:
             r = c.post("/search", params={"k": 5}, files={"image": ("q.jpg", query, "image/jpeg")})
-    assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+        assert r.status_code == 200 and len(r.json()["results"]) == 5, r.text
+
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+            page.goto(s.url + "/")
+            _until(page, "() => document.getElementById('stats').textContent.includes('images')")
+            page.click("#tab-browse")
+            _until(page, f"() => ({ENTRIES})().length === 24")
+            assert page.eval_on_selector_all("#entries .delete", "e => e.length") == 0
+            assert not page.is_visible("#view-browse .api-key")
+        finally:
+            page.close()
 
 
 def _visible(page, selectors):

@@ -403,12 +403,33 @@ def eval(
         help="With --data: how images get labels (as `index --labels`); images without one are left out and named.",
     ),
     max_pixels: int = MaxPixelsOpt,
+    model: Path | None = typer.Option(
+        None, "--model", help="Evaluate a trained model file (its backbone and hasher; --method and --bits are not used)."
+    ),
 ):
     """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""
     from hashsearch.experiments.jobs import run_and_report
 
     if (protocol is None) == (data is None):
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
+    if model is not None:
+        from hashsearch.experiments.training import evaluate_model
+
+        evaluate_model(
+            _load_model(model, cache_dir),
+            protocol=protocol,
+            data=data,
+            queries_per_class=queries_per_class,
+            train_per_class=train_per_class,
+            seed=seed,
+            out=out,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            command=_command_line(),
+            labels=_labels(labels),
+            max_pixels=max_pixels,
+        )
+        return
     run_and_report(
         protocol=protocol,
         data=data,

@@ -56,6 +56,11 @@ def serve(
         "Default: localhost,127.0.0.1 when --host is a loopback address, else any",
     ),
     eval_json: Path | None = typer.Option(None, "--eval", help="benchmark JSON for the page's evaluation view"),
+    model: Path | None = typer.Option(
+        None,
+        "--model",
+        help="a trained model file: refused unless it built the collection (queries always go through the collection's own model)",
+    ),
 ) -> None:
     """Serve a collection: web page at /, API documented at /docs (works offline)."""
     import logging
@@ -88,6 +93,10 @@ def serve(
         max_jobs=max_jobs,
         job_ttl_s=job_ttl,
     )
+    if model is not None:
+        from hashsearch.model import TrainedModel
+
+        app.state.hs.coll.check_model(TrainedModel.load(model).id, f"the codes of {model}")
     typer.echo(
         f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
         f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "

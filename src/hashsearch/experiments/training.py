@@ -442,3 +442,66 @@ def write_curve(model: TrainedModel, out_png: str | os.PathLike) -> Path | None:
     out_png = Path(out_png)
     fig.savefig(out_png)
     return out_png
+
+
+def evaluate_model(
+    model: TrainedModel,
+    *,
+    protocol: str | None,
+    data: str | None,
+    queries_per_class: int,
+    train_per_class: int,
+    seed: int,
+    out: Path | None,
+    cache_dir=None,
+    batch_size: int = 64,
+    command: str = "",
+    labels: str = "auto",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """`hashsearch eval --model`: the model's codes on a protocol's (or a folder's) queries and
+    database, nothing fitted; returns the result row (`evaluate`'s metrics) and writes
+    <out>.md/.json when `out` is given.
+
+    The protocol's training images are not used; if the model was trained on images that are
+    also in the database, the record's data digest says what it saw (the numbers are then those
+    of the protocol's usual setting, in which the training set is part of the database).
+    """
+    from hashsearch.evaluation.metrics import evaluate
+    from hashsearch.evaluation.report import machine_description, write_results
+    from hashsearch.experiments.features import split_features
+    from hashsearch.experiments.jobs import load_split
+
+    t0 = time.perf_counter()
+    source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
+    log(split.summary())
+    backbone = model.backbone(cache_dir)
+    feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels)
+    t1 = time.perf_counter()
+    qc, dc = model.hasher.encode(feats.query.features), model.hasher.encode(feats.database.features)
+    metrics = evaluate(qc, dc, feats.query.labels, feats.database.labels)
+    row = {
+        "method": f"{model.hasher.name} (model {model.id[:12]})",
+        "mode": model.record.get("mode", "model"),
+        "bits": model.n_bits,
+        "metrics": metrics,
+        "timings": {"fit_s": 0.0, "encode_s": time.perf_counter() - t1, "eval_s": 0.0},
+        "params": model.hasher.get_params(),
+        "model": {"id": model.id, "file": str(model.path), "val_map": model.record.get("val_map")},
+    }
+    log(f"{model.describe()}: mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}")
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        notes = "\n".join(
+            [
+                f"Command: `{command}`" if command else "",
+                f"Protocol: {split.name} (seed {split.seed}): {split.description}",
+                f"Model: {model.path} ({model.describe()}), trained on {model.record.get('data', {}).get('source')}.",
+                f"Machine: {machine_description()}. Total wall time {time.perf_counter() - t0:.0f}s.",
+            ]
+        )
+        write_results([row], out, title=f"A trained model on {split.name}", notes=notes)
+        log(f"wrote {out}.md and {out}.json")
+    return row

@@ -1,0 +1,177 @@
+"""`hashsearch train` end to end on real CIFAR-10 images (32 px, 4 classes, 96 images, so it takes
+seconds): fine-tuning beats the frozen head on held-out images, a killed run resumes and ends as
+an uninterrupted one, and the model file alone indexes and searches an unlabelled folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hashsearch.cli import app
+from tests.conftest import cifar_archive
+
+runner = CliRunner()
+CLASSES = ("airplane", "automobile", "ship", "truck")
+#: The training command of every run here (the output and the folder are added).
+TRAIN = (
+    "--method hashnet --bits 16 --input-size 32 --mode finetune --epochs 6 --patience 3 "
+    "--val-fraction 0.25 --device auto --seed 0"
+).split()
+
+
+def run(*args, code: int = 0) -> str:
+    result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def record(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("model.json"))["training"]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A folder with `data/<class>/*.jpg`: the first 24 training images of 4 CIFAR-10 classes."""
+    root = tmp_path_factory.mktemp("train")
+    taken: dict[str, int] = {}
+    with tarfile.open(cifar_archive(), "r:gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if not m.isfile() or len(parts) < 3 or parts[-3] != "train" or parts[-2] not in CLASSES:
+                continue
+            if taken.get(parts[-2], 0) >= 24:
+                if len(taken) == len(CLASSES) and min(taken.values()) >= 24:
+                    break
+                continue
+            dest = root / "data" / parts[-2] / parts[-1]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tar.extractfile(m).read())
+            taken[parts[-2]] = taken.get(parts[-2], 0) + 1
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _cache(work, monkeypatch):
+    # Where in-process commands export ONNX models and unpack a model's weights.
+    monkeypatch.setenv("HASHSEARCH_CACHE", str(work / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(work):
+    """The uninterrupted fine-tuning run: (model path, its output)."""
+    out = work / "ref.hsm"
+    text = run("train", work / "data", "--out", out, "--cache-dir", work / "cache", *TRAIN)
+    return out, text
+
+
+def test_finetuning_improves_validation_map_over_the_frozen_head(trained):
+    out, text = trained
+    r = record(out)
+    assert r["mode"] == "finetune" and r["data"]["train"] == 72 and r["data"]["validation"] == 24
+    # The head alone on the pretrained network's frozen features, then head and network together.
+    assert r["val_map"] > r["frozen_val_map"] + 0.02, (r["val_map"], r["frozen_val_map"])
+    assert r["epochs"]["val_map"][r["epochs"]["best_epoch"] - 1] == r["val_map"]
+    assert len(r["epochs"]["loss"]) == len(r["epochs"]["val_map"]) <= 6
+    assert r["data"]["digest"] and r["machine"]["cpus"] and r["seconds"] > 0
+    assert "best validation mAP" in text and "the head on frozen features" in text
+    curve = out.with_name("ref-training.png")
+    assert curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not out.with_name("ref.hsm.ckpt").exists()  # removed once the model is saved
+
+
+def test_a_killed_training_resumes_and_ends_as_the_uninterrupted_run(trained, work):
+    ref = record(trained[0])
+    out = work / "killed.hsm"
+    ckpt = out.with_name("killed.hsm.ckpt")
+    cmd = [sys.executable, "-c", "from hashsearch.cli import main; main()", "train", str(work / "data"), "--out", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--cache-dir", str(work / "cache"), *TRAIN],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HASHSEARCH_CACHE": str(work / "cache")},
+    )
+    try:
+        deadline = time.monotonic() + 600
+        while not (ckpt / "joint.pt").exists():  # the first epoch of fine-tuning is checkpointed
+            assert proc.poll() is None, "training ended before its first checkpoint"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()
+    finally:
+        proc.wait()
+    assert not out.exists()
+
+    text = run("train", work / "data", "--out", out, "--cache-dir", work / "cache", *TRAIN)
+    assert "resuming from the checkpoint" in text and "resumed after epoch" in text, text
+    r = record(out)
+    assert r["epochs"]["resumed_at"] >= 1
+    assert len(r["epochs"]["loss"]) == len(ref["epochs"]["loss"])
+    assert r["epochs"]["best_epoch"] == ref["epochs"]["best_epoch"]
+    assert r["epochs"]["val_map"] == pytest.approx(ref["epochs"]["val_map"], abs=1e-6)
+    assert not ckpt.exists()
+
+    # A checkpoint of another training is not resumed from: the run stops and says what to do.
+    ckpt.mkdir()
+    (ckpt / "run.json").write_text(json.dumps({"version": 1, "method": "dpsh"}))
+    text = run("train", work / "data", "--out", out, *TRAIN, code=2)
+    assert "--fresh" in text
+
+
+def test_the_model_file_alone_indexes_and_searches_an_unlabelled_folder(trained, work, cifar_small, tmp_path):
+    # The model copied alone to another folder, the training data gone, and a fresh cache.
+    model = tmp_path / "elsewhere" / "m.hsm"
+    model.parent.mkdir()
+    shutil.copyfile(trained[0], model)
+    gone = work / "data-gone"
+    (work / "data").rename(gone)
+    try:
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for i, f in enumerate(sorted((cifar_small / "test").rglob("*.jpg"))):
+            shutil.copyfile(f, photos / f"img{i:03d}.jpg")  # no class folders: no labels
+        env = {**os.environ, "HASHSEARCH_CACHE": str(tmp_path / "fresh-cache")}
+        hs = [sys.executable, "-c", "from hashsearch.cli import main; main()"]
+
+        def cli(*args):
+            p = subprocess.run([*hs, *map(str, args)], capture_output=True, text=True, env=env, cwd=model.parent)
+            return p.returncode, p.stdout + p.stderr
+
+        code, text = cli("index", photos, "--model", model.name, "--out", "c.hsx")
+        assert code == 0, text
+        assert "indexed 40 images" in text and f"model {_id(model)[:12]}" in text
+        code, text = cli("search", "c.hsx", photos / "img007.jpg", "-k", "3", "--json")
+        assert code == 0, text
+        hits = json.loads(text[text.index("[") :])[0]["results"]
+        assert hits[0]["path"].endswith("img007.jpg") and hits[0]["hamming"] == 0
+        code, text = cli("info", "c.hsx")
+        assert json.loads(text)["model"]["id"] == _id(model)
+
+        # Adding through another model is refused, naming both.
+        other = tmp_path / "itq.hsm"
+        run("train", cifar_small / "train", "--method", "itq", "--bits", "16", "--input-size", "32", "--out", other)
+        code, text = cli("add", "c.hsx", cifar_small / "train" / "cat", "--model", other)
+        assert code == 2 and _id(model)[:12] in text and _id(other)[:12] in text, text
+        assert text.count("\n") == 1 and "Traceback" not in text
+    finally:
+        gone.rename(work / "data")
+
+
+def _id(path: Path) -> str:
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("model.json"))["id"]
+
+
+def test_finetune_mode_needs_a_deep_method(cifar_small, tmp_path):
+    text = run("train", cifar_small / "train", "--method", "itq", "--mode", "finetune", "--out", tmp_path / "m.hsm", code=2)
+    assert "--mode finetune" in text and "hashnet" in text and not (tmp_path / "m.hsm").exists()

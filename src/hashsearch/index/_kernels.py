@@ -341,10 +341,51 @@ def _table_distance(q, qi, tcodes, j, p):
     return d
 
 
+@njit(nogil=True, inline="always")
+def _checked_row(row, n_rows):
+    """A row number read from a table, refused when out of range (a damaged table must not
+    make the search read outside the arrays)."""
+    if row < 0 or row >= n_rows:
+        raise ValueError("a multi-index hashing table holds a row number out of range: the index is damaged")
+    return row
+
+
+@njit(nogil=True, inline="always")
+def _sub_distance(q, qi, tcodes, j, p, smasks, jj):
+    """Distance between the query and the code at position p of table j on substring jj only."""
+    W = q.shape[1]
+    d = 0
+    for w in range(W):
+        d += _popcount((q[qi, w] ^ tcodes[j, p * W + w]) & smasks[jj, w])
+    return d
+
+
+@njit(nogil=True, inline="always")
+def _met_before(q, qi, tcodes, j, p, smasks, s):
+    """Whether `mih_knn`, now probing table j at substring radius s, met this code (position p
+    of table j) at an earlier probe: table jj probes radius s' when (s', jj) < (s, j) in the
+    probe order, and meets the code there iff its substring jj is at distance exactly s'."""
+    for jj in range(smasks.shape[0]):
+        if jj != j:
+            d = _sub_distance(q, qi, tcodes, j, p, smasks, jj)
+            if d < s or (d == s and jj < j):
+                return True
+    return False
+
+
+@njit(nogil=True, inline="always")
+def _met_before_range(q, qi, tcodes, j, p, smasks, s_max, a):
+    """Whether `mih_range` met this code in a table jj < j (table jj probes radii 0 .. s_max,
+    or s_max - 1 when jj > a)."""
+    for jj in range(j):
+        top = s_max if jj <= a else s_max - 1
+        if _sub_distance(q, qi, tcodes, j, p, smasks, jj) <= top:
+            return True
+    return False
+
+
 @njit(nogil=True, cache=True)
-def mih_knn(
-    q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, seen, stamp0
-):
+def mih_knn(q, qsub, db, rank, ascending, n_keys, k, max_d, lens, offsets, rows, tcodes, n_rows, budget, out, smasks):
     """Exact k-NN by multi-index hashing (Norouzi, Punjani and Fleet) over the tabled rows.
 
     `qsub` (nq, m) holds each query's substring values; substring j has `lens[j]` bits and its
@@ -360,9 +401,10 @@ def mih_knn(
     entry at that distance has been seen and ties are broken exactly. A query whose probes and
     candidates exceed `budget` is finished by a linear scan of `db` (same answer, bounded cost).
 
-    A row can sit in the buckets probed of several tables; `seen` (n_rows,) int32 marks the
-    rows already admitted to the top-k buffer with stamps stamp0 + 1 .. stamp0 + nq, so the
-    caller reuses one buffer without clearing it.
+    A row can sit in the buckets probed of several tables; it is taken at the first probe that
+    meets it only, known from its code alone (`_met_before`, with `smasks` (m, W) the words'
+    bits of each substring), so no per-row "seen" array is needed (10^8 rows: 400 MB a thread).
+    A row number outside [0, n_rows) (a damaged table) raises ValueError.
     """
     nq, m = qsub.shape
     W = q.shape[1]
@@ -373,7 +415,6 @@ def mih_knn(
     buf = np.empty(max(cap, 1), np.int64)
     one = np.empty((1, k), np.int64)
     for qi in range(nq):
-        stamp = stamp0 + qi + 1
         cnt = 0
         tkey = _INT64_MAX
         td = max_d
@@ -420,19 +461,17 @@ def mih_knn(
                                     hit &= hit - np.uint64(1)
                                     d = _popcount(qw ^ tc[t])
                                     if d <= td:
-                                        row = rows[j, c0 + t]
+                                        row = _checked_row(rows[j, c0 + t], n_rows)
                                         key = d * n_keys + (row if ascending else _rank_of(rank, row))
-                                        if key < tkey and seen[row] != stamp:
-                                            seen[row] = stamp
+                                        if key < tkey and not _met_before(q, qi, tcodes, j, c0 + t, smasks, s):
                                             cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
                         else:
                             for p in range(a, b):
                                 d = _table_distance(q, qi, tcodes, j, p)
                                 if d <= td:
-                                    row = rows[j, p]
+                                    row = _checked_row(rows[j, p], n_rows)
                                     key = d * n_keys + _rank_of(rank, row)
-                                    if key < tkey and seen[row] != stamp:
-                                        seen[row] = stamp
+                                    if key < tkey and not _met_before(q, qi, tcodes, j, p, smasks, s):
                                         cnt, tkey, td = _admit(buf, cnt, key, tkey, td, k, n_keys, 0)
                         if s == 0:
                             break
@@ -463,13 +502,13 @@ def mih_knn(
 
 
 @njit(nogil=True, cache=True)
-def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_rows, budget, seen, stamp0):
+def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_rows, budget, smasks):
     """Exact radius search by multi-index hashing; returns (counts, keys) like `range_scan`.
 
     With radius = s * m + a (0 <= a < m), a code within the radius has one of substrings
     0..a within s of the query's, or one of the others within s - 1 (pigeonhole), so those
     are the probes. A query whose probes exceed `budget` is answered by a linear scan.
-    `seen` and `stamp0` as in `mih_knn`; tables as there.
+    Tables and `smasks` as in `mih_knn`; a row is taken in the first table that meets it.
     """
     nq, m = qsub.shape
     s_max = radius // m
@@ -478,7 +517,6 @@ def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_
     keys = np.empty(1024, np.int64)
     total = 0
     for qi in range(nq):
-        stamp = stamp0 + qi + 1
         start = total
         # Probes first counted, so a hopeless query goes straight to the linear scan.
         n_probes = 0
@@ -510,10 +548,9 @@ def mih_range(q, qsub, db, rank, n_keys, radius, lens, offsets, rows, tcodes, n_
                     for p in range(offsets[j, v], offsets[j, v + 1]):
                         d = _table_distance(q, qi, tcodes, j, p)
                         if d <= radius:
-                            row = rows[j, p]
-                            if seen[row] == stamp:
+                            row = _checked_row(rows[j, p], n_rows)
+                            if _met_before_range(q, qi, tcodes, j, p, smasks, s_max, a):
                                 continue
-                            seen[row] = stamp
                             if total == len(keys):
                                 grown = np.empty(2 * len(keys), np.int64)
                                 grown[:total] = keys[:total]

@@ -26,7 +26,6 @@ all memory-mapped by `load`, so an index of a million entries opens in milliseco
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -56,8 +55,6 @@ _MAX_SUBSTRING_BITS = 24
 # The tail of rows added since the last build is scanned linearly up to this share of the table.
 _TAIL_SHARE = 8
 
-_seen = threading.local()
-
 
 def substring_bounds(n_bits: int, n_substrings: int) -> np.ndarray:
     """Bit boundaries (m + 1,) of m substrings; the first n_bits % m are one bit longer."""
@@ -80,15 +77,13 @@ def substring_values(data: np.ndarray, n_bits: int, bounds: np.ndarray) -> np.nd
     return out
 
 
-def _seen_buffer(n: int, n_queries: int) -> tuple[np.ndarray, int]:
-    """A per-thread int32 "seen" array of at least n rows and the stamp base for n_queries."""
-    buf = getattr(_seen, "buf", None)
-    stamp = getattr(_seen, "stamp", 0)
-    if buf is None or len(buf) < n or stamp + n_queries >= np.iinfo(np.int32).max:
-        buf = np.zeros(max(n, 1), np.int32)
-        stamp = 0
-    _seen.buf, _seen.stamp = buf, stamp + n_queries
-    return buf, stamp
+def substring_masks(n_bits: int, bounds: np.ndarray) -> np.ndarray:
+    """(m, W) machine words (as `word_view` makes them) with the bits of each substring set."""
+    m = len(bounds) - 1
+    bits = np.zeros((m, n_bits), np.uint8)
+    for j in range(m):
+        bits[j, int(bounds[j]) : int(bounds[j + 1])] = 1
+    return word_view(Codes.from_bits(bits).data).copy()
 
 
 @register_index("mih")
@@ -210,9 +205,9 @@ class MIHIndex(FlatIndex):
         out = np.full((len(queries), k), _INT64_MAX, np.int64)
         flat = words.reshape(-1)
         budget = self._budget()
+        smasks = substring_masks(self.n_bits, self._bounds).astype(words.dtype)
 
         def task(sl: slice) -> None:
-            seen, stamp = _seen_buffer(self._tabled, len(qw[sl]))
             _kernels.mih_knn(
                 qw[sl],
                 qsub[sl],
@@ -229,8 +224,7 @@ class MIHIndex(FlatIndex):
                 self._tabled,
                 budget,
                 out[sl],
-                seen,
-                stamp,
+                smasks,
             )
 
         _run([lambda sl=sl: task(sl) for sl in self._blocks(len(queries))], self.n_threads)
@@ -253,9 +247,9 @@ class MIHIndex(FlatIndex):
             qsub = substring_values(queries.data, self.n_bits, self._bounds)
             flat = words.reshape(-1)
             budget = self._budget()
+            smasks = substring_masks(self.n_bits, self._bounds).astype(words.dtype)
 
             def task(sl: slice):
-                seen, stamp = _seen_buffer(self._tabled, len(qw[sl]))
                 return _kernels.mih_range(
                     qw[sl],
                     qsub[sl],
@@ -269,8 +263,7 @@ class MIHIndex(FlatIndex):
                     self._tcodes,
                     self._tabled,
                     budget,
-                    seen,
-                    stamp,
+                    smasks,
                 )
 
             parts = _run([lambda sl=sl: task(sl) for sl in self._blocks(nq)], self.n_threads)

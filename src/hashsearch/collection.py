@@ -142,7 +142,9 @@ class Collection:
             If the collection's hasher is not the model's (build it with ``model.hasher``).
         """
         if self.hasher is not model.hasher or self.backbone.cache_key != model.backbone().cache_key:
-            raise ValueError("the collection's backbone and hasher must be the model's (model.backbone(), model.hasher)")
+            raise ValueError(
+                "the collection's backbone and hasher must be the model's (model.backbone(), model.hasher)"
+            )
         self.model = model
 
     def check_model(self, model_id: str | None, what: str = "these codes") -> None:
@@ -784,7 +786,9 @@ class Collection:
             if manifest.get("model") is not None:
                 model = TrainedModel.load(gen / MODEL_FILE)
                 if model.id != manifest["model"]["id"]:
-                    raise ValueError(f"{MODEL_FILE} is model {model.id[:12]}, the manifest names {manifest['model']['id'][:12]}")
+                    raise ValueError(
+                        f"{MODEL_FILE} is model {model.id[:12]}, the manifest names {manifest['model']['id'][:12]}"
+                    )
                 backbone = model.backbone()
             else:
                 bb = manifest["backbone"]

@@ -261,9 +261,13 @@ class TrainedModel:
             preprocess = Preprocess(int(bb["input_size"]), tuple(bb["mean"]), tuple(bb["std"]))  # type: ignore[arg-type]
             model = cls(bb["name"], preprocess, weights, hasher, header.get("training"))
         except (KeyError, TypeError, ValueError) as e:
-            raise ModelError(f"{path} cannot be loaded ({type(e).__name__}: {e}); retrain it with this hashsearch") from None
+            raise ModelError(
+                f"{path} cannot be loaded ({type(e).__name__}: {e}); retrain it with this hashsearch"
+            ) from None
         if model.id != header.get("id"):
-            raise ModelError(f"{path} is damaged: its content gives model id {model.id[:12]}, it declares {header.get('id')}")
+            raise ModelError(
+                f"{path} is damaged: its content gives model id {model.id[:12]}, it declares {header.get('id')}"
+            )
         model.path = path
         return model
 

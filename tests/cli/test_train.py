@@ -94,7 +94,15 @@ def test_a_killed_training_resumes_and_ends_as_the_uninterrupted_run(trained, wo
     ref = record(trained[0])
     out = work / "killed.hsm"
     ckpt = out.with_name("killed.hsm.ckpt")
-    cmd = [sys.executable, "-c", "from hashsearch.cli import main; main()", "train", str(work / "data"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from hashsearch.cli import main; main()",
+        "train",
+        str(work / "data"),
+        "--out",
+        str(out),
+    ]
     proc = subprocess.Popen(
         [*cmd, "--cache-dir", str(work / "cache"), *TRAIN],
         stdout=subprocess.DEVNULL,
@@ -173,5 +181,7 @@ def _id(path: Path) -> str:
 
 
 def test_finetune_mode_needs_a_deep_method(cifar_small, tmp_path):
-    text = run("train", cifar_small / "train", "--method", "itq", "--mode", "finetune", "--out", tmp_path / "m.hsm", code=2)
+    text = run(
+        "train", cifar_small / "train", "--method", "itq", "--mode", "finetune", "--out", tmp_path / "m.hsm", code=2
+    )
     assert "--mode finetune" in text and "hashnet" in text and not (tmp_path / "m.hsm").exists()

@@ -404,7 +404,9 @@ def eval(
     ),
     max_pixels: int = MaxPixelsOpt,
     model: Path | None = typer.Option(
-        None, "--model", help="Evaluate a trained model file (its backbone and hasher; --method and --bits are not used)."
+        None,
+        "--model",
+        help="Evaluate a trained model file (its backbone and hasher; --method and --bits are not used).",
     ),
 ):
     """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""

@@ -33,18 +33,30 @@ def train(
         "method trains the backbone with its head and loss.",
     ),
     epochs: int | None = typer.Option(
-        None, "--epochs", min=1, help="Deep methods: training epochs (finetune: with the backbone); default the method's."
+        None,
+        "--epochs",
+        min=1,
+        help="Deep methods: training epochs (finetune: with the backbone); default the method's.",
     ),
     patience: int = typer.Option(
-        5, "--patience", min=0, help="Deep methods: stop after this many epochs without a better validation mAP (0: never)."
+        5,
+        "--patience",
+        min=0,
+        help="Deep methods: stop after this many epochs without a better validation mAP (0: never).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each class held out for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split and of training."),
-    device: str = typer.Option("auto", "--device", help="Where deep methods train: cpu, cuda, or auto (cuda if available)."),
+    device: str = typer.Option(
+        "auto", "--device", help="Where deep methods train: cpu, cuda, or auto (cuda if available)."
+    ),
     lr: float | None = typer.Option(None, "--lr", help="Learning rate (default: the method's)."),
-    train_batch: int | None = typer.Option(None, "--train-batch", min=1, help="Images per training step (default: the method's)."),
+    train_batch: int | None = typer.Option(
+        None, "--train-batch", min=1, help="Images per training step (default: the method's)."
+    ),
     fresh: bool = typer.Option(
-        False, "--fresh", help="Discard the checkpoint a killed run of the same --out left, instead of resuming from it."
+        False,
+        "--fresh",
+        help="Discard the checkpoint a killed run of the same --out left, instead of resuming from it.",
     ),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
@@ -96,8 +108,16 @@ def train(
             f"trained {len(ep['loss'])} epochs"
             + (f" (resumed after epoch {result.resumed_at})" if result.resumed_at else "")
             + (", stopped early" if ep.get("stopped_early") else "")
-            + (f"; best validation mAP {r['val_map']:.4f} at epoch {ep['best_epoch']}" if r.get("val_map") is not None else "")
-            + (f" (the head on frozen features: {r['frozen_val_map']:.4f})" if r.get("frozen_val_map") is not None else "")
+            + (
+                f"; best validation mAP {r['val_map']:.4f} at epoch {ep['best_epoch']}"
+                if r.get("val_map") is not None
+                else ""
+            )
+            + (
+                f" (the head on frozen features: {r['frozen_val_map']:.4f})"
+                if r.get("frozen_val_map") is not None
+                else ""
+            )
         )
     elif r.get("val_map") is not None:
         typer.echo(f"fitted; validation mAP {r['val_map']:.4f}")

@@ -59,7 +59,9 @@ def device_name(device: str) -> str:
     return device
 
 
-def split_validation(records: list[ImageRecord], fraction: float, seed: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+def split_validation(
+    records: list[ImageRecord], fraction: float, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """(train, validation) records: `fraction` of each class's images (rounded, at least 1 when the
     class has 2 or more), drawn with `seed`; both lists in the records' order.
 
@@ -251,7 +253,6 @@ def train_model(
     ckpt = out.with_name(out.name + ".ckpt")
     _prepare_checkpoint(ckpt, run, fresh, log)
 
-    val_labels = np.array([r.label for r in val_recs])
     record: dict[str, Any] = {
         "method": method,
         "params": hasher.get_params(),
@@ -315,8 +316,12 @@ def train_model(
         from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
         from hashsearch.pipeline.local import extract_pixels
 
-        kept, pixels, _ = extract_pixels(source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress)
-        vkept, vpixels, _ = extract_pixels(source, val_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress)
+        kept, pixels, _ = extract_pixels(
+            source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
+        )
+        vkept, vpixels, _ = extract_pixels(
+            source, val_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
+        )
         labels = np.array([r.label for r in kept])
         yv = np.array([r.label for r in vkept])
         frozen: dict[str, np.ndarray] = {}
@@ -404,7 +409,9 @@ def _prepare_checkpoint(ckpt: Path, run: dict, fresh: bool, log: Callable[[str],
             )
         done = sorted(p.name for p in ckpt.glob("*.pt") if p.name != "backbone.pt")
         if done:
-            log(f"resuming from the checkpoint in {ckpt} (finished stages and epochs are not run again; --fresh starts over)")
+            log(
+                f"resuming from the checkpoint in {ckpt} (finished stages and epochs are not run again; --fresh starts over)"
+            )
             return True
         return False
     ckpt.mkdir(parents=True, exist_ok=True)

@@ -253,7 +253,13 @@ class DeepHasher(Hasher):
         head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
         settings = dict(self._settings(dev), progress=progress)
         warm = train(
-            head, loss_fn, self.standardize(X0, _checked=True), targets, epochs=self.epochs, **settings, **(warm_loop or {})
+            head,
+            loss_fn,
+            self.standardize(X0, _checked=True),
+            targets,
+            epochs=self.epochs,
+            **settings,
+            **(warm_loop or {}),
         )
         model = ImageModel(
             trunk,
@@ -266,7 +272,13 @@ class DeepHasher(Hasher):
             pretrained=pretrained,
         )
         joint = train(
-            model, loss_fn, pixels, targets, epochs=self.epochs if epochs is None else epochs, **settings, **(loop or {})
+            model,
+            loss_fn,
+            pixels,
+            targets,
+            epochs=self.epochs if epochs is None else epochs,
+            **settings,
+            **(loop or {}),
         )
         self._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
         self.head_history_, self.joint_history_ = warm, joint

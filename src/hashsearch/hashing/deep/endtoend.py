@@ -236,7 +236,13 @@ def fit_head(hasher, features: np.ndarray, labels, **loop):
     hasher._check_n_bits()
     head, loss_fn, targets, device = hasher._build(X, np.asarray(labels))
     history = train(
-        head, loss_fn, hasher.standardize(X, _checked=True), targets, epochs=hasher.epochs, **hasher._settings(device), **loop
+        head,
+        loss_fn,
+        hasher.standardize(X, _checked=True),
+        targets,
+        epochs=hasher.epochs,
+        **hasher._settings(device),
+        **loop,
     )
     hasher._keep(head, history)
     hasher.n_features_in_ = X.shape[1]

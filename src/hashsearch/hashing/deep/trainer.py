@@ -185,7 +185,13 @@ def train(
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, int(epochs)) if cosine else None
     shuffle = torch.Generator().manual_seed(int(seed))
     history = TrainHistory()
-    settings = {"epochs": int(epochs), "rows": int(n), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed)}
+    settings = {
+        "epochs": int(epochs),
+        "rows": int(n),
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "seed": int(seed),
+    }
     best_state: dict | None = None
     best_score = -math.inf
     since_best = 0
@@ -215,7 +221,11 @@ def train(
             )
             done = history.resumed_at = len(history.epoch_loss)
             before = history.seconds  # the killed runs' time, to which this run's adds
-            best_state, best_score, since_best = state["best_model"], float(state["best_score"]), int(state["since_best"])
+            best_state, best_score, since_best = (
+                state["best_model"],
+                float(state["best_score"]),
+                int(state["since_best"]),
+            )
             logger.info("resumed from %s after epoch %d of %d", checkpoint, done, epochs)
         model.train()
         bar = tqdm(

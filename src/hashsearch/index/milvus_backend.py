@@ -341,7 +341,9 @@ class MilvusIndex(MirroredIndex):
         self._store = store
         self._client = self._connect()
         if self._client.has_collection(self.collection):
-            stats = self._client.query(self.collection, filter="", output_fields=["count(*)"])
+            stats = self._client.query(
+                self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            )
             count = int(stats[0]["count(*)"]) if stats else -1
             if count != len(store):
                 raise ValueError(

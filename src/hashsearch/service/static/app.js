@@ -494,7 +494,8 @@ async function loadDups(more) {
   disarm();
   const p = new URLSearchParams({ keep: $("dup-keep").value, limit: DUP_LIMIT, offset: more ? dupOffset : 0 });
   if ($("dup-radius").value !== "") p.set("radius", $("dup-radius").value);
-  if ($("dup-sim").value !== "") p.set("min_similarity", $("dup-sim").value);
+  if ($("dup-codes").checked) p.set("codes_only", "true");
+  else if ($("dup-sim").value !== "") p.set("min_similarity", $("dup-sim").value);
   busy(true, "dup-spinner", "dup-groups");
   status("looking for duplicates…", false, "dup-status");
   let resp, body;
@@ -523,10 +524,13 @@ async function loadDups(more) {
   dupOffset = body.offset + body.groups.length;
   $("dup-more").hidden = dupOffset >= body.n_groups;
   $("dup-radius").placeholder = `${body.radius}`;
-  status(`${body.n_groups} groups, ${body.n_duplicates} duplicates among ${body.n_images} images ` +
+  if (body.min_similarity != null && !$("dup-codes").checked) $("dup-sim").placeholder = `${body.min_similarity}`;
+  status(`${plural(body.n_groups, "group")}, ${plural(body.n_duplicates, "duplicate")} among ${plural(body.n_images, "image")} ` +
     `(radius ${body.radius} of ${body.n_bits} bits${body.min_similarity != null ? `, similarity ≥ ${body.min_similarity}` : ""}; ` +
     `keeping the ${body.keep.replace("-", " ")}) in ${ms(body.took_ms)}`, false, "dup-status");
 }
+
+function plural(n, word) { return `${n} ${word}${n === 1 ? "" : "s"}`; }
 
 function size(m) {
   const parts = [];
@@ -538,8 +542,14 @@ function size(m) {
 function groupCard(g) {
   const sec = el("section", "dup-group");
   sec.dataset.group = g.group;
-  sec.append(el("h2", "", `Group ${g.group + 1} · ${g.size} images`));
+  const title = el("h2", "", `Group ${g.group + 1} · ${g.size} images`);
+  sec.append(title);
   const grid = el("div", "grid");
+  // After a delete: how many are left, or that the group is resolved.
+  const retitle = () => {
+    const left = grid.childElementCount;
+    title.textContent = `Group ${g.group + 1} · ` + (left > 1 ? `${left} images` : "resolved: one image left");
+  };
   for (const m of g.members) {
     const card = el("figure", "entry" + (m.keep ? " keep" : ""));
     card.dataset.id = m.id;
@@ -559,7 +569,7 @@ function groupCard(g) {
     cap.append(el("span", m.keep ? "badge keep" : "badge", how), pathSpan(name));
     const s = size(m);
     if (s) cap.append(el("span", "", s));
-    if (info.writable && !m.keep) cap.append(deleteButton(m.id, "dup-status", () => card.remove()));
+    if (info.writable && !m.keep) cap.append(deleteButton(m.id, "dup-status", () => { card.remove(); retitle(); }));
     card.append(open, cap);
     grid.append(card);
   }
@@ -572,6 +582,8 @@ $("dup-more").addEventListener("click", () => loadDups(true));
 for (const id of ["dup-radius", "dup-sim"])
   $(id).addEventListener("keydown", (e) => { if (e.key === "Enter") loadDups(false); });
 $("dup-keep").addEventListener("change", () => loadDups(false));
+// The feature check applies only when codes are not the only test.
+$("dup-codes").addEventListener("change", () => { $("dup-sim").disabled = $("dup-codes").checked; loadDups(false); });
 
 // ---- collection details ----
 function showStats() {

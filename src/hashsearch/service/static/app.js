@@ -346,6 +346,7 @@ function disarm() {
   if (!armed) return false;
   armed.textContent = "Delete";
   armed.classList.remove("confirm");
+  armed.setAttribute("aria-label", `delete image ${armed.dataset.id} from the collection`);
   armed = null;
   return true;
 }
@@ -362,6 +363,7 @@ for (const input of document.querySelectorAll(".api-key"))
 function deleteButton(id, statusId, onDeleted) {
   const b = el("button", "delete", "Delete");
   b.type = "button";
+  b.dataset.id = id;
   b.setAttribute("aria-label", `delete image ${id} from the collection`);
   b.addEventListener("click", async () => {
     if (armed !== b) {
@@ -369,13 +371,13 @@ function deleteButton(id, statusId, onDeleted) {
       armed = b;
       b.textContent = "Confirm delete";
       b.classList.add("confirm");
+      b.setAttribute("aria-label", `confirm: delete image ${id} from the collection`);
       status(`Press "Confirm delete" again to remove image ${id} from the collection (Escape: keep it).`, false, statusId);
       return;
     }
-    armed = null;
+    disarm();
     const key = apiKey();
     if (!key) {
-      b.textContent = "Delete"; b.classList.remove("confirm");
       status("Type the server's API key first (the field above), then delete.", true, statusId);
       document.querySelector(`#${statusId}`).closest("main").querySelector(".api-key").focus();
       return;
@@ -390,14 +392,14 @@ function deleteButton(id, statusId, onDeleted) {
     }
     b.disabled = false;
     if (!resp || !resp.ok) {
-      b.textContent = "Delete"; b.classList.remove("confirm");
       status(`image ${id} was not deleted: ${detailText(body, resp || {})}`, true, statusId);
       return;
     }
     info.count = body.count;
     showStats();
-    status(`image ${id} deleted; the collection holds ${body.count} images`, false, statusId);
-    onDeleted();
+    const note = `image ${id} deleted; the collection holds ${body.count} images`;
+    status(note, false, statusId);
+    onDeleted(note);
   });
   return b;
 }
@@ -419,7 +421,7 @@ async function entry(id) {
   return body;
 }
 
-async function loadPage(index) {
+async function loadPage(index, note) {
   const n = ++browseSeq;
   disarm();
   busy(true, "browse-spinner", "entries");
@@ -454,7 +456,7 @@ async function loadPage(index) {
     ? `${before + 1}–${last} of ${info.count}` : "no images";
   $("prev").disabled = index === 0;
   $("next").disabled = last >= info.count;
-  status(found.length ? "Click a picture to search like it." : "The collection is empty.", false, "browse-status");
+  status(note || (found.length ? "Click a picture to search like it." : "The collection is empty."), false, "browse-status");
 }
 
 function entryCard(e) {
@@ -473,7 +475,8 @@ function entryCard(e) {
   const cap = el("figcaption");
   cap.append(pathSpan(name), el("span", "", `${e.label ?? "(no label)"} · id ${e.id}`));
   card.append(open, cap);
-  if (info.writable) cap.append(deleteButton(e.id, "browse-status", () => card.remove()));
+  // After a delete the page is read again: the next image moves up to fill it.
+  if (info.writable) cap.append(deleteButton(e.id, "browse-status", (note) => loadPage(pageAt, note)));
   return card;
 }
 

@@ -14,13 +14,30 @@ CPU budget. On a small machine an actor pool that claims every CPU leaves none f
 tasks and the job hangs; actors therefore ask for a fraction of a CPU (`actor_cpus`, default
 0.5), and `plan_actors` keeps `spare_cpus` (default 0.5) unclaimed.
 
-Without an address a local Ray is started on this machine (and stopped afterwards); with
-``address="ray://head:10001"`` or ``"auto"`` the same code runs on a cluster, whose workers must
-be able to read the source's paths (a shared file system) and have hashsearch installed.
+Without an address a local Ray is started on this machine (and stopped afterwards); with the
+address `ray start --head` printed (``"HOST:6379"``), ``"auto"`` or ``"ray://HOST:10001"`` the
+same code runs on a cluster. What a cluster needs:
+
+- every node runs `ray start` from a Python that has hashsearch (the same version) and its
+  dependencies installed: the actors import hashsearch there;
+- every node reads the source's paths as the driver does (a shared file system). A relative path
+  is read from the driver's working folder: the actors work in it (`_Extract`), not in the folder
+  `ray start` was run from;
+- the feature cache is only the driver's: the driver looks it up and writes the features as they
+  arrive, so it need not be shared, and a rerun after a failure computes only what is missing;
+- a cluster with token authentication (Ray's default where ``~/.ray/auth_token`` exists) needs
+  the same token in the driver's environment (``RAY_AUTH_MODE=token`` and ``RAY_AUTH_TOKEN`` or
+  ``RAY_AUTH_TOKEN_PATH``).
+
+A node lost during a job: Ray retries its tasks on the nodes left (the job finishes, with the same
+features); a job Ray cannot finish, or a cluster that cannot be reached, raises `RayClusterError`
+(one line, saying how many features are safe in the cache).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +52,64 @@ from hashsearch.data.sources import ImageRecord, ImageSource
 from hashsearch.pipeline.cache import content_digest
 from hashsearch.pipeline.steps import BatchExtractor, Chunk, Extracted, Run, read, worker_model
 
+#: Seconds to wait for a cluster's address ("HOST:PORT") to accept a connection before giving up
+#: (Ray itself retries an address that refuses for minutes).
+CONNECT_TIMEOUT_S = 10.0
+
+
+class RayClusterError(ConnectionError):
+    """The Ray cluster cannot be reached, or it could not finish a job (one line, for the user)."""
+
+
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of `error`'s message (Ray's carry tracebacks), at most `limit` characters."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Raise `RayClusterError` at once when `address` ("HOST:PORT", a head node's GCS) refuses
+    connections; "auto" and "ray://..." addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RayClusterError(
+            f"--address {address!r} is not a Ray cluster address: give HOST:PORT (the address "
+            "`ray start --head` printed, e.g. 127.0.0.1:6379), auto, or ray://HOST:10001"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise RayClusterError(
+            f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start its head node with "
+            f"`ray start --head --port {port}` there, or give the address it printed"
+        ) from None
+
+
+def _connect(address: str | None, num_cpus: int | None) -> None:
+    """`ray.init` for a local Ray (no address) or a cluster, its failures as `RayClusterError`."""
+    import ray
+
+    try:
+        ray.init(
+            address=address,
+            num_cpus=None if address else num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+        )
+    except (ray.exceptions.RayError, ConnectionError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        hint = (
+            " (a cluster with token authentication needs its token here too: RAY_AUTH_MODE=token and "
+            "RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+            if address
+            else ""
+        )
+        raise RayClusterError(f"cannot connect to {where}: {_first_line(e)}{hint}") from None
+
 
 class _Extract:
     """Ray actor: image keys and the digests the driver read -> (digest, ok, reason, features) rows.
@@ -44,10 +119,15 @@ class _Extract:
     PyTorch on fallback), one actor per CPU with one inference thread each, as the local
     engine's workers. The pixels never cross the object store (or, on a cluster, the network).
     Each row is named by the digest the driver read; a file that can no longer be read, or whose
-    bytes changed since, is a failed row.
+    bytes changed since, is a failed row. `cwd`: the driver's working folder, where relative keys
+    are read.
     """
 
-    def __init__(self, source: ImageSource, extract: BatchExtractor) -> None:
+    def __init__(self, source: ImageSource, extract: BatchExtractor, cwd: str | None = None) -> None:
+        # A relative key or archive path means the driver's working folder, wherever `ray start`
+        # was run on this node (a worker of a cluster starts in its node's folder, not the driver's).
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
         self.source, self.extract = source, extract
 
     def __call__(self, batch: dict) -> dict:
@@ -124,7 +204,9 @@ def extract_features_ray(
     Parameters
     ----------
     address : str, optional
-        A Ray cluster ("auto", "ray://host:10001"); default: start a local Ray here.
+        A Ray cluster: "HOST:PORT" (what `ray start --head` printed), "auto", or
+        "ray://HOST:10001"; default: start a local Ray here. See the module docstring for what the
+        cluster's nodes need.
     num_cpus : int, optional
         CPUs of the local Ray (default: all); ignored with `address`.
     actors, actor_cpus, spare_cpus
@@ -132,9 +214,20 @@ def extract_features_ray(
         kept for Ray's own tasks (see the module docstring and `plan_actors`).
     extractor : FeatureExtractor, optional
         A ready extractor (`hashsearch.backbones.make_extractor`); overrides runtime and int8.
+
+    Raises
+    ------
+    RayClusterError
+        The cluster cannot be reached, or a job Ray could not finish (a lost node whose tasks
+        could not be retried); the features computed so far are in the cache, and a rerun
+        computes only the others.
+    ValueError
+        As `plan_actors`, and as the local engine.
     """
     import ray
 
+    if address and not ray.is_initialized():
+        check_address(address)  # before the scan, which may take long
     run = Run(
         source,
         backbone,
@@ -172,17 +265,12 @@ def extract_features_ray(
                 model = worker_model(ex, ((content_digest(b), r.key, b) for r, b, e in reads if e is None), max_pixels)
             started = False
             if not ray.is_initialized():
-                ray.init(
-                    address=address,
-                    num_cpus=None if address else num_cpus,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    logging_level="ERROR",
-                )
+                _connect(address, num_cpus)
                 started = True
             try:
                 ctx = ray.data.DataContext.get_current()
                 ctx.enable_progress_bars = False
+                ctx.print_on_execution_start = False  # a line naming Ray's log folder, per job
                 total = float(ray.cluster_resources().get("CPU", 1))
                 n_actors, threads = plan_actors(total, actors, actor_cpus, spare_cpus)
                 # One block per batch, each block one task (batch_size=None): blocks of n / ceil(n / b)
@@ -202,7 +290,7 @@ def extract_features_ray(
                 )
                 ds = ds.map_batches(
                     _Extract,
-                    fn_constructor_args=(source, task),
+                    fn_constructor_args=(source, task, os.getcwd()),
                     batch_size=None,
                     num_cpus=actor_cpus,
                     compute=ray.data.ActorPoolStrategy(size=n_actors),
@@ -217,6 +305,15 @@ def extract_features_ray(
                         run.store([d for d, k in zip(digests, ok) if k], batch["features"][ok])  # step 6
                         failed.update((d, str(r)) for d, r, k in zip(digests, batch["reason"], ok) if not k)
                         bar.update(len(ok))
+                except ray.exceptions.RayError as e:
+                    if isinstance(e, ray.data.exceptions.UserCodeException):
+                        raise  # a bug in the actors' code, not the cluster's failure
+                    done = run.out.n_computed
+                    raise RayClusterError(
+                        f"the Ray job stopped: {_first_line(e)}; the {done} features computed are in the "
+                        f"feature cache ({run.cache.path.parent}): run the command again and only the "
+                        f"{len(missing) - done - len(failed)} missing ones are computed"
+                    ) from None
                 finally:
                     bar.close()
             finally:

@@ -16,7 +16,7 @@ import typer
 import typer.core
 from typer.exceptions import Abort, Exit, TyperException
 
-from hashsearch.cli import bench, commands, serve, train
+from hashsearch.cli import bench, commands, duplicates, serve, train
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -112,6 +112,7 @@ for fn in commands.ALL:
     app.command()(fn)
 app.command()(serve.serve)
 app.command()(bench.bench)
+app.command()(duplicates.duplicates)
 app.command()(train.train)
 
 

@@ -88,7 +88,7 @@ def _api():
     from fastapi_offline import FastAPIOffline
     from starlette.concurrency import run_in_threadpool
 
-    from hashsearch.service.routers import admin, images, search
+    from hashsearch.service.routers import admin, duplicates, images, search
     from hashsearch.service.state import BadRequest
 
     class AsciiJSONResponse(JSONResponse):
@@ -127,6 +127,7 @@ def _api():
     app.include_router(search.router)
     app.include_router(images.router)
     app.include_router(admin.router)
+    app.include_router(duplicates.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)

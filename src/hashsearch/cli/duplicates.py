@@ -1,0 +1,237 @@
+"""`hashsearch duplicates`: groups of exact and near-duplicate images, and what to do with the extra copies."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import typer
+
+from hashsearch.cli.common import (
+    BackboneOpt,
+    BatchOpt,
+    CacheOpt,
+    InputSizeOpt,
+    MaxPixelsOpt,
+    WeightsOpt,
+    check_bits,
+    make_backbone,
+    plural,
+    show,
+)
+
+#: Method and code length of a folder indexed on the fly (measured: benchmarks/results/duplicates.md).
+SOURCE_METHOD, SOURCE_BITS = "itq", 64
+
+
+def _is_collection(path: str) -> bool:
+    return (Path(path) / "CURRENT").is_file()
+
+
+def _open_or_build(source: str, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels):
+    """The collection at `source`, or one built in memory from the images of `source` (features cached)."""
+    from hashsearch.collection import Collection
+
+    if _is_collection(source):
+        return Collection.open(source), True
+    from hashsearch.data.sources import open_source
+    from hashsearch.hashing import create_hasher
+    from hashsearch.pipeline import build_collection
+
+    check_bits([bits])
+    coll, report = build_collection(
+        open_source(source, "none"),
+        make_backbone(backbone, input_size, weights),
+        create_hasher(method, n_bits=bits, seed=0),
+        index="mih",
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        keep_duplicates=True,  # exact copies are what this command is for
+        progress=sys.stderr.isatty(),
+    )
+    for line in report.summary().splitlines()[:1]:
+        typer.echo(show(line), err=True)  # stderr: stdout stays a table, JSON or CSV
+    return coll, False
+
+
+def _row(group: int, m) -> dict:
+    return {
+        "group": group,
+        "keep": m.keep,
+        "id": m.id,
+        "path": m.path,
+        "distance": m.distance,
+        "similarity": m.similarity,
+        "exact": m.exact,
+        "bytes": m.bytes,
+        "width": m.width,
+        "height": m.height,
+    }
+
+
+def _print(report, as_json: bool, as_csv: bool) -> None:
+    rows = [_row(g, m) for g, group in enumerate(report.groups) for m in group.members]
+    if as_json:
+        out = {
+            "radius": report.radius,
+            "min_similarity": report.min_similarity,
+            "keep": report.keep,
+            "n_bits": report.n_bits,
+            "n_images": report.n_images,
+            "n_groups": len(report.groups),
+            "n_duplicates": report.n_duplicates,
+            "groups": [
+                {"group": g, "keep": group.keep.id, "members": [_row(g, m) for m in group.members]}
+                for g, group in enumerate(report.groups)
+            ],
+        }
+        typer.echo(json.dumps(out, indent=1))  # ASCII: a name that is not UTF-8 as \udcXX
+        return
+    if as_csv:
+        w = csv.DictWriter(sys.stdout, fieldnames=list(_row(0, report.groups[0].members[0]) if rows else _FIELDS))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "path": show(r["path"])})
+        return
+    for g, group in enumerate(report.groups):
+        typer.echo(f"group {g}: {plural(len(group.members), 'image')}")
+        for m in group.members:
+            sim = "" if m.similarity is None else f"{m.similarity:.2f}"
+            size = "?" if m.width is None else f"{m.width}x{m.height}"
+            nbytes = "?" if m.bytes is None else f"{m.bytes:,}"
+            mark = "keep" if m.keep else ("exact" if m.exact else "")
+            typer.echo(f"  {mark:<5} {m.distance:>3} {sim:>5} {size:>11} {nbytes:>12}  {show(m.path)}")
+    sim = "" if report.min_similarity is None else f", similarity >= {report.min_similarity}"
+    typer.echo(
+        f"{plural(len(report.groups), 'group')}, {plural(report.n_duplicates, 'duplicate')} among "
+        f"{plural(report.n_images, 'image')} (radius {report.radius} of {report.n_bits} bits{sim}; keep: {report.keep})"
+    )
+
+
+_FIELDS = ["group", "keep", "id", "path", "distance", "similarity", "exact", "bytes", "width", "height"]
+
+
+def _target(folder: Path, name: str, taken: set[Path]) -> Path:
+    """A path in `folder` for a file named `name` that exists nowhere yet (name-1.jpg, name-2.jpg, ...)."""
+    stem, suffix = os.path.splitext(name)
+    candidate, n = folder / name, 0
+    while candidate.exists() or candidate in taken:
+        n += 1
+        candidate = folder / f"{stem}-{n}{suffix}"
+    taken.add(candidate)
+    return candidate
+
+
+def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> list[int]:
+    """Move or delete every image not kept (only with `yes`; otherwise say what would happen).
+    Returns the ids of the files moved or deleted."""
+    from hashsearch.data.sources import split_key
+
+    done, taken = [], set()
+    if move_to is not None and yes:
+        move_to.mkdir(parents=True, exist_ok=True)
+    verb = "move" if move_to is not None else "delete"
+    for group in report.groups:
+        for m in group.others:
+            if split_key(m.path)[1] is not None:
+                typer.echo(f"warning: {show(m.path)} is inside an archive: left as it is", err=True)
+                continue
+            if move_to is not None:
+                dest = _target(move_to, os.path.basename(m.path), taken)
+                what = f"{show(m.path)} -> {show(dest)}"
+            else:
+                what = show(m.path)
+            if not yes:
+                typer.echo(f"would {verb} {what}", err=err)
+                continue
+            try:
+                if move_to is not None:
+                    shutil.move(m.path, dest)
+                else:
+                    os.remove(m.path)
+            except OSError as e:
+                typer.echo(f"error: {show(m.path)}: cannot {verb} it ({e.strerror or e})", err=True)
+                continue
+            typer.echo(f"{'moved' if move_to is not None else 'deleted'} {what}", err=err)
+            done.append(m.id)
+    if not yes:
+        n = report.n_duplicates
+        typer.echo(f"nothing changed: {plural(n, 'file')} would be {verb}d; add --yes to do it", err=True)
+    return done
+
+
+def duplicates(
+    source: str = typer.Argument(
+        ..., help="A folder (recursive), archive or list file, indexed on the fly; or a collection folder (*.hsx)."
+    ),
+    radius: int | None = typer.Option(
+        None, "--radius", "-r", min=0, help="Hamming radius of a near-duplicate pair (default: a fifth of the bits)."
+    ),
+    min_similarity: float | None = typer.Option(
+        None,
+        "--min-similarity",
+        min=-1.0,
+        max=1.0,
+        help="Also require this cosine similarity of the whitened features (default 0.4 where features are stored).",
+    ),
+    codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
+    keep: str = typer.Option(
+        "largest", "--keep", help="Which image of a group to keep: largest, oldest, newest, shortest-path."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
+    move_to: Path | None = typer.Option(
+        None, "--move-to", help="Move the images not kept into this folder (with --yes)."
+    ),
+    delete: bool = typer.Option(False, "--delete", help="Delete the images not kept (with --yes)."),
+    yes: bool = typer.Option(False, "--yes", help="Really move or delete; without it, only print what would happen."),
+    method: str = typer.Option(SOURCE_METHOD, "--method", "-m", help="Hashing method for a folder (unsupervised)."),
+    bits: int = typer.Option(SOURCE_BITS, "--bits", "-b", help="Code length for a folder."),
+    backbone: str = BackboneOpt,
+    input_size: int = InputSizeOpt,
+    weights: str | None = WeightsOpt,
+    cache_dir: Path | None = CacheOpt,
+    batch_size: int = BatchOpt,
+    max_pixels: int = MaxPixelsOpt,
+):
+    """Find groups of exact and near-duplicate images (re-encoded, resized, cropped, recoloured, marked, bordered).
+
+    Without --yes nothing is moved or deleted: --move-to and --delete print what they would do.
+    With a collection, the entries of the files moved or deleted are removed from it.
+    """
+    from hashsearch.duplicates import KEEP_RULES, find_duplicates
+
+    if keep not in KEEP_RULES:
+        raise typer.BadParameter(f"--keep {show(keep)}: give one of {', '.join(KEEP_RULES)}")
+    if as_json and as_csv:
+        raise typer.BadParameter("--json and --csv: give one of them")
+    if move_to is not None and delete:
+        raise typer.BadParameter("--move-to and --delete: give one of them")
+    if yes and move_to is None and not delete:
+        raise typer.BadParameter("--yes confirms --move-to DIR or --delete; give one of them")
+    if codes_only and min_similarity is not None:
+        raise typer.BadParameter("--codes-only and --min-similarity: give one of them")
+    if move_to is not None and move_to.exists() and not move_to.is_dir():
+        raise typer.BadParameter(f"--move-to {show(move_to)} is a file; give a folder")
+    coll, is_collection = _open_or_build(
+        source, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels
+    )
+    similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
+    if radius is not None and radius > coll.n_bits:
+        raise typer.BadParameter(f"--radius {radius}: at most the code length, {coll.n_bits} bits")
+    report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
+    if move_to is None and not delete:
+        _print(report, as_json, as_csv)
+        return
+    if as_json or as_csv:
+        _print(report, as_json, as_csv)
+    done = _act(report, move_to, delete, yes, err=as_json or as_csv)
+    if done and is_collection:
+        coll.remove(done)
+        coll.save(source)
+        typer.echo(f"removed {plural(len(done), 'entry', 'entries')} from {show(source)}", err=True)

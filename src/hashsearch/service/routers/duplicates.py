@@ -1,0 +1,81 @@
+"""GET /duplicates: groups of exact and near-duplicate images of the served collection (docs/duplicates.md)."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Query, Request
+
+from hashsearch.service.state import BadRequest
+
+router = APIRouter(tags=["duplicates"])
+
+
+@router.get("/duplicates")
+def duplicates(
+    request: Request,
+    radius: int | None = Query(
+        None, ge=0, le=4096, description="Hamming radius of a near-duplicate pair (default: a fifth of the code length)"
+    ),
+    min_similarity: float | None = Query(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="also require this cosine similarity of the whitened stored features (default 0.4 where stored)",
+    ),
+    codes_only: bool = Query(False, description="no feature check: the Hamming radius alone"),
+    keep: str = Query(
+        "largest", pattern="^(largest|oldest|newest|shortest-path)$", description="which image of a group to keep"
+    ),
+    limit: int = Query(100, ge=1, le=1000, description="groups in this answer (1-1000)"),
+    offset: int = Query(0, ge=0, le=2**31, description="groups skipped (largest groups first)"),
+):
+    """Groups of duplicates: ids, keys, Hamming distance and similarity to the image kept, file and pixel sizes."""
+    from hashsearch.duplicates import find_duplicates
+
+    hs = request.app.state.hs
+    t = time.perf_counter()
+    with hs.lock.read():
+        coll = hs.coll
+        if radius is not None and radius > coll.n_bits:
+            raise BadRequest(422, f"radius must be between 0 and n_bits={coll.n_bits}, got {radius}")
+        if min_similarity is not None and not coll.store_features:
+            raise BadRequest(422, "min_similarity needs stored features: this collection has none")
+        similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
+        report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
+    page = report.groups[offset : offset + limit]
+    return {
+        "radius": report.radius,
+        "min_similarity": report.min_similarity,
+        "keep": report.keep,
+        "n_bits": report.n_bits,
+        "n_images": report.n_images,
+        "n_groups": len(report.groups),
+        "n_duplicates": report.n_duplicates,
+        "offset": offset,
+        "limit": limit,
+        "groups": [
+            {
+                "group": offset + g,
+                "size": len(group.members),
+                "keep": group.keep.id,
+                "members": [
+                    {
+                        "id": m.id,
+                        "key": m.key,
+                        "label": m.label,
+                        "keep": m.keep,
+                        "exact": m.exact,
+                        "distance": m.distance,
+                        "similarity": m.similarity,
+                        "bytes": m.bytes,
+                        "width": m.width,
+                        "height": m.height,
+                    }
+                    for m in group.members
+                ],
+            }
+            for g, group in enumerate(page)
+        ],
+        "took_ms": round(1000 * (time.perf_counter() - t), 3),
+    }

@@ -12,6 +12,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev,search,serve,distributed]'
+	# imagededup (a peer in benchmarks/duplicates.py) without its torchvision: no build of it fits the CPU torch, and its hash methods need none
+	$(BIN)/pip install -q --no-deps imagededup==0.3.3.post2
 	touch $@
 
 setup: $(VENV)/.installed

@@ -7,8 +7,10 @@ batch and that batch's labels (int64 class ids, shape (b,)) and returns a scalar
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -214,3 +216,238 @@ class CSQLoss(HashLoss):
         target = (self.centres[labels] + 1) / 2
         p = ((u + 1) / 2).clamp(1e-6, 1 - 1e-6)
         return F.binary_cross_entropy(p, target) + self.lam * ((u.abs() - 1) ** 2).mean()
+
+
+# -- unsupervised losses ------------------------------------------------------------------------
+#
+# They learn from pseudo-targets instead of class labels: the unsupervised hasher
+# (`deep.unsupervised.UnsupervisedDeepHasher`) passes each row's target vector, by default the
+# centred training feature, and the loss trains codes whose cosine similarities follow those of
+# the targets. A loss with a `pseudo_targets(features)` method makes its own targets from the
+# whole training set once before training (SSDH's thresholds, spectral clusters). 1-d class ids
+# are read as one-hot vectors (cosine 1 within a class, 0 across), so with labels these losses
+# are supervised ones.
+
+
+def _target_vectors(labels: torch.Tensor) -> torch.Tensor:
+    """(b, t) float targets: (b, t) float rows as they are; 1-d class ids as one-hot rows."""
+    if labels.dim() == 1:
+        return F.one_hot(labels.long(), int(labels.max()) + 1 if labels.numel() else 1).float()
+    return labels.float()
+
+
+def _cosine_matrix(v: torch.Tensor) -> torch.Tensor:
+    """(b, b) cosine similarities of the rows of `v` (a zero row has similarity 0 with all)."""
+    v = F.normalize(v, dim=1, eps=1e-12)
+    return v @ v.T
+
+
+class _SignStraightThrough(torch.autograd.Function):
+    """GreedyHash's hash layer: sign(h) forward, the gradient passed through unchanged backward."""
+
+    @staticmethod
+    def forward(ctx, h):
+        return torch.where(h >= 0, 1.0, -1.0).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+class _BiHalf(torch.autograd.Function):
+    """BiHalf's bi-half layer: per bit, the larger half of the batch gets +1 and the rest -1
+    (the optimal transport of the batch's values onto a half/half Bernoulli, maximising each bit's
+    entropy); backward passes the gradient plus ``gamma * (u - b) / numel``."""
+
+    @staticmethod
+    def forward(ctx, u, gamma):
+        n = u.shape[0]
+        order = u.argsort(dim=0, descending=True, stable=True)
+        half = torch.cat([u.new_ones(n // 2, u.shape[1]), -u.new_ones(n - n // 2, u.shape[1])])
+        b = torch.empty_like(u).scatter_(0, order, half)
+        ctx.save_for_backward(u, b)
+        ctx.gamma = gamma
+        return b
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, b = ctx.saved_tensors
+        return grad + ctx.gamma * (u - b) / b.numel(), None
+
+
+def _similarity_mse(codes: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the codes' and the targets' cosine similarities over all pairs of the batch."""
+    return F.mse_loss(_cosine_matrix(codes), _cosine_matrix(_target_vectors(targets).to(codes.dtype)))
+
+
+@register_loss("greedyhash-unsup")
+class GreedyHashUnsupLoss(HashLoss):
+    """GreedyHash, unsupervised (Su, Zhang, Han & Tian, "Greedy Hash: towards fast optimization for
+    accurate hash coding in CNN", NeurIPS 2018).
+
+    ``b = sign(z)`` of the head's pre-activation, with the gradient passed straight through; the
+    loss keeps the codes' pairwise cosine similarity equal to the targets' (the features') and
+    adds ``alpha * mean |(|z| - 1)^3|``, the paper's penalty pulling z toward +-1. The paper's code
+    pairs the two halves of a batch; here every pair of the batch counts.
+    """
+
+    def __init__(self, n_bits: int, n_classes: int | None = None, alpha: float = 0.1) -> None:
+        super().__init__(n_bits, n_classes)
+        self.alpha = float(alpha)
+
+    def forward(self, output: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
+        z = output.pre_activation
+        b = _SignStraightThrough.apply(z)
+        return _similarity_mse(b, labels) + self.alpha * (z.abs() - 1).pow(3).abs().mean()
+
+
+@register_loss("bihalf")
+class BiHalfLoss(HashLoss):
+    """BiHalf (Li & van Gemert, "Deep unsupervised image hashing by maximizing bit entropy", AAAI 2021).
+
+    The bi-half layer codes the head's pre-activation z of a batch: per bit, the upper half of
+    the rows is +1 and the lower half -1, so every bit is balanced (maximum entropy); its
+    backward adds ``gamma * (z - b) / numel`` to the straight-through gradient (paper: gamma = 6).
+    The loss keeps the codes' pairwise cosine similarity equal to the targets'. At encoding the
+    bit is z >= 0. The paper's code pairs the two halves of a batch; here every pair counts.
+    """
+
+    def __init__(self, n_bits: int, n_classes: int | None = None, gamma: float = 6.0) -> None:
+        super().__init__(n_bits, n_classes)
+        self.gamma = float(gamma)
+
+    def forward(self, output: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
+        b = _BiHalf.apply(output.pre_activation, self.gamma)
+        return _similarity_mse(b, labels)
+
+
+def _ssdh_thresholds(distances: np.ndarray, alpha: float, beta: float) -> tuple[float, float]:
+    """SSDH's (d_left, d_right) from a sample of pairwise cosine distances: the distribution is
+    read as two half Gaussians meeting at its mode m, with standard deviations s_l (left) and s_r
+    (right); pairs nearer than ``m - alpha * s_l`` are similar, farther than ``m + beta * s_r`` dissimilar."""
+    d = np.asarray(distances, np.float64)
+    counts, edges = np.histogram(d, bins=100)
+    mode = float((edges[counts.argmax()] + edges[counts.argmax() + 1]) / 2)
+    left, right = d[d <= mode], d[d >= mode]
+    s_l = float(np.sqrt(np.mean((left - mode) ** 2))) if left.size else 0.0
+    s_r = float(np.sqrt(np.mean((right - mode) ** 2))) if right.size else 0.0
+    return mode - alpha * s_l, mode + beta * s_r
+
+
+@register_loss("ssdh")
+class SSDHLoss(HashLoss):
+    """SSDH (Yang, Deng, Liu, Liu & Tao, "Semantic structure-based unsupervised deep hashing", IJCAI 2018).
+
+    Pseudo-similarity from the distribution of the targets' (features') pairwise cosine
+    distances: the pairs nearer than ``m - alpha * s_l`` are similar (+1), those farther than
+    ``m + beta * s_r`` dissimilar (-1), the rest ignored (see `_ssdh_thresholds`); the loss is the
+    mean over the labelled pairs of ``(u_i . u_j / n_bits - s_ij)^2`` on the tanh codes.
+    `pseudo_targets` estimates the thresholds once from (a seeded sample of) the whole training
+    set, as the paper does; without it they come from each batch.
+    """
+
+    #: Rows sampled from the training set to estimate the thresholds.
+    sample_rows = 2000
+
+    def __init__(
+        self, n_bits: int, n_classes: int | None = None, alpha: float = 2.0, beta: float = 0.0, seed: int = 0
+    ) -> None:
+        super().__init__(n_bits, n_classes)
+        self.alpha, self.beta, self.seed = float(alpha), float(beta), int(seed)
+        self.thresholds: tuple[float, float] | None = None
+
+    def pseudo_targets(self, features: np.ndarray) -> np.ndarray:
+        """Set the thresholds from the training `features` (n, d) and return them as the targets."""
+        rng = np.random.default_rng(self.seed)
+        rows = np.asarray(features, np.float64)
+        if len(rows) > self.sample_rows:
+            rows = rows[np.sort(rng.choice(len(rows), self.sample_rows, replace=False))]
+        v = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        self.thresholds = _ssdh_thresholds(1 - (v @ v.T)[np.triu_indices(len(v), 1)], self.alpha, self.beta)
+        return features
+
+    def forward(self, output: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
+        u = _codes(output, "ssdh")
+        d = 1 - _cosine_matrix(_target_vectors(labels).to(u.dtype))
+        if self.thresholds is None:
+            pairs = torch.triu_indices(len(d), len(d), 1, device=d.device)
+            low, high = _ssdh_thresholds(d[pairs[0], pairs[1]].detach().cpu().numpy(), self.alpha, self.beta)
+        else:
+            low, high = self.thresholds
+        s = torch.where(d < low, 1.0, torch.where(d > high, -1.0, 0.0)).to(u.dtype)
+        labelled = (s != 0).to(u.dtype)
+        return (((u @ u.T) / self.n_bits - s) ** 2 * labelled).sum() / labelled.sum().clamp_min(1)
+
+
+def spectral_clusters(
+    features: np.ndarray, n_clusters: int, n_neighbors: int, seed: int = 0, max_rows: int = 5000
+) -> np.ndarray:
+    """(n,) int64 cluster ids of the rows of `features` (n, d) by spectral clustering of their cosine kNN graph.
+
+    Spectral clustering (Ng, Jordan & Weiss, NIPS 2001; scikit-learn's `SpectralClustering` with
+    a symmetric `n_neighbors`-nearest-neighbour graph and QR assignment) of at most `max_rows`
+    rows drawn with `seed`; every other row takes the cluster of its most cosine-similar drawn row.
+    """
+    from sklearn.cluster import SpectralClustering
+
+    v = np.asarray(features, np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    n = len(v)
+    if n <= n_clusters:
+        return np.arange(n, dtype=np.int64) % max(n_clusters, 1)
+    rng = np.random.default_rng(seed)
+    drawn = np.arange(n) if n <= max_rows else np.sort(rng.choice(n, max_rows, replace=False))
+    model = SpectralClustering(
+        n_clusters,
+        affinity="nearest_neighbors",
+        n_neighbors=min(n_neighbors, len(drawn) - 1),
+        random_state=seed,
+        assign_labels="cluster_qr",
+    )
+    labels = np.empty(n, np.int64)
+    with warnings.catch_warnings():
+        # A kNN graph of well-separated groups is often not connected; the clustering handles it.
+        warnings.filterwarnings("ignore", "Graph is not fully connected", UserWarning)
+        labels[drawn] = model.fit_predict(v[drawn])
+    rest = np.setdiff1d(np.arange(n), drawn)
+    for start in range(0, len(rest), 4096):
+        rows = rest[start : start + 4096]
+        labels[rows] = labels[drawn[(v[rows] @ v[drawn].T).argmax(axis=1)]]
+    return labels
+
+
+@register_loss("bihalf-spectral")
+class BiHalfSpectralLoss(BiHalfLoss):
+    """BiHalf's layer and loss (Li & van Gemert, AAAI 2021) on pseudo-labels from spectral clustering.
+
+    `pseudo_targets` clusters the training features once (`spectral_clusters`: `n_clusters`
+    clusters of the cosine `n_neighbors`-NN graph) and returns each row's cluster as a one-hot
+    target, so the codes of a cluster are pulled together (cosine 1) and those of different
+    clusters apart (cosine 0). Pseudo-labels from clustering deep features as the supervision of
+    a hashing network follow Hu et al., "Pseudo label based unsupervised deep discriminative
+    hashing for image retrieval", ACM MM 2017 (k-means there); the spectral graph and the
+    bi-half layer are our choice.
+    """
+
+    def __init__(
+        self,
+        n_bits: int,
+        n_classes: int | None = None,
+        gamma: float = 3.0,
+        n_clusters: int = 10,
+        n_neighbors: int = 10,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(n_bits, n_classes, gamma)
+        self.n_clusters, self.n_neighbors, self.seed = n_clusters, n_neighbors, int(seed)
+
+    def pseudo_targets(self, features: np.ndarray) -> np.ndarray:
+        """(n, n_clusters) float32 one-hot spectral cluster of each training row.
+
+        Raises ValueError when `n_clusters` is not an integer >= 2 or `n_neighbors` not >= 1.
+        """
+        from hashsearch.validation import check_int
+
+        k = check_int("n_clusters", self.n_clusters, low=2)
+        labels = spectral_clusters(features, k, check_int("n_neighbors", self.n_neighbors, low=1), self.seed)
+        return np.eye(k, dtype=np.float32)[labels]

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from hashsearch.hashing.base import Hasher, register_hasher
 from hashsearch.hashing.deep.base import DeepHasher
+from hashsearch.hashing.deep.unsupervised import UnsupervisedDeepHasher
 
 
 class Preset:
@@ -32,9 +33,15 @@ class Preset:
         The method's description with its paper (shown by `help` and the docs).
     head_params, loss_params : dict
         The method's own parameters and their defaults, passed to the head or the loss.
+    hasher_class : type
+        `DeepHasher`, or a subclass of it such as `UnsupervisedDeepHasher` (trains without labels).
+    training : dict
+        The method's own defaults of training settings (`DeepHasher.training_params`), e.g.
+        ``{"batch_size": 256}``; the others keep `DeepHasher`'s.
     """
 
-    supervised: ClassVar[bool] = True
+    #: Whether the method needs labels (its hasher class's `supervised`; set per preset).
+    supervised: bool = True
     feature_backbones: ClassVar[tuple[str | None, ...]] = (None,)
 
     def __init__(
@@ -45,8 +52,18 @@ class Preset:
         doc: str,
         head_params: dict[str, Any] | None = None,
         loss_params: dict[str, Any] | None = None,
+        hasher_class: type[DeepHasher] = DeepHasher,
+        training: dict[str, Any] | None = None,
     ) -> None:
         self.name, self.head, self.loss = name, head, loss
+        self.hasher_class = hasher_class
+        self.supervised = hasher_class.supervised
+        self.training_defaults = dict(training or {})
+        unknown = sorted(set(self.training_defaults) - set(DeepHasher.training_params))
+        if unknown:
+            raise TypeError(
+                f"preset {name!r}: training defaults {unknown} are not training settings {DeepHasher.training_params}"
+            )
         self.head_defaults = dict(head_params or {})
         self.loss_defaults = dict(loss_params or {})
         self.__doc__ = doc
@@ -58,20 +75,25 @@ class Preset:
         self.__signature__ = inspect.Signature(
             [
                 base["n_bits"],
-                *(base[k].replace(kind=inspect.Parameter.KEYWORD_ONLY) for k in DeepHasher.training_params),
+                *(
+                    base[k].replace(
+                        kind=inspect.Parameter.KEYWORD_ONLY, default=self.training_defaults.get(k, base[k].default)
+                    )
+                    for k in DeepHasher.training_params
+                ),
                 *own,
             ]
         )
 
     def __call__(self, n_bits: int = 48, **params: Any) -> DeepHasher:
-        training = {k: params.pop(k) for k in DeepHasher.training_params if k in params}
+        training = {**self.training_defaults, **{k: params.pop(k) for k in DeepHasher.training_params if k in params}}
         unknown = sorted(set(params) - set(self.head_defaults) - set(self.loss_defaults))
         if unknown:
             raise TypeError(
                 f"{self.name}() got unexpected parameters {unknown}; it takes n_bits, "
                 f"{', '.join(DeepHasher.training_params)}{''.join(', ' + k for k in {**self.head_defaults, **self.loss_defaults})}"
             )
-        hasher = DeepHasher(
+        hasher = self.hasher_class(
             n_bits,
             head=self.head,
             loss=self.loss,
@@ -97,8 +119,8 @@ class Preset:
         return f"Preset({self.name!r}: head {self.head!r}, loss {self.loss!r})"
 
 
-def register_preset(name: str, head: str, loss: str, doc: str, **defaults: dict[str, Any]) -> Preset:
-    """Register a deep hashing method under `name` (`defaults`: head_params=, loss_params=)."""
+def register_preset(name: str, head: str, loss: str, doc: str, **defaults: Any) -> Preset:
+    """Register a deep hashing method under `name` (`defaults`: head_params=, loss_params=, hasher_class=)."""
     preset = Preset(name, head, loss, doc, **defaults)
     register_hasher(name)(preset)
     return preset
@@ -167,4 +189,60 @@ DFEH = register_preset(
     the body of its section 3, so the exact layer sizes are ours.""",
     head_params={"hidden": 512},
     loss_params={"margin": None, "lambda_q": 0.1, "lambda_b": 0.1, "use_contrastive": True},
+)
+
+
+# -- unsupervised: trained without labels (`UnsupervisedDeepHasher`) ------------------------------
+
+BiHalf = register_preset(
+    "bihalf",
+    "latent-tanh",
+    "bihalf",
+    """BiHalf (Li & van Gemert, "Deep unsupervised image hashing by maximizing bit entropy", AAAI 2021),
+    without labels: a hash layer on the features whose batch codes come from the bi-half layer
+    (each bit +1 for the upper half of the batch, -1 for the lower: balanced bits), trained so
+    that the codes' cosine similarities equal the centred features'. `gamma` weighs the layer's
+    pull of z toward its code in the backward pass (paper: 6).""",
+    loss_params={"gamma": 6.0},
+    hasher_class=UnsupervisedDeepHasher,
+    training={"batch_size": 256},
+)
+
+GreedyHashUnsup = register_preset(
+    "greedyhash-unsup",
+    "latent-tanh",
+    "greedyhash-unsup",
+    """GreedyHash, unsupervised (Su, Zhang, Han & Tian, "Greedy Hash: towards fast optimization for
+    accurate hash coding in CNN", NeurIPS 2018), without labels: sign of the hash layer forward,
+    its gradient passed straight through backward; the codes' cosine similarities are trained to
+    equal the centred features', plus `alpha` times the cubic penalty pulling z toward +-1.""",
+    loss_params={"alpha": 0.1},
+    hasher_class=UnsupervisedDeepHasher,
+)
+
+SSDH = register_preset(
+    "ssdh",
+    "latent-tanh",
+    "ssdh",
+    """SSDH (Yang, Deng, Liu, Liu & Tao, "Semantic structure-based unsupervised deep hashing", IJCAI 2018),
+    without labels: the training features' pairwise cosine distances are read as two half
+    Gaussians around their mode m (spreads s_l, s_r); pairs nearer than m - `alpha` s_l are
+    similar, farther than m + `beta` s_r dissimilar, the rest left out; the tanh codes' scaled
+    inner products are fitted to that +-1 structure (squared error).""",
+    loss_params={"alpha": 2.0, "beta": 0.0},
+    hasher_class=UnsupervisedDeepHasher,
+)
+
+BiHalfSpectral = register_preset(
+    "bihalf-spectral",
+    "latent-tanh",
+    "bihalf-spectral",
+    """BiHalf on spectral-cluster pseudo-labels, without labels (ours, from Li & van Gemert, AAAI 2021
+    and Hu et al., ACM MM 2017): the training features are grouped once by spectral clustering of
+    their cosine `n_neighbors`-NN graph into `n_clusters` clusters; BiHalf's layer and loss then
+    train codes whose cosine similarity is 1 within a cluster and 0 across. `n_clusters` is a
+    guess of how many kinds of image the collection holds (10 for CIFAR-10's ten classes).""",
+    loss_params={"gamma": 3.0, "n_clusters": 10, "n_neighbors": 10},
+    hasher_class=UnsupervisedDeepHasher,
+    training={"batch_size": 256},
 )

@@ -1,0 +1,53 @@
+"""Deep hashing without labels: the one DeepHasher and training loop, fed pseudo-targets.
+
+`UnsupervisedDeepHasher` is `DeepHasher` (head + loss + optimiser settings, the same loop in
+`deep.trainer`) for a loss that learns from pseudo-targets instead of class labels (the
+unsupervised losses of `deep.losses`: "bihalf", "greedyhash-unsup", "ssdh", "spectral-bihalf").
+`fit` ignores labels. The targets are the centred training features, or what the loss's
+`pseudo_targets(centred features)` makes of them once before training (SSDH's distance
+thresholds, spectral clusters). The registered methods are presets in `deep.presets`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+from hashsearch.hashing.deep.base import DeepHasher
+
+
+class UnsupervisedDeepHasher(DeepHasher):
+    """A deep hasher trained without labels: head + unsupervised loss + optimiser settings.
+
+    Parameters are those of `DeepHasher`, with `loss` an unsupervised loss ("bihalf",
+    "greedyhash-unsup", "ssdh", "spectral-bihalf"). `fit(features)` takes no labels (labels
+    passed anyway are ignored). The head's input is the standardised features, as for every deep
+    hasher; the loss's targets are the features centred on the training mean (cosine
+    similarities of centred features rank CIFAR-10 neighbours better than raw or standardised
+    ones: `benchmarks/unsupervised.py`), or the loss's `pseudo_targets` of them.
+
+    Attributes
+    ----------
+    classes_ : (0,) int64
+        Empty: no classes are learned.
+    Others as in `DeepHasher`.
+    """
+
+    supervised: ClassVar[bool] = False
+
+    def _targets(self, y):
+        # Labels are not used: no classes, and a head with a classifier gets none.
+        self.classes_ = np.zeros(0, np.int64)
+        return None, 0
+
+    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        from hashsearch.hashing.deep.trainer import train
+
+        head, loss_fn, _, device = self._build(X, None)
+        centred = (X - self.feature_mean_).astype(np.float32)
+        targets = loss_fn.pseudo_targets(centred) if hasattr(loss_fn, "pseudo_targets") else centred
+        history = train(
+            head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs, **self._settings(device)
+        )
+        self._keep(head, history)

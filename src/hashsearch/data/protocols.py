@@ -34,6 +34,9 @@ from hashsearch.validation import check_choice, check_int
 #: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
 CIFAR10_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
 CIFAR10_ARCHIVE_NAME = "cifar10-jpg.tar.gz"
+#: sha256 of flowers12-960.tar.gz (12 species of the Oxford 17 flowers, 80 photos each).
+FLOWERS12_SHA256 = "ce347c5d471b6e67c1daffd7b53abdd6fc612e0c7cbee2d20a681eb2fb0b145b"
+FLOWERS12_ARCHIVE_NAME = "flowers12-960.tar.gz"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Written last into an unpacked folder: its presence means the unpacking finished.
 _MARKER = ".hashsearch-unpacked"
@@ -75,6 +78,31 @@ def _source_checkout() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
+def _find_archive(env_var: str, archive_name: str) -> Path:
+    """The archive `archive_name`: $`env_var`, else ``shared/datasets`` beside the checkout.
+
+    Looks in ``../shared/datasets`` (and ``shared/datasets``) from the current folder, then from
+    the package's source checkout. Raises FileNotFoundError naming the paths tried and `env_var`.
+    """
+    env = os.environ.get(env_var)
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return path
+        raise FileNotFoundError(f"{env_var} is set to {env!r}, but there is no file there; point it at {archive_name}")
+    tried: list[Path] = []
+    for base in (Path.cwd(), _source_checkout()):
+        for candidate in (base.parent / "shared" / "datasets", base / "shared" / "datasets"):
+            path = candidate / archive_name
+            if path not in tried:
+                tried.append(path)
+            if path.is_file():
+                return path
+    raise FileNotFoundError(
+        f"{archive_name} not found; looked at: {', '.join(map(str, tried))}. Set {env_var} to its path."
+    )
+
+
 def cifar10_archive() -> Path:
     """The CIFAR-10 (JPEG) archive: $HASHSEARCH_CIFAR10, else ``shared/datasets`` beside the checkout.
 
@@ -86,26 +114,12 @@ def cifar10_archive() -> Path:
     FileNotFoundError
         Naming the paths tried and the environment variable to set.
     """
-    env = os.environ.get("HASHSEARCH_CIFAR10")
-    if env:
-        path = Path(env).expanduser()
-        if path.is_file():
-            return path
-        raise FileNotFoundError(
-            f"HASHSEARCH_CIFAR10 is set to {env!r}, but there is no file there; point it at {CIFAR10_ARCHIVE_NAME}"
-        )
-    tried: list[Path] = []
-    for base in (Path.cwd(), _source_checkout()):
-        for candidate in (base.parent / "shared" / "datasets", base / "shared" / "datasets"):
-            path = candidate / CIFAR10_ARCHIVE_NAME
-            if path not in tried:
-                tried.append(path)
-            if path.is_file():
-                return path
-    raise FileNotFoundError(
-        f"CIFAR-10 archive {CIFAR10_ARCHIVE_NAME} not found; looked at: {', '.join(map(str, tried))}. "
-        "Set HASHSEARCH_CIFAR10 to its path."
-    )
+    try:
+        return _find_archive("HASHSEARCH_CIFAR10", CIFAR10_ARCHIVE_NAME)
+    except FileNotFoundError as e:
+        if str(e).startswith(CIFAR10_ARCHIVE_NAME):
+            raise FileNotFoundError(f"CIFAR-10 archive {e}") from None
+        raise
 
 
 def _refuse_checkout(dest: Path) -> None:
@@ -119,33 +133,36 @@ def _refuse_checkout(dest: Path) -> None:
         )
 
 
-def cifar10_root() -> Path:
-    """The folder holding CIFAR-10 (JPEG)'s ``train/`` and ``test/``, unpacking it on first use.
+def _unpacked(
+    archive_of: Callable[[], Path], env_var: str, sha256: str, folder: str, required: Sequence[str], what: str
+) -> Path:
+    """``cache_dir()/folder`` holding the unpacked archive, unpacking `archive_of()` on first use.
 
-    Unpacks `cifar10_archive()` into ``cache_dir()/cifar10`` once: the archive's sha256 is checked
-    first, members pass tarfile's "data" filter, the files go to a temporary folder that is then
-    renamed into place, and a marker file is written last. Later calls (and other processes)
-    see the marker and return at once; an interrupted unpacking leaves nothing behind.
+    The archive's sha256 is checked first, members pass tarfile's "data" filter, the files go to
+    a temporary folder that is then renamed into place, and a marker file is written last. Later
+    calls (and other processes) see the marker and return at once; an interrupted unpacking
+    leaves nothing behind. `required`: the folders the archive must hold; `env_var` and `what`
+    name the archive's variable and the data set in errors.
     """
-    dest = cache_dir() / "cifar10"
+    dest = cache_dir() / folder
     if (dest / _MARKER).is_file():
         return dest
     _refuse_checkout(dest)
-    archive = cifar10_archive()
+    archive = archive_of()
     digest = file_sha256(archive)
-    if digest != CIFAR10_SHA256:
+    if digest != sha256:
         raise ValueError(
-            f"{archive} has sha256 {digest}, but the CIFAR-10 protocols are defined on the archive with "
-            f"sha256 {CIFAR10_SHA256}; point HASHSEARCH_CIFAR10 at that file"
+            f"{archive} has sha256 {digest}, but the {what} protocols are defined on the archive with "
+            f"sha256 {sha256}; point {env_var} at that file"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".cifar10-unpacking-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-unpacking-", dir=dest.parent))
     try:
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(tmp, filter="data")
-        missing = [d for d in ("train", "test") if not (tmp / d).is_dir()]
+        missing = [d for d in required if not (tmp / d).is_dir()]
         if missing:
-            raise ValueError(f"{archive} holds no {' or '.join(missing)} folder; it is not the CIFAR-10 (JPEG) archive")
+            raise ValueError(f"{archive} holds no {' or '.join(missing)} folder; it is not the {what} archive")
         (tmp / _MARKER).write_text(f"{digest}  {archive.name}\n")
         try:
             os.rename(tmp, dest)
@@ -153,14 +170,37 @@ def cifar10_root() -> Path:
             if (dest / _MARKER).is_file():
                 return dest  # another process finished first; ours is removed below
             # A folder left without its marker (by hand or by an old version): move it aside.
-            stale = Path(tempfile.mkdtemp(prefix=".cifar10-stale-", dir=dest.parent))
-            os.rename(dest, stale / "cifar10")
+            stale = Path(tempfile.mkdtemp(prefix=f".{folder}-stale-", dir=dest.parent))
+            os.rename(dest, stale / folder)
             shutil.rmtree(stale, ignore_errors=True)
             os.rename(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def cifar10_root() -> Path:
+    """The folder holding CIFAR-10 (JPEG)'s ``train/`` and ``test/``, unpacking it on first use.
+
+    Unpacks `cifar10_archive()` into ``cache_dir()/cifar10`` once (see `_unpacked`).
+    """
+    return _unpacked(
+        cifar10_archive, "HASHSEARCH_CIFAR10", CIFAR10_SHA256, "cifar10", ("train", "test"), "CIFAR-10 (JPEG)"
+    )
+
+
+def flowers12_root() -> Path:
+    """The folder holding flowers12's ``flowers12/<species>/`` folders, unpacking it on first use.
+
+    Unpacks ``flowers12-960.tar.gz`` ($HASHSEARCH_FLOWERS12, else ``shared/datasets`` beside the
+    checkout) into ``cache_dir()/flowers12`` once (see `_unpacked`).
+    """
+    archive = lambda: _find_archive("HASHSEARCH_FLOWERS12", FLOWERS12_ARCHIVE_NAME)  # noqa: E731
+    return (
+        _unpacked(archive, "HASHSEARCH_FLOWERS12", FLOWERS12_SHA256, "flowers12", ("flowers12",), "flowers12")
+        / "flowers12"
+    )
 
 
 # -- drawing splits --------------------------------------------------------------------------
@@ -373,6 +413,34 @@ def cifar10_demo(seed: int = 0) -> Split:
         "CIFAR-10 (JPEG), demo size: 200 queries (20 per class, from the test set); 2,000 training "
         "images (200 per class, from the training set); database: the 9,800 test images that are "
         "not queries.",
+    )
+
+
+@protocols.register("flowers12")
+def flowers12(seed: int = 0) -> Split:
+    """flowers12 (12 species of the Oxford 17 flowers, 80 photos each): 240 queries, 480 train, 720 database.
+
+    Per species: 20 queries and 40 training images drawn at random (seeded); database: every
+    photo that is not a query (720), training images included, as in the cifar10-1k protocol.
+    """
+    root = flowers12_root()
+    prefix = len(str(root)) + 1
+    records = [r for r in FolderSource(root).records() if r.label is not None]
+    if len(records) != 960:
+        raise RuntimeError(
+            f"the flowers12 folder {root} holds {len(records):,} photos, not 960; delete it so that it is unpacked again"
+        )
+    query, train = _draw(records, [20, 40], seed, "flowers12", lambda r: r.key[prefix:].replace(os.sep, "/"))
+    queried = {r.key for r in query}
+    database = sorted((r for r in records if r.key not in queried), key=lambda r: r.key)
+    return Split(
+        "flowers12",
+        train,
+        query,
+        database,
+        int(seed),
+        "flowers12 (12 species of the Oxford 17 flowers, 224 px photos): 240 queries (20 per species); 480 training "
+        "images (40 per species); database: the 720 photos that are not queries, training images included.",
     )
 
 

@@ -261,6 +261,9 @@ class FlatIndex(Index):
         }
         arrays = {"codes.u8": self._codes[:n], "ids.i64": self._ids[:n], **self._extra_arrays()}
         for fname, arr in arrays.items():
+            if isinstance(arr, Path):  # a file already written (e.g. tables built in place): move it
+                os.replace(arr, directory / fname)
+                continue
             tmp = directory / f".{fname}.tmp-{os.getpid()}"
             with open(tmp, "wb") as f:  # a file object, so np.save keeps the name as given
                 np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
@@ -320,7 +323,8 @@ class FlatIndex(Index):
     def _extra_meta(self) -> dict:
         return {}
 
-    def _extra_arrays(self) -> dict[str, np.ndarray]:
+    def _extra_arrays(self) -> dict[str, np.ndarray | Path]:
+        """Arrays to save beside the codes, or paths of files already written to move in place."""
         return {}
 
     def _load_extra(self, directory: Path, meta: dict, mmap_mode: str | None) -> None:

@@ -26,6 +26,7 @@ all memory-mapped by `load`, so an index of a million entries opens in milliseco
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,13 @@ class MIHIndex(FlatIndex):
 
     def build(self) -> None:
         """Build the hash tables over every stored row now (searches do it when needed)."""
+        self._build(
+            lambda name, shape, dtype: np.zeros(shape, dtype) if name == "mih_offsets.i64" else np.empty(shape, dtype)
+        )
+
+    def _build(self, alloc) -> None:
+        """Build the tables into the arrays `alloc(file name, shape, dtype)` gives (in memory, or
+        memory-mapped files that `save` writes in place)."""
         n = len(self)
         if n >= np.iinfo(np.int32).max:
             raise ValueError(f"mih holds at most {np.iinfo(np.int32).max - 1} entries, got {n}")
@@ -154,9 +162,10 @@ class MIHIndex(FlatIndex):
         size = 1 << int(self._lens.max())
         codes = np.ascontiguousarray(self._codes[:n])
         words = word_view(codes)
-        rows = np.empty((self.n_substrings, n), np.int32)
-        tcodes = np.empty((self.n_substrings, words.size), words.dtype)
-        offsets = np.zeros((self.n_substrings, size + 1), np.int64)
+        rows = alloc("mih_rows.i32", (self.n_substrings, n), np.int32)
+        tcodes = alloc("mih_words.npy", (self.n_substrings, words.size), words.dtype)
+        offsets = alloc("mih_offsets.i64", (self.n_substrings, size + 1), np.int64)
+        offsets[:] = 0
         v = np.empty(n, np.uint32)
         for j in range(self.n_substrings):
             _kernels.substring_column(codes, int(self._bounds[j]), int(self._bounds[j + 1]), v, offsets[j])
@@ -279,16 +288,42 @@ class MIHIndex(FlatIndex):
 
     # -- persistence --------------------------------------------------------------------
     def save(self, directory) -> None:
-        """Write the flat files plus the hash tables (built first if stale) into `directory`."""
+        """Write the flat files plus the hash tables into `directory`.
+
+        Stale tables are built straight into their files there (memory-mapped), so saving a
+        large index needs no second copy of the tables in memory (10^8 entries of 64 bits:
+        4.8 GB of tables); the index then searches those files.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"directory {str(directory)!r} does not exist; create it before saving")
         if self._tabled != len(self) or self._offsets.shape[1] != (1 << int(self._lens.max())) + 1:
-            self.build()
-        super().save(directory)
+            made: dict[str, Path] = {}
+
+            def alloc(name, shape, dtype):
+                made[name] = directory / f".{name}.tmp-{os.getpid()}"
+                return np.lib.format.open_memmap(made[name], mode="w+", dtype=dtype, shape=shape)
+
+            try:
+                self._build(alloc)
+                for arr in (self._rows_tab, self._tcodes, self._offsets):
+                    arr.flush()
+                self._made = made
+                super().save(directory)
+            finally:
+                self._made = {}
+                for path in made.values():
+                    path.unlink(missing_ok=True)  # renamed into place on success
+        else:
+            super().save(directory)
 
     def _extra_meta(self) -> dict:
         return {"mih": {"version": MIH_VERSION, "n_substrings": self.n_substrings, "tabled": self._tabled}}
 
-    def _extra_arrays(self) -> dict[str, np.ndarray]:
-        return {"mih_rows.i32": self._rows_tab, "mih_words.npy": self._tcodes, "mih_offsets.i64": self._offsets}
+    def _extra_arrays(self) -> dict[str, np.ndarray | Path]:
+        arrays = {"mih_rows.i32": self._rows_tab, "mih_words.npy": self._tcodes, "mih_offsets.i64": self._offsets}
+        # Tables `save` has just built in files: those files are moved into place, not copied.
+        return {name: getattr(self, "_made", {}).get(name, arr) for name, arr in arrays.items()}
 
     def _load_extra(self, directory: Path, meta: dict, mmap_mode: str | None) -> None:
         info = meta.get("mih")

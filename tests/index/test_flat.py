@@ -212,6 +212,9 @@ def _edit_meta(path, **changes):
 )
 @pytest.mark.parametrize("mmap", [True, False])
 def test_load_rejects_damaged_files(saved, damage, message, mmap):
+    """A damaged file is refused by `load`, or (the ids, read whole only when first needed, so
+    that opening a large index reads only its headers) by the first search."""
     damage(saved)
     with pytest.raises(ValueError, match=message):
-        FlatIndex.load(saved, mmap=mmap)
+        index = FlatIndex.load(saved, mmap=mmap)
+        index.search(Codes(np.zeros((1, (index.n_bits + 7) // 8), np.uint8), index.n_bits), 1)

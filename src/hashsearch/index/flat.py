@@ -18,6 +18,7 @@ import numpy as np
 
 from hashsearch.codes import word_view
 from hashsearch.index._scan import (
+    _increasing,
     default_threads,
     id_order,
     keys_to_range,
@@ -103,7 +104,22 @@ class FlatIndex(Index):
         """Ids of the entries, in storage order (a copy)."""
         return np.array(self._ids[: self._count], dtype=np.int64)
 
+    def _check_ids(self) -> None:
+        """The deferred check of a loaded index's ids (see `load`): ValueError if damaged."""
+        directory = getattr(self, "_unchecked", None)
+        if directory is None:
+            return
+        ids, count = self._ids[: self._count], self._count
+        # Strictly increasing ids (the usual case) are checked in one pass; others need a sort.
+        if count and (ids[0] < 0 or not _increasing(ids)) and (ids.min() < 0 or len(np.unique(ids)) != count):
+            raise ValueError(f"{directory}/ids.i64 holds negative or repeated ids; the index is damaged")
+        max_id = int(ids.max()) + 1 if count else 0
+        if self._next_id < max_id:
+            raise ValueError(f"{directory}/index.json has next_id={self._next_id!r}, below the largest stored id")
+        self._unchecked = None
+
     def _rows(self) -> dict[int, int]:
+        self._check_ids()
         if self._row_of is None:
             self._row_of = {int(i): r for r, i in enumerate(self._ids[: self._count].tolist())}
         return self._row_of
@@ -140,6 +156,7 @@ class FlatIndex(Index):
         the index is unchanged when it raises.
         """
         self._check_codes(codes)
+        self._check_ids()
         m = len(codes)
         if ids is None:
             new_ids = np.arange(self._next_id, self._next_id + m, dtype=np.int64)
@@ -177,6 +194,7 @@ class FlatIndex(Index):
         The remaining entries keep their storage order. Removed ids are not reused by `add`.
         """
         ids = _as_id_array(ids)
+        self._check_ids()
         n = self._count
         if n == 0 or len(ids) == 0:
             return 0
@@ -199,6 +217,7 @@ class FlatIndex(Index):
         """(words, rank, sorted_ids, ascending) of the stored entries (see `id_order`), cached
         until the next add/remove."""
         if self._state is None:
+            self._check_ids()
             n = self._count
             self._state = (word_view(self._codes[:n]), *id_order(self._ids[:n]))
         return self._state
@@ -306,16 +325,15 @@ class FlatIndex(Index):
                 f"{directory}/ids.i64 holds {ids.dtype} {ids.shape} but index.json says "
                 f"int64 ({count},); the index is damaged"
             )
-        # Strictly increasing ids (the usual case) are checked in one pass; others need a sort.
-        if count and (ids[0] < 0 or not (ids[1:] > ids[:-1]).all()) and (ids.min() < 0 or len(np.unique(ids)) != count):
-            raise ValueError(f"{directory}/ids.i64 holds negative or repeated ids; the index is damaged")
-        max_id = int(ids.max()) + 1 if count else 0
-        next_id = meta.get("next_id", max_id)
-        if not isinstance(next_id, int) or next_id < max_id:
-            raise ValueError(f"{directory}/index.json has next_id={next_id!r}, below the largest stored id")
+        next_id = meta.get("next_id", int(ids.max()) + 1 if count else 0)
+        if not isinstance(next_id, int) or next_id < 0:
+            raise ValueError(f"{directory}/index.json has next_id={next_id!r}, not a non-negative integer")
         self = cls(n_bits)
         self._codes, self._ids, self._count, self._next_id = codes, ids, count, next_id
         self._row_of = None
+        # Every id is read (checked unique, non-negative, below next_id) by the first search,
+        # add, remove or lookup, not here: opening 10^8 entries then reads only the headers.
+        self._unchecked = directory
         self._load_extra(directory, meta, mode)
         return self
 

@@ -1,0 +1,146 @@
+"""Unsupervised deep hashers (issue 22.1): trained without labels on the one loop, each beats LSH
+on real CIFAR-10 features; their layers and pseudo-similarities checked on hand-made cases; the
+flowers12 protocol. The hasher contract (test_contract.py) and the head/loss contract
+(test_heads_losses_contract.py) run over them through the registries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hashsearch.hashing import create_hasher, hashers, list_hashers
+from hashsearch.hashing.deep.heads import HeadOutput
+from hashsearch.hashing.deep.losses import (
+    _BiHalf,
+    _SignStraightThrough,
+    _ssdh_thresholds,
+    create_loss,
+    list_losses,
+    spectral_clusters,
+)
+from hashsearch.hashing.deep.unsupervised import UnsupervisedDeepHasher
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+METHODS = ("bihalf", "greedyhash-unsup", "ssdh", "bihalf-spectral")
+
+
+def test_the_methods_are_registered_and_need_no_labels():
+    assert set(METHODS) <= set(list_hashers())
+    assert {"bihalf", "greedyhash-unsup", "ssdh", "bihalf-spectral"} <= set(list_losses())
+    for name in METHODS:
+        assert hashers.get(name).supervised is False  # what `hashsearch list` and the runners read
+        h = create_hasher(name, n_bits=16)
+        assert isinstance(h, UnsupervisedDeepHasher) and not h.supervised and h.name == name
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_trained_without_labels_beats_lsh_on_real_features(name, cifar_features, real_map):
+    """80 real CIFAR-10 images (10 classes) fitted without labels; the 40 test images query them.
+
+    80 rows are one batch per epoch, hence 100 epochs; mean of two seeds, against LSH's mean of five.
+    """
+    X, y, Xq, yq = cifar_features
+    lsh = np.mean([real_map(create_hasher("lsh", n_bits=32, seed=s).fit(X), Xq, yq, X, y) for s in range(5)])
+    scores = []
+    for seed in (0, 1):
+        h = create_hasher(name, n_bits=32, epochs=100, seed=seed).fit(X)  # no labels
+        assert np.isfinite(h.loss_history_).all() and h.loss_history_[-1] < h.loss_history_[0]
+        scores.append(real_map(h, Xq, yq, X, y))
+    assert np.mean(scores) > lsh + 0.03, f"{name}: {scores} vs LSH {lsh:.3f}"
+
+
+def test_labels_passed_to_fit_are_ignored(cifar_features):
+    X, y, Xq, _ = cifar_features
+    a = create_hasher("bihalf", n_bits=16, epochs=3).fit(X).encode(Xq)
+    b = create_hasher("bihalf", n_bits=16, epochs=3).fit(X, y).encode(Xq)
+    np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_bihalf_layer_gives_each_bit_half_ones_and_its_gradient():
+    u = torch.tensor([[0.3, -2.0], [0.1, 0.5], [-0.4, 0.2], [0.9, -0.1]], requires_grad=True)
+    b = _BiHalf.apply(u, 6.0)
+    # Per column, the two largest values get +1: column 0 (0.9, 0.3), column 1 (0.5, 0.2).
+    np.testing.assert_array_equal(b.detach().numpy(), [[1, -1], [-1, 1], [-1, 1], [1, -1]])
+    b.sum().backward()
+    expected = 1 + 6.0 * (u.detach() - b.detach()) / 8
+    np.testing.assert_allclose(u.grad.numpy(), expected.numpy(), rtol=1e-6)
+    # An odd batch: the upper floor(n/2) rows are +1.
+    odd = _BiHalf.apply(torch.tensor([[3.0], [1.0], [2.0]]), 6.0)
+    np.testing.assert_array_equal(odd.numpy().ravel(), [1, -1, -1])
+
+
+def test_greedyhash_sign_passes_the_gradient_straight_through():
+    h = torch.tensor([[-0.2, 0.0, 3.0]], requires_grad=True)
+    b = _SignStraightThrough.apply(h)
+    np.testing.assert_array_equal(b.detach().numpy(), [[-1, 1, 1]])
+    (b * torch.tensor([[1.0, 2.0, 3.0]])).sum().backward()
+    np.testing.assert_array_equal(h.grad.numpy(), [[1, 2, 3]])
+
+
+def test_ssdh_thresholds_from_two_half_gaussians():
+    rng = np.random.default_rng(0)
+    # Mode 1.0; left spread 0.1, right spread 0.05 (half-normal samples on either side).
+    d = np.concatenate([1.0 - np.abs(rng.normal(0, 0.1, 200_000)), 1.0 + np.abs(rng.normal(0, 0.05, 200_000))])
+    low, high = _ssdh_thresholds(d, alpha=2.0, beta=1.0)
+    assert low == pytest.approx(1.0 - 2 * 0.1, abs=0.02)
+    assert high == pytest.approx(1.0 + 0.05, abs=0.02)
+
+
+def test_ssdh_loss_marks_near_pairs_similar_and_far_pairs_dissimilar():
+    loss = create_loss("ssdh", n_bits=4)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 8)).astype(np.float32)
+    assert loss.pseudo_targets(features) is features  # the thresholds are set; the targets stay the features
+    v = features / np.linalg.norm(features, axis=1, keepdims=True)
+    expected = _ssdh_thresholds(1 - (v @ v.T)[np.triu_indices(300, 1)], 2.0, 0.0)
+    np.testing.assert_allclose(loss.thresholds, expected)
+    # Rows 0-1 point the same way (similar), 2-3 the opposite way (dissimilar to 0-1), 4-5 across.
+    loss.thresholds = (0.1, 1.5)
+    targets = torch.tensor(
+        [[1.0, 0, 0], [0.99, 0.1, 0], [-1, 0, 0], [-0.99, -0.1, 0], [0, 1, 0], [0, -1, 0.05]], dtype=torch.float32
+    )
+    good = torch.tensor(
+        [[1, 1, 1, 1], [1, 1, 1, 1], [-1, -1, -1, -1], [-1, -1, -1, -1], [1, -1, 1, -1], [-1, 1, -1, 1]]
+    )
+    bad = torch.tensor([[1, 1, 1, 1], [-1, -1, -1, -1], [1, 1, 1, 1], [-1, -1, -1, -1], [1, -1, 1, -1], [1, -1, 1, -1]])
+
+    def cost(codes):
+        z = codes.float() * 3
+        return float(loss(HeadOutput(torch.tanh(z), None, z), targets))
+
+    assert cost(good) < cost(bad)
+
+
+def test_spectral_clusters_find_separated_groups_and_label_every_row():
+    rng = np.random.default_rng(0)
+    centres = np.eye(6)[:3] * 10
+    X = np.concatenate([c + rng.normal(0, 0.3, (40, 6)) for c in centres])
+    truth = np.repeat(np.arange(3), 40)
+    labels = spectral_clusters(X, n_clusters=3, n_neighbors=8, seed=0)
+    # The same partition up to renaming of the clusters.
+    assert len({(a, b) for a, b in zip(labels, truth)}) == 3
+    # More rows than drawn: the rest take the cluster of their nearest drawn row.
+    many = spectral_clusters(X, n_clusters=3, n_neighbors=8, seed=0, max_rows=60)
+    assert many.shape == (120,) and len({(a, b) for a, b in zip(many, truth)}) == 3
+
+
+def test_bihalf_spectral_refuses_a_bad_cluster_count(cifar_features):
+    X, *_ = cifar_features
+    with pytest.raises(ValueError, match="n_clusters"):
+        create_hasher("bihalf-spectral", n_bits=8, n_clusters=1, epochs=1).fit(X)
+
+
+def test_flowers12_protocol_is_seeded_and_disjoint(tmp_path, monkeypatch):
+    from hashsearch.data.protocols import load_protocol
+
+    monkeypatch.setenv("HASHSEARCH_CACHE", str(tmp_path / "cache"))  # unpacked afresh (10 MB), not the user's cache
+    a, b, c = load_protocol("flowers12", seed=0), load_protocol("flowers12", seed=0), load_protocol("flowers12", seed=1)
+    assert (len(a.query), len(a.train), len(a.database)) == (240, 480, 720)
+    assert [r.key for r in a.query] == [r.key for r in b.query] and [r.key for r in a.query] != [r.key for r in c.query]
+    q, t, d = ({r.key for r in part} for part in (a.query, a.train, a.database))
+    assert not q & t and not q & d and t <= d
+    labels = [r.label for r in a.query]
+    assert len(set(labels)) == 12 and all(labels.count(s) == 20 for s in set(labels))
+    assert not any(r.key.endswith(".txt") for r in a.database)  # the stray README is not a photo

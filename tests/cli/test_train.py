@@ -155,7 +155,8 @@ def test_the_model_file_alone_indexes_and_searches_an_unlabelled_folder(trained,
             p = subprocess.run([*hs, *map(str, args)], capture_output=True, text=True, env=env, cwd=model.parent)
             return p.returncode, p.stdout + p.stderr
 
-        code, text = cli("index", photos, "--model", model.name, "--out", "c.hsx")
+        # Through ONNX Runtime quantized to int8, like a stock backbone.
+        code, text = cli("index", photos, "--model", model.name, "--int8", "--out", "c.hsx")
         assert code == 0, text
         assert "indexed 40 images" in text and f"model {_id(model)[:12]}" in text
         code, text = cli("search", "c.hsx", photos / "img007.jpg", "-k", "3", "--json")
@@ -163,11 +164,13 @@ def test_the_model_file_alone_indexes_and_searches_an_unlabelled_folder(trained,
         hits = json.loads(text[text.index("[") :])[0]["results"]
         assert hits[0]["path"].endswith("img007.jpg") and hits[0]["hamming"] == 0
         code, text = cli("info", "c.hsx")
-        assert json.loads(text)["model"]["id"] == _id(model)
+        assert json.loads(text)["model"]["id"] == _id(model) and json.loads(text)["encoding"] == "int8"
 
         # Adding through another model is refused, naming both.
         other = tmp_path / "itq.hsm"
-        run("train", cifar_small / "train", "--method", "itq", "--bits", "16", "--input-size", "32", "--out", other)
+        # (An unsupervised method trains on unlabelled images: it fits on all of them, no validation.)
+        text = run("train", photos, "--method", "itq", "--bits", "16", "--input-size", "32", "--out", other)
+        assert "no labels: itq fits on all 40 images" in text and record(other)["val_map"] is None
         code, text = cli("add", "c.hsx", cifar_small / "train" / "cat", "--model", other)
         assert code == 2 and _id(model)[:12] in text and _id(other)[:12] in text, text
         assert text.count("\n") == 1 and "Traceback" not in text

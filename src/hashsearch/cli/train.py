@@ -70,7 +70,8 @@ def train(
     A seeded share of each class is held out; deep methods keep the epoch with the best
     validation mAP and stop early (--patience). A checkpoint is written after every epoch
     to OUT.ckpt/: if the run is killed, the same command resumes where it stopped (--fresh
-    starts over). The loss and validation-mAP curve is written beside the model (OUT-training.png).
+    starts over). The loss and validation-mAP curve is written beside the model
+    (shoes.hsm: shoes-training.png).
     """
     from hashsearch.cli.commands import _labels
     from hashsearch.data.sources import open_source

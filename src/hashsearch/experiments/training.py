@@ -228,14 +228,23 @@ def train_model(
     out = Path(out)
     records = source.records()
     labelled = [r for r in records if r.label is not None]
-    if len({r.label for r in labelled}) < 2 and cls.supervised or len(labelled) < 2 and deep:
+    if len({r.label for r in labelled}) < 2 and hasher.supervised:
         raise ValueError(
             f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
-            "training needs labelled images of at least 2 classes (class folders, or --labels)"
+            f"{method} learns from labels of at least 2 classes (class folders, or --labels)"
         )
-    train_recs, val_recs = split_validation(labelled, val_fraction, seed)
+    if len({r.label for r in labelled}) < 2:
+        # An unsupervised method on unlabelled images: it fits on all of them, with nothing to validate on.
+        labelled = records
+        train_recs, val_recs = records, []
+        log(f"no labels: {method} fits on all {len(records)} images, without a validation mAP")
+    else:
+        train_recs, val_recs = split_validation(labelled, val_fraction, seed)
     t_start = time.perf_counter()
-    log(f"{len(train_recs)} training and {len(val_recs)} validation images, {len({r.label for r in labelled})} classes")
+    if val_recs:
+        log(
+            f"{len(train_recs)} training and {len(val_recs)} validation images, {len({r.label for r in labelled})} classes"
+        )
     digest = data_digest(source, labelled)
 
     run = {
@@ -264,7 +273,7 @@ def train_model(
             "images": len(labelled),
             "train": len(train_recs),
             "validation": len(val_recs),
-            "classes": sorted({str(r.label) for r in labelled}),
+            "classes": sorted({str(r.label) for r in labelled if r.label is not None}),
             "split": {"val_fraction": val_fraction, "seed": seed},
         },
         "protocol": None,
@@ -306,9 +315,9 @@ def train_model(
             record["epochs"] = _epochs(history)
         else:
             t = time.perf_counter()
-            hasher.fit(X, y if cls.supervised else None)
-            score = validation_map(_unpack(hasher.encode(Xv)), yv)
-            record["epochs"] = {"loss": [], "val_map": [score], "best_epoch": None, "stopped_early": False}
+            hasher.fit(X, y if hasher.supervised else None)
+            scores = [validation_map(_unpack(hasher.encode(Xv)), yv)] if len(Xv) else []
+            record["epochs"] = {"loss": [], "val_map": scores, "best_epoch": None, "stopped_early": False}
             record["fit_seconds"] = time.perf_counter() - t
         record["val_map"] = max(record["epochs"]["val_map"], default=None)
         tuned = backbone

@@ -98,9 +98,10 @@ class Cluster:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        token = root / "token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
+        token = root / "token"  # kept if there (a driver in this process may have read it already)
+        if not token.exists():
+            token.write_text(secrets.token_hex(32))
+            token.chmod(0o600)
         self.env = {
             **os.environ,
             "RAY_AUTH_MODE": "token",

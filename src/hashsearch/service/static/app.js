@@ -511,6 +511,7 @@ async function loadDups(more) {
   }
   if (n !== dupSeq) return;
   busy(false, "dup-spinner", "dup-groups");
+  $("dup-hint").hidden = true;
   if (!resp.ok || !body || !Array.isArray(body.groups)) {
     const why = resp.status === 404 && !(body && typeof body.detail === "string" && body.detail !== "Not Found")
       ? "this server has no duplicates route (GET /duplicates); update hashsearch" : detailText(body, resp);
@@ -739,7 +740,7 @@ function tab(name) {
   }
   if (name === "eval") { redrawPlots(); loadEval(); }
   if (name === "browse" && !browsed) { browsed = true; stats.then(() => loadPage(0)); }
-  if (name === "dups" && !$("dup-groups").childElementCount) stats.then(() => loadDups(false));
+  if (name === "dups") $("dup-find").focus();  // a search of the whole collection starts on request
 }
 for (const v of VIEWS) $(`tab-${v}`).addEventListener("click", () => tab(v));
 const stats = loadStats();

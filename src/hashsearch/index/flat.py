@@ -88,8 +88,8 @@ class FlatIndex(Index):
         self._ids = np.zeros(0, np.int64)
         self._count = 0
         self._next_id = 0
-        self._row_of: dict[int, int] | None = {}  # id -> row; None until needed after remove/load
         self._state: tuple | None = None  # (words, id ranks, sorted ids, ascending), see _scan_state
+        self._order: np.ndarray | None = None  # row of each id in ascending id order, when not ascending
         self._n_threads = check_int("n_threads", n_threads, low=1, allow_none=True, none_means="every core")
 
     def __repr__(self) -> str:
@@ -118,18 +118,26 @@ class FlatIndex(Index):
             raise ValueError(f"{directory}/index.json has next_id={self._next_id!r}, below the largest stored id")
         self._unchecked = None
 
-    def _rows(self) -> dict[int, int]:
-        self._check_ids()
-        if self._row_of is None:
-            self._row_of = {int(i): r for r, i in enumerate(self._ids[: self._count].tolist())}
-        return self._row_of
+    def _find_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id (int64, -1 where absent), by binary search in ascending id order: no
+        per-entry dictionary (10^8 entries would take over 10 GB as a Python dict)."""
+        n = self._count
+        if n == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        _, rank, sorted_ids, ascending = self._scan_state()
+        pos = np.minimum(np.searchsorted(sorted_ids, ids), n - 1)
+        found = sorted_ids[pos] == ids
+        if not ascending:
+            if self._order is None:
+                self._order = np.empty(n, np.int64)
+                self._order[rank] = np.arange(n)
+            pos = self._order[pos]
+        return np.where(found, pos, -1)
 
     def get_codes(self, ids: np.ndarray) -> Codes:
         """Codes of the given ids, in the order given (KeyError naming any unknown id)."""
         ids = _as_id_array(ids)
-        rows_of = self._rows()
-        rows = [rows_of.get(i, -1) for i in ids.tolist()]
-        rows = np.asarray(rows, np.int64)
+        rows = self._find_rows(ids)
         if (rows < 0).any():
             raise KeyError(f"ids not in the index: {_few(ids[rows < 0])}")
         return Codes(np.array(self._codes[rows], dtype=np.uint8).reshape(-1, self._n_bytes), self.n_bits)
@@ -171,9 +179,8 @@ class FlatIndex(Index):
                 raise ValueError(f"ids repeated within this add: {_few(uniq[counts > 1])}; ids must be unique")
             # Ids at or beyond next_id cannot be present, so the common case needs no lookup.
             if m and new_ids.min() < self._next_id:
-                rows_of = self._rows()
-                present = [i for i in new_ids.tolist() if i in rows_of]
-                if present:
+                present = new_ids[self._find_rows(new_ids) >= 0]
+                if len(present):
                     raise ValueError(f"ids already in the index: {_few(present)}; remove them first or pass new ids")
         if m == 0:
             return new_ids.copy()
@@ -183,9 +190,7 @@ class FlatIndex(Index):
         self._ids[start : start + m] = new_ids
         self._count += m
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
-        if self._row_of is not None:
-            self._row_of.update(zip(new_ids.tolist(), range(start, start + m)))
-        self._state = None
+        self._state = self._order = None
         return new_ids.copy()
 
     def remove(self, ids: np.ndarray) -> int:
@@ -208,8 +213,7 @@ class FlatIndex(Index):
         self._codes[:kept] = self._codes[:n][keep]
         self._ids[:kept] = self._ids[:n][keep]
         self._count = kept
-        self._row_of = None
-        self._state = None
+        self._state = self._order = None
         return removed
 
     # -- search -------------------------------------------------------------------------
@@ -330,7 +334,6 @@ class FlatIndex(Index):
             raise ValueError(f"{directory}/index.json has next_id={next_id!r}, not a non-negative integer")
         self = cls(n_bits)
         self._codes, self._ids, self._count, self._next_id = codes, ids, count, next_id
-        self._row_of = None
         # Every id is read (checked unique, non-negative, below next_id) by the first search,
         # add, remove or lookup, not here: opening 10^8 entries then reads only the headers.
         self._unchecked = directory

@@ -187,6 +187,7 @@ def test_page_search_click_and_evaluation(open_page, client, cifar_small, querie
     assert str(Path(cifar_small).parent) not in page.content()
     _until(page, "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
     _no_horizontal_scroll(page, 1280)
+    page.evaluate("document.activeElement.blur()")  # no focus ring in the picture
     page.screenshot(path=str(ARTIFACTS / "search-1280.png"), full_page=True)
 
     clicked = shown["ids"][3]
@@ -369,6 +370,7 @@ def test_error_clears_old_results(open_page, client, cifar_small, queries):
     assert s["ids"] == [] and s["query"] == s["results"] == "file" and s["caption"] == "notes.jpg", s
     assert "notes.jpg" in s["status"] and "Traceback" not in s["status"], s
     assert not re.search(r"(?<![\w.])/(?:[\w.-]+/)+", s["status"]), s  # no server path
+    page.evaluate("document.activeElement.blur()")  # no focus ring in the picture
     page.screenshot(path=str(ARTIFACTS / "error-1280.png"), full_page=True)
 
     # A parameter the server refuses (k=0), then corrected: the same query runs again.
@@ -661,6 +663,7 @@ def test_paste_and_drop_several(open_page, client, queries):
     _until(page, "() => [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.eval_on_selector_all("#results .group-head img", "e => e.length") == 3  # each file's own picture
     _no_horizontal_scroll(page, 1280)
+    page.evaluate("document.activeElement.blur()")  # no focus ring in the picture
     page.screenshot(path=str(ARTIFACTS / "several-1280.png"), full_page=True)
 
 
@@ -724,3 +727,92 @@ def test_browse_pages_and_delete_with_the_key(open_page, client):
     _until(page, f"() => ({ENTRIES})().length === 24")
     assert page.evaluate(ENTRIES) == [i for i in first if i != victim] + [second[0]]
     assert page.text_content("#page-info") == f"1–24 of {count - 1}"
+
+
+# The duplicates view has its answer (groups, or the message that there are none).
+DUPS_SHOWN = "() => document.getElementById('dup-spinner').hidden && document.getElementById('dup-status').textContent"
+
+
+def _groups_shown(page):
+    return page.eval_on_selector_all(
+        "#dup-groups .dup-group",
+        "gs => gs.map(g => ({ids: [...g.querySelectorAll('.entry')].map(e => +e.dataset.id), "
+        "keep: [...g.querySelectorAll('.entry.keep')].map(e => +e.dataset.id)}))",
+    )
+
+
+def test_duplicates_view(open_page, client, cifar_small):
+    """The duplicates view shows GET /duplicates' groups (the kept image marked) for two planted
+    copies (an exact one and a resized, re-encoded one), and deletes a copy with the key.
+
+    The page's own answer is read from its response (each request whitens the stored features,
+    seconds on a loaded 2-core machine), so the server is asked once per page."""
+    import io
+
+    from PIL import Image
+
+    from .conftest import API_KEY
+
+    horse = sorted((Path(cifar_small) / "train" / "horse").glob("*.jpg"))[0]
+    frog = sorted((Path(cifar_small) / "train" / "frog").glob("*.jpg"))[0]
+    buf = io.BytesIO()
+    Image.open(frog).convert("RGB").resize((48, 48), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=70)
+    r = client.post(
+        "/images",
+        headers={"X-API-Key": API_KEY},
+        data={"keep_duplicates": "true"},
+        files=[
+            ("images", ("horse-copy.jpg", horse.read_bytes(), "image/jpeg")),
+            ("images", ("frog-48px.jpg", buf.getvalue(), "image/jpeg")),
+        ],
+    )
+    assert r.status_code == 200 and len(r.json()["ids"]) == 2, r.text
+    copy_id = r.json()["ids"][0]
+
+    page = open_page(1280, 900)
+    page.click("#tab-dups")
+    assert page.is_visible("#dup-hint") and page.evaluate("document.activeElement.id") == "dup-find"
+    with page.expect_response(re.compile(r"/duplicates\?"), timeout=120_000) as answer:
+        page.keyboard.press("Enter")  # the focused "Find duplicates"
+    api = answer.value.json()
+    _until(page, DUPS_SHOWN, timeout=30)
+    assert not page.is_visible("#dup-hint")
+    # The planted exact copy is grouped with its original, and marked as such.
+    exact = next(g for g in api["groups"] if copy_id in [m["id"] for m in g["members"]])
+    gone = next(m["id"] for m in exact["members"] if m["exact"] and not m["keep"])
+    assert _groups_shown(page) == [{"ids": [m["id"] for m in g["members"]], "keep": [g["keep"]]} for g in api["groups"]]
+    n, d = api["n_groups"], api["n_duplicates"]
+    assert page.text_content("#dup-status").startswith(f"{n} group{'s' * (n != 1)}, {d} duplicate{'s' * (d != 1)}")
+    card = f"#dup-groups .entry[data-id='{gone}']"
+    assert page.text_content(f"{card} .badge") == "exact copy"
+    _until(page, "() => [...document.querySelectorAll('#dup-groups img')].every(i => i.complete && i.naturalWidth > 0)")
+    _no_horizontal_scroll(page, 1280)
+    page.screenshot(path=str(ARTIFACTS / "duplicates-1280.png"), full_page=True)
+
+    # Deleting the copy that is not kept: gone from the view and from the collection.
+    page.fill("#view-dups .api-key", API_KEY)
+    page.click(f"{card} .delete")
+    page.click(f"{card} .delete")
+    _until(page, f'() => !document.querySelector("{card}")')
+    assert client.get(f"/entries/{gone}").status_code == 404
+    if exact["size"] == 2:
+        title = page.text_content(f"#dup-groups .dup-group[data-group='{exact['group']}'] h2")
+        assert title.endswith("resolved: one image left"), title
+
+    # "codes only" asks for no feature check and greys out the similarity field.
+    with page.expect_request(re.compile(r"/duplicates\?")) as asked:
+        page.check("#dup-codes")
+    assert "codes_only=true" in asked.value.url and "min_similarity" not in asked.value.url
+    assert page.is_disabled("#dup-sim")
+    _until(page, DUPS_SHOWN, timeout=60)
+
+    phone = open_page(390, 844)
+    phone.click("#tab-dups")
+    phone.click("#dup-find")
+    _until(phone, DUPS_SHOWN, timeout=120)
+    assert phone.get_attribute("#dup-status", "class") != "error", phone.text_content("#dup-status")
+    _until(
+        phone, "() => [...document.querySelectorAll('#dup-groups img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    _no_horizontal_scroll(phone, 390)
+    phone.screenshot(path=str(ARTIFACTS / "duplicates-390.png"))

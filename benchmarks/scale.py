@@ -360,11 +360,16 @@ def measure(args) -> None:
                     print(f"  {backend}: built in {rec['build_s']:.1f} s", file=sys.stderr, flush=True)
                 else:
                     old = results / f"{backend}-{bits}-{n}.json"
+                    if not old.exists():
+                        old = results / f"build-{backend}-{bits}-{n}.json"
                     if old.exists():
                         prev = json.loads(old.read_text())
                         rec.update(
                             {k: prev[k] for k in ("build_s", "save_s", "build_peak_rss", "disk_bytes") if k in prev}
                         )
+                if args.build_only:
+                    (results / f"build-{backend}-{bits}-{n}.json").write_text(json.dumps(rec, indent=1))
+                    continue
                 run_child("warmup", backend, n, bits)
                 rec.update(run_child("search", backend, n, bits, n_lat, args.n_batch))
                 print(f"  {backend}: searched in {rec['search_wall_s']:.0f} s", file=sys.stderr, flush=True)
@@ -460,7 +465,7 @@ def rerank_section() -> list[str]:
         "",
         "Command: `python benchmarks/scale.py rerank --out benchmarks/results/scale.md` "
         f"({r['total_s']:.0f} s up to the last row; each store is fitted once, on the database features, and "
-        "serves both code types). cifar10-1k protocol (CIFAR-10 JPEG): {r['n_queries']:,} queries, "
+        f"serves both code types). cifar10-1k protocol (CIFAR-10 JPEG): {r['n_queries']:,} queries, "
         f"{r['n_database']:,}-image database, efficientnet-lite0 128 px features ({r['dim']}-d); "
         "coarse-to-fine as benchmarks/coarse_to_fine.py (candidates within radius 2, else the 200 nearest "
         "codes; re-ranked by Euclidean distance), with the candidates' features read from each store "
@@ -470,7 +475,7 @@ def rerank_section() -> list[str]:
         "| codes | re-rank store | bytes / image | at 10^8 images | fit s | encode s | P@10 | P@100 | ms / query |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for codes, spec, b, fit_s, enc_s, p10, p100, ms in r["rows"]:
+    for codes, spec, b, fit_s, enc_s, p10, p100, ms in sorted(r["rows"], key=lambda row: row[0] != "itq 64"):
         size = f"{b * 1e8 / 1e9:,.1f} GB" if b else "-"
         lines.append(
             f"| {codes} | {spec} | {b:,} | {size} | {fit_s:.1f} | {enc_s:.1f} | {p10:.4f} | {p100:.4f} | {ms:.2f} |"
@@ -775,6 +780,7 @@ def main() -> None:
         "--sampler", choices=["normal", "bernoulli"], default="normal", help="how codes are drawn (see generate)"
     )
     s.add_argument("--n-batch", type=int, default=N_QUERIES, help="queries in the one-call throughput runs")
+    s.add_argument("--build-only", action="store_true", help="build and save the indexes, measure no search")
     s.add_argument("--no-build", action="store_true", help="reuse an index built by an earlier run")
     s.add_argument("--out", type=Path)
     rr = sub.add_parser("rerank", help="P@10 of coarse-to-fine with each re-rank store (CIFAR-10)")

@@ -295,8 +295,8 @@ class MilvusIndex(MirroredIndex):
         An index on a temporary Milvus Lite database also gets ``milvus.db`` in `directory`
         when it is loaded (re-filled from the mirror); a server's collection stays where it is, and is
         flushed: its entities are sealed into segments the server persists and indexes (until then
-        they sit in growing segments that every search scans: 121 ms a query instead of 5.5 ms on
-        200,000 codes, benchmarks/results/milvus-server.md).
+        they sit in growing segments that every search scans: 116 ms a query at k = 10 instead of
+        6.5 ms on 200,000 64-bit codes, benchmarks/results/milvus-server.md).
         """
         directory = Path(directory)
         if not directory.is_dir():

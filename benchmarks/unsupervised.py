@@ -102,7 +102,8 @@ def report(results: dict, bits: tuple[int, ...], command: str, total: float) -> 
         "# Unsupervised hashing: deep methods on the one training loop vs the classic hashers",
         "",
         f"Command: `{command}`",
-        f"Machine: {machine_description()}; torch on 1 thread. Total wall time {total:.0f}s.",
+        f"Machine: {machine_description()}; torch on 1 thread. Total wall time {total:.0f}s. Fit times are wall "
+        "times on a machine that other jobs may share.",
         "Backbone: efficientnet-lite0 at 128 px, frozen ImageNet weights (features from the feature cache where present).",
         "Every hasher is fitted on the protocol's training images **without labels** (`hasher.fit(features)`); "
         "labels only score the rankings. One seed (0). mAP@ALL breaks ranking ties by database id.",
@@ -145,9 +146,10 @@ def report(results: dict, bits: tuple[int, ...], command: str, total: float) -> 
     out += [
         "## The papers' numbers",
         "",
-        "None is quoted beside ours: BiHalf (AAAI 2021), GreedyHash (NeurIPS 2018) and SSDH (IJCAI 2018) train a "
-        "VGG network end to end on the images (CIFAR-10 at 224 px, their own splits), while every row here is a "
-        "hash layer on frozen EfficientNet-Lite0 features at 128 px; the protocols do not match. `bihalf-spectral` "
+        "None is quoted beside ours: BiHalf (AAAI 2021), GreedyHash (NeurIPS 2018) and SSDH (IJCAI 2018) train on "
+        "VGG features of the images (fine-tuned end to end or not, depending on the paper), while every row here is a "
+        "hash layer on frozen EfficientNet-Lite0 features at 128 px; the protocols do not match, and their tables "
+        "were not at hand to quote. `bihalf-spectral` "
         "is ours (BiHalf's layer and loss on spectral-cluster pseudo-labels; it is told the number of clusters, 10, "
         "which on flowers12 is not its 12 species).",
         "",

@@ -170,14 +170,14 @@ def duplicates(
         ..., help="A folder (recursive), archive or list file, indexed on the fly; or a collection folder (*.hsx)."
     ),
     radius: int | None = typer.Option(
-        None, "--radius", "-r", min=0, help="Hamming radius of a near-duplicate pair (default: a fifth of the bits)."
+        None, "--radius", "-r", min=0, help="Hamming radius of a near-duplicate pair (default: a quarter of the bits)."
     ),
     min_similarity: float | None = typer.Option(
         None,
         "--min-similarity",
         min=-1.0,
         max=1.0,
-        help="Also require this cosine similarity of the whitened features (default 0.4 where features are stored).",
+        help="Also require this cosine similarity of the whitened features (default 0.6 where features are stored).",
     ),
     codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
     keep: str = typer.Option(

@@ -15,13 +15,16 @@ router = APIRouter(tags=["duplicates"])
 def duplicates(
     request: Request,
     radius: int | None = Query(
-        None, ge=0, le=4096, description="Hamming radius of a near-duplicate pair (default: a fifth of the code length)"
+        None,
+        ge=0,
+        le=4096,
+        description="Hamming radius of a near-duplicate pair (default: a quarter of the code length)",
     ),
     min_similarity: float | None = Query(
         None,
         ge=0.0,
         le=1.0,
-        description="also require this cosine similarity of the whitened stored features (default 0.4 where stored)",
+        description="also require this cosine similarity of the whitened stored features (default 0.6 where stored)",
     ),
     codes_only: bool = Query(False, description="no feature check: the Hamming radius alone"),
     keep: str = Query(

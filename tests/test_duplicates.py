@@ -1,0 +1,152 @@
+"""hashsearch.duplicates: radius pairs by multi-index hashing, groups, keep rules, and the planted groups of real photos."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashsearch.backbones import create_backbone
+from hashsearch.codes import hamming_distances, pack_bits
+from hashsearch.data.sources import open_source
+from hashsearch.duplicates import (
+    default_radius,
+    duplicate_groups,
+    find_duplicates,
+    group_labels,
+    near_pairs,
+)
+from hashsearch.hashing import create_hasher
+from hashsearch.pipeline import build_collection
+
+_spec = importlib.util.spec_from_file_location("planted_duplicates", Path(__file__).parent / "planted_duplicates.py")
+planted = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(planted)
+
+
+def build(folder: Path, cache: Path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        coll, _ = build_collection(
+            open_source(str(folder), "none"),
+            create_backbone("efficientnet-lite0", input_size=128),
+            create_hasher("itq", n_bits=64, seed=0),
+            index="mih",
+            keep_duplicates=True,
+            progress=False,
+            cache_dir=cache,
+            **kw,
+        )
+    return coll
+
+
+@pytest.fixture(scope="module")
+def planted_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dups")
+    groups = planted.make_planted(root / "photos")
+    return root / "photos", groups, build(root / "photos", root / "cache")
+
+
+def test_near_pairs_are_every_pair_within_the_radius_as_brute_force():
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, (300, 64))
+    flips = rng.random((300, 64)) < 0.05
+    bits = np.concatenate([base, base ^ flips])  # 300 pairs about 3 bits apart, the rest ~32
+    codes = pack_bits(bits)
+    for radius in (0, 3, 6, 20):
+        i, j, d = near_pairs(codes, radius)
+        full = hamming_distances(codes, codes)
+        want_i, want_j = np.nonzero(np.triu(full <= radius, k=1))
+        assert (i.tolist(), j.tolist()) == (want_i.tolist(), want_j.tolist())
+        assert d.tolist() == full[want_i, want_j].tolist()
+        assert (i < j).all()
+
+
+def test_group_labels_joins_chains_and_leaves_singles_alone():
+    labels = group_labels(7, np.array([0, 1, 5]), np.array([1, 3, 6]))
+    assert labels.tolist() == [0, 0, 1, 0, 2, 3, 3]
+
+
+def test_same_digest_joins_rows_whatever_their_codes():
+    codes = pack_bits(np.array([[0] * 16, [1] * 16, [0, 1] * 8]))
+    assert duplicate_groups(codes, 0) == []
+    groups = duplicate_groups(codes, 0, digests=["a", "b", "a"])
+    assert [g.tolist() for g in groups] == [[0, 2]]
+    with pytest.raises(ValueError, match="min_similarity needs features"):
+        duplicate_groups(codes, 2, min_similarity=0.5)
+    with pytest.raises(ValueError, match="radius must be"):
+        duplicate_groups(codes, 17)
+
+
+def test_default_radius_is_a_quarter_of_the_bits():
+    assert (default_radius(64), default_radius(128), default_radius(8)) == (16, 32, 2)
+
+
+def test_finds_the_planted_groups_of_real_photos_exactly(planted_set):
+    folder, groups, coll = planted_set
+    report = find_duplicates(coll)
+    found = [{os.path.relpath(m.path, folder) for m in g.members} for g in report.groups]
+    assert sorted(map(sorted, found)) == sorted(map(sorted, groups))
+    assert report.n_duplicates == sum(len(g) - 1 for g in groups)
+    for g in report.groups:
+        assert g.members[0].keep and not any(m.keep for m in g.others)
+        assert g.members[0].distance == 0 and g.members[0].similarity == pytest.approx(1.0, abs=1e-3)
+        assert all(m.width and m.height and m.bytes for m in g.members)
+
+
+def test_codes_alone_find_more_pairs_than_codes_and_features(planted_set):
+    _, groups, coll = planted_set
+    with_features = find_duplicates(coll, radius=20)
+    codes_only = find_duplicates(coll, radius=20, min_similarity=None)
+    assert codes_only.n_duplicates > with_features.n_duplicates  # at 20 bits, look-alikes join: the check matters
+
+
+def test_exact_copies_are_marked_exact(planted_set):
+    folder, _, coll = planted_set
+    report = find_duplicates(coll, keep="shortest-path")
+    group = next(g for g in report.groups if any(m.key == "backup/same-bytes.jpg" for m in g.members))
+    assert group.keep.path == min((m.path for m in group.members), key=lambda p: (len(p), p))
+    exact = {m.key for m in group.members if m.exact}
+    if group.keep.key in ("backup/same-bytes.jpg", "originals/bluebell-0.jpg"):
+        assert exact == {"backup/same-bytes.jpg", "originals/bluebell-0.jpg"}
+    else:  # the kept copy is not a byte copy of anything
+        assert exact == {group.keep.key}
+    same = [m for m in group.members if m.key in ("backup/same-bytes.jpg", "originals/bluebell-0.jpg")]
+    assert same[0].distance == same[1].distance and same[0].digest == same[1].digest
+
+
+def test_keep_rules(planted_set):
+    folder, _, coll = planted_set
+    largest = find_duplicates(coll, keep="largest")
+    for g in largest.groups:
+        pixels = [(m.width * m.height, m.bytes) for m in g.members]
+        assert pixels[0] == max(pixels)
+    group = largest.groups[0]
+    paths = [m.path for m in group.members]
+    for age, p in enumerate(paths):  # the last listed the oldest
+        os.utime(p, (1_600_000_000 - 1000 * age, 1_600_000_000 - 1000 * age))
+    try:
+        newest = find_duplicates(coll, keep="newest").groups
+        oldest = find_duplicates(coll, keep="oldest").groups
+        assert next(g for g in newest if g.keep.path in paths).keep.path == paths[0]
+        assert next(g for g in oldest if g.keep.path in paths).keep.path == paths[-1]
+    finally:
+        for p in paths:
+            os.utime(p)
+    with pytest.raises(ValueError, match="keep must be one of"):
+        find_duplicates(coll, keep="biggest")
+
+
+def test_a_collection_without_features_uses_codes_only(tmp_path, planted_set):
+    folder, _, _ = planted_set
+    coll = build(folder, tmp_path / "cache", store_features=False)
+    report = find_duplicates(coll)
+    assert report.groups and all(m.similarity is None for g in report.groups for m in g.members)
+    with pytest.raises(ValueError, match="min_similarity needs stored features"):
+        find_duplicates(coll, min_similarity=0.5)
+    with pytest.raises(ValueError, match="radius must be"):
+        find_duplicates(coll, radius=65)

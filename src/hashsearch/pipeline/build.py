@@ -164,7 +164,7 @@ def _unlabelled_error(method: str, report: IndexReport, n: int) -> ValueError:
         f"method {method!r} learns from labels, but none of the {n:,} images has one{seen}; put each class's "
         "images in a folder of its own (photos/cat/..., photos/dog/...), write 'path<TAB>label' lines in a "
         "list file, pass a labels file (--labels FILE, labels=path), or use an unsupervised method "
-        "(itq, lsh, pcah, pca-rr)"
+        "(itq, lsh, pcah, pca-rr; deep, trained without labels: bihalf-spectral, bihalf, greedyhash-unsup, ssdh)"
     )
 
 

@@ -329,7 +329,7 @@ class FlatIndex(Index):
                 f"{directory}/ids.i64 holds {ids.dtype} {ids.shape} but index.json says "
                 f"int64 ({count},); the index is damaged"
             )
-        next_id = meta.get("next_id", int(ids.max()) + 1 if count else 0)
+        next_id = meta["next_id"] if "next_id" in meta else (int(ids.max()) + 1 if count else 0)
         if not isinstance(next_id, int) or next_id < 0:
             raise ValueError(f"{directory}/index.json has next_id={next_id!r}, not a non-negative integer")
         self = cls(n_bits)

@@ -1,0 +1,460 @@
+"""Near-duplicate groups: `hashsearch duplicates` against imagededup's and imagehash's hashes, in one run.
+
+The set (generated once, under --data, default /tmp/hs-dups; never in the repository):
+
+- originals: every flowers12 photo (960, 224 px, ../shared/datasets/flowers12-960.tar.gz), then
+  CIFAR-10 (JPEG) training images upscaled 4x (32 -> 128 px, bicubic), saved as JPEG quality 95;
+- each of `--groups` originals gets `--variants` copies, each made by one transformation drawn
+  at random without repetition (parameters drawn uniformly in the ranges below);
+- the rest of the `--images` are CIFAR-10 originals (upscaled as above) without a copy.
+
+Transformations (the issue's list; one per copy):
+
+    jpeg        re-encoded as JPEG, quality 20-90
+    resize      scaled by 0.3-2x (bicubic)
+    crop        5-20% of the width and of the height cut away (split at random between the sides)
+    color       brightness and contrast each multiplied by 0.6-1.4 (Pillow ImageEnhance)
+    hflip       mirrored left-right
+    rot90       rotated by 90 degrees (either way)
+    text        a line of text drawn over the photo (Pillow's default font, 8-14% of the height,
+                white or black, at a random place)
+    border      a solid border of 5-15% of the size on every side (random grey level)
+
+Copies are saved as JPEG quality 90 (the `jpeg` copy at its own quality), under random names in
+one folder, so nothing but the pixels says which photo a file came from. Ground truth: truth.csv
+(file, group, transformation; originals have transformation "original", the singles group -1).
+
+Scores (every method is scored on its groups: the pairs a method reports, joined as connected
+components, as a user sees them):
+
+- overall: pairwise precision, recall and F1 over all pairs of images in the same group;
+- per transformation T: recall over the (original, T copy) pairs; precision over the pairs
+  found that hold a T copy; F1 of the two.
+
+Methods, all in one run on the same files:
+
+- hashsearch: `build_collection` (efficientnet-lite0 features, cached; `--method`, `--bits`,
+  the mih index) then `find_duplicates` (radius search, optional cosine check); time = features
+  + fit + index + search. A sweep of radius and similarity is printed for the record.
+- imagededup 0.3.3 PHash, DHash, WHash, AHash: `encode_images` then `find_duplicates` at its
+  default threshold (10) and, for the record, at the threshold that gives it the best F1 here.
+  Its CNN method is not run: it needs torchvision (no build of it for this CPU torch) and
+  downloads MobileNet weights at run time, which this machine cannot.
+- imagehash 4.3 phash and dhash (64 bits): hashes of every file, then every pair compared
+  (imagehash has no search), at the threshold with the best F1 here and at 10.
+
+Run:  flock /tmp/hashsearch-bench.lock nice -n 5 python benchmarks/duplicates.py --out benchmarks/results/duplicates.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import random
+import sys
+import tarfile
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Report
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+TRANSFORMS = ("jpeg", "resize", "crop", "color", "hflip", "rot90", "text", "border")
+
+
+# -- the set --------------------------------------------------------------------------------------
+
+
+def transform(im: Image.Image, name: str, rng: random.Random) -> tuple[Image.Image, int]:
+    """One documented transformation of `im`; returns (image, JPEG quality to save it at)."""
+    w, h = im.size
+    if name == "jpeg":
+        return im, rng.randint(20, 90)
+    if name == "resize":
+        s = rng.uniform(0.3, 2.0)
+        return im.resize((max(8, round(w * s)), max(8, round(h * s))), Image.Resampling.BICUBIC), 90
+    if name == "crop":
+        fx, fy = rng.uniform(0.05, 0.20), rng.uniform(0.05, 0.20)
+        lx, ty = rng.uniform(0, fx), rng.uniform(0, fy)
+        box = (round(w * lx), round(h * ty), round(w * (1 - (fx - lx))), round(h * (1 - (fy - ty))))
+        return im.crop(box), 90
+    if name == "color":
+        im = ImageEnhance.Brightness(im).enhance(rng.uniform(0.6, 1.4))
+        return ImageEnhance.Contrast(im).enhance(rng.uniform(0.6, 1.4)), 90
+    if name == "hflip":
+        return im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), 90
+    if name == "rot90":
+        return im.transpose(rng.choice([Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270])), 90
+    if name == "text":
+        im = im.copy()
+        draw = ImageDraw.Draw(im)
+        size = max(8, round(h * rng.uniform(0.08, 0.14)))
+        font = ImageFont.load_default(size=size)
+        text = rng.choice(["(c) hashsearch 2026", "SAMPLE", "my holiday", "DSC_0042", "do not copy"])
+        x, y = rng.uniform(0, 0.5) * w, rng.uniform(0, 0.85) * h
+        draw.text((x, y), text, fill=rng.choice([(255, 255, 255), (0, 0, 0)]), font=font)
+        return im, 90
+    if name == "border":
+        b = rng.uniform(0.05, 0.15)
+        bw, bh = round(w * b), round(h * b)
+        grey = rng.randint(0, 255)
+        out = Image.new("RGB", (w + 2 * bw, h + 2 * bh), (grey, grey, grey))
+        out.paste(im, (bw, bh))
+        return out, 90
+    raise ValueError(f"unknown transformation {name!r}")
+
+
+def _flowers() -> list[bytes]:
+    with tarfile.open(DATASETS / "flowers12-960.tar.gz") as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and m.name.endswith(".jpg")), key=lambda m: m.name)
+        return [tar.extractfile(m).read() for m in members]
+
+
+def _cifar(n: int, rng: random.Random) -> list[bytes]:
+    """n CIFAR-10 training images (JPEG bytes), drawn at random."""
+    with tarfile.open(DATASETS / "cifar10-jpg.tar.gz") as tar:
+        members = sorted(
+            (m for m in tar.getmembers() if m.isfile() and m.name.startswith("train/")), key=lambda m: m.name
+        )
+        chosen = rng.sample(members, n)
+        # Read in archive order (a gzip stream cannot seek back without decompressing from the start).
+        data = {m.name: tar.extractfile(m).read() for m in sorted(chosen, key=lambda m: m.offset)}
+        return [data[m.name] for m in chosen]
+
+
+def make_set(folder: Path, n_images: int, n_groups: int, n_variants: int, seed: int = 0) -> Path:
+    """Write the set into `folder`/images and its truth.csv (once: kept if truth.csv exists)."""
+    truth = folder / "truth.csv"
+    if truth.exists():
+        return truth
+    rng = random.Random(seed)
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    flowers = _flowers()
+    n_single = n_images - n_groups * (1 + n_variants)
+    if n_single < 0:
+        raise ValueError(f"--images {n_images} < groups * (1 + variants) = {n_groups * (1 + n_variants)}")
+    n_cifar = max(0, n_groups - len(flowers)) + n_single
+    cifar = _cifar(n_cifar, rng)
+    originals: list[tuple[str, Image.Image | bytes]] = [("flowers", b) for b in flowers[:n_groups]]
+    originals += [("cifar", b) for b in cifar[: max(0, n_groups - len(flowers))]]
+    singles = cifar[max(0, n_groups - len(flowers)) :]
+    names = set()
+
+    def save(im: Image.Image | bytes, quality: int = 95) -> str:
+        while True:
+            name = f"img-{rng.getrandbits(40):010x}.jpg"
+            if name not in names:
+                names.add(name)
+                break
+        if isinstance(im, bytes):
+            (images / name).write_bytes(im)
+        else:
+            im.save(images / name, quality=quality)
+        return name
+
+    def upscaled(data: bytes) -> Image.Image:
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        return im.resize((im.width * 4, im.height * 4), Image.Resampling.BICUBIC)
+
+    rows = []
+    for g, (kind, data) in enumerate(originals):
+        im = Image.open(io.BytesIO(data)).convert("RGB") if kind == "flowers" else upscaled(data)
+        rows.append((save(data if kind == "flowers" else im), g, "original"))
+        for t in rng.sample(TRANSFORMS, n_variants):
+            out, q = transform(im, t, rng)
+            rows.append((save(out, q), g, t))
+    for data in singles:
+        rows.append((save(upscaled(data)), -1, "original"))
+    rng.shuffle(rows)
+    with open(truth, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "group", "transformation"])
+        w.writerows(rows)
+    return truth
+
+
+# -- scores ---------------------------------------------------------------------------------------
+
+
+def _pairs(sizes: np.ndarray) -> int:
+    sizes = np.asarray(sizes, np.int64)
+    return int((sizes * (sizes - 1) // 2).sum())
+
+
+def _pairs_with(sizes: np.ndarray, marked: np.ndarray) -> int:
+    """Pairs holding at least one marked member, over groups of `sizes` with `marked` members each."""
+    return _pairs(sizes) - _pairs(sizes - marked)
+
+
+def score(pred: np.ndarray, group: np.ndarray, trans: list[str]) -> dict:
+    """Pairwise precision/recall/F1 overall and per transformation; `pred` and `group` are a group
+    number per image (true singles have distinct groups). Counted from the contingency table, so a
+    large wrong group costs no time."""
+    trans_arr = np.asarray(trans)
+    _, pred_id = np.unique(pred, return_inverse=True)
+    _, true_id = np.unique(group, return_inverse=True)
+    cell_key = pred_id.astype(np.int64) * (true_id.max() + 1) + true_id
+    _, cell_id = np.unique(cell_key, return_inverse=True)
+    pred_sizes, true_sizes, cell_sizes = np.bincount(pred_id), np.bincount(true_id), np.bincount(cell_id)
+    tp, n_pred, n_true = _pairs(cell_sizes), _pairs(pred_sizes), _pairs(true_sizes)
+    out = {"overall": _prf(tp, n_pred, n_true)}
+    # The original of each true group (singles are their own).
+    is_orig = trans_arr == "original"
+    orig_pred = np.full(true_id.max() + 1, -1)
+    orig_pred[true_id[is_orig]] = pred_id[is_orig]
+    for t in TRANSFORMS:
+        is_t = trans_arr == t
+        found = int((pred_id[is_t] == orig_pred[true_id[is_t]]).sum())
+        r = found / is_t.sum() if is_t.any() else 1.0
+        n_with = _pairs_with(pred_sizes, np.bincount(pred_id, weights=is_t, minlength=len(pred_sizes)).astype(np.int64))
+        ok_with = _pairs_with(
+            cell_sizes, np.bincount(cell_id, weights=is_t, minlength=len(cell_sizes)).astype(np.int64)
+        )
+        p = ok_with / n_with if n_with else 1.0
+        out[t] = (p, r, 2 * p * r / (p + r) if p + r else 0.0)
+    return out
+
+
+def _prf(tp: int, n_pred: int, n_true: int) -> tuple[float, float, float]:
+    p = tp / n_pred if n_pred else 1.0
+    r = tp / n_true if n_true else 1.0
+    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+
+
+def labels_from_pairs(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    from hashsearch.duplicates import group_labels
+
+    return group_labels(n, np.asarray(i, np.int64), np.asarray(j, np.int64))
+
+
+# -- peers ----------------------------------------------------------------------------------------
+
+
+def _imagededup_hashing():
+    """imagededup's hash methods, without importing its CNN module (it needs torchvision)."""
+    import imagededup
+
+    root = Path(imagededup.__file__).parent
+    for sub in ("methods", "utils"):
+        name = f"imagededup.{sub}"
+        if name not in sys.modules:
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [str(root / sub)]
+            sys.modules[name] = pkg
+    from imagededup.methods import hashing
+
+    return hashing
+
+
+def _pairs_from_dup_map(dups: dict, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    pi, pj = [], []
+    for f, others in dups.items():
+        for o in others:
+            o = o[0] if isinstance(o, tuple) else o
+            a, b = index[f], index[o]
+            if a < b:
+                pi.append(a)
+                pj.append(b)
+    return np.asarray(pi, np.int64), np.asarray(pj, np.int64)
+
+
+def _all_pairs_within(hashes: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of 64-bit hashes (uint64, (n,)) within Hamming t: all pairs, as imagehash users do."""
+    pi, pj = [], []
+    for a in range(0, len(hashes), 1024):
+        x = hashes[a : a + 1024, None] ^ hashes[None, :]
+        d = np.bitwise_count(x)
+        qi, qj = np.nonzero(d <= t)
+        keep = qj > qi + a
+        pi.append(qi[keep] + a)
+        pj.append(qj[keep])
+    return np.concatenate(pi), np.concatenate(pj)
+
+
+def best_threshold(pairs_at, n, group, trans, thresholds):
+    best = None
+    for t in thresholds:
+        s = score(labels_from_pairs(n, *pairs_at(t)), group, trans)
+        if best is None or s["overall"][2] > best[1]["overall"][2]:
+            best = (t, s)
+    return best
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=Path("/tmp/hs-dups"))
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--groups", type=int, default=1_200)
+    ap.add_argument("--variants", type=int, default=3)
+    ap.add_argument("--method", default="itq")
+    ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2, help="processes/threads every method may use")
+    ap.add_argument(
+        "--cache-dir", type=Path, default=None, help="feature cache (default: a new one, so every feature is computed)"
+    )
+    ap.add_argument("--make-only", action="store_true", help="generate the set and stop")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+
+    folder = args.data / f"set-{args.images}"
+    if args.cache_dir is None:
+        import tempfile
+
+        args.cache_dir = Path(tempfile.mkdtemp(prefix="features-", dir=args.data))
+    t = time.perf_counter()
+    truth = make_set(folder, args.images, args.groups, args.variants)
+    made = time.perf_counter() - t
+    if args.make_only:
+        print(f"set at {folder} ({made:.0f} s)")
+        return
+    with open(truth) as f:
+        rows = list(csv.DictReader(f))
+    files = [r["file"] for r in rows]
+    trans = [r["transformation"] for r in rows]
+    g = np.array([int(r["group"]) for r in rows])
+    group = np.where(g >= 0, g, 10**9 + np.arange(len(g)))  # singles: a group each
+    n = len(files)
+    rep = Report(f"{args.workers} workers for every method")
+    rep(
+        f"set: {n:,} images in {folder}: {args.groups:,} originals with {args.variants} copies each "
+        f"(one transformation per copy), {int((g < 0).sum()):,} single images; "
+        f"{_pairs(np.unique(group, return_counts=True)[1]):,} true pairs"
+    )
+    rep("")
+    results = []
+
+    # hashsearch
+    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
+    from hashsearch.data.sources import open_source
+    from hashsearch.duplicates import default_radius, duplicate_groups, find_duplicates
+    from hashsearch.hashing import create_hasher
+    from hashsearch.pipeline import build_collection
+
+    t = time.perf_counter()
+    coll, report = build_collection(
+        open_source(str(folder / "images"), "none"),
+        create_backbone(DEFAULT_BACKBONE, input_size=128),
+        create_hasher(args.method, n_bits=args.bits, seed=0),
+        index="mih",
+        cache_dir=args.cache_dir,
+        keep_duplicates=True,
+        progress=False,
+        workers=args.workers,
+    )
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    dup = find_duplicates(coll)
+    t_find = time.perf_counter() - t
+    rep(
+        f"hashsearch: {DEFAULT_BACKBONE} 128 px, {args.method} {args.bits} bits, radius {dup.radius}: "
+        f"build {t_build:.1f} s ({report.n_computed:,} features computed, {report.n_cached:,} from the cache; "
+        f"{report.timings}), find_duplicates {t_find:.2f} s"
+    )
+    ids = np.sort(coll.index.ids)
+    keys = [os.path.basename(e["path"]) for e in coll.entries(ids.tolist())]
+    pos = {k: i for i, k in enumerate(files)}
+    pred = np.arange(n) + 10**9
+    for gi, grp in enumerate(dup.groups):
+        for m in grp.members:
+            pred[pos[os.path.basename(m.path)]] = gi
+    s = score(pred, group, trans)
+    results.append((f"hashsearch {args.method}-{args.bits} r={dup.radius}", s, t_build + t_find))
+
+    # the sweep (codes and features already computed: only the search and grouping are timed)
+    codes = coll.index.get_codes(ids)
+    feats = np.asarray(coll.features_of(ids), np.float32)
+    row_of = np.array([pos[k] for k in keys])
+    rep("sweep (hashsearch, same codes): radius, min_similarity -> P R F1, search+group seconds")
+    for radius in sorted({4, 8, default_radius(args.bits), 16}):
+        for ms in (None, 0.5, 0.6, 0.7):
+            t = time.perf_counter()
+            groups = duplicate_groups(codes, radius, features=feats, min_similarity=ms)
+            dt = time.perf_counter() - t
+            p = np.arange(n) + 10**9
+            for gi, rows_ in enumerate(groups):
+                p[row_of[rows_]] = gi
+            o = score(p, group, trans)["overall"]
+            rep(f"  r={radius:2d} sim>={ms}: P {o[0]:.3f} R {o[1]:.3f} F1 {o[2]:.3f}  {dt:.2f} s")
+    rep("")
+
+    # imagededup
+    hashing = _imagededup_hashing()
+    index = {f: i for i, f in enumerate(files)}
+    for cls in ("PHash", "DHash", "WHash", "AHash"):
+        method = getattr(hashing, cls)(verbose=False)
+        t = time.perf_counter()
+        enc = method.encode_images(image_dir=str(folder / "images"), num_enc_workers=args.workers)
+        t_enc = time.perf_counter() - t
+        timings = {}
+
+        def at(th, method=method, enc=enc, timings=timings):
+            t0 = time.perf_counter()
+            d = method.find_duplicates(encoding_map=enc, max_distance_threshold=th, num_dist_workers=args.workers)
+            timings[th] = time.perf_counter() - t0
+            return _pairs_from_dup_map(d, index)
+
+        s10 = score(labels_from_pairs(n, *at(10)), group, trans)
+        results.append((f"imagededup {cls} t=10 (default)", s10, t_enc + timings[10]))
+        bt, bs = best_threshold(at, n, group, trans, [0, 2, 4, 6, 8, 12, 14, 16])
+        if bs["overall"][2] > s10["overall"][2]:
+            results.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + timings[bt]))
+        else:
+            results.append((f"imagededup {cls} t=10 (best here)", s10, t_enc + timings[10]))
+
+    # imagehash
+    import imagehash
+
+    for fn_name in ("phash", "dhash"):
+        fn = getattr(imagehash, fn_name)
+        t = time.perf_counter()
+        hs = []
+        for f in files:
+            with Image.open(folder / "images" / f) as im:
+                h = fn(im).hash.reshape(-1)
+            hs.append(int("".join("1" if b else "0" for b in h), 2))
+        t_enc = time.perf_counter() - t
+        arr = np.array(hs, np.uint64)
+        timings = {}
+
+        def at(th, arr=arr, timings=timings):
+            t0 = time.perf_counter()
+            out = _all_pairs_within(arr, th)
+            timings[th] = time.perf_counter() - t0
+            return out
+
+        s10 = score(labels_from_pairs(n, *at(10)), group, trans)
+        results.append((f"imagehash {fn_name} t=10", s10, t_enc + timings[10]))
+        bt, bs = best_threshold(at, n, group, trans, [0, 2, 4, 6, 8, 12, 14, 16])
+        results.append((f"imagehash {fn_name} t={bt} (best here)", bs, t_enc + timings[bt]))
+
+    rep("overall (pairwise over groups) and time (features/hashes + search + grouping; hashsearch: + fit + index)")
+    rep(f"{'method':40s} {'P':>6s} {'R':>6s} {'F1':>6s} {'time s':>8s}")
+    for name, s, secs in results:
+        p, r, f1 = s["overall"]
+        rep(f"{name:40s} {p:6.3f} {r:6.3f} {f1:6.3f} {secs:8.1f}")
+    rep("")
+    rep("F1 per transformation (recall over (original, copy) pairs; precision over the pairs found with such a copy)")
+    rep(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
+    for name, s, _ in results:
+        rep(f"{name:40s} " + " ".join(f"{s[t][2]:7.3f}" for t in TRANSFORMS))
+    rep("")
+    rep("recall per transformation")
+    rep(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
+    for name, s, _ in results:
+        rep(f"{name:40s} " + " ".join(f"{s[t][1]:7.3f}" for t in TRANSFORMS))
+    rep.save(args.out, f"Near-duplicate groups at {n:,} images: hashsearch against imagededup and imagehash")
+
+
+if __name__ == "__main__":
+    main()

@@ -297,6 +297,18 @@ class DuplicateReport:
         """Images that are not the one kept, over all groups."""
         return sum(len(g.members) - 1 for g in self.groups)
 
+    def summary(self) -> dict:
+        """The parameters and counts, as the CLI's ``--json`` and ``GET /duplicates`` give them."""
+        return {
+            "radius": self.radius,
+            "min_similarity": self.min_similarity,
+            "keep": self.keep,
+            "n_bits": self.n_bits,
+            "n_images": self.n_images,
+            "n_groups": len(self.groups),
+            "n_duplicates": self.n_duplicates,
+        }
+
 
 def file_info(path: str) -> dict:
     """Size in bytes, width and height in pixels, and modification time of an image file or archive member.

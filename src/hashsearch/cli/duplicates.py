@@ -78,13 +78,7 @@ def _print(report, as_json: bool, as_csv: bool) -> None:
     rows = [_row(g, m) for g, group in enumerate(report.groups) for m in group.members]
     if as_json:
         out = {
-            "radius": report.radius,
-            "min_similarity": report.min_similarity,
-            "keep": report.keep,
-            "n_bits": report.n_bits,
-            "n_images": report.n_images,
-            "n_groups": len(report.groups),
-            "n_duplicates": report.n_duplicates,
+            **report.summary(),
             "groups": [
                 {"group": g, "keep": group.keep.id, "members": [_row(g, m) for m in group.members]}
                 for g, group in enumerate(report.groups)

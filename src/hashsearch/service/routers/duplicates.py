@@ -48,13 +48,7 @@ def duplicates(
         report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
     page = report.groups[offset : offset + limit]
     return {
-        "radius": report.radius,
-        "min_similarity": report.min_similarity,
-        "keep": report.keep,
-        "n_bits": report.n_bits,
-        "n_images": report.n_images,
-        "n_groups": len(report.groups),
-        "n_duplicates": report.n_duplicates,
+        **report.summary(),
         "offset": offset,
         "limit": limit,
         "groups": [

@@ -183,6 +183,11 @@ class DeepHasher(Hasher):
         self.classes_ = classes
         return ids.astype(np.int64).reshape(-1), len(classes)
 
+    def _train_targets(self, X: np.ndarray, loss_fn, targets):
+        """What the training loop fits to, given the training features X (n, d) and `_build`'s
+        targets: the class ids here; an unsupervised hasher's pseudo-targets of X."""
+        return targets
+
     def _settings(self, device) -> dict[str, Any]:
         return dict(
             batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, seed=self.seed, device=device
@@ -192,6 +197,7 @@ class DeepHasher(Hasher):
         from hashsearch.hashing.deep.trainer import train
 
         head, loss_fn, targets, device = self._build(X, y)
+        targets = self._train_targets(X, loss_fn, targets)
         history = train(
             head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs, **self._settings(device)
         )
@@ -251,6 +257,7 @@ class DeepHasher(Hasher):
             trunk = backbone.init_module()
         X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
         head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
+        targets = self._train_targets(X0, loss_fn, targets)
         settings = dict(self._settings(dev), progress=progress)
         warm = train(
             head,

@@ -235,6 +235,7 @@ def fit_head(hasher, features: np.ndarray, labels, **loop):
     X = check_features(features, "features")
     hasher._check_n_bits()
     head, loss_fn, targets, device = hasher._build(X, np.asarray(labels))
+    targets = hasher._train_targets(X, loss_fn, targets)
     history = train(
         head,
         loss_fn,

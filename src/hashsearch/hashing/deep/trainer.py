@@ -262,7 +262,9 @@ def train(
             postfix = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{mean:.4f}"}
             if validate is not None:
                 model.eval()
-                with torch.no_grad():
+                # Scoring must not move the RNG dropout and augmentation draw from (a validate that
+                # builds a network would, and a resumed run, which does not rebuild it, would differ).
+                with torch.no_grad(), torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
                     score = float(validate(model))
                 model.train()
                 history.val_score.append(score)

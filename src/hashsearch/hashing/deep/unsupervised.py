@@ -41,13 +41,7 @@ class UnsupervisedDeepHasher(DeepHasher):
         self.classes_ = np.zeros(0, np.int64)
         return None, 0
 
-    def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
-        from hashsearch.hashing.deep.trainer import train
-
-        head, loss_fn, _, device = self._build(X, None)
+    def _train_targets(self, X: np.ndarray, loss_fn, targets):
+        # The features centred on the training mean, or what the loss makes of them.
         centred = (X - self.feature_mean_).astype(np.float32)
-        targets = loss_fn.pseudo_targets(centred) if hasattr(loss_fn, "pseudo_targets") else centred
-        history = train(
-            head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs, **self._settings(device)
-        )
-        self._keep(head, history)
+        return loss_fn.pseudo_targets(centred) if hasattr(loss_fn, "pseudo_targets") else centred

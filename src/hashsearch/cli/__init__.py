@@ -75,9 +75,11 @@ class _Commands(typer.core.TyperGroup):
                 return super().invoke(ctx)
             except (TyperException, Exit, Abort):  # usage errors and exits: typer prints them
                 raise
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
+                # A command with more to say (train: the checkpointed epoch) raises a KeyboardInterrupt with a message.
                 _error(
-                    "interrupted; the features computed so far are in the feature cache, and running the "
+                    str(e)
+                    or "interrupted; the features computed so far are in the feature cache, and running the "
                     "command again computes only the rest"
                 )
                 raise Exit(130) from None

@@ -104,15 +104,19 @@ def train(
     )
     r = result.model.record
     ep = r.get("epochs") or {}
+    resumed = ""
+    if result.resumed_at:  # finetune mode names the stage: "the head stage" or "the joint stage"
+        where = f"the {result.resumed_stage} stage " if result.resumed_stage else ""
+        resumed = f" (resumed {where}after epoch {result.resumed_at})"
     if ep.get("loss"):
         typer.echo(
             f"trained {len(ep['loss'])} epochs"
-            + (f" (resumed after epoch {result.resumed_at})" if result.resumed_at else "")
+            + resumed
             + (", stopped early" if ep.get("stopped_early") else "")
             + (
                 f"; best validation mAP {r['val_map']:.4f} at epoch {ep['best_epoch']}"
                 if r.get("val_map") is not None
-                else ""
+                else "; no validation mAP (no labels to validate on): kept the last epoch"
             )
             + (
                 f" (the head on frozen features: {r['frozen_val_map']:.4f})"

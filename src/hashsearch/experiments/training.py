@@ -48,6 +48,33 @@ class TrainResult:
     curve: Path | None
     resumed_at: int = 0
     notes: list[str] = field(default_factory=list)
+    #: finetune mode: the stage ("head" or "joint") that resumed after epoch `resumed_at`; None in head mode.
+    resumed_stage: str | None = None
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `train_model`; its message says which epoch is checkpointed and how to resume."""
+
+
+def _interrupted(ckpt: Path, out: Path, mode: str) -> str:
+    """The message of a training interrupted with `ckpt` as its checkpoint folder."""
+    import torch
+
+    stages = (
+        (("the joint stage", "joint.pt"), ("the head stage", "head.pt"))
+        if mode == "finetune"
+        else (("training", "head.pt"),)
+    )
+    for stage, name in stages:
+        try:
+            done = len(torch.load(ckpt / name, map_location="cpu", weights_only=True)["history"]["epoch_loss"])
+        except Exception:  # not written yet, or cut short
+            continue
+        return (
+            f"interrupted; epoch {done} of {stage} is checkpointed in {ckpt}: run the same command again to "
+            "resume from there (--fresh starts over)"
+        )
+    return f"interrupted before the first epoch was checkpointed: running the command again starts training {out.name} over"
 
 
 def device_name(device: str) -> str:
@@ -247,10 +274,16 @@ def train_model(
         )
     digest = data_digest(source, labelled)
 
+    if deep:
+        from hashsearch.hashing.deep.trainer import resolve_device
+
+        resolve_device(dev)  # a device that is not here fails now, before a checkpoint exists
+    # The device is not part of the run's identity: a run killed on one device may resume on another
+    # (the checkpoint is read to the CPU, then moved); results agree to float rounding.
     run = {
         "version": _RUN_VERSION,
         "method": method,
-        "params": hasher.get_params(),
+        "params": {k: v for k, v in hasher.get_params().items() if k != "device"},
         "mode": mode,
         "epochs": epochs,
         "patience": patience,
@@ -283,98 +316,120 @@ def train_model(
     }
     notes: list[str] = []
     resumed_at = 0
+    resumed_stage = None
 
-    if mode == "head":
-        from hashsearch.pipeline.local import extract_features
+    try:
+        if mode == "head":
+            from hashsearch.pipeline.local import extract_features
 
-        ex = extract_features(
-            source, backbone, train_recs + val_recs, cache_dir=cache_dir, max_pixels=max_pixels, progress=progress
-        )
-        keys = {r.key: i for i, r in enumerate(ex.records)}
-        tr = [keys[r.key] for r in train_recs if r.key in keys]
-        va = [keys[r.key] for r in val_recs if r.key in keys]
-        X, y = ex.features[tr], np.array([ex.records[i].label for i in tr])
-        Xv, yv = ex.features[va], np.array([ex.records[i].label for i in va])
-        if deep:
-            from hashsearch.hashing.deep.endtoend import fit_head
-
-            def validate(head) -> float:
-                return validation_map(_bits_of(head, hasher.standardize(np.asarray(Xv, np.float32), _checked=True)), yv)
-
-            _, history = fit_head(
-                hasher,
-                X,
-                y,
-                validate=validate,
-                patience=patience,
-                checkpoint=ckpt / "head.pt",
-                desc=f"training {method}",
-                progress=progress,
+            ex = extract_features(
+                source, backbone, train_recs + val_recs, cache_dir=cache_dir, max_pixels=max_pixels, progress=progress
             )
-            resumed_at = history.resumed_at
-            record["epochs"] = _epochs(history)
+            keys = {r.key: i for i, r in enumerate(ex.records)}
+            tr = [keys[r.key] for r in train_recs if r.key in keys]
+            va = [keys[r.key] for r in val_recs if r.key in keys]
+            X, y = ex.features[tr], np.array([ex.records[i].label for i in tr])
+            Xv, yv = ex.features[va], np.array([ex.records[i].label for i in va])
+            if deep:
+                from hashsearch.hashing.deep.endtoend import fit_head
+
+                def validate(head) -> float:
+                    return validation_map(
+                        _bits_of(head, hasher.standardize(np.asarray(Xv, np.float32), _checked=True)), yv
+                    )
+
+                _, history = fit_head(
+                    hasher,
+                    X,
+                    y,
+                    validate=validate if len(va) else None,
+                    patience=patience if len(va) else None,
+                    checkpoint=ckpt / "head.pt",
+                    desc=f"training {method}",
+                    progress=progress,
+                )
+                resumed_at = history.resumed_at
+                record["epochs"] = _epochs(history)
+            else:
+                t = time.perf_counter()
+                hasher.fit(X, y if hasher.supervised else None)
+                scores = [validation_map(_unpack(hasher.encode(Xv)), yv)] if len(Xv) else []
+                record["epochs"] = {"loss": [], "val_map": scores, "best_epoch": None, "stopped_early": False}
+                record["fit_seconds"] = time.perf_counter() - t
+            record["val_map"] = max(record["epochs"]["val_map"], default=None)
+            tuned = backbone
         else:
-            t = time.perf_counter()
-            hasher.fit(X, y if hasher.supervised else None)
-            scores = [validation_map(_unpack(hasher.encode(Xv)), yv)] if len(Xv) else []
-            record["epochs"] = {"loss": [], "val_map": scores, "best_epoch": None, "stopped_early": False}
-            record["fit_seconds"] = time.perf_counter() - t
-        record["val_map"] = max(record["epochs"]["val_map"], default=None)
-        tuned = backbone
-    else:
-        from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
-        from hashsearch.pipeline.local import extract_pixels
+            from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
+            from hashsearch.pipeline.local import extract_pixels
 
-        kept, pixels, _ = extract_pixels(
-            source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
-        )
-        vkept, vpixels, _ = extract_pixels(
-            source, val_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
-        )
-        labels = np.array([r.label for r in kept])
-        yv = np.array([r.label for r in vkept])
-        frozen: dict[str, np.ndarray] = {}
+            kept, pixels, _ = extract_pixels(
+                source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
+            )
+            vkept, vpixels, _ = extract_pixels(
+                source, val_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
+            )
+            labels = np.array([r.label for r in kept])
+            yv = np.array([r.label for r in vkept])
+            frozen: dict[str, np.ndarray] = {}
 
-        def validate(model) -> float:
-            if isinstance(model, ImageModel):
-                return validation_map(_bits_of(model, vpixels), yv)
-            if "X" not in frozen:  # the starting backbone's validation features, for the head-alone stage
-                from hashsearch.hashing.deep.trainer import resolve_device
+            def validate(model) -> float:
+                if isinstance(model, ImageModel):
+                    return validation_map(_bits_of(model, vpixels), yv)
+                if "X" not in frozen:  # the starting backbone's validation features, for the head-alone stage
+                    from hashsearch.hashing.deep.trainer import resolve_device
 
-                frozen["X"] = trunk_features(backbone.init_module(), vpixels, backbone.preprocess, resolve_device(dev))
-            return validation_map(_bits_of(model, hasher.standardize(frozen["X"], _checked=True)), yv)
+                    frozen["X"] = trunk_features(
+                        backbone.init_module(), vpixels, backbone.preprocess, resolve_device(dev)
+                    )
+                return validation_map(_bits_of(model, hasher.standardize(frozen["X"], _checked=True)), yv)
 
-        tuned = hasher.finetune(
-            backbone,
-            pixels,
-            labels,
-            ckpt / "backbone.pt",
-            epochs=epochs,
-            trunk_lr_scale=trunk_lr_scale,
-            progress=progress,
-            warm_loop={"validate": validate, "checkpoint": ckpt / "head.pt", "desc": f"training the {method} head"},
-            loop={
-                "validate": validate,
-                "patience": patience,
-                "checkpoint": ckpt / "joint.pt",
-                "desc": f"fine-tuning {backbone.name} with {method}",
-            },
-        )
-        warm, joint = hasher.head_history_, hasher.joint_history_
-        resumed_at = joint.resumed_at or warm.resumed_at
-        # The head alone on the starting backbone's frozen features: what fine-tuning is measured against.
-        record["head_stage"] = _epochs(warm)
-        record["frozen_val_map"] = max(warm.val_score, default=None)
-        record["epochs"] = _epochs(joint)
-        record["val_map"] = max(joint.val_score, default=None)
-        record["trunk_lr_scale"] = trunk_lr_scale
+            tuned = hasher.finetune(
+                backbone,
+                pixels,
+                labels,
+                ckpt / "backbone.pt",
+                epochs=epochs,
+                trunk_lr_scale=trunk_lr_scale,
+                progress=progress,
+                warm_loop={
+                    "validate": validate if len(vkept) else None,
+                    "patience": None,
+                    "checkpoint": ckpt / "head.pt",
+                    "desc": f"training the {method} head",
+                },
+                loop={
+                    "validate": validate if len(vkept) else None,
+                    "patience": patience if len(vkept) else None,
+                    "checkpoint": ckpt / "joint.pt",
+                    "desc": f"fine-tuning {backbone.name} with {method}",
+                },
+            )
+            warm, joint = hasher.head_history_, hasher.joint_history_
+            resumed_at = joint.resumed_at or warm.resumed_at
+            resumed_stage = ("joint" if joint.resumed_at else "head") if resumed_at else None
+            # The head alone on the starting backbone's frozen features: what fine-tuning is measured against.
+            record["head_stage"] = _epochs(warm)
+            record["frozen_val_map"] = max(warm.val_score, default=None)
+            record["epochs"] = _epochs(joint)
+            record["val_map"] = max(joint.val_score, default=None)
+            record["trunk_lr_scale"] = trunk_lr_scale
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_interrupted(ckpt, out, mode)) from None
+    finally:
+        if not any(ckpt.glob("*.pt")):
+            # Nothing trained: no checkpoint, so that a corrected command is not taken for another run.
+            shutil.rmtree(ckpt, ignore_errors=True)
+    if deep:
+        # The hasher's `epochs` as run (the joint stage's in finetune mode), not the method's default.
+        hasher.epochs = len(record["epochs"]["loss"])
+        record["params"] = hasher.get_params()
     record["seconds"] = time.perf_counter() - t_start
     record["train_seconds"] = float(getattr(hasher, "train_seconds_", 0.0) or 0.0)
     model = TrainedModel.from_trained(tuned, hasher, record)
     model.save(out)
     curve = write_curve(model, out.with_name(out.stem + "-training.png"))
     shutil.rmtree(ckpt, ignore_errors=True)
-    return TrainResult(model, out, curve, resumed_at, notes)
+    return TrainResult(model, out, curve, resumed_at, notes, resumed_stage)
 
 
 def _deep_methods() -> list[str]:

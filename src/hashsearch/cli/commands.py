@@ -102,7 +102,52 @@ def _save(coll, path: Path) -> None:
         ) from None
 
 
+def _open_collection(path: Path):
+    """`Collection.open(path)`, with a model file (`hashsearch train`'s .hsm) given in its place named as one."""
+    import zipfile
+
+    from hashsearch.collection import Collection
+
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            if "model.json" in z.namelist():
+                raise typer.BadParameter(
+                    f"{show(path)} is a model file (from `hashsearch train`), not a collection; make a collection "
+                    f"with it by `hashsearch index FOLDER --model {show(path)} --out NAME.hsx`, and give NAME.hsx here"
+                )
+    return Collection.open(path)
+
+
+def _refuse_fixed_by_model(ctx: typer.Context, model: Path | None, flags: dict[str, str]) -> None:
+    """With --model, refuse the options the model fixes (parameter name -> flag) that were given on the
+    command line (or by environment): one error naming them. Their defaults are not refused."""
+    if model is None:
+        return
+    given = [
+        flag
+        for name, flag in flags.items()
+        if (src := ctx.get_parameter_source(name)) is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+    ]
+    if given:
+        raise typer.BadParameter(
+            f"--model {show(model)} fixes {', '.join(given)} (the model's own method, code length, backbone and "
+            f"input size are used); leave {'it' if len(given) == 1 else 'them'} out, or drop --model"
+        )
+
+
+#: The options of index that a model file fixes (eval's --seed is its split's, not the hasher's).
+_MODEL_FIXES = {
+    "method": "--method",
+    "bits": "--bits",
+    "seed": "--seed",
+    "backbone": "--backbone",
+    "input_size": "--input-size",
+    "weights": "--weights",
+}
+
+
 def index(
+    ctx: typer.Context,
     source: str = typer.Argument(
         ..., help="A folder (recursive), a .tar/.tar.gz archive, or a list file of paths [TAB label]."
     ),
@@ -150,6 +195,7 @@ def index(
         raise typer.BadParameter(f"--address {address!r} needs --engine ray (got --engine {engine!r})")
     if uri and backend != "milvus":
         raise typer.BadParameter(f"--uri {show(uri)} needs --backend milvus (got --backend {show(backend)})")
+    _refuse_fixed_by_model(ctx, model, _MODEL_FIXES)
     check_bits([bits])
     _check_out(out)
     _check_writable(skip_list)
@@ -206,11 +252,10 @@ def search(
     A query that cannot be read or decoded is reported on stderr (and, with --json, as an entry
     with an "error") and the others are answered; the exit code is 1 only when no query could be.
     """
-    from hashsearch.collection import Collection
     from hashsearch.data.decode import DecodeError, decode_image
     from hashsearch.pipeline import extract_queries
 
-    coll = Collection.open(collection)
+    coll = _open_collection(collection)
     images, answered, errors = [], [], {}
     for qi, q in enumerate(queries):
         try:
@@ -268,9 +313,8 @@ def search(
 
 def info(collection: Path = typer.Argument(..., help="A collection folder.")):
     """Describe a collection: size, code length, method, backbone, labels."""
-    from hashsearch.collection import Collection
 
-    info = Collection.open(collection).info()
+    info = _open_collection(collection).info()
     # Unlabelled entries under "(no label)" (json.dumps would write a None key as "null").
     info["labels"] = {"(no label)" if k is None else k: v for k, v in info.get("labels", {}).items()}
     typer.echo(json.dumps(info, indent=1))
@@ -297,12 +341,11 @@ def add(
     source) are skipped and counted, unless --keep-duplicates; when nothing new is left, the
     collection is not written.
     """
-    from hashsearch.collection import Collection
     from hashsearch.data.sources import open_source
     from hashsearch.pipeline import add_images
 
     _check_writable(skip_list)
-    coll = Collection.open(collection)
+    coll = _open_collection(collection)
     trained = _load_model(model, cache_dir)
     if trained is not None:
         coll.check_model(trained.id, f"the codes of {show(model)}")
@@ -331,9 +374,8 @@ def remove(collection: Path = typer.Argument(...), ids: list[int] = typer.Argume
     Ids that no entry has are named on stderr and change nothing (exit code 1); when none of
     the ids exists, the collection is not written.
     """
-    from hashsearch.collection import Collection
 
-    coll = Collection.open(collection)
+    coll = _open_collection(collection)
     wanted = list(dict.fromkeys(ids))
     possible = [i for i in wanted if 0 <= i < 2**63]  # ids are non-negative int64
     found = {i for i, e in zip(possible, coll.entries(possible)) if e is not None}
@@ -363,9 +405,8 @@ def relocate(
 
     `hashsearch info` lists the folders a collection reads from and whether each exists.
     """
-    from hashsearch.collection import Collection
 
-    coll = Collection.open(collection)
+    coll = _open_collection(collection)
     n = coll.relocate(old, new)
     if not n:
         folders = ", ".join(show(s["root"]) for s in coll.sources()) or "none"
@@ -380,6 +421,7 @@ def relocate(
 
 
 def eval(
+    ctx: typer.Context,
     protocol: str | None = typer.Option(None, "--protocol", "-p", help="A named protocol (see `hashsearch list`)."),
     data: str | None = typer.Option(
         None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."
@@ -416,6 +458,8 @@ def eval(
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
     if model is not None:
         from hashsearch.experiments.training import evaluate_model
+
+        _refuse_fixed_by_model(ctx, model, {k: v for k, v in _MODEL_FIXES.items() if k != "seed"})  # eval: the split's
 
         evaluate_model(
             _load_model(model, cache_dir),

@@ -96,7 +96,14 @@ def serve(
     if model is not None:
         from hashsearch.model import TrainedModel
 
-        app.state.hs.coll.check_model(TrainedModel.load(model).id, f"the codes of {model}")
+        given, built = TrainedModel.load(model).id, app.state.hs.coll.model_id
+        if given != built:
+            raise ValueError(
+                f"{collection} was built "
+                + (f"by model {built[:12]}" if built else "without a trained model (a stock backbone)")
+                + f", not by {model} (model {given[:12]}); serve it without --model (queries always go through the "
+                f"collection's own model), or serve a collection made by `hashsearch index FOLDER --model {model}`"
+            )
     typer.echo(
         f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
         f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "

@@ -121,12 +121,13 @@ def test_a_killed_training_resumes_and_ends_as_the_uninterrupted_run(trained, wo
     assert not out.exists()
 
     text = run("train", work / "data", "--out", out, "--cache-dir", work / "cache", *TRAIN)
-    assert "resuming from the checkpoint" in text and "resumed after epoch" in text, text
+    assert "resuming from the checkpoint" in text and "resumed the joint stage after epoch" in text, text
     r = record(out)
     assert r["epochs"]["resumed_at"] >= 1
     assert len(r["epochs"]["loss"]) == len(ref["epochs"]["loss"])
     assert r["epochs"]["best_epoch"] == ref["epochs"]["best_epoch"]
     assert r["epochs"]["val_map"] == pytest.approx(ref["epochs"]["val_map"], abs=1e-6)
+    assert _id(out) == _id(trained[0])
     assert not ckpt.exists()
 
     # A checkpoint of another training is not resumed from: the run stops and says what to do.
@@ -188,3 +189,122 @@ def test_finetune_mode_needs_a_deep_method(cifar_small, tmp_path):
         "train", cifar_small / "train", "--method", "itq", "--mode", "finetune", "--out", tmp_path / "m.hsm", code=2
     )
     assert "--mode finetune" in text and "hashnet" in text and not (tmp_path / "m.hsm").exists()
+
+
+def _flat(work: Path, dest: Path) -> Path:
+    """The fixture's images in one folder, without class folders: no labels."""
+    dest.mkdir()
+    for i, f in enumerate(sorted((work / "data").rglob("*.jpg"))):
+        shutil.copyfile(f, dest / f"img{i:03d}.jpg")
+    return dest
+
+
+@pytest.mark.parametrize("method", ["bihalf", "greedyhash-unsup", "ssdh", "bihalf-spectral"])
+def test_unsupervised_deep_methods_train_on_unlabelled_and_labelled_images(method, work, tmp_path):
+    common = ["--method", method, "--bits", "16", "--input-size", "32", "--epochs", "3", "--cache-dir", work / "cache"]
+    # No labels: all images train, there is nothing to validate on, and the last epoch is kept.
+    out = tmp_path / "u.hsm"
+    text = run("train", _flat(work, tmp_path / "flat"), "--out", out, *common)
+    assert "no validation mAP" in text and "kept the last epoch" in text, text
+    r = record(out)
+    assert r["val_map"] is None and r["data"]["train"] == 96 and r["data"]["validation"] == 0
+    assert len(r["epochs"]["loss"]) == 3 and r["epochs"]["best_epoch"] is None
+    # Labels: validated with them (held-out images' mAP), trained without them.
+    out = tmp_path / "l.hsm"
+    text = run("train", work / "data", "--out", out, "--val-fraction", "0.25", *common)
+    r = record(out)
+    assert r["data"]["validation"] == 24 and len(r["epochs"]["val_map"]) >= 1 and 0 < r["val_map"] <= 1, text
+    assert "best validation mAP" in text
+
+
+def test_unsupervised_finetune_on_unlabelled_images(work, tmp_path):
+    out = tmp_path / "f.hsm"
+    text = run(
+        "train", _flat(work, tmp_path / "flat"), "--out", out, "--method", "bihalf", "--bits", "16",
+        "--input-size", "32", "--mode", "finetune", "--epochs", "1", "--cache-dir", work / "cache",
+    )  # fmt: skip
+    r = record(out)
+    assert r["mode"] == "finetune" and r["val_map"] is None and len(r["epochs"]["loss"]) == 1, text
+
+
+def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, work, monkeypatch):
+    """Ctrl-C during the third epoch of finetune's head stage (two epochs checkpointed): the message
+    says so, and the same command resumes the head stage and ends with the uninterrupted run's model."""
+    from hashsearch.experiments import training
+
+    real, calls = training.validation_map, []
+
+    def interrupted_at_the_third(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    out = work / "head-killed.hsm"
+    args = ("train", work / "data", "--out", out, "--cache-dir", work / "cache", *TRAIN)
+    monkeypatch.setattr(training, "validation_map", interrupted_at_the_third)
+    text = run(*args, code=130)
+    assert "epoch 2 of the head stage is checkpointed" in text and "run the same command again" in text, text
+    assert "feature cache" not in text and text.count("error:") == 1
+    monkeypatch.setattr(training, "validation_map", real)
+    text = run(*args)
+    assert "resumed the head stage after epoch 2" in text, text
+    ref, r = record(trained[0]), record(out)
+    assert r["head_stage"]["resumed_at"] == 2 and r["epochs"]["resumed_at"] == 0
+    for stage in ("head_stage", "epochs"):
+        assert r[stage]["loss"] == pytest.approx(ref[stage]["loss"], abs=1e-6)
+        assert r[stage]["val_map"] == pytest.approx(ref[stage]["val_map"], abs=1e-6)
+    assert _id(out) == _id(trained[0])
+
+
+def test_a_run_that_fails_before_training_leaves_no_checkpoint(work, tmp_path, monkeypatch):
+    from hashsearch.experiments import training
+
+    out = tmp_path / "m.hsm"
+    args = ["train", work / "data", "--out", out, "--cache-dir", work / "cache", "--input-size", "32"]
+    args += ["--bits", "16", "--epochs", "2", "--method", "hashnet"]
+    import torch
+
+    if not torch.cuda.is_available():
+        text = run(*args, "--device", "cuda", code=2)
+        assert "device='cuda'" in text and "device='cpu'" in text, text
+        assert not out.with_name("m.hsm.ckpt").exists()
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "validation_map", interrupted)  # Ctrl-C in the first epoch
+    text = run(*args, "--device", "cpu", code=130)
+    assert "before the first epoch was checkpointed" in text and not out.with_name("m.hsm.ckpt").exists(), text
+    monkeypatch.undo()
+    text = run(*args, "--device", "cpu")  # the corrected command is not taken for another training
+    assert "resum" not in text and record(out)["epochs"]["loss"], text
+
+
+def test_a_model_file_fixes_its_options_and_is_named_where_a_collection_belongs(trained, work, tmp_path):
+    import socket
+
+    model, photo = trained[0], sorted((work / "data").rglob("*.jpg"))[0]
+    coll = tmp_path / "c.hsx"
+    # Options the model fixes, given explicitly, are refused together in one line.
+    text = run(
+        "index", work / "data", "--model", model, "--bits", "64", "--method", "itq", "--input-size", "128",
+        "--out", coll, code=2,
+    )  # fmt: skip
+    assert text.count("error:") == 1 and "fixes --method, --bits, --input-size (" in text, text
+    assert not coll.exists()
+    # A model file given as a collection says what it is and how a collection is made from it.
+    text = run("search", model, photo, code=2)
+    assert "is a model file" in text and f"hashsearch index FOLDER --model {model}" in text, text
+    # Without them, the model indexes; the hasher's epochs are the ones trained (6 or fewer), not hashnet's 30.
+    run("index", work / "data", "--model", model, "--out", coll, "--cache-dir", work / "cache")
+    assert json.loads(run("info", coll))["hasher_params"]["epochs"] == len(record(model)["epochs"]["loss"]) <= 6
+    # serve with another model than the collection's says what the collection was built by, and what to do.
+    plain = tmp_path / "plain.hsx"
+    run("index", work / "data", "--method", "lsh", "--bits", "16", "--input-size", "32", "--out", plain)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = run("serve", plain, "--model", model, "--port", port, code=2)
+    assert "was built without a trained model" in text and "serve it without --model" in text, text
+    assert "same file" not in text and text.count("error:") == 1

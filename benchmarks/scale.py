@@ -663,13 +663,15 @@ def index_table(recs: list[dict]) -> list[str]:
     return lines
 
 
-def speed_table(recs: list[dict]) -> list[str]:
+def _k_columns() -> tuple[list[str], list[str]]:
+    """The k = 1, 10, 100 and radius columns' keys, and a table's two header lines (each column twice)."""
     keys = [str(k) for k in KS] + ["r2"]
     head = " | ".join(f"k={k}" if k != "r2" else f"radius {RADIUS}" for k in keys)
-    lines = [
-        f"| bits | back end | N | {head} | {head} |",
-        "|---:|---|---:|" + "---:|" * (2 * len(keys)),
-    ]
+    return keys, [f"| bits | back end | N | {head} | {head} |", "|---:|---|---:|" + "---:|" * (2 * len(keys))]
+
+
+def speed_table(recs: list[dict]) -> list[str]:
+    keys, lines = _k_columns()
     for r in recs:
         lat = " | ".join(f"{r['latency'][k][0]:.3f} / {r['latency'][k][1]:.3f}" for k in keys)
         qps = " | ".join(f"{r['qps'][k]:,.0f}" for k in keys)
@@ -679,12 +681,7 @@ def speed_table(recs: list[dict]) -> list[str]:
 
 
 def cpu_table(recs: list[dict]) -> list[str]:
-    keys = [str(k) for k in KS] + ["r2"]
-    head = " | ".join(f"k={k}" if k != "r2" else f"radius {RADIUS}" for k in keys)
-    lines = [
-        f"| bits | back end | N | {head} | {head} |",
-        "|---:|---|---:|" + "---:|" * (2 * len(keys)),
-    ]
+    keys, lines = _k_columns()
     for r in recs:
         if "cpu_latency" not in r:
             continue

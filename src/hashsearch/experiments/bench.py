@@ -103,7 +103,6 @@ def bench(
     total = time.perf_counter() - t0
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         at48 = [r for r in rows if int(r["bits"]) == 48]
         goal = ""
         if at48:

@@ -94,7 +94,6 @@ def run_and_report(
     total = time.perf_counter() - t0
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         notes = "\n".join(
             [
                 f"Command: `{command}`" if command else "",

@@ -563,8 +563,6 @@ def evaluate_model(
     }
     log(f"{model.describe()}: mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}")
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         notes = "\n".join(
             [
                 f"Command: `{command}`" if command else "",

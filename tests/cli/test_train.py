@@ -308,3 +308,36 @@ def test_a_model_file_fixes_its_options_and_is_named_where_a_collection_belongs(
     text = run("serve", plain, "--model", model, "--port", port, code=2)
     assert "was built without a trained model" in text and "serve it without --model" in text, text
     assert "same file" not in text and text.count("error:") == 1
+
+
+def test_train_on_a_protocols_training_split_with_a_recipe(tmp_path):
+    out = tmp_path / "f.hsm"
+    text = run(
+        "train", "--protocol", "flowers12", "--method", "csq", "--bits", "16", "--input-size", "64",
+        "--mode", "finetune", "--recipe", "cpu,epochs=2,start_size=32,label_smoothing=0.1", "--out", out,
+    )  # fmt: skip
+    assert "432 training and 48 validation images, 12 classes" in text
+    r = record(out)
+    assert r["protocol"] == "flowers12" and r["data"]["train"] == 432
+    assert r["recipe"]["schedule"] == "cosine" and r["recipe"]["label_smoothing"] == 0.1
+    assert len(r["epochs"]["loss"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--protocol", "flowers12", "--mode", "head", "--recipe", "cpu"], "--mode head leave it out"),
+        (["--protocol", "flowers12", "--mode", "finetune", "--recipe", "fast"], "recipe 'fast' is not one of"),
+        (
+            ["--protocol", "flowers12", "--method", "hashnet", "--recipe", "label_smoothing=0.1", "--mode", "finetune"],
+            "no class targets",
+        ),
+        (["SOURCE", "--protocol", "flowers12"], "one of the two"),
+        ([], "one of the two"),
+    ],
+)
+def test_train_refuses_a_recipe_it_cannot_use_and_needs_one_source(args, words, work, tmp_path):
+    args = [str(work / "data") if a == "SOURCE" else a for a in args]
+    text = run("train", *args, "--input-size", "32", "--epochs", "1", "--out", tmp_path / "m.hsm", code=2)
+    assert words in text, text
+    assert not (tmp_path / "m.hsm").exists() and not (tmp_path / "m.hsm.ckpt").exists()

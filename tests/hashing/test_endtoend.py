@@ -8,6 +8,7 @@ import pytest
 from hashsearch.backbones import create_backbone
 from hashsearch.data.sources import open_source
 from hashsearch.hashing import create_hasher
+from hashsearch.hashing.deep.endtoend import Recipe
 from hashsearch.pipeline.local import extract_pixels
 
 
@@ -120,7 +121,9 @@ def test_finetune_mode_trains_the_backbone_through_the_same_loss(name, small_pix
     pixels, labels = small_pixels["train"]
     h = create_hasher(name, n_bits=16, epochs=6, batch_size=40, lr=1e-3)
     # The 80-image ResNet is barely trained: let its batch norm adapt as in training from scratch.
-    tuned = h.finetune(start, pixels, labels, tmp_path / "tuned.pt", trunk_lr_scale=0.5, pretrained=False)
+    tuned = h.finetune(
+        start, pixels, labels, tmp_path / "tuned.pt", recipe=Recipe(trunk_lr_scale=0.5), pretrained=False
+    )
     head_only, joint = h.loss_history_[:6], h.loss_history_[6:]  # the head alone first, then with the backbone
     assert len(joint) == 6 and head_only[-1] < head_only[0] and joint[-1] < joint[0], h.loss_history_
     assert tuned.weights_sha256 != start.weights_sha256

@@ -22,7 +22,9 @@ from hashsearch.cli.common import (
 
 
 def train(
-    source: str = typer.Argument(..., help="Labelled images: class folders, an archive, or a list file with labels."),
+    source: str | None = typer.Argument(
+        None, help="Labelled images: class folders, an archive, or a list file with labels (or --protocol)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="The model file to write (e.g. shoes.hsm)."),
     method: str = typer.Option("hashnet", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
     bits: int = typer.Option(48, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
@@ -53,6 +55,20 @@ def train(
     train_batch: int | None = typer.Option(
         None, "--train-batch", min=1, help="Images per training step (default: the method's)."
     ),
+    recipe: str | None = typer.Option(
+        None,
+        "--recipe",
+        help="finetune mode: how the backbone trains: a name (paper, cpu), key=value pairs "
+        "(epochs, trunk_lr_scale, schedule, augment, ema, label_smoothing, start_size), or both: 'cpu,epochs=8'. "
+        "Default: paper.",
+    ),
+    protocol: str | None = typer.Option(
+        None,
+        "--protocol",
+        "-p",
+        help="Train on a named protocol's training split (e.g. cifar10-1k) instead of SOURCE; "
+        "`hashsearch eval --model` then measures it on that protocol.",
+    ),
     fresh: bool = typer.Option(
         False,
         "--fresh",
@@ -78,13 +94,22 @@ def train(
     from hashsearch.experiments.training import train_model
 
     check_bits([bits])
+    if (source is None) == (protocol is None):
+        raise typer.BadParameter("give the labelled images (SOURCE) or --protocol NAME, one of the two")
     if out.exists() and out.is_dir():
         raise typer.BadParameter(f"--out {show(out)} is a folder; give a model file name such as model.hsm")
     if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"--device {device!r}: use cpu, cuda (cuda:N) or auto")
     bb = make_backbone(backbone, input_size, weights)
+    if protocol is not None:
+        from hashsearch.experiments.jobs import load_split
+
+        images, split = load_split(protocol, None, 1, 1, seed, log=lambda line: typer.echo(show(line)))
+        train_records = split.train
+    else:
+        images, train_records = open_source(source, _labels(labels)), None
     result = train_model(
-        open_source(source, _labels(labels)),
+        images,
         out,
         method=method,
         bits=bits,
@@ -97,6 +122,9 @@ def train(
         device=device,
         lr=lr,
         batch_size=train_batch,
+        recipe=recipe,
+        records=train_records,
+        protocol=protocol,
         fresh=fresh,
         cache_dir=cache_dir,
         max_pixels=max_pixels,

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,10 +33,13 @@ from hashsearch.evaluation.metrics import mean_average_precision
 from hashsearch.hashing import create_hasher, hashers
 from hashsearch.model import TrainedModel
 
+if TYPE_CHECKING:
+    from hashsearch.hashing.deep.endtoend import Recipe
+
 #: Training modes: a head on frozen (cached) features, or the backbone trained with the head.
 MODES = ("head", "finetune")
 #: Version of the run description kept beside a checkpoint: another one is not resumed from.
-_RUN_VERSION = 1
+_RUN_VERSION = 2
 
 
 @dataclass
@@ -186,7 +189,9 @@ def train_model(
     device: str = "cpu",
     lr: float | None = None,
     batch_size: int | None = None,
-    trunk_lr_scale: float = 0.1,
+    recipe: Recipe | str | None = None,
+    records: list[ImageRecord] | None = None,
+    protocol: str | None = None,
     fresh: bool = False,
     cache_dir: str | os.PathLike | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -211,6 +216,13 @@ def train_model(
         Where deep methods train ("auto": CUDA when available).
     lr, batch_size : optional
         Override the method's learning rate and batch size.
+    recipe : Recipe or str, optional
+        Finetune mode: how the joint stage trains (`endtoend.Recipe`, or a spec for
+        `Recipe.parse` such as "cpu" or "cpu,epochs=8"); default the "paper" recipe. `epochs`,
+        when given, overrides the recipe's.
+    records, protocol : optional
+        Train on these records of `source` (a protocol's training split) instead of all of
+        its images; `protocol` names that protocol in the model's record.
     fresh : bool
         Discard a checkpoint left by an earlier run of the same `out` instead of resuming from it.
 
@@ -225,7 +237,9 @@ def train_model(
         fewer than 2 classes, a checkpoint left by a different training (use `fresh`).
     """
     from hashsearch.hashing.deep.base import DeepHasher
+    from hashsearch.hashing.deep.endtoend import Recipe
 
+    recipe = Recipe.parse(recipe) if isinstance(recipe, str) else (recipe or Recipe())
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
     cls = hashers.get(method)
@@ -252,8 +266,10 @@ def train_model(
         if epochs is not None and mode == "head":
             hasher.epochs = epochs
 
+    if mode != "finetune" and recipe != Recipe():
+        raise ValueError(f"--recipe sets how finetune mode trains the backbone; with --mode {mode} leave it out")
     out = Path(out)
-    records = source.records()
+    records = source.records() if records is None else list(records)
     labelled = [r for r in records if r.label is not None]
     if len({r.label for r in labelled}) < 2 and hasher.supervised:
         raise ValueError(
@@ -290,7 +306,7 @@ def train_model(
         "val_fraction": val_fraction,
         "backbone": backbone.config() | {"weights": None},
         "data": digest,
-        "trunk_lr_scale": trunk_lr_scale,
+        "recipe": recipe.as_dict(),
     }
     ckpt = out.with_name(out.name + ".ckpt")
     _prepare_checkpoint(ckpt, run, fresh, log)
@@ -309,7 +325,7 @@ def train_model(
             "classes": sorted({str(r.label) for r in labelled if r.label is not None}),
             "split": {"val_fraction": val_fraction, "seed": seed},
         },
-        "protocol": None,
+        "protocol": protocol,
         "device": dev,
         "machine": machine(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -389,7 +405,7 @@ def train_model(
                 labels,
                 ckpt / "backbone.pt",
                 epochs=epochs,
-                trunk_lr_scale=trunk_lr_scale,
+                recipe=recipe,
                 progress=progress,
                 warm_loop={
                     "validate": validate if len(vkept) else None,
@@ -412,7 +428,7 @@ def train_model(
             record["frozen_val_map"] = max(warm.val_score, default=None)
             record["epochs"] = _epochs(joint)
             record["val_map"] = max(joint.val_score, default=None)
-            record["trunk_lr_scale"] = trunk_lr_scale
+            record["recipe"] = recipe.as_dict()
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(ckpt, out, mode)) from None
     finally:

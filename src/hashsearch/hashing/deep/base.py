@@ -219,8 +219,7 @@ class DeepHasher(Hasher):
         weights_out: str | os.PathLike,
         *,
         epochs: int | None = None,
-        trunk_lr_scale: float = 0.1,
-        augment: bool = True,
+        recipe=None,
         pretrained: bool = True,
         progress: bool = True,
         loop: dict | None = None,
@@ -233,8 +232,11 @@ class DeepHasher(Hasher):
         one training loop, with this hasher's loss and settings: first the head alone on the
         starting backbone's features for `epochs` of this hasher (head mode, seconds), so that
         the backbone's first gradients come from a trained head and not a random one; then head
-        and backbone together for `epochs` (default: this hasher's) on augmented images (see
-        `endtoend.ImageModel`), the backbone at ``lr * trunk_lr_scale``. The input
+        and backbone together for `epochs` (default: the recipe's, else this hasher's) on
+        augmented images (see `endtoend.ImageModel`), trained as `recipe` says
+        (`endtoend.Recipe`: the backbone at ``lr * trunk_lr_scale``, schedule, augmentation,
+        weight averaging, label smoothing, progressive resizing; default the "paper" recipe:
+        constant rate, crop/flip, the backbone at a tenth of the head's rate). The input
         standardisation is learned from the starting backbone's features and then held fixed;
         `loss_history_` holds both stages' epochs. With `pretrained` the backbone's batch-norm
         statistics stay frozen and its weights get no L2. Writes the trained backbone's weights
@@ -245,19 +247,27 @@ class DeepHasher(Hasher):
         Raises
         ------
         ValueError
-            If `pixels` are not uint8 crops at the backbone's input size, or do not match `labels`.
+            If `pixels` are not uint8 crops at the backbone's input size, or do not match `labels`;
+            a recipe with label smoothing for a loss without class targets.
         """
-        from hashsearch.hashing.deep.endtoend import ImageModel, check_pixels, trained_backbone, trunk_features
+        from hashsearch.hashing.deep.endtoend import ImageModel, Recipe, check_pixels, trained_backbone, trunk_features
         from hashsearch.hashing.deep.trainer import TrainHistory, resolve_device, seeded, train
 
         pixels = check_pixels(pixels, labels, backbone)
         self._check_n_bits()
+        recipe = recipe or Recipe()
         dev = resolve_device(self.device)
         with seeded(self.seed, dev):
             trunk = backbone.init_module()
         X0 = trunk_features(trunk, pixels, backbone.preprocess, dev)
         head, loss_fn, targets, dev = self._build(X0, np.asarray(labels))
         targets = self._train_targets(X0, loss_fn, targets)
+        if recipe.label_smoothing:
+            if not hasattr(loss_fn, "label_smoothing"):
+                raise ValueError(
+                    f"label_smoothing={recipe.label_smoothing}: loss {self.loss!r} has no class targets to smooth "
+                    "(DLBHC's cross-entropy and CSQ's hash centres do); leave it at 0"
+                )
         settings = dict(self._settings(dev), progress=progress)
         warm = train(
             head,
@@ -274,19 +284,26 @@ class DeepHasher(Hasher):
             backbone.preprocess,
             self.feature_mean_,
             self.feature_std_,
-            augment=augment,
-            trunk_lr_scale=trunk_lr_scale,
+            augment=recipe.augment,
+            trunk_lr_scale=recipe.trunk_lr_scale,
             pretrained=pretrained,
+            recipe=recipe,
         )
+        if recipe.label_smoothing:
+            loss_fn.label_smoothing = float(recipe.label_smoothing)  # the joint stage only
         joint = train(
             model,
             loss_fn,
             pixels,
             targets,
-            epochs=self.epochs if epochs is None else epochs,
+            epochs=epochs or recipe.epochs or self.epochs,
             **settings,
+            cosine=recipe.schedule == "cosine",
+            ema=recipe.ema,
             **(loop or {}),
         )
+        if recipe.label_smoothing:
+            loss_fn.label_smoothing = 0.0
         self._keep(head, TrainHistory(warm.epoch_loss + joint.epoch_loss, warm.seconds + joint.seconds))
         self.head_history_, self.joint_history_ = warm, joint
         self.n_features_in_ = X0.shape[1]

@@ -11,7 +11,9 @@ so features, the cache and the index work on it unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,118 @@ from hashsearch.hashing.deep.trainer import TrainHistory, resolve_device, seeded
 
 #: Version of the fine-tuning recipe: results cached by it (weights, hashers) are redone when it changes.
 FINETUNE_RECIPE = 2
+
+#: The augmentations `Recipe.augment` names (see `augment_batch`).
+AUGMENTATIONS = ("none", "crop-flip", "strong")
+#: The learning-rate schedules of the joint stage (`Recipe.schedule`).
+SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How finetune mode's joint stage (backbone and head together) trains: the levers of the CPU recipe.
+
+    Attributes
+    ----------
+    epochs : int or None
+        Joint epochs (None: the method's `epochs`).
+    trunk_lr_scale : float
+        The backbone's learning rate relative to the head's (> 0).
+    schedule : {"constant", "cosine"}
+        The learning rate held, or annealed to 0 over the joint epochs (cosine, Loshchilov &
+        Hutter, ICLR 2017).
+    augment : {"none", "crop-flip", "strong"}
+        "crop-flip": reflection pad s/8, random s x s crop, horizontal flip. "strong": a random
+        resized crop (area 35-100 %, aspect 3/4-4/3), flip, and brightness/contrast/saturation
+        jitter of +-30 % (the "Inception" crop of Szegedy et al., CVPR 2015, without a library).
+    ema : float
+        Decay of an exponential moving average of the weights (0: none; e.g. 0.999): the
+        average, not the last step's weights, is validated and kept (Polyak & Juditsky, 1992).
+    label_smoothing : float
+        In [0, 1): softened class targets (Szegedy et al., CVPR 2016) for the losses that have
+        class targets (DLBHC's cross-entropy, CSQ's hash centres); other losses refuse it.
+    start_size : int or None
+        Progressive resizing: the first joint epoch sees images downscaled to this many pixels,
+        growing linearly to the backbone's input size by the last epoch (small images first,
+        cheaper epochs; Tan & Le, "EfficientNetV2", ICML 2021). At least 32 (the networks
+        downsample 32 times). None: full size throughout.
+        Validation and encoding always use the full size.
+    """
+
+    epochs: int | None = None
+    trunk_lr_scale: float = 0.1
+    schedule: str = "constant"
+    augment: str = "crop-flip"
+    ema: float = 0.0
+    label_smoothing: float = 0.0
+    start_size: int | None = None
+
+    def __post_init__(self) -> None:
+        from hashsearch.validation import check_int, check_real
+
+        check_int("epochs", self.epochs, low=1, allow_none=True, none_means="the method's epochs")
+        check_real("trunk_lr_scale", self.trunk_lr_scale, low=0, low_open=True, finite=True)
+        check_real("ema", self.ema, low=0, high=1, high_open=True)
+        check_real("label_smoothing", self.label_smoothing, low=0, high=1, high_open=True)
+        check_int("start_size", self.start_size, low=32, allow_none=True, none_means="full size throughout")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: use one of {', '.join(SCHEDULES)}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment={self.augment!r}: use one of {', '.join(AUGMENTATIONS)}")
+
+    @classmethod
+    def parse(cls, spec: str) -> Recipe:
+        """A recipe from "NAME", "key=value,..." or "NAME,key=value,..." (NAME from `RECIPES`).
+
+        ``Recipe.parse("cpu,epochs=4")`` is the "cpu" recipe with 4 joint epochs.
+
+        Raises
+        ------
+        ValueError
+            An unknown name or key, a value of the wrong type, or a value out of range.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        base, changes = cls(), {}
+        for i, part in enumerate(p.strip() for p in str(spec).split(",") if p.strip()):
+            if "=" not in part:
+                if i:
+                    raise ValueError(f"recipe {spec!r}: a recipe name ({part!r}) comes first, then key=value pairs")
+                if part not in RECIPES:
+                    raise ValueError(f"recipe {part!r} is not one of {', '.join(RECIPES)} (or give key=value pairs)")
+                base = RECIPES[part]
+                continue
+            key, value = (x.strip() for x in part.split("=", 1))
+            if key not in fields:
+                raise ValueError(f"recipe {spec!r}: {key!r} is not one of {', '.join(fields)}")
+            if key in ("schedule", "augment"):
+                changes[key] = value
+            elif value.lower() == "none":
+                changes[key] = None
+            else:
+                try:
+                    changes[key] = int(value) if key in ("epochs", "start_size") else float(value)
+                except ValueError:
+                    raise ValueError(f"recipe {spec!r}: {key}={value!r} is not a number") from None
+        return dataclasses.replace(base, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def size_at(self, epoch: int, epochs: int, full: int) -> int:
+        """The training image size of 0-based `epoch` of `epochs`: `full`, or the progressive schedule's (multiple of 8)."""
+        if self.start_size is None or self.start_size >= full or epochs < 2:
+            return full
+        size = self.start_size + (full - self.start_size) * epoch / (epochs - 1)
+        return int(min(full, max(32, round(size / 8) * 8)))
+
+
+#: Named recipes (`Recipe.parse`, `hashsearch train --recipe`). "paper": the finetune mode of
+#: `hashsearch bench` (constant rate, crop/flip); "cpu": the recipe measured in
+#: benchmarks/results/recipe.md for the 2-core CPU.
+RECIPES: dict[str, Recipe] = {
+    "paper": Recipe(),
+    "cpu": Recipe(schedule="cosine", ema=0.999, trunk_lr_scale=0.2, start_size=96),
+}
 
 
 class ImageModel(nn.Module):
@@ -38,8 +152,8 @@ class ImageModel(nn.Module):
         The backbone's preprocessing (mean and std).
     feature_mean, feature_std : (d,) arrays, optional
         The hasher's input standardisation (fixed during training).
-    augment : bool
-        Random crop (reflection padding of s/8) and horizontal flip, in training mode only.
+    augment : bool or str
+        One of `AUGMENTATIONS` (True: "crop-flip", False: "none"), in training mode only.
     trunk_lr_scale : float
         The trunk's learning rate relative to the head's (`param_groups`): below 1 for a
         pretrained backbone, 1 for one trained from scratch.
@@ -57,14 +171,20 @@ class ImageModel(nn.Module):
         preprocess,
         feature_mean=None,
         feature_std=None,
-        augment: bool = True,
+        augment: bool | str = True,
         trunk_lr_scale: float = 1.0,
         pretrained: bool = False,
+        recipe: Recipe | None = None,
     ) -> None:
         super().__init__()
         self.trunk = trunk.to(memory_format=torch.channels_last)
         self.head = head
-        self.augment = augment
+        self.augment = {True: "crop-flip", False: "none"}.get(augment, augment)  # type: ignore[call-overload]
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment={augment!r}: use one of {', '.join(AUGMENTATIONS)}")
+        self.recipe = recipe or Recipe()
+        self.input_size = int(preprocess.input_size)
+        self.train_size: int | None = None  # progressive resizing: this epoch's size (None: full)
         self.trunk_lr_scale = float(trunk_lr_scale)
         self.pretrained = pretrained
         self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, 3, 1, 1))
@@ -89,11 +209,21 @@ class ImageModel(nn.Module):
                     m.eval()
         return self
 
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the training loop before each epoch (0-based): sets the progressive image size."""
+        self.train_size = None
+        if self.recipe.start_size is not None:
+            self.train_size = self.recipe.size_at(epoch, epochs, self.input_size)
+
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The trunk's (standardised) features of a uint8 batch, augmented in training mode."""
+        """The trunk's (standardised) features of a uint8 batch, augmented (and resized) in training mode."""
         x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        if self.training and self.augment:
-            x = random_crop_flip(x)
+        if self.training:
+            x = augment_batch(x, self.augment)
+            if self.train_size is not None and self.train_size < x.shape[-1]:
+                x = nn.functional.interpolate(
+                    x, size=(self.train_size, self.train_size), mode="bilinear", antialias=True, align_corners=False
+                )
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         f = self.trunk(x)
         return (f - self.feature_mean) / self.feature_std if self.standardise else f
@@ -122,6 +252,51 @@ def random_crop_flip(x: torch.Tensor) -> torch.Tensor:
         rows[:, None, :, None],
         cols[:, None, None, :],
     ]
+
+
+def augment_batch(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """(n, 3, s, s) float images in [0, 1], augmented as `kind` names (one of `AUGMENTATIONS`).
+
+    Draws from torch's global RNG (seeded by the training loop).
+    """
+    if kind == "none":
+        return x
+    if kind == "crop-flip":
+        return random_crop_flip(x)
+    return color_jitter(random_resized_crop_flip(x), 0.3)
+
+
+def random_resized_crop_flip(x: torch.Tensor, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per image: a random window of `scale` of the area and `ratio` aspect, resized back to s x s
+    (bilinear), flipped for half of them; one `grid_sample` for the batch."""
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(*scale)
+    log_r = torch.empty(n).uniform_(float(np.log(ratio[0])), float(np.log(ratio[1])))
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # window width and height, as fractions of the side
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (torch.rand(n) * 2 - 1) * (1 - w)  # centre in [-1, 1] so that the window stays inside
+    cy = (torch.rand(n) * 2 - 1) * (1 - h)
+    flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = nn.functional.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def color_jitter(x: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per image: brightness, contrast and saturation each scaled by a factor in [1 - strength, 1 + strength]."""
+    n = x.shape[0]
+
+    def factor() -> torch.Tensor:
+        return torch.empty(n, 1, 1, 1).uniform_(1 - strength, 1 + strength).to(x)
+
+    x = x * factor()
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * factor() + mean
+    grey = (x * torch.tensor([0.299, 0.587, 0.114]).to(x).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    return ((x - grey) * factor() + grey).clamp_(0.0, 1.0)
 
 
 class _Classifier(nn.Module):
@@ -251,7 +426,11 @@ def fit_head(hasher, features: np.ndarray, labels, **loop):
 
 
 __all__ = [
+    "AUGMENTATIONS",
     "ImageModel",
+    "RECIPES",
+    "Recipe",
+    "augment_batch",
     "fit_head",
     "TrainHistory",
     "check_pixels",

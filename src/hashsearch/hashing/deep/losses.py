@@ -49,7 +49,10 @@ class CrossEntropyLoss(HashLoss):
     """Point-wise softmax cross-entropy on the head's class logits (DLBHC).
 
     Needs a head with a classifier (`output.logits` not None) and int64 class ids in [0, n_classes).
+    `label_smoothing` (attribute, default 0) softens the targets (Szegedy et al., CVPR 2016).
     """
+
+    label_smoothing = 0.0
 
     def forward(self, output: HeadOutput, labels: torch.Tensor) -> torch.Tensor:
         if output.logits is None:
@@ -57,7 +60,7 @@ class CrossEntropyLoss(HashLoss):
                 "loss 'cross-entropy' needs class logits, but the head returned logits=None; "
                 "use a head with a classification layer, such as 'latent-sigmoid'"
             )
-        return F.cross_entropy(output.logits, labels)
+        return F.cross_entropy(output.logits, labels, label_smoothing=float(self.label_smoothing))
 
 
 def _similarity(labels: torch.Tensor) -> torch.Tensor:
@@ -200,7 +203,10 @@ def hash_centres(n_classes: int, n_bits: int, seed: int = 0) -> torch.Tensor:
 @register_loss("csq")
 class CSQLoss(HashLoss):
     """CSQ (Yuan et al., CVPR 2020): binary cross-entropy between (u + 1) / 2 and the class's hash centre,
-    plus lambda * mean (|u| - 1)^2 quantization (paper lambda = 1e-4)."""
+    plus lambda * mean (|u| - 1)^2 quantization (paper lambda = 1e-4). `label_smoothing` (attribute,
+    default 0) moves each centre bit's target eps/2 toward 1/2."""
+
+    label_smoothing = 0.0
 
     def __init__(self, n_bits: int, n_classes: int | None = None, lam: float = 1e-4, seed: int = 0) -> None:
         super().__init__(n_bits, n_classes)
@@ -214,6 +220,8 @@ class CSQLoss(HashLoss):
             raise ValueError("loss 'csq' takes 1-d class ids")
         u = _codes(output, "csq")
         target = (self.centres[labels] + 1) / 2
+        if self.label_smoothing:
+            target = target * (1 - self.label_smoothing) + self.label_smoothing / 2
         p = ((u + 1) / 2).clamp(1e-6, 1 - 1e-6)
         return F.binary_cross_entropy(p, target) + self.lam * ((u.abs() - 1) ** 2).mean()
 

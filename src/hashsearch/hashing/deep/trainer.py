@@ -99,6 +99,7 @@ def train(
     patience: int | None = None,
     checkpoint: str | os.PathLike | None = None,
     desc: str | None = None,
+    ema: float = 0.0,
 ) -> TrainHistory:
     """Train `model` in place to minimise ``loss_fn(model(X_batch), y_batch)``; return the history.
 
@@ -149,6 +150,13 @@ def train(
         size, lr, seed) raises ValueError. The caller removes it once the result is saved.
     desc : str, optional
         The progress bar's label (default "training <model class>").
+    ema : float
+        Decay of an exponential moving average of the weights and buffers, updated after every
+        step (`torch.optim.swa_utils.AveragedModel`; 0: none). The average is what `validate`
+        scores and what the model holds at the end.
+
+    A model with a ``set_epoch(epoch, epochs)`` method (`endtoend.ImageModel`: progressive
+    resizing) is told each epoch (0-based) before it starts.
 
     Raises
     ------
@@ -165,6 +173,7 @@ def train(
     check_real("weight_decay", weight_decay, low=0, finite=True)
     check_int("log_every", log_every, low=1, allow_none=True)
     check_int("patience", patience, low=1, allow_none=True, none_means="run all epochs")
+    check_real("ema", ema, low=0, high=1, high_open=True)
     if patience is not None and validate is None:
         raise ValueError(f"patience={patience} needs validate (a score to wait for); pass validate= or patience=None")
     dev = resolve_device(device)
@@ -192,6 +201,13 @@ def train(
         "lr": float(lr),
         "seed": int(seed),
     }
+    if ema:
+        settings["ema"] = float(ema)  # absent when off, so that older checkpoints still resume
+    averaged = None
+    if ema:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema)), use_buffers=True)
     best_state: dict | None = None
     best_score = -math.inf
     since_best = 0
@@ -202,6 +218,8 @@ def train(
         if checkpoint is not None and Path(checkpoint).is_file():
             state = _read_checkpoint(Path(checkpoint), settings)
             model.load_state_dict(state["model"])
+            if averaged is not None:
+                averaged.load_state_dict(state["ema"])
             optimiser.load_state_dict(state["optimiser"])
             if schedule is not None and state["schedule"] is not None:
                 schedule.load_state_dict(state["schedule"])
@@ -240,6 +258,8 @@ def train(
         for epoch in range(done, int(epochs)):
             if history.stopped_early:
                 break
+            if hasattr(model, "set_epoch"):
+                model.set_epoch(epoch, int(epochs))
             order = torch.randperm(n, generator=shuffle).to(dev)
             total = torch.zeros((), dtype=torch.float64, device=dev)
             for start in range(0, n, int(batch_size)):
@@ -248,6 +268,8 @@ def train(
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 total += loss.detach().double() * idx.numel()
                 bar.update(int(idx.numel()))
             mean = float(total) / n
@@ -261,17 +283,18 @@ def train(
                 schedule.step()
             postfix = {"epoch": f"{epoch + 1}/{epochs}", "loss": f"{mean:.4f}"}
             if validate is not None:
-                model.eval()
+                scored = model if averaged is None else averaged.module
+                scored.eval()
                 # Scoring must not move the RNG dropout and augmentation draw from (a validate that
                 # builds a network would, and a resumed run, which does not rebuild it, would differ).
                 with torch.no_grad(), torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-                    score = float(validate(model))
+                    score = float(validate(scored))
                 model.train()
                 history.val_score.append(score)
                 postfix["val"] = f"{score:.4f}"
                 if score > best_score:
                     best_score, since_best, history.best_epoch = score, 0, epoch + 1
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in scored.state_dict().items()}
                 else:
                     since_best += 1
                     if patience is not None and since_best >= patience and epoch + 1 < epochs:
@@ -287,6 +310,7 @@ def train(
                         "version": CHECKPOINT_VERSION,
                         "settings": settings,
                         "model": model.state_dict(),
+                        "ema": None if averaged is None else averaged.state_dict(),
                         "optimiser": optimiser.state_dict(),
                         "schedule": None if schedule is None else schedule.state_dict(),
                         "loss": loss_fn.state_dict() if isinstance(loss_fn, nn.Module) else {},
@@ -308,6 +332,8 @@ def train(
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif averaged is not None:
+        model.load_state_dict(averaged.module.state_dict())
     model.eval()
     history.seconds = before + time.perf_counter() - t0
     return history

@@ -152,8 +152,9 @@ def train(
         The progress bar's label (default "training <model class>").
     ema : float
         Decay of an exponential moving average of the weights and buffers, updated after every
-        step (`torch.optim.swa_utils.AveragedModel`; 0: none). The average is what `validate`
-        scores and what the model holds at the end.
+        step (`torch.optim.swa_utils.AveragedModel`; 0: none), warming up as
+        min(ema, (1 + t) / (10 + t)) after t steps. The average is what `validate` scores and
+        what the model holds at the end.
 
     A model with a ``set_epoch(epoch, epochs)`` method (`endtoend.ImageModel`: progressive
     resizing) is told each epoch (0-based) before it starts.
@@ -205,9 +206,9 @@ def train(
         settings["ema"] = float(ema)  # absent when off, so that older checkpoints still resume
     averaged = None
     if ema:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        from torch.optim.swa_utils import AveragedModel
 
-        averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(float(ema)), use_buffers=True)
+        averaged = AveragedModel(model, avg_fn=_ema_step(float(ema)), use_buffers=True)
     best_state: dict | None = None
     best_score = -math.inf
     since_best = 0
@@ -337,6 +338,19 @@ def train(
     model.eval()
     history.seconds = before + time.perf_counter() - t0
     return history
+
+
+def _ema_step(decay: float):
+    """`AveragedModel`'s avg_fn for an EMA whose decay warms up as min(decay, (1 + t) / (10 + t))
+    after t updates (TensorFlow's ExponentialMovingAverage with num_updates), so that a short run,
+    or one of few steps per epoch, is not averaged toward its untrained start."""
+
+    def avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged) -> torch.Tensor:
+        t = float(num_averaged)
+        d = min(decay, (1 + t) / (10 + t))
+        return averaged + (current - averaged) * (1 - d)
+
+    return avg
 
 
 def _write_checkpoint(path: Path, state: dict) -> None:

@@ -82,3 +82,32 @@ def test_damaged_file(tmp_path):
     (tmp_path / "x.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a readable"):
         RerankStore.load(tmp_path / "x.npz")
+
+
+@pytest.mark.parametrize("spec, tol", [("full", 0.001), ("pca-16", 0.02), ("int8", 0.01), ("pq-8", 0.5)])
+def test_reconstruct_gives_features_back(spec, tol):
+    """`reconstruct` maps stored rows back to the feature space (d values), close to the features."""
+    X = features()
+    store = create_rerank_store(spec).fit(X)
+    back = store.reconstruct(store.encode(X[:200]))
+    assert back.shape == (200, 64) and back.dtype == np.float32
+    rel = np.linalg.norm(back - X[:200], axis=1) / np.linalg.norm(X[:200], axis=1)
+    assert np.median(rel) < tol
+
+
+def test_a_pca_store_ranks_as_its_reconstructions_do():
+    """Distances in the PCA space and to the reconstructions differ by a per-query constant only."""
+    X = features()
+    store = create_rerank_store("pca-16").fit(X)
+    rows, q = store.encode(X[100:300]), X[:3] + 0.3
+    in_pca = np.linalg.norm(store.query(q)[:, None] - store.decode(rows)[None], axis=2)
+    to_rec = np.linalg.norm(q[:, None] - store.reconstruct(rows)[None], axis=2)
+    np.testing.assert_allclose(to_rec**2 - in_pca**2, (to_rec**2 - in_pca**2)[:, :1].repeat(200, 1), atol=1e-2)
+
+
+def test_full_of_dim_is_fitted():
+    from hashsearch.index.rerank_store import FullStore
+
+    store = FullStore.of_dim(64)
+    assert store.is_fitted and not create_rerank_store("full").is_fitted
+    np.testing.assert_array_equal(store.encode(features()[:3]), features()[:3].astype(np.float16))

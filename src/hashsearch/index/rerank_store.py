@@ -17,8 +17,10 @@ spec           stored per vector (d = feature dimension)   distances computed be
 
 Every store has the same interface: ``fit(features)`` learns its parameters (none for
 ``full``), ``encode(features)`` gives the stored rows, ``decode(rows)`` the float32 vectors the
-re-ranking compares with ``query(features)``. ``save``/``load`` write one .npz file (no pickle)
-with a format header.
+re-ranking compares with ``query(features)``, ``reconstruct(rows)`` approximations of the
+features themselves (d float32 values; for what needs a feature rather than a distance: hashing
+a stored image again, cosine similarity). ``save``/``load`` write one .npz file (no pickle)
+with a format header. A collection picks its store with ``hashsearch index --rerank-store SPEC``.
 
 Examples
 --------
@@ -116,8 +118,13 @@ class RerankStore:
     def _fit(self, X: np.ndarray) -> None:
         pass
 
+    @property
+    def is_fitted(self) -> bool:
+        """True once `fit` (or `load`) has given the store its parameters."""
+        return hasattr(self, "dim_")
+
     def _check_fitted(self) -> None:
-        if not hasattr(self, "dim_"):
+        if not self.is_fitted:
             raise ValueError(f"re-rank store {self.spec!r} is not fitted; call fit(features) first")
 
     @property
@@ -153,6 +160,11 @@ class RerankStore:
         """Query features (n, d) as float32 vectors (n, d') comparable with `decode`'s."""
         self._check_fitted()
         return _as_features(features, "query features", dim=self.dim_)
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """float32 approximations (n, d) of the features `rows` were encoded from (`decode`'s
+        vectors, mapped back to the feature space where they are not in it: pca-N)."""
+        return self.decode(rows)
 
     # -- persistence --------------------------------------------------------------------
     def _params(self) -> dict:
@@ -202,6 +214,13 @@ class FullStore(RerankStore):
     @property
     def row_width(self) -> int:
         return self.dim_
+
+    @classmethod
+    def of_dim(cls, dim: int) -> FullStore:
+        """A fitted store of `dim`-dimensional features (full learns nothing else)."""
+        store = cls()
+        store.dim_ = int(dim)
+        return store
 
     def _encode(self, X):
         return X.astype(np.float16)
@@ -257,6 +276,9 @@ class PCAStore(RerankStore):
 
     def query(self, features):
         return self._project(super().query(features))
+
+    def reconstruct(self, rows):
+        return self.decode(rows) @ self.components_.T + self.mean_
 
 
 @register_rerank_store("int8")

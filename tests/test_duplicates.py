@@ -19,6 +19,7 @@ from hashsearch.duplicates import (
     find_duplicates,
     group_labels,
     near_pairs,
+    whiten_collection,
 )
 from hashsearch.hashing import create_hasher
 from hashsearch.pipeline import build_collection
@@ -150,3 +151,28 @@ def test_a_collection_without_features_uses_codes_only(tmp_path, planted_set):
         find_duplicates(coll, min_similarity=0.5)
     with pytest.raises(ValueError, match="radius must be"):
         find_duplicates(coll, radius=65)
+
+
+def _groups_of(report):
+    return [[(m.id, m.keep, m.distance, m.similarity, m.exact) for m in g.members] for g in report.groups]
+
+
+def test_whitened_features_given_again_give_the_same_groups_without_whitening_again(planted_set, monkeypatch):
+    import hashsearch.duplicates as dup
+
+    _, _, coll = planted_set
+    fresh = [find_duplicates(coll), find_duplicates(coll, radius=20, min_similarity=0.3)]
+    calls = []
+    real = dup.whiten
+    monkeypatch.setattr(dup, "whiten", lambda *a, **k: calls.append(1) or real(*a, **k))  # counts, then whitens
+    whitened = whiten_collection(coll)
+    assert len(calls) == 1 and whitened.ids.tolist() == sorted(coll.index.ids.tolist())
+    again = [
+        find_duplicates(coll, whitened=whitened),
+        find_duplicates(coll, radius=20, min_similarity=0.3, whitened=whitened),
+    ]
+    assert len(calls) == 1  # reused, not computed again
+    assert [_groups_of(r) for r in again] == [_groups_of(r) for r in fresh] and fresh[0].groups
+    # Whitened features of other ids (the collection changed since) are not used: computed again.
+    stale = dup.Whitened(whitened.ids[:-1], whitened.features[:-1])
+    assert _groups_of(find_duplicates(coll, whitened=stale)) == _groups_of(fresh[0]) and len(calls) == 2

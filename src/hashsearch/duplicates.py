@@ -127,6 +127,38 @@ def whiten(features: np.ndarray, shrinkage: float = 1.0, max_fit: int = 20_000, 
     return out
 
 
+@dataclass(frozen=True, eq=False)
+class Whitened:
+    """A collection's stored features whitened over themselves (`whiten`), one row per id.
+
+    Attributes
+    ----------
+    ids : np.ndarray
+        The collection's ids, sorted (int64, (n,)).
+    features : np.ndarray
+        Their whitened features (float32, (n, d)), row k for ``ids[k]``.
+    """
+
+    ids: np.ndarray
+    features: np.ndarray
+
+
+def whiten_collection(coll) -> Whitened | None:
+    """The whitened stored features of every image of `coll` (`Collection`); None when it stores none.
+
+    This is what `find_duplicates` spends longest on outside the search (an eigendecomposition of
+    the d x d scatter matrix and an (n, d) x (d, d) product). It depends only on the collection's
+    contents, so a caller that asks for duplicates again and again (the HTTP service) computes it
+    once per state of the collection and passes it to `find_duplicates`; the result is the same.
+    """
+    if not coll.store_features:
+        return None
+    ids = np.sort(np.asarray(coll.index.ids, np.int64))
+    if not len(ids):
+        return Whitened(ids, np.zeros((0, 1), np.float32))
+    return Whitened(ids, whiten(coll.features_of(ids)))
+
+
 def cosine_of_pairs(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Cosine similarity (float32, (n_pairs,)) between rows i and j of `features` (n, d)."""
     x = np.asarray(features, np.float32)
@@ -367,6 +399,7 @@ def find_duplicates(
     min_similarity: float | str | None = "auto",
     keep: str = "largest",
     n_threads: int | None = None,
+    whitened: Whitened | None = None,
 ) -> DuplicateReport:
     """Groups of exact and near-duplicate images in a collection, each with the image to keep.
 
@@ -381,6 +414,10 @@ def find_duplicates(
         None: codes only.
     keep : str
         One of `KEEP_RULES`: which member of a group is kept (see `choose_keep`).
+    whitened : Whitened, optional
+        `whiten_collection(coll)` computed earlier, to skip computing it again (the groups are the
+        same). One whose ids are not the collection's (it changed since) is ignored and computed
+        again.
 
     Returns
     -------
@@ -410,7 +447,9 @@ def find_duplicates(
     )
     white = None
     if coll.store_features and len(ids):
-        white = whiten(coll.features_of(ids))
+        if whitened is None or not np.array_equal(whitened.ids, ids):
+            whitened = whiten_collection(coll)
+        white = whitened.features
     elif min_similarity is not None:
         raise ValueError(
             "min_similarity needs stored features: this collection was built with --no-features; "

@@ -8,8 +8,10 @@ On disk a collection is a folder (by convention named `*.hsx`) of immutable gene
         manifest.json          format, version, parameters, and the sha256 of every file below
         hasher.npz             the fitted hasher (no pickle)
         index/                 the index back end's own files (codes, ids)
-        features.npy           float16 backbone features for re-ranking, rows in `feature_ids.npy` order
+        features.npy           the re-rank store's rows, in `feature_ids.npy` order: float16 backbone
+                               features (store "full"), or their compact encoding (pca-N, int8, pq-M)
         feature_ids.npy
+        rerank_store.npz       only with a compact re-rank store: its fitted parameters (no pickle)
         entries.sqlite         id -> (root, key below the root), label, content digest; roots
         <key>.onnx             only if built with int8: the int8 model that computed the features
         model.hsm              only if built with a trained model (`hashsearch index --model`): a copy
@@ -50,13 +52,21 @@ from hashsearch.fileio import check_header, file_sha256, fsync_path
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
+from hashsearch.index.rerank_store import FullStore, RerankStore, create_rerank_store
 from hashsearch.model import TrainedModel
 from hashsearch.types import MISSING_ID, SearchResult
 from hashsearch.validation import check_int
 
 FORMAT = "hashsearch-collection"
 # 2: entries keyed by (root, relative key) as bytes, a roots table, the int8 model kept.
-FORMAT_VERSION = 2
+# 3: a compact re-rank store (rerank_store.npz; features.npy holds its rows). A collection that
+#    keeps whole features (store "full") is still written as 2: a hashsearch before 3 reads it
+#    as it always did, and refuses a compact one (its rows are not features) instead of misreading it.
+FORMAT_VERSION = 3
+#: The versions `Collection.open` reads.
+READ_VERSIONS = (2, 3)
+#: A collection's fitted compact re-rank store (`hashsearch.index.rerank_store`).
+RERANK_STORE_FILE = "rerank_store.npz"
 #: The folder, inside a collection, of the images uploaded through the HTTP service.
 UPLOADS = "uploads"
 #: A collection's copy of the trained model that built it (`hashsearch.model`).
@@ -89,6 +99,7 @@ class Collection:
         stats: dict | None = None,
         int8_model: str | os.PathLike | None = None,
         model: TrainedModel | None = None,
+        rerank_store: str | RerankStore = "full",
     ) -> None:
         self.backbone = backbone
         # The trained model whose backbone and hasher these are (None: a stock backbone and a hasher fitted here).
@@ -98,6 +109,10 @@ class Collection:
         self.hasher = hasher
         self.index = index
         self.store_features = store_features
+        # How each entry's re-rank feature is kept (None: not kept); fitted on the first `add`.
+        self.rerank_store: RerankStore | None = None
+        if store_features:
+            self.rerank_store = create_rerank_store(rerank_store) if isinstance(rerank_store, str) else rerank_store
         self.stats = dict(stats or {})
         #: The collection folder (None until saved or opened).
         self.path: Path | None = None
@@ -116,7 +131,11 @@ class Collection:
         cls, backbone: Backbone, hasher: Hasher, index: str = "flat", index_options: dict | None = None, **kw
     ) -> Collection:
         """An empty collection around a fitted hasher (`index_options`: the back end's parameters, e.g.
-        a Milvus ``uri``; `kw`: store_features, stats, int8_model)."""
+        a Milvus ``uri``; `kw`: store_features, stats, int8_model, rerank_store).
+
+        `rerank_store` is a spec of `hashsearch.index.rerank_store` ("full", the default: float16
+        features; "pca-N", "int8", "pq-M": compact), fitted on the features of the first `add`.
+        """
         hasher._check_fitted()
         return cls(backbone, hasher, create_index(index, n_bits=hasher.n_bits, **(index_options or {})), **kw)
 
@@ -127,6 +146,11 @@ class Collection:
     @property
     def n_bits(self) -> int:
         return self.hasher.n_bits
+
+    @property
+    def rerank_store_spec(self) -> str | None:
+        """The re-rank store's spec ("full", "pca-128", ...), None if features are not stored."""
+        return None if self.rerank_store is None else self.rerank_store.spec
 
     @property
     def model_id(self) -> str | None:
@@ -235,7 +259,9 @@ class Collection:
         Raises
         ------
         ValueError
-            If the lengths of features, keys, labels and digests differ.
+            If the lengths of features, keys, labels and digests differ, or the re-rank store
+            cannot encode the features (other dimensions; the first `add` fits a compact store
+            on its features, and pq-M needs at least 256 of them). Nothing is added then.
         CollectionError
             If `model_id` is given and is not this collection's.
         """
@@ -256,14 +282,20 @@ class Collection:
         root = os.path.abspath(root)
         root_id = self._root_id(root)
         rels = [_join_member(os.path.relpath(f, root), m) for f, m in absolute]
-        ids = self.index.add(self.hasher.encode(features))
+        codes = self.hasher.encode(features)
+        rows = None
+        if self.rerank_store is not None and n:
+            # Fitted and encoded before anything changes: a store that cannot leaves the collection as it was.
+            if not self.rerank_store.is_fitted:
+                self.rerank_store.fit(features)
+            rows = self.rerank_store.encode(features)
+        ids = self.index.add(codes)
         for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
             self._new[i] = (root_id, rel, None if lab is None else str(lab), d)
-        if self.store_features:
+        if rows is not None:
             self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
             self._feature_order = None
-            new = np.asarray(features, np.float16)
-            self._features = np.concatenate([self._features, new]) if len(self._features) else new
+            self._features = np.concatenate([self._features, rows]) if len(self._features) else rows
         return ids
 
     def _root_id(self, root: str) -> int:
@@ -465,7 +497,21 @@ class Collection:
         return out
 
     def features_of(self, ids: np.ndarray) -> np.ndarray:
-        """Stored features (float16) of the given ids, for re-ranking."""
+        """Stored features of the given ids, (len(ids), d): float16 as stored with the "full" store;
+        float32 reconstructions from a compact store (`RerankStore.reconstruct`: approximate).
+
+        Raises
+        ------
+        ValueError
+            If the collection stores no features (``store_features=False``, ``--no-features``).
+        KeyError
+            If an id has no stored feature.
+        """
+        rows = self._rows_of(ids)
+        return rows if self.rerank_store.name == "full" else self.rerank_store.reconstruct(rows)
+
+    def _rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """The re-rank store's rows of the given ids."""
         if not self.store_features:
             raise ValueError("this collection was built with store_features=False: re-ranking needs features")
         if self._feature_order is None:
@@ -490,16 +536,26 @@ class Collection:
 
         Plain Hamming ranking by default. With `rerank=M`: coarse-to-fine search, candidates
         within Hamming `radius` (default 2), or the top M by Hamming distance when the radius
-        finds fewer than M, re-ranked by Euclidean distance between features. With only
-        `radius`: every entry within it, up to k, by (distance, id).
+        finds fewer than M, re-ranked by Euclidean distance between features as the re-rank
+        store keeps them (`rerank_store`: "full", the float16 features; "pca-N", distances in
+        the PCA space; "int8", "pq-M", to the decoded features). With only `radius`: every
+        entry within it, up to k, by (distance, id).
         """
         codes = self.hasher.encode(features)
         if rerank:
+            store = self.rerank_store
+            if store is not None and store.is_fitted:
+                query = store.query(features)
+
+                def lookup(ids):
+                    return store.decode(self._rows_of(ids))
+            else:  # no features stored (the lookup says so), or nothing ever added
+                query, lookup = np.asarray(features, np.float32), self._rows_of
             return coarse_to_fine(
                 self.index,
                 codes,
-                np.asarray(features, np.float32),
-                self.features_of,
+                query,
+                lookup,
                 k=k,
                 radius=2 if radius is None else radius,
                 n_candidates=rerank,
@@ -540,7 +596,8 @@ class Collection:
             Per query, up to k hits ranked as `search` ranks them; each hit is the entry's record
             (see `entries`: id, key, label, digest, path) with "hamming" (int, the Hamming distance
             between the query's code and the entry's stored code) and, with `rerank`,
-            "rerank_distance" (float, the Euclidean distance between features that ranked it).
+            "rerank_distance" (float, the Euclidean distance between features that ranked it, as
+            the re-rank store keeps them: see `search`).
 
         Raises
         ------
@@ -649,9 +706,12 @@ class Collection:
         self.hasher.save(tmp / "hasher.npz")
         (tmp / "index").mkdir()
         self.index.save(tmp / "index")
+        compact = self.rerank_store is not None and self.rerank_store.name != "full"
         if self.store_features:
-            np.save(tmp / "features.npy", np.ascontiguousarray(self._features, np.float16), allow_pickle=False)
+            np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
             np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
+            if compact and self.rerank_store.is_fitted:
+                self.rerank_store.save(tmp / RERANK_STORE_FILE)
         self._write_entries(tmp / "entries.sqlite")
         if self.int8_model is not None:
             shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
@@ -664,7 +724,7 @@ class Collection:
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
+            "version": FORMAT_VERSION if compact else 2,
             "generation": gen,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "count": len(self),
@@ -674,6 +734,7 @@ class Collection:
             "hasher": {"method": self.hasher.name, "params": self.hasher.get_params()},
             "index": {"backend": self.index.name},
             "store_features": self.store_features,
+            "rerank_store": self.rerank_store_spec,
             "int8_model": None if self.int8_model is None else self.int8_model.name,
             "model": None if self.model is None else {"id": self.model.id, "file": MODEL_FILE},
             "stats": self.stats,
@@ -757,8 +818,10 @@ class Collection:
             )
         gen = root / current
         try:
+            manifest = json.loads((gen / "manifest.json").read_text())
+            version = manifest.get("version") if isinstance(manifest, dict) else None
             manifest = check_header(
-                json.loads((gen / "manifest.json").read_text()), FORMAT, FORMAT_VERSION, gen / "manifest.json"
+                manifest, FORMAT, version if version in READ_VERSIONS else FORMAT_VERSION, gen / "manifest.json"
             )
         except OSError as e:
             raise CollectionError(
@@ -809,10 +872,12 @@ class Collection:
                 manifest.get("stats"),
                 int8_model=None if int8 is None else gen / int8,
                 model=model,
+                rerank_store=_open_rerank_store(gen, manifest),
             )
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
                 self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
+                self._check_rows()
             with _read_db(gen / "entries.sqlite") as db:
                 self._roots = {
                     i: (os.fsdecode(p), bool(inside))
@@ -829,6 +894,24 @@ class Collection:
         self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
         return self
+
+    def _check_rows(self) -> None:
+        """After loading: the rows must be the store's (a "full" store learns its width from them)."""
+        store, rows = self.rerank_store, self._features
+        if len(self._feature_ids) != len(rows):
+            raise ValueError(f"features.npy has {len(rows)} rows for {len(self._feature_ids)} ids")
+        if not store.is_fitted:
+            if store.name == "full" and rows.ndim == 2 and rows.shape[1]:
+                self.rerank_store = store = FullStore.of_dim(rows.shape[1])
+            elif len(rows):
+                raise ValueError(f"features.npy has rows but re-rank store {store.spec!r} has no {RERANK_STORE_FILE}")
+            else:
+                return
+        if rows.ndim != 2 or rows.dtype != store.row_dtype or (len(rows) and rows.shape[1] != store.row_width):
+            raise ValueError(
+                f"features.npy holds {rows.dtype} rows of shape {rows.shape}; re-rank store {store.spec!r} "
+                f"keeps {store.row_dtype} rows of {store.row_width}"
+            )
 
     def info(self) -> dict:
         """A summary for `hashsearch info` and GET /stats; unlabelled entries count under `NO_LABEL`."""
@@ -852,6 +935,7 @@ class Collection:
             "encoding": "int8" if self.int8_model is not None else "fp32",
             "model": None if self.model is None else {"id": self.model.id, **_model_summary(self.model)},
             "store_features": self.store_features,
+            "rerank_store": self.rerank_store_spec,
             "labels": {k: v for k, v in sorted(labels.items()) if v},
             "sources": self.sources(),
             "stats": self.stats,
@@ -932,6 +1016,20 @@ def _truncate_range(result, k: int) -> SearchResult:
         m = min(k, len(i))
         ids[q, :m], dist[q, :m] = i[:m], d[:m]
     return SearchResult(dist, ids)
+
+
+def _open_rerank_store(gen: Path, manifest: dict) -> str | RerankStore:
+    """The re-rank store a manifest names: fitted from its file, or a spec still to fit. A
+    collection saved before the stores (no "rerank_store") kept whole features: "full"."""
+    spec = manifest.get("rerank_store") or "full"
+    if spec != "full" and manifest["version"] < 3:
+        raise ValueError(f"a version {manifest['version']} manifest cannot name re-rank store {spec!r}")
+    if RERANK_STORE_FILE not in manifest["files"]:
+        return spec
+    store = RerankStore.load(gen / RERANK_STORE_FILE)
+    if store.spec != spec:
+        raise ValueError(f"{RERANK_STORE_FILE} is store {store.spec!r}, the manifest names {spec!r}")
+    return store
 
 
 def _current_generation(root: Path) -> str | None:

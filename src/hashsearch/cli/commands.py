@@ -49,6 +49,17 @@ def _report(report, skip_list: Path | None) -> None:
         typer.echo(f"wrote {show(skip_list)}: {plural(n, 'file')} not indexed, with the reason for each")
 
 
+def _rerank_store(value: str) -> str:
+    """--rerank-store: a spec `hashsearch.index.rerank_store.create_rerank_store` accepts."""
+    from hashsearch.index.rerank_store import create_rerank_store
+
+    try:
+        create_rerank_store(value)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return value
+
+
 def _check_writable(skip_list: Path | None) -> None:
     """Fail before the long feature step, not after it, when the skip list cannot be written."""
     if skip_list is not None:
@@ -163,6 +174,13 @@ def index(
         "or a Milvus Lite .db file; default a Milvus Lite database inside the collection.",
     ),
     no_features: bool = typer.Option(False, "--no-features", help="Do not store features (disables --rerank)."),
+    rerank_store: str = typer.Option(
+        "full",
+        "--rerank-store",
+        callback=_rerank_store,
+        help="How each image's feature is kept for --rerank: full (float16, 2 bytes a dimension), pca-N "
+        "(N float16), int8 (1 byte a dimension) or pq-M (M bytes; faiss). See docs/scale.md.",
+    ),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
     weights: str | None = WeightsOpt,
@@ -197,6 +215,8 @@ def index(
         raise typer.BadParameter(f"--uri {show(uri)} needs --backend milvus (got --backend {show(backend)})")
     _refuse_fixed_by_model(ctx, model, _MODEL_FIXES)
     check_bits([bits])
+    if no_features and rerank_store != "full":
+        raise typer.BadParameter(f"--rerank-store {show(rerank_store)} needs stored features; drop --no-features")
     _check_out(out)
     _check_writable(skip_list)
     trained = _load_model(model, cache_dir)
@@ -213,6 +233,7 @@ def index(
         index=backend,
         index_options={"uri": uri} if uri else None,
         store_features=not no_features,
+        rerank_store=rerank_store,
         cache_dir=cache_dir,
         batch_size=batch_size,
         engine=engine,

@@ -177,6 +177,7 @@ def build_collection(
     index: str = "flat",
     index_options: dict | None = None,
     store_features: bool = True,
+    rerank_store: str = "full",
     cache_dir: str | Path | None = None,
     batch_size: int = 64,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -196,6 +197,9 @@ def build_collection(
     ----------
     index_options : dict, optional
         Parameters of the index back end, e.g. ``{"uri": "http://host:19530"}`` for "milvus".
+    rerank_store : str
+        How the collection keeps each image's feature for re-ranking: "full" (float16), "pca-N",
+        "int8" or "pq-M" (`hashsearch.index.rerank_store`), fitted on the features indexed.
     max_pixels : int
         Largest width * height decoded (default 64 Mpx); a larger image is skipped and reported.
     keep_duplicates : bool
@@ -205,13 +209,17 @@ def build_collection(
     Raises
     ------
     ValueError
-        An unknown index back end or engine (before any work); no readable image in the source;
+        An unknown index back end, engine or re-rank store (before any work); no readable image in the source;
         a supervised method and no labelled image.
     """
     from hashsearch.index import index_backends
 
     if not (isinstance(index, str) and index.startswith("faiss:")):
         index_backends.get(index)  # an unknown back end is refused before the features, not after
+    if store_features:
+        from hashsearch.index.rerank_store import create_rerank_store
+
+        create_rerank_store(rerank_store)  # so is an unknown re-rank store
     extractor = _extractor(engine)
     records, report = _start(source, records)
     t = time.perf_counter()
@@ -252,6 +260,7 @@ def build_collection(
         index_options=index_options,
         store_features=store_features,
         int8_model=ex.int8_model,
+        rerank_store=rerank_store,
     )
     coll.add(ex.features, [r.key for r in ex.records], [r.label for r in ex.records], ex.digests, root=source.root)
     report.timings["index"] = time.perf_counter() - t

@@ -136,3 +136,69 @@ def test_a_collection_without_features_answers_codes_only(tmp_path, served):
         assert out["min_similarity"] is None and out["groups"]
         r = httpx.get(f"{s.url}/duplicates", params={"min_similarity": 0.5}, timeout=60)
         assert r.status_code == 422 and "stored features" in r.json()["detail"]
+
+
+def _members(groups):
+    """Each group's members as the route gives them (route JSON or library `Group`s)."""
+    fields = ("id", "key", "keep", "exact", "distance", "similarity")
+    return [
+        [tuple(m[f] if isinstance(m, dict) else getattr(m, f) for f in fields) for m in g["members"]]
+        if isinstance(g, dict)
+        else [tuple(getattr(m, f) for f in fields) for m in g.members]
+        for g in groups
+    ]
+
+
+def test_the_whitening_is_computed_once_per_state_of_the_collection(served, tmp_path, monkeypatch):
+    """Requests reuse the whitened features until an add or a remove changes the collection; the
+    groups are those a fresh library call finds on the collection as saved."""
+    import io
+
+    from PIL import Image
+
+    import hashsearch.duplicates as dup
+    from hashsearch.collection import Collection
+
+    _, _, root = served
+    shutil.copytree(root / "p.hsx", tmp_path / "p.hsx")
+    calls = []
+    real = dup.whiten
+    monkeypatch.setattr(dup, "whiten", lambda *a, **k: calls.append(1) or real(*a, **k))  # counts, then whitens
+
+    def fresh(**kw):  # the library on the saved collection, nothing kept between calls
+        return _members(dup.find_duplicates(Collection.open(tmp_path / "p.hsx"), **kw).groups)
+
+    with Server(create_app(tmp_path / "p.hsx", api_key=API_KEY, cache_dir=tmp_path / "thumbs")) as s:
+        with httpx.Client(base_url=s.url, timeout=60) as client:
+            first = client.get("/duplicates").json()
+            assert len(calls) == 1
+            assert client.get("/duplicates").json()["groups"] == first["groups"]
+            loose = client.get("/duplicates", params={"radius": 24, "codes_only": "true"}).json()
+            page = client.get("/duplicates", params={"limit": 2, "offset": 1, "keep": "oldest"}).json()
+            assert len(calls) == 1  # four requests, one whitening
+            n = len(calls)
+            assert _members(first["groups"]) == fresh() and len(calls) == n + 1
+            assert _members(loose["groups"]) == fresh(radius=24, min_similarity=None)
+            assert _members(page["groups"]) == fresh(keep="oldest")[1:3]
+            calls.clear()
+
+            # An add makes a new state: whitened again once, and the new image is in the groups.
+            im = Image.open(root / "photos" / "originals" / "daisy-3.jpg").convert("RGB")
+            buf = io.BytesIO()
+            im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
+            added = client.post(
+                "/images", files={"images": ("smaller.jpg", buf.getvalue(), "image/jpeg")}, headers={"X-API-Key": API_KEY}
+            ).json()["ids"]
+            assert len(added) == 1
+            after = client.get("/duplicates").json()
+            assert client.get("/duplicates").json()["groups"] == after["groups"]
+            assert len(calls) == 1 and after["n_images"] == 46
+            daisy = next(g for g in after["groups"] if any(m["key"] == "originals/daisy-3.jpg" for m in g["members"]))
+            assert added[0] in [m["id"] for m in daisy["members"]]
+            assert _members(after["groups"]) == fresh()
+            calls.clear()
+
+            # A remove too: back to the first groups.
+            assert client.delete(f"/images/{added[0]}", headers={"X-API-Key": API_KEY}).status_code == 200
+            again = client.get("/duplicates").json()
+            assert len(calls) == 1 and again["groups"] == first["groups"] and again["n_images"] == 45

@@ -41,6 +41,8 @@ from hashsearch.pipeline.cache import content_digest
 from hashsearch.service.limits import MAX_FILES, MAX_ID, MAX_K, Limits  # noqa: F401 (re-exported)
 
 THUMB_SIZE = 128
+#: The most records one `GET /entries` page holds.
+MAX_LIST = 1000
 
 log = logging.getLogger("hashsearch.service")
 
@@ -190,6 +192,11 @@ class ServiceState:
         self._decoder = ThreadPoolExecutor(self.limits.decode_slots, thread_name_prefix="hashsearch-decode")
         self._admitted = 0
         self._admit_lock = threading.Lock()
+        # Values computed from the collection's contents (its sorted ids, its whitened features),
+        # kept until the next change: `generation` counts the changes (add, remove).
+        self.generation = 0
+        self._derived: dict[str, tuple[int, object]] = {}
+        self._derived_locks: dict[str, threading.Lock] = {}
 
     # -- concurrency ---------------------------------------------------------------------
     def admit_upload(self) -> bool:
@@ -244,6 +251,31 @@ class ServiceState:
         except Exception as e:  # the server still starts; the first search shows the problem to its client
             log.warning("warming the extractor and search failed (%s: %s)", type(e).__name__, e)
         return time.perf_counter() - t
+
+    def derived(self, name: str, compute):
+        """`compute()` of the collection as it is now, computed once per `generation` and then reused.
+
+        For values that depend only on the collection's contents and cost more than a request
+        should pay each time (`ids`, the whitened features of `GET /duplicates`). Call it holding
+        the read lock: changes hold the write lock and bump `generation`, so a value is never
+        computed from one state and kept for another. Two requests needing the same value while it
+        is computed wait for the one computation.
+        """
+        lock = self._derived_locks.setdefault(name, threading.Lock())
+        with lock:
+            generation, value = self._derived.get(name, (-1, None))
+            if generation != self.generation:
+                value = compute()
+                self._derived[name] = (self.generation, value)
+            return value
+
+    def ids(self) -> np.ndarray:
+        """The collection's ids, sorted (int64, (n,)); call it holding the read lock."""
+        return self.derived("ids", lambda: np.sort(np.asarray(self.coll.index.ids, np.int64)))
+
+    def _changed(self) -> None:
+        """Called holding the write lock before the collection changes: what `derived` kept is stale."""
+        self.generation += 1
 
     # -- input checks --------------------------------------------------------------------
     def check_upload(self, data: bytes, name: str, content_type: str | None) -> None:
@@ -374,6 +406,36 @@ class ServiceState:
                     "if its folder moved, the collection needs `hashsearch relocate`",
                 ) from None
 
+    def list_entries(self, offset: int, limit: int) -> dict:
+        """A page of the collection's records in id order: id, key, label; with the total count.
+
+        Parameters
+        ----------
+        offset : int
+            Records skipped (>= 0; past the end: an empty page).
+        limit : int
+            Records in the page, 1 to `MAX_LIST`.
+
+        Raises
+        ------
+        BadRequest
+            422 for an offset or limit out of range.
+        """
+        if not 1 <= limit <= MAX_LIST:
+            raise BadRequest(422, f"limit must be between 1 and {MAX_LIST}, got {limit}")
+        if offset < 0:
+            raise BadRequest(422, f"offset must be 0 or more, got {offset}")
+        with self.lock.read():
+            ids = self.ids()
+            page = ids[offset : offset + limit].tolist()
+            records = self.coll.entries(page)
+        return {
+            "total": len(ids),
+            "offset": offset,
+            "limit": limit,
+            "entries": [{"id": e["id"], "key": e["key"], "label": e["label"]} for e in records if e is not None],
+        }
+
     def _thumb_path(self, record: dict) -> Path:
         name = hashlib.sha256(f"{record['id']}\0{record['digest']}\0{record['key']}".encode("utf-8", "surrogateescape"))
         return self.thumb_dir / (name.hexdigest()[:32] + ".jpg")
@@ -494,6 +556,7 @@ class ServiceState:
         ids: list[int] = []
         if new:
             with self.lock.write():
+                self._changed()
                 # A concurrent request may have added the same content since the check above.
                 late = {} if keep_duplicates else self.coll.ids_by_digest(first)
                 duplicates += [{"file": n.name, "id": late[n.digest]} for n in new if n.digest in late]
@@ -586,6 +649,7 @@ class ServiceState:
             record = self.coll.entries([image_id])[0]
             if record is None:
                 raise BadRequest(404, f"no image with id {image_id} in this collection")
+            self._changed()
             self.coll.remove([image_id])
             self._save(f"removing image {image_id}")
             others = self.coll.ids_by_digest([record["digest"]]) if record["digest"] else {}

@@ -34,7 +34,7 @@ def duplicates(
     offset: int = Query(0, ge=0, le=2**31, description="groups skipped (largest groups first)"),
 ):
     """Groups of duplicates: ids, keys, Hamming distance and similarity to the image kept, file and pixel sizes."""
-    from hashsearch.duplicates import find_duplicates
+    from hashsearch.duplicates import find_duplicates, whiten_collection
 
     hs = request.app.state.hs
     t = time.perf_counter()
@@ -45,7 +45,9 @@ def duplicates(
         if min_similarity is not None and not coll.store_features:
             raise BadRequest(422, "min_similarity needs stored features: this collection has none")
         similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
-        report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
+        # Whitened once per state of the collection (until the next add or remove), not per request.
+        whitened = hs.derived("whitened", lambda: whiten_collection(coll))
+        report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep, whitened=whitened)
     page = report.groups[offset : offset + limit]
     return {
         **report.summary(),

@@ -187,7 +187,9 @@ def test_the_whitening_is_computed_once_per_state_of_the_collection(served, tmp_
             buf = io.BytesIO()
             im.resize((im.width * 3 // 4, im.height * 3 // 4), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=80)
             added = client.post(
-                "/images", files={"images": ("smaller.jpg", buf.getvalue(), "image/jpeg")}, headers={"X-API-Key": API_KEY}
+                "/images",
+                files={"images": ("smaller.jpg", buf.getvalue(), "image/jpeg")},
+                headers={"X-API-Key": API_KEY},
             ).json()["ids"]
             assert len(added) == 1
             after = client.get("/duplicates").json()

@@ -55,6 +55,7 @@ def test_health_stats_openapi(client):
         "/images/{image_id}",
         "/thumbs/{image_id}",
         "/images",
+        "/entries",
         "/stats",
         "/health",
         "/jobs/{job_id}",

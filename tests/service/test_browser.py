@@ -671,14 +671,19 @@ ENTRIES = "() => [...document.querySelectorAll('#entries .entry')].map(e => +e.d
 
 
 def test_browse_pages_and_delete_with_the_key(open_page, client):
-    """The collection page by page (GET /entries/{id}); deleting needs two presses and the API
-    key: no key or a wrong key deletes nothing and says why, Escape calls a delete off."""
+    """The collection page by page (one GET /entries?offset=&limit= a page); deleting needs two
+    presses and the API key: no key or a wrong key deletes nothing and says why, Escape calls a
+    delete off."""
     from .conftest import API_KEY
 
     count = client.get("/stats").json()["count"]
     page = open_page(1280, 900)
+    asked = []
+    page.on("request", lambda r: "/entries" in r.url and asked.append(r.url.split("/", 3)[3]))
     page.click("#tab-browse")
     first = _until(page, f"() => {{ const ids = ({ENTRIES})(); return ids.length === 24 && ids; }}")
+    assert asked == ["entries?offset=0&limit=24"]
+    assert first == [e["id"] for e in client.get("/entries", params={"limit": 24}).json()["entries"]]
     assert page.text_content("#page-info") == f"1–24 of {count}"
     assert page.is_disabled("#prev") and not page.is_disabled("#next")
     for i in first[:3]:
@@ -687,7 +692,7 @@ def test_browse_pages_and_delete_with_the_key(open_page, client):
     page.click("#next")
     _until(page, f"() => document.getElementById('page-info').textContent === '25–48 of {count}'")
     second = page.evaluate(ENTRIES)
-    assert len(second) == 24 and min(second) > max(first)
+    assert len(second) == 24 and min(second) > max(first) and asked[-1] == "entries?offset=24&limit=24"
     page.click("#prev")
     _until(page, "() => document.getElementById('page-info').textContent.startsWith('1–24')")
     assert page.evaluate(ENTRIES) == first

@@ -52,6 +52,8 @@ def test_every_route_answers_names_that_are_not_utf8(latin1):
     assert stats.status_code == 200 and stats.content.isascii()
     assert os.fsencode(CREME) in {os.fsencode(k) for k in stats.json()["labels"]}
     entries = [httpx.get(f"{server.url}/entries/{i}").json() for i in range(8)]
+    listed = httpx.get(f"{server.url}/entries", params={"limit": 8})
+    assert listed.status_code == 200 and listed.content.isascii() and listed.json()["entries"] == entries
     cafe = next(e for e in entries if e["key"].endswith(".jpg") and os.fsencode(e["key"]) == b"cr\xe8me/caf\xe9.jpg")
     assert os.fsencode(cafe["label"]) == b"cr\xe8me"
     for url in (

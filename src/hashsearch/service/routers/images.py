@@ -1,13 +1,14 @@
-"""Indexed images: GET /images/{id} (file), GET /thumbs/{id}, GET /entries/{id}, POST /images, DELETE /images/{id}."""
+"""Indexed images: GET /images/{id} (file), GET /thumbs/{id}, GET /entries (a page of records),
+GET /entries/{id}, POST /images, DELETE /images/{id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, Request, Response, Security, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
 from hashsearch.service.routers import IMAGE_ID, needs_key, takes_files
-from hashsearch.service.state import MAX_FILES, BadRequest
+from hashsearch.service.state import MAX_FILES, MAX_LIST, BadRequest
 
 router = APIRouter(tags=["images"])
 _TYPES = {
@@ -21,6 +22,19 @@ _TYPES = {
 }
 #: The API key header (checked by the request guard before the body is read; declared here for the schema).
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's API key (--api-key)")
+
+
+@router.get("/entries")
+def entries(
+    request: Request,
+    offset: int = Query(0, ge=0, le=2**62, description="records skipped, in id order (past the end: an empty page)"),
+    limit: int = Query(100, ge=1, le=MAX_LIST, description=f"records in this answer (1-{MAX_LIST})"),
+):
+    """A page of the collection's records in id order (id, key, label), and `total`, the number of images.
+
+    Ids are not reused, so paging with offset = offset + limit visits every image once while the
+    collection does not change; after a remove, later records move up by one."""
+    return request.app.state.hs.list_entries(offset, limit)
 
 
 @router.get("/entries/{image_id}")

@@ -404,58 +404,41 @@ function deleteButton(id, statusId, onDeleted) {
   return b;
 }
 
-// ---- browse: the collection page by page, through GET /entries/{id} ----
-// Ids are not reused, so a page is the next PAGE ids that exist, from where the last page
-// ended; the pages seen are remembered to go back.
+// ---- browse: the collection page by page, through GET /entries?offset=&limit= ----
 const PAGE = 24;
-let pageStarts = [0];
 let pageAt = 0;
-let pageEnd = 0;  // one past the last id the page looked at
 let browseSeq = 0;
-
-async function entry(id) {
-  const resp = await fetch(`/entries/${id}`);
-  if (resp.status === 404) return null;
-  const body = await resp.json().catch(() => null);
-  if (!resp.ok || !body) throw new Error(detailText(body, resp));
-  return body;
-}
 
 async function loadPage(index, note) {
   const n = ++browseSeq;
   disarm();
   busy(true, "browse-spinner", "entries");
   status("loading…", false, "browse-status");
-  const before = index * PAGE;  // every earlier page was full
-  const found = [];
-  let id = pageStarts[index], misses = 0;
+  let resp, body;
   try {
-    // Ids are read a page at a time; a long run of missing ids (many removed) ends the search.
-    while (found.length < PAGE && before + found.length < info.count && misses < 20 * PAGE) {
-      const batch = Array.from({ length: PAGE }, (_, i) => id + i);
-      const got = await Promise.all(batch.map(entry));
-      if (n !== browseSeq) return;
-      for (const [i, e] of got.entries()) {
-        if (found.length >= PAGE) break;
-        id = batch[i] + 1;
-        if (e) { found.push(e); misses = 0; } else misses++;
-      }
-    }
+    resp = await fetch(`/entries?${new URLSearchParams({ offset: index * PAGE, limit: PAGE })}`);
+    body = await resp.json().catch(() => null);
   } catch (e) {
-    if (n !== browseSeq) return;
-    busy(false, "browse-spinner", "entries");
-    status(`the collection's entries could not be read (${e.message})`, true, "browse-status");
+    body = { detail: `the server could not be reached (${e.message})` };
+  }
+  if (n !== browseSeq) return;
+  busy(false, "browse-spinner", "entries");
+  if (!resp || !resp.ok || !body || !Array.isArray(body.entries)) {
+    status(`the collection's entries could not be read (${detailText(body, resp || {})})`, true, "browse-status");
     return;
   }
+  // A page past the end (images removed meanwhile, e.g. by another client) shows the last one.
+  if (!body.entries.length && index > 0 && body.total > 0) return loadPage(Math.ceil(body.total / PAGE) - 1, note);
+  if (body.total !== info.count) { info.count = body.total; showStats(); }
   pageAt = index;
-  pageEnd = id;
+  const found = body.entries;
   $("entries").replaceChildren(...found.map(entryCard));
-  busy(false, "browse-spinner", "entries");
+  const before = body.offset;
   const last = before + found.length;
   $("page-info").textContent = found.length
-    ? `${before + 1}–${last} of ${info.count}` : "no images";
+    ? `${before + 1}–${last} of ${body.total}` : "no images";
   $("prev").disabled = index === 0;
-  $("next").disabled = last >= info.count;
+  $("next").disabled = last >= body.total;
   status(note || (found.length ? "Click a picture to search like it." : "The collection is empty."), false, "browse-status");
 }
 
@@ -481,11 +464,7 @@ function entryCard(e) {
 }
 
 $("prev").addEventListener("click", () => pageAt > 0 && loadPage(pageAt - 1));
-$("next").addEventListener("click", () => {
-  pageStarts = pageStarts.slice(0, pageAt + 1);
-  pageStarts.push(pageEnd);
-  loadPage(pageAt + 1);
-});
+$("next").addEventListener("click", () => loadPage(pageAt + 1));
 
 // ---- duplicates: groups of near-duplicate images (GET /duplicates, docs/duplicates.md) ----
 let dupSeq = 0;

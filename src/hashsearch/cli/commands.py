@@ -22,6 +22,7 @@ from hashsearch.cli.common import (
     bits_list,
     check_bits,
     make_backbone,
+    make_hasher,
     plural,
     show,
     split_list,
@@ -163,7 +164,12 @@ def index(
         ..., help="A folder (recursive), a .tar/.tar.gz archive, or a list file of paths [TAB label]."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The collection folder to write (e.g. photos.hsx)."),
-    method: str = typer.Option("itq", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
+    method: str = typer.Option(
+        "itq",
+        "--method",
+        "-m",
+        help="Hashing method (see `hashsearch list`), with parameters as eval takes them, e.g. 'dpsh[epochs=5]'.",
+    ),
     bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("flat", "--backend", help="Index back end (see `hashsearch list`)."),
@@ -206,7 +212,6 @@ def index(
     nothing is fitted), and the collection keeps a copy of the model.
     """
     from hashsearch.data.sources import open_source
-    from hashsearch.hashing import create_hasher
     from hashsearch.pipeline import build_collection
 
     if address and engine != "ray":
@@ -224,8 +229,8 @@ def index(
         bb, hasher = trained.backbone(cache_dir), trained.hasher
         method, bits, input_size = hasher.name, hasher.n_bits, bb.preprocess.input_size
     else:
+        hasher = make_hasher(method, bits, seed)  # before the backbone: a bad spec fails at once
         bb = make_backbone(backbone, input_size, weights)
-        hasher = create_hasher(method, n_bits=bits, seed=seed)
     coll, report = build_collection(
         open_source(source, _labels(labels)),
         bb,

@@ -49,6 +49,34 @@ def make_backbone(name: str, input_size: int, weights: str | None):
         raise typer.BadParameter(str(e)) from None
 
 
+def make_hasher(spec: str, bits: int, seed: int):
+    """An unfitted hasher from a method spec as `hashsearch eval` and `bench` read them
+    (`parse_method`): a registered name, optionally with parameters, ``itq`` or ``dpsh[epochs=5]``;
+    n_bits and seed come from --bits and --seed.
+
+    Raises
+    ------
+    ValueError
+        An unknown method or a malformed spec (parse_method's message, as eval gives it), or a
+        parameter the method does not take (the message lists those it takes).
+    """
+    import inspect
+
+    from hashsearch.experiments.runner import parse_method
+    from hashsearch.hashing import create_hasher, hashers
+
+    name, params = parse_method(spec)
+    takes = [p for p in inspect.signature(hashers.get(name)).parameters if p not in ("n_bits", "seed")]
+    if set(params) & {"n_bits", "seed"}:
+        raise ValueError(f"method spec {spec!r}: give the code length with --bits and the seed with --seed")
+    if unknown := [k for k in params if k not in takes]:
+        raise ValueError(
+            f"method spec {spec!r}: {name} has no parameter {', '.join(unknown)}; "
+            f"it takes {', '.join(takes) if takes else 'none besides --bits and --seed'}"
+        )
+    return create_hasher(name, n_bits=bits, seed=seed, **params)
+
+
 def show(name) -> str:
     """A file name or key as one readable line (bytes that are not UTF-8 as \\xNN, see `printable`)."""
     return printable(str(name))

@@ -20,6 +20,7 @@ from hashsearch.cli.common import (
     WeightsOpt,
     check_bits,
     make_backbone,
+    make_hasher,
     plural,
     show,
 )
@@ -39,14 +40,14 @@ def _open_or_build(source: str, method, bits, backbone, input_size, weights, cac
     if _is_collection(source):
         return Collection.open(source), True
     from hashsearch.data.sources import open_source
-    from hashsearch.hashing import create_hasher
     from hashsearch.pipeline import build_collection
 
     check_bits([bits])
+    hasher = make_hasher(method, bits, 0)  # before the backbone and the images: a bad spec fails at once
     coll, report = build_collection(
         open_source(source, "none"),
         make_backbone(backbone, input_size, weights),
-        create_hasher(method, n_bits=bits, seed=0),
+        hasher,
         index="mih",
         cache_dir=cache_dir,
         batch_size=batch_size,
@@ -184,7 +185,12 @@ def duplicates(
     ),
     delete: bool = typer.Option(False, "--delete", help="Delete the images not kept (with --yes)."),
     yes: bool = typer.Option(False, "--yes", help="Really move or delete; without it, only print what would happen."),
-    method: str = typer.Option(SOURCE_METHOD, "--method", "-m", help="Hashing method for a folder (unsupervised)."),
+    method: str = typer.Option(
+        SOURCE_METHOD,
+        "--method",
+        "-m",
+        help="Hashing method for a folder (unsupervised), with parameters as eval takes them, e.g. 'itq[n_iter=20]'.",
+    ),
     bits: int = typer.Option(SOURCE_BITS, "--bits", "-b", help="Code length for a folder."),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,

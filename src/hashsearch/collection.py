@@ -286,9 +286,10 @@ class Collection:
         rows = None
         if self.rerank_store is not None and n:
             # Fitted and encoded before anything changes: a store that cannot leaves the collection as it was.
-            if not self.rerank_store.is_fitted:
-                self.rerank_store.fit(features)
-            rows = self.rerank_store.encode(features)
+            store = self.rerank_store
+            if not store.is_fitted:
+                store.fit(features)
+            rows = store.encode(features)
         ids = self.index.add(codes)
         for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
             self._new[i] = (root_id, rel, None if lab is None else str(lab), d)
@@ -507,8 +508,9 @@ class Collection:
         KeyError
             If an id has no stored feature.
         """
-        rows = self._rows_of(ids)
-        return rows if self.rerank_store.name == "full" else self.rerank_store.reconstruct(rows)
+        rows = self._rows_of(ids)  # refuses a collection without a store
+        store = self.rerank_store
+        return rows if store is None or store.name == "full" else store.reconstruct(rows)
 
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The re-rank store's rows of the given ids."""
@@ -706,12 +708,13 @@ class Collection:
         self.hasher.save(tmp / "hasher.npz")
         (tmp / "index").mkdir()
         self.index.save(tmp / "index")
-        compact = self.rerank_store is not None and self.rerank_store.name != "full"
+        store = self.rerank_store
+        compact = store is not None and store.name != "full"
         if self.store_features:
             np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
             np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
-            if compact and self.rerank_store.is_fitted:
-                self.rerank_store.save(tmp / RERANK_STORE_FILE)
+            if store is not None and compact and store.is_fitted:
+                store.save(tmp / RERANK_STORE_FILE)
         self._write_entries(tmp / "entries.sqlite")
         if self.int8_model is not None:
             shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
@@ -898,6 +901,8 @@ class Collection:
     def _check_rows(self) -> None:
         """After loading: the rows must be the store's (a "full" store learns its width from them)."""
         store, rows = self.rerank_store, self._features
+        if store is None:
+            return
         if len(self._feature_ids) != len(rows):
             raise ValueError(f"features.npy has {len(rows)} rows for {len(self._feature_ids)} ids")
         if not store.is_fitted:

@@ -8,6 +8,7 @@ import pytest
 from hashsearch.index.rerank_store import RerankStore, create_rerank_store
 
 SPECS = ["full", "pca-16", "int8", "pq-8"]
+pytestmark = pytest.mark.filterwarnings("ignore:pq-.* fitted on")  # small test sets; the warning has its own test
 
 
 def features(n=2000, d=64, rank=12, seed=0):
@@ -111,3 +112,9 @@ def test_full_of_dim_is_fitted():
     store = FullStore.of_dim(64)
     assert store.is_fitted and not create_rerank_store("full").is_fitted
     np.testing.assert_array_equal(store.encode(features()[:3]), features()[:3].astype(np.float16))
+
+
+def test_pq_on_few_features_warns_once(capfd):
+    with pytest.warns(UserWarning, match="pq-8 fitted on 2,000 features") as caught:
+        create_rerank_store("pq-8").fit(features())
+    assert len(caught) == 1 and "WARNING clustering" not in capfd.readouterr().err  # not faiss's 8 lines

@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import ClassVar
 
@@ -50,6 +51,9 @@ FORMAT_VERSION = 1
 
 rerank_stores: Registry = Registry("re-rank store")
 register_rerank_store = rerank_stores.register
+
+#: Features below which faiss warns that k-means of 256 centroids is poorly fitted (39 a centroid).
+_PQ_GOOD_FIT = 39 * 256
 
 _SPEC = re.compile(r"^(full|int8|pca-(\d+)|pq-(\d+))$")
 
@@ -338,6 +342,15 @@ class PQStore(RerankStore):
         if n < 256:
             raise ValueError(f"pq-{self.n_subquantizers} needs at least 256 features to fit its codebooks, got {n}")
         index = faiss.IndexPQ(d, self.n_subquantizers, 8)
+        if n < _PQ_GOOD_FIT:
+            warnings.warn(
+                f"pq-{self.n_subquantizers} fitted on {n:,} features; its k-means codebooks want "
+                f"{_PQ_GOOD_FIT:,} or more (faiss's advice), so re-ranking may lose more than the "
+                "docs/scale.md figures: on a small collection int8 or pca-N keeps closer to full",
+                stacklevel=3,
+            )
+        # One warning here instead of faiss's own, printed once per sub-quantiser (the check is all this sets).
+        index.pq.cp.min_points_per_centroid = 1
         index.train(np.ascontiguousarray(X))
         self._index = index
         self.faiss_index_ = faiss.serialize_index(index)

@@ -142,8 +142,8 @@ def test_each_store_saves_reopens_adds_removes_and_searches(real, spec, tmp_path
 @pytest.mark.parametrize("spec, least", [("pca-128", 0.85), ("int8", 0.95), ("pq-64", 0.75)])
 def test_compact_stores_rank_close_to_full(real, spec, least):
     """Top-10 of coarse-to-fine through a compact store against the full features' top-10
-    (40 queries, 300 images): measured 0.92 (pca-128), 1.00 (int8), 0.89 (pq-64); Hamming
-    ranking alone shares 0.35 of them, so the bound tells a re-ranking store from none."""
+    (40 queries, 300 images; ``pytest -s`` prints the shares: 0.93 pca-128, 1.00 int8, 0.87 pq-64
+    when written). Hamming ranking alone shares 0.40, so the bounds tell a re-ranking store from none."""
     X, Q = real["X"], real["Q"]
     full = build(real, "full", len(X)).search(Q, k=10, rerank=100).ids
     ranked = build(real, spec, len(X)).search(Q, k=10, rerank=100).ids
@@ -152,6 +152,9 @@ def test_compact_stores_rank_close_to_full(real, spec, least):
     def overlap(a, b):
         return np.mean([len(set(a[i]) & set(b[i])) / 10 for i in range(len(a))])
 
+    print(
+        f"\n{spec}: top-10 shared with full {overlap(ranked, full):.2f}; Hamming ranking {overlap(hamming, full):.2f}"
+    )
     assert overlap(hamming, full) < 0.6
     assert overlap(ranked, full) >= least
 

@@ -157,6 +157,7 @@ def test_unlabelled_entries_are_named_in_info(hasher):
 _STEPS = [
     (os, "replace"),
     (os, "rename"),
+    (os, "link"),
     (os, "fsync"),
     (os, "open"),
     (os, "mkdir"),
@@ -183,10 +184,12 @@ def _die_at(step: int) -> None:
         setattr(module, name, wrapped)
 
 
-def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, hasher):
+@pytest.mark.parametrize("change", ["add and remove", "relocate"])
+def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, hasher, change):
     """Fork a child that saves a pending change and is killed before its N-th disk call, for every
     N until a save completes; after each, the collection opens (all checksums), holds the old or
-    the new state, searches, and takes the next save."""
+    the new state, searches, and takes the next save. A relocate changes the entries alone: that
+    save hard-links the index and features from the live generation (os.link is one of the steps)."""
     X = features(40)
     pristine = tmp_path / "pristine.hsx"
     coll = new_collection(hasher)
@@ -194,17 +197,24 @@ def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, ha
     coll.save(pristine)
     base = Collection.open(pristine)
     old = snapshot(base, X)
-    base.add(X[30:], [f"{i}.jpg" for i in range(30, 40)], ["b"] * 10, root=".")
-    base.remove([3])
+
+    def pending(coll):
+        if change == "relocate":
+            assert coll.relocate(".", tmp_path / "elsewhere") == 30
+        else:
+            coll.add(X[30:], [f"{i}.jpg" for i in range(30, 40)], ["b"] * 10, root=".")
+            coll.remove([3])
+
+    pending(base)
     work = tmp_path / "work.hsx"
     outcomes = []
     for step in range(1, 500):
         shutil.rmtree(work, ignore_errors=True)
         shutil.copytree(pristine, work)
         coll = Collection.open(work)
-        coll.add(X[30:], [f"{i}.jpg" for i in range(30, 40)], ["b"] * 10, root=".")
-        coll.remove([3])
+        pending(coll)
         new = snapshot(coll, X)
+        assert new != old
         pid = os.fork()
         if pid == 0:  # the child: save, and die at the chosen step
             try:
@@ -232,6 +242,11 @@ def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, ha
     # Old state up to the switch of CURRENT, the new one after it; both were seen.
     assert outcomes[0] is False and outcomes[-1] is True
     assert outcomes == sorted(outcomes)
+    if change == "relocate":  # the save that completed linked the index rather than writing it
+        coll = Collection.open(pristine)
+        inode = os.stat(coll._gen / "index" / "codes.u8").st_ino
+        pending(coll)
+        assert os.stat(coll.save(pristine) / "index" / "codes.u8").st_ino == inode
 
 
 def test_a_leftover_generation_does_not_wedge_the_collection(tmp_path, hasher):

@@ -26,7 +26,11 @@ any name, valid UTF-8 or not, comes back exactly.
 
 A save writes a new generation beside the old one, fsyncs it, and only then replaces CURRENT
 (an atomic rename), so a crash at any step of a save leaves the previous generation live and
-intact, and the next save proceeds. A save that fails resets the object to what is on disk.
+intact, and the next save proceeds. A file whose part did not change since the live generation
+(the model, the hasher, the re-rank store's parameters; the index and re-rank rows when only the
+entries changed) is hard-linked from it instead of written again: nothing writes into a
+generation's files once saved, so two generations can share an inode, and deleting the old one
+leaves the new one's data in place. A save that fails resets the object to what is on disk.
 Loading checks the format version and every checksum; a damaged file is an error, never a
 wrong answer.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -48,7 +53,7 @@ import numpy as np
 from hashsearch.backbones import Backbone, create_backbone
 from hashsearch.codes import hamming_distances
 from hashsearch.data.sources import read_key, split_key
-from hashsearch.fileio import check_header, file_sha256, fsync_path
+from hashsearch.fileio import check_header, file_identity, file_sha256, fsync_path, same_content, share_file
 from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
@@ -56,6 +61,8 @@ from hashsearch.index.rerank_store import FullStore, RerankStore, create_rerank_
 from hashsearch.model import TrainedModel
 from hashsearch.types import MISSING_ID, SearchResult
 from hashsearch.validation import check_int
+
+log = logging.getLogger(__name__)
 
 FORMAT = "hashsearch-collection"
 # 2: entries keyed by (root, relative key) as bytes, a roots table, the int8 model kept.
@@ -71,6 +78,13 @@ RERANK_STORE_FILE = "rerank_store.npz"
 UPLOADS = "uploads"
 #: A collection's copy of the trained model that built it (`hashsearch.model`).
 MODEL_FILE = "model.hsm"
+#: Index back ends whose saved files nothing writes into afterwards (loaded memory-mapped read-only,
+#: copied on their first change): a save may hard-link them into the next generation. Not milvus
+#: (Milvus Lite's database file is written in place) nor faiss.
+_IMMUTABLE_INDEX_BACKENDS = ("flat", "mih")
+#: Files up to this size that a save writes anyway are compared with the previous generation's
+#: and linked to it when equal (the hasher, a fitted re-rank store, index.json).
+_RELINK_MAX = 64 << 20
 #: `info()`'s label for entries without one.
 NO_LABEL = "(no label)"
 
@@ -125,6 +139,16 @@ class Collection:
         self._roots_changed = False
         self._new: dict[int, _Record] = {}
         self._removed: set[int] = set()
+        # The generation this object holds (set by open and save), and of each of its files the
+        # identity (`file_identity`) and sha256 then: a save into the same folder hard-links the
+        # files of the parts that did not change since (see `_write`).
+        self._gen: Path | None = None
+        self._gen_files: dict[str, tuple[tuple, str]] = {}
+        #: The manifest of that generation ({} until saved or opened).
+        self.manifest: dict = {}
+        # Parts changed since that generation (everything, for a collection not yet saved).
+        self._index_changed = True
+        self._features_changed = True
 
     @classmethod
     def create(
@@ -291,9 +315,11 @@ class Collection:
                 store.fit(features)
             rows = store.encode(features)
         ids = self.index.add(codes)
+        self._index_changed = self._index_changed or n > 0
         for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
             self._new[i] = (root_id, rel, None if lab is None else str(lab), d)
         if rows is not None:
+            self._features_changed = True
             self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
             self._feature_order = None
             self._features = np.concatenate([self._features, rows]) if len(self._features) else rows
@@ -324,6 +350,7 @@ class Collection:
         ids = np.unique(np.asarray(list(ids), np.int64))
         ids = ids[np.isin(ids, self.index.ids)]
         n = self.index.remove(ids)
+        self._index_changed = self._index_changed or n > 0
         for i in ids.tolist():
             if self._new.pop(i, None) is None:
                 self._removed.add(i)
@@ -331,6 +358,7 @@ class Collection:
             keep = ~np.isin(self._feature_ids, ids)
             self._feature_ids, self._features = self._feature_ids[keep], self._features[keep]
             self._feature_order = None
+            self._features_changed = True
         return n
 
     def _stored(self, ids: list[int]) -> dict[int, _Record]:
@@ -703,28 +731,78 @@ class Collection:
             shutil.rmtree(tmp, ignore_errors=True)  # renamed into place on success
 
     def _write(self, root: Path, tmp: Path, gen: int) -> Path:
-        """Write generation `gen` in the folder `tmp`, then make it live under `root`."""
+        """Write generation `gen` in the folder `tmp`, then make it live under `root`.
+
+        A file of a part that did not change since the generation this object holds (`_gen`, in
+        the same folder) is not written but hard-linked from it (`share_file`: a copy where links
+        are refused), its sha256 taken from that generation's manifest: the index while no add or
+        remove touched it (back ends whose files are never written after a save: flat, mih), the
+        re-rank rows likewise, the entries database while nothing is pending, the model and int8
+        model files. Small files written anyway (hasher, fitted re-rank store, index.json: their
+        size does not grow with the collection) are replaced by a link when their content equals
+        the previous generation's (`same_content`). Nothing writes into
+        a generation's files after its save (indexes and features are memory-mapped read-only
+        and copied on their first change; entries are read with SQLite's mode=ro), so a shared
+        inode never changes under another generation; deleting an old generation removes names,
+        and the data stays while a newer one links it.
+        """
         name = f"gen-{gen:06d}"
+        prev = self._gen if self._gen is not None and self._gen.parent.resolve() == root.resolve() else None
+        shared: dict[str, str] = {}  # file (relative to the generation) -> "linked" / "copied"
+
+        def share(rel: str) -> bool:
+            if prev is None or rel not in self._gen_files:
+                return False
+            how = share_file(prev / rel, tmp / rel, self._gen_files[rel][0])
+            if how is not None:
+                shared[rel] = how
+            return how is not None
+
         self.hasher.save(tmp / "hasher.npz")
         (tmp / "index").mkdir()
-        self.index.save(tmp / "index")
+        immutable_index = self.index.name in _IMMUTABLE_INDEX_BACKENDS
+        index_files = sorted(r for r in self.manifest["files"] if r.startswith("index/")) if prev else []
+        if not (immutable_index and not self._index_changed and index_files and all(map(share, index_files))):
+            if [rel for rel in index_files if shared.pop(rel, None)]:  # one could not be linked: write them all
+                shutil.rmtree(tmp / "index")
+                (tmp / "index").mkdir()
+            self.index.save(tmp / "index")
         store = self.rerank_store
         compact = store is not None and store.name != "full"
         if self.store_features:
-            np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
-            np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
+            if self._features_changed or not (share("features.npy") and share("feature_ids.npy")):
+                for rel in ("features.npy", "feature_ids.npy"):
+                    if shared.pop(rel, None):  # the other could not be linked: write both
+                        (tmp / rel).unlink()
+                np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
+                np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
             if store is not None and compact and store.is_fitted:
                 store.save(tmp / RERANK_STORE_FILE)
-        self._write_entries(tmp / "entries.sqlite")
+        if self.dirty or not share("entries.sqlite"):
+            self._write_entries(tmp / "entries.sqlite")
         if self.int8_model is not None:
-            shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
+            own = prev is not None and self.int8_model == prev / self.int8_model.name
+            if not (own and share(self.int8_model.name)):
+                shutil.copyfile(self.int8_model, tmp / self.int8_model.name)
         if self.model is not None:
             # A copy, not a reference: the collection then opens and extracts anywhere, like its int8 model.
-            if self.model.path is not None and self.model.path.is_file():
-                shutil.copyfile(self.model.path, tmp / MODEL_FILE)
-            else:
-                self.model.save(tmp / MODEL_FILE)
+            own = prev is not None and self.model.path == prev / MODEL_FILE
+            if not (own and share(MODEL_FILE)):
+                if self.model.path is not None and self.model.path.is_file():
+                    shutil.copyfile(self.model.path, tmp / MODEL_FILE)
+                else:
+                    self.model.save(tmp / MODEL_FILE)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        if prev is not None:
+            for p in files:
+                rel = str(p.relative_to(tmp))
+                if rel not in shared and (immutable_index or not rel.startswith("index/")):
+                    self._relink_if_equal(prev, tmp, rel, shared)
+        digests = {}
+        for p in files:
+            rel = str(p.relative_to(tmp))
+            # A shared file keeps the digest its generation recorded: not read again, and a damaged one still shows.
+            digests[rel] = self._gen_files[rel][1] if rel in shared else file_sha256(p)
         manifest = {
             "format": FORMAT,
             "version": FORMAT_VERSION if compact else 2,
@@ -741,11 +819,12 @@ class Collection:
             "int8_model": None if self.int8_model is None else self.int8_model.name,
             "model": None if self.model is None else {"id": self.model.id, "file": MODEL_FILE},
             "stats": self.stats,
-            "files": {str(p.relative_to(tmp)): file_sha256(p) for p in files},
+            "files": digests,
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for p in [*files, tmp / "manifest.json"]:
-            fsync_path(p)
+            if shared.get(str(p.relative_to(tmp))) != "linked":  # a link's data is on disk already
+                fsync_path(p)
         fsync_path(tmp / "index")
         fsync_path(tmp)
         pointer = root / f".CURRENT.tmp-{os.getpid()}"
@@ -772,6 +851,7 @@ class Collection:
         self._removed.clear()
         self._roots_changed = False
         self.manifest = manifest
+        self._held(root / name)
         try:
             fsync_path(root)
         except OSError as e:  # the switch is made; only its durability is in doubt
@@ -780,6 +860,41 @@ class Collection:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         return root / name
+
+    def _relink_if_equal(self, prev: Path, tmp: Path, rel: str, shared: dict[str, str]) -> None:
+        """Replace the just written `tmp/rel` by a link to `prev/rel` when both hold the same data
+        (`same_content`; only files up to `_RELINK_MAX` bytes are compared)."""
+        known = self._gen_files.get(rel)
+        new = tmp / rel
+        size = new.stat().st_size
+        if known is None or size > _RELINK_MAX:
+            return
+        try:
+            if file_identity(prev / rel) != known[0] or not same_content(prev / rel, new):
+                return
+        except OSError:
+            return
+        link = new.with_name(f".{new.name}.link")
+        try:
+            os.link(prev / rel, link)
+        except OSError as e:  # no hard links here: keep the file written
+            log.debug("%s: the file system refused a hard link to %s (%s); keeping it as written", new, prev / rel, e)
+            return
+        if file_identity(link) != known[0]:  # replaced just before: keep ours
+            os.unlink(link)
+            return
+        os.replace(link, new)
+        log.debug("%s: written, equal to %s, replaced by a hard link to it", new, prev / rel)
+        shared[rel] = "linked"
+
+    def _held(self, gen: Path) -> None:
+        """Record that this object now holds generation `gen`, as its files are (see `_write`)."""
+        self._gen = gen
+        self._gen_files = {}
+        for rel, digest in self.manifest["files"].items():
+            with contextlib.suppress(OSError):
+                self._gen_files[rel] = (file_identity(gen / rel), digest)
+        self._index_changed = self._features_changed = False
 
     def _write_entries(self, dest: Path) -> None:
         with contextlib.closing(sqlite3.connect(f"file:{_uri_path(dest)}", uri=True)) as db:
@@ -896,6 +1011,7 @@ class Collection:
         self.path = root
         self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
+        self._held(gen)
         return self
 
     def _check_rows(self) -> None:

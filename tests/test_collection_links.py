@@ -130,6 +130,8 @@ def test_a_save_that_changes_only_the_entries_links_the_index_and_features(real,
     back = Collection.open(path)
     got = results(back, Q)
     assert got[:4] == ids_before and all(p.startswith(str(moved)) for _, _, p in got[4])
+    hit = int(got[0][0][0])
+    assert back.read_image(hit) == Path(back.entries([hit])[0]["path"]).read_bytes()
     # The next add changes codes and rows: written anew, while the model stays shared.
     at2 = {rel: os.stat(gen2 / rel).st_ino for rel in files(gen2)}
     back.add(X[N_FIRST:], keys[N_FIRST:], labels[N_FIRST:], root=moved)

@@ -740,11 +740,12 @@ class Collection:
         re-rank rows likewise, the entries database while nothing is pending, the model and int8
         model files. Small files written anyway (hasher, fitted re-rank store, index.json: their
         size does not grow with the collection) are replaced by a link when their content equals
-        the previous generation's (`same_content`). Nothing writes into
-        a generation's files after its save (indexes and features are memory-mapped read-only
-        and copied on their first change; entries are read with SQLite's mode=ro), so a shared
-        inode never changes under another generation; deleting an old generation removes names,
-        and the data stays while a newer one links it.
+        the previous generation's (`same_content`). Nothing writes into a generation's files
+        after its save (indexes and features are memory-mapped read-only and copied on their
+        first change; entries are read with SQLite's mode=ro), so a shared inode never changes
+        under another generation; deleting an old generation removes names, and the data stays
+        while a newer one links it. Only a save into the folder of `_gen` links: a save elsewhere
+        writes every file.
         """
         name = f"gen-{gen:06d}"
         prev = self._gen if self._gen is not None and self._gen.parent.resolve() == root.resolve() else None

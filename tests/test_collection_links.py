@@ -287,3 +287,26 @@ def test_bytes_written_by_a_save_after_a_one_percent_add(tmp_path, index, store,
 def results_equal(a: Collection, b: Collection, Q: np.ndarray) -> bool:
     ra, rb = a.search(Q, k=10, rerank=50), b.search(Q, k=10, rerank=50)
     return np.array_equal(ra.ids, rb.ids) and np.array_equal(ra.distances, rb.distances)
+
+
+def test_share_file_links_copies_or_declines(tmp_path, monkeypatch):
+    """share_file links the recorded file, declines one replaced since it was recorded (the caller
+    writes it then), and copies where links are refused across devices."""
+    from hashsearch.fileio import file_identity, share_file
+
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"generation data" * 100)
+    recorded = file_identity(src)
+    assert share_file(src, tmp_path / "b.bin", recorded) == "linked"
+    assert os.stat(tmp_path / "b.bin").st_ino == recorded[1]
+    replacement = tmp_path / "new.bin"
+    replacement.write_bytes(b"other data")
+    os.replace(replacement, src)  # another file now holds the name
+    assert share_file(src, tmp_path / "c.bin", recorded) is None and not (tmp_path / "c.bin").exists()
+
+    def cross_device(*a, **kw):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    assert share_file(tmp_path / "b.bin", tmp_path / "d.bin", file_identity(tmp_path / "b.bin")) == "copied"
+    assert (tmp_path / "d.bin").read_bytes() == b"generation data" * 100

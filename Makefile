@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CIFAR  ?= $(SHARED)/datasets/cifar10-jpg.tar.gz
 export HASHSEARCH_CIFAR10 ?= $(abspath $(CIFAR))
 
-.PHONY: setup browser lint demo test test-distributed serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load clean
+.PHONY: setup browser lint demo test test-distributed serve eval-core bench-methods bench-ablation bench-unseen bench-search bench-rerank bench-encode bench-load bench-recipe bench-finetune clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,15 @@ bench-encode: setup
 
 bench-load: setup
 	$(BIN)/python benchmarks/load.py
+
+# Issue 20: the fine-tuning recipe lever by lever, then every deep method in finetune mode at 48 bits
+# (hours on 2 cores; each writes its results as it goes, and a rerun skips what is done).
+bench-recipe: setup
+	$(BIN)/python benchmarks/recipe.py
+
+bench-finetune: setup
+	$(BIN)/hashsearch bench --mode finetune --finetune-epochs 4 --protocol cifar10-1k --bits 48 \
+		--methods dlbhc,dpsh,dsh,dfeh,hashnet,csq,dhfi --out benchmarks/results/cifar10-1k-finetune-all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis tests/service/artifacts

@@ -50,8 +50,9 @@ class Recipe:
         resized crop (area 35-100 %, aspect 3/4-4/3), flip, and brightness/contrast/saturation
         jitter of +-30 % (the "Inception" crop of Szegedy et al., CVPR 2015, without a library).
     ema : float
-        Decay of an exponential moving average of the weights (0: none; e.g. 0.999): the
-        average, not the last step's weights, is validated and kept (Polyak & Juditsky, 1992).
+        Decay per step of an exponential moving average of the weights (0: none; e.g. 0.99),
+        warming up as min(ema, (1 + t) / (10 + t)) after t steps: the average, not the last
+        step's weights, is validated and kept (Polyak & Juditsky, 1992).
     label_smoothing : float
         In [0, 1): softened class targets (Szegedy et al., CVPR 2016) for the losses that have
         class targets (DLBHC's cross-entropy, CSQ's hash centres); other losses refuse it.
@@ -95,7 +96,7 @@ class Recipe:
         ValueError
             An unknown name or key, a value of the wrong type, or a value out of range.
         """
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = [f.name for f in dataclasses.fields(cls)]
         base, changes = cls(), {}
         for i, part in enumerate(p.strip() for p in str(spec).split(",") if p.strip()):
             if "=" not in part:
@@ -135,7 +136,7 @@ class Recipe:
 #: benchmarks/results/recipe.md for the 2-core CPU.
 RECIPES: dict[str, Recipe] = {
     "paper": Recipe(),
-    "cpu": Recipe(schedule="cosine", ema=0.999, trunk_lr_scale=0.2, start_size=96),
+    "cpu": Recipe(schedule="cosine", ema=0.99),
 }
 
 

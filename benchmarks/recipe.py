@@ -102,6 +102,12 @@ ROWS: dict[str, tuple[str, str | None, list[str], bool]] = {
         ["--method", "hashnet", "--recipe", "paper,epochs=3,schedule=cosine,augment=none"],
         False,
     ),
+    "best-lite1": (
+        "the CPU recipe (`--recipe cpu`) on EfficientNet-Lite1 at 128 px, 11 joint epochs",
+        None,
+        ["--method", "hashnet", "--backbone", "efficientnet-lite1", "--recipe", "cpu,epochs=11"],
+        True,
+    ),
     "best": (
         "the CPU recipe (`--recipe cpu`: cosine, EMA 0.99, crop/flip) at 160 px, 14 joint epochs",
         None,

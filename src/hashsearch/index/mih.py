@@ -82,8 +82,8 @@ def substring_values(data: np.ndarray, n_bits: int, bounds: np.ndarray) -> np.nd
 def substring_masks(n_bits: int, bounds: np.ndarray, dtype=np.uint64) -> np.ndarray:
     """(m, W) machine words of `dtype` (as `word_view` makes them) with the bits of each substring
     set, computed once per (n_bits, bounds, dtype): a search of one query spent as long building
-    them as searching. Shared: do not write to it (left writable because numba compiles a
-    slower kernel for read-only arrays: mih 1.6x slower per query, measured)."""
+    them as searching. Shared: do not write to it (left writable: a read-only array is another
+    numba type, so the kernels would be compiled, and cached, a second time)."""
     return _substring_masks(int(n_bits), tuple(int(b) for b in bounds), np.dtype(dtype).str)
 
 

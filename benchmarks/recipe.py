@@ -164,8 +164,7 @@ def measure(name: str, work: Path, log) -> dict:
         out = work / f"{name}-eval"
         ev = ["hashsearch", "eval", "--model", str(model), "--protocol", PROTOCOL, "--out", str(out)]
         row["eval_minutes"] = run(ev, log) / 60
-        metrics = json.loads(out.with_suffix(".json").read_text())
-        metrics = metrics["rows"][0]["metrics"] if "rows" in metrics else metrics[0]["metrics"]
+        metrics = json.loads(out.with_suffix(".json").read_text())["rows"][0]["metrics"]
         row["map"] = metrics["map"]
         row["eval_command"] = " ".join(shlex.quote(c) for c in ev).replace(str(work), "WORK")
     row["machine"] = machine_description()

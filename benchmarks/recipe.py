@@ -90,6 +90,12 @@ ROWS: dict[str, tuple[str, str | None, list[str], bool]] = {
         ["--method", "hashnet", "--backbone", "efficientnet-lite1", "--recipe", "paper,epochs=3,schedule=cosine"],
         False,
     ),
+    "lite2": (
+        "backbone: EfficientNet-Lite2 instead of Lite0",
+        "cosine",
+        ["--method", "hashnet", "--backbone", "efficientnet-lite2", "--recipe", "paper,epochs=3,schedule=cosine"],
+        False,
+    ),
     "trunk-lr": (
         "backbone learning rate: 0.3 of the head's instead of 0.1",
         "cosine",

@@ -44,6 +44,13 @@ Hamming-radius lookup
 Multi-label relevance
     With multi-hot labels, a database item is relevant to a query when they share at least
     one label (the NUS-WIDE / MS-COCO convention).
+
+Leave-one-out
+    Where the database holds the queries themselves (the RITQ paper searches "within the query
+    set itself by applying the leave-one-out procedure"), `evaluate`'s `exclude` names each
+    query's own item, and every metric is that of the database without it: the item is ranked
+    after every other one and counted as not relevant, outside every Hamming radius, and P@k
+    divides by at most n_database - 1.
 """
 
 from __future__ import annotations
@@ -560,9 +567,11 @@ def _check_ks(ks) -> list[int]:
 class _Accumulator:
     """Per-query numbers of every metric, filled one block of queries at a time."""
 
-    def __init__(self, n_queries: int, n_database: int, k_map, ks, radius, max_radius, integer: bool):
+    def __init__(self, n_queries: int, n_database: int, k_map, ks, radius, max_radius, integer: bool, n_left_out=None):
         self.k_map, self.ks, self.radius, self.integer = k_map, ks, radius, integer
         self.n_database = n_database
+        # Per query, 1 where leave-one-out removed the query's own item from its database.
+        self.n_left_out = np.zeros(n_queries, np.int64) if n_left_out is None else n_left_out
         self.n_relevant = np.zeros(n_queries, np.int64)
         self.ap = np.zeros(n_queries)
         self.hits = {k: np.zeros(n_queries) for k in ks}
@@ -596,8 +605,9 @@ class _Accumulator:
         }
         if self.integer:
             out["map_tie_aware"] = f(_result(self.ap_tie, nr).value)
+        searched = np.maximum(1, self.n_database - self.n_left_out)  # items each query was ranked against
         for k in self.ks:
-            out[f"p@{k}"] = f(_result(self.hits[k] / max(1, min(k, self.n_database)), nr).value)
+            out[f"p@{k}"] = f(_result(self.hits[k] / np.minimum(k, searched), nr).value)
         for k in self.ks:
             rec = np.divide(self.hits[k], nr, out=np.zeros(len(nr)), where=nr > 0)
             out[f"r@{k}"] = f(_result(rec, nr).value)
@@ -613,6 +623,8 @@ class _Accumulator:
         out["n_queries"] = int(len(nr))
         out["n_database"] = int(self.n_database)
         out["n_excluded"] = int(np.count_nonzero(nr == 0))
+        if self.n_left_out.any():
+            out["n_left_out"] = int(self.n_left_out.sum())
         return out
 
 
@@ -669,6 +681,23 @@ def evaluate_distances(
     return acc.result()
 
 
+def _check_exclude(exclude, n_queries: int, n_database: int) -> np.ndarray:
+    """`evaluate`'s `exclude` as int64 (n_queries,), each -1 or a database index."""
+    e = np.asarray(exclude)
+    if e.shape != (n_queries,) or (e.size and e.dtype.kind not in "iu"):
+        raise ValueError(
+            f"exclude must be integer database indices of shape ({n_queries},), one per query (-1: none), "
+            f"got dtype {e.dtype} and shape {e.shape}"
+        )
+    e = e.astype(np.int64)
+    if e.size and (e.min() < -1 or e.max() >= n_database):
+        raise ValueError(
+            f"exclude holds {int(e.min())} to {int(e.max())}; each entry must be -1 (none) or a database index "
+            f"0..{n_database - 1}"
+        )
+    return e
+
+
 def evaluate(
     query_codes,
     db_codes,
@@ -677,6 +706,7 @@ def evaluate(
     k_map: int | None = None,
     ks: Sequence[int] = (100, 1000),
     radius: int = 2,
+    exclude=None,
 ) -> dict:
     """Every metric of Hamming ranking of `db_codes` for `query_codes`, as a JSON-able dict.
 
@@ -692,11 +722,22 @@ def evaluate(
         1-d class ids or 2-d multi-hot arrays; see `relevance`.
     k_map, ks, radius
         As in `evaluate_distances`.
+    exclude : array-like of int, (n_queries,), optional
+        Leave-one-out: the database index of each query's own item, or -1 for none. That item
+        is left out of the query's ranking, every metric being that of the database without it
+        (see "Leave-one-out" in the module docstring).
 
     Returns
     -------
     dict
-        The keys of `evaluate_distances`, plus ``n_bits``.
+        The keys of `evaluate_distances`, plus ``n_bits``, and with `exclude` ``n_left_out``
+        (how many queries had their own item left out).
+
+    Raises
+    ------
+    ValueError
+        Mismatched code lengths or label counts, or an `exclude` of the wrong shape or with an
+        index outside -1..n_database-1.
     """
     from hashsearch.codes import hamming_distances
     from hashsearch.types import Codes
@@ -718,10 +759,19 @@ def evaluate(
                 f"{name} has {labels.shape[0]} rows but there are {len(codes)} codes; give one label per code"
             )
     nq, nd = len(query_codes), len(db_codes)
-    acc = _Accumulator(nq, nd, k_map, ks, radius, query_codes.n_bits, integer=True)
+    own = None if exclude is None else _check_exclude(exclude, nq, nd)
+    acc = _Accumulator(
+        nq, nd, k_map, ks, radius, query_codes.n_bits, integer=True, n_left_out=None if own is None else own >= 0
+    )
+    far = query_codes.n_bits + 1  # beyond every Hamming distance: ranked last, outside every radius
     for b in _blocks(nq, nd):
         d = hamming_distances(query_codes[b], db_codes)
-        acc.add(b, d, _relevance_rows(q[b], dl))
+        r = _relevance_rows(q[b], dl)
+        if own is not None:
+            rows = np.flatnonzero(own[b] >= 0)
+            d[rows, own[b][rows]] = far
+            r[rows, own[b][rows]] = False
+        acc.add(b, d, r)
     out = acc.result()
     out["n_bits"] = int(query_codes.n_bits)
     return out

@@ -123,7 +123,15 @@ def test_never_unpacks_into_the_checkout(monkeypatch):
 
 
 def test_registry_lists_protocols():
-    assert list_protocols() == ["cifar10-1k", "cifar10-all", "cifar10-demo", "flowers12", "unseen-classes"]
+    assert list_protocols() == [
+        "cifar10-1k",
+        "cifar10-all",
+        "cifar10-demo",
+        "flowers12",
+        "mnist-table2",
+        "mnist-table2-5k",
+        "unseen-classes",
+    ]
     with pytest.raises(ValueError, match="unknown protocol 'cifar100'; choose one of: cifar10-1k"):
         load_protocol("cifar100")
 

@@ -2,8 +2,9 @@
 
 Retrieval papers report mAP under a fixed split protocol; reproducing a number means using the
 same one. `split_by_class` draws a split from any labelled records; the registered protocols
-(`list_protocols`, `load_protocol`) apply it to CIFAR-10 (JPEG), which `cifar10_root` unpacks
-once into the cache folder from ``../shared/datasets/cifar10-jpg.tar.gz``.
+(`list_protocols`, `load_protocol`) draw from CIFAR-10 (JPEG), MNIST (PNG) and flowers12, which
+`cifar10_root`, `mnist_root` and `flowers12_root` unpack once into the cache folder from
+``../shared/datasets/`` (`protocol_root` names the one a protocol reads).
 
 Determinism. Within each class the records are sorted (by key, or for CIFAR-10 by the path
 relative to the dataset folder, so the cache location does not matter) and shuffled by a
@@ -34,6 +35,9 @@ from hashsearch.validation import check_choice, check_int
 #: sha256 of cifar10-jpg.tar.gz, the archive the CIFAR-10 protocols are defined on.
 CIFAR10_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
 CIFAR10_ARCHIVE_NAME = "cifar10-jpg.tar.gz"
+#: sha256 of mnist-png.tar.gz (MNIST's 70,000 digits as 28 px grey PNGs, one folder per digit).
+MNIST_SHA256 = "c76b4b0454e3c32681bbe3ea0830710a831e16c231ed69404b9ce9524e465404"
+MNIST_ARCHIVE_NAME = "mnist-png.tar.gz"
 #: sha256 of flowers12-960.tar.gz (12 species of the Oxford 17 flowers, 80 photos each).
 FLOWERS12_SHA256 = "ce347c5d471b6e67c1daffd7b53abdd6fc612e0c7cbee2d20a681eb2fb0b145b"
 FLOWERS12_ARCHIVE_NAME = "flowers12-960.tar.gz"
@@ -52,7 +56,10 @@ class Split:
     """A train / query / database split of labelled images; each list is sorted by key.
 
     `train` is what a hasher learns from, `query` what is searched for, `database` what is
-    searched; `description` says in words how the split was drawn.
+    searched; `description` says in words how the split was drawn. `leave_one_out`: the
+    database holds the queries themselves (the RITQ paper's "searched within the query set"),
+    and each query is ranked against the database without its own image (see
+    `hashsearch.evaluation.metrics.evaluate`'s `exclude`).
     """
 
     name: str
@@ -61,6 +68,7 @@ class Split:
     database: list[ImageRecord]
     seed: int
     description: str
+    leave_one_out: bool = False
 
     def summary(self) -> str:
         """One line: the name, the seed and the size of each part."""
@@ -188,6 +196,16 @@ def cifar10_root() -> Path:
     return _unpacked(
         cifar10_archive, "HASHSEARCH_CIFAR10", CIFAR10_SHA256, "cifar10", ("train", "test"), "CIFAR-10 (JPEG)"
     )
+
+
+def mnist_root() -> Path:
+    """The folder holding MNIST's ``train/<digit>/`` and ``test/<digit>/``, unpacking it on first use.
+
+    Unpacks ``mnist-png.tar.gz`` ($HASHSEARCH_MNIST, else ``shared/datasets`` beside the
+    checkout) into ``cache_dir()/mnist`` once (see `_unpacked`).
+    """
+    archive = lambda: _find_archive("HASHSEARCH_MNIST", MNIST_ARCHIVE_NAME)  # noqa: E731
+    return _unpacked(archive, "HASHSEARCH_MNIST", MNIST_SHA256, "mnist", ("mnist-png",), "MNIST (PNG)") / "mnist-png"
 
 
 def flowers12_root() -> Path:
@@ -330,6 +348,29 @@ def load_protocol(name: str, seed: int = 0) -> Split:
     return protocols.get(name)(seed=seed)
 
 
+def protocol_root(name: str) -> Path:
+    """The folder the records of protocol `name` are read from (unpacked on first use).
+
+    The MNIST protocols read ``mnist-png.tar.gz``, flowers12 ``flowers12-960.tar.gz``, every
+    other registered protocol CIFAR-10 (JPEG). Raises ValueError for an unknown name.
+    """
+    protocols.get(name)  # unknown name -> ValueError listing the registered ones
+    if name.startswith("mnist"):
+        return mnist_root()
+    if name.startswith("flowers12"):
+        return flowers12_root()
+    return cifar10_root()
+
+
+def protocol_data(name: str) -> str:
+    """One line naming the data set protocol `name` is drawn from, for a report's notes."""
+    if name.startswith("mnist"):
+        return f"MNIST (PNG, 28 px grey, {MNIST_ARCHIVE_NAME}) from ../shared/datasets."
+    if name.startswith("flowers12"):
+        return f"flowers12 ({FLOWERS12_ARCHIVE_NAME}) from ../shared/datasets."
+    return "CIFAR-10 (JPEG) from ../shared/datasets."
+
+
 def _cifar10_parts() -> tuple[Path, list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
     """(root, train records, test records, order by path relative to root) of unpacked CIFAR-10."""
     root = cifar10_root()
@@ -441,6 +482,80 @@ def flowers12(seed: int = 0) -> Split:
         int(seed),
         "flowers12 (12 species of the Oxford 17 flowers, 224 px photos): 240 queries (20 per species); 480 training "
         "images (40 per species); database: the 720 photos that are not queries, training images included.",
+    )
+
+
+def _mnist_parts() -> tuple[list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
+    """(train records, test records, order by path relative to the root) of unpacked MNIST."""
+    root = mnist_root()
+    prefix = len(str(root)) + 1
+
+    def relative(r: ImageRecord) -> str:
+        return r.key[prefix:].replace(os.sep, "/")
+
+    train, test = [], []
+    for r in FolderSource(root).records():
+        top = relative(r).split("/", 1)[0]
+        (train if top == "train" else test if top == "test" else []).append(r)
+    if len(train) != 60_000 or len(test) != 10_000:
+        raise RuntimeError(
+            f"the MNIST folder {root} holds {len(train):,} training and {len(test):,} test images, "
+            f"not 60,000 and 10,000; delete {root} so that it is unpacked again"
+        )
+    return train, test, relative
+
+
+# The RITQ paper (shared/papers/ritq-resnet-itq.txt), section 4: "We use 10K images as the query
+# set and the other 60K as the training samples", and "the query image is searched within the
+# query set itself by applying the leave-one-out procedure". Table II's caption says "The scale
+# of test query set is 1k (1k per class)". We read the caption's "1k per class" as the text's 10K
+# (MNIST's test set holds 892 to 1,135 images per digit, about 1k per class; the caption is shared
+# with CIFAR-10, whose 10K test images are exactly 1k per class): the query set is the 10,000 test
+# images, each searched among the other 9,999, and hashers train on the 60,000 training images.
+
+
+@protocols.register("mnist-table2")
+def mnist_table2(seed: int = 0) -> Split:
+    """MNIST, the RITQ paper's Table II protocol: 10,000 queries searched leave-one-out among themselves, 60,000 train.
+
+    Queries and database: the 10,000 test images; each query is ranked against the other
+    9,999 (`Split.leave_one_out`). Training: the 60,000 training images. Nothing is drawn at
+    random; `seed` is only recorded.
+    """
+    check_int("seed", seed, low=0)
+    train, test, _ = _mnist_parts()
+    return Split(
+        "mnist-table2",
+        list(train),
+        list(test),
+        list(test),
+        int(seed),
+        "MNIST (PNG), the RITQ paper's Table II protocol: the 10,000 test images are the query set, each "
+        "searched leave-one-out within it (9,999 database images a query); training: the 60,000 training images.",
+        leave_one_out=True,
+    )
+
+
+@protocols.register("mnist-table2-5k")
+def mnist_table2_5k(seed: int = 0) -> Split:
+    """MNIST, mnist-table2 with a smaller training set for a 2-core CPU: 10,000 leave-one-out queries, 5,000 train.
+
+    Queries and database as in mnist-table2 (the 10,000 test images, each searched among the
+    other 9,999). Training: 500 per digit drawn at random (seeded) from the training set, so
+    that training a ResNet-32 from scratch (RITQ) and the backbone's features fit in minutes.
+    """
+    train_all, test, relative = _mnist_parts()
+    (train,) = _draw(train_all, [500], seed, "mnist-train", relative)
+    return Split(
+        "mnist-table2-5k",
+        train,
+        list(test),
+        list(test),
+        int(seed),
+        "MNIST (PNG), the RITQ paper's Table II protocol with a smaller training set: the 10,000 test images are "
+        "the query set, each searched leave-one-out within it (9,999 database images a query); training: 5,000 "
+        "images (500 per digit, drawn at random from the 60,000 training images).",
+        leave_one_out=True,
     )
 
 

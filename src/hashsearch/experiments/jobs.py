@@ -11,7 +11,7 @@ import numpy as np
 from hashsearch.backbones import Backbone, create_backbone
 from hashsearch.collection import Collection
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.protocols import cifar10_root, flowers12_root, load_protocol, split_by_class
+from hashsearch.data.protocols import load_protocol, protocol_data, protocol_root, split_by_class
 from hashsearch.data.sources import open_source, printable
 from hashsearch.evaluation.report import machine_description, plot_pr_curves, plot_results, write_results
 from hashsearch.experiments.features import FeatureProvider, split_features
@@ -36,7 +36,7 @@ def load_split(
     """
     if protocol is not None:
         split = load_protocol(protocol, seed=seed)
-        return open_source(flowers12_root() if protocol == "flowers12" else cifar10_root()), split
+        return open_source(protocol_root(protocol)), split
     source = open_source(data, labels)
     records = source.records()
     listing = source.listing()
@@ -98,11 +98,7 @@ def run_and_report(
             [
                 f"Command: `{command}`" if command else "",
                 f"Protocol: {split.name} (seed {split.seed}): {split.description}",
-                "Data: CIFAR-10 (JPEG) from ../shared/datasets."
-                if protocol and protocol.startswith("cifar10")
-                else "Data: flowers12 (flowers12-960.tar.gz) from ../shared/datasets."
-                if protocol == "flowers12"
-                else f"Data: {printable(str(data))}",
+                f"Data: {protocol_data(protocol)}" if protocol else f"Data: {printable(str(data))}",
                 f"Backbone: {backbone.name} at {backbone.preprocess.input_size}px, frozen ImageNet weights; features of "
                 f"{feats.n_images} distinct images in {feats.seconds:.0f}s ({feats.n_computed} computed, "
                 f"{feats.n_cached} read from the feature cache).",

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hashsearch.evaluation.metrics import evaluate
-from hashsearch.experiments.features import FeatureProvider, ProtocolFeatures
+from hashsearch.experiments.features import FeatureProvider, Part, ProtocolFeatures
 from hashsearch.hashing import create_hasher, hashers
 from hashsearch.validation import check_choice
 
@@ -38,6 +38,12 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, params
 
 
+def own_items(query: Part, database: Part) -> np.ndarray:
+    """For each query, the database row holding the same image (-1: none): what leave-one-out leaves out."""
+    at = {r.key: i for i, r in enumerate(database.records)}
+    return np.array([at.get(r.key, -1) for r in query.records], np.int64)
+
+
 def check_mode(mode: str) -> str:
     """A training mode of `run_methods`: 'head' (frozen backbone) or 'finetune'."""
     return check_choice("mode", mode, MODES)
@@ -53,6 +59,7 @@ def run_methods(
     ks: Sequence[int] = (100, 1000),
     radius: int = 2,
     mode: str = "head",
+    leave_one_out: bool | None = None,
     log=print,
 ) -> list[dict]:
     """One result row per (method, bits): the metrics of `evaluate` and the time of each stage.
@@ -60,9 +67,13 @@ def run_methods(
     `feats` is a split's features, or a `FeatureProvider` that also serves the methods defined
     on other backbones' features (RITQ, DHFI). `mode="finetune"` (deep hashers, with a
     `FeatureProvider`) trains each hasher with its backbone and evaluates on the fine-tuned
-    backbone's features; fit_s is then the fine-tuning time.
+    backbone's features; fit_s is then the fine-tuning time. `leave_one_out` (None: the
+    provider's `Split.leave_one_out`, else False): each query is ranked against the database
+    without its own image.
     """
     check_mode(mode)
+    if leave_one_out is None:
+        leave_one_out = isinstance(feats, FeatureProvider) and feats.split.leave_one_out
     if mode == "finetune" and not isinstance(feats, FeatureProvider):
         raise ValueError("mode='finetune' needs a FeatureProvider (it extracts features from the fine-tuned backbone)")
     rows = []
@@ -80,6 +91,7 @@ def run_methods(
         Xt, yt = mf.train.features, mf.train.labels
         Xq, yq = mf.query.features, mf.query.labels
         Xd, yd = mf.database.features, mf.database.labels
+        parts = (mf.query, mf.database)
         for b in bits:
             hasher = create_hasher(
                 method, **{"n_bits": b, "seed": seed, **extra, **(params or {}).get(method, {}), **spec_params}
@@ -95,6 +107,7 @@ def run_methods(
                     tuned.database.features,
                     tuned.database.labels,
                 )
+                parts = (tuned.query, tuned.database)
                 t1 = time.perf_counter()
                 t0 = t1 - seconds
             else:
@@ -102,7 +115,9 @@ def run_methods(
                 t1 = time.perf_counter()
             qc, dc = hasher.encode(Xq), hasher.encode(Xd)
             t2 = time.perf_counter()
-            metrics = evaluate(qc, dc, yq, yd, ks=ks, radius=radius)
+            metrics = evaluate(
+                qc, dc, yq, yd, ks=ks, radius=radius, exclude=own_items(*parts) if leave_one_out else None
+            )
             t3 = time.perf_counter()
             rows.append(
                 {

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -38,7 +39,7 @@ RUNS = {
 
 
 def command(stem: str) -> list[str]:
-    return ["hashsearch", "bench", *shlex.split(RUNS[stem]), "--out", str(RESULTS / stem)]
+    return ["hashsearch", "bench", *shlex.split(RUNS[stem]), "--out", os.path.relpath(RESULTS / stem)]
 
 
 def rows_of(stem: str) -> list[dict] | None:

@@ -13,6 +13,7 @@ from hashsearch.backbones.base import (
     list_backbones,
     register_backbone,
 )
+from hashsearch.backbones.concat import ConcatBackbone
 from hashsearch.backbones.runtime import (
     RUNTIMES,
     FeatureExtractor,
@@ -25,6 +26,7 @@ DEFAULT_BACKBONE = "efficientnet-lite0"
 
 __all__ = [
     "Backbone",
+    "ConcatBackbone",
     "DEFAULT_BACKBONE",
     "FeatureExtractor",
     "OnnxExtractor",

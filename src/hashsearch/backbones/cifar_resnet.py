@@ -63,3 +63,43 @@ class CifarResNet32(Backbone):
         except Exception as e:
             raise ValueError(f"weights file {self.weights_path} does not fit {self.name}: {e}") from e
         return net
+
+
+#: The side, in pixels, the pooled ResNet-32 works at (CIFAR's).
+_WORK_SIZE = 32
+
+
+@register_backbone("cifar-resnet32-pooled")
+class PooledCifarResNet32(CifarResNet32):
+    """ResNet-32 on crops of any size: the crop is average-pooled to about 32 px, then the
+    network of `CifarResNet32` runs on it.
+
+    What DHFI's second network is in a model file (`hashsearch train --method dhfi`): it reads
+    the same crops as the pretrained backbone beside it (a `ConcatBackbone` has one input size),
+    while costing what a ResNet-32 costs at CIFAR's size. The pooling is part of the module, so
+    training (on the crops at `input_size`) and extraction (inside the ONNX graph) compute the
+    same thing.
+
+    Parameters
+    ----------
+    weights : path
+        The trained state-dict file (from `hashing.deep.endtoend.train_backbone`, or
+        `save_weights`); needed to extract features, not to train.
+    input_size : int
+        Square crop size in pixels, 16 to 256 (default 128). The crop is pooled by
+        ``pool = max(1, round(input_size / 32))`` (non-overlapping windows; a remainder of
+        ``input_size % pool`` pixels at the right and bottom edges is dropped), so the network
+        sees ``input_size // pool`` pixels a side: 32 for 128, 160, 224; 30 for 240.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, input_size: int = 128) -> None:
+        super().__init__(weights=weights, input_size=input_size)
+        self.pool = max(1, round(input_size / _WORK_SIZE))
+
+    def init_module(self):
+        from torch import nn
+
+        from hashsearch.backbones.modules import CifarResNet
+
+        # AvgPool2d(1) is the identity: one layout of the state dict ("1.<resnet key>") for every size.
+        return nn.Sequential(nn.AvgPool2d(self.pool), CifarResNet())

@@ -22,29 +22,38 @@ from hashsearch.cli.common import (
 
 
 def train(
+    ctx: typer.Context,
     source: str | None = typer.Argument(
         None, help="Labelled images: class folders, an archive, or a list file with labels (or --protocol)."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The model file to write (e.g. shoes.hsm)."),
-    method: str = typer.Option("hashnet", "--method", "-m", help="Hashing method (see `hashsearch list`)."),
+    method: str = typer.Option(
+        "hashnet",
+        "--method",
+        "-m",
+        help="Hashing method (see `hashsearch list`): every one, deep or classic. ritq trains its own ResNet-32 "
+        "from scratch (32 px) and fits ITQ on its features; dhfi trains a ResNet-32 beside the backbone and "
+        "fuses two DPSH codes of their features (the model holds both networks).",
+    ),
     bits: int = typer.Option(48, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     mode: str = typer.Option(
         "head",
         "--mode",
         help="head: the method learns on the backbone's frozen features (every method); finetune: a deep "
-        "method trains the backbone with its head and loss.",
+        "method (or dhfi) trains the backbone with its head and loss.",
     ),
     epochs: int | None = typer.Option(
         None,
         "--epochs",
         min=1,
-        help="Deep methods: training epochs (finetune: with the backbone); default the method's.",
+        help="Deep methods and dhfi: training epochs (finetune: with the backbone); default the method's.",
     ),
     patience: int = typer.Option(
         5,
         "--patience",
         min=0,
-        help="Deep methods: stop after this many epochs without a better validation mAP (0: never).",
+        help="Deep methods: stop after this many epochs without a better validation mAP (0: never); in finetune "
+        "mode in each stage (the head alone, then with the backbone).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each class held out for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split and of training."),
@@ -74,6 +83,13 @@ def train(
         "--fresh",
         help="Discard the checkpoint a killed run of the same --out left, instead of resuming from it.",
     ),
+    scratch_epochs: int | None = typer.Option(
+        None,
+        "--scratch-epochs",
+        min=1,
+        help="ritq, dhfi: epochs of training their ResNet-32 from scratch on the labelled images "
+        "(default 15, as `hashsearch bench`).",
+    ),
     backbone: str = BackboneOpt,
     input_size: int = InputSizeOpt,
     weights: str | None = WeightsOpt,
@@ -94,6 +110,21 @@ def train(
     from hashsearch.experiments.training import train_model
 
     check_bits([bits])
+    from hashsearch.hashing import hashers
+
+    if method in hashers.names() and None not in hashers.get(method).feature_backbones:
+        # RITQ: every feature comes from its own network; the starting-backbone options would be ignored.
+        given = [
+            flag
+            for name, flag in (("backbone", "--backbone"), ("input_size", "--input-size"), ("weights", "--weights"))
+            if (src := ctx.get_parameter_source(name)) is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+        ]
+        if given:
+            nets = ", ".join(str(n) for n in hashers.get(method).feature_backbones)
+            raise typer.BadParameter(
+                f"--method {method} trains its own network ({nets}) from scratch and uses no other: leave "
+                f"{', '.join(given)} out"
+            )
     if (source is None) == (protocol is None):
         raise typer.BadParameter("give the labelled images (SOURCE) or --protocol NAME, one of the two")
     if out.exists() and out.is_dir():
@@ -128,9 +159,20 @@ def train(
         fresh=fresh,
         cache_dir=cache_dir,
         max_pixels=max_pixels,
+        scratch_epochs=scratch_epochs,
         log=lambda line: typer.echo(show(line)),
     )
     r = result.model.record
+    for name, s in (r.get("scratch") or {}).items():
+        typer.echo(
+            f"{name} trained from scratch: {len(s['loss'])} epochs, loss {s['loss'][0]:.3f} -> {s['loss'][-1]:.3f}"
+        )
+    for name, sub in (r.get("subnets") or {}).items():
+        j = sub["epochs"]
+        best = f", best validation mAP {max(j['val_map']):.4f} at epoch {j['best_epoch']}" if j["val_map"] else ""
+        typer.echo(
+            f"subnetwork {name}: {len(j['loss'])} joint epochs{', stopped early' if j['stopped_early'] else ''}{best}"
+        )
     ep = r.get("epochs") or {}
     resumed = ""
     if result.resumed_at:  # finetune mode names the stage: "the head stage" or "the joint stage"

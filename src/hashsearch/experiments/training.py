@@ -9,6 +9,13 @@ under ``<out>.ckpt/`` so that a killed run resumes; save the model and draw its 
 Validation mAP is mAP@all of each validation image queried against the other validation images
 (Hamming ranking, ties broken by index, the query itself left out): cheap enough to compute
 after every epoch, and independent of the training images.
+
+Methods that compute their features with networks of their own (`Hasher.feature_backbones`):
+RITQ's ResNet-32 and DHFI's second network are first trained from scratch with a classifier on the
+training images (`endtoend.train_backbone`, `scratch_epochs`; checkpointed once trained, so a
+resumed run does not train them again). RITQ's model holds that ResNet-32 as its backbone (at
+32 px, the paper's); DHFI's holds both networks as one `ConcatBackbone` (the given backbone and
+a `PooledCifarResNet32` reading the same crops), their features side by side in that order.
 """
 
 from __future__ import annotations
@@ -26,10 +33,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hashsearch.backbones import Backbone
+from hashsearch.backbones import Backbone, ConcatBackbone, create_backbone
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.sources import ImageRecord, ImageSource
 from hashsearch.evaluation.metrics import mean_average_precision
+from hashsearch.experiments.features import SCRATCH_EPOCHS
 from hashsearch.hashing import create_hasher, hashers
 from hashsearch.model import TrainedModel
 
@@ -39,7 +47,11 @@ if TYPE_CHECKING:
 #: Training modes: a head on frozen (cached) features, or the backbone trained with the head.
 MODES = ("head", "finetune")
 #: Version of the run description kept beside a checkpoint: another one is not resumed from.
-_RUN_VERSION = 2
+#: 3: finetune's head stage stops early too (--patience); networks trained from scratch (RITQ, DHFI).
+_RUN_VERSION = 3
+#: The network trained from scratch that reads a crop of any size beside a pretrained backbone
+#: (DHFI): its name in `feature_backbones` -> the backbone that pools the crop down first.
+_POOLED = {"cifar-resnet32": "cifar-resnet32-pooled"}
 
 
 @dataclass
@@ -64,18 +76,25 @@ def _interrupted(ckpt: Path, out: Path, mode: str) -> str:
     import torch
 
     stages = (
-        (("the joint stage", "joint.pt"), ("the head stage", "head.pt"))
-        if mode == "finetune"
-        else (("training", "head.pt"),)
+        (("the joint stage", "joint"), ("the head stage", "head")) if mode == "finetune" else (("training", "head"),)
     )
-    for stage, name in stages:
-        try:
-            done = len(torch.load(ckpt / name, map_location="cpu", weights_only=True)["history"]["epoch_loss"])
-        except Exception:  # not written yet, or cut short
-            continue
+    # DHFI's subnetworks checkpoint as joint-b.pt, head-a.pt, ...: the last subnetwork first.
+    for suffix in ("-b", "-a", ""):
+        for stage, name in stages:
+            try:
+                state = torch.load(ckpt / f"{name}{suffix}.pt", map_location="cpu", weights_only=True)
+                done = len(state["history"]["epoch_loss"])
+            except Exception:  # not written yet, or cut short
+                continue
+            sub = f" of subnetwork {suffix[1:]}" if suffix else ""
+            return (
+                f"interrupted; epoch {done} of {stage}{sub} is checkpointed in {ckpt}: run the same command again to "
+                "resume from there (--fresh starts over)"
+            )
+    if any(ckpt.glob("scratch-*.pt")):
         return (
-            f"interrupted; epoch {done} of {stage} is checkpointed in {ckpt}: run the same command again to "
-            "resume from there (--fresh starts over)"
+            f"interrupted; the network trained from scratch is checkpointed in {ckpt}: run the same command again "
+            "to resume from there (--fresh starts over)"
         )
     return f"interrupted before the first epoch was checkpointed: running the command again starts training {out.name} over"
 
@@ -195,6 +214,7 @@ def train_model(
     fresh: bool = False,
     cache_dir: str | os.PathLike | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    scratch_epochs: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
@@ -202,14 +222,19 @@ def train_model(
 
     Parameters
     ----------
+    backbone : Backbone
+        The starting network; not used by a method whose features all come from networks of its
+        own (RITQ).
     mode : {"head", "finetune"}
         "head": the hasher learns on the backbone's frozen features (every method). "finetune":
-        a deep method's head and loss train the backbone too (`DeepHasher.finetune`).
+        a deep method's head and loss train the backbone too (`DeepHasher.finetune`; DHFI: each
+        subnetwork its own network).
     epochs : int, optional
-        Deep methods: epochs of training (finetune: of the joint stage; the head alone first
-        trains the method's own epochs). Default: the method's.
+        Deep methods and DHFI: epochs of training (finetune: of the joint stage; the head alone
+        first trains the method's own epochs). Default: the method's.
     patience : int or None
-        Deep methods: stop after this many epochs without a better validation mAP.
+        Deep methods: stop after this many epochs without a better validation mAP; in finetune
+        mode in each stage (the head alone, then head and backbone), each keeping its best epoch.
     val_fraction, seed : float, int
         The share of each class held out for validation, and the seed of that split and of training.
     device : {"cpu", "cuda", "auto"} or a torch device name
@@ -225,6 +250,10 @@ def train_model(
         its images; `protocol` names that protocol in the model's record.
     fresh : bool
         Discard a checkpoint left by an earlier run of the same `out` instead of resuming from it.
+    scratch_epochs : int, optional
+        RITQ, DHFI: epochs of training their ResNet-32 from scratch (a classifier on the
+        training images, `endtoend.train_backbone`); default `SCRATCH_EPOCHS` (15), as
+        `hashsearch bench` trains it.
 
     Returns
     -------
@@ -243,21 +272,23 @@ def train_model(
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
     cls = hashers.get(method)
-    if cls.feature_backbones != (None,):
-        raise ValueError(
-            f"--method {method}: it computes its features with its own networks ({cls.feature_backbones}), which a "
-            "model file does not hold yet; train one of the single-backbone methods (see `hashsearch list`)"
-        )
+    nets = tuple(cls.feature_backbones)
+    scratch = [n for n in nets if n is not None]
     hasher = create_hasher(method, n_bits=bits, seed=seed)
     deep = isinstance(hasher, DeepHasher)
-    if mode == "finetune" and not deep:
+    if mode == "finetune" and not (deep or hasattr(hasher, "finetune")):
+        why = f"; {method} trains its own network ({', '.join(scratch)}) from scratch in head mode" if scratch else ""
         raise ValueError(
-            f"--mode finetune trains the backbone through a deep method's loss, and {method} is not one; use one of "
-            f"{', '.join(_deep_methods())}, or --mode head"
+            f"--mode finetune trains the backbone through a deep method's loss, and {method} is not one{why}; use "
+            f"one of {', '.join(_deep_methods())}, or --mode head"
         )
+    scratch_epochs = SCRATCH_EPOCHS if scratch_epochs is None else scratch_epochs
+    if not isinstance(scratch_epochs, int) or scratch_epochs < 1:
+        raise ValueError(f"--scratch-epochs must be a positive integer, got {scratch_epochs!r}")
     dev = device_name(device)
-    if deep:
-        # Training settings are plain attributes of a DeepHasher (and part of its saved parameters).
+    # Training settings are plain attributes of a DeepHasher or of DHFI (and part of their saved parameters).
+    trains = deep or all(hasattr(hasher, k) for k in ("device", "lr", "batch_size", "epochs"))
+    if trains:
         hasher.device = dev
         if lr is not None:
             hasher.lr = lr
@@ -271,6 +302,12 @@ def train_model(
     out = Path(out)
     records = source.records() if records is None else list(records)
     labelled = [r for r in records if r.label is not None]
+    if scratch and len({r.label for r in labelled}) < 2:
+        raise ValueError(
+            f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
+            f"{method} trains its network ({', '.join(scratch)}) from scratch with a classifier, on labels of at "
+            "least 2 classes (class folders, or --labels)"
+        )
     if len({r.label for r in labelled}) < 2 and hasher.supervised:
         raise ValueError(
             f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
@@ -290,7 +327,7 @@ def train_model(
         )
     digest = data_digest(source, labelled)
 
-    if deep:
+    if trains or scratch:
         from hashsearch.hashing.deep.trainer import resolve_device
 
         resolve_device(dev)  # a device that is not here fails now, before a checkpoint exists
@@ -304,7 +341,8 @@ def train_model(
         "epochs": epochs,
         "patience": patience,
         "val_fraction": val_fraction,
-        "backbone": backbone.config() | {"weights": None},
+        "backbone": backbone.config() | {"weights": None} if None in nets else None,
+        "scratch": {"networks": scratch, "epochs": scratch_epochs} if scratch else None,
         "data": digest,
         "recipe": recipe.as_dict(),
     }
@@ -315,7 +353,11 @@ def train_model(
         "method": method,
         "params": hasher.get_params(),
         "mode": mode,
-        "backbone": {"name": backbone.name, "input_size": backbone.preprocess.input_size, "start": backbone.config()},
+        "backbone": (
+            {"name": backbone.name, "input_size": backbone.preprocess.input_size, "start": backbone.config()}
+            if None in nets
+            else None
+        ),
         "data": {
             "source": source.root,
             "digest": digest,
@@ -335,6 +377,15 @@ def train_model(
     resumed_stage = None
 
     try:
+        if scratch:
+            parts = _networks(
+                nets, backbone, source, train_recs, ckpt, scratch_epochs, seed, dev, max_pixels, progress, record, log
+            )
+            backbone = parts[0] if len(parts) == 1 else ConcatBackbone(parts)
+            if record["backbone"] is None:  # RITQ: its own network is the model's backbone
+                record["backbone"] = {"name": backbone.name, "input_size": backbone.preprocess.input_size}
+        if hasattr(hasher, "feature_dims") and isinstance(backbone, ConcatBackbone):
+            hasher.feature_dims = list(backbone.feature_dims)  # DHFI: where each network's columns are
         if mode == "head":
             from hashsearch.pipeline.local import extract_features
 
@@ -375,7 +426,6 @@ def train_model(
             record["val_map"] = max(record["epochs"]["val_map"], default=None)
             tuned = backbone
         else:
-            from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
             from hashsearch.pipeline.local import extract_pixels
 
             kept, pixels, _ = extract_pixels(
@@ -386,48 +436,72 @@ def train_model(
             )
             labels = np.array([r.label for r in kept])
             yv = np.array([r.label for r in vkept])
-            frozen: dict[str, np.ndarray] = {}
 
-            def validate(model) -> float:
-                if isinstance(model, ImageModel):
-                    return validation_map(_bits_of(model, vpixels), yv)
-                if "X" not in frozen:  # the starting backbone's validation features, for the head-alone stage
-                    from hashsearch.hashing.deep.trainer import resolve_device
+            def loops(net: Backbone, sub, suffix: str = "", what: str = "") -> dict[str, dict]:
+                """The two stages' loop options of `sub` fine-tuning `net` (DHFI: per subnetwork, `suffix` "-a")."""
+                validate = _validator(net, sub, vpixels, yv, dev) if len(vkept) else None
+                return {
+                    # The head stage keeps its best epoch as the joint stage does, so it stops by the same rule:
+                    # epochs after `patience` without gain would only be discarded.
+                    "warm_loop": {
+                        "validate": validate,
+                        "patience": patience if validate else None,
+                        "checkpoint": ckpt / f"head{suffix}.pt",
+                        "desc": f"training the {method} head{what}",
+                    },
+                    "loop": {
+                        "validate": validate,
+                        "patience": patience if validate else None,
+                        "checkpoint": ckpt / f"joint{suffix}.pt",
+                        "desc": f"fine-tuning {net.name} with {method}{what}",
+                    },
+                }
 
-                    frozen["X"] = trunk_features(
-                        backbone.init_module(), vpixels, backbone.preprocess, resolve_device(dev)
-                    )
-                return validation_map(_bits_of(model, hasher.standardize(frozen["X"], _checked=True)), yv)
-
-            tuned = hasher.finetune(
-                backbone,
-                pixels,
-                labels,
-                ckpt / "backbone.pt",
-                epochs=epochs,
-                recipe=recipe,
-                progress=progress,
-                warm_loop={
-                    "validate": validate if len(vkept) else None,
-                    "patience": None,
-                    "checkpoint": ckpt / "head.pt",
-                    "desc": f"training the {method} head",
-                },
-                loop={
-                    "validate": validate if len(vkept) else None,
-                    "patience": patience if len(vkept) else None,
-                    "checkpoint": ckpt / "joint.pt",
-                    "desc": f"fine-tuning {backbone.name} with {method}",
-                },
-            )
-            warm, joint = hasher.head_history_, hasher.joint_history_
-            resumed_at = joint.resumed_at or warm.resumed_at
-            resumed_stage = ("joint" if joint.resumed_at else "head") if resumed_at else None
-            # The head alone on the starting backbone's frozen features: what fine-tuning is measured against.
-            record["head_stage"] = _epochs(warm)
-            record["frozen_val_map"] = max(warm.val_score, default=None)
-            record["epochs"] = _epochs(joint)
-            record["val_map"] = max(joint.val_score, default=None)
+            if isinstance(backbone, ConcatBackbone):  # DHFI: each subnetwork fine-tunes its own network
+                n = len(backbone.parts)
+                tuned_parts = hasher.finetune(
+                    list(backbone.parts),
+                    [pixels] * n,  # one crop for all: the parts differ in normalisation only
+                    labels,
+                    [ckpt / f"backbone-{i}.pt" for i in range(n)],
+                    epochs=epochs,
+                    recipe=recipe,
+                    progress=progress,
+                    subnet_options=lambda name, sub, net: loops(net, sub, f"-{name}", f" (subnetwork {name})"),
+                )
+                tuned = ConcatBackbone(tuned_parts)
+                subs = {name: (sub.head_history_, sub.joint_history_) for name, sub in hasher.subnets_.items()}
+                record["subnets"] = {
+                    name: {"head_stage": _epochs(warm), "epochs": _epochs(joint)}
+                    for name, (warm, joint) in subs.items()
+                }
+                # The fused code's validation mAP, through the fine-tuned networks as a model encodes.
+                record["epochs"] = {"loss": [], "val_map": [], "best_epoch": None, "stopped_early": False}
+                record["val_map"] = _fused_val_map(tuned, hasher, vpixels, yv) if len(vkept) else None
+                resumed_at, resumed_stage = 0, None
+                for name, (warm, joint) in subs.items():
+                    if joint.resumed_at or warm.resumed_at:
+                        resumed_at = joint.resumed_at or warm.resumed_at
+                        resumed_stage = f"{'joint' if joint.resumed_at else 'head'} (subnetwork {name})"
+            else:
+                tuned = hasher.finetune(
+                    backbone,
+                    pixels,
+                    labels,
+                    ckpt / "backbone.pt",
+                    epochs=epochs,
+                    recipe=recipe,
+                    progress=progress,
+                    **loops(backbone, hasher),
+                )
+                warm, joint = hasher.head_history_, hasher.joint_history_
+                resumed_at = joint.resumed_at or warm.resumed_at
+                resumed_stage = ("joint" if joint.resumed_at else "head") if resumed_at else None
+                # The head alone on the starting backbone's frozen features: what fine-tuning is measured against.
+                record["head_stage"] = _epochs(warm)
+                record["frozen_val_map"] = max(warm.val_score, default=None)
+                record["epochs"] = _epochs(joint)
+                record["val_map"] = max(joint.val_score, default=None)
             record["recipe"] = recipe.as_dict()
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(ckpt, out, mode)) from None
@@ -438,7 +512,7 @@ def train_model(
     if deep:
         # The hasher's `epochs` as run (the joint stage's in finetune mode), not the method's default.
         hasher.epochs = len(record["epochs"]["loss"])
-        record["params"] = hasher.get_params()
+    record["params"] = hasher.get_params()  # DHFI: with the widths of its networks' features
     record["seconds"] = time.perf_counter() - t_start
     record["train_seconds"] = float(getattr(hasher, "train_seconds_", 0.0) or 0.0)
     model = TrainedModel.from_trained(tuned, hasher, record)
@@ -446,6 +520,91 @@ def train_model(
     curve = write_curve(model, out.with_name(out.stem + "-training.png"))
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(model, out, curve, resumed_at, notes, resumed_stage)
+
+
+def _validator(net: Backbone, sub, vpixels: np.ndarray, yv: np.ndarray, dev: str) -> Callable[[Any], float]:
+    """Validation mAP of a finetune stage's model: the joint stage's `ImageModel` on the validation
+    crops, or the head alone on `net`'s starting (frozen) features of them, standardised by `sub`."""
+    from hashsearch.hashing.deep.endtoend import ImageModel, trunk_features
+
+    frozen: dict[str, np.ndarray] = {}
+
+    def validate(model) -> float:
+        if isinstance(model, ImageModel):
+            return validation_map(_bits_of(model, vpixels), yv)
+        if "X" not in frozen:  # the starting network's validation features, for the head-alone stage
+            from hashsearch.hashing.deep.trainer import resolve_device
+
+            frozen["X"] = trunk_features(net.init_module(), vpixels, net.preprocess, resolve_device(dev))
+        return validation_map(_bits_of(model, sub.standardize(frozen["X"], _checked=True)), yv)
+
+    return validate
+
+
+def _fused_val_map(backbone: Backbone, hasher, vpixels: np.ndarray, yv: np.ndarray, batch: int = 64) -> float:
+    """Validation mAP of `hasher`'s codes of `backbone`'s features (PyTorch) of the validation crops."""
+    feats = np.concatenate(
+        [backbone.forward(backbone.preprocess.normalize(vpixels[i : i + batch])) for i in range(0, len(vpixels), batch)]
+    )
+    return validation_map(_unpack(hasher.encode(feats)), yv)
+
+
+def _networks(
+    nets: tuple[str | None, ...],
+    backbone: Backbone,
+    source: ImageSource,
+    train_recs: list[ImageRecord],
+    ckpt: Path,
+    epochs: int,
+    seed: int,
+    dev: str,
+    max_pixels: int,
+    progress: bool,
+    record: dict[str, Any],
+    log: Callable[[str], None],
+) -> list[Backbone]:
+    """The networks of `feature_backbones` `nets`: None is `backbone`; a name is that network
+    trained from scratch on `train_recs` (`endtoend.train_backbone`, `epochs`), its weights kept
+    as ``ckpt/scratch-<i>.pt`` (a resumed run reads them instead of training again). Beside
+    `backbone` it reads the same crops (`_POOLED`); alone, at its own input size. Each trained
+    network's loss and seconds go to ``record["scratch"]``."""
+    from hashsearch.hashing.deep.endtoend import train_backbone
+    from hashsearch.pipeline.local import extract_pixels
+
+    out: list[Backbone] = []
+    record["scratch"] = {}
+    for i, name in enumerate(nets):
+        if name is None:
+            out.append(backbone)
+            continue
+        net = (
+            create_backbone(name)
+            if len(nets) == 1
+            else create_backbone(_POOLED.get(name, name), input_size=backbone.preprocess.input_size)
+        )
+        weights, info = ckpt / f"scratch-{i}.pt", ckpt / f"scratch-{i}.json"
+        if weights.is_file() and info.is_file():
+            log(f"{net.name}: read the network trained from scratch from {weights} (--fresh trains it again)")
+            done = json.loads(info.read_text())
+            out.append(type(net)(weights=weights, input_size=net.preprocess.input_size))  # type: ignore[call-arg]
+        else:
+            kept, pixels, _ = extract_pixels(
+                source, train_recs, net.preprocess, max_pixels=max_pixels, progress=progress
+            )
+            log(f"training {net.name} from scratch on {len(kept)} images, {epochs} epochs")
+            t = time.perf_counter()
+            trained, history = train_backbone(
+                net, pixels, [r.label for r in kept], weights, epochs=epochs, seed=seed, device=dev, progress=progress
+            )
+            done = {
+                "loss": [float(v) for v in history.epoch_loss],
+                "seconds": time.perf_counter() - t,
+                "images": len(kept),
+            }
+            info.write_text(json.dumps(done))
+            out.append(trained)
+        record["scratch"][out[-1].name] = {"epochs": epochs, "input_size": out[-1].preprocess.input_size, **done}
+    return out
 
 
 def _deep_methods() -> list[str]:
@@ -487,7 +646,7 @@ def _prepare_checkpoint(ckpt: Path, run: dict, fresh: bool, log: Callable[[str],
                 f"{ckpt} holds the checkpoint of a different training (other method, settings or data); "
                 "run with --fresh to discard it, or choose another --out"
             )
-        done = sorted(p.name for p in ckpt.glob("*.pt") if p.name != "backbone.pt")
+        done = sorted(p.name for p in ckpt.glob("*.pt") if not p.name.startswith("backbone"))
         if done:
             log(
                 f"resuming from the checkpoint in {ckpt} (finished stages and epochs are not run again; --fresh starts over)"

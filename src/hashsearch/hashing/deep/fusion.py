@@ -102,7 +102,7 @@ class DHFI(Hasher):
             name: self._subnet(name, bits).fit(X[:, blocks[name]], y) for name, bits in self._bit_split().items()
         }
 
-    def finetune(self, backbones, pixels, labels, weights_out, **options) -> list:
+    def finetune(self, backbones, pixels, labels, weights_out, *, subnet_options=None, **options) -> list:
         """ "finetune" mode: each subnetwork in use fine-tunes its own network with DPSH's loss.
 
         `backbones`, `pixels` and `weights_out` hold one entry per network of
@@ -110,8 +110,10 @@ class DHFI(Hasher):
         network's input size; a network whose subnetwork is not in use (``use="a"`` or "b") is
         returned as it came. Each subnetwork is the "dpsh" preset's `DeepHasher.finetune` (options
         as there), so the fused code comes from two networks trained end to end, as in the paper.
-        Returns the networks; this hasher then encodes their features side by side (widths in
-        `feature_dims`).
+        `subnet_options(name, subnetwork, backbone)`, if given, returns more options for one
+        subnetwork ("a" or "b"), such as its own `loop` and `warm_loop` (validation on its own
+        codes, its own checkpoint files: `hashsearch train`). Returns the networks; this hasher
+        then encodes their features side by side (widths in `feature_dims`).
         """
         self._check_n_bits()
         bits = self._bit_split()
@@ -125,7 +127,8 @@ class DHFI(Hasher):
         for i, name in enumerate(_SUBNETS):
             if name in bits:
                 sub = self._subnet(name, bits[name])
-                tuned[i] = sub.finetune(backbones[i], pixels[i], labels, weights_out[i], **options)
+                more = subnet_options(name, sub, backbones[i]) if subnet_options is not None else {}
+                tuned[i] = sub.finetune(backbones[i], pixels[i], labels, weights_out[i], **options, **more)
                 self.subnets_[name] = sub
         self.feature_dims = [int(b.feature_dim) for b in tuned]
         self.n_features_in_ = sum(self.feature_dims)

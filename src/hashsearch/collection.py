@@ -921,8 +921,11 @@ class Collection:
         self.__dict__.update(fresh.__dict__)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, verify: bool = True) -> Collection:
-        """Open a saved collection (memory-mapped); `verify` checks every file's sha256.
+    def open(
+        cls, path: str | os.PathLike, verify: bool = True, cache_dir: str | os.PathLike | None = None
+    ) -> Collection:
+        """Open a saved collection (memory-mapped); `verify` checks every file's sha256; a trained
+        model's weights are unpacked into `cache_dir` (a command's --cache-dir; None: the default cache).
 
         Raises
         ------
@@ -971,7 +974,7 @@ class Collection:
                     raise ValueError(
                         f"{MODEL_FILE} is model {model.id[:12]}, the manifest names {manifest['model']['id'][:12]}"
                     )
-                backbone = model.backbone()
+                backbone = model.backbone(cache_dir)
             else:
                 bb = manifest["backbone"]
                 backbone = create_backbone(bb["name"], **{k: v for k, v in bb.items() if k != "name"})

@@ -114,8 +114,9 @@ def _save(coll, path: Path) -> None:
         ) from None
 
 
-def _open_collection(path: Path):
-    """`Collection.open(path)`, with a model file (`hashsearch train`'s .hsm) given in its place named as one."""
+def _open_collection(path: Path, cache_dir: Path | None = None):
+    """`Collection.open(path)`, with a model file (`hashsearch train`'s .hsm) given in its place named as one; a
+    model's weights are unpacked into `cache_dir` (the command's --cache-dir)."""
     import zipfile
 
     from hashsearch.collection import Collection
@@ -127,7 +128,7 @@ def _open_collection(path: Path):
                     f"{show(path)} is a model file (from `hashsearch train`), not a collection; make a collection "
                     f"with it by `hashsearch index FOLDER --model {show(path)} --out NAME.hsx`, and give NAME.hsx here"
                 )
-    return Collection.open(path)
+    return Collection.open(path, cache_dir=cache_dir)
 
 
 def _refuse_fixed_by_model(ctx: typer.Context, model: Path | None, flags: dict[str, str]) -> None:
@@ -281,7 +282,7 @@ def search(
     from hashsearch.data.decode import DecodeError, decode_image
     from hashsearch.pipeline import extract_queries
 
-    coll = _open_collection(collection)
+    coll = _open_collection(collection, cache_dir)
     images, answered, errors = [], [], {}
     for qi, q in enumerate(queries):
         try:
@@ -371,7 +372,7 @@ def add(
     from hashsearch.pipeline import add_images
 
     _check_writable(skip_list)
-    coll = _open_collection(collection)
+    coll = _open_collection(collection, cache_dir)
     trained = _load_model(model, cache_dir)
     if trained is not None:
         coll.check_model(trained.id, f"the codes of {show(model)}")

@@ -14,11 +14,13 @@ from hashsearch.backbones import create_backbone
 from hashsearch.codes import hamming_distances, pack_bits
 from hashsearch.data.sources import open_source
 from hashsearch.duplicates import (
+    cosine_of_pairs,
     default_radius,
     duplicate_groups,
     find_duplicates,
     group_labels,
     near_pairs,
+    pair_dots,
     whiten_collection,
 )
 from hashsearch.hashing import create_hasher
@@ -67,6 +69,21 @@ def test_near_pairs_are_every_pair_within_the_radius_as_brute_force():
         assert (i < j).all()
 
 
+def test_pair_dots_are_numpys_dot_products_on_any_number_of_threads():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((700, 37)).astype(np.float32)
+    i, j = rng.integers(0, 700, 70_000), rng.integers(0, 700, 70_000)  # enough pairs for 2 threads
+    want = np.einsum("nd,nd->n", x[i].astype(np.float64), x[j].astype(np.float64))
+    for n_threads in (1, 2):
+        got = pair_dots(x, i, j, n_threads)
+        assert got.dtype == np.float32 and got.shape == (70_000,)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    assert pair_dots(x, i[:0], j[:0]).shape == (0,)
+    x[3] = 0.0  # a zero row has cosine 0 with everything, itself included
+    cos = cosine_of_pairs(x, np.array([3, 3, 5]), np.array([3, 4, 5]))
+    assert cos[0] == 0 and cos[1] == 0 and cos[2] == pytest.approx(1.0, abs=1e-6)
+
+
 def test_group_labels_joins_chains_and_leaves_singles_alone():
     labels = group_labels(7, np.array([0, 1, 5]), np.array([1, 3, 6]))
     assert labels.tolist() == [0, 0, 1, 0, 2, 3, 3]
@@ -97,6 +114,12 @@ def test_finds_the_planted_groups_of_real_photos_exactly(planted_set):
         assert g.members[0].keep and not any(m.keep for m in g.others)
         assert g.members[0].distance == 0 and g.members[0].similarity == pytest.approx(1.0, abs=1e-3)
         assert all(m.width and m.height and m.bytes for m in g.members)
+    # Every stage is timed, and the pairs checked are those of the radius search.
+    assert set(report.timings) == {"read", "whiten", "search", "confirm", "group", "files"}
+    ids = np.sort(coll.index.ids)
+    within = len(near_pairs(coll.index.get_codes(ids), report.radius)[0])
+    assert report.pairs == {"pairs within radius": within, "pairs kept": report.pairs["pairs kept"]}
+    assert report.n_duplicates <= report.pairs["pairs kept"] < within
 
 
 def test_codes_alone_find_more_pairs_than_codes_and_features(planted_set):

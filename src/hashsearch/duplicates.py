@@ -45,8 +45,12 @@ RADIUS_SHARE = 0.25
 #: the same benchmark.
 MIN_SIMILARITY = 0.6
 
-# Queries per radius search: bounds the memory of one RangeResult.
-_CHUNK = 8192
+# Queries per radius search: bounds the memory of one RangeResult and of the pairs checked at
+# once (at the default radius a query finds a few per cent of the collection within it).
+_CHUNK = 2048
+# Pairs whose first rows lie in one tile of this many rows are checked together, by second row:
+# each second row is then read from memory once per tile instead of once per pair.
+_TILE = 256
 
 
 def default_radius(n_bits: int) -> int:
@@ -77,28 +81,31 @@ def near_pairs(codes: Codes, radius: int, n_threads: int | None = None) -> tuple
     ValueError
         If `radius` is not an integer in [0, n_bits].
     """
+    radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
+    parts = list(_near_pair_chunks(codes, radius, n_threads))
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    return tuple(np.concatenate(p) for p in zip(*parts))
+
+
+def _near_pair_chunks(codes: Codes, radius: int, n_threads: int | None):
+    """`near_pairs` a chunk of first rows at a time: yields (i, j, distance), each sorted by (i, j),
+    the chunks in row order. A caller that filters each chunk never holds every pair at once."""
     from hashsearch.index.mih import MIHIndex
 
-    radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
     n = len(codes)
     index = MIHIndex(codes.n_bits, n_threads=n_threads)
     index.add(codes, np.arange(n, dtype=np.int64))
-    parts_i, parts_j, parts_d = [], [], []
     for a in range(0, n, _CHUNK):
         res = index.range_search(codes[a : a + _CHUNK], radius)
         counts = np.diff(res.lims)
         qi = np.repeat(np.arange(a, a + len(counts), dtype=np.int64), counts)
         j = res.ids.astype(np.int64)
         later = j > qi
-        parts_i.append(qi[later])
-        parts_j.append(j[later])
-        parts_d.append(res.distances[later].astype(np.int64))
-    if not parts_i:
-        empty = np.zeros(0, np.int64)
-        return empty, empty, empty
-    i, j, d = np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_d)
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
+        i, j, d = qi[later], j[later], res.distances[later].astype(np.int64)
+        order = np.lexsort((j, i))
+        yield i[order], j[order], d[order]
 
 
 def whiten(features: np.ndarray, shrinkage: float = 1.0, max_fit: int = 20_000, seed: int = 0) -> np.ndarray:
@@ -136,7 +143,8 @@ class Whitened:
     ids : np.ndarray
         The collection's ids, sorted (int64, (n,)).
     features : np.ndarray
-        Their whitened features (float32, (n, d)), row k for ``ids[k]``.
+        Their whitened features scaled to unit length (float32, (n, d)), row k for ``ids[k]``:
+        the dot product of two rows is their cosine.
     """
 
     ids: np.ndarray
@@ -146,8 +154,9 @@ class Whitened:
 def whiten_collection(coll) -> Whitened | None:
     """The whitened stored features of every image of `coll` (`Collection`); None when it stores none.
 
-    This is what `find_duplicates` spends longest on outside the search (an eigendecomposition of
-    the d x d scatter matrix and an (n, d) x (d, d) product). It depends only on the collection's
+    It costs an eigendecomposition of the d x d scatter matrix and an (n, d) x (d, d) product
+    (1.4 s at 10,000 images: the line "find_duplicates stages" of benchmarks/duplicates.py prints
+    it). It depends only on the collection's
     contents, so a caller that asks for duplicates again and again (the HTTP service) computes it
     once per state of the collection and passes it to `find_duplicates`; the result is the same.
     """
@@ -156,20 +165,67 @@ def whiten_collection(coll) -> Whitened | None:
     ids = np.sort(np.asarray(coll.index.ids, np.int64))
     if not len(ids):
         return Whitened(ids, np.zeros((0, 1), np.float32))
-    return Whitened(ids, whiten(coll.features_of(ids)))
+    return Whitened(ids, _to_unit(whiten(coll.features_of(ids))))
 
 
-def cosine_of_pairs(features: np.ndarray, i: np.ndarray, j: np.ndarray) -> np.ndarray:
-    """Cosine similarity (float32, (n_pairs,)) between rows i and j of `features` (n, d)."""
-    x = np.asarray(features, np.float32)
-    norms = np.linalg.norm(x, axis=1)
-    norms[norms == 0] = 1.0
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Rows of `features` (n, d) scaled to unit length: (n, d) float32, a new array; zero rows stay zero."""
+    return _to_unit(np.array(features, np.float32, copy=True))
+
+
+def _to_unit(x: np.ndarray) -> np.ndarray:
+    """Scale the rows of float32 `x` to unit length in place; returns `x`."""
+    for a in range(0, len(x), 1 << 15):
+        block = x[a : a + (1 << 15)]
+        norms = np.linalg.norm(block, axis=1)
+        norms[norms == 0] = 1.0
+        block /= norms[:, None]
+    return x
+
+
+def pair_dots(x: np.ndarray, i: np.ndarray, j: np.ndarray, n_threads: int | None = None) -> np.ndarray:
+    """Dot products of rows i and j of `x` (n, d): float32, (n_pairs,); the cosines when the rows
+    have unit length (`unit_rows`).
+
+    Compiled (numba), on `n_threads` threads (default: every core this process may use), with
+    the pairs taken a tile of first rows at a time, by second row: at 100,000 rows, where `x`
+    does not fit in the cache, that halves the time of taking them in (i, j) order.
+    """
+    from hashsearch._duplicate_kernels import pair_dots as kernel
+
+    x = np.ascontiguousarray(x, np.float32)
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     out = np.empty(len(i), np.float32)
-    step = 1 << 16
-    for a in range(0, len(i), step):
-        ii, jj = i[a : a + step], j[a : a + step]
-        out[a : a + step] = np.einsum("nd,nd->n", x[ii], x[jj]) / (norms[ii] * norms[jj])
+    if not len(i):
+        return out
+    order = np.argsort((i // _TILE) * len(x) + j, kind="stable")
+    ii, jj = i[order], j[order]
+    threads = n_threads or _cores()
+    threads = max(1, min(threads, len(i) // (1 << 14)))
+    bounds = np.linspace(0, len(i), threads + 1).astype(np.int64)
+    slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+    sorted_out = np.empty(len(i), np.float32)
+    if threads == 1:
+        kernel(x, ii, jj, sorted_out)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:  # the kernel releases the GIL
+            list(pool.map(lambda s: kernel(x, ii[s], jj[s], sorted_out[s]), slices))
+    out[order] = sorted_out
     return out
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def cosine_of_pairs(features: np.ndarray, i: np.ndarray, j: np.ndarray, n_threads: int | None = None) -> np.ndarray:
+    """Cosine similarity (float32, (n_pairs,)) between rows i and j of `features` (n, d)."""
+    return pair_dots(unit_rows(features), i, j, n_threads)
 
 
 def group_labels(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -219,24 +275,48 @@ def duplicate_groups(
     for name, value in (("digests", digests), ("features", features)):
         if value is not None and len(value) != n:
             raise ValueError(f"{name} has {len(value)} rows, codes {n}: give one per code")
-    white = whiten(features) if features is not None and min_similarity is not None else None
+    radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
+    white = _to_unit(whiten(features)) if features is not None and min_similarity is not None else None
     return _groups(codes, radius, digests, white, min_similarity, n_threads)
 
 
-def _groups(codes, radius, digests, white, min_similarity, n_threads) -> list[np.ndarray]:
-    """`duplicate_groups` on features already whitened (`white`)."""
+def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None) -> list[np.ndarray]:
+    """`duplicate_groups` on unit-length whitened features (`white`); adds the seconds of the
+    search, the check and the grouping, and the pairs found and kept, to `stats` (a dict)."""
     n = len(codes)
-    i, j, _ = near_pairs(codes, radius, n_threads)
-    if min_similarity is not None and len(i):
-        keep = cosine_of_pairs(white, i, j) >= min_similarity
-        i, j = i[keep], j[keep]
+    stats = {} if stats is None else stats
+    t_search = t_check = 0.0
+    found = 0
+    parts_i, parts_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    chunks = _near_pair_chunks(codes, radius, n_threads)
+    while True:
+        t = time.perf_counter()
+        i, j, _ = next(chunks, (None, None, None))
+        t_search += time.perf_counter() - t
+        if i is None:
+            break
+        found += len(i)
+        # Checked chunk by chunk: the pairs within the radius (a few per cent of all pairs at the
+        # default radius) are never all held at once, only the few that pass.
+        if min_similarity is not None and len(i):
+            t = time.perf_counter()
+            keep = pair_dots(white, i, j, n_threads) >= min_similarity
+            i, j = i[keep], j[keep]
+            t_check += time.perf_counter() - t
+        parts_i.append(i)
+        parts_j.append(j)
+    t = time.perf_counter()
+    i, j = np.concatenate(parts_i), np.concatenate(parts_j)
+    stats.update({"search": t_search, "confirm": t_check, "pairs within radius": found, "pairs kept": len(i)})
     if digests is not None:
         di, dj = _same_digest_pairs(digests)
         i, j = np.concatenate([i, di]), np.concatenate([j, dj])
     labels = group_labels(n, i, j)
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    return [g for g in np.split(order, bounds) if len(g) > 1]
+    groups = [g for g in np.split(order, bounds) if len(g) > 1]
+    stats["group"] = time.perf_counter() - t
+    return groups
 
 
 def _same_digest_pairs(digests: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -314,7 +394,8 @@ class Group:
 
 @dataclass
 class DuplicateReport:
-    """What `find_duplicates` found: groups (largest first, then by smallest id) and its parameters."""
+    """What `find_duplicates` found: groups (largest first, then by smallest id), its parameters
+    and what each stage cost."""
 
     groups: list[Group]
     radius: int
@@ -322,7 +403,12 @@ class DuplicateReport:
     keep: str
     n_bits: int
     n_images: int
+    #: Seconds per stage: read (codes and entries), whiten (the stored features, unless given),
+    #: search (the radius search), confirm (the feature check of its pairs), group, files (each
+    #: member's file size, pixels and time, and the rule).
     timings: dict[str, float] = field(default_factory=dict)
+    #: Pairs found within the radius, and those kept by the feature check (all of them without it).
+    pairs: dict[str, int] = field(default_factory=dict)
 
     @property
     def n_duplicates(self) -> int:
@@ -446,6 +532,7 @@ def find_duplicates(
         "min_similarity", min_similarity, low=-1.0, high=1.0, allow_none=True, none_means="codes only"
     )
     white = None
+    t1 = time.perf_counter()
     if coll.store_features and len(ids):
         if whitened is None or not np.array_equal(whitened.ids, ids):
             whitened = whiten_collection(coll)
@@ -455,8 +542,10 @@ def find_duplicates(
             "min_similarity needs stored features: this collection was built with --no-features; "
             "leave out the similarity test (codes only), or index again without --no-features"
         )
-    groups_rows = _groups(codes, radius, digests, white, min_similarity, n_threads)
-    t1 = time.perf_counter()
+    t2 = time.perf_counter()
+    stats: dict = {}
+    groups_rows = _groups(codes, radius, digests, white, min_similarity, n_threads, stats)
+    t3 = time.perf_counter()
     groups = []
     for rows in groups_rows:
         members = []
@@ -475,7 +564,8 @@ def find_duplicates(
         kept = choose_keep(members, keep)
         kept_row = int(rows[[m.id for m in members].index(kept.id)])
         dist = _hamming_to(codes, kept_row, rows)
-        sims = None if white is None else cosine_of_pairs(white, np.full(len(rows), kept_row), rows)
+        # Unit rows: the cosines to the kept image are one small product (no pass over every row).
+        sims = None if white is None else white[rows] @ white[kept_row]
         for k, m in enumerate(members):
             m.distance = int(dist[k])
             m.similarity = None if sims is None else round(float(sims[k]), 4)
@@ -484,7 +574,9 @@ def find_duplicates(
         members.sort(key=lambda m: (not m.keep, m.distance, m.id))
         groups.append(Group(members))
     groups.sort(key=lambda g: (-len(g.members), min(m.id for m in g.members)))
-    t2 = time.perf_counter()
+    t4 = time.perf_counter()
+    seconds = {"read": t1 - t0, "whiten": t2 - t1, "search": stats["search"], "confirm": stats["confirm"]}
+    seconds.update({"group": stats["group"], "files": t4 - t3})
     return DuplicateReport(
         groups,
         radius,
@@ -492,7 +584,8 @@ def find_duplicates(
         keep,
         n_bits,
         len(ids),
-        {"search": round(t1 - t0, 4), "files": round(t2 - t1, 4)},
+        {k: round(v, 4) for k, v in seconds.items()},
+        {k: stats[k] for k in ("pairs within radius", "pairs kept")},
     )
 
 

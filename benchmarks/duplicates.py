@@ -35,9 +35,13 @@ Methods, all in one run on the same files:
 
 - hashsearch: `build_collection` (efficientnet-lite0 features, cached; `--method`, `--bits`,
   the mih index) then `find_duplicates` (radius search, optional cosine check); time = features
-  + fit + index + search. A sweep of radius and similarity is printed for the record.
+  + fit + index + search. A line "hashsearch stages" splits it (features, fit, index, then
+  find_duplicates' read, whiten, search, confirm, group, files) and counts the pairs found within
+  the radius and kept by the check. A sweep of radius and similarity is printed for the record
+  (--no-sweep skips it).
 - imagededup 0.3.3 PHash, DHash, WHash, AHash: `encode_images` then `find_duplicates` at its
-  default threshold (10) and, for the record, at the threshold that gives it the best F1 here.
+  default threshold (10) and, for the record, at the threshold that gives it the best F1 here;
+  a line per method splits its time at 10 into encode and find_duplicates.
   Its CNN method is not run: it needs torchvision (no build of it for this CPU torch) and
   downloads MobileNet weights at run time, which this machine cannot.
 - imagehash 4.3 phash and dhash (64 bits): hashes of every file, then every pair compared
@@ -304,6 +308,12 @@ def main() -> None:
         "--cache-dir", type=Path, default=None, help="feature cache (default: a new one, so every feature is computed)"
     )
     ap.add_argument("--make-only", action="store_true", help="generate the set and stop")
+    ap.add_argument(
+        "--no-sweep",
+        dest="sweep",
+        action="store_false",
+        help="skip hashsearch's radius/similarity sweep (its codes-only rows hold every pair within the radius)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
@@ -361,6 +371,13 @@ def main() -> None:
         f"build {t_build:.1f} s ({report.n_computed:,} features computed, {report.n_cached:,} from the cache; "
         f"{report.timings}), find_duplicates {t_find:.2f} s"
     )
+    stages = {k: report.timings.get(k, 0.0) for k in ("features", "fit", "index")} | dup.timings
+    rep(
+        "hashsearch stages (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+        + f"; pairs within radius {dup.pairs['pairs within radius']:,}, kept by the feature check "
+        f"{dup.pairs['pairs kept']:,}"
+    )
     ids = np.sort(coll.index.ids)
     keys = [os.path.basename(e["path"]) for e in coll.entries(ids.tolist())]
     pos = {k: i for i, k in enumerate(files)}
@@ -376,7 +393,7 @@ def main() -> None:
     feats = np.asarray(coll.features_of(ids), np.float32)
     row_of = np.array([pos[k] for k in keys])
     rep("sweep (hashsearch, same codes): radius, min_similarity -> P R F1, search+group seconds")
-    for radius in sorted({4, 8, default_radius(args.bits), 16}):
+    for radius in sorted({4, 8, default_radius(args.bits), 16}) if args.sweep else ():
         for ms in (None, 0.5, 0.6, 0.7):
             t = time.perf_counter()
             groups = duplicate_groups(codes, radius, features=feats, min_similarity=ms)
@@ -406,6 +423,7 @@ def main() -> None:
 
         s10 = score(labels_from_pairs(n, *at(10)), group, trans)
         results.append((f"imagededup {cls} t=10 (default)", s10, t_enc + timings[10]))
+        rep(f"imagededup {cls} stages (s): encode {t_enc:.2f}, find_duplicates at t=10 {timings[10]:.2f}")
         bt, bs = best_threshold(at, n, group, trans, [0, 2, 4, 6, 8, 12, 14, 16])
         if bs["overall"][2] > s10["overall"][2]:
             results.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + timings[bt]))

@@ -14,6 +14,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -340,4 +341,140 @@ def test_train_refuses_a_recipe_it_cannot_use_and_needs_one_source(args, words, 
     args = [str(work / "data") if a == "SOURCE" else a for a in args]
     text = run("train", *args, "--input-size", "32", "--epochs", "1", "--out", tmp_path / "m.hsm", code=2)
     assert words in text, text
+    assert not (tmp_path / "m.hsm").exists() and not (tmp_path / "m.hsm.ckpt").exists()
+
+
+#: RITQ and DHFI on the fixture: their ResNet-32 trained from scratch for 2 epochs (seconds).
+OWN = ["--bits", "16", "--scratch-epochs", "2", "--val-fraction", "0.25", "--device", "cpu", "--seed", "0"]
+OWN_RUNS = {
+    "ritq": ["--method", "ritq"],
+    "dhfi": ["--method", "dhfi", "--input-size", "64", "--epochs", "3"],
+    "dhfi-finetune": ["--method", "dhfi", "--input-size", "64", "--mode", "finetune", "--epochs", "2"],
+}
+
+
+@pytest.fixture(scope="module")
+def own_networks(work):
+    """Models of the methods with networks of their own: {run name: (model path, train's output)}."""
+    models = {}
+    for name, args in OWN_RUNS.items():
+        out = work / f"{name}.hsm"
+        models[name] = out, run("train", work / "data", "--out", out, "--cache-dir", work / "cache", *OWN, *args)
+    return models
+
+
+def _header(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        return json.loads(z.read("model.json"))
+
+
+@pytest.mark.parametrize("name", ["ritq", "dhfi-finetune"])
+def test_ritq_and_dhfi_models_alone_index_add_and_search_an_unlabelled_folder(
+    name, own_networks, work, cifar_small, tmp_path
+):
+    path, text = own_networks[name]
+    header, r = _header(path), record(path)
+    assert "trained from scratch: 2 epochs" in text, text
+    if name == "ritq":  # its own ResNet-32 is the model's backbone: one network, format version 1
+        assert header["version"] == 1 and header["backbone"]["name"] == "cifar-resnet32"
+        assert header["backbone"]["input_size"] == 32 and list(r["scratch"]) == ["cifar-resnet32"]
+    else:  # the pretrained backbone and the pooled ResNet-32, side by side in that order: version 2
+        assert header["version"] == 2 and header["backbone"]["name"] == "efficientnet-lite0+cifar-resnet32-pooled"
+        parts = header["backbone"]["parts"]
+        assert [(p["name"], p["input_size"], p["feature_dim"]) for p in parts] == [
+            ("efficientnet-lite0", 64, 1280),
+            ("cifar-resnet32-pooled", 64, 256),
+        ]
+        assert header["hasher"]["params"]["feature_dims"] == [1280, 256]
+        assert set(r["subnets"]) == {"a", "b"} and "subnetwork b: 2 joint epochs" in text, text
+        for sub in r["subnets"].values():  # each subnetwork validated on its own codes, each stage
+            assert len(sub["epochs"]["val_map"]) == 2 and sub["head_stage"]["val_map"]
+    assert 0 < r["val_map"] <= 1 and not path.with_name(path.name + ".ckpt").exists()
+
+    # The model copied alone to another folder, the training data gone, a fresh cache; --cache-dir given.
+    model = tmp_path / "elsewhere" / "m.hsm"
+    model.parent.mkdir()
+    shutil.copyfile(path, model)
+    gone = work / "data-gone"
+    (work / "data").rename(gone)
+    try:
+        photos = tmp_path / "photos"
+        photos.mkdir()
+        for i, f in enumerate(sorted((cifar_small / "test").rglob("*.jpg"))):
+            shutil.copyfile(f, photos / f"img{i:03d}.jpg")  # no class folders: no labels
+        default, mine = tmp_path / "default-cache", tmp_path / "mine"
+        env = {**os.environ, "HASHSEARCH_CACHE": str(default)}
+        hs = [sys.executable, "-c", "from hashsearch.cli import main; main()"]
+
+        def cli(*args):
+            p = subprocess.run([*hs, *map(str, args)], capture_output=True, text=True, env=env, cwd=model.parent)
+            return p.returncode, p.stdout + p.stderr
+
+        code, text = cli("index", photos, "--model", model.name, "--out", "c.hsx", "--cache-dir", mine)
+        assert code == 0 and "indexed 40 images" in text and f"model {_id(model)[:12]}" in text, text
+        code, text = cli("search", "c.hsx", photos / "img007.jpg", "-k", "40", "--json", "--cache-dir", mine)
+        assert code == 0, text
+        hits = json.loads(text[text.index("[") :])[0]["results"]
+        assert len(hits) == 40 and any(h["path"].endswith("img007.jpg") and h["hamming"] == 0 for h in hits)
+        code, text = cli("add", "c.hsx", cifar_small / "train" / "cat", "--cache-dir", mine)
+        assert code == 0, text
+        # index, search and add unpacked every part's weights into --cache-dir, none into the default cache.
+        unpacked = sorted(p.name for p in (mine / "models").iterdir())
+        want = [f"{_id(model)}.pt"] if name == "ritq" else [f"{_id(model)}-0.pt", f"{_id(model)}-1.pt"]
+        assert unpacked == want and not default.exists()
+        code, text = cli("info", "c.hsx")  # (info has no --cache-dir: it unpacks into the default cache)
+        assert json.loads(text)["model"]["id"] == _id(model) and json.loads(text)["count"] == 48, text
+    finally:
+        gone.rename(work / "data")
+
+
+def test_a_dhfi_model_keeps_its_codes_and_ritq_evaluates_on_a_protocol(own_networks, work, tmp_path):
+    from hashsearch.collection import Collection
+    from hashsearch.model import TrainedModel
+
+    path, _ = own_networks["dhfi"]
+    r = record(path)
+    assert r["mode"] == "head" and r["scratch"]["cifar-resnet32-pooled"]["input_size"] == 64
+    run("index", _flat(work, tmp_path / "flat"), "--model", path, "--out", tmp_path / "c.hsx")
+    coll = Collection.open(tmp_path / "c.hsx")
+    # What the collection holds (ONNX Runtime, both networks in one graph) is what the loaded model computes
+    # with PyTorch: the codes of the same images agree but for bits whose projection is within rounding of 0.
+    model = TrainedModel.load(path)
+    bb = model.backbone()
+    assert bb.name == coll.backbone.name and bb.cache_key == coll.backbone.cache_key
+    from PIL import Image
+
+    entries = coll.entries(range(16))
+    crops = np.stack([bb.preprocess.crop(Image.open(e["path"]).convert("RGB")) for e in entries])
+    feats = bb.forward(bb.preprocess.normalize(crops))
+    # The stored (float16) features are the two networks' side by side, in the model's order.
+    np.testing.assert_allclose(coll.features_of(np.arange(16)), feats, rtol=1e-2, atol=1e-2)
+    # A query through the loaded model finds its own image at Hamming distance 0 (ties: another too).
+    res = coll.search(feats, k=1)
+    assert (res.distances[:, 0] == 0).sum() >= 15, res.distances[:, 0]
+
+    text = run("eval", "--model", own_networks["ritq"][0], "--protocol", "flowers12", "--out", tmp_path / "e")
+    row = json.loads((tmp_path / "e.json").read_text())["rows"][0]
+    assert "flowers12" in text and 0 < row["metrics"]["map"] <= 1 and row["model"]["id"] == _id(own_networks["ritq"][0])
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--method", "ritq", "--backbone", "efficientnet-lite1"], "trains its own network (cifar-resnet32)"),
+        (["--method", "ritq", "--input-size", "64"], "leave --input-size out"),
+        (
+            ["--method", "ritq", "--mode", "finetune"],
+            "ritq trains its own network (cifar-resnet32) from scratch in head",
+        ),
+        (["--method", "dhfi", "FLAT"], "dhfi trains its network (cifar-resnet32) from scratch with a classifier"),
+        (["--method", "ritq", "--scratch-epochs", "0"], "--scratch-epochs"),
+    ],
+)
+def test_ritq_and_dhfi_errors_are_one_line(args, words, work, tmp_path):
+    source = work / "data"
+    if "FLAT" in args:
+        args, source = [a for a in args if a != "FLAT"], _flat(work, tmp_path / "flat")
+    text = run("train", source, *args, "--bits", "16", "--out", tmp_path / "m.hsm", code=2)
+    assert words in text and text.count("error") == 1 and "Traceback" not in text, text
     assert not (tmp_path / "m.hsm").exists() and not (tmp_path / "m.hsm.ckpt").exists()

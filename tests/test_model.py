@@ -141,3 +141,89 @@ def test_a_collection_keeps_its_model_and_refuses_codes_of_another(finetuned, pi
     plain = Collection.create(backbone, create_hasher("itq", n_bits=16).fit(features))
     with pytest.raises(CollectionError, match="no trained model"):
         plain.add(features[:3], keys[:3], model_id=model.id)
+
+
+@pytest.fixture(scope="module")
+def two_networks(pixels_and_features, tmp_path_factory):
+    """DHFI's pair at 32 px (EfficientNet-Lite0 and a seeded ResNet-32 whose pooling is 1) and a DHFI
+    hasher fitted on their features of the real images."""
+    import torch
+
+    from hashsearch.backbones import ConcatBackbone
+
+    lite0, pixels, labels, _ = pixels_and_features
+    torch.manual_seed(0)
+    resnet = create_backbone("cifar-resnet32-pooled", input_size=32)
+    w = resnet.save_weights(resnet.init_module(), tmp_path_factory.mktemp("resnet") / "w.pt")
+    resnet = create_backbone("cifar-resnet32-pooled", input_size=32, weights=w)
+    pair = ConcatBackbone([lite0, resnet])
+    feats = pair.forward(pair.preprocess.normalize(pixels))
+    hasher = create_hasher("dhfi", n_bits=16, epochs=2, feature_dims=list(pair.feature_dims)).fit(feats, labels)
+    return pair, hasher, feats
+
+
+def test_a_model_of_two_networks_round_trips_with_identical_features_and_codes(
+    two_networks, pixels_and_features, tmp_path
+):
+    from hashsearch.backbones import ConcatBackbone
+
+    pair, hasher, feats = two_networks
+    lite0, pixels, _, _ = pixels_and_features
+    # The pair's features are each network's on its own normalisation, side by side in order.
+    batch = pair.preprocess.normalize(pixels[:16])
+    np.testing.assert_array_equal(feats[:16, :1280], lite0.forward(batch))
+    resnet = pair.parts[1]
+    np.testing.assert_allclose(feats[:16, 1280:], resnet.forward(resnet.preprocess.normalize(pixels[:16])), atol=1e-4)
+
+    model = TrainedModel.from_trained(pair, hasher, {"method": "dhfi"})
+    path = model.save(tmp_path / "pair.hsm")
+    with zipfile.ZipFile(path) as z:
+        header = json.loads(z.read("model.json"))
+        assert sorted(z.namelist()) == ["backbone.npz", "hasher.npz", "model.json"]
+    assert header["version"] == 2 and [p["name"] for p in header["backbone"]["parts"]] == [
+        "efficientnet-lite0",
+        "cifar-resnet32-pooled",
+    ]
+    back = TrainedModel.load(path)
+    assert back.id == model.id and back.backbone_name == "efficientnet-lite0+cifar-resnet32-pooled"
+    bb = back.backbone(tmp_path / "cache")
+    assert isinstance(bb, ConcatBackbone) and bb.name == pair.name and bb.feature_dims == (1280, 256)
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == [f"{model.id}-0.pt", f"{model.id}-1.pt"]
+    got = bb.forward(batch)
+    np.testing.assert_array_equal(got, feats[:16])
+    np.testing.assert_array_equal(back.hasher.encode(got).data, hasher.encode(feats[:16]).data)
+    # One network is still written as version 1 (what an older hashsearch reads).
+    one = TrainedModel.from_trained(lite0, create_hasher("lsh", n_bits=16).fit(feats[:, :1280])).save(
+        tmp_path / "1.hsm"
+    )
+    with zipfile.ZipFile(one) as z:
+        assert json.loads(z.read("model.json"))["version"] == 1
+
+
+def test_a_model_of_two_networks_refuses_a_changed_part(two_networks, tmp_path):
+    pair, hasher, _ = two_networks
+    path = TrainedModel.from_trained(pair, hasher).save(tmp_path / "pair.hsm")
+    with zipfile.ZipFile(path) as z:
+        parts = {n: z.read(n) for n in z.namelist()}
+    header = json.loads(parts["model.json"])
+    header["backbone"]["parts"][1]["name"] = "cifar-resnet32"  # another network in place of the pooled one
+    changed = tmp_path / "changed.hsm"
+    with zipfile.ZipFile(changed, "w") as z:
+        for n, b in parts.items():
+            z.writestr(n, json.dumps(header) if n == "model.json" else b)
+    with pytest.raises(ModelError, match="changed.hsm is damaged: its content gives model id"):
+        TrainedModel.load(changed)
+
+
+def test_a_collection_opened_with_a_cache_dir_unpacks_its_model_there(finetuned, pixels_and_features, tmp_path):
+    _, pixels, labels, _ = pixels_and_features
+    model = TrainedModel.load(finetuned.save(tmp_path / "ft.hsm"))
+    bb = model.backbone(tmp_path / "first")
+    coll = Collection.create(bb, model.hasher)
+    coll.use_model(model)
+    coll.add(bb.forward(bb.preprocess.normalize(pixels[:4])), [str(tmp_path / f"{i}.jpg") for i in range(4)])
+    coll.save(tmp_path / "c.hsx")
+    back = Collection.open(tmp_path / "c.hsx", cache_dir=tmp_path / "mine")
+    assert back.model_id == model.id
+    assert [p.name for p in (tmp_path / "mine" / "models").iterdir()] == [f"{model.id}.pt"]
+    assert not (tmp_path / "cache").exists()  # $HASHSEARCH_CACHE: untouched

@@ -478,3 +478,39 @@ def test_ritq_and_dhfi_errors_are_one_line(args, words, work, tmp_path):
     text = run("train", source, *args, "--bits", "16", "--out", tmp_path / "m.hsm", code=2)
     assert words in text and text.count("error") == 1 and "Traceback" not in text, text
     assert not (tmp_path / "m.hsm").exists() and not (tmp_path / "m.hsm.ckpt").exists()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not _cuda(), reason="no CUDA device: --device cuda is tested where torch sees one")
+@pytest.mark.parametrize("method", ["hashnet", "ritq"])
+def test_train_on_cuda_saves_a_model_that_indexes_on_the_cpu(method, work, tmp_path):
+    """Issue 20 part 6: on a GPU, `train --device cuda` (a fine-tuned HashNet; RITQ's ResNet-32 from
+    scratch), and the saved model encodes on the CPU, through ONNX Runtime, as PyTorch does."""
+    from PIL import Image
+
+    from hashsearch.collection import Collection
+    from hashsearch.model import TrainedModel
+
+    out = tmp_path / "gpu.hsm"
+    args = ["--method", method, "--bits", "16", "--val-fraction", "0.25", "--device", "cuda", "--seed", "0"]
+    args += (
+        ["--scratch-epochs", "2"] if method == "ritq" else ["--input-size", "32", "--mode", "finetune", "--epochs", "2"]
+    )
+    text = run("train", work / "data", "--out", out, "--cache-dir", work / "cache", *args)
+    r = record(out)
+    assert r["device"] == "cuda" and r["machine"]["gpu"] and 0 < r["val_map"] <= 1, text
+    coll_path = tmp_path / "c.hsx"
+    run("index", _flat(work, tmp_path / "flat"), "--model", out, "--out", coll_path, "--cache-dir", work / "cache")
+    coll = Collection.open(coll_path, cache_dir=work / "cache")
+    assert len(coll) == 96 and coll.model_id == _id(out)
+    bb = TrainedModel.load(out).backbone(work / "cache")  # the weights as saved, on the CPU
+    entries = coll.entries(range(16))
+    crops = np.stack([bb.preprocess.crop(Image.open(e["path"]).convert("RGB")) for e in entries])
+    feats = bb.forward(bb.preprocess.normalize(crops))
+    np.testing.assert_allclose(coll.features_of(np.arange(16)), feats, rtol=1e-2, atol=1e-2)
+    assert (coll.search(feats, k=1).distances[:, 0] == 0).sum() >= 15

@@ -16,7 +16,9 @@ class RITQ(ITQ):
 
     The network is the backbone 'cifar-resnet32' (`backbones.cifar_resnet`), trained by
     `hashing.deep.endtoend.train_backbone`; `hashsearch bench` / `eval` train it on the
-    protocol's training split and hand its features to this hasher (`feature_backbones`).
+    protocol's training split and hand its features to this hasher (`feature_backbones`);
+    `hashsearch train --method ritq` trains it on the labelled images and saves it as the
+    model's backbone (`experiments.training`).
     On any other features RITQ is ITQ; the paper's variant "ITQ on the pretrained backbone's
     features" is the row 'itq'. Parameters as in `ITQ`.
     """

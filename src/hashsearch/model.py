@@ -333,11 +333,11 @@ class TrainedModel:
                 weights = {k: z[k] for k in z.files}
             hasher = Hasher.load(io.BytesIO(parts[_HASHER]))
             bb = header["backbone"]
-            parts = [
+            networks = [
                 Part(p["name"], _preprocess(p), int(p["feature_dim"]))
                 for p in (bb.get("parts") or [] if header["version"] >= 2 else [])
             ]
-            model = cls(bb["name"], _preprocess(bb), weights, hasher, header.get("training"), parts)
+            model = cls(bb["name"], _preprocess(bb), weights, hasher, header.get("training"), networks)
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(
                 f"{path} cannot be loaded ({type(e).__name__}: {e}); retrain it with this hashsearch"

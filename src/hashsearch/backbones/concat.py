@@ -54,7 +54,8 @@ class ConcatBackbone(Backbone):
                 f"{dict(zip([p.name for p in parts], sizes))}; build them at one input size"
             )
         self.parts = parts
-        self.name = "+".join(p.name for p in parts)  # type: ignore[misc]  (an instance's name, not the class's)
+        # An instance's name, not the class's: it names this combination of parts.
+        self.name = "+".join(p.name for p in parts)  # type: ignore[misc]
         self.preprocess = parts[0].preprocess
         self.feature_dims = tuple(int(p.feature_dim) for p in parts)
         self.feature_dim = sum(self.feature_dims)

@@ -52,8 +52,8 @@ def train(
         5,
         "--patience",
         min=0,
-        help="Deep methods: stop after this many epochs without a better validation mAP (0: never); in finetune "
-        "mode in each stage (the head alone, then with the backbone).",
+        help="Deep methods: stop after this many epochs without a better validation mAP (0: never); finetune: "
+        "in the joint stage (the head-alone stage runs all its epochs and keeps its best).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each class held out for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split and of training."),

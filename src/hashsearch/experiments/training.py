@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 #: Training modes: a head on frozen (cached) features, or the backbone trained with the head.
 MODES = ("head", "finetune")
 #: Version of the run description kept beside a checkpoint: another one is not resumed from.
-#: 3: finetune's head stage stops early too (--patience); networks trained from scratch (RITQ, DHFI).
+#: 3: networks trained from scratch (RITQ, DHFI) in the description.
 _RUN_VERSION = 3
 #: The network trained from scratch that reads a crop of any size beside a pretrained backbone
 #: (DHFI): its name in `feature_backbones` -> the backbone that pools the crop down first.
@@ -233,8 +233,8 @@ def train_model(
         Deep methods and DHFI: epochs of training (finetune: of the joint stage; the head alone
         first trains the method's own epochs). Default: the method's.
     patience : int or None
-        Deep methods: stop after this many epochs without a better validation mAP; in finetune
-        mode in each stage (the head alone, then head and backbone), each keeping its best epoch.
+        Deep methods: stop after this many epochs without a better validation mAP (finetune:
+        the joint stage; the head-alone stage runs all its epochs and keeps its best one).
     val_fraction, seed : float, int
         The share of each class held out for validation, and the seed of that split and of training.
     device : {"cpu", "cuda", "auto"} or a torch device name
@@ -441,11 +441,12 @@ def train_model(
                 """The two stages' loop options of `sub` fine-tuning `net` (DHFI: per subnetwork, `suffix` "-a")."""
                 validate = _validator(net, sub, vpixels, yv, dev) if len(vkept) else None
                 return {
-                    # The head stage keeps its best epoch as the joint stage does, so it stops by the same rule:
-                    # epochs after `patience` without gain would only be discarded.
+                    # The head stage runs all its epochs and keeps its best: it costs seconds, and stopping it by
+                    # `patience` on a small validation set's noisy mAP left a weaker head for the joint stage to
+                    # start from (docs/models.md, "The head stage runs all its epochs").
                     "warm_loop": {
                         "validate": validate,
-                        "patience": patience if validate else None,
+                        "patience": None,
                         "checkpoint": ckpt / f"head{suffix}.pt",
                         "desc": f"training the {method} head{what}",
                     },

@@ -375,7 +375,8 @@ def main() -> None:
     rep(
         "hashsearch stages (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
-        + f"; pairs within radius {dup.pairs['pairs within radius']:,}, kept by the feature check "
+        + f"; radius search by {dup.search}, pairs within radius {dup.pairs['pairs within radius']:,}, "
+        f"kept by the feature check "
         f"{dup.pairs['pairs kept']:,}"
     )
     ids = np.sort(coll.index.ids)

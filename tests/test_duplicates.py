@@ -60,13 +60,30 @@ def test_near_pairs_are_every_pair_within_the_radius_as_brute_force():
     flips = rng.random((300, 64)) < 0.05
     bits = np.concatenate([base, base ^ flips])  # 300 pairs about 3 bits apart, the rest ~32
     codes = pack_bits(bits)
-    for radius in (0, 3, 6, 20):
-        i, j, d = near_pairs(codes, radius)
-        full = hamming_distances(codes, codes)
-        want_i, want_j = np.nonzero(np.triu(full <= radius, k=1))
-        assert (i.tolist(), j.tolist()) == (want_i.tolist(), want_j.tolist())
-        assert d.tolist() == full[want_i, want_j].tolist()
-        assert (i < j).all()
+    full = hamming_distances(codes, codes)
+    for search in ("auto", "mih", "flat"):
+        for radius in (0, 3, 6, 20):
+            i, j, d = near_pairs(codes, radius, search=search)
+            want_i, want_j = np.nonzero(np.triu(full <= radius, k=1))
+            assert (i.tolist(), j.tolist()) == (want_i.tolist(), want_j.tolist())
+            assert d.tolist() == full[want_i, want_j].tolist()
+            assert (i < j).all()
+    with pytest.raises(ValueError, match="search must be one of"):
+        near_pairs(codes, 3, search="brute")
+
+
+def test_auto_search_times_both_and_gives_the_same_pairs_on_more_codes_than_its_threshold(monkeypatch):
+    import hashsearch.duplicates as dup
+
+    monkeypatch.setattr(dup, "_AUTO_MIN", 100)  # so that 600 codes are timed (the real threshold: 8192)
+    rng = np.random.default_rng(2)
+    base = rng.integers(0, 2, (300, 64))
+    codes = pack_bits(np.concatenate([base, base ^ (rng.random((300, 64)) < 0.05)]))
+    stats: dict = {}
+    auto = [np.concatenate(p) for p in zip(*dup._near_pair_chunks(codes, 20, None, "auto", stats))]
+    assert stats["search method"] in ("mih", "flat")
+    for search in ("mih", "flat"):
+        assert [a.tolist() for a in near_pairs(codes, 20, search=search)] == [a.tolist() for a in auto]
 
 
 def test_pair_dots_are_numpys_dot_products_on_any_number_of_threads():

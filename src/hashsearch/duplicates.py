@@ -3,8 +3,9 @@
 Exact duplicates share a content digest (the BLAKE2b digest the indexer stores for every file).
 Near-duplicates (re-encoded, resized, lightly cropped, recoloured, watermarked, bordered) have
 codes within a small Hamming radius: every code's neighbours within it come from one radius
-search of multi-index hashing (`hashsearch.index.mih`: sub-quadratic, never all pairs), and
-each pair found may also have to pass a cosine-similarity test on the stored features. The
+search, by multi-index hashing (`hashsearch.index.mih`: sub-quadratic for small radii) or, where
+the radius takes in so many pairs that a linear scan is faster (timed on a sample: `near_pairs`),
+by a scan; each pair found may also have to pass a cosine-similarity test on the stored features. The
 pairs are joined into groups as connected components (union-find: A~B and B~C make one group).
 
 The similarity test is a cosine on *whitened* features: centred, rotated onto the principal axes
@@ -45,6 +46,14 @@ RADIUS_SHARE = 0.25
 #: the same benchmark.
 MIN_SIMILARITY = 0.6
 
+#: How the radius search runs: "mih" (multi-index hashing), "flat" (a linear scan), or "auto"
+#: (the faster of the two on a sample of the queries; see `near_pairs`).
+SEARCHES = ("auto", "mih", "flat")
+# Below this many codes "auto" takes multi-index hashing without timing (both take well under a second).
+_AUTO_MIN = 8192
+# Queries of the sample "auto" times each search on.
+_AUTO_SAMPLE = 256
+
 # Queries per radius search: bounds the memory of one RangeResult and of the pairs checked at
 # once (at the default radius a query finds a few per cent of the collection within it).
 _CHUNK = 2048
@@ -58,11 +67,17 @@ def default_radius(n_bits: int) -> int:
     return max(1, round(RADIUS_SHARE * check_int("n_bits", n_bits, low=1)))
 
 
-def near_pairs(codes: Codes, radius: int, n_threads: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def near_pairs(
+    codes: Codes, radius: int, n_threads: int | None = None, search: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair of rows whose codes are within Hamming `radius` (inclusive), each pair once.
 
-    A multi-index-hashing radius search of every code against all of them (sub-quadratic in the
-    number of codes for small radii), in chunks of queries.
+    A radius search of every code against all of them, in chunks of queries: by multi-index
+    hashing (sub-quadratic in the number of codes for small radii) or by a linear scan. At a
+    quarter of the bits (the default radius) a collection of photos has a few per cent of all
+    pairs within it, and multi-index hashing then enumerates more candidates than a scan reads
+    codes; "auto" times both on a sample of the queries and runs the faster (the pairs are the
+    same: both are exact).
 
     Parameters
     ----------
@@ -70,6 +85,8 @@ def near_pairs(codes: Codes, radius: int, n_threads: int | None = None) -> tuple
         n packed codes.
     radius : int
         0 to n_bits.
+    search : str
+        One of `SEARCHES`.
 
     Returns
     -------
@@ -79,24 +96,25 @@ def near_pairs(codes: Codes, radius: int, n_threads: int | None = None) -> tuple
     Raises
     ------
     ValueError
-        If `radius` is not an integer in [0, n_bits].
+        If `radius` is not an integer in [0, n_bits], or `search` is not one of `SEARCHES`.
     """
     radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
-    parts = list(_near_pair_chunks(codes, radius, n_threads))
+    check_choice("search", search, SEARCHES)
+    parts = list(_near_pair_chunks(codes, radius, n_threads, search))
     if not parts:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
     return tuple(np.concatenate(p) for p in zip(*parts))
 
 
-def _near_pair_chunks(codes: Codes, radius: int, n_threads: int | None):
+def _near_pair_chunks(codes: Codes, radius: int, n_threads: int | None, search: str = "auto", stats=None):
     """`near_pairs` a chunk of first rows at a time: yields (i, j, distance), each sorted by (i, j),
-    the chunks in row order. A caller that filters each chunk never holds every pair at once."""
-    from hashsearch.index.mih import MIHIndex
-
+    the chunks in row order. A caller that filters each chunk never holds every pair at once.
+    Sets stats["search method"] to the search run."""
     n = len(codes)
-    index = MIHIndex(codes.n_bits, n_threads=n_threads)
-    index.add(codes, np.arange(n, dtype=np.int64))
+    index = _search_index(codes, radius, n_threads, search)
+    if stats is not None:
+        stats["search method"] = "mih" if type(index).__name__ == "MIHIndex" else "flat"
     for a in range(0, n, _CHUNK):
         res = index.range_search(codes[a : a + _CHUNK], radius)
         counts = np.diff(res.lims)
@@ -106,6 +124,32 @@ def _near_pair_chunks(codes: Codes, radius: int, n_threads: int | None):
         i, j, d = qi[later], j[later], res.distances[later].astype(np.int64)
         order = np.lexsort((j, i))
         yield i[order], j[order], d[order]
+
+
+def _search_index(codes: Codes, radius: int, n_threads: int | None, search: str):
+    """The index of `codes` (ids = rows) that runs the radius search: see `near_pairs`."""
+    from hashsearch.index.flat import FlatIndex
+    from hashsearch.index.mih import MIHIndex
+
+    ids = np.arange(len(codes), dtype=np.int64)
+    mih = None
+    if search != "flat":
+        mih = MIHIndex(codes.n_bits, n_threads=n_threads)
+        mih.add(codes, ids)
+        if search == "mih" or len(codes) < _AUTO_MIN:
+            return mih
+    flat = FlatIndex(codes.n_bits, n_threads=n_threads)
+    flat.add(codes, ids)
+    if mih is None:
+        return flat
+    sample = codes[np.linspace(0, len(codes) - 1, _AUTO_SAMPLE).astype(np.int64)]
+    seconds = []
+    for index in (mih, flat):
+        index.range_search(sample[:1], radius)  # builds the tables and loads the compiled kernels: not timed
+        t = time.perf_counter()
+        index.range_search(sample, radius)
+        seconds.append(time.perf_counter() - t)
+    return mih if seconds[0] <= seconds[1] else flat
 
 
 def whiten(features: np.ndarray, shrinkage: float = 1.0, max_fit: int = 20_000, seed: int = 0) -> np.ndarray:
@@ -255,18 +299,19 @@ def duplicate_groups(
     features: np.ndarray | None = None,
     min_similarity: float | None = None,
     n_threads: int | None = None,
+    search: str = "auto",
 ) -> list[np.ndarray]:
     """Groups of rows (each an int64 array, sorted, of at least 2 rows) that are duplicates.
 
     Two rows are joined when their codes are within `radius` (and, with `min_similarity`, the
     cosine similarity of their `whiten`-ed `features` is at least that), or when they have the
-    same non-empty digest. Groups come sorted by their first row.
+    same non-empty digest. Groups come sorted by their first row. `search` as in `near_pairs`.
 
     Raises
     ------
     ValueError
         A radius outside [0, n_bits], a similarity outside [-1, 1], `min_similarity` without
-        `features`, or digests/features of another length than `codes`.
+        `features`, digests/features of another length than `codes`, or an unknown `search`.
     """
     n = len(codes)
     min_similarity = check_real("min_similarity", min_similarity, low=-1.0, high=1.0, allow_none=True)
@@ -276,11 +321,12 @@ def duplicate_groups(
         if value is not None and len(value) != n:
             raise ValueError(f"{name} has {len(value)} rows, codes {n}: give one per code")
     radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
+    check_choice("search", search, SEARCHES)
     white = _to_unit(whiten(features)) if features is not None and min_similarity is not None else None
-    return _groups(codes, radius, digests, white, min_similarity, n_threads)
+    return _groups(codes, radius, digests, white, min_similarity, n_threads, search=search)
 
 
-def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None) -> list[np.ndarray]:
+def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None, search="auto") -> list[np.ndarray]:
     """`duplicate_groups` on unit-length whitened features (`white`); adds the seconds of the
     search, the check and the grouping, and the pairs found and kept, to `stats` (a dict)."""
     n = len(codes)
@@ -288,7 +334,9 @@ def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None
     t_search = t_check = 0.0
     found = 0
     parts_i, parts_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    chunks = _near_pair_chunks(codes, radius, n_threads)
+    t = time.perf_counter()
+    chunks = _near_pair_chunks(codes, radius, n_threads, search, stats)
+    t_search += time.perf_counter() - t
     while True:
         t = time.perf_counter()
         i, j, _ = next(chunks, (None, None, None))
@@ -409,6 +457,8 @@ class DuplicateReport:
     timings: dict[str, float] = field(default_factory=dict)
     #: Pairs found within the radius, and those kept by the feature check (all of them without it).
     pairs: dict[str, int] = field(default_factory=dict)
+    #: The radius search that ran: "mih" or "flat" (see `near_pairs`; "" for an empty collection).
+    search: str = ""
 
     @property
     def n_duplicates(self) -> int:
@@ -486,6 +536,7 @@ def find_duplicates(
     keep: str = "largest",
     n_threads: int | None = None,
     whitened: Whitened | None = None,
+    search: str = "auto",
 ) -> DuplicateReport:
     """Groups of exact and near-duplicate images in a collection, each with the image to keep.
 
@@ -504,6 +555,8 @@ def find_duplicates(
         `whiten_collection(coll)` computed earlier, to skip computing it again (the groups are the
         same). One whose ids are not the collection's (it changed since) is ignored and computed
         again.
+    search : str
+        How the radius search runs, one of `SEARCHES` (see `near_pairs`; the groups are the same).
 
     Returns
     -------
@@ -514,10 +567,11 @@ def find_duplicates(
     Raises
     ------
     ValueError
-        A radius, similarity or rule out of range; `min_similarity` on a collection without
-        stored features.
+        A radius, similarity, rule or search out of range; `min_similarity` on a collection
+        without stored features.
     """
     check_choice("keep", keep, KEEP_RULES)
+    check_choice("search", search, SEARCHES)
     n_bits = coll.n_bits
     radius = default_radius(n_bits) if radius is None else radius
     radius = check_int("radius", radius, low=0, high=n_bits, note=f"the collection's codes have {n_bits} bits")
@@ -544,7 +598,7 @@ def find_duplicates(
         )
     t2 = time.perf_counter()
     stats: dict = {}
-    groups_rows = _groups(codes, radius, digests, white, min_similarity, n_threads, stats)
+    groups_rows = _groups(codes, radius, digests, white, min_similarity, n_threads, stats, search)
     t3 = time.perf_counter()
     groups = []
     for rows in groups_rows:
@@ -586,6 +640,7 @@ def find_duplicates(
         len(ids),
         {k: round(v, 4) for k, v in seconds.items()},
         {k: stats[k] for k in ("pairs within radius", "pairs kept")},
+        stats.get("search method", ""),
     )
 
 

@@ -469,6 +469,7 @@ def test_a_dhfi_model_keeps_its_codes_and_ritq_evaluates_on_a_protocol(own_netwo
         ),
         (["--method", "dhfi", "FLAT"], "dhfi trains its network (cifar-resnet32) from scratch with a classifier"),
         (["--method", "ritq", "--scratch-epochs", "0"], "--scratch-epochs"),
+        (["--method", "dhfi", "--input-size", "320"], "--input-size 320: the network trained from scratch"),
     ],
 )
 def test_ritq_and_dhfi_errors_are_one_line(args, words, work, tmp_path):

@@ -578,11 +578,17 @@ def _networks(
         if name is None:
             out.append(backbone)
             continue
-        net = (
-            create_backbone(name)
-            if len(nets) == 1
-            else create_backbone(_POOLED.get(name, name), input_size=backbone.preprocess.input_size)
-        )
+        try:
+            net = (
+                create_backbone(name)
+                if len(nets) == 1
+                else create_backbone(_POOLED.get(name, name), input_size=backbone.preprocess.input_size)
+            )
+        except ValueError as e:
+            raise ValueError(
+                f"--input-size {backbone.preprocess.input_size}: the network trained from scratch ({name}) reads the "
+                f"same crops as {backbone.name}, and {e}; choose another --input-size"
+            ) from None
         weights, info = ckpt / f"scratch-{i}.pt", ckpt / f"scratch-{i}.json"
         if weights.is_file() and info.is_file():
             log(f"{net.name}: read the network trained from scratch from {weights} (--fresh trains it again)")

@@ -292,6 +292,101 @@ def best_threshold(pairs_at, n, group, trans, thresholds):
     return best
 
 
+# -- growth with the number of images -------------------------------------------------------------
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _slope(sizes: list[int], secs: list[float]) -> float:
+    """Exponent k of seconds ~ n^k between the two largest sizes."""
+    return float(np.log(secs[-1] / max(secs[-2], 1e-9)) / np.log(sizes[-1] / sizes[-2]))
+
+
+def scale(args, rep) -> None:
+    """How hashsearch's stages after the features, and imagededup's search, grow with n.
+
+    hashsearch: n feature vectors drawn (seeded) from a feature cache file of the backbone
+    (--scale-features: real photos' features, as `hashsearch index` stores them), then the
+    hasher's fit, its encode, and `duplicate_groups` at the default radius and similarity (whiten,
+    search, confirm, group). imagededup: PHash's `find_duplicates` at its default threshold on n
+    random 64-bit hashes (its brute force costs the same whatever the hashes). Each is then
+    extrapolated to --scale-to images with the exponent measured between its two largest sizes
+    (for hashsearch at least 1: a stage whose fixed cost hides its growth is taken as linear, which
+    overestimates it): an estimate, printed as one.
+    """
+    import logging
+    import sqlite3
+
+    from hashsearch.duplicates import MIN_SIMILARITY, default_radius, duplicate_groups
+    from hashsearch.hashing import create_hasher
+
+    db = sqlite3.connect(f"file:{args.scale_features}?mode=ro", uri=True)
+    vecs = [np.frombuffer(b, np.float32) for (b,) in db.execute("SELECT vec FROM features")]
+    db.close()
+    dim = max(len(v) for v in vecs)
+    X = np.stack([v for v in vecs if len(v) == dim])
+    sizes = [n for n in _sizes(args.scale) if n <= len(X)]
+    rng = np.random.default_rng(0)
+    radius = default_radius(args.bits)
+    rep(
+        f"growth: hashsearch's stages after the features on n of the {len(X):,} feature vectors of "
+        f"{args.scale_features.name} ({args.method} {args.bits} bits, radius {radius}, similarity "
+        f"{MIN_SIMILARITY}); imagededup PHash find_duplicates (t=10, {args.workers} workers) on n random hashes"
+    )
+    names = ("fit", "encode", "whiten", "search", "confirm", "group")
+    rows = {k: [] for k in names}
+    # Untimed: load the compiled kernels of both searches and of the check (once per process).
+    x = X[:2000]
+    codes = create_hasher(args.method, n_bits=args.bits, seed=0).fit(x).encode(x)
+    for search in ("mih", "flat"):
+        duplicate_groups(codes, radius, features=x, min_similarity=MIN_SIMILARITY, search=search)
+    for n in sizes:
+        x = X[np.sort(rng.choice(len(X), n, replace=False))]
+        t = time.perf_counter()
+        hasher = create_hasher(args.method, n_bits=args.bits, seed=0).fit(x)
+        rows["fit"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        codes = hasher.encode(x)
+        rows["encode"].append(time.perf_counter() - t)
+        stats: dict = {}
+        duplicate_groups(codes, radius, features=x, min_similarity=MIN_SIMILARITY, stats=stats)
+        for k in ("whiten", "search", "confirm", "group"):
+            rows[k].append(stats[k])
+        within = stats["pairs within radius"]
+        rep(
+            f"  hashsearch n={n:>7,}: "
+            + ", ".join(f"{k} {rows[k][-1]:.2f}" for k in names)
+            + f" s; search by {stats['search method']}, pairs within radius {within:,} "
+            f"({within / (n * (n - 1) / 2):.2%} of all), kept {stats['pairs kept']:,}"
+        )
+    logging.disable(logging.INFO)
+    method = _imagededup_hashing().PHash(verbose=False)
+    peer_sizes, peer_secs = _sizes(args.scale_peer), []
+    for n in peer_sizes:
+        hashes = rng.integers(0, 2**63, n, dtype=np.int64)
+        enc = {f"img-{k}.jpg": f"{int(v):016x}" for k, v in enumerate(hashes)}
+        t = time.perf_counter()
+        method.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=args.workers)
+        peer_secs.append(time.perf_counter() - t)
+        rep(f"  imagededup PHash find_duplicates n={n:>7,}: {peer_secs[-1]:.2f} s")
+    logging.disable(logging.NOTSET)
+    to = args.scale_to
+    rep(f"estimate at {to:,} images (each stage extrapolated as n^k, k measured between the two largest sizes):")
+    total = 0.0
+    for k in names:
+        if len(sizes) >= 2:
+            e = _slope(sizes, rows[k])
+            est = rows[k][-1] * (to / sizes[-1]) ** max(e, 1.0)
+            total += est
+            rep(f"  hashsearch {k:8s} k={e:4.2f} (at least 1 taken) -> {est:8.1f} s (estimate)")
+    rep(f"  hashsearch after the features: {total:.1f} s (estimate), plus the features (linear in the images)")
+    e = _slope(peer_sizes, peer_secs)
+    est = peer_secs[-1] * (to / peer_sizes[-1]) ** e
+    rep(f"  imagededup PHash find_duplicates k={e:4.2f} -> {est:8.1f} s (estimate), plus its encode (linear)")
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 
@@ -315,7 +410,23 @@ def main() -> None:
         help="skip hashsearch's radius/similarity sweep (its codes-only rows hold every pair within the radius)",
     )
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument(
+        "--scale",
+        default=None,
+        help="comma-separated sizes: instead of the set, time how the stages after the features grow "
+        "with n (see scale()); needs --scale-features",
+    )
+    ap.add_argument("--scale-features", type=Path, default=None, help="a feature cache file (.sqlite) to draw from")
+    ap.add_argument("--scale-peer", default="1000,2000,4000,8000", help="sizes for imagededup's search")
+    ap.add_argument("--scale-to", type=int, default=100_000, help="the size the estimates are for")
     args = ap.parse_args()
+    if args.scale:
+        if args.scale_features is None or not args.scale_features.is_file():
+            ap.error(f"--scale needs --scale-features FILE.sqlite (a feature cache file), got {args.scale_features}")
+        rep = Report(f"{args.workers} workers for imagededup; hashsearch on every core")
+        scale(args, rep)
+        rep.save(args.out, f"Near-duplicate search: how its time grows with the number of images, to {args.scale_to:,}")
+        return
 
     folder = args.data / f"set-{args.images}"
     if args.cache_dir is None:

@@ -300,12 +300,15 @@ def duplicate_groups(
     min_similarity: float | None = None,
     n_threads: int | None = None,
     search: str = "auto",
+    stats: dict | None = None,
 ) -> list[np.ndarray]:
     """Groups of rows (each an int64 array, sorted, of at least 2 rows) that are duplicates.
 
     Two rows are joined when their codes are within `radius` (and, with `min_similarity`, the
     cosine similarity of their `whiten`-ed `features` is at least that), or when they have the
     same non-empty digest. Groups come sorted by their first row. `search` as in `near_pairs`.
+    A `stats` dict given receives the seconds of each stage ("whiten", "search", "confirm",
+    "group"), the "pairs within radius", the "pairs kept" and the "search method" that ran.
 
     Raises
     ------
@@ -322,8 +325,11 @@ def duplicate_groups(
             raise ValueError(f"{name} has {len(value)} rows, codes {n}: give one per code")
     radius = check_int("radius", radius, low=0, high=codes.n_bits, note=f"n_bits={codes.n_bits}")
     check_choice("search", search, SEARCHES)
+    stats = {} if stats is None else stats
+    t = time.perf_counter()
     white = _to_unit(whiten(features)) if features is not None and min_similarity is not None else None
-    return _groups(codes, radius, digests, white, min_similarity, n_threads, search=search)
+    stats["whiten"] = time.perf_counter() - t
+    return _groups(codes, radius, digests, white, min_similarity, n_threads, stats, search)
 
 
 def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None, search="auto") -> list[np.ndarray]:

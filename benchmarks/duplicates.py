@@ -314,7 +314,8 @@ def scale(args, rep) -> None:
     random 64-bit hashes (its brute force costs the same whatever the hashes). Each is then
     extrapolated to --scale-to images with the exponent measured between its two largest sizes
     (for hashsearch at least 1: a stage whose fixed cost hides its growth is taken as linear, which
-    overestimates it): an estimate, printed as one.
+    overestimates it; 2 for the search and the check, whose pairs grow as n^2): an estimate,
+    printed as one.
     """
     import logging
     import sqlite3
@@ -373,14 +374,19 @@ def scale(args, rep) -> None:
         rep(f"  imagededup PHash find_duplicates n={n:>7,}: {peer_secs[-1]:.2f} s")
     logging.disable(logging.NOTSET)
     to = args.scale_to
-    rep(f"estimate at {to:,} images (each stage extrapolated as n^k, k measured between the two largest sizes):")
+    rep(
+        f"estimate at {to:,} images: each stage as n^k from its time at the largest n, k measured between the "
+        "two largest sizes, at least 1 (a fixed cost taken as linear), and 2 for search and confirm (their "
+        "pairs grow as n^2: the share of all pairs within the radius stays put, above)"
+    )
     total = 0.0
     for k in names:
         if len(sizes) >= 2:
             e = _slope(sizes, rows[k])
-            est = rows[k][-1] * (to / sizes[-1]) ** max(e, 1.0)
+            used = 2.0 if k in ("search", "confirm") else max(e, 1.0)
+            est = rows[k][-1] * (to / sizes[-1]) ** used
             total += est
-            rep(f"  hashsearch {k:8s} k={e:4.2f} (at least 1 taken) -> {est:8.1f} s (estimate)")
+            rep(f"  hashsearch {k:8s} measured k={e:5.2f}, used {used:.2f} -> {est:8.1f} s (estimate)")
     rep(f"  hashsearch after the features: {total:.1f} s (estimate), plus the features (linear in the images)")
     e = _slope(peer_sizes, peer_secs)
     est = peer_secs[-1] * (to / peer_sizes[-1]) ** e

@@ -184,23 +184,33 @@ def _die_at(step: int) -> None:
         setattr(module, name, wrapped)
 
 
-@pytest.mark.parametrize("change", ["add and remove", "relocate"])
+@pytest.mark.parametrize("change", ["add and remove", "relocate", "delta"])
 def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, hasher, change):
     """Fork a child that saves a pending change and is killed before its N-th disk call, for every
     N until a save completes; after each, the collection opens (all checksums), holds the old or
     the new state, searches, and takes the next save. A relocate changes the entries alone: that
-    save hard-links the index and features from the live generation (os.link is one of the steps)."""
+    save hard-links the index and features from the live generation (os.link is one of the steps).
+    "add and remove" changes a third of the collection: the save merges it into one base
+    (compaction); "delta" (2 added, 1 removed, onto a collection that has a delta already) writes
+    a new delta and links the base and the older delta."""
     X = features(40)
     pristine = tmp_path / "pristine.hsx"
     coll = new_collection(hasher)
     coll.add(X[:30], [f"{i}.jpg" for i in range(30)], ["a"] * 30, root=".")
     coll.save(pristine)
+    if change == "delta":
+        coll.add(X[36:37], ["36.jpg"], ["c"], root=".")
+        coll.save(pristine)
+        assert Collection.open(pristine).manifest["deltas"] == ["000002"]
     base = Collection.open(pristine)
     old = snapshot(base, X)
 
     def pending(coll):
         if change == "relocate":
             assert coll.relocate(".", tmp_path / "elsewhere") == 30
+        elif change == "delta":
+            coll.add(X[30:32], ["30.jpg", "31.jpg"], ["b"] * 2, root=".")
+            coll.remove([3])
         else:
             coll.add(X[30:], [f"{i}.jpg" for i in range(30, 40)], ["b"] * 10, root=".")
             coll.remove([3])
@@ -242,6 +252,8 @@ def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, ha
     # Old state up to the switch of CURRENT, the new one after it; both were seen.
     assert outcomes[0] is False and outcomes[-1] is True
     assert outcomes == sorted(outcomes)
+    if change == "delta":
+        assert Collection.open(work).manifest["deltas"][:2] == ["000002", "000003"]  # then the "again" save's
     if change == "relocate":  # the save that completed linked the index rather than writing it
         coll = Collection.open(pristine)
         inode = os.stat(pristine / (pristine / "CURRENT").read_text().strip() / "index" / "codes.u8").st_ino

@@ -24,6 +24,27 @@ an archive or a list file), and roots are absolute, or relative to the collectio
 moved folder. Keys and labels are stored as the bytes the file system gave (`os.fsencode`), so
 any name, valid UTF-8 or not, comes back exactly.
 
+Segments. A collection that has a generation keeps its index (back ends flat and mih), re-rank
+rows and entries as a *base* (the files above) and up to `MAX_DELTAS` *deltas*, named in the
+manifest's "deltas" (format 4), each written by one save and never changed after::
+
+      index.<d>/               the index segment of the entries that save added (flat when small)
+      features.<d>.npy, feature_ids.<d>.npy   their re-rank rows
+      entries.<d>.sqlite       the records that save added or rewrote (`entries`), the ids it
+                               removed (`removed`), and every root (`roots`)
+
+A save after an add or remove writes what changed as one delta and hard-links the base and the
+older deltas: bytes in proportion to the change, not to the collection. Removed ids are
+tombstones (the deltas' `removed` tables): searches of the segments together leave them out and
+are exact (`hashsearch.index.segments.SegmentedIndex`); their rows and records stay in the older
+files until a merge. Entries are read through one SQLite connection with the deltas attached and
+temporary views `entries` and `roots` (a part's rows that no later part rewrote or removed), so
+every lookup reads the live state. A save merges the deltas into one when there would be more
+than `MAX_DELTAS`, and everything into a new base when the deltas hold more than
+`MAX_DELTA_SHARE` of the collection in added, rewritten or removed entries, or when asked
+(`compact`); a collection without deltas is written as format 2 or 3, the files as before 4.
+Other back ends (faiss, milvus) are saved whole, as before.
+
 A save writes a new generation beside the old one, fsyncs it, and only then replaces CURRENT
 (an atomic rename), so a crash at any step of a save leaves the previous generation live and
 intact, and the next save proceeds. A file whose part did not change since the live generation
@@ -58,6 +79,7 @@ from hashsearch.hashing import Hasher
 from hashsearch.index import Index, create_index, index_backends
 from hashsearch.index.coarse_to_fine import coarse_to_fine
 from hashsearch.index.rerank_store import FullStore, RerankStore, create_rerank_store
+from hashsearch.index.segments import SegmentedIndex, contains
 from hashsearch.model import TrainedModel
 from hashsearch.types import MISSING_ID, SearchResult
 from hashsearch.validation import check_int
@@ -69,9 +91,18 @@ FORMAT = "hashsearch-collection"
 # 3: a compact re-rank store (rerank_store.npz; features.npy holds its rows). A collection that
 #    keeps whole features (store "full") is still written as 2: a hashsearch before 3 reads it
 #    as it always did, and refuses a compact one (its rows are not features) instead of misreading it.
-FORMAT_VERSION = 3
+# 4: segments (the manifest's "deltas": index.<d>/, features.<d>.npy, feature_ids.<d>.npy,
+#    entries.<d>.sqlite beside the base's files). Written only while a collection has deltas: one
+#    with none (a new or compacted one) is written as 2 or 3, its files as before.
+FORMAT_VERSION = 4
 #: The versions `Collection.open` reads.
-READ_VERSIONS = (2, 3)
+READ_VERSIONS = (2, 3, 4)
+#: A save merges the deltas into one when there would be more than this many (SQLite attaches at
+#: most 10 databases to a connection: the base and the deltas are read through one).
+MAX_DELTAS = 8
+#: A save merges everything into one base when the deltas hold more entries added, rewritten or
+#: removed than this share of the collection's entries.
+MAX_DELTA_SHARE = 0.25
 #: A collection's fitted compact re-rank store (`hashsearch.index.rerank_store`).
 RERANK_STORE_FILE = "rerank_store.npz"
 #: The folder, inside a collection, of the images uploaded through the HTTP service.
@@ -134,6 +165,17 @@ class Collection:
         self._features = np.zeros((0, 0), np.float16)
         self._feature_order: np.ndarray | None = None  # argsort of _feature_ids, rebuilt after a change
         self._db_path: Path | None = None
+        # Segments (see the module docstring): the delta parts after the base, oldest first, by
+        # name; their entries databases; their re-rank rows (ids, rows); the rows added since the
+        # last save while segmented (ids, rows).
+        self._deltas: list[str] = []
+        self._db_deltas: list[Path] = []
+        self._row_deltas: list[tuple[np.ndarray, np.ndarray]] = []
+        self._row_tail: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros((0, 0), np.float16))
+        self._row_orders: dict[int, np.ndarray] = {}
+        # Entries and removals held by the deltas (for the compaction rule), and a compaction asked for.
+        self._delta_size = 0
+        self._compact_next = False
         # root id -> (path, inside): an absolute folder, or one relative to the collection folder.
         self._roots: dict[int, tuple[str, bool]] = {}
         self._roots_changed = False
@@ -314,16 +356,40 @@ class Collection:
             if not store.is_fitted:
                 store.fit(features)
             rows = store.encode(features)
-        ids = self.index.add(codes)
+        ids = self._changing_index().add(codes)
         self._index_changed = self._index_changed or n > 0
         for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
             self._new[i] = (root_id, rel, None if lab is None else str(lab), d)
         if rows is not None:
             self._features_changed = True
-            self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
-            self._feature_order = None
-            self._features = np.concatenate([self._features, rows]) if len(self._features) else rows
+            if self._segmented():  # the saved rows stay as they are; these go to the next delta
+                tail_ids, tail_rows = self._row_tail
+                self._row_tail = (
+                    np.concatenate([tail_ids, ids.astype(np.int64)]),
+                    np.concatenate([tail_rows, rows]) if len(tail_rows) else rows,
+                )
+            else:
+                self._feature_ids = np.concatenate([self._feature_ids, ids.astype(np.int64)])
+                self._feature_order = None
+                self._features = np.concatenate([self._features, rows]) if len(self._features) else rows
         return ids
+
+    def _segmented(self) -> bool:
+        """True when changes go to segments: an index back end whose files are immutable, in a
+        collection that has a generation (see the module docstring)."""
+        return self.index.name in _IMMUTABLE_INDEX_BACKENDS and self._gen is not None
+
+    def _changing_index(self) -> Index:
+        """The index to add to or remove from: segmented (the saved one untouched) when `_segmented`."""
+        if self._segmented() and not isinstance(self.index, SegmentedIndex):
+            self.index = SegmentedIndex([self.index])
+        return self.index
+
+    def compact(self) -> None:
+        """Make the next `save` merge every segment into one (index, re-rank rows and entries
+        written whole, removed entries dropped); a save compacts on its own when the segments
+        pass their bounds (`MAX_DELTAS`, `MAX_DELTA_SHARE`)."""
+        self._compact_next = True
 
     def _root_id(self, root: str) -> int:
         folder = None if self.path is None else os.path.abspath(self.path)
@@ -348,16 +414,23 @@ class Collection:
     def remove(self, ids: Iterable[int]) -> int:
         """Remove entries by id; returns how many existed (ids that do not exist change nothing)."""
         ids = np.unique(np.asarray(list(ids), np.int64))
-        ids = ids[np.isin(ids, self.index.ids)]
-        n = self.index.remove(ids)
-        self._index_changed = self._index_changed or n > 0
+        ids = ids[contains(self.index, ids)]
+        if not len(ids):
+            return 0
+        n = self._changing_index().remove(ids)
+        self._index_changed = True
         for i in ids.tolist():
             if self._new.pop(i, None) is None:
                 self._removed.add(i)
-        if self.store_features and len(ids):
-            keep = ~np.isin(self._feature_ids, ids)
-            self._feature_ids, self._features = self._feature_ids[keep], self._features[keep]
-            self._feature_order = None
+        if self.store_features:
+            if self._segmented():  # saved rows stay (the index's tombstones hide them); pending ones go
+                tail_ids, tail_rows = self._row_tail
+                keep = ~np.isin(tail_ids, ids)
+                self._row_tail = (tail_ids[keep], tail_rows[keep])
+            else:
+                keep = ~np.isin(self._feature_ids, ids)
+                self._feature_ids, self._features = self._feature_ids[keep], self._features[keep]
+                self._feature_order = None
             self._features_changed = True
         return n
 
@@ -366,7 +439,7 @@ class Collection:
         want = [i for i in ids if i not in self._new and i not in self._removed and i != MISSING_ID]
         stored: dict[int, _Record] = {}
         if want and self._db_path is not None:
-            with _read_db(self._db_path) as db:
+            with self._db() as db:
                 for start in range(0, len(want), 900):
                     chunk = want[start : start + 900]
                     rows = db.execute(
@@ -434,7 +507,7 @@ class Collection:
                 found[d] = i
         if self._db_path is not None and wanted:
             wanted_list = sorted(wanted)
-            with _read_db(self._db_path) as db:
+            with self._db() as db:
                 for start in range(0, len(wanted_list), 900):
                     chunk = wanted_list[start : start + 900]
                     rows = db.execute(
@@ -475,7 +548,7 @@ class Collection:
         moving = {i: rec for i, rec in self._new.items() if rec[0] == root_id and rec[1].startswith(prefix)}
         if self._db_path is not None:
             raw = _blob(prefix)
-            with _read_db(self._db_path) as db:
+            with self._db() as db:
                 rows = db.execute(
                     "SELECT id, key, label, digest FROM entries WHERE root = ? AND substr(key, 1, ?) = ?",
                     (root_id, len(raw), raw),
@@ -492,7 +565,7 @@ class Collection:
     def _root_counts(self) -> dict[int, int]:
         counts: dict[int, int] = {}
         if self._db_path is not None:
-            with _read_db(self._db_path) as db:
+            with self._db() as db:
                 counts = dict(db.execute("SELECT root, COUNT(*) FROM entries GROUP BY root"))
             for root_id, *_ in self._stored_replaced():
                 counts[root_id] -= 1
@@ -505,7 +578,7 @@ class Collection:
         changed = sorted(self._removed | self._new.keys())
         if self._db_path is None:
             return
-        with _read_db(self._db_path) as db:
+        with self._db() as db:
             for start in range(0, len(changed), 900):
                 chunk = changed[start : start + 900]
                 yield from (
@@ -544,6 +617,8 @@ class Collection:
         """The re-rank store's rows of the given ids."""
         if not self.store_features:
             raise ValueError("this collection was built with store_features=False: re-ranking needs features")
+        if self._row_deltas or len(self._row_tail[0]):
+            return self._rows_of_parts(np.asarray(ids, np.int64))
         if self._feature_order is None:
             self._feature_order = np.argsort(self._feature_ids, kind="stable")
         order = self._feature_order
@@ -553,6 +628,41 @@ class Collection:
         if len(ids) and (len(sorted_ids) == 0 or not np.array_equal(sorted_ids[pos], ids)):
             raise KeyError("some ids have no stored features")
         return self._features[order[pos]]
+
+    def _row_parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The re-rank rows as (ids, rows) parts: the base, each delta, the rows not saved yet."""
+        parts = [(self._feature_ids, self._features), *self._row_deltas]
+        return [*parts, self._row_tail] if len(self._row_tail[0]) else parts
+
+    def _rows_of_parts(self, ids: np.ndarray) -> np.ndarray:
+        """`_rows_of` across segments: each part's ids are looked up in its own sorted order."""
+        index = self.index
+        if isinstance(index, SegmentedIndex) and index.is_removed(ids).any():
+            raise KeyError("some ids have no stored features")
+        parts = self._row_parts()
+        out: np.ndarray | None = None
+        found = np.zeros(len(ids), bool)
+        for p, (pids, rows) in enumerate(parts):
+            if not len(pids):
+                continue
+            if p == len(parts) - 1 and len(self._row_tail[0]):
+                order = np.argsort(pids, kind="stable")  # not saved yet: not cached
+            else:
+                order = self._row_orders.get(p)
+                if order is None:
+                    order = self._row_orders[p] = np.argsort(pids, kind="stable")
+            sorted_ids = pids[order]
+            pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+            hit = (sorted_ids[pos] == ids) & ~found
+            if out is None:
+                out = np.zeros((len(ids), rows.shape[1]), rows.dtype)
+            out[hit] = rows[order[pos[hit]]]
+            found |= hit
+        if not len(ids):
+            return parts[0][1][:0]
+        if not found.all() or out is None:
+            raise KeyError("some ids have no stored features")
+        return out
 
     # -- search -------------------------------------------------------------------------
     def search(
@@ -760,27 +870,32 @@ class Collection:
             return how is not None
 
         self.hasher.save(tmp / "hasher.npz")
-        (tmp / "index").mkdir()
         immutable_index = self.index.name in _IMMUTABLE_INDEX_BACKENDS
-        index_files = sorted(r for r in self.manifest["files"] if r.startswith("index/")) if prev else []
-        if not (immutable_index and not self._index_changed and index_files and all(map(share, index_files))):
-            if [rel for rel in index_files if shared.pop(rel, None)]:  # one could not be linked: write them all
-                shutil.rmtree(tmp / "index")
-                (tmp / "index").mkdir()
-            self.index.save(tmp / "index")
         store = self.rerank_store
         compact = store is not None and store.name != "full"
-        if self.store_features:
-            if self._features_changed or not (share("features.npy") and share("feature_ids.npy")):
-                for rel in ("features.npy", "feature_ids.npy"):
-                    if shared.pop(rel, None):  # the other could not be linked: write both
-                        (tmp / rel).unlink()
-                np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
-                np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
-            if store is not None and compact and store.is_fitted:
-                store.save(tmp / RERANK_STORE_FILE)
-        if self.dirty or not share("entries.sqlite"):
-            self._write_entries(tmp / "entries.sqlite")
+        if self.store_features and store is not None and compact and store.is_fitted:
+            store.save(tmp / RERANK_STORE_FILE)
+        after = None
+        deltas: list[str] = []
+        if self._segmented():
+            deltas, after = self._write_segments(tmp, gen, share, shared)
+        else:
+            (tmp / "index").mkdir()
+            index_files = sorted(r for r in self.manifest["files"] if r.startswith("index/")) if prev else []
+            if not (immutable_index and not self._index_changed and index_files and all(map(share, index_files))):
+                if [rel for rel in index_files if shared.pop(rel, None)]:  # one could not be linked: write them all
+                    shutil.rmtree(tmp / "index")
+                    (tmp / "index").mkdir()
+                self.index.save(tmp / "index")
+            if self.store_features:
+                if self._features_changed or not (share("features.npy") and share("feature_ids.npy")):
+                    for rel in ("features.npy", "feature_ids.npy"):
+                        if shared.pop(rel, None):  # the other could not be linked: write both
+                            (tmp / rel).unlink()
+                    np.save(tmp / "features.npy", np.ascontiguousarray(self._features), allow_pickle=False)
+                    np.save(tmp / "feature_ids.npy", self._feature_ids, allow_pickle=False)
+            if self.dirty or not share("entries.sqlite"):
+                self._write_entries(tmp / "entries.sqlite")
         if self.int8_model is not None:
             own = prev is not None and self.int8_model == prev / self.int8_model.name
             if not (own and share(self.int8_model.name)):
@@ -806,7 +921,7 @@ class Collection:
             digests[rel] = self._gen_files[rel][1] if rel in shared else file_sha256(p)
         manifest = {
             "format": FORMAT,
-            "version": FORMAT_VERSION if compact else 2,
+            "version": 4 if deltas else 3 if compact else 2,
             "generation": gen,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "count": len(self),
@@ -822,11 +937,14 @@ class Collection:
             "stats": self.stats,
             "files": digests,
         }
+        if deltas:
+            manifest["deltas"] = deltas
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         for p in [*files, tmp / "manifest.json"]:
             if shared.get(str(p.relative_to(tmp))) != "linked":  # a link's data is on disk already
                 fsync_path(p)
-        fsync_path(tmp / "index")
+        for folder in [p for p in tmp.iterdir() if p.is_dir()]:
+            fsync_path(folder)
         fsync_path(tmp)
         pointer = root / f".CURRENT.tmp-{os.getpid()}"
         try:
@@ -848,6 +966,8 @@ class Collection:
             self.int8_model = root / name / self.int8_model.name
         if self.model is not None:
             self.model.path = root / name / MODEL_FILE
+        if after is not None:
+            after(root / name)
         self._new.clear()
         self._removed.clear()
         self._roots_changed = False
@@ -861,6 +981,183 @@ class Collection:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
         return root / name
+
+    def _write_segments(self, tmp: Path, gen: int, share, shared: dict[str, str]):
+        """The index, re-rank rows and entries of a segmented collection (see the module docstring):
+        the base and every delta linked (`share`) or, where that fails, written; what changed since
+        written as one new delta; or, when the deltas pass their bounds (`_compaction_start`), the
+        parts from one on merged and written as one. Returns (the new generation's delta names,
+        a function that makes this object hold what was written once the generation is live).
+        """
+        index = self.index
+        seg = index if isinstance(index, SegmentedIndex) else None
+        segments = seg.segments if seg is not None else [index]
+        row_parts = [(self._feature_ids, self._features), *self._row_deltas]
+        db_paths = [self._db_path, *self._db_deltas]
+        has_tail = len(self._row_tail[0]) > 0
+        pending = bool(
+            (seg is not None and (len(seg.tail) or len(seg.pending_removed)))
+            or self._new
+            or self._removed
+            or self._roots_changed
+            or has_tail
+        )
+        names = ["", *self._deltas]
+        start = self._compaction_start(pending)
+        if seg is None and (pending or start is not None):  # e.g. a relocate alone: an empty index segment
+            self.index = seg = SegmentedIndex([index])
+        # A new part's name: this generation's number, past any delta kept (saved into another folder).
+        new = f"{max([gen, *(int(n) + 1 for n in self._deltas)]):06d}"
+        keep = names if start is None else names[:start]
+        for i, name in enumerate(keep):
+            self._share_or_write_part(name, segments[i], row_parts[i], db_paths[i], tmp, share, shared)
+        merged_index = merged_rows = None
+        if start is None:
+            out = keep + ([new] if pending else [])
+            size = self._delta_size + len(self._new) + len(self._removed)
+            if pending:
+                index_dir, feats, feat_ids, entries = _part_files(new)
+                (tmp / index_dir).mkdir()
+                seg.tail.save(tmp / index_dir)
+                if self.store_features:
+                    ids, rows = self._row_tail if has_tail else (np.zeros(0, np.int64), self._features[:0])
+                    np.save(tmp / feats, np.ascontiguousarray(rows), allow_pickle=False)
+                    np.save(tmp / feat_ids, ids, allow_pickle=False)
+                self._write_entry_delta(tmp / entries)
+        else:
+            name = "" if start == 0 else new
+            out = [*keep, name]
+            index_dir, feats, feat_ids, entries = _part_files(name)
+            if start == 0 and len(segments) == 1 and not (len(seg.tail) or len(seg.removed)) and not has_tail:
+                # Only the entries changed (a relocate): the index and rows are the base's, linked.
+                merged_index = segments[0]
+                self._share_or_write_part("", segments[0], row_parts[0], None, tmp, share, shared, entries=False)
+            else:
+                (tmp / index_dir).mkdir()
+                merged_index = seg.merged(start)
+                merged_index.save(tmp / index_dir)
+            if self.store_features and merged_index is not segments[0]:
+                parts = [*row_parts[start:], *([self._row_tail] if has_tail else [])]
+                ids = np.concatenate([p[0] for p in parts])
+                rows = np.concatenate([p[1] for p in parts if len(p[0])] or [self._features[:0]])
+                if seg is not None and len(seg.removed):
+                    live = ~np.isin(ids, seg.removed)
+                    ids, rows = ids[live], rows[live]
+                merged_rows = (ids, rows)
+                np.save(tmp / feats, np.ascontiguousarray(rows), allow_pickle=False)
+                np.save(tmp / feat_ids, ids, allow_pickle=False)
+            base_removed = None
+            if start > 0 and seg is not None:  # the removals the merged delta keeps: those of the base's entries
+                base_removed = seg.removed[contains(segments[0], seg.removed)]
+            size = self._write_entries_merged(tmp / entries, db_paths[start:], base_removed)
+
+        def after(gen_dir: Path) -> None:
+            if start is None:
+                if pending:
+                    seg.seal()
+                    self._row_deltas.append(self._row_tail if has_tail else (np.zeros(0, np.int64), self._features[:0]))
+            elif start == 0:
+                self.index = merged_index
+                if merged_rows is not None:
+                    self._feature_ids, self._features = merged_rows
+                self._feature_order = None
+                self._row_deltas = []
+            else:
+                seg.compact(start, merged_index)
+                self._row_deltas = [
+                    *self._row_deltas[: start - 1],
+                    merged_rows or (np.zeros(0, np.int64), self._features[:0]),
+                ]
+            self._row_tail = (np.zeros(0, np.int64), self._features[:0])
+            self._row_orders = {}
+            self._compact_next = False
+            self._deltas = out[1:]
+            self._db_deltas = [gen_dir / _part_files(n)[3] for n in self._deltas]
+            self._delta_size = size if self._deltas else 0
+
+        return out[1:], after
+
+    def _compaction_start(self, pending: bool) -> int | None:
+        """Which parts a save merges: None (none: the changes go to a new delta), 0 (all: one base)
+        or 1 (the deltas into one). All when asked (`compact`), or when the deltas hold more than
+        `MAX_DELTA_SHARE` of the collection's size in entries added, rewritten or removed; the
+        deltas when there would be more than `MAX_DELTAS` of them. A save so writes bytes in
+        proportion to what changed, and a merge costs what the merged parts hold."""
+        if self._compact_next:
+            return 0
+        n_deltas = len(self._deltas) + pending
+        if n_deltas == 0:
+            return None
+        held = self._delta_size + len(self._new) + len(self._removed)
+        if held > MAX_DELTA_SHARE * max(len(self), 1):
+            return 0
+        if n_deltas > MAX_DELTAS:
+            return 1
+        return None
+
+    def _share_or_write_part(self, name, segment, rows, db_path, tmp: Path, share, shared, entries=True) -> None:
+        """Link one unchanged part (base: name "") into the new generation, or write it (its
+        entries database too, unless `entries` is False)."""
+        index_dir, feats, feat_ids, entries_file = _part_files(name)
+        (tmp / index_dir).mkdir()
+        index_files = sorted(r for r in self.manifest.get("files", {}) if r.startswith(index_dir + "/"))
+        if not (index_files and all(map(share, index_files))):
+            for rel in index_files:
+                if shared.pop(rel, None):  # one could not be linked: write them all
+                    (tmp / rel).unlink()
+            segment.save(tmp / index_dir)
+        if self.store_features and not (share(feats) and share(feat_ids)):
+            for rel in (feats, feat_ids):
+                if shared.pop(rel, None):
+                    (tmp / rel).unlink()
+            np.save(tmp / feats, np.ascontiguousarray(rows[1]), allow_pickle=False)
+            np.save(tmp / feat_ids, rows[0], allow_pickle=False)
+        if entries and not share(entries_file):
+            shutil.copyfile(db_path, tmp / entries_file)
+
+    def _write_entry_delta(self, dest: Path) -> None:
+        """A delta's entries database: the records added or rewritten, the ids removed, all roots."""
+        with contextlib.closing(sqlite3.connect(f"file:{_uri_path(dest)}", uri=True)) as db:
+            db.executescript(_DELTA_SCHEMA)
+            db.executemany("INSERT INTO removed VALUES (?)", [(i,) for i in sorted(self._removed)])
+            db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?)",
+                [(i, r, _blob(k), None if lab is None else _blob(lab), d) for i, (r, k, lab, d) in self._new.items()],
+            )
+            self._write_roots(db)
+            db.commit()
+
+    def _write_entries_merged(self, dest: Path, paths: list[Path], base_removed: np.ndarray | None) -> int:
+        """One database of the live entries of `paths` (parts, oldest first) with the pending
+        changes: a new base (`base_removed` None) or one delta removing `base_removed` from the base.
+        Returns how many entries and removals it holds."""
+        with contextlib.closing(sqlite3.connect(f"file:{_uri_path(dest)}", uri=True)) as db:
+            db.executescript(_SCHEMA if base_removed is None else _DELTA_SCHEMA)
+            schemas = []
+            for i, p in enumerate(paths):
+                db.execute(f"ATTACH DATABASE ? AS p{i}", (f"file:{_uri_path(p)}?mode=ro",))
+                schemas.append(f"p{i}")
+            db.execute(f"INSERT INTO main.entries SELECT * FROM ({_entries_view(schemas)}) ORDER BY id")
+            db.commit()
+            for i in range(len(paths)):
+                db.execute(f"DETACH DATABASE p{i}")
+            db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in self._removed])
+            db.executemany(
+                "INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                [(i, r, _blob(k), None if lab is None else _blob(lab), d) for i, (r, k, lab, d) in self._new.items()],
+            )
+            if base_removed is not None:
+                db.executemany("INSERT INTO removed VALUES (?)", [(int(i),) for i in base_removed])
+            self._write_roots(db)
+            db.commit()
+            (n,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
+        return n + (0 if base_removed is None else len(base_removed))
+
+    def _write_roots(self, db: sqlite3.Connection) -> None:
+        db.execute("DELETE FROM roots")
+        db.executemany(
+            "INSERT INTO roots VALUES (?, ?, ?)", [(i, _blob(p), int(inside)) for i, (p, inside) in self._roots.items()]
+        )
 
     def _relink_if_equal(self, prev: Path, tmp: Path, rel: str, shared: dict[str, str]) -> None:
         """Replace the just written `tmp/rel` by a link to `prev/rel` when both hold the same data
@@ -914,6 +1211,11 @@ class Collection:
                 [(i, _blob(p), int(inside)) for i, (p, inside) in self._roots.items()],
             )
             db.commit()
+
+    def _db(self):
+        """A read-only connection to the saved entries, base and deltas as one (see `_read_parts`)."""
+        assert self._db_path is not None  # callers check
+        return _read_parts([self._db_path, *self._db_deltas])
 
     def _reset_to(self, root: Path) -> None:
         """Make this object what the live generation under `root` holds (after a failed save)."""
@@ -1000,7 +1302,8 @@ class Collection:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
                 self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
                 self._check_rows()
-            with _read_db(gen / "entries.sqlite") as db:
+            self._open_deltas(gen, manifest, backend)
+            with self._db() if self._deltas else _read_db(gen / "entries.sqlite") as db:
                 self._roots = {
                     i: (os.fsdecode(p), bool(inside))
                     for i, p, inside in db.execute("SELECT id, path, inside FROM roots")
@@ -1013,10 +1316,46 @@ class Collection:
                 f"{gen} cannot be loaded ({type(e).__name__}: {e}); restore it from a backup or rebuild the index"
             ) from e
         self.path = root
-        self._db_path = gen / "entries.sqlite"
         self.manifest = manifest
         self._held(gen)
         return self
+
+    def _open_deltas(self, gen: Path, manifest: dict, backend: type[Index]) -> None:
+        """Load the manifest's deltas (format 4): their index segments, re-rank rows, entries
+        databases, and the removals they record (the index's tombstones)."""
+        self._db_path = gen / "entries.sqlite"
+        deltas = manifest.get("deltas", [])
+        if not isinstance(deltas, list) or not all(isinstance(d, str) and d.isdigit() for d in deltas):
+            raise ValueError(f"the manifest's deltas {deltas!r} are not a list of part numbers")
+        if deltas and manifest["version"] < 4:
+            raise ValueError(f"a version {manifest['version']} manifest cannot name deltas")
+        if len(deltas) > MAX_DELTAS:
+            raise ValueError(f"the manifest names {len(deltas)} deltas; at most {MAX_DELTAS} are read")
+        if not deltas:
+            return
+        segments, removed, size = [self.index], [], 0
+        for d in deltas:
+            index_dir, feats, feat_ids, entries = _part_files(d)
+            meta = json.loads((gen / index_dir / "index.json").read_text())
+            kind = meta.get("backend") if isinstance(meta, dict) else None
+            if kind not in (backend.name, "flat"):
+                raise ValueError(f"{index_dir} holds an index of back end {kind!r}, not {backend.name!r} or 'flat'")
+            segments.append(index_backends.get(kind).load(gen / index_dir))
+            if self.store_features:
+                rows = np.load(gen / feats, mmap_mode="r", allow_pickle=False)
+                ids = np.load(gen / feat_ids, allow_pickle=False)
+                base = self._features
+                if len(ids) != len(rows) or rows.ndim != 2 or (len(rows) and len(base) and rows.dtype != base.dtype):
+                    raise ValueError(f"{feats} holds {rows.dtype} rows of shape {rows.shape} for {len(ids)} ids")
+                self._row_deltas.append((ids, rows))
+            self._db_deltas.append(gen / entries)
+            with _read_db(gen / entries) as db:
+                removed.append(np.array([i for (i,) in db.execute("SELECT id FROM removed")], np.int64))
+                (n,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
+            size += n + len(removed[-1])
+        self._deltas = list(deltas)
+        self._delta_size = size
+        self.index = SegmentedIndex(segments, np.concatenate(removed))
 
     def _check_rows(self) -> None:
         """After loading: the rows must be the store's (a "full" store learns its width from them)."""
@@ -1042,7 +1381,7 @@ class Collection:
         """A summary for `hashsearch info` and GET /stats; unlabelled entries count under `NO_LABEL`."""
         labels: dict[str, int] = {}
         if self._db_path is not None:
-            with _read_db(self._db_path) as db:
+            with self._db() as db:
                 for lab, n in db.execute("SELECT label, COUNT(*) FROM entries GROUP BY label"):
                     labels[_label_name(_text(lab))] = n
             for _, lab in self._stored_replaced():
@@ -1072,6 +1411,44 @@ CREATE TABLE IF NOT EXISTS roots (id INTEGER PRIMARY KEY, path BLOB NOT NULL, in
 CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, root INTEGER NOT NULL, key BLOB NOT NULL, label BLOB, digest TEXT);
 CREATE INDEX IF NOT EXISTS entries_digest ON entries (digest);
 """
+
+
+_DELTA_SCHEMA = _SCHEMA + "CREATE TABLE IF NOT EXISTS removed (id INTEGER PRIMARY KEY);\n"
+_COLUMNS = "id, root, key, label, digest"
+
+
+def _entries_view(schemas: list[str]) -> str:
+    """SQL of the live entries of database parts (schema names, oldest first): each part's rows
+    whose id no later part rewrote (its `entries`) or removed (its `removed`)."""
+    arms = []
+    for i, s in enumerate(schemas):
+        later = schemas[i + 1 :]
+        shadow = " AND ".join(
+            f"NOT EXISTS (SELECT 1 FROM {t}.entries x WHERE x.id = e.id) "
+            f"AND NOT EXISTS (SELECT 1 FROM {t}.removed r WHERE r.id = e.id)"
+            for t in later
+        )
+        arms.append(f"SELECT {_COLUMNS} FROM {s}.entries e" + (f" WHERE {shadow}" if shadow else ""))
+    return " UNION ALL ".join(arms)
+
+
+@contextlib.contextmanager
+def _read_parts(paths: list[Path]) -> Iterator[sqlite3.Connection]:
+    """A read-only connection whose `entries` and `roots` are those of a base database and its
+    deltas (`paths`, oldest first): temporary views over the attached files (a temporary name
+    comes before the main database's), so every query reads the live state as from one file."""
+    if len(paths) == 1:
+        with _read_db(paths[0]) as db:
+            yield db
+        return
+    with _read_db(paths[0]) as db:
+        schemas = ["main"]
+        for i, p in enumerate(paths[1:]):
+            db.execute(f"ATTACH DATABASE ? AS d{i}", (f"file:{_uri_path(p)}?mode=ro",))
+            schemas.append(f"d{i}")
+        db.execute(f"CREATE TEMP VIEW entries AS {_entries_view(schemas)}")
+        db.execute(f"CREATE TEMP VIEW roots AS SELECT id, path, inside FROM {schemas[-1]}.roots")
+        yield db
 
 
 @contextlib.contextmanager
@@ -1110,6 +1487,13 @@ def _join_member(rel: str, member: str | None) -> str:
 
 def _is_under(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _part_files(name: str) -> tuple[str, str, str, str]:
+    """(index folder, re-rank rows, their ids, entries database) of a part: the base (name "") or a delta."""
+    if not name:
+        return "index", "features.npy", "feature_ids.npy", "entries.sqlite"
+    return f"index.{name}", f"features.{name}.npy", f"feature_ids.{name}.npy", f"entries.{name}.sqlite"
 
 
 def _generation_number(name: str) -> int:

@@ -371,9 +371,11 @@ def protocol_data(name: str) -> str:
     return "CIFAR-10 (JPEG) from ../shared/datasets."
 
 
-def _cifar10_parts() -> tuple[Path, list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
-    """(root, train records, test records, order by path relative to root) of unpacked CIFAR-10."""
-    root = cifar10_root()
+def _train_test_parts(
+    dataset: str, root: Path, n_train: int, n_test: int
+) -> tuple[list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
+    """(train records, test records, order by path relative to root) of an unpacked ``train/``, ``test/``
+    dataset folder; RuntimeError naming the folder if it does not hold `n_train` and `n_test` images."""
     prefix = len(str(root)) + 1
 
     def relative(r: ImageRecord) -> str:
@@ -383,12 +385,17 @@ def _cifar10_parts() -> tuple[Path, list[ImageRecord], list[ImageRecord], Callab
     for r in FolderSource(root).records():
         top = relative(r).split("/", 1)[0]
         (train if top == "train" else test if top == "test" else []).append(r)
-    if len(train) != 50_000 or len(test) != 10_000:
+    if len(train) != n_train or len(test) != n_test:
         raise RuntimeError(
-            f"the CIFAR-10 folder {root} holds {len(train):,} training and {len(test):,} test images, "
-            f"not 50,000 and 10,000; delete {root} so that it is unpacked again"
+            f"the {dataset} folder {root} holds {len(train):,} training and {len(test):,} test images, "
+            f"not {n_train:,} and {n_test:,}; delete {root} so that it is unpacked again"
         )
-    return root, train, test, relative
+    return train, test, relative
+
+
+def _cifar10_parts() -> tuple[list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
+    """(train records, test records, order by path relative to root) of unpacked CIFAR-10."""
+    return _train_test_parts("CIFAR-10", cifar10_root(), 50_000, 10_000)
 
 
 @protocols.register("cifar10-1k")
@@ -398,7 +405,7 @@ def cifar10_1k(seed: int = 0) -> Split:
     Queries: 100 per class drawn from the test set. Training: 500 per class drawn from the
     training set. Database: every image that is not a query (59,000), training images included.
     """
-    _, train_all, test_all, relative = _cifar10_parts()
+    train_all, test_all, relative = _cifar10_parts()
     (query,) = _draw(test_all, [100], seed, "cifar10-query", relative)
     (train,) = _draw(train_all, [500], seed, "cifar10-train", relative)
     queried = {r.key for r in query}
@@ -423,7 +430,7 @@ def cifar10_all(seed: int = 0) -> Split:
     is drawn at random; `seed` is only recorded.
     """
     check_int("seed", seed, low=0)
-    _, train_all, test_all, _ = _cifar10_parts()
+    train_all, test_all, _ = _cifar10_parts()
     return Split(
         "cifar10-all",
         list(train_all),
@@ -442,7 +449,7 @@ def cifar10_demo(seed: int = 0) -> Split:
     Queries: 20 per class drawn from the test set. Training: 200 per class drawn from the
     training set. Database: the 9,800 test images that are not queries.
     """
-    _, train_all, test_all, relative = _cifar10_parts()
+    train_all, test_all, relative = _cifar10_parts()
     query, rest = _draw(test_all, [20, None], seed, "cifar10-query", relative)
     (train,) = _draw(train_all, [200], seed, "cifar10-train", relative)
     return Split(
@@ -487,22 +494,7 @@ def flowers12(seed: int = 0) -> Split:
 
 def _mnist_parts() -> tuple[list[ImageRecord], list[ImageRecord], Callable[[ImageRecord], str]]:
     """(train records, test records, order by path relative to the root) of unpacked MNIST."""
-    root = mnist_root()
-    prefix = len(str(root)) + 1
-
-    def relative(r: ImageRecord) -> str:
-        return r.key[prefix:].replace(os.sep, "/")
-
-    train, test = [], []
-    for r in FolderSource(root).records():
-        top = relative(r).split("/", 1)[0]
-        (train if top == "train" else test if top == "test" else []).append(r)
-    if len(train) != 60_000 or len(test) != 10_000:
-        raise RuntimeError(
-            f"the MNIST folder {root} holds {len(train):,} training and {len(test):,} test images, "
-            f"not 60,000 and 10,000; delete {root} so that it is unpacked again"
-        )
-    return train, test, relative
+    return _train_test_parts("MNIST", mnist_root(), 60_000, 10_000)
 
 
 # The RITQ paper (shared/papers/ritq-resnet-itq.txt), section 4: "We use 10K images as the query

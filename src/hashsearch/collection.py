@@ -68,6 +68,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -413,22 +414,22 @@ class Collection:
 
     def remove(self, ids: Iterable[int]) -> int:
         """Remove entries by id; returns how many existed (ids that do not exist change nothing)."""
-        ids = np.unique(np.asarray(list(ids), np.int64))
-        ids = ids[contains(self.index, ids)]
-        if not len(ids):
+        found = np.unique(np.asarray(list(ids), np.int64))
+        found = found[contains(self.index, found)]
+        if not len(found):
             return 0
-        n = self._changing_index().remove(ids)
+        n = self._changing_index().remove(found)
         self._index_changed = True
-        for i in ids.tolist():
+        for i in found.tolist():
             if self._new.pop(i, None) is None:
                 self._removed.add(i)
         if self.store_features:
             if self._segmented():  # saved rows stay (the index's tombstones hide them); pending ones go
                 tail_ids, tail_rows = self._row_tail
-                keep = ~np.isin(tail_ids, ids)
+                keep = ~np.isin(tail_ids, found)
                 self._row_tail = (tail_ids[keep], tail_rows[keep])
             else:
-                keep = ~np.isin(self._feature_ids, ids)
+                keep = ~np.isin(self._feature_ids, found)
                 self._feature_ids, self._features = self._feature_ids[keep], self._features[keep]
                 self._feature_order = None
             self._features_changed = True
@@ -645,6 +646,7 @@ class Collection:
         for p, (pids, rows) in enumerate(parts):
             if not len(pids):
                 continue
+            order: np.ndarray | None
             if p == len(parts) - 1 and len(self._row_tail[0]):
                 order = np.argsort(pids, kind="stable")  # not saved yet: not cached
             else:
@@ -919,7 +921,7 @@ class Collection:
             rel = str(p.relative_to(tmp))
             # A shared file keeps the digest its generation recorded: not read again, and a damaged one still shows.
             digests[rel] = self._gen_files[rel][1] if rel in shared else file_sha256(p)
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": FORMAT,
             "version": 4 if deltas else 3 if compact else 2,
             "generation": gen,
@@ -1016,6 +1018,7 @@ class Collection:
             out = keep + ([new] if pending else [])
             size = self._delta_size + len(self._new) + len(self._removed)
             if pending:
+                assert seg is not None  # made above for every pending change
                 index_dir, feats, feat_ids, entries = _part_files(new)
                 (tmp / index_dir).mkdir()
                 seg.tail.save(tmp / index_dir)
@@ -1025,6 +1028,7 @@ class Collection:
                     np.save(tmp / feat_ids, ids, allow_pickle=False)
                 self._write_entry_delta(tmp / entries)
         else:
+            assert seg is not None  # made above whenever a compaction starts
             name = "" if start == 0 else new
             out = [*keep, name]
             index_dir, feats, feat_ids, entries = _part_files(name)
@@ -1049,20 +1053,23 @@ class Collection:
             base_removed = None
             if start > 0 and seg is not None:  # the removals the merged delta keeps: those of the base's entries
                 base_removed = seg.removed[contains(segments[0], seg.removed)]
-            size = self._write_entries_merged(tmp / entries, db_paths[start:], base_removed)
+            size = self._write_entries_merged(tmp / entries, cast("list[Path]", db_paths[start:]), base_removed)
 
         def after(gen_dir: Path) -> None:
             if start is None:
                 if pending:
+                    assert seg is not None
                     seg.seal()
                     self._row_deltas.append(self._row_tail if has_tail else (np.zeros(0, np.int64), self._features[:0]))
             elif start == 0:
+                assert merged_index is not None
                 self.index = merged_index
                 if merged_rows is not None:
                     self._feature_ids, self._features = merged_rows
                 self._feature_order = None
                 self._row_deltas = []
             else:
+                assert seg is not None and merged_index is not None
                 seg.compact(start, merged_index)
                 self._row_deltas = [
                     *self._row_deltas[: start - 1],
@@ -1340,7 +1347,8 @@ class Collection:
             kind = meta.get("backend") if isinstance(meta, dict) else None
             if kind not in (backend.name, "flat"):
                 raise ValueError(f"{index_dir} holds an index of back end {kind!r}, not {backend.name!r} or 'flat'")
-            segments.append(index_backends.get(kind).load(gen / index_dir))
+            part: type[Index] = index_backends.get(kind)  # type: ignore[assignment]
+            segments.append(part.load(gen / index_dir))
             if self.store_features:
                 rows = np.load(gen / feats, mmap_mode="r", allow_pickle=False)
                 ids = np.load(gen / feat_ids, allow_pickle=False)

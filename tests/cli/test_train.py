@@ -515,3 +515,34 @@ def test_train_on_cuda_saves_a_model_that_indexes_on_the_cpu(method, work, tmp_p
     feats = bb.forward(bb.preprocess.normalize(crops))
     np.testing.assert_allclose(coll.features_of(np.arange(16)), feats, rtol=1e-2, atol=1e-2)
     assert (coll.search(feats, k=1).distances[:, 0] == 0).sum() >= 15
+
+
+def test_ctrl_c_while_ritq_trains_its_network_resumes_to_the_same_epochs(own_networks, work, monkeypatch):
+    """Issue 20 part 2: RITQ's ResNet-32 trained from scratch is checkpointed every epoch. Ctrl-C
+    in its second epoch (one checkpointed): the message says so, and the same command resumes
+    after epoch 1 and ends with the uninterrupted run's epochs, losses and model."""
+    from hashsearch.hashing.deep import endtoend
+
+    real, calls = endtoend.ImageModel.set_epoch, []
+
+    def interrupted_in_the_second(self, epoch, epochs):
+        calls.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return real(self, epoch, epochs)
+
+    out = work / "ritq-killed.hsm"
+    ckpt = out.with_name(out.name + ".ckpt")
+    args = ("train", work / "data", "--out", out, "--cache-dir", work / "cache", *OWN, *OWN_RUNS["ritq"])
+    monkeypatch.setattr(endtoend.ImageModel, "set_epoch", interrupted_in_the_second)
+    text = run(*args, code=130)
+    assert calls == [0, 1] and not out.exists()
+    assert "epoch 1 of training the network from scratch is checkpointed" in text, text
+    assert (ckpt / "scratch-0-epochs.pt").is_file() and not (ckpt / "scratch-0.pt").exists()
+    monkeypatch.setattr(endtoend.ImageModel, "set_epoch", real)
+    text = run(*args)
+    assert "resuming from the checkpoint" in text and "2 epochs (resumed after epoch 1)" in text, text
+    ref, r = record(own_networks["ritq"][0]), record(out)
+    assert r["scratch"]["cifar-resnet32"]["resumed_at"] == 1
+    assert r["scratch"]["cifar-resnet32"]["loss"] == pytest.approx(ref["scratch"]["cifar-resnet32"]["loss"], abs=1e-6)
+    assert _id(out) == _id(own_networks["ritq"][0]) and not ckpt.exists()

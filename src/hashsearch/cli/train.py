@@ -17,6 +17,7 @@ from hashsearch.cli.common import (
     WeightsOpt,
     check_bits,
     make_backbone,
+    plural,
     show,
 )
 
@@ -164,8 +165,10 @@ def train(
     )
     r = result.model.record
     for name, s in (r.get("scratch") or {}).items():
+        again = f" (resumed after epoch {s['resumed_at']})" if s.get("resumed_at") else ""
         typer.echo(
-            f"{name} trained from scratch: {len(s['loss'])} epochs, loss {s['loss'][0]:.3f} -> {s['loss'][-1]:.3f}"
+            f"{name} trained from scratch: {plural(len(s['loss']), 'epoch')}{again}, "
+            f"loss {s['loss'][0]:.3f} -> {s['loss'][-1]:.3f}"
         )
     for name, sub in (r.get("subnets") or {}).items():
         j = sub["epochs"]

@@ -12,8 +12,9 @@ after every epoch, and independent of the training images.
 
 Methods that compute their features with networks of their own (`Hasher.feature_backbones`):
 RITQ's ResNet-32 and DHFI's second network are first trained from scratch with a classifier on the
-training images (`endtoend.train_backbone`, `scratch_epochs`; checkpointed once trained, so a
-resumed run does not train them again). RITQ's model holds that ResNet-32 as its backbone (at
+training images (`endtoend.train_backbone`, `scratch_epochs`; checkpointed every epoch as
+``scratch-<i>-epochs.pt`` and once trained as ``scratch-<i>.pt``, so a killed run resumes in the
+middle of their training, and does not train them again once they are done). RITQ's model holds that ResNet-32 as its backbone (at
 32 px, the paper's); DHFI's holds both networks as one `ConcatBackbone` (the given backbone and
 a `PooledCifarResNet32` reading the same crops), their features side by side in that order.
 """
@@ -91,6 +92,15 @@ def _interrupted(ckpt: Path, out: Path, mode: str) -> str:
                 f"interrupted; epoch {done} of {stage}{sub} is checkpointed in {ckpt}: run the same command again to "
                 "resume from there (--fresh starts over)"
             )
+    for path in sorted(ckpt.glob("scratch-*-epochs.pt"), reverse=True):
+        try:
+            done = len(torch.load(path, map_location="cpu", weights_only=True)["history"]["epoch_loss"])
+        except Exception:  # cut short
+            continue
+        return (
+            f"interrupted; epoch {done} of training the network from scratch is checkpointed in {ckpt}: run the same "
+            "command again to resume from there (--fresh starts over)"
+        )
     if any(ckpt.glob("scratch-*.pt")):
         return (
             f"interrupted; the network trained from scratch is checkpointed in {ckpt}: run the same command again "
@@ -590,6 +600,8 @@ def _networks(
                 f"same crops as {backbone.name}, and {e}; choose another --input-size"
             ) from None
         weights, info = ckpt / f"scratch-{i}.pt", ckpt / f"scratch-{i}.json"
+        # The epochs of training it: a killed run resumes there (`trainer.train`'s checkpoint).
+        epochs_ckpt = ckpt / f"scratch-{i}-epochs.pt"
         if weights.is_file() and info.is_file():
             log(f"{net.name}: read the network trained from scratch from {weights} (--fresh trains it again)")
             done = json.loads(info.read_text())
@@ -598,20 +610,34 @@ def _networks(
             kept, pixels, _ = extract_pixels(
                 source, train_recs, net.preprocess, max_pixels=max_pixels, progress=progress
             )
-            log(f"training {net.name} from scratch on {len(kept)} images, {epochs} epochs")
-            t = time.perf_counter()
+            log(f"training {net.name} from scratch on {len(kept)} images, {_plural(epochs, 'epoch')}")
             trained, history = train_backbone(
-                net, pixels, [r.label for r in kept], weights, epochs=epochs, seed=seed, device=dev, progress=progress
+                net,
+                pixels,
+                [r.label for r in kept],
+                weights,
+                epochs=epochs,
+                seed=seed,
+                device=dev,
+                progress=progress,
+                checkpoint=epochs_ckpt,
             )
             done = {
                 "loss": [float(v) for v in history.epoch_loss],
-                "seconds": time.perf_counter() - t,
+                "seconds": history.seconds,  # summed over a killed run and its resumption
                 "images": len(kept),
+                "resumed_at": history.resumed_at,
             }
             info.write_text(json.dumps(done))
+            epochs_ckpt.unlink(missing_ok=True)  # the weights and their record are kept: nothing left to resume
             out.append(trained)
         record["scratch"][out[-1].name] = {"epochs": epochs, "input_size": out[-1].preprocess.input_size, **done}
     return out
+
+
+def _plural(n: int, word: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _deep_methods() -> list[str]:

@@ -358,12 +358,19 @@ def train_backbone(
     device: str = "cpu",
     augment: bool = True,
     progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    desc: str | None = None,
 ):
     """Train `backbone`'s network with a softmax classifier on labelled images; write its weights.
 
     Starts from `backbone.init_module()` (random for `cifar-resnet32`, as the RITQ paper trains
     it; the pretrained weights otherwise), Adam with a cosine learning-rate decay, crop/flip
     augmentation. Returns (the backbone with the trained weights, the `TrainHistory`).
+
+    `checkpoint` (a file, as `trainer.train`'s): written after every epoch; if it exists when
+    training starts, training resumes from it and ends as an uninterrupted run would (its
+    `TrainHistory.resumed_at` says after which epoch). The caller removes it once the weights
+    are kept. `desc` labels the progress bar.
     """
     from hashsearch.hashing.deep.losses import create_loss
 
@@ -390,6 +397,8 @@ def train_backbone(
         device=dev,
         progress=progress,
         cosine=True,
+        checkpoint=checkpoint,
+        desc=desc or f"training {backbone.name} from scratch",
     )
     return trained_backbone(backbone, trunk, weights_out), history
 

@@ -235,6 +235,7 @@ def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, ha
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         assert code in (0, 137)
+        coll.close()  # the parent's copy held the old generation: a save leaves a held one in place
         back = Collection.open(work)
         got = snapshot(back, X)
         assert got in (old, new), f"killed at step {step}: neither the old nor the new state"
@@ -319,6 +320,75 @@ def test_a_failed_save_leaves_memory_equal_to_disk(tmp_path, hasher, monkeypatch
             assert snapshot(Collection.open(path), X) == snapshot(coll, X)
             break
     assert k > 10
+
+
+def _in_another_process(fn) -> None:
+    """Run `fn()` in a forked child (a real other process: its own file locks); fail if it fails."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_save_in_another_process_leaves_the_generation_a_reader_holds(tmp_path, hasher):
+    """Session 6, finding 1: `hashsearch add` deleted the generation a running server read, and every
+    read of its records failed. A generation an open collection holds stays until it lets go."""
+    path = tmp_path / "p.hsx"
+    coll = new_collection(hasher)
+    coll.add(features(6), [f"{i}.jpg" for i in range(6)], ["a"] * 6, [f"d{i}" for i in range(6)], root=".")
+    coll.save(path)
+    coll.close()  # holds what it saved, as an opened one does; let go of here
+    reader = Collection.open(path)
+    X = features(3, seed=5)
+    before = snapshot(reader, X)
+
+    def add_one():
+        writer = Collection.open(path)
+        writer.add(features(1, seed=9), ["new.jpg"], ["b"], ["dn"], root=".")
+        writer.save(path)
+
+    _in_another_process(add_one)
+    assert Collection.live_generation(path) != reader.generation and (path / reader.generation).is_dir()
+    assert snapshot(reader, X) == before  # records, search, labels: all still read, as they were
+    assert reader.ids_by_digest(["d3"]) == {"d3": 3} and reader.features_of(np.array([2])).shape == (1, D)
+    fresh = Collection.open(path)
+    assert len(fresh) == 7 and fresh.generation == Collection.live_generation(path)
+    reader.close()
+    fresh.remove([0])
+    fresh.save(path)
+    assert [p.name for p in path.glob("gen-*")] == [fresh.generation]  # let go of: deleted by the next save
+
+
+def test_a_save_over_another_processs_save_is_refused(tmp_path, hasher):
+    """Two processes that opened the same generation: the second to save would silently drop the
+    first's change; it is refused, nothing is written, and the object is reset to the saved state."""
+    path = tmp_path / "p.hsx"
+    coll = new_collection(hasher)
+    coll.add(features(4), [f"{i}.jpg" for i in range(4)], root=".")
+    coll.save(path)
+    late = Collection.open(path)
+
+    def add_one():
+        writer = Collection.open(path)
+        writer.add(features(1, seed=9), ["theirs.jpg"], root=".")
+        writer.save(path)
+
+    _in_another_process(add_one)
+    late.add(features(1, seed=8), ["mine.jpg"], root=".")
+    with pytest.raises(CollectionError, match="another process saved gen-000002 since this collection read gen-000001"):
+        late.save(path)
+    on_disk = Collection.open(path)
+    assert [e["key"] for e in on_disk.entries([4])] == ["theirs.jpg"] and len(on_disk) == 5
+    assert len(late) == 5  # reset to what is on disk: the change can be made again
+    late.add(features(1, seed=8), ["mine.jpg"], root=".")
+    late.save(path)
+    assert sorted(e["key"] for e in Collection.open(path).entries([4, 5])) == ["mine.jpg", "theirs.jpg"]
 
 
 def test_no_sqlite_handle_stays_open(tmp_path, hasher):

@@ -54,6 +54,17 @@ generation's files once saved, so two generations can share an inode, and deleti
 leaves the new one's data in place. A save that fails resets the object to what is on disk.
 Loading checks the format version and every checksum; a damaged file is an error, never a
 wrong answer.
+
+Several processes. An open collection holds a shared lock (`fcntl.flock`) on its generation's
+manifest for as long as it holds that generation, and a save deletes an older generation only
+when it can take that lock exclusively: a generation that a reader in another process (a running
+`hashsearch serve`, a `search`) still holds stays on disk, its files readable, and a later save
+deletes it once nobody holds it. `open` locks the generation before reading it, and takes the new
+one if a save replaced it meanwhile. Saves into one folder are serialised by an exclusive lock on
+the folder, and a save refuses (`CollectionError`) when another process saved a generation since
+this object opened or saved its own: its change would silently drop the other's; open it again
+and redo the change. `live_generation` and `generation` tell a long-running reader that another
+process saved (the HTTP service then reopens the collection between requests).
 """
 
 from __future__ import annotations
@@ -84,6 +95,11 @@ from hashsearch.index.segments import SegmentedIndex, contains
 from hashsearch.model import TrainedModel
 from hashsearch.types import MISSING_ID, SearchResult
 from hashsearch.validation import check_int
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: generations are not locked (one process at a time)
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +203,8 @@ class Collection:
         # files of the parts that did not change since (see `_write`).
         self._gen: Path | None = None
         self._gen_files: dict[str, tuple[tuple, str]] = {}
+        # The open manifest of `_gen`, share-locked while this object holds it (see the module docstring).
+        self._hold: Any = None
         #: The manifest of that generation ({} until saved or opened).
         self.manifest: dict = {}
         # Parts changed since that generation (everything, for a collection not yet saved).
@@ -275,6 +293,44 @@ class Collection:
         if self.path is None:
             raise CollectionError("this collection has no folder yet: save it before storing uploads")
         return self.path / UPLOADS
+
+    @property
+    def generation(self) -> str | None:
+        """The name of the generation this object holds ("gen-000003"; None if never saved or opened)."""
+        return None if self._gen is None else self._gen.name
+
+    @staticmethod
+    def live_generation(path: str | os.PathLike) -> str | None:
+        """The generation the folder `path` names live now (its CURRENT file), None if none.
+
+        A long-running reader compares it with its `generation`: when they differ, another process
+        saved, and `Collection.open` gives the collection as it is now.
+        """
+        return _current_generation(Path(path))
+
+    def close(self) -> None:
+        """Release the generation this object holds, so that a save may delete it (see the module
+        docstring). The object must not be used afterwards; dropping it releases it as well."""
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
+
+    def decode(self, data: bytes, name: str = "<bytes>", max_pixels: int | None = None):
+        """Decode a query (or an image to add) exactly as this collection's images were decoded when
+        indexed (`hashsearch.pipeline.steps.decode_batch`): a JPEG at reduced scale (Pillow's draft
+        mode) keeping both sides at least the backbone's input size, so its features are the ones
+        the indexer would compute for the same file. Returns an RGB `PIL.Image.Image`.
+
+        Raises
+        ------
+        DecodeError
+            If `data` is not an image that can be decoded, or has more than `max_pixels` pixels
+            (default `hashsearch.data.decode.DEFAULT_MAX_PIXELS`).
+        """
+        from hashsearch.data.decode import DEFAULT_MAX_PIXELS, decode_image
+
+        side = self.backbone.preprocess.input_size
+        return decode_image(data, name, DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels, draft=(side, side))
 
     def extractor(self, cache_dir: str | os.PathLike | None = None):
         """The feature extractor for this collection's queries and additions: the one that computed
@@ -791,8 +847,10 @@ class Collection:
         Raises
         ------
         CollectionError
-            If the save fails (disk full, permissions...): nothing changed on disk, and a
-            collection that was opened from or saved to `path` is reset to what is there.
+            If the save fails (disk full, permissions...), or another process saved into `path`
+            since this object opened or saved it there (saving would drop that change): nothing
+            changed on disk, and a collection that was opened from or saved to `path` is reset
+            to what is there.
         """
         root = Path(path)
         previous = (self.path, self._roots)
@@ -830,6 +888,18 @@ class Collection:
         self._roots, self._roots_changed = roots, True
 
     def _save(self, root: Path) -> Path:
+        with _folder_lock(root):  # one save at a time into a folder, whichever process
+            held = self._gen is not None and self._gen.parent.resolve() == root.resolve()
+            live = _current_generation(root)
+            if held and live != self._gen.name:  # type: ignore[union-attr]
+                raise CollectionError(
+                    f"another process saved {live} since this collection read {self._gen.name} "  # type: ignore[union-attr]
+                    "(e.g. `hashsearch add` or the HTTP service); saving would drop that change, so "
+                    "nothing was written: open the collection again and redo this change"
+                )
+            return self._save_locked(root)
+
+    def _save_locked(self, root: Path) -> Path:
         for stale in root.glob(".*.tmp-*"):  # left by a save that was killed
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         # Past every generation folder, the live one or one a killed save left behind.
@@ -979,9 +1049,11 @@ class Collection:
             fsync_path(root)
         except OSError as e:  # the switch is made; only its durability is in doubt
             warnings.warn(f"{root}: the new generation is live, but syncing the folder failed ({e})", stacklevel=2)
-        for old in root.glob("gen-*"):  # the previous generation, and any a killed save left
+        # The previous generation, any a killed save left, and older ones a reader held until now;
+        # not one that a reader (another process's open collection) still holds.
+        for old in root.glob("gen-*"):
             if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_generation(old)
         return root / name
 
     def _write_segments(self, tmp: Path, gen: int, share, shared: dict[str, str]):
@@ -1192,8 +1264,12 @@ class Collection:
         log.debug("%s: written, equal to %s, replaced by a hard link to it", new, prev / rel)
         shared[rel] = "linked"
 
-    def _held(self, gen: Path) -> None:
-        """Record that this object now holds generation `gen`, as its files are (see `_write`)."""
+    def _held(self, gen: Path, hold: Any = None) -> None:
+        """Record that this object now holds generation `gen`, as its files are (see `_write`), and
+        share-lock it (`hold`: its manifest, opened and locked already), releasing the one held before."""
+        old, self._hold = self._hold, hold if hold is not None else _hold_generation(gen)
+        if old is not None:
+            old.close()
         self._gen = gen
         self._gen_files = {}
         for rel, digest in self.manifest["files"].items():
@@ -1242,12 +1318,18 @@ class Collection:
             If `path` is not a collection, is damaged, or is of another format version.
         """
         root = Path(path)
-        current = _current_generation(root)
-        if current is None:
-            raise CollectionError(
-                f"{root} is not a hashsearch collection (no CURRENT file); build one with `hashsearch index`"
-            )
-        gen = root / current
+        for _ in range(20):
+            current = _current_generation(root)
+            if current is None:
+                raise CollectionError(
+                    f"{root} is not a hashsearch collection (no CURRENT file); build one with `hashsearch index`"
+                )
+            gen = root / current
+            # Locked before it is read: a save in another process then leaves it in place.
+            hold = _hold_generation(gen)
+            if hold is None or _current_generation(root) == current:
+                break
+            hold.close()  # a save replaced it meanwhile (and may have deleted it): take the new one
         try:
             manifest = json.loads((gen / "manifest.json").read_text())
             version = manifest.get("version") if isinstance(manifest, dict) else None
@@ -1324,7 +1406,7 @@ class Collection:
             ) from e
         self.path = root
         self.manifest = manifest
-        self._held(gen)
+        self._held(gen, hold)
         return self
 
     def _open_deltas(self, gen: Path, manifest: dict, backend: type[Index]) -> None:
@@ -1547,6 +1629,55 @@ def _open_rerank_store(gen: Path, manifest: dict) -> str | RerankStore:
     if store.spec != spec:
         raise ValueError(f"{RERANK_STORE_FILE} is store {store.spec!r}, the manifest names {spec!r}")
     return store
+
+
+def _hold_generation(gen: Path) -> Any:
+    """Generation `gen`'s manifest, opened and share-locked (None if it cannot be opened): while
+    the file stays open, `_remove_generation` leaves the generation alone, in any process."""
+    try:
+        f = open(gen / "manifest.json", "rb")  # held open while the collection holds gen
+    except OSError:
+        return None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without locks: held, not locked
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+    return f
+
+
+def _remove_generation(gen: Path) -> bool:
+    """Delete an old generation unless an open collection holds it (`_hold_generation`); False
+    when one does (a later save deletes it)."""
+    try:
+        f = open(gen / "manifest.json", "rb")
+    except OSError:  # no manifest: nobody can hold it (a save killed before writing one)
+        shutil.rmtree(gen, ignore_errors=True)
+        return True
+    with f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.debug("%s is held by a reader; a later save deletes it", gen)
+                return False
+            except OSError:
+                pass
+        shutil.rmtree(gen, ignore_errors=True)  # under the lock: an open taking it now sees it gone
+    return True
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the collection folder (the folder itself, no lock file): one save at a time."""
+    fd = None
+    if fcntl is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(root, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _current_generation(root: Path) -> str | None:

@@ -208,6 +208,7 @@ def test_add_remove_saved_atomically(client, server, cifar_small):
     assert len(out["ids"]) == 2 and out["count"] == 122 and out["errors"][0]["file"] == "bad.jpg"
     reopened = Collection.open(path)
     assert len(reopened) == 122 and reopened.entries(out["ids"])[0]["label"] == "airplane"
+    reopened.close()  # an open collection holds its generation: a save leaves it on disk until let go
     new = out["ids"][0]
     assert client.get(f"/thumbs/{new}").status_code == 200
     hit = client.post("/search", files={"image": ("q.jpg", imgs[0][1], "image/jpeg")}, params={"k": 3}).json()[

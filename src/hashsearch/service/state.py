@@ -12,7 +12,13 @@ Every route goes through `ServiceState`, which calls the library (`Collection`, 
   pixels stayed in each of its 40 threads' arenas: memory grew with the threads, not the load);
   the request guard (`hashsearch.service.guard`) refuses uploads beyond a short queue;
 * a save that fails leaves the collection in memory as it is on disk (`Collection.save` resets
-  it), and the client gets a clean 503; nothing the service wrote for that change stays behind.
+  it), and the client gets a clean 503; nothing the service wrote for that change stays behind;
+* another process may change the collection while it is served (`hashsearch add`, `remove`,
+  `relocate`, `index --overwrite`): every time a request takes the lock, `refresh` compares the
+  folder's live generation (its CURRENT file, a few microseconds to read) with the one served, and
+  when they differ opens the new one and swaps it in under the write lock, between requests; a
+  request that holds the old one meanwhile reads it to its end, since a save leaves a generation
+  that an open collection holds on disk (`hashsearch.collection`, "Several processes").
 
 Clients see ids, labels and keys relative to the collection's roots (`entries()["key"]`), never a
 path of the server's file system.
@@ -84,6 +90,22 @@ class RWLock:
             self._cond.notify_all()
 
 
+class _FollowingLock:
+    """The service's lock: `RWLock`'s read and write, each after `refresh` (the collection follows
+    saves made by other processes; see the module docstring)."""
+
+    def __init__(self, lock: RWLock, refresh) -> None:
+        self._lock, self._refresh = lock, refresh
+
+    def read(self):
+        self._refresh()
+        return self._lock.read()
+
+    def write(self):
+        self._refresh()
+        return self._lock.write()
+
+
 class _Held:
     def __init__(self, lock: RWLock, write: bool) -> None:
         self.lock, self.write = lock, write
@@ -94,6 +116,12 @@ class _Held:
 
     def __exit__(self, *exc):
         self.lock._release(self.write)
+
+
+def _extraction(coll: Collection) -> tuple:
+    """What decides a collection's query features: its backbone, its trained model, its int8 model."""
+    int8 = None if coll.int8_model is None else coll.manifest.get("files", {}).get(coll.int8_model.name)
+    return coll.backbone.cache_key, coll.model_id, int8
 
 
 class BadRequest(ValueError):
@@ -183,7 +211,10 @@ class ServiceState:
         self.thumb_dir = base / "thumbs"
         self.limits = limits or Limits()
         self.eval_json = Path(eval_json) if eval_json else None
-        self.lock = RWLock()
+        self._rw = RWLock()
+        self.lock = _FollowingLock(self._rw, self.refresh)
+        self._refresh_lock = threading.Lock()
+        self._unreadable: str | None = None  # a live generation that failed to open (not retried)
         self.jobs: dict[str, Job] = {}
         self._jobs_lock = threading.Lock()
         self._thumb_lock = threading.Lock()
@@ -273,6 +304,49 @@ class ServiceState:
         """The collection's ids, sorted (int64, (n,)); call it holding the read lock."""
         return self.derived("ids", lambda: np.sort(np.asarray(self.coll.index.ids, np.int64)))
 
+    def refresh(self) -> bool:
+        """Follow a save made by another process: when the folder's live generation is not the one
+        served, open it and swap it in under the write lock (True); else, or when it cannot be
+        opened (logged, and the one served kept), False.
+
+        Called by every `lock.read()` and `lock.write()`, before the lock is taken; the reopened
+        collection is not checksummed again (its files were checksummed by the save that wrote
+        them, or are the ones served until now). The extractor is kept unless the backbone, the
+        model or the int8 model changed (an `index --overwrite` with other settings).
+        """
+        live = Collection.live_generation(self.path)
+        if live is None or live == self.coll.generation or live == self._unreadable:
+            return False
+        with self._refresh_lock:  # one reopening; the others wait for it, then see it done
+            live = Collection.live_generation(self.path)
+            if live is None or live == self.coll.generation or live == self._unreadable:
+                return False
+            try:
+                fresh = Collection.open(self.path, verify=False)
+            except (CollectionError, ConnectionError) as e:
+                log.warning(
+                    "%s: another process saved %s, which cannot be opened; still serving %s (%s)",
+                    self.path,
+                    live,
+                    self.coll.generation,
+                    e,
+                )
+                self._unreadable = live
+                return False
+            with self._rw.write():
+                old, self.coll = self.coll, fresh
+                if _extraction(old) != _extraction(fresh):
+                    self._extractor = None
+                self._changed()
+            old.close()
+            log.info(
+                "%s: reopened at %s (saved by another process), %d entries",
+                self.path.name,
+                fresh.generation,
+                len(fresh),
+            )
+            return True
+
     def _changed(self) -> None:
         """Called holding the write lock before the collection changes: what `derived` kept is stale."""
         self.generation += 1
@@ -303,9 +377,10 @@ class ServiceState:
         (default: the backbone's input size, as the indexer decodes).
         """
         limit = self.limits.max_query_pixels if query else self.limits.max_pixels
-        side = draft or self.coll.backbone.preprocess.input_size
         try:
-            return decode_image(data, name, limit, draft=(side, side))
+            if draft is None:  # as the indexer decodes (`Collection.decode`), and so `hashsearch search`
+                return self.coll.decode(data, name, limit)
+            return decode_image(data, name, limit, draft=(draft, draft))
         except DecodeError as e:
             if e.reason.startswith("too many pixels"):
                 option = (

@@ -38,6 +38,65 @@ def built(cifar_small, tmp_path_factory):
     return out, tmp
 
 
+@pytest.fixture(scope="module")
+def flowers(tmp_path_factory):
+    """8 real photos (flowers12: 224 px JPEGs, 4 daisy, 4 iris): at --input-size 64 they decode at
+    reduced scale (Pillow's draft mode), as a user's photos do."""
+    import tarfile
+    from pathlib import Path
+
+    from tests.conftest import cifar_archive
+
+    root = tmp_path_factory.mktemp("flowers")
+    taken: dict[str, int] = {}
+    with tarfile.open(cifar_archive().with_name("flowers12-960.tar.gz"), "r:gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if (
+                m.isfile()
+                and m.name.endswith(".jpg")
+                and parts[-2] in ("daisy", "iris")
+                and taken.get(parts[-2], 0) < 4
+            ):
+                (root / parts[-2]).mkdir(exist_ok=True)
+                (root / parts[-2] / parts[-1]).write_bytes(tar.extractfile(m).read())
+                taken[parts[-2]] = taken.get(parts[-2], 0) + 1
+            if sum(taken.values()) == 8:
+                break
+    return root
+
+
+def test_search_decodes_a_query_as_index_and_the_api_do(flowers, tmp_path, monkeypatch):
+    """Session 6, finding 2: `search` decoded its queries at full size where the indexer and the API
+    decode a JPEG at reduced scale, so a photo's query features were ~2 (L2) from its indexed ones."""
+    import numpy as np
+
+    from hashsearch.cli.commands import query_features
+    from hashsearch.collection import Collection
+    from hashsearch.data.decode import DEFAULT_MAX_PIXELS, decode_image
+    from hashsearch.pipeline import extract_queries
+    from hashsearch.service.state import ServiceState
+
+    monkeypatch.setenv("HASHSEARCH_CACHE", str(tmp_path / "cache"))  # one ONNX export for the CLI and the API
+    out = tmp_path / "f.hsx"
+    run("index", flowers, "--out", out, "--method", "lsh", "--bits", "16", "--input-size", "64")
+    query = sorted(flowers.rglob("*.jpg"))[5]
+    hits = json.loads(run("search", out, query, "-k", "2", "--rerank", "8", "--json"))[0]["results"]
+    # Itself first, at the float16 rounding of its stored features (about 0.01), not ~2.
+    assert hits[0]["path"] == str(query) and hits[0]["distance"] < 0.05 < hits[1]["distance"]
+
+    coll = Collection.open(out)
+    cli_feats, answered, errors = query_features(coll, [query], DEFAULT_MAX_PIXELS, None)
+    assert answered == [0] and not errors
+    hs = ServiceState(out, cache_dir=tmp_path / "thumbs")
+    api_feats = hs.features([hs.decode(query.read_bytes(), query.name, query=True)])
+    np.testing.assert_array_equal(cli_feats, api_feats)
+    stored = coll.features_of(np.array([hits[0]["id"]])).astype(np.float32)
+    assert np.abs(stored - cli_feats).max() < 0.01
+    full_size = extract_queries(coll.backbone, [decode_image(query.read_bytes())], coll.extractor())
+    assert np.abs(stored - full_size).max() > 0.1  # what the CLI computed before: the test can tell
+
+
 def test_info(built):
     out, _ = built
     info = json.loads(run("info", out))

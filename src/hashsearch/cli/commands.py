@@ -259,6 +259,29 @@ def index(
     )
 
 
+def query_features(coll, queries: list[Path], max_pixels: int, cache_dir: Path | None):
+    """`search`'s query features: each file decoded as the collection's images were
+    (`Collection.decode`) and extracted by its extractor, as the HTTP API does.
+
+    Returns (features (n_answered, d) float32, indices of the queries answered, {index: why} of
+    those that could not be read or decoded).
+    """
+    from hashsearch.data.decode import DecodeError
+    from hashsearch.pipeline import extract_queries
+
+    images, answered, errors = [], [], {}
+    for qi, q in enumerate(queries):
+        try:
+            images.append(coll.decode(q.read_bytes(), show(q), max_pixels))
+            answered.append(qi)
+        except OSError as e:
+            errors[qi] = f"cannot read the file ({e.strerror or e})"
+        except DecodeError as e:
+            errors[qi] = e.reason
+    feats = extract_queries(coll.backbone, images, coll.extractor(cache_dir) if images else None)
+    return feats, answered, errors
+
+
 def search(
     collection: Path = typer.Argument(..., help="A collection folder written by `hashsearch index`."),
     queries: list[Path] = typer.Argument(..., help="Query image file(s)."),
@@ -279,25 +302,14 @@ def search(
     A query that cannot be read or decoded is reported on stderr (and, with --json, as an entry
     with an "error") and the others are answered; the exit code is 1 only when no query could be.
     """
-    from hashsearch.data.decode import DecodeError, decode_image
-    from hashsearch.pipeline import extract_queries
-
     coll = _open_collection(collection, cache_dir)
-    images, answered, errors = [], [], {}
-    for qi, q in enumerate(queries):
-        try:
-            images.append(decode_image(q.read_bytes(), show(q), max_pixels))
-            answered.append(qi)
-        except OSError as e:
-            errors[qi] = f"cannot read the file ({e.strerror or e})"
-        except DecodeError as e:
-            errors[qi] = e.reason
+    feats, answered, errors = query_features(coll, queries, max_pixels, cache_dir)
     for qi, why in errors.items():
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
     found = []
-    if images:
+    if answered:
         found = coll.search_records(
-            extract_queries(coll.backbone, images, coll.extractor(cache_dir)),
+            feats,
             k,
             rerank=rerank,
             radius=radius,

@@ -335,13 +335,55 @@ def test_train_on_a_protocols_training_split_with_a_recipe(tmp_path):
         ),
         (["SOURCE", "--protocol", "flowers12"], "one of the two"),
         ([], "one of the two"),
+        (["SOURCE", "--mode", "finetune", "--recipe", ""], "--recipe '' is empty; give a recipe name (paper, cpu)"),
+        (["SOURCE", "--mode", "finetune", "--recipe", " , "], "--recipe ' , ' is empty"),
+        (
+            ["SOURCE", "--mode", "finetune", "--recipe", "cpu,label_smoothing=0.1"],
+            "--recipe label_smoothing=0.1: --method hashnet's loss has no class targets to smooth; use it with csq, "
+            "dlbhc",
+        ),
+        (
+            ["SOURCE", "--mode", "finetune", "--recipe", "epochs=0"],
+            "--recipe 'epochs=0': epochs='0' is not a whole number >= 1, or none (the method's epochs)",
+        ),
+        (
+            ["SOURCE", "--mode", "finetune", "--recipe", "cpu,start_size=8"],
+            "start_size='8' is not a whole number >= 32, or none (full size throughout)",
+        ),
     ],
 )
 def test_train_refuses_a_recipe_it_cannot_use_and_needs_one_source(args, words, work, tmp_path):
     args = [str(work / "data") if a == "SOURCE" else a for a in args]
     text = run("train", *args, "--input-size", "32", "--epochs", "1", "--out", tmp_path / "m.hsm", code=2)
     assert words in text, text
+    # One line naming --recipe, the value and what is allowed; refused before any data is read.
+    assert text.count("error:") == 1 and "None" not in text and "labels:" not in text, text
+    if "--recipe" in args:
+        assert "--recipe" in text and "validation images" not in text, text
     assert not (tmp_path / "m.hsm").exists() and not (tmp_path / "m.hsm.ckpt").exists()
+
+
+def test_the_named_recipes_are_spelled_out_in_train_help():
+    """`train --help` shows what each named recipe sets, as endtoend.RECIPES holds it."""
+    import inspect
+
+    from hashsearch.cli.train import train
+    from hashsearch.hashing.deep.endtoend import RECIPES
+
+    text = inspect.signature(train).parameters["recipe"].default.help
+    assert f"paper (the default): {RECIPES['paper'].describe()};" in text, text
+    assert f"cpu: paper with {RECIPES['cpu'].describe(RECIPES['paper'])} (" in text, text
+    assert set(RECIPES) == {"paper", "cpu"}  # a new named recipe goes into the help text (and docs/models.md)
+    # docs/models.md's table of the named recipes holds the same values.
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "models.md").read_text()
+    for name, recipe in RECIPES.items():
+        row = next(line for line in docs.splitlines() if line.startswith(f"| `{name}`"))
+        cells = [c.strip().strip("*") for c in row.strip("|").split("|")][1:]
+        want = {"epochs": "the method's", "start_size": "full size"}
+        assert cells == [
+            want[k] if v is None else format(v, "g") if isinstance(v, float) else str(v)
+            for k, v in recipe.as_dict().items()
+        ], (name, cells)
 
 
 #: RITQ and DHFI on the fixture: their ResNet-32 trained from scratch for 2 epochs (seconds).
@@ -546,3 +588,119 @@ def test_ctrl_c_while_ritq_trains_its_network_resumes_to_the_same_epochs(own_net
     assert r["scratch"]["cifar-resnet32"]["resumed_at"] == 1
     assert r["scratch"]["cifar-resnet32"]["loss"] == pytest.approx(ref["scratch"]["cifar-resnet32"]["loss"], abs=1e-6)
     assert _id(out) == _id(own_networks["ritq"][0]) and not ckpt.exists()
+
+
+def _flowers(dest: Path, classes=("bluebell", "daisy", "iris", "sunflower"), per_class: int = 10) -> Path:
+    """`dest/<species>/*.jpg`: the first `per_class` photos of 4 flowers12 species in archive order,
+    and the archive's stray README.txt beside them (a real folder has such files)."""
+    archive = Path(__file__).resolve().parents[3] / "shared/datasets/flowers12-960.tar.gz"
+    taken: dict[str, int] = {}
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and parts[-1] == "README.txt":
+                (dest / "README.txt").parent.mkdir(parents=True, exist_ok=True)
+                (dest / "README.txt").write_bytes(tar.extractfile(m).read())
+            elif m.isfile() and len(parts) >= 2 and parts[-2] in classes and taken.get(parts[-2], 0) < per_class:
+                (dest / parts[-2]).mkdir(parents=True, exist_ok=True)
+                (dest / parts[-2] / parts[-1]).write_bytes(tar.extractfile(m).read())
+                taken[parts[-2]] = taken.get(parts[-2], 0) + 1
+    assert sorted(taken.values()) == [per_class] * len(classes) and (dest / "README.txt").is_file()
+    return dest
+
+
+def test_finetuning_that_ends_below_the_head_stage_keeps_the_head_stage(work, tmp_path):
+    """Finding 10 and 9: on real photos (where the pretrained network's frozen features are good),
+    a joint stage wrecked by a backbone rate 1000 times the head's ends below the head on the
+    frozen network; the model kept is the head stage's (the starting network's weights, its
+    head), the record and the screen say so, the curve draws both stages, "1 epoch"; the stray
+    text file of the flowers archive is named as left out."""
+    from hashsearch.backbones import create_backbone
+    from hashsearch.model import TrainedModel, _state
+
+    data = _flowers(tmp_path / "data")
+    out = tmp_path / "m.hsm"
+    text = run(
+        "train", data, "--out", out, "--cache-dir", work / "cache", "--method", "hashnet", "--bits", "16",
+        "--input-size", "32", "--mode", "finetune", "--epochs", "1", "--val-fraction", "0.25", "--device", "cpu",
+        "--recipe", "trunk_lr_scale=1000", "--train-batch", "8",
+    )  # fmt: skip
+    assert f"1 file not an image (by extension): {data / 'README.txt'}" in text, text
+    assert "trained 1 epoch;" in text and "1 epochs" not in text, text
+    r = record(out)
+    assert r["kept"] == "head" and r["val_map"] == r["frozen_val_map"] > max(r["epochs"]["val_map"]), r
+    assert "fine-tuning ended below the head stage" in text and "kept the head stage's model" in text, text
+    model = TrainedModel.load(out)
+    stock = _state(create_backbone("efficientnet-lite0", input_size=32))
+    assert all(np.array_equal(model.weights[k], v) for k, v in stock.items()) and len(model.weights) == len(stock)
+    assert model.hasher.epochs == len(r["head_stage"]["loss"])
+    # The curve: the head stage's epochs, then the joint stage's one.
+    assert out.with_name("m-training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_epoch_in_head_mode_draws_no_one_point_curve(work, tmp_path):
+    out = tmp_path / "m.hsm"
+    stale = out.with_name("m-training.png")
+    stale.write_bytes(b"an earlier run's curve")
+    text = run(
+        "train", work / "data", "--out", out, "--cache-dir", work / "cache", "--bits", "16", "--input-size", "32",
+        "--epochs", "1", "--val-fraction", "0.25",
+    )  # fmt: skip
+    assert "trained 1 epoch;" in text and "no training curve drawn: 1 epoch" in text, text
+    assert "labels: one folder per class; 4 classes" in text and "not an image" not in text, text
+    assert not stale.exists() and len(record(out)["epochs"]["loss"]) == 1
+
+
+def test_eval_warns_when_the_test_images_are_training_images(trained, work, cifar_small, tmp_path):
+    """Finding 4: the record lists every training and validation image by content; `eval --model`
+    warns in one stderr line when queries are among them, not when they are unseen images, and
+    reads a model whose record does not list them (an earlier hashsearch's), saying it cannot check."""
+    model = trained[0]
+    r = record(model)
+    assert len(r["data"]["image_digests"]) == 96 and all(len(d) == 16 for d in r["data"]["image_digests"])
+
+    def evaluate(path, data, out):
+        result = runner.invoke(
+            app,
+            ["eval", "--model", str(path), "--data", str(data), "--queries-per-class", "2", "--train-per-class", "2",
+             "--cache-dir", str(work / "cache"), "--out", str(out)],
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return result.stdout, result.stderr, json.loads(out.with_suffix(".json").read_text())["rows"][0]
+
+    # Queries drawn from the training folder itself: all 8 were trained or validated on.
+    out, err, row = evaluate(model, work / "data", tmp_path / "seen")
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "8 of the 8 query images" in warning[0] and _id(model)[:12] in warning[0], err
+    assert "does not measure unseen images" in warning[0] and "warning" not in out
+    assert row["model"]["training_overlap"] == {"queries": 8, "database": 88}
+    assert "8 of 8 queries, 88 of 88 database images" in (tmp_path / "seen.md").read_text()
+    # CIFAR-10 test images: none of them was seen.
+    out, err, row = evaluate(model, cifar_small / "test", tmp_path / "unseen")
+    assert "warning" not in err + out and row["model"]["training_overlap"] == {"queries": 0, "database": 0}
+
+    # A model whose record does not list its images still evaluates, and says the overlap is not checked.
+    old = tmp_path / "old.hsm"
+    with zipfile.ZipFile(model) as z, zipfile.ZipFile(old, "w") as w:
+        for item in z.infolist():
+            data = z.read(item)
+            if item.filename == "model.json":
+                header = json.loads(data)
+                del header["training"]["data"]["image_digests"]
+                data = json.dumps(header).encode()
+            w.writestr(item, data)
+    out, err, row = evaluate(old, work / "data", tmp_path / "old")
+    assert "warning" not in err and "is not checked" in out and row["model"]["training_overlap"] is None, out + err
+
+
+def test_a_validation_split_of_one_image_per_class_is_refused(work, tmp_path):
+    """Each validation image alone in its class gives no validation mAP (it was printed as "nan at
+    epoch None"): refused, with the --val-fraction that holds out 2 of a class."""
+    text = run("train", work / "data", "--out", tmp_path / "m.hsm", "--input-size", "32", "--val-fraction", "0.01",
+               code=2)  # fmt: skip
+    assert "--val-fraction 0.01 holds out at most 1 image of each class" in text, text
+    assert "use --val-fraction 0.07 or more" in text and "nan" not in text and text.count("error:") == 1, text
+    text = run("train", work / "data", "--out", tmp_path / "m.hsm", "--input-size", "32", "--val-fraction", "0.07",
+               "--epochs", "1", "--cache-dir", work / "cache")  # fmt: skip
+    assert "88 training and 8 validation images" in text and "nan" not in text, text

@@ -33,17 +33,20 @@ def test_a_recipe_is_parsed_from_a_name_pairs_or_both():
         ("fast", "not one of paper, cpu"),
         ("epochs=4,cpu", "comes first"),
         ("lr=0.1", "'lr' is not one of epochs"),
-        ("epochs=four", "not a number"),
-        ("schedule=step", "use one of constant, cosine"),
-        ("augment=heavy", "use one of none, crop-flip, strong"),
+        ("epochs=four", "not a whole number"),
+        ("schedule=step", "not one of constant, cosine"),
+        ("augment=heavy", "not one of none, crop-flip, strong"),
         ("ema=1", "ema"),
         ("trunk_lr_scale=0", "trunk_lr_scale"),
         ("start_size=16", "start_size"),
+        ("", "is empty"),
+        (",", "is empty"),
     ],
 )
 def test_a_bad_recipe_says_what_is_wrong(spec, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(ValueError, match=words) as e:
         Recipe.parse(spec)
+    assert str(e.value).startswith("--recipe ") and "None" not in str(e.value)
 
 
 def test_progressive_sizes_grow_from_the_start_size_to_the_input_size_in_multiples_of_8():

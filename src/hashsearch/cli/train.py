@@ -68,9 +68,12 @@ def train(
     recipe: str | None = typer.Option(
         None,
         "--recipe",
-        help="finetune mode: how the backbone trains: a name (paper, cpu), key=value pairs "
-        "(epochs, trunk_lr_scale, schedule, augment, ema, label_smoothing, start_size), or both: 'cpu,epochs=8'. "
-        "Default: paper.",
+        help="finetune mode: how the backbone trains: a name, key=value pairs (epochs, trunk_lr_scale, schedule, "
+        "augment, ema, label_smoothing, start_size), or both: 'cpu,epochs=8'. The names: "
+        # (the text of Recipe.describe, kept equal to endtoend.RECIPES by tests/cli/test_train.py)
+        "paper (the default): epochs=the method's, trunk_lr_scale=0.1, schedule=constant, augment=crop-flip, "
+        "ema=0, label_smoothing=0, start_size=full; "
+        "cpu: paper with schedule=cosine, ema=0.99 (measured in benchmarks/results/recipe.md).",
     ),
     protocol: str | None = typer.Option(
         None,
@@ -108,7 +111,7 @@ def train(
     """
     from hashsearch.cli.commands import _labels
     from hashsearch.data.sources import open_source
-    from hashsearch.experiments.training import train_model
+    from hashsearch.experiments.training import check_recipe, train_model
 
     check_bits([bits])
     from hashsearch.hashing import hashers
@@ -133,6 +136,7 @@ def train(
     if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"--device {device!r}: use cpu, cuda (cuda:N) or auto")
     bb = make_backbone(backbone, input_size, weights)
+    check_recipe(recipe, method, mode)  # before any data is read
     if protocol is not None:
         from hashsearch.experiments.jobs import load_split
 
@@ -182,13 +186,14 @@ def train(
         where = f"the {result.resumed_stage} stage " if result.resumed_stage else ""
         resumed = f" (resumed {where}after epoch {result.resumed_at})"
     if ep.get("loss"):
+        best = max(ep["val_map"]) if ep.get("val_map") else None
         typer.echo(
-            f"trained {len(ep['loss'])} epochs"
+            f"trained {plural(len(ep['loss']), 'epoch')}"
             + resumed
             + (", stopped early" if ep.get("stopped_early") else "")
             + (
-                f"; best validation mAP {r['val_map']:.4f} at epoch {ep['best_epoch']}"
-                if r.get("val_map") is not None
+                f"; best validation mAP {best:.4f} at epoch {ep['best_epoch']}"
+                if best is not None
                 else "; no validation mAP (no labels to validate on): kept the last epoch"
             )
             + (
@@ -197,8 +202,15 @@ def train(
                 else ""
             )
         )
+        if r.get("kept") == "head":
+            typer.echo(
+                f"fine-tuning ended below the head stage on validation ({best:.4f} < {r['frozen_val_map']:.4f}): "
+                f"kept the head stage's model (the head on the starting {r['backbone']['name']}, unchanged)"
+            )
     elif r.get("val_map") is not None:
         typer.echo(f"fitted; validation mAP {r['val_map']:.4f}")
     typer.echo(f"wrote {show(out)}: {result.model.describe()}, {r['seconds']:.0f}s")
     if result.curve is not None:
         typer.echo(f"wrote {show(result.curve)}: training loss and validation mAP by epoch")
+    elif ep.get("loss"):
+        typer.echo("no training curve drawn: 1 epoch is one point (train 2 or more to see one)")

@@ -36,7 +36,7 @@ import numpy as np
 
 from hashsearch.backbones import Backbone, ConcatBackbone, create_backbone
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.sources import ImageRecord, ImageSource
+from hashsearch.data.sources import ImageRecord, ImageSource, SkipReport
 from hashsearch.evaluation.metrics import mean_average_precision
 from hashsearch.experiments.features import SCRATCH_EPOCHS
 from hashsearch.hashing import create_hasher, hashers
@@ -127,7 +127,8 @@ def split_validation(
     Raises
     ------
     ValueError
-        If `fraction` is not in (0, 1), or no class has 2 images (nothing to validate on).
+        If `fraction` is not in (0, 1), no class has 2 images (nothing to validate on), or no
+        class would have 2 validation images (each would be alone: no validation mAP).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"--val-fraction must be between 0 and 1 (exclusive), got {fraction}")
@@ -144,6 +145,16 @@ def split_validation(
         val.update(int(i) for i in g.choice(idx, size=n, replace=False))
     if not val:
         raise ValueError("no class has 2 labelled images: a validation split needs some; add images")
+    held = [sum(i in val for i in idx) for idx in by_class.values()]
+    if max(held) < 2:
+        # Each validation image would be the only one of its class: no query has a relevant item, and the
+        # validation mAP is undefined (NaN) -- no best epoch, nothing to compare fine-tuning against.
+        largest = max(len(idx) for idx in by_class.values())
+        need = min(0.5, np.ceil(150 / largest) / 100)
+        raise ValueError(
+            f"--val-fraction {fraction} holds out at most 1 image of each class (the largest has {largest}): a "
+            f"validation mAP needs 2 of a class; use --val-fraction {need:g} or more, or add images"
+        )
     return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
 
 
@@ -161,16 +172,46 @@ def validation_map(bits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def data_digest(source: ImageSource, records: list[ImageRecord]) -> str:
-    """sha256 naming the training data: each image's key below the source root, label and content sha256."""
+    """sha256 naming the training data: each image's key below the source root, label and content digest."""
+    return _data_digests(source, records)[0]
+
+
+#: Hex digits of each image's content digest kept in a model's record (``data.image_digests``):
+#: 64 bits, so that a chance collision between a 50,000-image training set and a 10,000-image
+#: test set has odds of about 3e-11, at 16 bytes of model.json an image.
+IMAGE_DIGEST_HEX = 16
+
+
+def _data_digests(source: ImageSource, records: list[ImageRecord]) -> tuple[str, list[str]]:
+    """(`data_digest`, the sorted distinct content digests of the readable images, cut to
+    `IMAGE_DIGEST_HEX` hex digits): one read of the images for both."""
     from hashsearch.pipeline.cache import content_digest
 
-    rows = []
+    rows, images = [], set()
     for record, data, error in source.iter_bytes(records):
         rel = os.path.relpath(record.key.split("::")[0], source.root) + (
             "::" + record.key.split("::", 1)[1] if "::" in record.key else ""
         )
-        rows.append(f"{rel}\t{record.label}\t{'unreadable' if error else content_digest(data)}")
-    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+        digest = "unreadable" if error else content_digest(data)
+        if not error:
+            images.add(digest[:IMAGE_DIGEST_HEX])
+        rows.append(f"{rel}\t{record.label}\t{digest}")
+    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest(), sorted(images)
+
+
+class TrainingDataWarning(UserWarning):
+    """`evaluate_model`: some of the test images are images the model was trained or validated on."""
+
+
+def training_overlap(model: TrainedModel, digests: list[str]) -> int | None:
+    """How many of the images of content digests `digests` (`pipeline.cache.content_digest`) the
+    model was trained or validated on (its record's ``data.image_digests``); None when the record
+    has none (a model trained before records listed them, or built without a training record)."""
+    seen = (model.record.get("data") or {}).get("image_digests")
+    if not isinstance(seen, list):
+        return None
+    kept = set(seen)
+    return sum(d[:IMAGE_DIGEST_HEX] in kept for d in digests)
 
 
 def machine() -> dict[str, Any]:
@@ -276,11 +317,10 @@ def train_model(
         fewer than 2 classes, a checkpoint left by a different training (use `fresh`).
     """
     from hashsearch.hashing.deep.base import DeepHasher
-    from hashsearch.hashing.deep.endtoend import Recipe
 
-    recipe = Recipe.parse(recipe) if isinstance(recipe, str) else (recipe or Recipe())
     if mode not in MODES:
         raise ValueError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    recipe = check_recipe(recipe, method, mode)
     cls = hashers.get(method)
     nets = tuple(cls.feature_backbones)
     scratch = [n for n in nets if n is not None]
@@ -307,10 +347,12 @@ def train_model(
         if epochs is not None and mode == "head":
             hasher.epochs = epochs
 
-    if mode != "finetune" and recipe != Recipe():
-        raise ValueError(f"--recipe sets how finetune mode trains the backbone; with --mode {mode} leave it out")
     out = Path(out)
-    records = source.records() if records is None else list(records)
+    if records is None:
+        records = source.records()
+        _log_listing(source, log)
+    else:
+        records = list(records)
     labelled = [r for r in records if r.label is not None]
     if scratch and len({r.label for r in labelled}) < 2:
         raise ValueError(
@@ -335,7 +377,7 @@ def train_model(
         log(
             f"{len(train_recs)} training and {len(val_recs)} validation images, {len({r.label for r in labelled})} classes"
         )
-    digest = data_digest(source, labelled)
+    digest, image_digests = _data_digests(source, labelled)
 
     if trains or scratch:
         from hashsearch.hashing.deep.trainer import resolve_device
@@ -376,6 +418,8 @@ def train_model(
             "validation": len(val_recs),
             "classes": sorted({str(r.label) for r in labelled if r.label is not None}),
             "split": {"val_fraction": val_fraction, "seed": seed},
+            # Every training and validation image, by content: `eval --model` warns when a test image is one.
+            "image_digests": image_digests,
         },
         "protocol": protocol,
         "device": dev,
@@ -438,6 +482,7 @@ def train_model(
         else:
             from hashsearch.pipeline.local import extract_pixels
 
+            # (an image that cannot be read or decoded is named by a warning as it is skipped)
             kept, pixels, _ = extract_pixels(
                 source, train_recs, backbone.preprocess, max_pixels=max_pixels, progress=progress
             )
@@ -513,6 +558,17 @@ def train_model(
                 record["frozen_val_map"] = max(warm.val_score, default=None)
                 record["epochs"] = _epochs(joint)
                 record["val_map"] = max(joint.val_score, default=None)
+                record["kept"] = "joint"
+                if (
+                    record["frozen_val_map"] is not None
+                    and record["val_map"] is not None
+                    and record["frozen_val_map"] > record["val_map"]
+                ):
+                    # Fine-tuning ended below the head on the starting network: keep that one, the better model.
+                    hasher.head_state_ = hasher.head_stage_state_
+                    tuned = backbone
+                    record["kept"] = "head"
+                    record["val_map"] = record["frozen_val_map"]
             record["recipe"] = recipe.as_dict()
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(ckpt, out, mode)) from None
@@ -521,16 +577,85 @@ def train_model(
             # Nothing trained: no checkpoint, so that a corrected command is not taken for another run.
             shutil.rmtree(ckpt, ignore_errors=True)
     if deep:
-        # The hasher's `epochs` as run (the joint stage's in finetune mode), not the method's default.
-        hasher.epochs = len(record["epochs"]["loss"])
+        # The hasher's `epochs` as run (the joint stage's in finetune mode, the head stage's when
+        # that one is kept), not the method's default.
+        hasher.epochs = len(record["head_stage" if record.get("kept") == "head" else "epochs"]["loss"])
     record["params"] = hasher.get_params()  # DHFI: with the widths of its networks' features
     record["seconds"] = time.perf_counter() - t_start
     record["train_seconds"] = float(getattr(hasher, "train_seconds_", 0.0) or 0.0)
     model = TrainedModel.from_trained(tuned, hasher, record)
     model.save(out)
     curve = write_curve(model, out.with_name(out.stem + "-training.png"))
+    if curve is None:
+        out.with_name(out.stem + "-training.png").unlink(missing_ok=True)  # an earlier run's, not this one's
     shutil.rmtree(ckpt, ignore_errors=True)
     return TrainResult(model, out, curve, resumed_at, notes, resumed_stage)
+
+
+def _check_overlap(model: TrainedModel, name: str, feats, log: Callable[[str], None]) -> dict | None:
+    """Count the split's query and database images the model was trained or validated on; warn
+    (`TrainingDataWarning`, one line) when a query is one. None when the record cannot say."""
+    import warnings
+
+    queries = training_overlap(model, feats.query.digests)
+    if queries is None:
+        log(
+            "the model's record lists no training images (a model trained by an earlier hashsearch): whether the "
+            "test images were among them is not checked"
+        )
+        return None
+    database = training_overlap(model, feats.database.digests)
+    if queries:
+        n = len(feats.query.digests)
+        warnings.warn(
+            f"{queries:,} of the {n:,} query images of {name} are images model {model.id[:12]} was trained or "
+            f"validated on (the same bytes): the mAP below does not measure unseen images; evaluate on a "
+            "protocol or --data whose queries it has not seen, or train it without them",
+            TrainingDataWarning,
+            stacklevel=3,
+        )
+    return {"queries": queries, "database": database}
+
+
+def _overlap_note(overlap: dict | None, n_queries: int, n_database: int) -> str:
+    """The results file's line on the test images the model was trained on."""
+    if overlap is None:
+        return "Overlap with the training images: not checked (the model's record does not list them)."
+    return (
+        f"Overlap with the model's training and validation images: {overlap['queries']:,} of {n_queries:,} "
+        f"queries, {overlap['database']:,} of {n_database:,} database images (the database of a protocol "
+        "usually holds its training split)."
+    )
+
+
+def check_recipe(recipe: Recipe | str | None, method: str, mode: str) -> Recipe:
+    """`recipe` (a `Recipe`, a `Recipe.parse` spec, or None: "paper") checked against `method` and
+    `mode` before any data is read.
+
+    Raises
+    ------
+    ValueError
+        A spec `Recipe.parse` refuses (an empty one too); a recipe other than "paper" outside
+        finetune mode; label smoothing for a method whose loss has no class targets.
+    """
+    from hashsearch.hashing.deep.endtoend import Recipe
+    from hashsearch.hashing.deep.losses import losses
+
+    recipe = Recipe.parse(recipe) if isinstance(recipe, str) else (recipe or Recipe())
+    if mode != "finetune" and recipe != Recipe():
+        raise ValueError(f"--recipe sets how finetune mode trains the backbone; with --mode {mode} leave it out")
+    hasher = create_hasher(method, n_bits=16)
+    if recipe.label_smoothing and hasattr(hasher, "finetune"):  # (finetune mode for other methods is refused apart)
+        loss = getattr(hasher, "loss", None)
+        if loss is None or not hasattr(losses.get(loss), "label_smoothing"):
+            smooth = [
+                m for m in _deep_methods() if hasattr(losses.get(create_hasher(m, n_bits=16).loss), "label_smoothing")
+            ]
+            raise ValueError(
+                f"--recipe label_smoothing={recipe.label_smoothing}: --method {method}'s loss has no class targets to "
+                f"smooth; use it with {', '.join(smooth)} (their losses have class targets), or leave it at 0"
+            )
+    return recipe
 
 
 def _validator(net: Backbone, sub, vpixels: np.ndarray, yv: np.ndarray, dev: str) -> Callable[[Any], float]:
@@ -635,6 +760,17 @@ def _networks(
     return out
 
 
+def _log_listing(source: ImageSource, log: Callable[[str], None]) -> None:
+    """Say how the labels were read and which files were left out, as `hashsearch index` does
+    (an image that cannot be read or decoded is named by a warning when it is skipped)."""
+    listing = source.listing()
+    log(listing.labels.summary())
+    if listing.left_out():
+        log(listing.left_out())
+    if listing.problems:
+        log(SkipReport(list(listing.problems)).summary())
+
+
 def _plural(n: int, word: str) -> str:
     """'1 epoch', '3 epochs'."""
     return f"{n:,} {word}{'' if n == 1 else 's'}"
@@ -692,10 +828,16 @@ def _prepare_checkpoint(ckpt: Path, run: dict, fresh: bool, log: Callable[[str],
 
 
 def write_curve(model: TrainedModel, out_png: str | os.PathLike) -> Path | None:
-    """The training loss and validation mAP by epoch as a PNG; None when there are no epochs (classic methods)."""
-    epochs = model.record.get("epochs") or {}
-    loss, vmap = epochs.get("loss") or [], epochs.get("val_map") or []
-    if not loss:
+    """The training loss and validation mAP by epoch as a PNG, with a marker on every epoch;
+    finetune mode: the head stage's epochs, then the joint stage's. None (nothing written) when
+    there are fewer than 2 epochs to draw (classic methods; a 1-epoch run: one point is no curve).
+    """
+    r = model.record
+    epochs = r.get("epochs") or {}
+    head = (r.get("head_stage") or {}) if r.get("mode") == "finetune" else {}
+    stages = [(st.get("loss") or [], st.get("val_map") or [], st.get("best_epoch")) for st in (head, epochs)]
+    loss = stages[0][0] + stages[1][0]
+    if len(loss) < 2:
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -703,19 +845,26 @@ def write_curve(model: TrainedModel, out_png: str | os.PathLike) -> Path | None:
     fig = Figure(figsize=(6, 3.6), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(111)
-    x = np.arange(1, len(loss) + 1)
-    ax.plot(x, loss, color="tab:blue", marker="o", ms=3, label="training loss")
-    ax.set_xlabel("epoch")
+    n_head = len(stages[0][0])
+    for i, (sl, _, _) in enumerate(stages):  # each stage its own line: the joint stage's loss is of augmented images
+        x0 = n_head if i == 1 else 0
+        ax.plot(np.arange(x0 + 1, x0 + len(sl) + 1), sl, color="tab:blue", marker="o", ms=3)
+    ax.set_xlabel("epoch (head stage, then fine-tuning)" if n_head else "epoch")
     ax.set_ylabel("training loss", color="tab:blue")
-    if vmap:
+    if n_head:
+        ax.axvline(n_head + 0.5, color="grey", ls="--", lw=1)
+    if stages[0][1] or stages[1][1]:
         ax2 = ax.twinx()
-        ax2.plot(np.arange(1, len(vmap) + 1), vmap, color="tab:red", marker="s", ms=3, label="validation mAP")
+        kept_stage = 0 if r.get("kept") == "head" else 1
+        for i, (_, vmap, best) in enumerate(stages):
+            if not vmap:
+                continue
+            x0 = n_head if i == 1 else 0
+            ax2.plot(np.arange(x0 + 1, x0 + len(vmap) + 1), vmap, color="tab:red", marker="s", ms=3)
+            if best and i == kept_stage:
+                ax2.axvline(x0 + best, color="grey", ls=":", lw=1)
+                ax2.annotate(f"kept {vmap[best - 1]:.3f}", (x0 + best, vmap[best - 1]), fontsize=8)
         ax2.set_ylabel("validation mAP", color="tab:red")
-        best = epochs.get("best_epoch")
-        if best:
-            ax2.axvline(best, color="grey", ls=":", lw=1)
-            ax2.annotate(f"best {vmap[best - 1]:.3f}", (best, vmap[best - 1]), fontsize=8)
-    r = model.record
     ax.set_title(f"{r.get('method')} {model.n_bits} bits, {r.get('mode')} mode, {model.backbone_name}", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -757,6 +906,7 @@ def evaluate_model(
     log(split.summary())
     backbone = model.backbone(cache_dir)
     feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels)
+    overlap = _check_overlap(model, split.name, feats, log)
     t1 = time.perf_counter()
     qc, dc = model.hasher.encode(feats.query.features), model.hasher.encode(feats.database.features)
     metrics = evaluate(qc, dc, feats.query.labels, feats.database.labels)
@@ -767,7 +917,12 @@ def evaluate_model(
         "metrics": metrics,
         "timings": {"fit_s": 0.0, "encode_s": time.perf_counter() - t1, "eval_s": 0.0},
         "params": model.hasher.get_params(),
-        "model": {"id": model.id, "file": str(model.path), "val_map": model.record.get("val_map")},
+        "model": {
+            "id": model.id,
+            "file": str(model.path),
+            "val_map": model.record.get("val_map"),
+            "training_overlap": overlap,
+        },
     }
     log(f"{model.describe()}: mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}")
     if out is not None:
@@ -776,6 +931,7 @@ def evaluate_model(
                 f"Command: `{command}`" if command else "",
                 f"Protocol: {split.name} (seed {split.seed}): {split.description}",
                 f"Model: {model.path} ({model.describe()}), trained on {model.record.get('data', {}).get('source')}.",
+                _overlap_note(overlap, len(feats.query.digests), len(feats.database.digests)),
                 f"Machine: {machine_description()}. Total wall time {time.perf_counter() - t0:.0f}s.",
             ]
         )

@@ -278,6 +278,8 @@ class DeepHasher(Hasher):
             **settings,
             **(warm_loop or {}),
         )
+        # The head stage's head (its best epoch): a caller may keep it should the joint stage end worse.
+        self.head_stage_state_ = {k: v.detach().to("cpu", copy=True).numpy() for k, v in head.state_dict().items()}
         model = ImageModel(
             trunk,
             head,

@@ -26,6 +26,16 @@ from hashsearch.hashing.deep.trainer import TrainHistory, resolve_device, seeded
 #: Version of the fine-tuning recipe: results cached by it (weights, hashers) are redone when it changes.
 FINETUNE_RECIPE = 2
 
+#: What each `Recipe` setting takes, in the words of `Recipe.parse`'s errors.
+_ALLOWED = {
+    "epochs": "a whole number >= 1, or none (the method's epochs)",
+    "trunk_lr_scale": "a number > 0",
+    "schedule": "one of constant, cosine",
+    "augment": "one of none, crop-flip, strong",
+    "ema": "a number in [0, 1) (0: off; e.g. 0.99)",
+    "label_smoothing": "a number in [0, 1) (0: off)",
+    "start_size": "a whole number >= 32, or none (full size throughout)",
+}
 #: The augmentations `Recipe.augment` names (see `augment_batch`).
 AUGMENTATIONS = ("none", "crop-flip", "strong")
 #: The learning-rate schedules of the joint stage (`Recipe.schedule`).
@@ -89,26 +99,41 @@ class Recipe:
     def parse(cls, spec: str) -> Recipe:
         """A recipe from "NAME", "key=value,..." or "NAME,key=value,..." (NAME from `RECIPES`).
 
-        ``Recipe.parse("cpu,epochs=4")`` is the "cpu" recipe with 4 joint epochs.
+        ``Recipe.parse("cpu,epochs=4")`` is the "cpu" recipe with 4 joint epochs. A value
+        "none" is None (epochs: the method's; start_size: full size throughout).
 
         Raises
         ------
         ValueError
-            An unknown name or key, a value of the wrong type, or a value out of range.
+            An empty spec, an unknown name or key, a value of the wrong type, or a value out of
+            range; the message names ``--recipe``, the value given and what is allowed.
         """
         fields = [f.name for f in dataclasses.fields(cls)]
+        items = [p.strip() for p in str(spec).split(",") if p.strip()]
+        if not items:
+            raise ValueError(
+                f"--recipe {spec!r} is empty; give a recipe name ({', '.join(RECIPES)}), key=value pairs, or both "
+                "('cpu,epochs=8'), or leave --recipe out for 'paper'"
+            )
         base, changes = cls(), {}
-        for i, part in enumerate(p.strip() for p in str(spec).split(",") if p.strip()):
+        for i, part in enumerate(items):
             if "=" not in part:
                 if i:
-                    raise ValueError(f"recipe {spec!r}: a recipe name ({part!r}) comes first, then key=value pairs")
+                    raise ValueError(
+                        f"--recipe {spec!r}: a recipe name ({part!r}) comes first, then key=value pairs ('cpu,epochs=8')"
+                    )
                 if part not in RECIPES:
-                    raise ValueError(f"recipe {part!r} is not one of {', '.join(RECIPES)} (or give key=value pairs)")
+                    raise ValueError(
+                        f"--recipe {part!r} is not one of {', '.join(RECIPES)} (the named recipes), nor key=value pairs"
+                    )
                 base = RECIPES[part]
                 continue
             key, value = (x.strip() for x in part.split("=", 1))
             if key not in fields:
-                raise ValueError(f"recipe {spec!r}: {key!r} is not one of {', '.join(fields)}")
+                raise ValueError(
+                    f"--recipe {spec!r}: {key!r} is not one of {', '.join(fields)} (the recipe's settings)"
+                )
+            wrong = f"--recipe {spec!r}: {key}={value!r} is not {_ALLOWED[key]}"
             if key in ("schedule", "augment"):
                 changes[key] = value
             elif value.lower() == "none":
@@ -117,8 +142,23 @@ class Recipe:
                 try:
                     changes[key] = int(value) if key in ("epochs", "start_size") else float(value)
                 except ValueError:
-                    raise ValueError(f"recipe {spec!r}: {key}={value!r} is not a number") from None
+                    raise ValueError(wrong) from None
+            try:
+                cls(**{key: changes[key]})  # one setting at a time: the message names it
+            except (TypeError, ValueError):
+                raise ValueError(wrong) from None
         return dataclasses.replace(base, **changes)
+
+    def describe(self, base: Recipe | None = None) -> str:
+        """The settings as "key=value, ..." text (None shown as "the method's" or "full"), only
+        those that differ from `base` when it is given (`hashsearch train --help`, docs/models.md)."""
+        shown = {"epochs": "the method's", "start_size": "full"}
+        before = base.as_dict() if base is not None else {}
+        return ", ".join(
+            f"{k}={shown[k] if v is None else format(v, 'g') if isinstance(v, float) else v}"
+            for k, v in self.as_dict().items()
+            if k not in before or before[k] != v
+        )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

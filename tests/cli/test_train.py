@@ -674,6 +674,7 @@ def test_eval_warns_when_the_test_images_are_training_images(trained, work, cifa
     warning = [line for line in err.splitlines() if line.startswith("warning:")]
     assert len(warning) == 1 and "8 of the 8 query images" in warning[0] and _id(model)[:12] in warning[0], err
     assert "does not measure unseen images" in warning[0] and "warning" not in out
+    assert "(the same bytes: airplane/" in warning[0] and "and 5 more)" in warning[0], warning  # 3 named, below --data
     assert row["model"]["training_overlap"] == {"queries": 8, "database": 88}
     assert "8 of 8 queries, 88 of 88 database images" in (tmp_path / "seen.md").read_text()
     # CIFAR-10 test images: none of them was seen.

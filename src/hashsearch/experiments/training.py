@@ -592,9 +592,10 @@ def train_model(
     return TrainResult(model, out, curve, resumed_at, notes, resumed_stage)
 
 
-def _check_overlap(model: TrainedModel, name: str, feats, log: Callable[[str], None]) -> dict | None:
+def _check_overlap(model: TrainedModel, name: str, root: str, feats, log: Callable[[str], None]) -> dict | None:
     """Count the split's query and database images the model was trained or validated on; warn
-    (`TrainingDataWarning`, one line) when a query is one. None when the record cannot say."""
+    (`TrainingDataWarning`, one line naming up to 3 of the queries below `root`) when a query is
+    one. None when the record cannot say."""
     import warnings
 
     queries = training_overlap(model, feats.query.digests)
@@ -606,11 +607,19 @@ def _check_overlap(model: TrainedModel, name: str, feats, log: Callable[[str], N
         return None
     database = training_overlap(model, feats.database.digests)
     if queries:
+        seen = set((model.record.get("data") or {}).get("image_digests") or [])
+        keys = [
+            os.path.relpath(r.key, root) if "::" not in r.key else r.key.split("::", 1)[1]
+            for r, d in zip(feats.query.records, feats.query.digests)
+            if d[:IMAGE_DIGEST_HEX] in seen
+        ]
+        named = ", ".join(keys[:3]) + (f" and {len(keys) - 3:,} more" if len(keys) > 3 else "")
         n = len(feats.query.digests)
         warnings.warn(
-            f"{queries:,} of the {n:,} query images of {name} are images model {model.id[:12]} was trained or "
-            f"validated on (the same bytes): the mAP below does not measure unseen images; evaluate on a "
-            "protocol or --data whose queries it has not seen, or train it without them",
+            f"{queries:,} of the {n:,} query images of {name} {'is an image' if queries == 1 else 'are images'} "
+            f"model {model.id[:12]} was trained or validated on (the same bytes: {named}): the mAP below does not "
+            "measure unseen images; evaluate on a protocol or --data whose queries it has not seen, or train it "
+            "without them",
             TrainingDataWarning,
             stacklevel=3,
         )
@@ -906,7 +915,7 @@ def evaluate_model(
     log(split.summary())
     backbone = model.backbone(cache_dir)
     feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels)
-    overlap = _check_overlap(model, split.name, feats, log)
+    overlap = _check_overlap(model, split.name, source.root, feats, log)
     t1 = time.perf_counter()
     qc, dc = model.hasher.encode(feats.query.features), model.hasher.encode(feats.database.features)
     metrics = evaluate(qc, dc, feats.query.labels, feats.database.labels)

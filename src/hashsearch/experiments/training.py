@@ -14,9 +14,15 @@ Methods that compute their features with networks of their own (`Hasher.feature_
 RITQ's ResNet-32 and DHFI's second network are first trained from scratch with a classifier on the
 training images (`endtoend.train_backbone`, `scratch_epochs`; checkpointed every epoch as
 ``scratch-<i>-epochs.pt`` and once trained as ``scratch-<i>.pt``, so a killed run resumes in the
-middle of their training, and does not train them again once they are done). RITQ's model holds that ResNet-32 as its backbone (at
-32 px, the paper's); DHFI's holds both networks as one `ConcatBackbone` (the given backbone and
-a `PooledCifarResNet32` reading the same crops), their features side by side in that order.
+middle of their training, and does not train them again once they are done). RITQ's model holds
+that ResNet-32 as its backbone (at 32 px, the paper's); DHFI's holds both networks as one
+`ConcatBackbone` (the given backbone and a `PooledCifarResNet32` reading the same crops), their
+features side by side in that order.
+
+Finetune mode keeps the better of its two stages by validation mAP: the fine-tuned network, or
+the head stage's model (the starting network and its head) when fine-tuning ended below it.
+The record lists every training and validation image by content (``data.image_digests``), so
+that `evaluate_model` warns when a test image is one of them.
 """
 
 from __future__ import annotations

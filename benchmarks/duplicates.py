@@ -71,6 +71,15 @@ from _report import Report
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 TRANSFORMS = ("jpeg", "resize", "crop", "color", "hflip", "rot90", "text", "border")
+PEERS = (
+    "imagededup-PHash",
+    "imagededup-DHash",
+    "imagededup-WHash",
+    "imagededup-AHash",
+    "imagehash-phash",
+    "imagehash-dhash",
+)
+THRESHOLDS = (0, 2, 4, 6, 8, 10, 12, 14, 16)
 
 
 # -- the set --------------------------------------------------------------------------------------
@@ -121,20 +130,32 @@ def _flowers() -> list[bytes]:
         return [tar.extractfile(m).read() for m in members]
 
 
-def _cifar(n: int, rng: random.Random) -> list[bytes]:
-    """n CIFAR-10 training images (JPEG bytes), drawn at random."""
+def _cifar(n: int, rng: random.Random, first: str = "train") -> list[bytes]:
+    """n CIFAR-10 images (JPEG bytes), drawn at random from its `first` part ("train": 50,000,
+    "test": 10,000), then from the other part where n is larger than the first."""
     with tarfile.open(DATASETS / "cifar10-jpg.tar.gz") as tar:
-        members = sorted(
-            (m for m in tar.getmembers() if m.isfile() and m.name.startswith("train/")), key=lambda m: m.name
-        )
-        chosen = rng.sample(members, n)
+        parts = {
+            part: sorted(
+                (m for m in tar.getmembers() if m.isfile() and m.name.startswith(part + "/")), key=lambda m: m.name
+            )
+            for part in ("train", "test")
+        }
+        a, b = parts[first], parts["test" if first == "train" else "train"]
+        if n > len(a) + len(b):
+            raise ValueError(
+                f"{n:,} CIFAR-10 images asked for, the set has {len(a) + len(b):,}: use fewer --images or more --groups"
+            )
+        chosen = rng.sample(a, min(n, len(a))) + (rng.sample(b, n - len(a)) if n > len(a) else [])
         # Read in archive order (a gzip stream cannot seek back without decompressing from the start).
         data = {m.name: tar.extractfile(m).read() for m in sorted(chosen, key=lambda m: m.offset)}
         return [data[m.name] for m in chosen]
 
 
-def make_set(folder: Path, n_images: int, n_groups: int, n_variants: int, seed: int = 0) -> Path:
-    """Write the set into `folder`/images and its truth.csv (once: kept if truth.csv exists)."""
+def make_set(
+    folder: Path, n_images: int, n_groups: int, n_variants: int, seed: int = 0, cifar_first: str = "train"
+) -> Path:
+    """Write the set into `folder`/images and its truth.csv (once: kept if truth.csv exists).
+    `seed` draws the CIFAR-10 images and the transformations; `cifar_first` as in `_cifar`."""
     truth = folder / "truth.csv"
     if truth.exists():
         return truth
@@ -146,7 +167,7 @@ def make_set(folder: Path, n_images: int, n_groups: int, n_variants: int, seed: 
     if n_single < 0:
         raise ValueError(f"--images {n_images} < groups * (1 + variants) = {n_groups * (1 + n_variants)}")
     n_cifar = max(0, n_groups - len(flowers)) + n_single
-    cifar = _cifar(n_cifar, rng)
+    cifar = _cifar(n_cifar, rng, cifar_first)
     originals: list[tuple[str, Image.Image | bytes]] = [("flowers", b) for b in flowers[:n_groups]]
     originals += [("cifar", b) for b in cifar[: max(0, n_groups - len(flowers))]]
     singles = cifar[max(0, n_groups - len(flowers)) :]
@@ -270,17 +291,32 @@ def _pairs_from_dup_map(dups: dict, index: dict[str, int]) -> tuple[np.ndarray, 
     return np.asarray(pi, np.int64), np.asarray(pj, np.int64)
 
 
-def _all_pairs_within(hashes: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair of 64-bit hashes (uint64, (n,)) within Hamming t: all pairs, as imagehash users do."""
-    pi, pj = [], []
-    for a in range(0, len(hashes), 1024):
-        x = hashes[a : a + 1024, None] ^ hashes[None, :]
-        d = np.bitwise_count(x)
+def _scored_pairs(dups: dict, index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, distance) from imagededup's find_duplicates(scores=True) map, each pair once."""
+    pi, pj, pd = [], [], []
+    for f, others in dups.items():
+        for o, dist in others:
+            a, b = index[f], index[o]
+            if a < b:
+                pi.append(a)
+                pj.append(b)
+                pd.append(dist)
+    return np.asarray(pi, np.int64), np.asarray(pj, np.int64), np.asarray(pd, np.int64)
+
+
+def _all_pairs_within(hashes: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of 64-bit hashes (uint64, (n,)) within Hamming t, and its distance: all pairs
+    compared, as imagehash users do (it has no search)."""
+    pi, pj, pd = [], [], []
+    step = max(16, (1 << 24) // max(1, len(hashes)))  # rows per block: about 128 MiB of XORs at once
+    for a in range(0, len(hashes), step):
+        d = np.bitwise_count(hashes[a : a + step, None] ^ hashes[None, :])
         qi, qj = np.nonzero(d <= t)
         keep = qj > qi + a
         pi.append(qi[keep] + a)
         pj.append(qj[keep])
-    return np.concatenate(pi), np.concatenate(pj)
+        pd.append(d[qi[keep], qj[keep]].astype(np.int64))
+    return np.concatenate(pi), np.concatenate(pj), np.concatenate(pd)
 
 
 def best_threshold(pairs_at, n, group, trans, thresholds):
@@ -402,6 +438,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--groups", type=int, default=1_200)
     ap.add_argument("--variants", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="draws the CIFAR-10 images and the transformations")
+    ap.add_argument(
+        "--cifar-first",
+        choices=("train", "test"),
+        default="train",
+        help="the CIFAR-10 part drawn from first (the other only when more images are needed); "
+        "a set to choose defaults on: --seed 1 --cifar-first test (other photos than the report's set)",
+    )
     ap.add_argument("--method", default="itq")
     ap.add_argument("--bits", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="processes/threads every method may use")
@@ -414,6 +458,19 @@ def main() -> None:
         dest="sweep",
         action="store_false",
         help="skip hashsearch's radius/similarity sweep (its codes-only rows hold every pair within the radius)",
+    )
+    ap.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated peers to run, of {','.join(PEERS)} ('' for none)",
+    )
+    ap.add_argument("--sweep-radius", default="8,12,16,20", help="radii of hashsearch's sweep")
+    ap.add_argument("--sweep-similarity", default="none,0.4,0.45,0.5,0.55,0.6,0.7", help="similarities of the sweep")
+    ap.add_argument(
+        "--no-peer-thresholds",
+        dest="peer_thresholds",
+        action="store_false",
+        help="run each peer at its default threshold only (not also at the one best on this set)",
     )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
@@ -434,13 +491,17 @@ def main() -> None:
         rep.save(args.out, f"Near-duplicate search: how its time grows with the number of images, to {args.scale_to:,}")
         return
 
-    folder = args.data / f"set-{args.images}"
+    folder = args.data / (
+        f"set-{args.images}"
+        if (args.seed, args.cifar_first) == (0, "train")
+        else f"set-{args.images}-seed{args.seed}-{args.cifar_first}"
+    )
     if args.cache_dir is None:
         import tempfile
 
         args.cache_dir = Path(tempfile.mkdtemp(prefix="features-", dir=args.data))
     t = time.perf_counter()
-    truth = make_set(folder, args.images, args.groups, args.variants)
+    truth = make_set(folder, args.images, args.groups, args.variants, args.seed, args.cifar_first)
     made = time.perf_counter() - t
     if args.make_only:
         print(f"set at {folder} ({made:.0f} s)")
@@ -464,7 +525,7 @@ def main() -> None:
     # hashsearch
     from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
     from hashsearch.data.sources import open_source
-    from hashsearch.duplicates import default_radius, duplicate_groups, find_duplicates
+    from hashsearch.duplicates import duplicate_groups, find_duplicates
     from hashsearch.hashing import create_hasher
     from hashsearch.pipeline import build_collection
 
@@ -504,54 +565,77 @@ def main() -> None:
         for m in grp.members:
             pred[pos[os.path.basename(m.path)]] = gi
     s = score(pred, group, trans)
-    results.append((f"hashsearch {args.method}-{args.bits} r={dup.radius}", s, t_build + t_find))
+    results.append((f"hashsearch {args.method}-{args.bits} r={dup.radius} s={dup.min_similarity}", s, t_build + t_find))
 
     # the sweep (codes and features already computed: only the search and grouping are timed)
     codes = coll.index.get_codes(ids)
     feats = np.asarray(coll.features_of(ids), np.float32)
     row_of = np.array([pos[k] for k in keys])
-    rep("sweep (hashsearch, same codes): radius, min_similarity -> P R F1, search+group seconds")
-    for radius in sorted({4, 8, default_radius(args.bits), 16}) if args.sweep else ():
-        for ms in (None, 0.5, 0.6, 0.7):
+    rep(
+        "sweep (hashsearch, same codes): radius, min_similarity -> P R F1 overall, recall per transformation, search+group seconds"
+    )
+    sims = [None if x.strip().lower() == "none" else float(x) for x in args.sweep_similarity.split(",") if x.strip()]
+    for radius in _sizes(args.sweep_radius) if args.sweep else ():
+        for ms in sims:
             t = time.perf_counter()
             groups = duplicate_groups(codes, radius, features=feats, min_similarity=ms)
             dt = time.perf_counter() - t
             p = np.arange(n) + 10**9
             for gi, rows_ in enumerate(groups):
                 p[row_of[rows_]] = gi
-            o = score(p, group, trans)["overall"]
-            rep(f"  r={radius:2d} sim>={ms}: P {o[0]:.3f} R {o[1]:.3f} F1 {o[2]:.3f}  {dt:.2f} s")
+            sc = score(p, group, trans)
+            o = sc["overall"]
+            rep(
+                f"  r={radius:2d} sim>={ms}: P {o[0]:.3f} R {o[1]:.3f} F1 {o[2]:.3f} | "
+                + " ".join(f"{t_} {sc[t_][1]:.2f}" for t_ in TRANSFORMS)
+                + f"  {dt:.2f} s"
+            )
+    if args.sweep:
+        # The rule before complete linkage, for the record: the pairs that pass joined as connected
+        # components (A~B and B~C make one group), at the defaults it had (radius 16, similarity 0.6).
+        from hashsearch.duplicates import cosine_of_pairs, near_pairs, whiten
+
+        pi, pj, _ = near_pairs(codes, 16)
+        keep_ = cosine_of_pairs(whiten(feats), pi, pj) >= 0.6
+        sc = score(labels_from_pairs(n, row_of[pi[keep_]], row_of[pj[keep_]]), group, trans)
+        o = sc["overall"]
+        rep(
+            f"  previous rule (connected components) r=16 sim>=0.6: P {o[0]:.3f} R {o[1]:.3f} F1 {o[2]:.3f} | "
+            + " ".join(f"{t_} {sc[t_][1]:.2f}" for t_ in TRANSFORMS)
+        )
     rep("")
 
-    # imagededup
-    hashing = _imagededup_hashing()
+    peers = [x for x in args.peers.split(",") if x]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        raise SystemExit(f"--peers: unknown {unknown}; choose from {','.join(PEERS)}")
+    # imagededup: find_duplicates timed at its default threshold (10), and once at the largest
+    # threshold with its distances (scores=True), from which the pairs at each smaller one are read.
+    hashing = _imagededup_hashing() if any(x.startswith("imagededup") for x in peers) else None
     index = {f: i for i, f in enumerate(files)}
-    for cls in ("PHash", "DHash", "WHash", "AHash"):
+    for cls in [x.split("-")[1] for x in peers if x.startswith("imagededup")]:
         method = getattr(hashing, cls)(verbose=False)
         t = time.perf_counter()
         enc = method.encode_images(image_dir=str(folder / "images"), num_enc_workers=args.workers)
         t_enc = time.perf_counter() - t
-        timings = {}
+        t = time.perf_counter()
+        d10 = method.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=args.workers)
+        t10 = time.perf_counter() - t
+        s10 = score(labels_from_pairs(n, *_pairs_from_dup_map(d10, index)), group, trans)
+        results.append((f"imagededup {cls} t=10 (default)", s10, t_enc + t10))
+        rep(f"imagededup {cls} stages (s): encode {t_enc:.2f}, find_duplicates at t=10 {t10:.2f}")
+        if args.peer_thresholds:
+            dmax = method.find_duplicates(
+                encoding_map=enc, max_distance_threshold=max(THRESHOLDS), scores=True, num_dist_workers=args.workers
+            )
+            pi, pj, pd = _scored_pairs(dmax, index)
+            bt, bs = best_threshold(lambda th: (pi[pd <= th], pj[pd <= th]), n, group, trans, THRESHOLDS)
+            results.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + t10))
 
-        def at(th, method=method, enc=enc, timings=timings):
-            t0 = time.perf_counter()
-            d = method.find_duplicates(encoding_map=enc, max_distance_threshold=th, num_dist_workers=args.workers)
-            timings[th] = time.perf_counter() - t0
-            return _pairs_from_dup_map(d, index)
-
-        s10 = score(labels_from_pairs(n, *at(10)), group, trans)
-        results.append((f"imagededup {cls} t=10 (default)", s10, t_enc + timings[10]))
-        rep(f"imagededup {cls} stages (s): encode {t_enc:.2f}, find_duplicates at t=10 {timings[10]:.2f}")
-        bt, bs = best_threshold(at, n, group, trans, [0, 2, 4, 6, 8, 12, 14, 16])
-        if bs["overall"][2] > s10["overall"][2]:
-            results.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + timings[bt]))
-        else:
-            results.append((f"imagededup {cls} t=10 (best here)", s10, t_enc + timings[10]))
-
-    # imagehash
-    import imagehash
-
-    for fn_name in ("phash", "dhash"):
+    # imagehash: every pair compared once (imagehash has no search), the pairs within each threshold read from it
+    if any(x.startswith("imagehash") for x in peers):
+        import imagehash
+    for fn_name in [x.split("-")[1] for x in peers if x.startswith("imagehash")]:
         fn = getattr(imagehash, fn_name)
         t = time.perf_counter()
         hs = []
@@ -561,18 +645,17 @@ def main() -> None:
             hs.append(int("".join("1" if b else "0" for b in h), 2))
         t_enc = time.perf_counter() - t
         arr = np.array(hs, np.uint64)
-        timings = {}
-
-        def at(th, arr=arr, timings=timings):
-            t0 = time.perf_counter()
-            out = _all_pairs_within(arr, th)
-            timings[th] = time.perf_counter() - t0
-            return out
-
-        s10 = score(labels_from_pairs(n, *at(10)), group, trans)
-        results.append((f"imagehash {fn_name} t=10", s10, t_enc + timings[10]))
-        bt, bs = best_threshold(at, n, group, trans, [0, 2, 4, 6, 8, 12, 14, 16])
-        results.append((f"imagehash {fn_name} t={bt} (best here)", bs, t_enc + timings[bt]))
+        t = time.perf_counter()
+        pi, pj, pd = _all_pairs_within(arr, max(THRESHOLDS))
+        t_pairs = time.perf_counter() - t
+        rep(f"imagehash {fn_name} stages (s): hashes {t_enc:.2f}, every pair compared {t_pairs:.2f}")
+        at = lambda th, pi=pi, pj=pj, pd=pd: (pi[pd <= th], pj[pd <= th])  # noqa: E731
+        results.append(
+            (f"imagehash {fn_name} t=10", score(labels_from_pairs(n, *at(10)), group, trans), t_enc + t_pairs)
+        )
+        if args.peer_thresholds:
+            bt, bs = best_threshold(at, n, group, trans, THRESHOLDS)
+            results.append((f"imagehash {fn_name} t={bt} (best here)", bs, t_enc + t_pairs))
 
     rep("overall (pairwise over groups) and time (features/hashes + search + grouping; hashsearch: + fit + index)")
     rep(f"{'method':40s} {'P':>6s} {'R':>6s} {'F1':>6s} {'time s':>8s}")

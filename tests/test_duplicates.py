@@ -216,3 +216,53 @@ def test_whitened_features_given_again_give_the_same_groups_without_whitening_ag
     # Whitened features of other ids (the collection changed since) are not used: computed again.
     stale = dup.Whitened(whitened.ids[:-1], whitened.features[:-1])
     assert _groups_of(find_duplicates(coll, whitened=stale)) == _groups_of(fresh[0]) and len(calls) == 2
+
+
+def test_a_chain_of_passing_pairs_is_not_one_group_when_its_ends_fail(planted_set, tmp_path):
+    """Finding 7: A~B and B~C with A and C far apart. Connected components put all three in one
+    group; complete linkage does not, and every pair of every group reported passes the test."""
+    import shutil
+
+    from PIL import Image
+
+    folder, _, _ = planted_set
+    chain_set = tmp_path / "photos"
+    shutil.copytree(folder, chain_set)
+    a = Image.open(chain_set / "singles" / "daisy-0.jpg").convert("RGB")
+    b = Image.open(chain_set / "singles" / "iris-0.jpg").convert("RGB").resize(a.size)
+    (chain_set / "chain").mkdir()
+    for k in (1, 2):  # a quarter and a half of the way from a daisy to an iris
+        Image.blend(a, b, k / 4).save(chain_set / "chain" / f"blend-{k}.jpg", quality=92)
+    coll = build(chain_set, folder.parent / "cache")  # the planted set's features come from its cache
+    ids = np.sort(coll.index.ids)
+    keys = [e["key"] for e in coll.entries(ids.tolist())]
+    rows = [keys.index(k) for k in ("singles/daisy-0.jpg", "chain/blend-1.jpg", "chain/blend-2.jpg")]
+    white = whiten_collection(coll).features
+    codes = coll.index.get_codes(ids)
+    sim = white[rows] @ white[rows].T
+    dist = hamming_distances(codes[rows], codes[rows])
+    radius = int(max(dist[0, 1], dist[1, 2]))
+    threshold = round(float(min(sim[0, 1], sim[1, 2])) - 0.01, 3)
+    # The chain as built: both links pass, its ends fail on the features and on the codes.
+    assert sim[0, 2] < threshold - 0.1 and dist[0, 2] > radius, (sim, dist)
+    for min_similarity in (threshold, None):
+        # The rule before: the pairs that pass, joined as connected components, hold the chain's ends together.
+        i, j, _ = near_pairs(codes, radius)
+        if min_similarity is not None:
+            ok = np.einsum("nd,nd->n", white[i], white[j]) >= min_similarity
+            i, j = i[ok], j[ok]
+        labels = group_labels(len(ids), i, j)
+        assert labels[rows[0]] == labels[rows[2]]
+        report = find_duplicates(coll, radius, min_similarity=min_similarity)
+        together = [g for g in report.groups if {keys[rows[0]], keys[rows[2]]} <= {m.key for m in g.members}]
+        assert not together
+        for g in report.groups:
+            r = np.array([keys.index(m.key) for m in g.members])
+            passes = hamming_distances(codes[r], codes[r]) <= radius
+            if min_similarity is not None:
+                passes &= white[r] @ white[r].T >= min_similarity - 1e-6
+            exact = np.array([[x.digest == y.digest for y in g.members] for x in g.members])
+            assert (passes | exact).all(), [m.key for m in g.members]
+            assert all(m.distance <= radius for m in g.members)
+            if min_similarity is not None:
+                assert all(m.similarity >= min_similarity - 1e-3 for m in g.members)

@@ -6,15 +6,20 @@ codes within a small Hamming radius: every code's neighbours within it come from
 search, by multi-index hashing (`hashsearch.index.mih`: sub-quadratic for small radii) or, where
 the radius takes in so many pairs that a linear scan is faster (timed on a sample: `near_pairs`),
 by a scan; each pair found may also have to pass a cosine-similarity test on the stored features. The
-pairs are joined into groups as connected components (union-find: A~B and B~C make one group).
+pairs are joined into groups by complete linkage: most similar pair first, and two groups are
+joined only when every pair across them passes the same tests (within the radius, similarity at
+least the threshold, or the same bytes). So every two images of a group pass the test: a chain
+A~B, B~C with A and C far apart is not one group (C joins B only if C also passes with A).
 
 The similarity test is a cosine on *whitened* features: centred, rotated onto the principal axes
 of the collection's own features and each axis divided by the square root of (its variance + the
 mean variance). A backbone's raw features are dominated by a few directions that say what the
 photo shows (two daisies are close); whitening weighs the many directions that tell one photo
 from another, and the added mean variance (shrinkage) keeps the weak, noisy axes from dominating.
-The threshold and radius defaults come from the sweep in benchmarks/results/duplicates.md. No
-labels are used.
+The threshold and radius defaults come from the sweep in benchmarks/results/duplicates-tuning.md
+(a set generated apart from the reported ones). No labels are used. In a folder of a few dozen
+photos the whitening is estimated from few rows: look-alike photos that are not copies can then
+pass at 0.4 (two irises at 0.46 in a 20-photo folder); raise the threshold there.
 
     >>> from hashsearch.collection import Collection
     >>> report = find_duplicates(Collection.open("photos.hsx"))   # doctest: +SKIP
@@ -42,9 +47,10 @@ KEEP_RULES = ("largest", "oldest", "newest", "shortest-path")
 #: Default radius as a share of the code length: measured on the near-duplicate benchmark
 #: (benchmarks/duplicates.py; see benchmarks/results/duplicates.md for the sweep).
 RADIUS_SHARE = 0.25
-#: Default whitened-cosine threshold where features are stored; measured with RADIUS_SHARE on
-#: the same benchmark.
-MIN_SIMILARITY = 0.6
+#: Default whitened-cosine threshold where features are stored: the best F1 with RADIUS_SHARE and
+#: complete-linkage groups on a set kept apart for choosing it (benchmarks/duplicates.py --seed 1
+#: --cifar-first test: benchmarks/results/duplicates-tuning.md), not on the sets reported.
+MIN_SIMILARITY = 0.4
 
 #: How the radius search runs: "mih" (multi-index hashing), "flat" (a linear scan), or "auto"
 #: (the faster of the two on a sample of the queries; see `near_pairs`).
@@ -304,9 +310,10 @@ def duplicate_groups(
 ) -> list[np.ndarray]:
     """Groups of rows (each an int64 array, sorted, of at least 2 rows) that are duplicates.
 
-    Two rows are joined when their codes are within `radius` (and, with `min_similarity`, the
+    Two rows pass when their codes are within `radius` (and, with `min_similarity`, the
     cosine similarity of their `whiten`-ed `features` is at least that), or when they have the
-    same non-empty digest. Groups come sorted by their first row. `search` as in `near_pairs`.
+    same non-empty digest. Every two rows of a group pass (complete linkage: see `link_groups`).
+    Groups come sorted by their first row. `search` as in `near_pairs`.
     A `stats` dict given receives the seconds of each stage ("whiten", "search", "confirm",
     "group"), the "pairs within radius", the "pairs kept" and the "search method" that ran.
 
@@ -340,37 +347,111 @@ def _groups(codes, radius, digests, white, min_similarity, n_threads, stats=None
     t_search = t_check = 0.0
     found = 0
     parts_i, parts_j = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    # How alike each kept pair is, for the order of linkage: the similarity, else minus the distance.
+    parts_s = [np.zeros(0, np.float32)]
     t = time.perf_counter()
     chunks = _near_pair_chunks(codes, radius, n_threads, search, stats)
     t_search += time.perf_counter() - t
     while True:
         t = time.perf_counter()
-        i, j, _ = next(chunks, (None, None, None))
+        i, j, d = next(chunks, (None, None, None))
         t_search += time.perf_counter() - t
         if i is None:
             break
         found += len(i)
+        sim = -d.astype(np.float32)
         # Checked chunk by chunk: the pairs within the radius (a few per cent of all pairs at the
         # default radius) are never all held at once, only the few that pass.
         if min_similarity is not None and len(i):
             t = time.perf_counter()
-            keep = pair_dots(white, i, j, n_threads) >= min_similarity
-            i, j = i[keep], j[keep]
+            dots = pair_dots(white, i, j, n_threads)
+            keep = dots >= min_similarity
+            i, j, sim = i[keep], j[keep], dots[keep]
             t_check += time.perf_counter() - t
         parts_i.append(i)
         parts_j.append(j)
+        parts_s.append(sim)
     t = time.perf_counter()
-    i, j = np.concatenate(parts_i), np.concatenate(parts_j)
+    i, j, sim = np.concatenate(parts_i), np.concatenate(parts_j), np.concatenate(parts_s)
     stats.update({"search": t_search, "confirm": t_check, "pairs within radius": found, "pairs kept": len(i)})
+    digest_arr = None
     if digests is not None:
         di, dj = _same_digest_pairs(digests)
         i, j = np.concatenate([i, di]), np.concatenate([j, dj])
+        sim = np.concatenate([sim, np.full(len(di), np.inf, np.float32)])  # the same bytes: joined first
+        digest_arr = np.asarray(digests, dtype=object)
+    groups = link_groups(
+        n, i, j, sim, codes, radius, white if min_similarity is not None else None, min_similarity, digest_arr, stats
+    )
+    stats["group"] = time.perf_counter() - t
+    return groups
+
+
+def link_groups(
+    n, i, j, alike, codes, radius, white=None, min_similarity=None, digests=None, stats=None
+) -> list[np.ndarray]:
+    """Groups (sorted int64 row arrays of at least 2 rows, sorted by first row) of n rows joined
+    by the pairs (i, j) by complete linkage: every two rows of a group pass `_passes`.
+
+    The pairs are the ones that pass; `alike` (float, (n_pairs,)) orders them, most alike first
+    (ties by (i, j)). A connected component of the pairs whose rows all pass two by two is a group
+    as it is (most are: pairs and small groups); any other is built again pair by pair in that
+    order, two groups being joined only when every pair across them passes. `stats` receives
+    "chains split": the components that were not groups as they were.
+    """
     labels = group_labels(n, i, j)
     order = np.argsort(labels, kind="stable")
     bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    groups = [g for g in np.split(order, bounds) if len(g) > 1]
-    stats["group"] = time.perf_counter() - t
+    groups, split = [], []
+    for g in np.split(order, bounds):
+        if len(g) == 2 or (
+            len(g) > 2 and len(g) <= 4096 and _passes(g, g, codes, radius, white, min_similarity, digests).all()
+        ):
+            groups.append(g)
+        elif len(g) > 2:
+            split.append(labels[g[0]])
+    if stats is not None:
+        stats["chains split"] = len(split)
+    if split:
+        in_split = np.isin(labels[i], np.asarray(split))
+        si, sj, sa = i[in_split], j[in_split], np.asarray(alike)[in_split]
+        parent: dict[int, int] = {}
+        members: dict[int, list[int]] = {}
+
+        def root(r: int) -> int:
+            while parent.get(r, r) != r:
+                r = parent[r]
+            return r
+
+        for k in np.lexsort((sj, si, -sa)).tolist():
+            a, b = root(int(si[k])), root(int(sj[k]))
+            if a == b:
+                continue
+            ma, mb = members.get(a, [a]), members.get(b, [b])
+            if _passes(np.asarray(ma), np.asarray(mb), codes, radius, white, min_similarity, digests).all():
+                if len(ma) < len(mb):
+                    a, b, ma, mb = b, a, mb, ma
+                parent[b] = a
+                members[a] = ma + mb
+                members.pop(b, None)
+        groups += [np.sort(np.asarray(m, np.int64)) for m in members.values() if len(m) > 1]
+    groups.sort(key=lambda g: int(g[0]))
     return groups
+
+
+def _passes(a, b, codes, radius, white=None, min_similarity=None, digests=None) -> np.ndarray:
+    """(len(a), len(b)) bool: rows a[k] and b[l] pass the duplicate test: codes within `radius`
+    (and whitened similarity at least `min_similarity` where `white` is given), or the same
+    non-empty digest."""
+    from hashsearch.codes import hamming_distances
+
+    ok = hamming_distances(codes[a], codes[b]) <= radius
+    if white is not None and min_similarity is not None:
+        ok &= white[a] @ white[b].T >= np.float32(min_similarity)
+    if digests is not None:
+        da, db = digests[a], digests[b]
+        ok |= (da[:, None] == db[None, :]) & (da != "")[:, None]
+    return ok
 
 
 def _same_digest_pairs(digests: list[str]) -> tuple[np.ndarray, np.ndarray]:

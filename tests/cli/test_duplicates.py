@@ -128,8 +128,11 @@ def test_move_with_yes_moves_all_but_the_one_kept(photos, tmp_path):
     for g in groups:  # exactly one file of each group is left, and it is the shortest path
         left = [p for p in g if p in after]
         assert left == [min(g, key=lambda p: (len(str(folder / p)), str(folder / p)))]
-    # Nothing left to find but the photos without copies.
-    assert "0 groups" in run("duplicates", folder, "--cache-dir", root / "cache")
+    # No planted group has two files left (a look-alike pair of photos without copies may be: in a
+    # 20-photo folder a dandelion copy and a colts-foot photo have whitened similarity 0.41).
+    assert not _planted_pairs_left(
+        run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True), folder, groups
+    )
 
 
 def test_delete_with_yes_on_a_collection_removes_its_entries(photos, tmp_path):
@@ -145,7 +148,13 @@ def test_delete_with_yes_on_a_collection_removes_its_entries(photos, tmp_path):
     assert len(snapshot(folder)) == 45 - n_dups
     info = run("info", coll)
     assert f"{45 - n_dups}" in info
-    assert "0 groups" in run("duplicates", coll)
+    # No planted group has two files left (two iris photos without copies have similarity 0.46 here).
+    assert not _planted_pairs_left(run("duplicates", coll, "--json", stdout_only=True), folder, groups)
+
+
+def _planted_pairs_left(text: str, folder: Path, groups) -> list[list[str]]:
+    """The groups found that hold two files of one planted group."""
+    return [g for g in groups_of(text, folder) if any(len(set(g) & p) > 1 for p in groups)]
 
 
 def test_usage_errors_are_one_line(photos, tmp_path):

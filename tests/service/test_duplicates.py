@@ -12,6 +12,7 @@ import pytest
 
 from hashsearch.backbones import create_backbone
 from hashsearch.data.sources import open_source
+from hashsearch.duplicates import MIN_SIMILARITY
 from hashsearch.hashing import create_hasher
 from hashsearch.pipeline import build_collection
 from hashsearch.service import create_app
@@ -57,7 +58,7 @@ def test_the_planted_groups_with_keys_not_server_paths(served):
     assert found == sorted(map(sorted, groups))
     assert out["n_groups"] == len(groups) and out["n_images"] == 45
     assert out["n_duplicates"] == sum(len(g) - 1 for g in groups)
-    assert out["radius"] == 16 and out["n_bits"] == 64 and out["min_similarity"] == 0.6
+    assert out["radius"] == 16 and out["n_bits"] == 64 and out["min_similarity"] == MIN_SIMILARITY
     assert str(root).encode() not in r.content and r.content.isascii()
     for g in out["groups"]:
         first = g["members"][0]

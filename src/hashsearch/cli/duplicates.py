@@ -172,7 +172,7 @@ def duplicates(
         "--min-similarity",
         min=-1.0,
         max=1.0,
-        help="Also require this cosine similarity of the whitened features (default 0.6 where features are stored).",
+        help="Also require this cosine similarity of the whitened features (default 0.4 where features are stored).",
     ),
     codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
     keep: str = typer.Option(
@@ -200,6 +200,11 @@ def duplicates(
     max_pixels: int = MaxPixelsOpt,
 ):
     """Find groups of exact and near-duplicate images (re-encoded, resized, cropped, recoloured, marked, bordered).
+
+    Two images pass when their codes are within --radius and (unless --codes-only) their features'
+    similarity is at least --min-similarity, or when they are the same bytes. Every two images of a
+    group pass: groups are joined most similar pair first, and never where a pair across them fails
+    (so A~B and B~C put C with A and B only if A~C too; else C is left out or grouped elsewhere).
 
     Without --yes nothing is moved or deleted: --move-to and --delete print what they would do.
     With a collection, the entries of the files moved or deleted are removed from it.

@@ -24,7 +24,7 @@ def duplicates(
         None,
         ge=0.0,
         le=1.0,
-        description="also require this cosine similarity of the whitened stored features (default 0.6 where stored)",
+        description="also require this cosine similarity of the whitened stored features (default 0.4 where stored); every two images of a group pass the test",
     ),
     codes_only: bool = Query(False, description="no feature check: the Hamming radius alone"),
     keep: str = Query(

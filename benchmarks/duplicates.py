@@ -313,9 +313,9 @@ def _all_pairs_within(hashes: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarra
         d = np.bitwise_count(hashes[a : a + step, None] ^ hashes[None, :])
         qi, qj = np.nonzero(d <= t)
         keep = qj > qi + a
-        pi.append(qi[keep] + a)
-        pj.append(qj[keep])
-        pd.append(d[qi[keep], qj[keep]].astype(np.int64))
+        pi.append((qi[keep] + a).astype(np.int32))  # int32 and uint8: at 100,000 images there are ~10^8 pairs
+        pj.append(qj[keep].astype(np.int32))
+        pd.append(d[qi[keep], qj[keep]].astype(np.uint8))
     return np.concatenate(pi), np.concatenate(pj), np.concatenate(pd)
 
 
@@ -609,70 +609,104 @@ def main() -> None:
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         raise SystemExit(f"--peers: unknown {unknown}; choose from {','.join(PEERS)}")
-    # imagededup: find_duplicates timed at its default threshold (10), and once at the largest
-    # threshold with its distances (scores=True), from which the pairs at each smaller one are read.
-    hashing = _imagededup_hashing() if any(x.startswith("imagededup") for x in peers) else None
+    # The peers in the order given; the file is written after each (marked partial until the last),
+    # so that a run stopped part way keeps what it measured.
+    title = f"Near-duplicate groups at {n:,} images: hashsearch against imagededup and imagehash"
     index = {f: i for i, f in enumerate(files)}
-    for cls in [x.split("-")[1] for x in peers if x.startswith("imagededup")]:
-        method = getattr(hashing, cls)(verbose=False)
-        t = time.perf_counter()
-        enc = method.encode_images(image_dir=str(folder / "images"), num_enc_workers=args.workers)
-        t_enc = time.perf_counter() - t
-        t = time.perf_counter()
-        d10 = method.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=args.workers)
-        t10 = time.perf_counter() - t
-        s10 = score(labels_from_pairs(n, *_pairs_from_dup_map(d10, index)), group, trans)
-        results.append((f"imagededup {cls} t=10 (default)", s10, t_enc + t10))
-        rep(f"imagededup {cls} stages (s): encode {t_enc:.2f}, find_duplicates at t=10 {t10:.2f}")
-        if args.peer_thresholds:
-            dmax = method.find_duplicates(
-                encoding_map=enc, max_distance_threshold=max(THRESHOLDS), scores=True, num_dist_workers=args.workers
-            )
-            pi, pj, pd = _scored_pairs(dmax, index)
-            bt, bs = best_threshold(lambda th: (pi[pd <= th], pj[pd <= th]), n, group, trans, THRESHOLDS)
-            results.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + t10))
+    for k, peer in enumerate(peers):
+        if args.out is not None:
+            rest = ", ".join(peers[k:])
+            lines = rep.lines + [""] + _tables(results) + ["", f"partial: written before {rest} ran"]
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(f"# {title}\n\n```\n" + "\n".join(lines) + "\n```\n")  # as Report.save writes it
+        tool, name = peer.split("-")
+        if tool == "imagededup":
+            results += _imagededup(name, folder, files, index, n, group, trans, args, rep)
+        else:
+            results += _imagehash(name, folder, files, n, group, trans, args, rep)
+    rep("")
+    for line in _tables(results):
+        rep(line)
+    rep.save(args.out, title)
 
-    # imagehash: every pair compared once (imagehash has no search), the pairs within each threshold read from it
-    if any(x.startswith("imagehash") for x in peers):
-        import imagehash
-    for fn_name in [x.split("-")[1] for x in peers if x.startswith("imagehash")]:
-        fn = getattr(imagehash, fn_name)
-        t = time.perf_counter()
-        hs = []
-        for f in files:
-            with Image.open(folder / "images" / f) as im:
-                h = fn(im).hash.reshape(-1)
-            hs.append(int("".join("1" if b else "0" for b in h), 2))
-        t_enc = time.perf_counter() - t
-        arr = np.array(hs, np.uint64)
-        t = time.perf_counter()
-        pi, pj, pd = _all_pairs_within(arr, max(THRESHOLDS))
-        t_pairs = time.perf_counter() - t
-        rep(f"imagehash {fn_name} stages (s): hashes {t_enc:.2f}, every pair compared {t_pairs:.2f}")
-        at = lambda th, pi=pi, pj=pj, pd=pd: (pi[pd <= th], pj[pd <= th])  # noqa: E731
-        results.append(
-            (f"imagehash {fn_name} t=10", score(labels_from_pairs(n, *at(10)), group, trans), t_enc + t_pairs)
+
+def _imagededup(cls, folder, files, index, n, group, trans, args, rep) -> list:
+    """imagededup's `cls` hash: find_duplicates timed at its default threshold (10), and once at the
+    largest threshold with its distances (scores=True), from which the pairs at each smaller one are read."""
+    method = getattr(_imagededup_hashing(), cls)(verbose=False)
+    t = time.perf_counter()
+    enc = method.encode_images(image_dir=str(folder / "images"), num_enc_workers=args.workers)
+    t_enc = time.perf_counter() - t
+    t = time.perf_counter()
+    d10 = method.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=args.workers)
+    t10 = time.perf_counter() - t
+    out = [
+        (
+            f"imagededup {cls} t=10 (default)",
+            score(labels_from_pairs(n, *_pairs_from_dup_map(d10, index)), group, trans),
+            t_enc + t10,
         )
-        if args.peer_thresholds:
-            bt, bs = best_threshold(at, n, group, trans, THRESHOLDS)
-            results.append((f"imagehash {fn_name} t={bt} (best here)", bs, t_enc + t_pairs))
+    ]
+    rep(f"imagededup {cls} stages (s): encode {t_enc:.2f}, find_duplicates at t=10 {t10:.2f}")
+    if args.peer_thresholds:
+        dmax = method.find_duplicates(
+            encoding_map=enc, max_distance_threshold=max(THRESHOLDS), scores=True, num_dist_workers=args.workers
+        )
+        pi, pj, pd = _scored_pairs(dmax, index)
+        bt, bs = best_threshold(lambda th: (pi[pd <= th], pj[pd <= th]), n, group, trans, THRESHOLDS)
+        out.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + t10))
+    return out
 
-    rep("overall (pairwise over groups) and time (features/hashes + search + grouping; hashsearch: + fit + index)")
-    rep(f"{'method':40s} {'P':>6s} {'R':>6s} {'F1':>6s} {'time s':>8s}")
+
+def _imagehash(fn_name, folder, files, n, group, trans, args, rep) -> list:
+    """imagehash's `fn_name`: every pair compared once (imagehash has no search), the pairs within
+    each threshold read from it."""
+    import imagehash
+
+    fn = getattr(imagehash, fn_name)
+    t = time.perf_counter()
+    hs = []
+    for f in files:
+        with Image.open(folder / "images" / f) as im:
+            h = fn(im).hash.reshape(-1)
+        hs.append(int("".join("1" if b else "0" for b in h), 2))
+    t_enc = time.perf_counter() - t
+    arr = np.array(hs, np.uint64)
+    t = time.perf_counter()
+    pi, pj, pd = _all_pairs_within(arr, max(THRESHOLDS))
+    t_pairs = time.perf_counter() - t
+    rep(f"imagehash {fn_name} stages (s): hashes {t_enc:.2f}, every pair compared {t_pairs:.2f}")
+
+    def at(th):
+        return pi[pd <= th], pj[pd <= th]
+
+    out = [(f"imagehash {fn_name} t=10", score(labels_from_pairs(n, *at(10)), group, trans), t_enc + t_pairs)]
+    if args.peer_thresholds:
+        bt, bs = best_threshold(at, n, group, trans, THRESHOLDS)
+        out.append((f"imagehash {fn_name} t={bt} (best here)", bs, t_enc + t_pairs))
+    return out
+
+
+def _tables(results) -> list[str]:
+    """The overall and per-transformation tables of `results` [(name, scores, seconds)], as lines."""
+    out = ["overall (pairwise over groups) and time (features/hashes + search + grouping; hashsearch: + fit + index)"]
+    out.append(f"{'method':40s} {'P':>6s} {'R':>6s} {'F1':>6s} {'time s':>8s}")
     for name, s, secs in results:
         p, r, f1 = s["overall"]
-        rep(f"{name:40s} {p:6.3f} {r:6.3f} {f1:6.3f} {secs:8.1f}")
-    rep("")
-    rep("F1 per transformation (recall over (original, copy) pairs; precision over the pairs found with such a copy)")
-    rep(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
+        out.append(f"{name:40s} {p:6.3f} {r:6.3f} {f1:6.3f} {secs:8.1f}")
+    out.append("")
+    out.append(
+        "F1 per transformation (recall over (original, copy) pairs; precision over the pairs found with such a copy)"
+    )
+    out.append(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
     for name, s, _ in results:
-        rep(f"{name:40s} " + " ".join(f"{s[t][2]:7.3f}" for t in TRANSFORMS))
-    rep("")
-    rep("recall per transformation")
-    rep(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
+        out.append(f"{name:40s} " + " ".join(f"{s[t][2]:7.3f}" for t in TRANSFORMS))
+    out.append("")
+    out.append("recall per transformation")
+    out.append(f"{'method':40s} " + " ".join(f"{t:>7s}" for t in TRANSFORMS))
     for name, s, _ in results:
-        rep(f"{name:40s} " + " ".join(f"{s[t][1]:7.3f}" for t in TRANSFORMS))
-    rep.save(args.out, f"Near-duplicate groups at {n:,} images: hashsearch against imagededup and imagehash")
+        out.append(f"{name:40s} " + " ".join(f"{s[t][1]:7.3f}" for t in TRANSFORMS))
+    return out
 
 
 if __name__ == "__main__":

@@ -141,6 +141,20 @@ class CollectionError(ValueError):
     """A collection folder that is missing, damaged, of another format version, or failed to save."""
 
 
+# How ids are looked up among re-rank rows: (order, ids[order]) with `order` their argsort, or
+# (None, ids) when they are ascending already (a base's, always), so nothing of size N is copied.
+_IdOrder = tuple["np.ndarray | None", np.ndarray]
+
+
+def _id_order(ids: np.ndarray) -> _IdOrder:
+    """The lookup order of `ids` (int64, shape (N,)): computed once per part, O(N); a query then
+    costs O(log N) per id, not a gather of all N ids (1.3 s a query at 10^8 before)."""
+    if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+        return None, ids
+    order = np.argsort(ids, kind="stable")
+    return order, ids[order]
+
+
 # An entry in memory before it is saved: (root id, key below the root, label, content digest).
 _Record = tuple[int, str, "str | None", str]
 
@@ -180,7 +194,7 @@ class Collection:
         self.path: Path | None = None
         self._feature_ids = np.zeros(0, np.int64)
         self._features = np.zeros((0, 0), np.float16)
-        self._feature_order: np.ndarray | None = None  # argsort of _feature_ids, rebuilt after a change
+        self._feature_order: _IdOrder | None = None  # _feature_ids' lookup order, rebuilt after a change
         self._db_path: Path | None = None
         # Segments (see the module docstring): the delta parts after the base, oldest first, by
         # name; their entries databases; their re-rank rows (ids, rows); the rows added since the
@@ -189,7 +203,7 @@ class Collection:
         self._db_deltas: list[Path] = []
         self._row_deltas: list[tuple[np.ndarray, np.ndarray]] = []
         self._row_tail: tuple[np.ndarray, np.ndarray] = (np.zeros(0, np.int64), np.zeros((0, 0), np.float16))
-        self._row_orders: dict[int, np.ndarray] = {}
+        self._row_orders: dict[int, _IdOrder] = {}
         # Entries and removals held by the deltas (for the compaction rule), and a compaction asked for.
         self._delta_size = 0
         self._compact_next = False
@@ -677,14 +691,13 @@ class Collection:
         if self._row_deltas or len(self._row_tail[0]):
             return self._rows_of_parts(np.asarray(ids, np.int64))
         if self._feature_order is None:
-            self._feature_order = np.argsort(self._feature_ids, kind="stable")
-        order = self._feature_order
-        sorted_ids = self._feature_ids[order]
+            self._feature_order = _id_order(self._feature_ids)
+        order, sorted_ids = self._feature_order
         pos = np.searchsorted(sorted_ids, ids)
         pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
         if len(ids) and (len(sorted_ids) == 0 or not np.array_equal(sorted_ids[pos], ids)):
             raise KeyError("some ids have no stored features")
-        return self._features[order[pos]]
+        return self._features[pos if order is None else order[pos]]
 
     def _row_parts(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The re-rank rows as (ids, rows) parts: the base, each delta, the rows not saved yet."""
@@ -702,19 +715,17 @@ class Collection:
         for p, (pids, rows) in enumerate(parts):
             if not len(pids):
                 continue
-            order: np.ndarray | None
             if p == len(parts) - 1 and len(self._row_tail[0]):
-                order = np.argsort(pids, kind="stable")  # not saved yet: not cached
+                order, sorted_ids = _id_order(pids)  # not saved yet: not cached
             else:
-                order = self._row_orders.get(p)
-                if order is None:
-                    order = self._row_orders[p] = np.argsort(pids, kind="stable")
-            sorted_ids = pids[order]
+                if p not in self._row_orders:
+                    self._row_orders[p] = _id_order(pids)
+                order, sorted_ids = self._row_orders[p]
             pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
             hit = (sorted_ids[pos] == ids) & ~found
             if out is None:
                 out = np.zeros((len(ids), rows.shape[1]), rows.dtype)
-            out[hit] = rows[order[pos[hit]]]
+            out[hit] = rows[pos[hit] if order is None else order[pos[hit]]]
             found |= hit
         if not len(ids):
             return parts[0][1][:0]
@@ -1389,7 +1400,7 @@ class Collection:
             )
             if self.store_features:
                 self._features = np.load(gen / "features.npy", mmap_mode="r", allow_pickle=False)
-                self._feature_ids = np.load(gen / "feature_ids.npy", allow_pickle=False)
+                self._feature_ids = np.load(gen / "feature_ids.npy", mmap_mode="r", allow_pickle=False)
                 self._check_rows()
             self._open_deltas(gen, manifest, backend)
             with self._db() if self._deltas else _read_db(gen / "entries.sqlite") as db:
@@ -1433,7 +1444,7 @@ class Collection:
             segments.append(part.load(gen / index_dir))
             if self.store_features:
                 rows = np.load(gen / feats, mmap_mode="r", allow_pickle=False)
-                ids = np.load(gen / feat_ids, allow_pickle=False)
+                ids = np.load(gen / feat_ids, mmap_mode="r", allow_pickle=False)
                 base = self._features
                 if len(ids) != len(rows) or rows.ndim != 2 or (len(rows) and len(base) and rows.dtype != base.dtype):
                     raise ValueError(f"{feats} holds {rows.dtype} rows of shape {rows.shape} for {len(ids)} ids")

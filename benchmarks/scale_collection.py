@@ -18,6 +18,7 @@ disk saw them.
 
     flock /tmp/hashsearch-bench.lock nice -n 10 .venv/bin/python benchmarks/scale_collection.py run --n 1000000
     flock /tmp/hashsearch-bench.lock nice -n 10 .venv/bin/python benchmarks/scale_collection.py run --n 10000000
+    flock /tmp/hashsearch-bench.lock nice -n 5 .venv/bin/python benchmarks/scale_collection.py run --n 100000000
     .venv/bin/python benchmarks/scale_collection.py report --out benchmarks/results/scale-collection.md
 
 Work files go under $HS_SCALE_COLL (default /tmp/hs-scale-coll; each run deletes its
@@ -276,6 +277,7 @@ def run(args) -> None:
         res["compact"] = {"save_s": time.perf_counter() - t, "written_bytes": written() - w0}
     res["total_s"] = time.perf_counter() - t0
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res["load_average_1min_at_end"] = os.getloadavg()[0]
     res["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
     )
@@ -371,39 +373,47 @@ def report(args) -> None:
         "compaction on demand: save s / wrote",
         lambda r: f"{r['compact']['save_s']:.1f} / {_mib(r['compact']['written_bytes'])}",
     )
+    row("run started (UTC)", lambda r: r["started"])
     row("whole run (s) / peak RSS", lambda r: f"{r['total_s']:.0f} / {_mib(r['peak_rss_bytes'])}")
     lines.append("")
     if results:
-        lines += arithmetic(max(results, key=lambda r: r["n"]), 10**8)
+        lines += arithmetic(results, 10**9)
     lines.append(args.note or "")
     text = "\n".join(lines).rstrip() + "\n"
     Path(args.out).write_text(text)
     print(text)
 
 
-def arithmetic(r: dict, n: int) -> list[str]:
-    """What `n` entries would take, scaled linearly from the run `r` (arithmetic, not measured)."""
+def arithmetic(results: list[dict], n: int) -> list[str]:
+    """What `n` entries would take, scaled linearly from the largest run (arithmetic, not measured).
+
+    The compaction is scaled from the largest run that timed one (`run --compact`)."""
+    r = max(results, key=lambda r: r["n"])
     x = n / r["n"]
     base = sum(r["base"]["base_bytes"].values())
     insert = n / r["base"]["sqlite_rows_per_s"]
+    compacted = [c for c in results if "compact" in c]
+    c = max(compacted, key=lambda c: c["n"]) if compacted else None
+    compaction = (
+        f"about {c['compact']['save_s'] * n / c['n'] / 60:,.0f} min and "
+        f"{_mib(c['compact']['written_bytes'] * n / c['n'])} written (from the N = {c['n']:,} run)"
+        if c
+        else "not measured"
+    )
     return [
         f"**{n:,} entries: arithmetic, not measured** (from the N = {r['n']:,} run, times x {x:g}: "
         "SQLite's inserts and the writes and checksums grow linearly at best; B-tree inserts slow down "
         "once the file outgrows the page cache, so the times are lower bounds):",
         "",
-        f"- entries database: {_mib(r['base']['sqlite_bytes'] * x)}, inserted in about {insert / 60:.0f} min "
+        f"- entries database: {_mib(r['base']['sqlite_bytes'] * x)}, inserted in about {insert / 60:,.0f} min "
         f"at {r['base']['sqlite_rows_per_s']:,.0f} rows/s; base generation {_mib(base * x)};",
         f"- open without checksums: constant (memory-mapped, headers only; {r['open_s']:.2f} s here); "
-        f"open checking every sha256: about {r['open_verify_s'] * x:,.0f} s;",
+        f"open checking every sha256: about {r['open_verify_s'] * x / 60:,.0f} min;",
         f"- a save after adding or removing 10,000: the delta and the small files it compares, "
         f"{_mib(r['add']['written_bytes'])} / {_mib(r['remove']['written_bytes'])} written here, "
         "the same at any N (nothing of the base is written or read);",
         "- the compaction that merges it all (on demand, or when the deltas pass a quarter of the collection): "
-        + (
-            f"about {r['compact']['save_s'] * x / 60:.0f} min and {_mib(r['compact']['written_bytes'] * x)} written"
-            if "compact" in r
-            else "not measured"
-        )
+        + compaction
         + ".",
         "",
     ]
@@ -420,7 +430,7 @@ def main() -> None:
     r.add_argument("--keep", action="store_true", help="keep the collection under $HS_SCALE_COLL")
     q = sub.add_parser("report")
     q.add_argument("--out", default="benchmarks/results/scale-collection.md")
-    q.add_argument("--note", default="", help="text appended below the table (e.g. the 10^8 arithmetic)")
+    q.add_argument("--note", default="", help="text appended below the table (e.g. how loaded the machine was)")
     args = p.parse_args()
     (run if args.cmd == "run" else report)(args)
 

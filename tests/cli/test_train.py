@@ -705,3 +705,37 @@ def test_a_validation_split_of_one_image_per_class_is_refused(work, tmp_path):
     text = run("train", work / "data", "--out", tmp_path / "m.hsm", "--input-size", "32", "--val-fraction", "0.07",
                "--epochs", "1", "--cache-dir", work / "cache")  # fmt: skip
     assert "88 training and 8 validation images" in text and "nan" not in text, text
+
+
+def test_dhfi_subnetworks_whose_fine_tuning_ends_below_their_head_stage_keep_it(tmp_path):
+    """Finding 10 for DHFI: each subnetwork compares its own stages; a wrecked joint stage (the
+    backbone at 30 times the head's rate) keeps the head stage's head and the network as it started."""
+    from hashsearch.backbones import create_backbone
+    from hashsearch.model import TrainedModel, _state
+
+    out = tmp_path / "d.hsm"
+    text = run(
+        "train", _flowers(tmp_path / "data"), "--out", out, "--method", "dhfi", "--bits", "16", "--input-size", "64",
+        "--mode", "finetune", "--epochs", "1", "--scratch-epochs", "1", "--val-fraction", "0.25", "--device", "cpu",
+        "--recipe", "trunk_lr_scale=30", "--train-batch", "8", "--cache-dir", tmp_path / "cache",
+    )  # fmt: skip
+    r = record(out)
+    for name in ("a", "b"):
+        sub = r["subnets"][name]
+        assert sub["kept"] == "head" and max(sub["head_stage"]["val_map"]) > max(sub["epochs"]["val_map"]), sub
+        assert f"subnetwork {name}: 1 joint epoch, " in text and "kept the head stage" in text, text
+    stock = _state(create_backbone("efficientnet-lite0", input_size=64))
+    weights = TrainedModel.load(out).weights
+    assert all(np.array_equal(weights[f"0.{k}"], v) for k, v in stock.items())
+
+    # At 1000 times, the ResNet's loss diverges: one error line naming the options to lower, not "a bug".
+    text = run(
+        "train", tmp_path / "data", "--out", tmp_path / "nan.hsm", "--method", "dhfi", "--bits", "16",
+        "--input-size", "64", "--mode", "finetune", "--epochs", "1", "--scratch-epochs", "1", "--val-fraction", "0.25",
+        "--device", "cpu", "--recipe", "trunk_lr_scale=1000", "--train-batch", "8", "--cache-dir", tmp_path / "cache",
+        code=2,
+    )  # fmt: skip
+    assert (
+        "training loss became nan in epoch 1: training diverged; lower --lr (the backbone's: --lr x --recipe " in text
+    )
+    assert "trunk_lr_scale=1000)" in text and text.count("error:") == 1 and "bug" not in text, text

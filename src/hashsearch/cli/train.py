@@ -177,8 +177,14 @@ def train(
     for name, sub in (r.get("subnets") or {}).items():
         j = sub["epochs"]
         best = f", best validation mAP {max(j['val_map']):.4f} at epoch {j['best_epoch']}" if j["val_map"] else ""
+        if sub.get("kept") == "head":
+            best += (
+                f", below its head stage's {max(sub['head_stage']['val_map']):.4f}: kept the head stage "
+                "(its network as it started)"
+            )
         typer.echo(
-            f"subnetwork {name}: {len(j['loss'])} joint epochs{', stopped early' if j['stopped_early'] else ''}{best}"
+            f"subnetwork {name}: {plural(len(j['loss']), 'joint epoch')}"
+            f"{', stopped early' if j['stopped_early'] else ''}{best}"
         )
     ep = r.get("epochs") or {}
     resumed = ""

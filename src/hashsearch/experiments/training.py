@@ -531,12 +531,21 @@ def train_model(
                     progress=progress,
                     subnet_options=lambda name, sub, net: loops(net, sub, f"-{name}", f" (subnetwork {name})"),
                 )
-                tuned = ConcatBackbone(tuned_parts)
                 subs = {name: (sub.head_history_, sub.joint_history_) for name, sub in hasher.subnets_.items()}
                 record["subnets"] = {
-                    name: {"head_stage": _epochs(warm), "epochs": _epochs(joint)}
+                    name: {"head_stage": _epochs(warm), "epochs": _epochs(joint), "kept": "joint"}
                     for name, (warm, joint) in subs.items()
                 }
+                from hashsearch.hashing.deep.fusion import _SUBNETS
+
+                for name, sub in hasher.subnets_.items():
+                    head_best, joint_best = (max(h.val_score, default=None) for h in subs[name])
+                    if head_best is not None and joint_best is not None and head_best > joint_best:
+                        # As for one network: this subnetwork's fine-tuning ended below its head stage; keep that.
+                        i = _SUBNETS.index(name)
+                        tuned_parts[i], sub.head_state_ = backbone.parts[i], sub.head_stage_state_
+                        record["subnets"][name]["kept"] = "head"
+                tuned = ConcatBackbone(tuned_parts)
                 # The fused code's validation mAP, through the fine-tuned networks as a model encodes.
                 record["epochs"] = {"loss": [], "val_map": [], "best_epoch": None, "stopped_early": False}
                 record["val_map"] = _fused_val_map(tuned, hasher, vpixels, yv) if len(vkept) else None
@@ -578,6 +587,11 @@ def train_model(
             record["recipe"] = recipe.as_dict()
     except KeyboardInterrupt:
         raise TrainingInterrupted(_interrupted(ckpt, out, mode)) from None
+    except FloatingPointError as e:  # the loss diverged: the rates the user chose, not a bug
+        trunk = (
+            f" (the backbone's: --lr x --recipe trunk_lr_scale={recipe.trunk_lr_scale:g})" if mode == "finetune" else ""
+        )
+        raise ValueError(f"{str(e).split(';')[0]}: training diverged; lower --lr{trunk}") from None
     finally:
         if not any(ckpt.glob("*.pt")):
             # Nothing trained: no checkpoint, so that a corrected command is not taken for another run.

@@ -141,6 +141,15 @@ class CollectionError(ValueError):
     """A collection folder that is missing, damaged, of another format version, or failed to save."""
 
 
+class RerankStoreError(ValueError):
+    """The re-rank store cannot be fitted on (or encode) the features of an `add`: `spec`, the
+    number of features `n` and their dimension `dim` say why to a caller that names its own option."""
+
+    def __init__(self, message: str, spec: str, n: int, dim: int) -> None:
+        super().__init__(message)
+        self.spec, self.n, self.dim = spec, n, dim
+
+
 # How ids are looked up among re-rank rows: (order, ids[order]) with `order` their argsort, or
 # (None, ids) when they are ascending already (a base's, always), so nothing of size N is copied.
 _IdOrder = tuple["np.ndarray | None", np.ndarray]
@@ -218,7 +227,7 @@ class Collection:
         self._gen: Path | None = None
         self._gen_files: dict[str, tuple[tuple, str]] = {}
         # The open manifest of `_gen`, share-locked while this object holds it (see the module docstring).
-        self._hold: Any = None
+        self._hold: _Hold | None = None
         #: The manifest of that generation ({} until saved or opened).
         self.manifest: dict = {}
         # Parts changed since that generation (everything, for a collection not yet saved).
@@ -396,9 +405,11 @@ class Collection:
         Raises
         ------
         ValueError
-            If the lengths of features, keys, labels and digests differ, or the re-rank store
-            cannot encode the features (other dimensions; the first `add` fits a compact store
-            on its features, and pq-M needs at least 256 of them). Nothing is added then.
+            If the lengths of features, keys, labels and digests differ.
+        RerankStoreError
+            (a ValueError) If the re-rank store cannot encode the features (other dimensions;
+            the first `add` fits a compact store on its features: pca-N needs N at most their
+            number and dimension, pq-M at least 256 of them). Nothing is added then.
         CollectionError
             If `model_id` is given and is not this collection's.
         """
@@ -424,9 +435,13 @@ class Collection:
         if self.rerank_store is not None and n:
             # Fitted and encoded before anything changes: a store that cannot leaves the collection as it was.
             store = self.rerank_store
-            if not store.is_fitted:
-                store.fit(features)
-            rows = store.encode(features)
+            try:
+                if not store.is_fitted:
+                    store.fit(features)
+                rows = store.encode(features)
+            except ValueError as e:
+                dim = int(np.shape(features)[1]) if np.ndim(features) == 2 else 0
+                raise RerankStoreError(str(e), store.spec, n, dim) from e
         ids = self._changing_index().add(codes)
         self._index_changed = self._index_changed or n > 0
         for i, rel, lab, d in zip(ids.tolist(), rels, labels, digests):
@@ -687,7 +702,10 @@ class Collection:
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         """The re-rank store's rows of the given ids."""
         if not self.store_features:
-            raise ValueError("this collection was built with store_features=False: re-ranking needs features")
+            raise ValueError(
+                "this collection keeps no features (built with store_features=False, `hashsearch index "
+                "--no-features`): re-ranking needs them"
+            )
         if self._row_deltas or len(self._row_tail[0]):
             return self._rows_of_parts(np.asarray(ids, np.int64))
         if self._feature_order is None:
@@ -1275,7 +1293,7 @@ class Collection:
         log.debug("%s: written, equal to %s, replaced by a hard link to it", new, prev / rel)
         shared[rel] = "linked"
 
-    def _held(self, gen: Path, hold: Any = None) -> None:
+    def _held(self, gen: Path, hold: _Hold | None = None) -> None:
         """Record that this object now holds generation `gen`, as its files are (see `_write`), and
         share-lock it (`hold`: its manifest, opened and locked already), releasing the one held before."""
         old, self._hold = self._hold, hold if hold is not None else _hold_generation(gen)
@@ -1642,17 +1660,34 @@ def _open_rerank_store(gen: Path, manifest: dict) -> str | RerankStore:
     return store
 
 
-def _hold_generation(gen: Path) -> Any:
+class _Hold:
+    """A share-locked open manifest (a file descriptor): the lock lasts until `close`, or until the
+    object is dropped (no ResourceWarning: dropping an open collection is how a reader lets go)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd: int | None = fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+def _hold_generation(gen: Path) -> _Hold | None:
     """Generation `gen`'s manifest, opened and share-locked (None if it cannot be opened): while
-    the file stays open, `_remove_generation` leaves the generation alone, in any process."""
+    it stays open, `_remove_generation` leaves the generation alone, in any process."""
     try:
-        f = open(gen / "manifest.json", "rb")  # held open while the collection holds gen
+        fd = os.open(gen / "manifest.json", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     if fcntl is not None:
         with contextlib.suppress(OSError):  # a file system without locks: held, not locked
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH)
-    return f
+            fcntl.flock(fd, fcntl.LOCK_SH)
+    return _Hold(fd)
 
 
 def _remove_generation(gen: Path) -> bool:

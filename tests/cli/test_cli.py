@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -69,8 +70,6 @@ def flowers(tmp_path_factory):
 def test_search_decodes_a_query_as_index_and_the_api_do(flowers, tmp_path, monkeypatch):
     """Session 6, finding 2: `search` decoded its queries at full size where the indexer and the API
     decode a JPEG at reduced scale, so a photo's query features were ~2 (L2) from its indexed ones."""
-    import numpy as np
-
     from hashsearch.cli.commands import query_features
     from hashsearch.collection import Collection
     from hashsearch.data.decode import DEFAULT_MAX_PIXELS, decode_image
@@ -188,3 +187,92 @@ def test_serve_on_a_taken_port_is_one_clean_line(tmp_path):
     )
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "x.hsx"), "--host", "192.0.2.1"])
     assert result.exit_code == 2 and "error: cannot listen on 192.0.2.1:8000" in result.output
+
+
+def invoke(*args, code):
+    """The CLI with its exit code checked; (stdout, stderr)."""
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == code, result.output
+    return result.stdout, result.stderr
+
+
+@pytest.fixture
+def small(cifar_small, tmp_path):
+    """A fresh 8-image collection (cat and dog test images, lsh 16 bits at 64 px) and its cache."""
+    src = tmp_path / "src"
+    for cls in ("cat", "dog"):
+        (src / cls).mkdir(parents=True)
+        for p in sorted((cifar_small / "test" / cls).glob("*.jpg")):
+            (src / cls / p.name).write_bytes(p.read_bytes())
+    out, cache = tmp_path / "s.hsx", tmp_path / "cache"
+    run("index", src, "--out", out, "--method", "lsh", "--bits", "16", "--input-size", "64", "--cache-dir", cache)
+    return out, src, cache
+
+
+def test_index_refuses_an_existing_collection_unless_overwrite(small, cifar_small):
+    """Session 6, finding 3: `index --out EXISTING` silently replaced the collection (and orphaned its uploads)."""
+    out, src, cache = small
+    current = (out / "CURRENT").read_text()
+    common = ["--method", "lsh", "--bits", "16", "--input-size", "64", "--cache-dir", cache]
+    stdout, stderr = invoke("index", cifar_small / "test" / "ship", "--out", out, *common, code=2)
+    assert stdout == "" and stderr.count("\n") == 1
+    assert f"--out {out} is an existing collection; add images to it with `hashsearch add {out} SOURCE`" in stderr
+    assert "--overwrite" in stderr and (out / "CURRENT").read_text() == current
+    assert json.loads(run("info", out))["count"] == 8
+    (out / "uploads").mkdir()
+    (out / "uploads" / "0123abcd.jpeg").write_bytes((src / "cat" / "0000.jpg").read_bytes())
+    stdout, stderr = invoke("index", cifar_small / "test" / "ship", "--out", out, *common, "--overwrite", code=0)
+    assert f"replaced {out}: 4 entries" in stdout
+    assert f"note: 1 image uploaded through the service stays in {out}/uploads, no longer indexed" in stderr
+    assert json.loads(run("info", out))["labels"] == {"(no label)": 4}
+    assert [p.name for p in out.glob("gen-*")] == [(out / "CURRENT").read_text().strip()]
+
+
+def test_remove_is_all_or_nothing(small):
+    """Session 6, finding 8: one unknown id removed the others and exited 1; now nothing is removed,
+    the unknown ids are named in one line, and --ignore-missing removes the others."""
+    out, _, _ = small
+    current = (out / "CURRENT").read_text()
+    stdout, stderr = invoke("remove", out, 0, 999, code=1)
+    assert stdout == "" and stderr.count("\n") == 1
+    assert stderr.startswith("error: no entry has the id 999 (1 of the 2 given); nothing was removed")
+    assert "--ignore-missing" in stderr and (out / "CURRENT").read_text() == current
+    stdout, stderr = invoke("remove", out, 1, *range(100, 107), code=1)
+    assert "ids 100, 101, 102, 103, 104, ... (7 in all) (7 of the 8 given)" in stderr
+    stdout, stderr = invoke("remove", out, 0, 999, "--ignore-missing", code=0)
+    assert stdout == "removed 1 entry; 7 entries now\n"
+    assert stderr.startswith("note: no entry has the id 999 (1 of the 2 given); removing the others")
+    assert json.loads(run("info", out))["count"] == 7
+    assert "All or nothing" in runner.invoke(app, ["remove", "--help"]).output
+
+
+def test_errors_name_the_options_and_the_folder(small, cifar_small, tmp_path):
+    """Session 6, finding 12: errors said radius, store_features, "features", and `index data/empty`
+    named no folder; each is now one line in the terms of the command line."""
+    out, src, cache = small
+    query = src / "cat" / "0000.jpg"
+    _, err = invoke("search", out, query, "--radius", 17, "--cache-dir", cache, code=2)
+    assert err.startswith("error: Invalid value: --radius 17: a Hamming radius is at most the code length")
+    assert "16-bit codes; give 0 to 16" in err and err.count("\n") == 1
+    bare = tmp_path / "bare.hsx"
+    common = ["--method", "lsh", "--bits", "16", "--input-size", "64", "--cache-dir", cache]
+    run("index", src, "--out", bare, "--no-features", *common)
+    _, err = invoke("search", bare, query, "--rerank", 5, "--cache-dir", cache, code=2)
+    assert f"--rerank 5: {bare} keeps no features (indexed with --no-features)" in err
+    assert "store_features" not in err and err.count("\n") == 1
+    from hashsearch.service.state import BadRequest, ServiceState
+
+    with pytest.raises(BadRequest, match="rerank needs stored features, and this collection keeps none") as e:
+        ServiceState(bare).search_features(np.zeros((1, 1280), np.float32), 3, None, 5, None)  # was a 500
+    assert e.value.status == 422
+    _, err = invoke("index", src, "--out", tmp_path / "p.hsx", "--rerank-store", "pca-2000", *common, code=2)
+    assert "--rerank-store pca-2000: pca-N keeps at most as many components as there are images indexed (8)" in err
+    assert "choose pca-8 or less" in err and err.count("\n") == 1
+    _, err = invoke("index", src, "--out", tmp_path / "q.hsx", "--rerank-store", "pq-8", *common, code=2)
+    assert "--rerank-store pq-8: pq-M fits its codebooks on at least 256 images, and 8 were indexed" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    _, err = invoke("index", empty, "--out", tmp_path / "e.hsx", *common, code=2)
+    assert err.startswith(f"error: no readable image in folder {empty} (looked for files ending ")
+    assert ".jpg" in err and "1 file not an image (by extension)" in err and err.count("\n") == 1

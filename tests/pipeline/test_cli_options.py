@@ -105,6 +105,7 @@ def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8
     for p in new:
         shutil.copy(p, extra / p.name)
     old_model = coll.int8_model
+    coll.close()  # an open collection holds its generation; let go, so that the add's save deletes it
     r = runner.invoke(
         app, ["add", str(out), str(extra), "--cache-dir", str(tmp_path / "cache2")], catch_exceptions=False
     )

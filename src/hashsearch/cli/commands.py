@@ -71,15 +71,43 @@ def _check_writable(skip_list: Path | None) -> None:
             raise typer.BadParameter(f"--skip-list {show(skip_list)}: cannot write it ({e.strerror or e})") from None
 
 
-def _check_out(out: Path) -> None:
-    """Fail before the long steps, not after them, when --out cannot be a collection folder."""
+def _check_out(out: Path, overwrite: bool = False) -> None:
+    """Fail before the long steps, not after them, when --out cannot be a collection folder, or is
+    an existing collection and --overwrite was not given."""
+    from hashsearch.collection import Collection
+
     if out.exists() and not out.is_dir():
-        raise typer.BadParameter(f"--out {show(out)} is a file; give a new or existing collection folder")
+        raise typer.BadParameter(f"--out {show(out)} is a file; give a new collection folder")
+    if (out / "CURRENT").is_file() and not overwrite:
+        live = Collection.live_generation(out)
+        raise typer.BadParameter(
+            f"--out {show(out)} is an existing collection{'' if live else ' (damaged)'}; add images to it with "
+            f"`hashsearch add {show(out)} SOURCE`, give a new folder, or replace it with --overwrite"
+        )
     for parent in out.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
                 raise typer.BadParameter(f"--out {show(out)}: {show(parent)} is a file, not a folder")
             break
+
+
+def _rerank_store_problem(e) -> str:
+    """A `RerankStoreError` in --rerank-store's terms: the number of images indexed, not of "features"."""
+    spec, n, dim = e.spec, e.n, e.dim
+    if spec.startswith("pca-"):
+        return (
+            f"--rerank-store {spec}: pca-N keeps at most as many components as there are images indexed ({n:,}) "
+            f"and feature dimensions ({dim:,}); choose pca-{min(n, dim)} or less, or full"
+        )
+    if spec.startswith("pq-"):
+        m = int(spec.split("-", 1)[1])
+        if dim and dim % m:
+            return f"--rerank-store {spec}: M must divide the feature dimension, {dim:,}; choose another pq-M, or int8"
+        return (
+            f"--rerank-store {spec}: pq-M fits its codebooks on at least 256 images, and {n:,} were indexed; "
+            "choose int8, pca-N or full for fewer images"
+        )
+    return f"--rerank-store {spec}: {e}"
 
 
 ModelOpt = typer.Option(
@@ -206,12 +234,19 @@ def index(
     keep_duplicates: bool = KeepDuplicatesOpt,
     skip_list: Path | None = SkipListOpt,
     model: Path | None = ModelOpt,
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the collection at --out if there is one (refused without it: to grow a collection, "
+        "use `hashsearch add`). Images uploaded through the service stay in <out>/uploads, no longer indexed.",
+    ),
 ):
     """Index a collection of images: features, hash codes, and a searchable index.
 
     With --model, the images go through a trained model's backbone and hasher (no labels needed,
     nothing is fitted), and the collection keeps a copy of the model.
     """
+    from hashsearch.collection import RerankStoreError
     from hashsearch.data.sources import open_source
     from hashsearch.pipeline import build_collection
 
@@ -223,7 +258,7 @@ def index(
     check_bits([bits])
     if no_features and rerank_store != "full":
         raise typer.BadParameter(f"--rerank-store {show(rerank_store)} needs stored features; drop --no-features")
-    _check_out(out)
+    _check_out(out, overwrite)
     _check_writable(skip_list)
     trained = _load_model(model, cache_dir)
     if trained is not None:
@@ -232,31 +267,43 @@ def index(
     else:
         hasher = make_hasher(method, bits, seed)  # before the backbone: a bad spec fails at once
         bb = make_backbone(backbone, input_size, weights)
-    coll, report = build_collection(
-        open_source(source, _labels(labels)),
-        bb,
-        hasher,
-        index=backend,
-        index_options={"uri": uri} if uri else None,
-        store_features=not no_features,
-        rerank_store=rerank_store,
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        engine=engine,
-        runtime=runtime,
-        int8=int8,
-        max_pixels=max_pixels,
-        keep_duplicates=keep_duplicates,
-        **({"address": address} if address else {}),
-    )
+    try:
+        coll, report = build_collection(
+            open_source(source, _labels(labels)),
+            bb,
+            hasher,
+            index=backend,
+            index_options={"uri": uri} if uri else None,
+            store_features=not no_features,
+            rerank_store=rerank_store,
+            cache_dir=cache_dir,
+            batch_size=batch_size,
+            engine=engine,
+            runtime=runtime,
+            int8=int8,
+            max_pixels=max_pixels,
+            keep_duplicates=keep_duplicates,
+            **({"address": address} if address else {}),
+        )
+    except RerankStoreError as e:
+        raise typer.BadParameter(_rerank_store_problem(e)) from None
     if trained is not None:
         coll.use_model(trained)
     _report(report, skip_list)
+    replaced = (out / "CURRENT").is_file()
     _save(coll, out)
     typer.echo(
-        f"wrote {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} {bits} bits, {bb.name} at {input_size}px"
-        + (f", model {trained.id[:12]}" if trained is not None else "")
+        f"{'replaced' if replaced else 'wrote'} {show(out)}: {plural(len(coll), 'entry', 'entries')}, {method} "
+        f"{bits} bits, {bb.name} at {input_size}px" + (f", model {trained.id[:12]}" if trained is not None else "")
     )
+    uploads = out / "uploads"
+    n_up = sum(1 for p in uploads.iterdir() if p.is_file() and not p.name.startswith(".")) if uploads.is_dir() else 0
+    if replaced and n_up:
+        typer.echo(
+            f"note: {plural(n_up, 'image')} uploaded through the service {'stays' if n_up == 1 else 'stay'} in "
+            f"{show(uploads)}, no longer indexed; add them with `hashsearch add {show(out)} {show(uploads)}`",
+            err=True,
+        )
 
 
 def query_features(coll, queries: list[Path], max_pixels: int, cache_dir: Path | None):
@@ -303,6 +350,16 @@ def search(
     with an "error") and the others are answered; the exit code is 1 only when no query could be.
     """
     coll = _open_collection(collection, cache_dir)
+    if radius is not None and radius > coll.n_bits:
+        raise typer.BadParameter(
+            f"--radius {radius}: a Hamming radius is at most the code length, and {show(collection)} has "
+            f"{coll.n_bits}-bit codes; give 0 to {coll.n_bits}"
+        )
+    if rerank and not coll.store_features:
+        raise typer.BadParameter(
+            f"--rerank {rerank}: {show(collection)} keeps no features (indexed with --no-features), which "
+            "re-ranking needs; search without --rerank, or index again without --no-features"
+        )
     feats, answered, errors = query_features(coll, queries, max_pixels, cache_dir)
     for qi, why in errors.items():
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
@@ -407,11 +464,20 @@ def add(
     )
 
 
-def remove(collection: Path = typer.Argument(...), ids: list[int] = typer.Argument(..., help="Entry ids to remove.")):
+def remove(
+    collection: Path = typer.Argument(..., help="A collection folder."),
+    ids: list[int] = typer.Argument(
+        ..., help="Entry ids to remove (`hashsearch search --json` or GET /entries lists them)."
+    ),
+    ignore_missing: bool = typer.Option(
+        False, "--ignore-missing", help="Remove the ids that exist and only name the others (exit code 0)."
+    ),
+):
     """Remove entries from a collection by id.
 
-    Ids that no entry has are named on stderr and change nothing (exit code 1); when none of
-    the ids exists, the collection is not written.
+    All or nothing: when an id is not in the collection, nothing is removed, the unknown ids are
+    named in one line, and the exit code is 1 (a typo does not silently remove the others). With
+    --ignore-missing, the ids that exist are removed and the unknown ones are named on stderr.
     """
 
     coll = _open_collection(collection)
@@ -419,6 +485,17 @@ def remove(collection: Path = typer.Argument(...), ids: list[int] = typer.Argume
     possible = [i for i in wanted if 0 <= i < 2**63]  # ids are non-negative int64
     found = {i for i, e in zip(possible, coll.entries(possible)) if e is not None}
     missing = [i for i in wanted if i not in found]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (f", ... ({len(missing):,} in all)" if len(missing) > 5 else "")
+        what = f"no entry has the {'id' if len(missing) == 1 else 'ids'} {shown} ({len(missing):,} of the {len(wanted):,} given)"
+        if not ignore_missing:
+            typer.echo(
+                f"error: {what}; nothing was removed: give existing ids (`hashsearch search --json` or GET "
+                "/entries lists them), or add --ignore-missing to remove the others",
+                err=True,
+            )
+            raise typer.Exit(1)
+        typer.echo(f"note: {what}; removing the others (--ignore-missing)", err=True)
     n = coll.remove(sorted(found)) if found else 0
     if n:
         _save(coll, collection)
@@ -426,13 +503,6 @@ def remove(collection: Path = typer.Argument(...), ids: list[int] = typer.Argume
         f"removed {plural(n, 'entry', 'entries')}; {plural(len(coll), 'entry', 'entries')} now"
         + ("" if n else " (the collection was not written)")
     )
-    if missing:
-        typer.echo(
-            f"error: no entry has the {'id' if len(missing) == 1 else 'ids'} {', '.join(map(str, missing))}; "
-            "see `hashsearch search --json` or GET /entries for ids",
-            err=True,
-        )
-        raise typer.Exit(1)
 
 
 def relocate(

@@ -240,7 +240,7 @@ def build_collection(
         ex = _drop_duplicates(ex, report)
     _count_labels(report, ex)
     if not ex.records:
-        raise ValueError(f"no readable image in the source ({report.skipped.summary()})")
+        raise ValueError(_no_image(source, report))
     if not hasattr(hasher, "n_features_in_"):
         t = time.perf_counter()
         X, y = ex.features, None
@@ -319,6 +319,25 @@ def add_images(
     )
     report.n_indexed = len(ids)
     return ids, report
+
+
+def _no_image(source: ImageSource, report: IndexReport) -> str:
+    """Why a build has nothing to index: the source named, what was looked for, and what was found."""
+    from hashsearch.data.sources import IMAGE_EXTENSIONS, FolderSource, ListSource, TarSource
+
+    exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if isinstance(source, FolderSource):
+        where = f"folder {printable(str(source.folder))} (looked for files ending {exts}, any case, in it and below)"
+    elif isinstance(source, TarSource):
+        where = f"archive {printable(str(source.path))} (looked for members ending {exts}, any case)"
+    elif isinstance(source, ListSource):
+        where = f"list file {printable(str(source.path))} (looked for the files it names, one a line)"
+    else:
+        where = f"the source {source!r}"
+    found = report.skipped.summary()
+    if report.listing is not None and report.listing.left_out():
+        found += "; " + report.listing.left_out()
+    return f"no readable image in {where}: {found}"
 
 
 def extract_queries(

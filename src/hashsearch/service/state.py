@@ -414,6 +414,12 @@ class ServiceState:
             raise BadRequest(422, f"radius must be between 0 and n_bits={self.coll.n_bits}, got {radius}")
         if rerank is not None and not 1 <= rerank <= 100_000:
             raise BadRequest(422, f"rerank must be between 1 and 100000 candidates, got {rerank}")
+        if rerank and not self.coll.store_features:
+            raise BadRequest(
+                422,
+                "rerank needs stored features, and this collection keeps none (indexed with --no-features); "
+                "search without rerank",
+            )
         t = time.perf_counter()
         with self.lock.read():
             hits = self.coll.search_records(feats, k, rerank=rerank, radius=radius, label=label, exclude=exclude)[0]

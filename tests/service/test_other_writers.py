@@ -60,7 +60,7 @@ def test_the_server_follows_a_cli_add_and_remove(coll_path, tmp_path, cifar_smal
         assert sorted(added) == sorted(name for name, _ in jpegs)
         for route in ("/stats", "/search/0", f"/search/{added[jpegs[0][0]]}", "/duplicates", "/entries/5"):
             assert c.get(route).status_code == 200, (route, c.get(route).text)
-        assert c.get("/stats").json()["count"] == 123
+        assert c.get("/stats").json()["count"] == 123 and c.get("/health").json()["count"] == 123
         query = {"image": ("q.jpg", jpegs[1][1], "image/jpeg")}
         hit = c.post("/search", files=query, params={"k": 1, "rerank": 100}).json()["results"][0]
         assert hit["id"] == added[jpegs[1][0]] and hit["hamming"] == 0
@@ -69,6 +69,7 @@ def test_the_server_follows_a_cli_add_and_remove(coll_path, tmp_path, cifar_smal
         gone = added[jpegs[0][0]]
         done = cli("remove", coll_path, gone, 7)
         assert done.returncode == 0, done.stdout + done.stderr
+        assert c.get("/health").json()["count"] == 121  # the first request after the change sees it
         assert c.get(f"/entries/{gone}").status_code == 404 and c.get("/entries/7").status_code == 404
         assert c.get("/entries", params={"limit": 1}).json()["total"] == 121
         assert gone not in [r["id"] for r in c.get("/search/0", params={"k": 200}).json()["results"]]

@@ -15,8 +15,10 @@ def stats(request: Request):
 
 @router.get("/health")
 def health(request: Request):
-    """Liveness: the collection is open."""
-    return {"status": "ok", "count": len(request.app.state.hs.coll)}
+    """Liveness: the collection is open; `count` as it is now (after a change made by another process too)."""
+    hs = request.app.state.hs
+    hs.refresh()
+    return {"status": "ok", "count": len(hs.coll)}
 
 
 @router.get("/jobs/{job_id}")

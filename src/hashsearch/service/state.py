@@ -15,7 +15,7 @@ Every route goes through `ServiceState`, which calls the library (`Collection`, 
   it), and the client gets a clean 503; nothing the service wrote for that change stays behind;
 * another process may change the collection while it is served (`hashsearch add`, `remove`,
   `relocate`, `index --overwrite`): every time a request takes the lock, `refresh` compares the
-  folder's live generation (its CURRENT file, a few microseconds to read) with the one served, and
+  folder's live generation (its CURRENT file: one small read) with the one served, and
   when they differ opens the new one and swaps it in under the write lock, between requests; a
   request that holds the old one meanwhile reads it to its end, since a save leaves a generation
   that an open collection holds on disk (`hashsearch.collection`, "Several processes").

@@ -365,6 +365,31 @@ def test_a_save_in_another_process_leaves_the_generation_a_reader_holds(tmp_path
     assert [p.name for p in path.glob("gen-*")] == [fresh.generation]  # let go of: deleted by the next save
 
 
+def test_old_generations_are_removed_once_let_go_and_never_during_a_save(tmp_path, hasher):
+    """`remove_old_generations` (what a server calls after following another process's save):
+    a held generation stays; a let-go one goes; nothing goes while a save holds the folder."""
+    import fcntl
+
+    path = tmp_path / "p.hsx"
+    coll = new_collection(hasher)
+    coll.add(features(3), ["a.jpg", "b.jpg", "c.jpg"], root=".")
+    coll.save(path)
+    reader = Collection.open(path)
+    coll.remove([0])
+    coll.save(path)
+    assert sorted(p.name for p in path.glob("gen-*")) == ["gen-000001", "gen-000002"]
+    assert Collection.remove_old_generations(path) == 0  # the reader still reads gen-000001
+    reader.close()
+    fd = os.open(path, os.O_RDONLY)  # the lock a running save holds on the folder
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert Collection.remove_old_generations(path) == 0 and (path / "gen-000001").is_dir()
+    finally:
+        os.close(fd)
+    assert Collection.remove_old_generations(path) == 1
+    assert [p.name for p in path.glob("gen-*")] == ["gen-000002"] and len(Collection.open(path)) == 2
+
+
 def test_a_save_over_another_processs_save_is_refused(tmp_path, hasher):
     """Two processes that opened the same generation: the second to save would silently drop the
     first's change; it is refused, nothing is written, and the object is reset to the saved state."""

@@ -331,6 +331,23 @@ class Collection:
         """
         return _current_generation(Path(path))
 
+    @staticmethod
+    def remove_old_generations(path: str | os.PathLike) -> int:
+        """Delete the generations of the folder `path` that are not live and that no open collection
+        holds; returns how many. A save does this itself; a long-running reader calls it after it
+        let go of one (the HTTP service, after following another process's save). Nothing is
+        deleted while a save into the folder is running (it is left to that save).
+        """
+        root = Path(path)
+        n = 0
+        with _folder_lock(root, wait=False) as held:
+            live = _current_generation(root) if held else None
+            if live is not None:
+                for old in root.glob("gen-*"):
+                    if old.name != live and _remove_generation(old):
+                        n += 1
+        return n
+
     def close(self) -> None:
         """Release the generation this object holds, so that a save may delete it (see the module
         docstring). The object must not be used afterwards; dropping it releases it as well."""
@@ -1712,15 +1729,20 @@ def _remove_generation(gen: Path) -> bool:
 
 
 @contextlib.contextmanager
-def _folder_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on the collection folder (the folder itself, no lock file): one save at a time."""
-    fd = None
+def _folder_lock(root: Path, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on the collection folder (the folder itself, no lock file): one save at a
+    time. Yields whether it is held: with `wait` False, False at once when a save holds it (or
+    where there are no locks)."""
+    fd, held = None, False
     if fcntl is not None:
-        with contextlib.suppress(OSError):
-            fd = os.open(root, os.O_RDONLY)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fd = os.open(root, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except OSError:  # BlockingIOError: a save is running; else a file system without locks
+            pass
     try:
-        yield
+        yield held
     finally:
         if fd is not None:
             os.close(fd)

@@ -61,6 +61,8 @@ def test_the_server_follows_a_cli_add_and_remove(coll_path, tmp_path, cifar_smal
         for route in ("/stats", "/search/0", f"/search/{added[jpegs[0][0]]}", "/duplicates", "/entries/5"):
             assert c.get(route).status_code == 200, (route, c.get(route).text)
         assert c.get("/stats").json()["count"] == 123 and c.get("/health").json()["count"] == 123
+        # The generation the server let go of is deleted by the server (nobody else holds it).
+        assert [p.name for p in coll_path.glob("gen-*")] == [Collection.live_generation(coll_path)]
         query = {"image": ("q.jpg", jpegs[1][1], "image/jpeg")}
         hit = c.post("/search", files=query, params={"k": 1, "rerank": 100}).json()["results"][0]
         assert hit["id"] == added[jpegs[1][0]] and hit["hamming"] == 0

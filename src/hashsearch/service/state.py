@@ -307,7 +307,8 @@ class ServiceState:
     def refresh(self) -> bool:
         """Follow a save made by another process: when the folder's live generation is not the one
         served, open it and swap it in under the write lock (True); else, or when it cannot be
-        opened (logged, and the one served kept), False.
+        opened (logged, and the one served kept), False. The generation let go of is deleted
+        unless another reader holds it (`Collection.remove_old_generations`).
 
         Called by every `lock.read()` and `lock.write()`, before the lock is taken; the reopened
         collection is not checksummed again (its files were checksummed by the save that wrote
@@ -339,6 +340,10 @@ class ServiceState:
                     self._extractor = None
                 self._changed()
             old.close()
+            try:  # the generation let go of, unless another reader holds it
+                Collection.remove_old_generations(self.path)
+            except OSError as e:  # a read-only folder: the next save removes it
+                log.debug("%s: old generations not removed (%s)", self.path, e)
             log.info(
                 "%s: reopened at %s (saved by another process), %d entries",
                 self.path.name,

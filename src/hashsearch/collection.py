@@ -64,7 +64,8 @@ one if a save replaced it meanwhile. Saves into one folder are serialised by an 
 the folder, and a save refuses (`CollectionError`) when another process saved a generation since
 this object opened or saved its own: its change would silently drop the other's; open it again
 and redo the change. `live_generation` and `generation` tell a long-running reader that another
-process saved (the HTTP service then reopens the collection between requests).
+process saved (the HTTP service then reopens the collection between requests), `close` lets go
+of a generation, and `remove_old_generations` deletes those nobody holds (never during a save).
 """
 
 from __future__ import annotations

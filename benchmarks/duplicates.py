@@ -432,6 +432,74 @@ def scale(args, rep) -> None:
 # -- the run --------------------------------------------------------------------------------------
 
 
+def hard_end(args, rep) -> None:
+    """Recall at the hard end of two ranges, on real photos: --hard-end N flowers12 photos (every
+    960/N-th), each with a JPEG quality-20 copy and a copy with 18% of its width and height cut
+    away (9% a side), saved at quality 90, and nothing else. Precision here is over those 3N
+    images only (look-alike photos of a species are the false pairs)."""
+    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
+    from hashsearch.data.sources import open_source
+    from hashsearch.duplicates import cosine_of_pairs, duplicate_groups, near_pairs, whiten
+    from hashsearch.hashing import create_hasher
+    from hashsearch.pipeline import build_collection
+
+    n_photos = args.hard_end
+    folder = args.data / f"hard-{n_photos}"
+    photos = _flowers()[:: max(1, 960 // n_photos)][:n_photos]
+    names, trans, group = [], [], []
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, data in enumerate(photos):
+        im = Image.open(io.BytesIO(data)).convert("RGB")
+        w, h = im.size
+        (folder / f"p{k:03d}.jpg").write_bytes(data)
+        im.save(folder / f"p{k:03d}-q20.jpg", quality=20)
+        c = 0.09
+        im.crop((round(w * c), round(h * c), round(w * (1 - c)), round(h * (1 - c)))).save(
+            folder / f"p{k:03d}-crop.jpg", quality=90
+        )
+        for suffix, t in (("", "original"), ("-q20", "jpeg"), ("-crop", "crop")):
+            names.append(f"p{k:03d}{suffix}.jpg")
+            trans.append(t)
+            group.append(k)
+    group = np.asarray(group)
+    coll, _ = build_collection(
+        open_source(str(folder), "none"),
+        create_backbone(DEFAULT_BACKBONE, input_size=128),
+        create_hasher(args.method, n_bits=args.bits, seed=0),
+        index="mih",
+        cache_dir=args.cache_dir,
+        keep_duplicates=True,
+        progress=False,
+        workers=args.workers,
+    )
+    ids = np.sort(coll.index.ids)
+    row_of = np.array([names.index(os.path.basename(e["path"])) for e in coll.entries(ids.tolist())])
+    codes, feats = coll.index.get_codes(ids), np.asarray(coll.features_of(ids), np.float32)
+    n = len(names)
+    rep(
+        f"hard end: {n_photos} flowers12 photos, each with a JPEG quality-20 copy and an 18% crop (9% a side); "
+        f"{args.method} {args.bits} bits, radius 16"
+    )
+    rep("rule, min_similarity -> recall of the q20 copies, of the crops; precision and F1 over all pairs")
+
+    def line(name, groups_rows):
+        p = np.arange(n) + 10**9
+        for gi, rows_ in enumerate(groups_rows):
+            p[row_of[rows_]] = gi
+        sc = score(p, group, trans)
+        o = sc["overall"]
+        rep(f"  {name}: jpeg q20 {sc['jpeg'][1]:.3f}, crop 18% {sc['crop'][1]:.3f}; P {o[0]:.3f} F1 {o[2]:.3f}")
+
+    for ms in (0.6, 0.5, 0.45, 0.4):
+        line(f"complete linkage, similarity {ms}", duplicate_groups(codes, 16, features=feats, min_similarity=ms))
+    pi, pj, _ = near_pairs(codes, 16)
+    keep = cosine_of_pairs(whiten(feats), pi, pj) >= 0.6
+    labels = labels_from_pairs(n, pi[keep], pj[keep])
+    line(
+        "previous rule (connected components), similarity 0.6", [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/hs-dups"))
@@ -472,6 +540,12 @@ def main() -> None:
         action="store_false",
         help="run each peer at its default threshold only (not also at the one best on this set)",
     )
+    ap.add_argument(
+        "--imagededup-sample",
+        type=int,
+        default=0,
+        help="above this many images, time imagededup's search on this many queries and scale it (see _imagededup_sampled)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument(
         "--scale",
@@ -481,8 +555,21 @@ def main() -> None:
     )
     ap.add_argument("--scale-features", type=Path, default=None, help="a feature cache file (.sqlite) to draw from")
     ap.add_argument("--scale-peer", default="1000,2000,4000,8000", help="sizes for imagededup's search")
+    ap.add_argument(
+        "--hard-end",
+        type=int,
+        default=0,
+        help="instead of the set: N flowers12 photos with a JPEG q20 copy and an 18%% crop each (see hard_end())",
+    )
     ap.add_argument("--scale-to", type=int, default=100_000, help="the size the estimates are for")
     args = ap.parse_args()
+    if args.hard_end:
+        rep = Report(f"{args.workers} workers")
+        hard_end(args, rep)
+        rep.save(
+            args.out, "Near-duplicates at the hard end of two ranges: JPEG quality 20 and 18% crops of real photos"
+        )
+        return
     if args.scale:
         if args.scale_features is None or not args.scale_features.is_file():
             ap.error(f"--scale needs --scale-features FILE.sqlite (a feature cache file), got {args.scale_features}")
@@ -637,6 +724,8 @@ def _imagededup(cls, folder, files, index, n, group, trans, args, rep) -> list:
     t = time.perf_counter()
     enc = method.encode_images(image_dir=str(folder / "images"), num_enc_workers=args.workers)
     t_enc = time.perf_counter() - t
+    if args.imagededup_sample and n > args.imagededup_sample:
+        return _imagededup_sampled(cls, method, enc, t_enc, files, index, n, group, trans, args, rep)
     t = time.perf_counter()
     d10 = method.find_duplicates(encoding_map=enc, max_distance_threshold=10, num_dist_workers=args.workers)
     t10 = time.perf_counter() - t
@@ -656,6 +745,43 @@ def _imagededup(cls, folder, files, index, n, group, trans, args, rep) -> list:
         bt, bs = best_threshold(lambda th: (pi[pd <= th], pj[pd <= th]), n, group, trans, THRESHOLDS)
         out.append((f"imagededup {cls} t={bt} (best here)", bs, t_enc + t10))
     return out
+
+
+def _imagededup_sampled(cls, method, enc, t_enc, files, index, n, group, trans, args, rep) -> list:
+    """imagededup where its quadratic search would outlast the run: its search (the same brute force
+    find_duplicates runs, HashEval, on its workers) timed for --imagededup-sample queries against
+    all n hashes and scaled by n / sample (each query scans all n: linear in the queries); its
+    groups are the pairs of its hashes within t=10, found by comparing every pair here, checked
+    against what its own search returned for the sampled queries."""
+    import sys as _sys
+
+    hash_eval = _sys.modules["imagededup.handlers.search.retrieval"].HashEval
+    k = args.imagededup_sample
+    rng = np.random.default_rng(0)
+    sample = sorted(rng.choice(len(files), k, replace=False).tolist())
+    queries = {files[i]: enc[files[i]] for i in sample}
+    t = time.perf_counter()
+    res = hash_eval(
+        test=enc, queries=queries, distance_function=method.hamming_distance, verbose=False, threshold=10,
+        num_dist_workers=args.workers,
+    ).retrieve_results(scores=False)  # fmt: skip
+    t_sample = time.perf_counter() - t
+    t_find = t_sample * n / k
+    hashes = np.array([int(enc[f], 16) for f in files], np.uint64)
+    pi, pj, _ = _all_pairs_within(hashes, 10)
+    theirs = {(index[q], index[o]) for q, others in res.items() for o in others}
+    asked = np.isin(pi, sample), np.isin(pj, sample)
+    mine = set(zip(pi[asked[0]].tolist(), pj[asked[0]].tolist())) | set(
+        zip(pj[asked[1]].tolist(), pi[asked[1]].tolist())
+    )
+    same = theirs == mine
+    rep(
+        f"imagededup {cls} stages (s): encode {t_enc:.2f}; its search for {k:,} of the {n:,} hashes "
+        f"{t_sample:.2f}, so {t_find:.1f} for all (estimate: x {n / k:.0f}); its pairs for those queries "
+        f"{'are' if same else 'are NOT'} the pairs within 10 found here ({len(theirs):,} and {len(mine):,})"
+    )
+    sc = score(labels_from_pairs(n, pi, pj), group, trans)
+    return [(f"imagededup {cls} t=10 (search est.)", sc, t_enc + t_find)]
 
 
 def _imagehash(fn_name, folder, files, n, group, trans, args, rep) -> list:

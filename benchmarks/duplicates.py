@@ -490,6 +490,20 @@ def hard_end(args, rep) -> None:
         o = sc["overall"]
         rep(f"  {name}: jpeg q20 {sc['jpeg'][1]:.3f}, crop 18% {sc['crop'][1]:.3f}; P {o[0]:.3f} F1 {o[2]:.3f}")
 
+    from hashsearch.codes import hamming_distances
+    from hashsearch.duplicates import unit_rows
+
+    white = unit_rows(whiten(feats))
+    coll_row = np.argsort(row_of)  # names index -> collection row
+    for t in ("jpeg", "crop"):
+        copies = [k for k in range(n) if trans[k] == t]
+        a, b = coll_row[copies], coll_row[[k - (1 if t == "jpeg" else 2) for k in copies]]  # each copy, its original
+        d = np.array([hamming_distances(codes[x : x + 1], codes[y : y + 1])[0, 0] for x, y in zip(a, b)])
+        sim = np.einsum("nd,nd->n", white[a], white[b])
+        rep(
+            f"  {t} copies to their original: Hamming distance <= 16 for {np.mean(d <= 16):.3f} (median {np.median(d):.0f}); "
+            f"whitened similarity median {np.median(sim):.3f}, >= 0.6 for {np.mean(sim >= 0.6):.3f}, >= 0.4 for {np.mean(sim >= 0.4):.3f}"
+        )
     for ms in (0.6, 0.5, 0.45, 0.4):
         line(f"complete linkage, similarity {ms}", duplicate_groups(codes, 16, features=feats, min_similarity=ms))
     pi, pj, _ = near_pairs(codes, 16)

@@ -106,6 +106,20 @@ def test_group_labels_joins_chains_and_leaves_singles_alone():
     assert labels.tolist() == [0, 0, 1, 0, 2, 3, 3]
 
 
+def test_groups_are_complete_linkage_most_alike_pair_first():
+    # Codes 2, 2, 1 bits apart along a line (0-1, 1-2, 2-3); 0-2 is 4 bits and 0-3 5 bits apart.
+    bits = np.zeros((4, 16), np.uint8)
+    bits[1, :2] = bits[2, :4] = bits[3, :5] = 1
+    codes = pack_bits(bits)
+    assert group_labels(4, *near_pairs(codes, 3)[:2]).tolist() == [0, 0, 0, 0]  # one chain
+    # 2-3 (1 bit) join first, then 0-1; 1-2 would put 0 with 2 (4 bits): refused.
+    assert [g.tolist() for g in duplicate_groups(codes, 3)] == [[0, 1], [2, 3]]
+    assert [g.tolist() for g in duplicate_groups(codes, 5)] == [[0, 1, 2, 3]]  # every pair within 5
+    # The same bytes pass whatever the codes, and join first: 0 and 3, then 1 (within 3 bits of
+    # both); 2 is 4 bits from 0, so it is left out.
+    assert [g.tolist() for g in duplicate_groups(codes, 3, digests=["a", "", "", "a"])] == [[0, 1, 3]]
+
+
 def test_same_digest_joins_rows_whatever_their_codes():
     codes = pack_bits(np.array([[0] * 16, [1] * 16, [0, 1] * 8]))
     assert duplicate_groups(codes, 0) == []

@@ -114,3 +114,26 @@ def test_a_collection_that_cannot_be_reopened_keeps_being_served(coll_path, tmp_
         assert c.get("/search/3").status_code == 200
         (coll_path / "CURRENT").write_text(live + "\n")
         assert c.get("/entries/3").status_code == 200
+
+
+def test_the_server_follows_an_index_overwrite_with_another_backbone_size(coll_path, tmp_path, cifar_small):
+    """`index --overwrite` with other settings (64 px, lsh 16 bits): the server reopens it and its
+    queries go through the new backbone (the extractor is made again), not the 128 px one."""
+    from hashsearch.service import create_app
+
+    app = create_app(coll_path, cache_dir=tmp_path / "thumbs")
+    ships = cifar_small / "test" / "ship"
+    query = sorted(ships.glob("*.jpg"))[0]
+    with Server(app) as s, httpx.Client(base_url=s.url, timeout=60) as c:
+        files = {"image": ("q.jpg", query.read_bytes(), "image/jpeg")}
+        assert c.post("/search", files=files).status_code == 200  # the 128 px extractor is made
+        done = cli(
+            "index", ships, "--out", coll_path, "--overwrite", "--method", "lsh", "--bits", "16",
+            "--input-size", "64", "--cache-dir", tmp_path / "feat",
+        )  # fmt: skip
+        assert done.returncode == 0 and f"replaced {coll_path}: 4 entries" in done.stdout, done.stderr
+        stats = c.get("/stats").json()
+        assert stats["count"] == 4 and stats["n_bits"] == 16 and stats["input_size"] == 64
+        hits = c.post("/search", files=files, params={"k": 4, "rerank": 4}).json()["results"]
+        assert [h["key"] for h in hits][0] == query.name and hits[0]["hamming"] == 0
+        assert sorted(h["key"] for h in hits) == sorted(p.name for p in ships.glob("*.jpg"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashsearch.hashing import create_hasher, hashers, list_hashers
+from hashsearch.hashing import Hasher, create_hasher, hashers, list_hashers
 from hashsearch.hashing.deep.heads import HeadOutput
 from hashsearch.hashing.deep.losses import (
     _BiHalf,
@@ -49,6 +49,26 @@ def test_trained_without_labels_beats_lsh_on_real_features(name, cifar_features,
         assert np.isfinite(h.loss_history_).all() and h.loss_history_[-1] < h.loss_history_[0]
         scores.append(real_map(h, Xq, yq, X, y))
     assert np.mean(scores) > lsh + 0.03, f"{name}: {scores} vs LSH {lsh:.3f}"
+
+
+def test_default_epochs_train_a_number_of_steps_and_round_trip(cifar_features, tmp_path, monkeypatch):
+    """epochs=None (the presets' default): at least MIN_STEPS optimiser steps and MIN_EPOCHS epochs,
+    so that a few hundred images are trained as long as thousands; an integer is trained as given."""
+    X, _, Xq, _ = cifar_features
+    h = create_hasher("bihalf-spectral", n_bits=16)
+    assert h.epochs is None and h.get_params()["epochs"] is None
+    # The arithmetic on the benchmark's sizes: 5,000 rows in batches of 256 are 20 steps an epoch.
+    assert [h._epochs_for(n) for n in (5000, 480, 59000)] == [100, 1000, 30]
+    assert create_hasher("ssdh", n_bits=16, epochs=7)._epochs_for(480) == 7
+    monkeypatch.setattr(UnsupervisedDeepHasher, "MIN_STEPS", 60)
+    # 80 rows: one batch of 256 an epoch -> 60 epochs; in batches of 16, 5 steps an epoch -> 30 epochs (the floor).
+    assert len(create_hasher("bihalf", n_bits=16).fit(X).loss_history_) == 60
+    assert len(create_hasher("bihalf", n_bits=16, batch_size=16).fit(X).loss_history_) == 30
+    fitted = create_hasher("greedyhash-unsup", n_bits=16).fit(X)
+    fitted.save(tmp_path / "g.npz")
+    back = Hasher.load(tmp_path / "g.npz")
+    assert back.get_params()["epochs"] is None
+    np.testing.assert_array_equal(back.encode(Xq).data, fitted.encode(Xq).data)
 
 
 def test_labels_passed_to_fit_are_ignored(cifar_features):

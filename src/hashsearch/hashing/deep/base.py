@@ -199,9 +199,18 @@ class DeepHasher(Hasher):
         head, loss_fn, targets, device = self._build(X, y)
         targets = self._train_targets(X, loss_fn, targets)
         history = train(
-            head, loss_fn, self.standardize(X, _checked=True), targets, epochs=self.epochs, **self._settings(device)
+            head,
+            loss_fn,
+            self.standardize(X, _checked=True),
+            targets,
+            epochs=self._epochs_for(len(X)),
+            **self._settings(device),
         )
         self._keep(head, history)
+
+    def _epochs_for(self, n_rows: int) -> int:
+        """The epochs to train on `n_rows` rows: `epochs` (a subclass may derive them when it is None)."""
+        return self.epochs
 
     def _keep(self, head, history) -> None:
         """Copy the trained head's weights into NumPy arrays, with the loss history."""
@@ -274,7 +283,7 @@ class DeepHasher(Hasher):
             loss_fn,
             self.standardize(X0, _checked=True),
             targets,
-            epochs=self.epochs,
+            epochs=self._epochs_for(len(X0)),
             **settings,
             **(warm_loop or {}),
         )
@@ -298,7 +307,7 @@ class DeepHasher(Hasher):
             loss_fn,
             pixels,
             targets,
-            epochs=epochs or recipe.epochs or self.epochs,
+            epochs=epochs or recipe.epochs or self._epochs_for(len(X0)),
             **settings,
             cosine=recipe.schedule == "cosine",
             ema=recipe.ema,

@@ -443,7 +443,7 @@ class BiHalfSpectralLoss(BiHalfLoss):
         n_classes: int | None = None,
         gamma: float = 3.0,
         n_clusters: int = 10,
-        n_neighbors: int = 10,
+        n_neighbors: int = 5,
         seed: int = 0,
     ) -> None:
         super().__init__(n_bits, n_classes, gamma)

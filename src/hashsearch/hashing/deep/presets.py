@@ -193,6 +193,11 @@ DFEH = register_preset(
 
 
 # -- unsupervised: trained without labels (`UnsupervisedDeepHasher`) ------------------------------
+#
+# BiHalf's, GreedyHash's and bihalf-spectral's epochs default to None: at least 2,000 optimiser steps
+# and 30 epochs (`UnsupervisedDeepHasher.MIN_STEPS`), so that a small collection is trained as long as
+# a large one. SSDH keeps 30 epochs: longer training did not help it on the validation split
+# (`benchmarks/unsupervised.py --validation`), nor did it need the steps.
 
 BiHalf = register_preset(
     "bihalf",
@@ -205,7 +210,7 @@ BiHalf = register_preset(
     pull of z toward its code in the backward pass (paper: 6).""",
     loss_params={"gamma": 6.0},
     hasher_class=UnsupervisedDeepHasher,
-    training={"batch_size": 256},
+    training={"batch_size": 256, "epochs": None},
 )
 
 GreedyHashUnsup = register_preset(
@@ -218,6 +223,7 @@ GreedyHashUnsup = register_preset(
     equal the centred features', plus `alpha` times the cubic penalty pulling z toward +-1.""",
     loss_params={"alpha": 0.1},
     hasher_class=UnsupervisedDeepHasher,
+    training={"epochs": None},
 )
 
 SSDH = register_preset(
@@ -242,7 +248,7 @@ BiHalfSpectral = register_preset(
     their cosine `n_neighbors`-NN graph into `n_clusters` clusters; BiHalf's layer and loss then
     train codes whose cosine similarity is 1 within a cluster and 0 across. `n_clusters` is a
     guess of how many kinds of image the collection holds (10 for CIFAR-10's ten classes).""",
-    loss_params={"gamma": 3.0, "n_clusters": 10, "n_neighbors": 10},
+    loss_params={"gamma": 3.0, "n_clusters": 10, "n_neighbors": 5},
     hasher_class=UnsupervisedDeepHasher,
-    training={"batch_size": 256},
+    training={"batch_size": 256, "epochs": None},
 )

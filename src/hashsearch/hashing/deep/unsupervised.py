@@ -6,10 +6,15 @@ unsupervised losses of `deep.losses`: "bihalf", "greedyhash-unsup", "ssdh", "spe
 `fit` ignores labels. The targets are the centred training features, or what the loss's
 `pseudo_targets(centred features)` makes of them once before training (SSDH's distance
 thresholds, spectral clusters). The registered methods are presets in `deep.presets`.
+
+Their default `epochs=None` trains for a number of optimiser steps, not of passes: at least
+`MIN_STEPS` steps and 30 epochs. On a few hundred images 30 epochs of 256-row batches are 60
+steps, and the head is far from trained (flowers12: `benchmarks/unsupervised.py --validation`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -21,7 +26,10 @@ class UnsupervisedDeepHasher(DeepHasher):
     """A deep hasher trained without labels: head + unsupervised loss + optimiser settings.
 
     Parameters are those of `DeepHasher`, with `loss` an unsupervised loss ("bihalf",
-    "greedyhash-unsup", "ssdh", "spectral-bihalf"). `fit(features)` takes no labels (labels
+    "greedyhash-unsup", "ssdh", "bihalf-spectral"), and `epochs` may be None (the presets'
+    default): as many epochs as make at least `MIN_STEPS` optimiser steps of `batch_size` rows,
+    and at least `MIN_EPOCHS` (``max(30, ceil(2000 / ceil(n / batch_size)))``: 100 epochs on
+    5,000 rows in batches of 256, 1,000 on 480, 30 on 59,000). An integer is trained as given. `fit(features)` takes no labels (labels
     passed anyway are ignored). The head's input is the standardised features, as for every deep
     hasher; the loss's targets are the features centred on the training mean (cosine
     similarities of centred features rank CIFAR-10 neighbours better than raw or standardised
@@ -35,6 +43,15 @@ class UnsupervisedDeepHasher(DeepHasher):
     """
 
     supervised: ClassVar[bool] = False
+    #: With ``epochs=None``: the fewest optimiser steps, and the fewest epochs, to train.
+    MIN_STEPS: ClassVar[int] = 2000
+    MIN_EPOCHS: ClassVar[int] = 30
+
+    def _epochs_for(self, n_rows: int) -> int:
+        if self.epochs is None:
+            steps_per_epoch = math.ceil(n_rows / max(int(self.batch_size), 1))
+            return max(self.MIN_EPOCHS, math.ceil(self.MIN_STEPS / max(steps_per_epoch, 1)))
+        return self.epochs
 
     def _targets(self, y):
         # Labels are not used: no classes, and a head with a classifier gets none.

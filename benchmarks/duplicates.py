@@ -782,9 +782,9 @@ def _imagededup_sampled(cls, method, enc, t_enc, files, index, n, group, trans, 
     t_sample = time.perf_counter() - t
     t_find = t_sample * n / k
     hashes = np.array([int(enc[f], 16) for f in files], np.uint64)
-    pi, pj, _ = _all_pairs_within(hashes, 10)
+    pi, pj, pd = _all_pairs_within(hashes, max(THRESHOLDS) if args.peer_thresholds else 10)
     theirs = {(index[q], index[o]) for q, others in res.items() for o in others}
-    asked = np.isin(pi, sample), np.isin(pj, sample)
+    asked = np.isin(pi, sample) & (pd <= 10), np.isin(pj, sample) & (pd <= 10)
     mine = set(zip(pi[asked[0]].tolist(), pj[asked[0]].tolist())) | set(
         zip(pj[asked[1]].tolist(), pi[asked[1]].tolist())
     )
@@ -794,8 +794,12 @@ def _imagededup_sampled(cls, method, enc, t_enc, files, index, n, group, trans, 
         f"{t_sample:.2f}, so {t_find:.1f} for all (estimate: x {n / k:.0f}); its pairs for those queries "
         f"{'are' if same else 'are NOT'} the pairs within 10 found here ({len(theirs):,} and {len(mine):,})"
     )
-    sc = score(labels_from_pairs(n, pi, pj), group, trans)
-    return [(f"imagededup {cls} t=10 (search est.)", sc, t_enc + t_find)]
+    sc = score(labels_from_pairs(n, pi[pd <= 10], pj[pd <= 10]), group, trans)
+    out = [(f"imagededup {cls} t=10 (search est.)", sc, t_enc + t_find)]
+    if args.peer_thresholds:  # the time is its search's at t=10 (at a smaller t it scans the same hashes)
+        bt, bs = best_threshold(lambda th: (pi[pd <= th], pj[pd <= th]), n, group, trans, THRESHOLDS)
+        out.append((f"imagededup {cls} t={bt} (best, est.)", bs, t_enc + t_find))
+    return out
 
 
 def _imagehash(fn_name, folder, files, n, group, trans, args, rep) -> list:

@@ -169,3 +169,8 @@ def test_usage_errors_are_one_line(photos, tmp_path):
     ]:
         text = run("duplicates", folder, *args, "--cache-dir", root / "cache", code=2)
         assert words in text and "Traceback" not in text
+
+
+def test_help_states_the_grouping_rule():
+    text = " ".join(run("duplicates", "--help").split())
+    assert "Every two images of a group pass" in text and "A~B and B~C" in text

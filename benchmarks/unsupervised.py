@@ -25,6 +25,7 @@ searches the database less the held-out images, and prints mAP@ALL at 64 bits fo
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 
@@ -403,7 +404,7 @@ def main() -> None:
         and tuple(args.bits) == BITS
         else " "
         + " ".join(
-            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            f"--{k.replace('_', '-')} {' '.join(shlex.quote(str(x)) for x in v) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
             if k != "validation"
         )

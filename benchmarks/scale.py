@@ -714,8 +714,12 @@ def goals(recs: list[dict]) -> list[str]:
             f"| {bits} | {n:,} | {backend}: {r['qps']['10'] / f['qps']['10']:.1f}x | {cpu_ratio} | {f['search_peak_rss'] / base:.2f} | "
             f"{r['search_peak_rss'] / base:.2f} | {f['open_s'] * 1e3:.0f} | {r['open_s'] * 1e3:.0f} | {r['exact']} |"
         )
-    lines += ["", "Where mih's memory goal is missed, why: its files (codes, ids and the tables) against codes+ids, "
-              "and the share of them the searches touched:", ""]
+    lines += [
+        "",
+        "Where mih's memory goal is missed, why: its files (codes, ids and the tables) against codes+ids, "
+        "and the share of them the searches touched:",
+        "",
+    ]
     for (backend, bits, n), r in sorted(by.items(), key=lambda x: (x[0][1], x[0][2])):
         base = n * ((bits + 7) // 8 + 8)
         if backend.startswith("mih") and r["search_peak_rss"] > 3 * base:

@@ -260,7 +260,7 @@ def cli(*args, ok=True):
 def test_cli_index_with_a_store_then_info_search_add_remove(cifar_small, tmp_path):
     out, cache = tmp_path / "c.hsx", tmp_path / "cache"
     common = ("--input-size", 64, "--cache-dir", cache)
-    cli("index", cifar_small / "test", "--out", out, "--bits", 16, "--rerank-store", "int8", *common)
+    cli("index", cifar_small / "test", "--out", out, "-m", "itq", "--bits", 16, "--rerank-store", "int8", *common)
     info = json.loads(cli("info", out))
     assert info["rerank_store"] == "int8" and info["count"] == 40
     query = sorted((cifar_small / "test" / "ship").glob("*.jpg"))[0]

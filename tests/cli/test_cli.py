@@ -96,6 +96,26 @@ def test_search_decodes_a_query_as_index_and_the_api_do(flowers, tmp_path, monke
     assert np.abs(stored - full_size).max() > 0.1  # what the CLI computed before: the test can tell
 
 
+def test_index_defaults_to_bihalf_spectral_on_a_small_labelled_folder(flowers, tmp_path):
+    """Issue 22: the best unsupervised method (bihalf-spectral, benchmarks/results/unsupervised*.md) is
+    index's default, labels or not. 8 photos are fewer than its 10 clusters: each photo is its own
+    cluster, and every photo finds itself first, strictly nearer than any other."""
+    out, cache = tmp_path / "d.hsx", tmp_path / "cache"
+    text = run("index", flowers, "--out", out, "--input-size", "64", "--cache-dir", cache)
+    assert "bihalf-spectral 64 bits" in text
+    info = json.loads(run("info", out))
+    assert info["method"] == "bihalf-spectral" and info["n_bits"] == 64
+    assert info["labels"] == {"daisy": 4, "iris": 4}  # kept, though not learned from
+    photos = sorted(flowers.rglob("*.jpg"))
+    answers = json.loads(run("search", out, *photos, "-k", "2", "--json", "--cache-dir", cache))
+    for photo, answer in zip(photos, answers):
+        first, second = answer["results"]
+        assert first["path"] == str(photo) and first["distance"] == 0 < second["distance"], answer
+    helptext = " ".join(runner.invoke(app, ["index", "--help"], terminal_width=200).output.split())
+    assert "[default: bihalf-spectral]" in helptext and "unsupervised-database.md" in helptext
+    assert "-m 'bihalf-spectral[n_clusters=K]'" in helptext and "-m itq" in helptext
+
+
 def test_info(built):
     out, _ = built
     info = json.loads(run("info", out))

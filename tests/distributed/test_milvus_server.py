@@ -177,7 +177,7 @@ def server_collection(milvus_server, cifar_small, tmp_path_factory):
     out = tmp / "photos.hsx"
     proc = hashsearch(
         "index", cifar_small / "test", "--out", out, "--backend", "milvus", "--uri", milvus_server.uri,
-        "--bits", 16, "--input-size", 64, "--cache-dir", tmp / "cache",
+        "-m", "itq", "--bits", 16, "--input-size", 64, "--cache-dir", tmp / "cache",
         env={TOKEN_ENV: milvus_server.token},
     )  # fmt: skip
     assert "indexed 40 images" in proc.stdout

@@ -208,7 +208,7 @@ def cluster():
 
 
 def _index(folder: str, out: Path, cache: Path, cwd: Path, env: dict, *extra: str, size: int = 64, wait=True):
-    cmd = [HASHSEARCH, "index", folder, "--out", str(out), "--cache-dir", str(cache), "--bits", "32"]
+    cmd = [HASHSEARCH, "index", folder, "--out", str(out), "--cache-dir", str(cache), "-m", "itq", "--bits", "32"]
     cmd += ["--input-size", str(size), "--batch-size", "8", *extra]
     run = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
@@ -353,7 +353,7 @@ def test_node_killed_mid_job_then_rerun_resumes(cluster, cifar_600, tmp_path):
 def test_wrong_address_is_one_line_before_any_work(address, says, cifar_small, tmp_path):
     """Ray retries an address that refuses for minutes; hashsearch says so at once, before the scan."""
     address = address or f"127.0.0.1:{_free_ports(1)[0]}"
-    cmd = [HASHSEARCH, "index", str(cifar_small / "test"), "--out", str(tmp_path / "c.hsx")]
+    cmd = [HASHSEARCH, "index", str(cifar_small / "test"), "--out", str(tmp_path / "c.hsx"), "-m", "itq"]
     cmd += ["--cache-dir", str(tmp_path / "cache"), "--engine", "ray", "--address", address]
     t = time.monotonic()
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

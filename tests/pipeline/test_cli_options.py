@@ -16,7 +16,8 @@ runner = CliRunner()
 
 def test_index_with_int8_and_torch_runtime(cifar_small, tmp_path):
     cache = tmp_path / "cache"
-    common = ["index", str(cifar_small / "test"), "--bits", "16", "--input-size", "64", "--cache-dir", str(cache)]
+    common = ["index", str(cifar_small / "test"), "-m", "itq", "--bits", "16", "--input-size", "64"]
+    common += ["--cache-dir", str(cache)]
     r = runner.invoke(app, common + ["--out", str(tmp_path / "a.hsx"), "--int8"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "40 features computed" in r.output
@@ -61,6 +62,8 @@ def test_an_int8_collection_extracts_its_queries_and_additions_with_its_own_int8
         [
             "index",
             str(cifar_small / "test"),
+            "-m",
+            "itq",
             "--bits",
             "16",
             "--input-size",

@@ -432,16 +432,32 @@ def scale(args, rep) -> None:
 # -- the run --------------------------------------------------------------------------------------
 
 
+def index_folder(folder: Path, args):
+    """hashsearch's collection of the images in `folder` (no labels): EfficientNet-Lite0 at 128 px,
+    `args.method` at `args.bits`, a mih index, duplicates kept; returns (collection, report)."""
+    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
+    from hashsearch.data.sources import open_source
+    from hashsearch.hashing import create_hasher
+    from hashsearch.pipeline import build_collection
+
+    return build_collection(
+        open_source(str(folder), "none"),
+        create_backbone(DEFAULT_BACKBONE, input_size=128),
+        create_hasher(args.method, n_bits=args.bits, seed=0),
+        index="mih",
+        cache_dir=args.cache_dir,
+        keep_duplicates=True,
+        progress=False,
+        workers=args.workers,
+    )
+
+
 def hard_end(args, rep) -> None:
     """Recall at the hard end of two ranges, on real photos: --hard-end N flowers12 photos (every
     960/N-th), each with a JPEG quality-20 copy and a copy with 18% of its width and height cut
     away (9% a side), saved at quality 90, and nothing else. Precision here is over those 3N
     images only (look-alike photos of a species are the false pairs)."""
-    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
-    from hashsearch.data.sources import open_source
     from hashsearch.duplicates import cosine_of_pairs, duplicate_groups, near_pairs, whiten
-    from hashsearch.hashing import create_hasher
-    from hashsearch.pipeline import build_collection
 
     n_photos = args.hard_end
     folder = args.data / f"hard-{n_photos}"
@@ -462,16 +478,7 @@ def hard_end(args, rep) -> None:
             trans.append(t)
             group.append(k)
     group = np.asarray(group)
-    coll, _ = build_collection(
-        open_source(str(folder), "none"),
-        create_backbone(DEFAULT_BACKBONE, input_size=128),
-        create_hasher(args.method, n_bits=args.bits, seed=0),
-        index="mih",
-        cache_dir=args.cache_dir,
-        keep_duplicates=True,
-        progress=False,
-        workers=args.workers,
-    )
+    coll, _ = index_folder(folder, args)
     ids = np.sort(coll.index.ids)
     row_of = np.array([names.index(os.path.basename(e["path"])) for e in coll.entries(ids.tolist())])
     codes, feats = coll.index.get_codes(ids), np.asarray(coll.features_of(ids), np.float32)
@@ -600,6 +607,7 @@ def main() -> None:
     if args.cache_dir is None:
         import tempfile
 
+        args.data.mkdir(parents=True, exist_ok=True)
         args.cache_dir = Path(tempfile.mkdtemp(prefix="features-", dir=args.data))
     t = time.perf_counter()
     truth = make_set(folder, args.images, args.groups, args.variants, args.seed, args.cifar_first)
@@ -624,23 +632,11 @@ def main() -> None:
     results = []
 
     # hashsearch
-    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
-    from hashsearch.data.sources import open_source
+    from hashsearch.backbones import DEFAULT_BACKBONE
     from hashsearch.duplicates import duplicate_groups, find_duplicates
-    from hashsearch.hashing import create_hasher
-    from hashsearch.pipeline import build_collection
 
     t = time.perf_counter()
-    coll, report = build_collection(
-        open_source(str(folder / "images"), "none"),
-        create_backbone(DEFAULT_BACKBONE, input_size=128),
-        create_hasher(args.method, n_bits=args.bits, seed=0),
-        index="mih",
-        cache_dir=args.cache_dir,
-        keep_duplicates=True,
-        progress=False,
-        workers=args.workers,
-    )
+    coll, report = index_folder(folder / "images", args)
     t_build = time.perf_counter() - t
     t = time.perf_counter()
     dup = find_duplicates(coll)

@@ -282,7 +282,7 @@ def test_bytes_written_by_a_save_after_a_one_percent_add_and_remove(tmp_path, in
         linked = {rel for rel in sizes if os.stat(gen / rel).st_ino == inodes.get(rel)}
         total, shared = sum(sizes.values()), sum(sizes[rel] for rel in linked)
         print(
-            f"  save after {what}ing {added} entries ({added / n:.0%}); generation {total / mib:.2f} MiB\n"
+            f"  save after the {what} of {added} entries ({added / n:.0%}); generation {total / mib:.2f} MiB\n"
             f"    into a new folder (every file written): {before_w / mib:.2f} MiB written, {before_r / mib:.2f} MiB read\n"
             f"    into its own (unchanged files linked, the change a delta): {after_w / mib:.2f} MiB written, "
             f"{after_r / mib:.2f} MiB read; {shared / mib:.2f} MiB shared with the previous generation"

@@ -739,3 +739,32 @@ def test_dhfi_subnetworks_whose_fine_tuning_ends_below_their_head_stage_keep_it(
         "training loss became nan in epoch 1: training diverged; lower --lr (the backbone's: --lr x --recipe " in text
     )
     assert "trunk_lr_scale=1000)" in text and text.count("error:") == 1 and "bug" not in text, text
+
+
+def test_eval_model_leaves_each_query_out_on_a_leave_one_out_protocol(trained, cifar_small, work, monkeypatch):
+    """On a protocol whose database is its query set (the MNIST ones, `Split.leave_one_out`), `eval
+    --model` leaves each query's own image out of its ranking, as `eval --method` does: here 40
+    real CIFAR-10 test images searched within themselves, in a split made as mnist-table2 makes its own."""
+    from hashsearch.data.protocols import Split
+    from hashsearch.data.sources import open_source
+    from hashsearch.experiments import jobs
+    from hashsearch.experiments.training import evaluate_model
+    from hashsearch.model import TrainedModel
+
+    source = open_source(str(cifar_small / "test"))
+    records = source.records()
+
+    def split(loo):
+        return source, Split("test-loo", records[:8], records, records, 0, "40 test images", leave_one_out=loo)
+
+    model = TrainedModel.load(trained[0])
+    rows = {}
+    for loo in (True, False):
+        monkeypatch.setattr(jobs, "load_split", lambda *a, loo=loo, **k: split(loo))
+        rows[loo] = evaluate_model(
+            model, protocol="test-loo", data=None, queries_per_class=0, train_per_class=0, seed=0, out=None,
+            cache_dir=work / "cache", log=lambda *_: None,
+        )["metrics"]  # fmt: skip
+    assert rows[True]["n_left_out"] == len(records) == 40 and "n_left_out" not in rows[False]
+    # With its own image in the database each query finds it first, so its mAP reads higher.
+    assert rows[False]["map"] > rows[True]["map"]

@@ -929,6 +929,7 @@ def evaluate_model(
     from hashsearch.evaluation.report import machine_description, write_results
     from hashsearch.experiments.features import split_features
     from hashsearch.experiments.jobs import load_split
+    from hashsearch.experiments.runner import own_items
 
     t0 = time.perf_counter()
     source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
@@ -938,7 +939,8 @@ def evaluate_model(
     overlap = _check_overlap(model, split.name, source.root, feats, log)
     t1 = time.perf_counter()
     qc, dc = model.hasher.encode(feats.query.features), model.hasher.encode(feats.database.features)
-    metrics = evaluate(qc, dc, feats.query.labels, feats.database.labels)
+    exclude = own_items(feats.query, feats.database) if split.leave_one_out else None  # the MNIST protocols
+    metrics = evaluate(qc, dc, feats.query.labels, feats.database.labels, exclude=exclude)
     row = {
         "method": f"{model.hasher.name} (model {model.id[:12]})",
         "mode": model.record.get("mode", "model"),

@@ -148,6 +148,28 @@ def test_search_records_filters_by_label_beyond_the_first_candidates():
     assert coll.search_records(X[:1], k=3, label="no such label") == [[]]
 
 
+def test_a_label_no_entry_has_stops_after_the_first_candidates(tmp_path, monkeypatch):
+    """An unknown (mistyped) label: one search of the first candidates, not one widened to every
+    entry; a label whose entries are all removed (saved or not) counts as unknown, a label only
+    added since the save as known."""
+    coll, X = make_collection(n=3000)
+    coll.add(X[:5] + 0.5, [f"rare/{i}.jpg" for i in range(5)], ["rare"] * 5, root=".")
+    coll.save(tmp_path / "c.hsx")
+    ks = []
+    search = coll.search
+    monkeypatch.setattr(coll, "search", lambda *a, **kw: ks.append(kw["k"]) or search(*a, **kw))
+    assert coll.search_records(X[:2], k=3, label="no such label") == [[], []] and ks == [200, 200]
+    ks.clear()
+    assert len(coll.search_records(X[:1], k=3, label="rare")[0]) == 3 and ks[-1] > 200  # widened to find them
+    rare = [int(i) for i in coll.search(X[:1], k=len(coll)).ids[0] if i >= 3000]
+    coll.remove(np.array(rare))
+    assert coll.search_records(X[:1], k=3, label="rare") == [[]]
+    coll.add(X[:1] + 0.5, ["late/0.jpg"], ["late"], root=".")
+    assert len(coll.search_records(X[:1], k=3, label="late")[0]) == 1
+    coll.save(tmp_path / "c.hsx")
+    assert coll.search_records(X[:1], k=3, label="rare") == [[]]
+
+
 def test_search_records_excludes_an_id_and_reports_stored_hamming_after_rerank():
     coll, X = make_collection()
     plain = coll.search_records(X[7:8], k=5)[0]

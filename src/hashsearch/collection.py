@@ -677,6 +677,22 @@ class Collection:
             counts[root_id] = counts.get(root_id, 0) + 1
         return counts
 
+    def _label_in_use(self, label: str | None) -> bool:
+        """Whether an entry carries `label` (None: unlabelled), changes not saved yet included. One
+        pass over the saved entries (no index on labels): far less than a search of every entry."""
+        if any(lab == label for _, _, lab, _ in self._new.values()):
+            return True
+        if self._db_path is None:
+            return False
+        with self._db() as db:
+            if label is None:
+                (saved,) = db.execute("SELECT COUNT(*) FROM entries WHERE label IS NULL").fetchone()
+            else:  # stored as the file system's bytes; as text by an older hashsearch
+                (saved,) = db.execute(
+                    "SELECT COUNT(*) FROM entries WHERE label = ? OR label = ?", (_blob(label), label)
+                ).fetchone()
+        return saved > sum(lab == label for _, lab in self._stored_replaced())
+
     def _stored_replaced(self) -> Iterator[tuple[int, str | None]]:
         """(root, label) of the saved entries that the next save removes or rewrites (relocated)."""
         changed = sorted(self._removed | self._new.keys())
@@ -855,6 +871,7 @@ class Collection:
         wanted = None if label == NO_LABEL else label  # as `info` names the unlabelled entries
         n = len(self)
         out = []
+        in_use: bool | None = None  # whether an entry has the label, asked once when needed
         for q in range(len(features)):
             query = features[q : q + 1]
             want = k + (exclude is not None)
@@ -869,6 +886,10 @@ class Collection:
                     if e is not None and i != exclude and (label is None or e["label"] == wanted)
                 ]
                 if len(rows) >= k or fetch >= n or len(ids) < fetch:
+                    break
+                if in_use is None:  # before fetching further: a label no entry has needs no wider search
+                    in_use = self._label_in_use(wanted)
+                if not in_use:
                     break
                 fetch = min(n, fetch * 8)
             rows = rows[:k]

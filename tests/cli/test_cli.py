@@ -296,3 +296,39 @@ def test_errors_name_the_options_and_the_folder(small, cifar_small, tmp_path):
     _, err = invoke("index", empty, "--out", tmp_path / "e.hsx", *common, code=2)
     assert err.startswith(f"error: no readable image in folder {empty} (looked for files ending ")
     assert ".jpg" in err and "1 file not an image (by extension)" in err and err.count("\n") == 1
+
+
+def test_methods_with_networks_of_their_own_are_refused_by_index_and_duplicates(cifar_small, tmp_path):
+    """RITQ and DHFI hash features of a ResNet-32 trained from labels, which only `train` trains:
+    index and duplicates used to run them on the pretrained backbone's features, silently."""
+    for method in ("ritq", "dhfi"):
+        _, err = invoke("index", cifar_small / "test", "--out", tmp_path / "c.hsx", "-m", method, code=2)
+        assert f"--method {method} hashes features of a network of its own (cifar-resnet32)" in err
+        assert f"hashsearch train LABELLED_FOLDER --method {method}" in err and "--model model.hsm" in err
+        _, err = invoke("duplicates", cifar_small / "test", "-m", method, code=2)
+        assert f"--method {method} hashes features of a network of its own" in err
+    assert not (tmp_path / "c.hsx").exists()
+
+
+def test_eval_refuses_a_single_class(cifar_small, tmp_path):
+    """One class (here a folder wrapping the class folders, as `tar czf photos.tar.gz photos` makes):
+    mAP would be 1.0 whatever the codes, so eval refuses and names --labels parent."""
+    wrapped = tmp_path / "photos" / "wrapper"
+    for cls in ("cat", "dog"):
+        (wrapped / cls).mkdir(parents=True)
+        for p in sorted((cifar_small / "test" / cls).glob("*.jpg")):
+            (wrapped / cls / p.name).write_bytes(p.read_bytes())
+    args = ("eval", "--queries-per-class", 1, "--train-per-class", 1, "--method", "lsh", "--bits", 8,
+            "--input-size", 32, "--cache-dir", tmp_path / "cache")  # fmt: skip
+    _, err = invoke(*args, "--data", tmp_path / "photos", code=2)
+    assert "every labelled image is of one class (wrapper" in err and "--labels parent" in err
+    out, _ = invoke(*args, "--data", tmp_path / "photos", "--labels", "parent", code=0)
+    assert "lsh" in out
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "hashsearch", "list"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "bihalf-spectral" in done.stdout, done.stderr

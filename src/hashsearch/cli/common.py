@@ -57,8 +57,9 @@ def make_hasher(spec: str, bits: int, seed: int):
     Raises
     ------
     ValueError
-        An unknown method or a malformed spec (parse_method's message, as eval gives it), or a
-        parameter the method does not take (the message lists those it takes).
+        An unknown method or a malformed spec (parse_method's message, as eval gives it), a
+        parameter the method does not take (the message lists those it takes), or a method that
+        needs networks of its own (RITQ, DHFI: `Hasher.feature_backbones`), which only `train` trains.
     """
     import inspect
 
@@ -66,6 +67,12 @@ def make_hasher(spec: str, bits: int, seed: int):
     from hashsearch.hashing import create_hasher, hashers
 
     name, params = parse_method(spec)
+    if nets := [n for n in hashers.get(name).feature_backbones if n is not None]:
+        raise ValueError(
+            f"--method {name} hashes features of a network of its own ({', '.join(nets)}), trained from "
+            f"labelled images, which this command does not train: train a model with `hashsearch train "
+            f"LABELLED_FOLDER --method {name} --out model.hsm`, then `hashsearch index SOURCE --model model.hsm`"
+        )
     takes = [p for p in inspect.signature(hashers.get(name)).parameters if p not in ("n_bits", "seed")]
     if set(params) & {"n_bits", "seed"}:
         raise ValueError(f"method spec {spec!r}: give the code length with --bits and the seed with --seed")

@@ -32,7 +32,8 @@ def load_split(
 
     With `data`, `labels` says how its images get labels (see `hashsearch.data.sources`); the
     line saying how they were read is logged, and images without a label are left out of the
-    split and named. Raises ValueError when no image has a label (saying what layout was seen).
+    split and named. Raises ValueError when no image has a label (saying what layout was seen) or
+    every label is the same (mAP would be 1.0 whatever the codes).
     """
     if protocol is not None:
         split = load_protocol(protocol, seed=seed)
@@ -47,6 +48,15 @@ def load_split(
             f"--data {printable(str(data))}: no image has a label (labels: {listing.labels.layout}); an evaluation needs "
             "classes: put each class's images in a folder of its own (photos/cat/..., photos/dog/...), write "
             "'path<TAB>label' lines in a list file, or pass a labels file with --labels FILE"
+        )
+    classes = sorted({r.label for r in labelled})
+    if len(classes) < 2:
+        raise ValueError(
+            f"--data {printable(str(data))}: every labelled image is of one class ({printable(classes[0])}; labels: "
+            f"{listing.labels.layout}), and with one class every database image is relevant to every query, so "
+            "mAP would be 1.0 whatever the codes: an evaluation needs at least 2 classes. If the class folders "
+            "are one level down (an archive made with `tar czf photos.tar.gz photos`), pass --labels parent; "
+            "else give each class a folder of its own or a labels file (--labels FILE)"
         )
     if len(labelled) < len(records):
         log(f"left out of the evaluation: {listing.labels.unlabelled_text()}")

@@ -322,7 +322,7 @@ def test_node_killed_mid_job_then_rerun_resumes(cluster, cifar_600, tmp_path):
     cached = len(_cache_rows(cache))
     outcome = "finished" if job.returncode == 0 else "stopped"
     print(f"node killed mid-job: the job {outcome}; {cached} features in the cache")  # shown by pytest -rP
-    again = _index(str(cifar_600), out, cache, tmp_path, cluster.env, *args, size=224)
+    again = _index(str(cifar_600), out, cache, tmp_path, cluster.env, *args, "--overwrite", size=224)
     assert _counts(again) == (600, 600 - cached, cached)
     # The features equal the local engine's, byte for byte (a sample: 224 px extraction is costly).
     source = FolderSource(cifar_600)

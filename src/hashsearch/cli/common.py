@@ -6,6 +6,7 @@ import typer
 
 from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
+from hashsearch.data.sources import plural as plural  # re-exported: the commands import it from here
 from hashsearch.data.sources import printable
 
 #: Code lengths the commands accept, as the README states them.
@@ -87,11 +88,6 @@ def make_hasher(spec: str, bits: int, seed: int):
 def show(name) -> str:
     """A file name or key as one readable line (bytes that are not UTF-8 as \\xNN, see `printable`)."""
     return printable(str(name))
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """'1 file', '2 files' (`many` for irregular plurals)."""
-    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 BackboneOpt = typer.Option(DEFAULT_BACKBONE, "--backbone", help="Feature extractor (see `hashsearch list`).")

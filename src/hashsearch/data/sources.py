@@ -177,7 +177,8 @@ def unescape_name(text: str) -> str:
     return _UNESCAPE.sub(one, text)
 
 
-def _plural(n: int, word: str, many: str | None = None) -> str:
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 file', '2 files' (`many` for irregular plurals: plural(2, 'entry', 'entries'))."""
     return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
@@ -225,7 +226,7 @@ class SkipReport:
             return "0 files skipped"
         head = "; ".join(f"{printable(key)} ({printable(reason)})" for key, reason in self.skipped[:limit])
         more = f"; and {n - limit:,} more" if n > limit else ""
-        return f"{_plural(n, 'file')} skipped: {head}{more}"
+        return f"{plural(n, 'file')} skipped: {head}{more}"
 
 
 @dataclass
@@ -258,7 +259,7 @@ class LabelReport:
         if not n:
             return ""
         verb = "has" if n == 1 else "have"
-        return f"{_plural(n, 'image')} {verb} no label: " + _names(
+        return f"{plural(n, 'image')} {verb} no label: " + _names(
             self.unlabelled, limit, lambda kw: f"{printable(kw[0])} ({printable(kw[1])})"
         )
 
@@ -270,7 +271,7 @@ class LabelReport:
         if self.counts:
             classes = sorted(self.counts.items())
             line += (
-                f"; {_plural(len(classes), 'class', 'classes')} ("
+                f"; {plural(len(classes), 'class', 'classes')} ("
                 + _names(classes, 8, lambda c: f"{printable(c[0])} {c[1]:,}")
                 + ")"
             )
@@ -279,7 +280,7 @@ class LabelReport:
             line += "; " + text
         if self.unmatched:
             line += (
-                f"; {_plural(len(self.unmatched), 'name')} in the labels file "
+                f"; {plural(len(self.unmatched), 'name')} in the labels file "
                 f"{'matches' if len(self.unmatched) == 1 else 'match'} no image: " + _names(self.unmatched, limit)
             )
         return line
@@ -315,12 +316,12 @@ class Listing:
         if self.not_images:
             n = len(self.not_images)
             parts.append(
-                f"{_plural(n, 'file')} not {'an image' if n == 1 else 'images'} (by extension): "
+                f"{plural(n, 'file')} not {'an image' if n == 1 else 'images'} (by extension): "
                 + _names(self.not_images, limit)
             )
         if self.hidden:
             parts.append(
-                f"{_plural(len(self.hidden), 'hidden file or folder', 'hidden files and folders')} "
+                f"{plural(len(self.hidden), 'hidden file or folder', 'hidden files and folders')} "
                 "left out: " + _names(self.hidden, limit)
             )
         return "; ".join(parts)

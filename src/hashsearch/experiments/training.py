@@ -42,7 +42,7 @@ import numpy as np
 
 from hashsearch.backbones import Backbone, ConcatBackbone, create_backbone
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.sources import ImageRecord, ImageSource, SkipReport
+from hashsearch.data.sources import ImageRecord, ImageSource, SkipReport, plural
 from hashsearch.evaluation.metrics import mean_average_precision
 from hashsearch.experiments.features import SCRATCH_EPOCHS
 from hashsearch.hashing import create_hasher, hashers
@@ -764,7 +764,7 @@ def _networks(
             kept, pixels, _ = extract_pixels(
                 source, train_recs, net.preprocess, max_pixels=max_pixels, progress=progress
             )
-            log(f"training {net.name} from scratch on {len(kept)} images, {_plural(epochs, 'epoch')}")
+            log(f"training {net.name} from scratch on {len(kept)} images, {plural(epochs, 'epoch')}")
             trained, history = train_backbone(
                 net,
                 pixels,
@@ -798,11 +798,6 @@ def _log_listing(source: ImageSource, log: Callable[[str], None]) -> None:
         log(listing.left_out())
     if listing.problems:
         log(SkipReport(list(listing.problems)).summary())
-
-
-def _plural(n: int, word: str) -> str:
-    """'1 epoch', '3 epochs'."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
 def _deep_methods() -> list[str]:

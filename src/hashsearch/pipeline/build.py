@@ -16,14 +16,10 @@ from hashsearch.backbones import Backbone
 from hashsearch.backbones.runtime import FeatureExtractor, TorchExtractor
 from hashsearch.collection import Collection
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
-from hashsearch.data.sources import ImageRecord, ImageSource, Listing, SkipReport, escape_name, printable
+from hashsearch.data.sources import ImageRecord, ImageSource, Listing, SkipReport, escape_name, plural, printable
 from hashsearch.hashing import Hasher
 from hashsearch.pipeline.local import extract_features
 from hashsearch.pipeline.steps import Extracted
-
-
-def _plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n:,} {word if n == 1 else many or word + 's'}"
 
 
 @dataclass
@@ -56,9 +52,9 @@ class IndexReport:
         """A few lines: counts and times; the labels; the files skipped, duplicated, left out."""
         t = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         lines = [
-            f"indexed {_plural(self.n_indexed, 'image')} ({_plural(self.n_computed, 'feature')} computed, "
-            f"{self.n_cached:,} from the cache); {_plural(len(self.skipped), 'file')} skipped; "
-            f"{_plural(len(self.duplicates), 'duplicate')} skipped; {t}"
+            f"indexed {plural(self.n_indexed, 'image')} ({plural(self.n_computed, 'feature')} computed, "
+            f"{self.n_cached:,} from the cache); {plural(len(self.skipped), 'file')} skipped; "
+            f"{plural(len(self.duplicates), 'duplicate')} skipped; {t}"
         ]
         if self.listing is not None:
             lines.append(self.listing.labels.summary(limit))
@@ -69,7 +65,7 @@ class IndexReport:
             head = "; ".join(f"{printable(k)} (same bytes as {printable(o)})" for k, o in self.duplicates[:limit])
             more = f"; and {n - limit:,} more" if n > limit else ""
             lines.append(
-                f"{_plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
+                f"{plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
                 f"keep_duplicates=True): {head}{more}"
             )
         if self.listing is not None and self.listing.left_out(limit):

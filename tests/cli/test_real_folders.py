@@ -94,7 +94,7 @@ def test_index_reports_every_file_on_one_line_each(built, photos):
     )
     cat0 = sorted((photos / "cat").glob("0*.jpg"))[0]
     assert lines[3] == (
-        f"1 duplicate skipped (keep them with --keep-duplicates / keep_duplicates=True): "
+        f"1 duplicate skipped (keep them with --keep-duplicates): "
         f"{photos}/cat/copy.jpg (same bytes as {cat0})"
     )
     assert lines[4] == (

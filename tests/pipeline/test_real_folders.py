@@ -65,7 +65,7 @@ def test_build_skips_duplicates_by_content_unless_asked(photos, bb, cache):
     assert report.duplicates == [(str(photos / "cat" / "copy.jpg"), first), (str(photos / "dog" / "again.jpg"), first)]
     assert "; 2 duplicates skipped;" in report.summary()
     assert (
-        f"2 duplicates skipped (keep them with --keep-duplicates / keep_duplicates=True): {photos}/cat/copy.jpg "
+        f"2 duplicates skipped (keep them with keep_duplicates=True): {photos}/cat/copy.jpg "
         f"(same bytes as {first})" in report.summary()
     )
     # Stored relative to the source's folder (its `root`).

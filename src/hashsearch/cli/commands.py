@@ -43,7 +43,7 @@ def _labels(value: str) -> str:
 def _report(report, skip_list: Path | None) -> None:
     """Print what a build or an add did; write the skip list if asked (before saving, so that a
     failed save still leaves it)."""
-    for line in report.summary().splitlines():
+    for line in report.summary(keep_option="--keep-duplicates").splitlines():
         typer.echo(show(line))  # already printable; this keeps it so whatever a reason holds
     if skip_list is not None:
         n = report.write_skip_list(skip_list)

@@ -48,8 +48,9 @@ class IndexReport:
     listing: Listing | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
-    def summary(self, limit: int = 5) -> str:
-        """A few lines: counts and times; the labels; the files skipped, duplicated, left out."""
+    def summary(self, limit: int = 5, keep_option: str = "keep_duplicates=True") -> str:
+        """A few lines: counts and times; the labels; the files skipped, duplicated, left out.
+        `keep_option` is how the reader asks to keep duplicates (the command line: "--keep-duplicates")."""
         t = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         lines = [
             f"indexed {plural(self.n_indexed, 'image')} ({plural(self.n_computed, 'feature')} computed, "
@@ -65,8 +66,7 @@ class IndexReport:
             head = "; ".join(f"{printable(k)} (same bytes as {printable(o)})" for k, o in self.duplicates[:limit])
             more = f"; and {n - limit:,} more" if n > limit else ""
             lines.append(
-                f"{plural(n, 'duplicate')} skipped (keep them with --keep-duplicates / "
-                f"keep_duplicates=True): {head}{more}"
+                f"{plural(n, 'duplicate')} skipped (keep them with {keep_option}): {head}{more}"
             )
         if self.listing is not None and self.listing.left_out(limit):
             lines.append(self.listing.left_out(limit))

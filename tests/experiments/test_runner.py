@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import glob
+import json
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 
@@ -116,3 +122,140 @@ def test_dhfi_finetune_mode_tunes_both_networks_and_reuses_them_from_the_cache(s
     (again,) = run_methods(small_provider, [spec], [8], mode="finetune", log=said.append)
     assert not any(m.startswith(("fine-tuning", "training")) for m in said), said
     assert again["metrics"] == row["metrics"] and again["timings"]["fit_s"] == pytest.approx(row["timings"]["fit_s"])
+
+
+#: A bench-like run in a child process (what `hashsearch bench` does with its FeatureProvider):
+#: argv: the images, the cache folder, and "scratch" (train the CIFAR ResNet) or a finetune method spec.
+_CHILD = """
+import sys
+from hashsearch.backbones import create_backbone
+from hashsearch.data.protocols import split_by_class
+from hashsearch.data.sources import open_source
+from hashsearch.experiments import FeatureProvider, run_methods
+
+root, cache, what = sys.argv[1:4]
+source = open_source(root)
+split = split_by_class(source.records(), 2, 8, seed=0, name="small")
+provider = FeatureProvider(
+    source, split, create_backbone("efficientnet-lite0", input_size=32), cache_dir=cache, scratch_epochs=2,
+    log=lambda *_: None,
+)
+if what == "scratch":
+    provider.trained_backbone("cifar-resnet32")
+else:
+    run_methods(provider, [what], [8], mode="finetune", log=lambda *_: None)
+"""
+
+
+def _kill_once_written(args: list, path_of, timeout: float = 300) -> None:
+    """Run `_CHILD` with `args`; SIGKILL it as soon as a file `path_of()` returns exists."""
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, *map(str, args)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while (found := path_of()) is None:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, "no checkpoint written in time"
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no handler runs, as when a machine or a job scheduler stops the run
+    finally:
+        proc.wait()
+    assert proc.returncode == -9 and found.is_file(), (proc.returncode, found)
+
+
+def _state(path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_a_killed_bench_resumes_training_from_scratch_and_ends_as_the_uninterrupted_run(
+    small_provider, cifar_small, tmp_path
+):
+    ref = small_provider.trained_backbone("cifar-resnet32")  # trained uninterrupted (or read back)
+    ref_info = small_provider.trained["cifar-resnet32"]
+    cache = tmp_path / "cache"
+    folder = cache / "backbones"
+
+    def checkpoint():
+        return next(iter(folder.glob("cifar-resnet32-small-seed0-2ep-epochs.ckpt")), None)
+
+    _kill_once_written([cifar_small, cache, "scratch"], checkpoint)
+    assert _state(checkpoint())["history"]["epoch_loss"][:1] == pytest.approx(ref_info["loss"][:1], rel=1e-4)
+    assert not (folder / "cifar-resnet32-small-seed0-2ep.json").exists()  # killed before the end
+
+    said: list[str] = []
+    again = type(small_provider)(
+        small_provider.source,
+        small_provider.split,
+        small_provider.backbone,
+        cache_dir=cache,
+        scratch_epochs=2,
+        log=said.append,
+    )
+    resumed = again.trained_backbone("cifar-resnet32")
+    info = again.trained["cifar-resnet32"]
+    assert "resuming from the checkpoint" in said[0] and "resumed after epoch 1" in said[-1], said
+    assert info["resumed_at"] == 1 and info["epochs"] == 2 and len(info["loss"]) == 2
+    assert info["loss"] == pytest.approx(ref_info["loss"], rel=1e-4)
+    a, b = _state(resumed.weights), _state(ref.weights)
+    assert a.keys() == b.keys() and all(np.allclose(a[k], b[k], atol=1e-4) for k in a)
+    assert checkpoint() is None  # deleted once the weights are kept
+    assert json.loads((folder / "cifar-resnet32-small-seed0-2ep.json").read_text())["resumed_at"] == 1
+
+
+def test_a_killed_bench_resumes_fine_tuning_in_its_joint_stage(small_provider, cifar_small, tmp_path):
+    spec = "dpsh[epochs=2,batch_size=40]"
+    (ref,) = run_methods(small_provider, [spec], [8], mode="finetune", log=lambda *_: None)
+    cache = tmp_path / "cache"
+    folder = cache / "backbones"
+
+    def joint():
+        return next(iter(folder.glob(f"*-{glob.escape(spec)}-8-*-joint.ckpt")), None)
+
+    _kill_once_written([cifar_small, cache, spec], joint)
+    assert len(_state(joint())["history"]["epoch_loss"]) == 1  # after the first of 2 joint epochs
+    assert len(list(folder.glob("*-head.ckpt"))) == 1  # the head stage's, kept until the hasher is
+
+    said: list[str] = []
+    again = type(small_provider)(
+        small_provider.source, small_provider.split, small_provider.backbone, cache_dir=cache, log=lambda *_: None
+    )
+    (row,) = run_methods(again, [spec], [8], mode="finetune", log=said.append)
+    assert len(row["loss_history"]) == len(ref["loss_history"]) == 4  # 2 head epochs, 2 joint, as uninterrupted
+    assert row["loss_history"] == pytest.approx(ref["loss_history"], rel=1e-4)
+    assert row["metrics"]["map"] == pytest.approx(ref["metrics"]["map"], abs=1e-6)
+    (info,) = folder.glob(f"*-{glob.escape(spec)}-8-*.json")
+    assert json.loads(info.read_text())["resumed_at"] == {"head": 2, "joint": 1}
+    assert not list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))  # deleted once the hasher is kept
+
+
+def test_the_fine_tuning_line_gives_the_epochs_an_unsupervised_method_runs(small_provider):
+    """An unsupervised preset's epochs=None means epochs derived from the number of images
+    (`UnsupervisedDeepHasher`): the line states them, not "None"."""
+    from hashsearch.hashing.deep.unsupervised import UnsupervisedDeepHasher
+
+    class Said(Exception):
+        pass
+
+    def stop_at_the_line(line: str) -> None:
+        if line.startswith("fine-tuning"):
+            raise Said(line)
+
+    steps = -(-80 // 256)  # 80 training images in batches of 256 (bihalf's default)
+    head = max(UnsupervisedDeepHasher.MIN_EPOCHS, -(-UnsupervisedDeepHasher.MIN_STEPS // steps))
+    assert head == 2000
+    for finetune_epochs, joint in ((None, head), (3, 3)):
+        provider = type(small_provider)(
+            small_provider.source,
+            small_provider.split,
+            small_provider.backbone,
+            cache_dir=small_provider.cache_dir,
+            finetune_epochs=finetune_epochs,
+            log=stop_at_the_line,
+        )
+        with pytest.raises(Said) as said:
+            run_methods(provider, ["bihalf"], [8], mode="finetune", log=lambda *_: None)
+        line = str(said.value)
+        assert "None" not in line, line
+        assert f"on 80 images: the head alone {head} epochs, then with the backbone {joint} epochs" in line, line

@@ -3,11 +3,15 @@
 `split_features` extracts (or reads from the feature cache) the features of a split's images;
 `FeatureProvider` also trains from scratch the backbones that have no pretrained weights (RITQ's
 and DHFI's CIFAR ResNet) and fine-tunes a backbone with a deep hasher ("finetune" mode), keeping
-the weights in the cache folder so that the next run reads them back.
+the weights in the cache folder so that the next run reads them back. Both trainings checkpoint
+every epoch in that folder (`trainer.train`'s checkpoint, named by what the result depends on),
+so a killed `hashsearch bench` resumes them where they stopped; the checkpoint is deleted once the
+result is kept.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,8 +149,27 @@ class FeatureProvider:
             )
         return self._feats[name]
 
+    def _stem(self, *parts: str) -> str:
+        """A cache file stem from `parts` and the split: filename-safe, and for the user's own data
+        (a "custom:<path>" split) with a digest of the training images, since the same path may
+        hold other images in another run."""
+        import hashlib
+
+        stem = "-".join(parts)
+        if self.split.name.startswith("custom:"):
+            keys = "\n".join(sorted(f"{r.key}\t{r.label}" for r in self.split.train))
+            stem += "-" + hashlib.sha256(keys.encode()).hexdigest()[:10]
+        return re.sub(r"[^\w.,=+\[\]-]", "_", stem)
+
     def trained_backbone(self, name: str) -> Backbone:
-        """Backbone `name` trained from scratch on the split's training images (or read from the cache)."""
+        """Backbone `name` trained from scratch on the split's training images (or read from the cache).
+
+        Training writes a checkpoint after every epoch (``<stem>-epochs.ckpt`` beside the
+        weights); a run killed part-way resumes from it and ends as an uninterrupted one would,
+        and it is deleted once the weights and their record are kept. ``trained[name]`` holds
+        the per-epoch loss, the training seconds (summed over a killed run and its resumption)
+        and ``resumed_at`` (the epochs read back from a checkpoint; 0: a fresh start).
+        """
         import json
 
         from hashsearch.backbones import create_backbone
@@ -154,30 +177,45 @@ class FeatureProvider:
         from hashsearch.pipeline.local import extract_pixels
 
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
-        stem = f"{name}-{self.split.name}-seed{self.split.seed}-{self.scratch_epochs}ep"
+        parts = [name, self.split.name, f"seed{self.split.seed}", f"{self.scratch_epochs}ep"]
+        if self.seed != self.split.seed:  # the training's own seed, when it is not the split's
+            parts.append(f"train{self.seed}")
+        stem = self._stem(*parts)
         weights, info = folder / f"{stem}.pt", folder / f"{stem}.json"
+        checkpoint = folder / f"{stem}-epochs.ckpt"
         backbone = create_backbone(name)
         if weights.is_file() and info.is_file():
             self.trained[name] = json.loads(info.read_text())
             return create_backbone(name, weights=weights)
-        self.log(f"training {name} from scratch on {len(self.split.train)} images, {self.scratch_epochs} epochs")
+        self.log(
+            f"training {name} from scratch on {len(self.split.train)} images, {self.scratch_epochs} epochs"
+            + (f" (resuming from the checkpoint {checkpoint})" if checkpoint.is_file() else "")
+        )
         records, pixels, report = extract_pixels(
             self.source, self.split.train, backbone.preprocess, max_pixels=self.max_pixels
         )
-        t = time.perf_counter()
         trained, history = train_backbone(
-            backbone, pixels, [r.label for r in records], weights, epochs=self.scratch_epochs, seed=self.seed
+            backbone,
+            pixels,
+            [r.label for r in records],
+            weights,
+            epochs=self.scratch_epochs,
+            seed=self.seed,
+            checkpoint=checkpoint,
         )
         self.trained[name] = {
-            "seconds": time.perf_counter() - t,
+            "seconds": history.seconds,  # summed over a killed run and its resumption
             "loss": history.epoch_loss,
             "weights": str(weights),
             "images": len(records),
             "epochs": self.scratch_epochs,
+            "resumed_at": history.resumed_at,
         }
         info.write_text(json.dumps(self.trained[name]))
+        checkpoint.unlink(missing_ok=True)  # the weights and their record are kept: nothing left to resume
+        resumed = f" (resumed after epoch {history.resumed_at})" if history.resumed_at else ""
         self.log(
-            f"trained {name} in {self.trained[name]['seconds']:.0f}s, loss {history.epoch_loss[0]:.3f} -> "
+            f"trained {name} in {self.trained[name]['seconds']:.0f}s{resumed}, loss {history.epoch_loss[0]:.3f} -> "
             f"{history.epoch_loss[-1]:.3f}"
         )
         return trained
@@ -187,7 +225,13 @@ class FeatureProvider:
         backbone, a trained-from-scratch one, or both) on the split's training images, then
         the split's features from the fine-tuned backbones. Returns (fitted hasher, features,
         training seconds). Tuned weights and hasher are kept in the cache folder under `tag`
-        and reused."""
+        and reused.
+
+        Both stages (the head alone, then head and backbone) checkpoint every epoch
+        (``<stem>-head.ckpt``, ``<stem>-joint.ckpt``; DHFI: one pair per subnetwork,
+        ``-head-a.ckpt`` ...): a run killed part-way resumes from them, its seconds adding to
+        the killed run's, and they are deleted once the hasher is kept. The info file beside
+        the hasher records ``resumed_at`` per stage (epochs read back; 0: a fresh start)."""
         import hashlib
         import json
 
@@ -198,14 +242,25 @@ class FeatureProvider:
         names = type(hasher).feature_backbones
         backbones = [self.backbone if n is None else self.trained_backbone(n) for n in names]
         folder = Path(self.cache_dir or default_cache_dir()) / "backbones"
-        stem = (
-            f"{self.backbone.cache_key}-ft{FINETUNE_RECIPE}-{tag}-{self.finetune_epochs}ep-{self.split.name}"
-            f"-seed{self.split.seed}"
-        )
+        parts = [
+            self.backbone.cache_key,
+            f"ft{FINETUNE_RECIPE}",
+            tag,
+            f"{self.finetune_epochs}ep",
+            self.split.name,
+            f"seed{self.split.seed}",
+        ]
+        if getattr(hasher, "seed", self.split.seed) != self.split.seed:  # the hasher's own seed, when not the split's
+            parts.append(f"train{hasher.seed}")
+        stem = self._stem(*parts)
         if len(backbones) > 1:  # the other networks' weights are part of what was tuned
             stem += "-" + hashlib.sha256("|".join(b.cache_key for b in backbones[1:]).encode()).hexdigest()[:8]
         weights = [folder / f"{stem}.pt"] if len(names) == 1 else [folder / f"{stem}-{i}.pt" for i in range(len(names))]
         saved, info = folder / f"{stem}.npz", folder / f"{stem}.json"
+
+        def checkpoints(sub: str = "") -> dict[str, Path]:
+            return {stage: folder / f"{stem}-{stage}{sub}.ckpt" for stage in ("head", "joint")}
+
         if saved.is_file() and info.is_file():
             # A network the hasher did not tune (DHFI with one subnetwork in use) has no file.
             tuned = [
@@ -214,11 +269,6 @@ class FeatureProvider:
             ]
             hasher, seconds = Hasher.load(saved), json.loads(info.read_text())["seconds"]
         else:
-            epochs = hasher.epochs if self.finetune_epochs is None else self.finetune_epochs
-            self.log(
-                f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(self.split.train)} "
-                f"images: the head alone {hasher.epochs} epochs, then with the backbone {epochs} epochs"
-            )
             crops = [
                 extract_pixels(self.source, self.split.train, b.preprocess, max_pixels=self.max_pixels)[:2]
                 for b in backbones
@@ -227,14 +277,70 @@ class FeatureProvider:
                 raise RuntimeError(f"the backbones of {tag} read different training images; check the split's files")
             labels = [r.label for r in crops[0][0]]
             pixels = [p for _, p in crops]
+            # The epochs each stage runs, as `DeepHasher.finetune` derives them (an unsupervised
+            # method's default epochs=None: from the number of training images).
+            head_epochs = hasher._epochs_for(len(labels)) if hasattr(hasher, "_epochs_for") else hasher.epochs
+            epochs = self.finetune_epochs or head_epochs
+            if len(backbones) == 1:
+                stages = [checkpoints()]
+            else:  # DHFI: its subnetworks' own stages
+                from hashsearch.hashing.deep.fusion import _SUBNETS
+
+                stages = [checkpoints(f"-{name}") for name in _SUBNETS]
+            earlier = _checkpointed_seconds([p for st in stages for p in st.values()])
+            self.log(
+                f"fine-tuning {', '.join(b.name for b in backbones)} with {tag} on {len(labels)} "
+                f"images: the head alone {head_epochs} epochs, then with the backbone {epochs} epochs"
+                + (f" (resuming from the checkpoints in {folder})" if earlier is not None else "")
+            )
             t = time.perf_counter()
             if len(backbones) == 1:
-                tuned = [hasher.finetune(backbones[0], pixels[0], labels, weights[0], epochs=epochs)]
+                loops = stages[0]
+                tuned = [
+                    hasher.finetune(
+                        backbones[0],
+                        pixels[0],
+                        labels,
+                        weights[0],
+                        epochs=epochs,
+                        warm_loop={"checkpoint": loops["head"]},
+                        loop={"checkpoint": loops["joint"]},
+                    )
+                ]
+                histories = {"": (hasher.head_history_, hasher.joint_history_)}
             else:
-                tuned = hasher.finetune(backbones, pixels, labels, weights, epochs=epochs)
-            seconds = time.perf_counter() - t
+                tuned = hasher.finetune(
+                    backbones,
+                    pixels,
+                    labels,
+                    weights,
+                    epochs=epochs,
+                    subnet_options=lambda name, sub, net: {
+                        "warm_loop": {"checkpoint": checkpoints(f"-{name}")["head"]},
+                        "loop": {"checkpoint": checkpoints(f"-{name}")["joint"]},
+                    },
+                )
+                histories = {
+                    f"-{name}": (sub.head_history_, sub.joint_history_) for name, sub in hasher.subnets_.items()
+                }
+            seconds = time.perf_counter() - t + (earlier or 0.0)
+            resumed_at = {
+                f"{stage}{sub}": h.resumed_at
+                for sub, pair in histories.items()
+                for stage, h in zip(("head", "joint"), pair)
+            }
             hasher.save(saved)
-            info.write_text(json.dumps({"seconds": seconds, "loss": list(map(float, hasher.loss_history_))}))
+            info.write_text(
+                json.dumps(
+                    {"seconds": seconds, "loss": list(map(float, hasher.loss_history_)), "resumed_at": resumed_at}
+                )
+            )
+            for st in stages:  # the hasher and the weights are kept: nothing left to resume
+                for p in st.values():
+                    p.unlink(missing_ok=True)
+            if any(resumed_at.values()):
+                said = ", ".join(f"the {k} stage after epoch {v}" for k, v in resumed_at.items() if v)
+                self.log(f"fine-tuned with {tag} in {seconds:.0f}s; resumed {said}")
         parts = [
             split_features(
                 self.source,
@@ -256,6 +362,23 @@ class FeatureProvider:
         if len(parts) == 1:
             return parts[0], {}
         return concat_features(parts), {"feature_dims": [p.train.features.shape[1] for p in parts]}
+
+
+def _checkpointed_seconds(paths: Sequence[Path]) -> float | None:
+    """The training seconds that the checkpoints among `paths` hold (a killed run's, which a
+    resumed run's time adds to); None when none of them exists."""
+    import torch
+
+    found = [p for p in paths if p.is_file()]
+    if not found:
+        return None
+    total = 0.0
+    for p in found:
+        try:
+            total += float(torch.load(p, map_location="cpu", weights_only=True)["history"]["seconds"])
+        except Exception:  # a damaged checkpoint: the training loop says so when it reads it
+            pass
+    return total
 
 
 def concat_features(parts: Sequence[ProtocolFeatures]) -> ProtocolFeatures:

@@ -71,7 +71,7 @@ class Index:
     """
 
     name: ClassVar[str] = "?"
-    exact: ClassVar[bool] = True
+    exact: bool = True  # a class attribute, or set per instance (see above)
 
     def __init__(self, n_bits: int) -> None:
         if not isinstance(n_bits, (int, np.integer)) or n_bits < 1:

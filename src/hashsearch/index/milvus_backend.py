@@ -346,7 +346,7 @@ class MilvusIndex(MirroredIndex):
         self.exact = self.index_type == "BIN_FLAT"
         self.nlist, self.nprobe = int(meta.get("nlist", 1024)), int(meta.get("nprobe", 16))
         self._tmpdir = None
-        self.uri = uri if server else str(directory / "milvus.db")
+        self.uri = str(uri) if server else str(directory / "milvus.db")
         self.collection = meta["collection"]
         self._token = _token(token)
         self._store = store
@@ -394,9 +394,10 @@ def _quiet_pymilvus():
 
 def _connect_error(uri: str, token: str, e: Exception) -> str:
     """One line saying why a server connection failed and what to do."""
-    code = e.code() if callable(getattr(e, "code", None)) else None
+    code_of, details_of = getattr(e, "code", None), getattr(e, "details", None)  # grpc errors have both
+    code = code_of() if callable(code_of) else None
     if getattr(code, "name", None) == "UNAUTHENTICATED":
-        detail = e.details() if callable(getattr(e, "details", None)) else str(e)
+        detail = details_of() if callable(details_of) else str(e)
         given = "a token that it refused" if token else "no token"
         return (
             f"the Milvus server at {uri} needs credentials and got {given} ({detail}); set "

@@ -99,16 +99,6 @@ def test_provider_trains_the_cifar_resnet_for_ritq_and_concatenates_for_dhfi(sma
     assert again.trained_backbone("cifar-resnet32").weights == info["weights"]
 
 
-def test_finetune_mode_evaluates_on_the_fine_tuned_backbone(small_provider):
-    rows = run_methods(small_provider, ["dpsh[epochs=2,batch_size=40]"], [8], mode="finetune", log=lambda *_: None)
-    (row,) = rows
-    assert row["method"] == "dpsh[epochs=2,batch_size=40] (finetune)" and row["mode"] == "finetune"
-    assert len(row["loss_history"]) == 4 and row["timings"]["fit_s"] > 0  # 2 epochs of the head alone, 2 joint
-    assert 0 <= row["metrics"]["map"] <= 1
-    with pytest.raises(ValueError, match="no finetune mode"):
-        run_methods(small_provider, ["itq"], [8], mode="finetune", log=lambda *_: None)
-
-
 def test_dhfi_finetune_mode_tunes_both_networks_and_reuses_them_from_the_cache(small_provider):
     spec = "dhfi[epochs=1,batch_size=40]"
     (row,) = run_methods(small_provider, [spec], [8], mode="finetune", log=lambda *_: None)
@@ -204,9 +194,12 @@ def test_a_killed_bench_resumes_training_from_scratch_and_ends_as_the_uninterrup
     assert json.loads((folder / "cifar-resnet32-small-seed0-2ep.json").read_text())["resumed_at"] == 1
 
 
-def test_a_killed_bench_resumes_fine_tuning_in_its_joint_stage(small_provider, cifar_small, tmp_path):
+def test_finetune_mode_resumes_a_killed_run_in_its_joint_stage_and_evaluates_on_the_tuned_backbone(
+    small_provider, cifar_small, tmp_path
+):
+    """A bench-like finetune run killed (SIGKILL) after its first joint epoch resumes from its
+    checkpoints, runs the epochs it had left, and evaluates on the fine-tuned backbone."""
     spec = "dpsh[epochs=2,batch_size=40]"
-    (ref,) = run_methods(small_provider, [spec], [8], mode="finetune", log=lambda *_: None)
     cache = tmp_path / "cache"
     folder = cache / "backbones"
 
@@ -215,19 +208,26 @@ def test_a_killed_bench_resumes_fine_tuning_in_its_joint_stage(small_provider, c
 
     _kill_once_written([cifar_small, cache, spec], joint)
     assert len(_state(joint())["history"]["epoch_loss"]) == 1  # after the first of 2 joint epochs
-    assert len(list(folder.glob("*-head.ckpt"))) == 1  # the head stage's, kept until the hasher is
+    (head,) = folder.glob("*-head.ckpt")  # the head stage's, kept until the hasher is
+    head_loss = _state(head)["history"]["epoch_loss"]
+    assert len(head_loss) == 2
 
     said: list[str] = []
-    again = type(small_provider)(
-        small_provider.source, small_provider.split, small_provider.backbone, cache_dir=cache, log=lambda *_: None
+    provider = type(small_provider)(
+        small_provider.source, small_provider.split, small_provider.backbone, cache_dir=cache, log=said.append
     )
-    (row,) = run_methods(again, [spec], [8], mode="finetune", log=said.append)
-    assert len(row["loss_history"]) == len(ref["loss_history"]) == 4  # 2 head epochs, 2 joint, as uninterrupted
-    assert row["loss_history"] == pytest.approx(ref["loss_history"], rel=1e-4)
-    assert row["metrics"]["map"] == pytest.approx(ref["metrics"]["map"], abs=1e-6)
+    (row,) = run_methods(provider, [spec], [8], mode="finetune", log=lambda *_: None)
+    assert "(resuming from the checkpoints in" in said[0], said
+    assert said[-1].endswith("resumed the head stage after epoch 2, the joint stage after epoch 1"), said
+    assert row["method"] == f"{spec} (finetune)" and row["mode"] == "finetune"
+    # 2 epochs of the head alone (read back, not run again), 2 joint (the second run here), as uninterrupted
+    assert len(row["loss_history"]) == 4 and row["loss_history"][:2] == pytest.approx(head_loss, rel=1e-6)
+    assert row["timings"]["fit_s"] > 0 and 0 <= row["metrics"]["map"] <= 1
     (info,) = folder.glob(f"*-{glob.escape(spec)}-8-*.json")
     assert json.loads(info.read_text())["resumed_at"] == {"head": 2, "joint": 1}
     assert not list(folder.glob("*.ckpt")) and not list(folder.glob("*.tmp"))  # deleted once the hasher is kept
+    with pytest.raises(ValueError, match="no finetune mode"):
+        run_methods(small_provider, ["itq"], [8], mode="finetune", log=lambda *_: None)
 
 
 def test_the_fine_tuning_line_gives_the_epochs_an_unsupervised_method_runs(small_provider):

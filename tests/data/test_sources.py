@@ -244,3 +244,63 @@ def test_skip_report_summary():
     assert len(report) == 8
     assert report.summary(limit=2) == "8 files skipped: a.jpg (empty file); 0.jpg (bad); and 6 more"
     assert Counter(k for k, _ in report.skipped)["a.jpg"] == 1
+
+
+def _flowers12(dest: Path, species=("daisy", "iris", "sunflower"), per_species: int = 3) -> Path:
+    """`dest/<species>/*.jpg`: the first `per_species` real photos of each species in the flowers12
+    archive's order (../shared/datasets/flowers12-960.tar.gz)."""
+    from tests.conftest import cifar_archive
+
+    taken: Counter = Counter()
+    with tarfile.open(cifar_archive().with_name("flowers12-960.tar.gz"), "r:gz") as tar:
+        for m in tar:
+            parts = Path(m.name).parts
+            if m.isfile() and m.name.endswith(".jpg") and parts[-2] in species and taken[parts[-2]] < per_species:
+                (dest / parts[-2]).mkdir(parents=True, exist_ok=True)
+                (dest / parts[-2] / parts[-1]).write_bytes(tar.extractfile(m).read())
+                taken[parts[-2]] += 1
+            if sum(taken.values()) == per_species * len(species):
+                break
+    return dest
+
+
+def test_auto_labels_see_through_one_folder_holding_every_image(tmp_path):
+    """Session 7, finding 4: `tar czf photos.tar.gz photos` (photos/<species>/*.jpg) was labelled as
+    ONE class, "photos". The automatic rule now takes the class folders inside a single folder that
+    holds every image, and says so; --labels folder keeps the first folder (the wrapper)."""
+    photos = _flowers12(tmp_path / "photos")
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(photos, arcname="photos")
+    for src in (TarSource(archive), FolderSource(tmp_path)):  # the archive, and the folder above photos/
+        recs = src.records()
+        assert count_labels(recs) == {"daisy": 3, "iris": 3, "sunflower": 3}, src
+        summary = src.listing().labels.summary()
+        assert summary.startswith("labels: one folder per class inside photos/, the one folder holding every image")
+        assert (
+            "--labels folder labels them all by it" in summary and "3 classes (daisy 3, iris 3, sunflower 3)" in summary
+        )
+    assert count_labels(TarSource(archive, labels="folder").records()) == {"photos": 9}
+    assert count_labels(FolderSource(photos).records()) == {"daisy": 3, "iris": 3, "sunflower": 3}  # as before
+
+    # A stray photo directly in the wrapper is named as unlabelled; the others keep their species.
+    (photos / "cover.jpg").write_bytes(next((photos / "iris").iterdir()).read_bytes())
+    src = FolderSource(tmp_path)
+    assert count_labels(src.records()) == {"daisy": 3, "iris": 3, "sunflower": 3, None: 1}
+    assert src.listing().labels.unlabelled == [
+        (str(photos / "cover.jpg"), "directly in photos/, the folder holding every image, not in a class folder")
+    ]
+    (photos / "cover.jpg").unlink()
+
+    # Split folders inside the wrapper: the class folders below them.
+    wrapped = tmp_path / "wrapped"
+    shutil.copytree(photos, wrapped / "data" / "train")
+    shutil.copytree(photos, wrapped / "data" / "test")
+    src = FolderSource(wrapped)
+    assert count_labels(src.records()) == {"daisy": 6, "iris": 6, "sunflower": 6}
+    assert src.listing().labels.layout.startswith("class folders under the split folders test/, train/ inside data/")
+
+    # One folder inside the wrapper: one class either way, the wrapper's name kept.
+    single = tmp_path / "single"
+    shutil.copytree(photos / "daisy", single / "top" / "daisy")
+    assert count_labels(FolderSource(single).records()) == {"top": 3}

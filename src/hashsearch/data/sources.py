@@ -16,7 +16,11 @@ readable line, `escape_name` writes it reversibly (for TSV files).
 
 Labels (the ``labels`` parameter; docs/folders.md has examples):
 
-- ``"auto"`` (default): folders and archives as ``"folder"``; a list file: the labels written in it.
+- ``"auto"`` (default): folders and archives as ``"folder"``, seeing through one folder that holds
+  every image (``tar czf photos.tar.gz photos`` makes ``photos/<class>/x.jpg``): when a single
+  top-level folder holds all the images and 2 or more folders inside it hold images, the classes
+  are those inner folders (``photos/cat/x.jpg`` -> ``"cat"``), and the labels line says so. A
+  list file: the labels written in it.
 - ``"folder"``: the class folder, the first folder below the root (``photos/cat/2023/x.jpg`` ->
   ``"cat"``). When every top-level folder is a split folder (``train``, ``test``, ``val``, ...,
   see `SPLIT_FOLDERS`) holding class folders, the class folder is the one below it
@@ -466,13 +470,26 @@ def _assign_labels(
                 why[i] = f"directly in {where}: no folder to name it"
         report.layout = "the folder holding each image"
     else:  # "folder", or "auto" for folders and archives
-        tops = {p[0] for p in rels if p is not None and len(p) > 1}
-        split = (
-            bool(tops)
-            and all(t.lower() in SPLIT_FOLDERS for t in tops)
-            and any(p is not None and len(p) > 2 for p in rels)
-        )
-        depth = 1 if split else 0
+
+        def split_at(depth: int) -> set[str] | None:
+            """The split folders (train/, test/, ...) at `depth` when every folder there is one and holds
+            class folders; else None."""
+            tops = {p[depth] for p in rels if p is not None and len(p) > depth + 1}
+            deeper = any(p is not None and len(p) > depth + 2 for p in rels)
+            return tops if tops and deeper and all(t.lower() in SPLIT_FOLDERS for t in tops) else None
+
+        splits = split_at(0)
+        depth = 1 if splits else 0
+        wrapper = None
+        if mode == "auto" and not splits:
+            # One folder holding every image (`tar czf photos.tar.gz photos`) names no class: the class
+            # folders are the ones inside it, when there are 2 or more (one class either way otherwise).
+            tops = {p[0] if len(p) > 1 else None for p in rels if p is not None}
+            inner = {p[1] for p in rels if p is not None and len(p) > 2}
+            if len(tops) == 1 and None not in tops and len(inner) >= 2 and all(p is not None for p in rels):
+                wrapper = next(iter(tops))
+                splits = split_at(1)
+                depth = 2 if splits else 1
         nested = False
         for i, parts in enumerate(rels):
             if parts is None:
@@ -480,8 +497,10 @@ def _assign_labels(
             elif len(parts) > depth + 1:
                 labels[i] = parts[depth]
                 nested = nested or len(parts) > depth + 2
-            elif depth and len(parts) == 2:
-                why[i] = f"directly in the split folder {printable(parts[0])}/, not in a class folder"
+            elif splits and len(parts) == depth + 1:
+                why[i] = f"directly in the split folder {printable('/'.join(parts[:-1]))}/, not in a class folder"
+            elif wrapper is not None:
+                why[i] = f"directly in {printable(wrapper)}/, the folder holding every image, not in a class folder"
             else:
                 why[i] = f"directly in {where}, not in a class folder"
         if not any(lab is not None for lab in labels):
@@ -489,10 +508,15 @@ def _assign_labels(
             why = [None] * n
         else:
             report.layout = (
-                "class folders under the split folders " + ", ".join(f"{printable(t)}/" for t in sorted(tops))
-                if split
+                "class folders under the split folders " + ", ".join(f"{printable(t)}/" for t in sorted(splits))
+                if splits
                 else "one folder per class"
             )
+            if wrapper is not None:
+                report.layout = (
+                    f"{report.layout} inside {printable(wrapper)}/, the one folder holding every image "
+                    "(--labels folder labels them all by it)"
+                )
             if nested:
                 report.layout += " (an image in a subfolder takes its class folder's name)"
     for i, lab in enumerate(labels):

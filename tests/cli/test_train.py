@@ -662,8 +662,8 @@ def test_eval_warns_when_the_test_images_are_training_images(trained, work, cifa
     def evaluate(path, data, out):
         result = runner.invoke(
             app,
-            ["eval", "--model", str(path), "--data", str(data), "--queries-per-class", "2", "--train-per-class", "2",
-             "--cache-dir", str(work / "cache"), "--out", str(out)],
+            ["eval", "--model", str(path), "--data", str(data), "--queries-per-class", "2", "--cache-dir",
+             str(work / "cache"), "--out", str(out)],
             catch_exceptions=False,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
@@ -762,9 +762,162 @@ def test_eval_model_leaves_each_query_out_on_a_leave_one_out_protocol(trained, c
     for loo in (True, False):
         monkeypatch.setattr(jobs, "load_split", lambda *a, loo=loo, **k: split(loo))
         rows[loo] = evaluate_model(
-            model, protocol="test-loo", data=None, queries_per_class=0, train_per_class=0, seed=0, out=None,
+            model, protocol="test-loo", data=None, queries_per_class=0, seed=0, out=None,
             cache_dir=work / "cache", log=lambda *_: None,
         )["metrics"]  # fmt: skip
     assert rows[True]["n_left_out"] == len(records) == 40 and "n_left_out" not in rows[False]
     # With its own image in the database each query finds it first, so its mAP reads higher.
     assert rows[False]["map"] > rows[True]["map"]
+
+
+# -- session 7: a fresh user's train -> index --model -> eval --model on a wrapped archive --------
+
+
+@pytest.fixture(scope="module")
+def wrapped(work, tmp_path_factory):
+    """`photos.tar.gz` made by `tar czf photos.tar.gz photos` (photos/<species>/*.jpg: 6 real flowers12
+    photos of each of 3 species), and an ITQ model trained on it with a parameter in brackets:
+    (folder holding both, archive, model, train's output)."""
+    root = tmp_path_factory.mktemp("wrapped")
+    photos = _flowers(root / "photos", classes=("daisy", "iris", "sunflower"), per_class=6)
+    (photos / "README.txt").unlink()
+    archive = root / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(photos, arcname="photos")
+    model = root / "m.hsm"
+    text = run(
+        "train", archive, "-m", "itq[n_iter=3]", "--bits", "16", "--input-size", "32", "--val-fraction", "0.34",
+        "--out", model, "--cache-dir", work / "cache",
+    )  # fmt: skip
+    return root, archive, model, text
+
+
+def test_train_takes_method_parameters_and_sees_the_classes_through_a_wrapper(wrapped, work):
+    """Findings 1, 4, 3: train read 'itq[n_iter=3]' as an unknown method (index and eval take
+    brackets); an archive that wraps its class folders in one folder was trained as ONE class
+    ("photos"), and an error said "(1 classes)"; an error of ours read "Invalid value: ..."."""
+    from hashsearch.model import TrainedModel
+
+    root, archive, model, text = wrapped
+    assert "labels: one folder per class inside photos/, the one folder holding every image" in text, text
+    assert "3 classes (daisy 6, iris 6, sunflower 6)" in text and "12 training and 6 validation images" in text
+    r = record(model)
+    assert r["params"]["n_iter"] == 3 and r["data"]["classes"] == ["daisy", "iris", "sunflower"]
+    assert TrainedModel.load(model).hasher.get_params()["n_iter"] == 3
+    common = ("--bits", "16", "--input-size", "32", "--cache-dir", work / "cache", "--out", root / "x.hsm")
+    for spec, words in (
+        ("itq[iterations=20]", "method spec 'itq[iterations=20]': itq has no parameter iterations; it takes n_iter"),
+        ("dpsh[device=cpu]", "--method 'dpsh[device=cpu]': give the device with --device, not in the brackets"),
+    ):
+        out = run("train", archive, "-m", spec, *common, code=2)
+        assert out.startswith(f"error: {words}") and out.count("\n") == 1, out
+    out = run("train", archive, "-m", "dpsh[lr=0.1]", "--lr", "0.2", *common, code=2)
+    assert out.startswith("error: --method 'dpsh[lr=0.1]' and --lr both set lr; give it once"), out
+    # --labels folder labels by the wrapper: one class, and a supervised method says so.
+    out = run("train", archive, "-m", "dpsh", "--labels", "folder", *common, code=2)
+    assert "error: 18 of the 18 images have a label (1 class: photos); dpsh learns from labels of at least 2" in out
+    out = run("train", archive, "--out", root, code=2)  # a folder as --out: our sentence, without click's prefix
+    assert out.startswith(f"error: --out {root} is a folder; give a model file name") and "Invalid value" not in out
+
+
+def test_eval_model_on_a_folder_needs_no_training_split(wrapped, work, tmp_path):
+    """Finding 2: `eval --model M --data FOLDER` demanded 600 images per class (100 queries + 500
+    training images), although a trained model needs no training split: it now draws queries and
+    database only, with a number of queries that fits the folder, and says how many."""
+    root, archive, model, _ = wrapped
+    cache = ("--cache-dir", work / "cache")
+    text = run("eval", "--model", model, "--data", archive, *cache, "--out", tmp_path / "e")
+    assert "queries: 1 per class (at most 100, and a fifth of the smallest class, daisy with 6;" in text, text
+    assert "3 queries, 15 database images" in text and "mAP" in text
+    metrics = json.loads((tmp_path / "e.json").read_text())["rows"][0]["metrics"]
+    assert metrics["n_queries"] == 3 and metrics["n_database"] == 15
+    assert "no training images" in (tmp_path / "e.md").read_text()
+    text = run("eval", "--model", model, "--data", root / "photos", "--queries-per-class", "2", *cache)
+    assert "6 queries, 12 database images" in text and "queries: " not in text, text
+    for args, words in (
+        (["--model", model, "--data", archive, "--train-per-class", "2"], f"--train-per-class 2: --model {model} is"),
+        (
+            ["--model", model, "--data", archive, "--queries-per-class", "6"],
+            "class 'daisy' has 6 labelled images, and the split takes --queries-per-class 6 of each class as queries "
+            "and 1 more for the database (7 in all); lower --queries-per-class, or add images",
+        ),
+        (
+            ["--model", model, "--protocol", "flowers12", "--queries-per-class", "5"],
+            "--protocol flowers12 draws its own split, so --queries-per-class (for --data) would not be used",
+        ),
+        (
+            ["--data", archive, "-m", "itq", "--bits", "16"],
+            "class 'daisy' has 6 labelled images, and the split takes --queries-per-class 100 and --train-per-class "
+            "500 of each class (600 in all); lower them, or add images",
+        ),
+    ):
+        errors = [line for line in run("eval", *args, *cache, code=2).splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and words in errors[0] and "Invalid value" not in errors[0], errors
+
+
+def test_info_describes_a_model_and_a_collection_for_a_person(wrapped, work, tmp_path):
+    """Finding 5: `info` printed JSON only, and refused a model file. --text (the default on a
+    terminal) is a short aligned summary; JSON (--json, or the output piped) is as before."""
+    import pty
+
+    from hashsearch.cli.commands import _size
+
+    root, archive, model, _ = wrapped
+    text = run("info", "--text", model)
+    lines = text.splitlines()
+    width = lines[0].index(str(model))
+    assert all(line[width - 2 : width] == "  " and line[width] != " " for line in lines), text  # aligned
+    for words in (
+        f"model        {model}: a trained model (`hashsearch train`), id {_id(model)[:12]}",
+        "code length  16 bits",
+        "method       itq (n_iter=3)",
+        "trained on   18 images of 3 classes (12 training images, 6 held out for validation)",
+        "backbone     efficientnet-lite0 at 32 px",
+        f"on disk      {_size(model.stat().st_size)}",
+        f"created      {record(model)['created_at']}",
+    ):
+        assert words in text, text
+    info = json.loads(run("info", model))  # not a terminal: JSON
+    assert info["kind"] == "model" and info["id"] == _id(model) and info["training"]["params"]["n_iter"] == 3
+    assert info["training"]["data"]["image_digests"] == 18 and info["size_bytes"] == model.stat().st_size
+
+    coll = tmp_path / "c.hsx"
+    run("index", archive, "--model", model, "--out", coll, "--cache-dir", work / "cache")
+    more = tmp_path / "more"
+    more.mkdir()
+    shutil.copyfile(next((root / "photos" / "iris").iterdir()), more / "x.jpg")
+    (more / "x.jpg").write_bytes((more / "x.jpg").read_bytes() + b"\0")  # other bytes: not a duplicate
+    text = run("add", coll, more, "--cache-dir", work / "cache")
+    assert "added 1 entry (id 18); 19 entries now" in text and "ids" not in text, text  # was "ids 18..18"
+    text = run("info", "--text", coll)
+    for words in (
+        f"collection     {coll}: a searchable collection (`hashsearch index`)",
+        "images         19 (3 labels: daisy 6, iris 6, sunflower 6, (no label) 1)",
+        "method         itq (n_iter=3)",
+        f"model          {_id(model)[:12]} (from `hashsearch train`; a copy is inside the collection)",
+        "index          flat; features for --rerank: full",
+        f"images from    {root} (18 images)",
+        f"               {more} (1 image)",
+    ):
+        assert words in text, text
+    disk = next(line for line in text.splitlines() if line.startswith("on disk"))
+    assert all(f"{part} " in disk for part in ("(codes", " features", " model", " hasher")), disk
+    assert json.loads(run("info", coll))["count"] == 19 == json.loads(run("info", "--json", coll))["count"]
+    # On a terminal, the summary is the default.
+    parent, child = pty.openpty()
+    done = subprocess.run(
+        [sys.executable, "-m", "hashsearch", "info", str(coll)], stdout=child, stderr=subprocess.PIPE, timeout=120
+    )
+    os.close(child)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(parent, 4096)
+        except OSError:  # the terminal closed: all read
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(parent)
+    assert done.returncode == 0, done.stderr
+    assert b"code length    16 bits" in shown and b'"count"' not in shown, shown

@@ -38,6 +38,17 @@ def _error(text: str) -> None:
     typer.secho(f"error: {printable(text)}", fg="red", err=True)
 
 
+def _usage_text(e, bad_parameter: type) -> str:
+    """A usage error's line: a `BadParameter` whose message is already a sentence of ours (raised
+    without a parameter, or starting with the option's name) without click's "Invalid value:" prefix;
+    click's own messages ("'x' is not a valid integer") keep theirs, which names the option."""
+    if isinstance(e, bad_parameter):
+        opts = list(getattr(e.param, "opts", None) or ())
+        if (e.param is None and e.param_hint is None) or any(e.message.startswith(o) for o in opts):
+            return e.message
+    return e.format_message()
+
+
 class _Commands(typer.core.TyperGroup):
     """Runs every command with the CLI's warning format and error handling (see the module docstring)."""
 
@@ -53,7 +64,7 @@ class _Commands(typer.core.TyperGroup):
             sys.exit(e.exit_code)
         except click_errors.UsageError as e:
             where = e.ctx.command_path if e.ctx is not None else "hashsearch"
-            _error(f"{e.format_message()} (see `{where} --help`)")
+            _error(f"{_usage_text(e, click_errors.BadParameter)} (see `{where} --help`)")
             sys.exit(e.exit_code)
         except click_errors.ClickException as e:
             _error(e.format_message())

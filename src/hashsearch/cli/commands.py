@@ -145,17 +145,13 @@ def _save(coll, path: Path) -> None:
 def _open_collection(path: Path, cache_dir: Path | None = None):
     """`Collection.open(path)`, with a model file (`hashsearch train`'s .hsm) given in its place named as one; a
     model's weights are unpacked into `cache_dir` (the command's --cache-dir)."""
-    import zipfile
-
     from hashsearch.collection import Collection
 
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            if "model.json" in z.namelist():
-                raise typer.BadParameter(
-                    f"{show(path)} is a model file (from `hashsearch train`), not a collection; make a collection "
-                    f"with it by `hashsearch index FOLDER --model {show(path)} --out NAME.hsx`, and give NAME.hsx here"
-                )
+    if _is_model_file(path):
+        raise typer.BadParameter(
+            f"{show(path)} is a model file (from `hashsearch train`), not a collection; make a collection "
+            f"with it by `hashsearch index FOLDER --model {show(path)} --out NAME.hsx`, and give NAME.hsx here"
+        )
     return Collection.open(path, cache_dir=cache_dir)
 
 
@@ -419,13 +415,203 @@ def search(
         raise typer.Exit(1)
 
 
-def info(collection: Path = typer.Argument(..., help="A collection folder.")):
-    """Describe a collection: size, code length, method, backbone, labels."""
+def _is_model_file(path: Path) -> bool:
+    """Whether `path` is a model file of `hashsearch train` (a zip holding model.json)."""
+    import zipfile
 
-    info = _open_collection(collection).info()
+    if not (path.is_file() and zipfile.is_zipfile(path)):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return "model.json" in z.namelist()
+
+
+def _size(n: int) -> str:
+    """Bytes for a person: '164 B', '45.1 KiB', '18.2 MiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} B" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _params(params: dict) -> str:
+    """A hasher's own parameters as a spec's brackets write them ('n_iter=50'), n_bits and seed left out."""
+    return ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("n_bits", "seed"))
+
+
+def _model_lines(model, record: dict) -> list[tuple[str, str]]:
+    """(field, text) rows of `info`'s summary of a trained model (its file, or a collection's copy)."""
+    data = record.get("data") or {}
+    classes = data.get("classes") or []
+    rows = [("method", f"{model.hasher.name}{f' ({p})' if (p := _params(model.hasher.get_params())) else ''}")]
+    mode = record.get("mode")
+    if mode:
+        rows.append(
+            ("training", f"{mode} mode" + (f" on protocol {record['protocol']}" if record.get("protocol") else ""))
+        )
+    if data:
+        rows.append(
+            (
+                "trained on",
+                f"{plural(data.get('images', 0), 'image')} of {plural(len(classes), 'class', 'classes')} "
+                f"({plural(data.get('train', 0), 'training image')}, {data.get('validation', 0):,} held out for "
+                f"validation) from {show(data.get('source'))}",
+            )
+        )
+    if record.get("val_map") is not None:
+        rows.append(("validation", f"mAP {record['val_map']:.4f}"))
+    return rows
+
+
+def _print_rows(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        typer.echo(f"{k:<{width}}  {v}")
+
+
+def info(
+    collection: Path = typer.Argument(
+        ..., help="A collection folder (`hashsearch index`) or a model file (`hashsearch train`).", metavar="PATH"
+    ),
+    as_json: bool | None = typer.Option(
+        None,
+        "--json/--text",
+        help="--json: every field as JSON (for scripts); --text: a short summary. Default: the summary on a "
+        "terminal, JSON when the output goes to a pipe or a file.",
+        show_default=False,
+    ),
+):
+    """Describe a collection (images, code length, method, backbone, model, labels, sizes on disk)
+    or a model file (method, code length, backbone, training data, validation mAP)."""
+    import sys
+
+    if as_json is None:
+        as_json = not sys.stdout.isatty()
+    if _is_model_file(collection):
+        from hashsearch.model import TrainedModel
+
+        model = TrainedModel.load(collection)
+        r = dict(model.record)
+        if as_json:
+            data = dict(r.get("data") or {})
+            digests = data.pop("image_digests", None)  # thousands of lines: counted, not listed
+            if digests is not None:
+                data["image_digests"] = len(digests)
+            typer.echo(
+                json.dumps(
+                    {
+                        "kind": "model",
+                        "file": str(collection),
+                        "id": model.id,
+                        "n_bits": model.n_bits,
+                        "method": model.hasher.name,
+                        "hasher_params": model.hasher.get_params(),
+                        "backbone": model.backbone_name,
+                        "input_size": model.preprocess.input_size,
+                        "size_bytes": collection.stat().st_size,
+                        "training": {**r, "data": data},
+                    },
+                    indent=1,
+                )
+            )
+            return
+        rows = [
+            ("model", f"{show(collection)}: a trained model (`hashsearch train`), id {model.id[:12]}"),
+            ("code length", f"{model.n_bits} bits"),
+            *_model_lines(model, r),
+            ("backbone", f"{model.backbone_name} at {model.preprocess.input_size} px"),
+            ("on disk", _size(collection.stat().st_size)),
+        ]
+        if r.get("created_at"):
+            rows.append(("created", r["created_at"]))
+        _print_rows(rows)
+        return
+
+    coll = _open_collection(collection)
+    info = coll.info()
     # Unlabelled entries under "(no label)" (json.dumps would write a None key as "null").
     info["labels"] = {"(no label)" if k is None else k: v for k, v in info.get("labels", {}).items()}
-    typer.echo(json.dumps(info, indent=1))
+    if as_json:
+        typer.echo(json.dumps(info, indent=1))
+        return
+    labels = sorted(info["labels"].items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{show(k)} {v:,}" for k, v in labels[:6]) + (
+        f" and {len(labels) - 6:,} more" if len(labels) > 6 else ""
+    )
+    n_labels = sum(1 for k, _ in labels if k != "(no label)")
+    rows = [
+        ("collection", f"{show(collection)}: a searchable collection (`hashsearch index`)"),
+        (
+            "images",
+            f"{info['count']:,}"
+            + (f" ({plural(n_labels, 'label')}: {shown})" if n_labels else " (no labels)" if labels else ""),
+        ),
+        ("code length", f"{info['n_bits']} bits"),
+    ]
+    if coll.model is not None:
+        method, *trained = _model_lines(coll.model, coll.model.record)
+        rows += [method, ("model", f"{coll.model.id[:12]} (from `hashsearch train`; a copy is inside the collection)")]
+        rows += trained
+    else:
+        p = _params(info["hasher_params"])
+        rows.append(("method", f"{info['method']}{f' ({p})' if p else ''}, fitted on the images indexed"))
+    rows.append(
+        (
+            "backbone",
+            f"{info['backbone']} at {info['input_size']} px" + (", int8" if info["encoding"] == "int8" else ""),
+        )
+    )
+    rows.append(
+        (
+            "index",
+            f"{info['index']}; features for --rerank: "
+            + (info["rerank_store"] if info["store_features"] else "none (--no-features)"),
+        )
+    )
+    gen = coll.path / coll.generation if coll.path is not None and coll.generation else None
+    if gen is not None:
+        parts: dict[str, int] = {}
+        for f in gen.rglob("*"):
+            if f.is_file() and f.name != "manifest.json":
+                rel = f.relative_to(gen).as_posix()
+                what = next(
+                    (w for prefix, w in _DISK_PARTS if rel.startswith(prefix)),
+                    "other",
+                )
+                parts[what] = parts.get(what, 0) + f.stat().st_size
+        order = list(dict.fromkeys(w for _, w in _DISK_PARTS)) + ["other"]
+        rows.append(
+            (
+                "on disk",
+                f"{_size(sum(parts.values()))} ("
+                + ", ".join(f"{k} {_size(parts[k])}" for k in order if parts.get(k))
+                + ")",
+            )
+        )
+    if coll.model is not None and coll.model.record.get("created_at"):
+        rows.append(("model created", coll.model.record["created_at"]))
+    if coll.manifest.get("saved_at"):
+        rows.append(("saved", f"{coll.manifest['saved_at']} (generation {coll.manifest.get('generation', '?')})"))
+    for i, s in enumerate(info["sources"]):
+        rows.append(
+            (
+                "" if i else "images from",
+                f"{show(s['root'])} ({plural(s['count'], 'image')}){'' if s['exists'] else ', missing: see relocate'}",
+            )
+        )
+    _print_rows(rows)
+
+
+#: `info`'s parts of a collection on disk: file name prefix in a generation -> what it holds.
+_DISK_PARTS = (
+    ("index", "codes"),
+    ("features", "features"),
+    ("feature_ids", "features"),
+    ("rerank_store", "features"),
+    ("entries", "names and labels"),
+    ("model.hsm", "model"),
+    ("hasher", "hasher"),
+)
 
 
 def add(
@@ -471,8 +657,9 @@ def add(
         return
     _save(coll, collection)
     typer.echo(
-        f"added {plural(len(ids), 'entry', 'entries')} (ids {ids.min()}..{ids.max()}); "
-        f"{plural(len(coll), 'entry', 'entries')} now"
+        f"added {plural(len(ids), 'entry', 'entries')} "
+        + (f"(id {ids.min()}); " if ids.min() == ids.max() else f"(ids {ids.min()}..{ids.max()}); ")
+        + f"{plural(len(coll), 'entry', 'entries')} now"
     )
 
 
@@ -547,8 +734,19 @@ def eval(
     data: str | None = typer.Option(
         None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."
     ),
-    queries_per_class: int = typer.Option(100, "--queries-per-class", min=1),
-    train_per_class: int = typer.Option(500, "--train-per-class", min=1),
+    queries_per_class: int = typer.Option(
+        100,
+        "--queries-per-class",
+        min=1,
+        help="With --data: queries drawn from each class. With --model, when not given: 100, or a fifth of the "
+        "smallest class when that is fewer.",
+    ),
+    train_per_class: int = typer.Option(
+        500,
+        "--train-per-class",
+        min=1,
+        help="With --data: training images drawn from each class (not with --model: a trained model needs none).",
+    ),
     method: str = typer.Option("lsh,pcah,pca-rr,itq,dlbhc", "--method", "-m", help="Comma-separated methods."),
     bits: str = typer.Option(
         "16,32,48,64", "--bits", "-b", help=f"Comma-separated code lengths, each {MIN_BITS} to {MAX_BITS}."
@@ -572,22 +770,40 @@ def eval(
         help="Evaluate a trained model file (its backbone and hasher; --method and --bits are not used).",
     ),
 ):
-    """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2."""
+    """Evaluate hashing methods on a seeded split: mAP, tie-aware mAP, P@k, precision within radius 2.
+
+    Each method is fitted on the split's training images. With --model, a trained model is
+    evaluated as it is: --data is split into queries and database only (no training images).
+    """
     from hashsearch.experiments.jobs import run_and_report
 
     if (protocol is None) == (data is None):
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
+
+    def given(name: str) -> bool:
+        src = ctx.get_parameter_source(name)
+        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+    flags = {"queries_per_class": "--queries-per-class", "train_per_class": "--train-per-class", "labels": "--labels"}
+    if protocol is not None and (unused := [f for name, f in flags.items() if given(name)]):
+        raise typer.BadParameter(
+            f"--protocol {show(protocol)} draws its own split, so {', '.join(unused)} (for --data) would not be used; "
+            f"leave {'it' if len(unused) == 1 else 'them'} out, or evaluate your own images with --data PATH"
+        )
     if model is not None:
         from hashsearch.experiments.training import evaluate_model
 
         _refuse_fixed_by_model(ctx, model, {k: v for k, v in _MODEL_FIXES.items() if k != "seed"})  # eval: the split's
-
+        if given("train_per_class"):
+            raise typer.BadParameter(
+                f"--train-per-class {train_per_class}: --model {show(model)} is trained, so the evaluation draws no "
+                "training images (queries and database only); leave --train-per-class out"
+            )
         evaluate_model(
             _load_model(model, cache_dir),
             protocol=protocol,
             data=data,
-            queries_per_class=queries_per_class,
-            train_per_class=train_per_class,
+            queries_per_class=queries_per_class if given("queries_per_class") else None,
             seed=seed,
             out=out,
             cache_dir=cache_dir,

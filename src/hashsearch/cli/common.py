@@ -50,9 +50,37 @@ def make_backbone(name: str, input_size: int, weights: str | None):
         raise typer.BadParameter(str(e)) from None
 
 
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """A method spec as `index`, `eval`, `bench` and `train` read it (`parse_method`): a registered
+    name, optionally with parameters, ``itq`` or ``itq[n_iter=20]``, checked against the
+    parameters the method takes; returns (name, parameters). n_bits and seed come from --bits and --seed.
+
+    Raises
+    ------
+    ValueError
+        An unknown method or a malformed spec (parse_method's message), n_bits or seed in the
+        brackets, or a parameter the method does not take (the message lists those it takes).
+    """
+    import inspect
+
+    from hashsearch.experiments.runner import parse_method
+    from hashsearch.hashing import hashers
+
+    name, params = parse_method(spec)
+    takes = [p for p in inspect.signature(hashers.get(name)).parameters if p not in ("n_bits", "seed")]
+    if set(params) & {"n_bits", "seed"}:
+        raise ValueError(f"method spec {spec!r}: give the code length with --bits and the seed with --seed")
+    if unknown := [k for k in params if k not in takes]:
+        raise ValueError(
+            f"method spec {spec!r}: {name} has no parameter {', '.join(unknown)}; "
+            f"it takes {', '.join(takes) if takes else 'none besides --bits and --seed'}"
+        )
+    return name, params
+
+
 def make_hasher(spec: str, bits: int, seed: int):
     """An unfitted hasher from a method spec as `hashsearch eval` and `bench` read them
-    (`parse_method`): a registered name, optionally with parameters, ``itq`` or ``dpsh[epochs=5]``;
+    (`parse_spec`): a registered name, optionally with parameters, ``itq`` or ``dpsh[epochs=5]``;
     n_bits and seed come from --bits and --seed.
 
     Raises
@@ -62,26 +90,17 @@ def make_hasher(spec: str, bits: int, seed: int):
         parameter the method does not take (the message lists those it takes), or a method that
         needs networks of its own (RITQ, DHFI: `Hasher.feature_backbones`), which only `train` trains.
     """
-    import inspect
-
     from hashsearch.experiments.runner import parse_method
     from hashsearch.hashing import create_hasher, hashers
 
-    name, params = parse_method(spec)
+    name, _ = parse_method(spec)
     if nets := [n for n in hashers.get(name).feature_backbones if n is not None]:
         raise ValueError(
             f"--method {name} hashes features of a network of its own ({', '.join(nets)}), trained from "
             f"labelled images, which this command does not train: train a model with `hashsearch train "
             f"LABELLED_FOLDER --method {name} --out model.hsm`, then `hashsearch index SOURCE --model model.hsm`"
         )
-    takes = [p for p in inspect.signature(hashers.get(name)).parameters if p not in ("n_bits", "seed")]
-    if set(params) & {"n_bits", "seed"}:
-        raise ValueError(f"method spec {spec!r}: give the code length with --bits and the seed with --seed")
-    if unknown := [k for k in params if k not in takes]:
-        raise ValueError(
-            f"method spec {spec!r}: {name} has no parameter {', '.join(unknown)}; "
-            f"it takes {', '.join(takes) if takes else 'none besides --bits and --seed'}"
-        )
+    name, params = parse_spec(spec)
     return create_hasher(name, n_bits=bits, seed=seed, **params)
 
 

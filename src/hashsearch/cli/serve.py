@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from hashsearch.cli.common import plural
 from hashsearch.service.limits import Limits
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -105,7 +106,7 @@ def serve(
                 f"collection's own model), or serve a collection made by `hashsearch index FOLDER --model {model}`"
             )
     typer.echo(
-        f"serving {collection} ({len(app.state.hs.coll)} images) at http://{host}:{port}/ "
+        f"serving {collection} ({plural(len(app.state.hs.coll), 'image')}) at http://{host}:{port}/ "
         f"(mutations {'enabled' if api_key else 'disabled: no API key'}; "
         f"hosts {'any' if not hosts or '*' in hosts else ', '.join(hosts)})"
     )

@@ -17,9 +17,16 @@ from hashsearch.cli.common import (
     WeightsOpt,
     check_bits,
     make_backbone,
+    parse_spec,
     plural,
     show,
 )
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option `name` (its parameter name) was given on the command line or by environment."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def train(
@@ -32,7 +39,8 @@ def train(
         "hashnet",
         "--method",
         "-m",
-        help="Hashing method (see `hashsearch list`): every one, deep or classic. ritq trains its own ResNet-32 "
+        help="Hashing method (see `hashsearch list`): every one, deep or classic, with parameters as index and "
+        "eval take them, e.g. 'itq[n_iter=20]' or 'dpsh[epochs=5]'. ritq trains its own ResNet-32 "
         "from scratch (32 px) and fits ITQ on its features; dhfi trains a ResNet-32 beside the backbone and "
         "fuses two DPSH codes of their features (the model holds both networks).",
     ),
@@ -116,12 +124,26 @@ def train(
     check_bits([bits])
     from hashsearch.hashing import hashers
 
-    if method in hashers.names() and None not in hashers.get(method).feature_backbones:
+    spec = method
+    method, params = parse_spec(spec)
+    if "device" in params:  # --device (default auto) always sets it: one in the brackets would be overridden
+        raise typer.BadParameter(f"--method {spec!r}: give the device with --device, not in the brackets")
+    for key, option, flag in (
+        ("lr", "lr", "--lr"),
+        ("batch_size", "train_batch", "--train-batch"),
+        ("epochs", "epochs", "--epochs"),
+    ):
+        # finetune: --epochs is the joint stage's, the method's own epochs its head stage's (both may be given).
+        if key in params and _given(ctx, option) and not (key == "epochs" and mode == "finetune"):
+            raise typer.BadParameter(
+                f"--method {spec!r} and {flag} both set {key}; give it once ({flag} or in the brackets)"
+            )
+    if None not in hashers.get(method).feature_backbones:
         # RITQ: every feature comes from its own network; the starting-backbone options would be ignored.
         given = [
             flag
             for name, flag in (("backbone", "--backbone"), ("input_size", "--input-size"), ("weights", "--weights"))
-            if (src := ctx.get_parameter_source(name)) is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+            if _given(ctx, name)
         ]
         if given:
             nets = ", ".join(str(n) for n in hashers.get(method).feature_backbones)
@@ -148,6 +170,7 @@ def train(
         images,
         out,
         method=method,
+        params=params,
         bits=bits,
         backbone=bb,
         mode=mode,

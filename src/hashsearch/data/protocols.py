@@ -326,11 +326,12 @@ def split_by_class(
     db = sorted((r for r in records if r.key not in taken), key=lambda r: r.key)
     train_words = "all the rest" if train_per_class is None else f"{train_per_class} per class"
     db_words = "every image that is not a query" + (
-        ", training images included" if database == "rest" else " nor a training image"
+        "" if train_per_class == 0 else ", training images included" if database == "rest" else " nor a training image"
     )
     description = (
-        f"{_n(len(query), 'query', 'queries')} ({queries_per_class} per class), {_n(len(train), 'training image')} "
-        f"({train_words}), database: {db_words} ({len(db):,})"
+        f"{_n(len(query), 'query', 'queries')} ({queries_per_class} per class), "
+        + ("no training images" if train_per_class == 0 else f"{_n(len(train), 'training image')} ({train_words})")
+        + f", database: {db_words} ({len(db):,})"
     )
     return Split(name, train, query, db, int(seed), description)
 

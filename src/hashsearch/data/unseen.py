@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from hashsearch.data.protocols import Split, load_protocol, protocols
+from hashsearch.data.sources import plural
 from hashsearch.validation import check_int
 
 
@@ -24,7 +25,7 @@ def unseen_classes(split: Split, n_unseen: int = 3, seed: int = 0, name: str | N
         n_unseen,
         low=1,
         high=len(classes) - 2,
-        note=f"the split has {len(classes)} classes and training needs 2",
+        note=f"the split has {plural(len(classes), 'class', 'classes')} and training needs 2",
     )
     rng = np.random.default_rng(seed)
     unseen = sorted(classes[i] for i in rng.choice(len(classes), n_unseen, replace=False))

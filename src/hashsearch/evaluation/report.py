@@ -166,8 +166,9 @@ def _markdown(rows: list[dict], title: str, notes: str) -> str:
     if len(counts) == 1 and counts[0][0] is not None:
         nq, nd, ne = counts[0]
         lines += [
-            f"{nq} queries against {nd} database items; {ne} queries with no relevant item "
-            "are excluded from every mean (never scored 0).",
+            f"{nq} {'query' if nq == 1 else 'queries'} against {nd} database {'item' if nd == 1 else 'items'}; "
+            f"{ne} {'query' if ne == 1 else 'queries'} with no relevant item {'is' if ne == 1 else 'are'} excluded "
+            "from every mean (never scored 0).",
             "",
         ]
     if notes:

@@ -18,11 +18,16 @@ from hashsearch.experiments.features import FeatureProvider, split_features
 from hashsearch.experiments.runner import parse_method, run_methods
 from hashsearch.hashing import create_hasher
 
+#: `load_split`'s queries per class when none is given: at most this many ...
+AUTO_QUERIES = 100
+#: ... and at most this share of the smallest class (the rest is the database).
+AUTO_QUERY_SHARE = 5
+
 
 def load_split(
     protocol: str | None,
     data: str | None,
-    queries_per_class: int,
+    queries_per_class: int | None,
     train_per_class: int,
     seed: int,
     labels: str = "auto",
@@ -32,8 +37,12 @@ def load_split(
 
     With `data`, `labels` says how its images get labels (see `hashsearch.data.sources`); the
     line saying how they were read is logged, and images without a label are left out of the
-    split and named. Raises ValueError when no image has a label (saying what layout was seen) or
-    every label is the same (mAP would be 1.0 whatever the codes).
+    split and named. `train_per_class` 0 draws no training images (a trained model's
+    evaluation); `queries_per_class` None then draws `AUTO_QUERIES` per class, or a fifth
+    (`AUTO_QUERY_SHARE`) of the smallest class when that is fewer, and logs how many. Raises
+    ValueError when no image has a label (saying what layout was seen), every label is the same
+    (mAP would be 1.0 whatever the codes), or a class has too few images for the split (naming
+    --queries-per-class and --train-per-class).
     """
     if protocol is not None:
         split = load_protocol(protocol, seed=seed)
@@ -55,11 +64,32 @@ def load_split(
             f"--data {printable(str(data))}: every labelled image is of one class ({printable(classes[0])}; labels: "
             f"{listing.labels.layout}), and with one class every database image is relevant to every query, so "
             "mAP would be 1.0 whatever the codes: an evaluation needs at least 2 classes. If the class folders "
-            "are one level down (an archive made with `tar czf photos.tar.gz photos`), pass --labels parent; "
-            "else give each class a folder of its own or a labels file (--labels FILE)"
+            "are the folders holding the images, pass --labels parent; else give each class a folder of its "
+            "own or a labels file (--labels FILE)"
         )
     if len(labelled) < len(records):
         log(f"left out of the evaluation: {listing.labels.unlabelled_text()}")
+    sizes = {c: sum(r.label == c for r in labelled) for c in classes}
+    small = min(classes, key=lambda c: (sizes[c], c))
+    if queries_per_class is None:
+        queries_per_class = max(1, min(AUTO_QUERIES, sizes[small] // AUTO_QUERY_SHARE))
+        log(
+            f"queries: {queries_per_class} per class (at most {AUTO_QUERIES}, and a fifth of the smallest class, "
+            f"{printable(small)} with {sizes[small]:,}; set --queries-per-class to choose)"
+        )
+    # A trained model's evaluation (no training split) keeps at least one image of each class in the database.
+    need = queries_per_class + (train_per_class or 1)
+    if sizes[small] < need:
+        took = (
+            f"--queries-per-class {queries_per_class} and --train-per-class {train_per_class} of each class"
+            if train_per_class
+            else f"--queries-per-class {queries_per_class} of each class as queries and 1 more for the database"
+        )
+        raise ValueError(
+            f"--data {printable(str(data))}: class {printable(small)!r} has {sizes[small]:,} labelled "
+            f"{'image' if sizes[small] == 1 else 'images'}, and the split takes {took} ({need:,} in all); "
+            f"lower {'them' if train_per_class else '--queries-per-class'}, or add images"
+        )
     split = split_by_class(
         labelled, queries_per_class, train_per_class, seed=seed, name=f"custom:{printable(str(data))}"
     )
@@ -189,7 +219,6 @@ def demo(out: Path, cache_dir=None, log=print) -> None:
         protocol="cifar10-demo",
         data=None,
         queries_per_class=0,
-        train_per_class=0,
         seed=0,
         out=None,
         cache_dir=cache_dir,

@@ -257,6 +257,7 @@ def train_model(
     method: str,
     bits: int,
     backbone: Backbone,
+    params: dict[str, Any] | None = None,
     mode: str = "head",
     epochs: int | None = None,
     patience: int | None = 5,
@@ -279,9 +280,15 @@ def train_model(
 
     Parameters
     ----------
+    method : str
+        A registered method's name (`hashsearch.hashing.list_hashers`).
     backbone : Backbone
         The starting network; not used by a method whose features all come from networks of its
         own (RITQ).
+    params : dict, optional
+        The method's own parameters besides n_bits and seed (``{"n_iter": 20}`` for ITQ), as
+        a spec's brackets give them (``itq[n_iter=20]``); the training options below
+        (`epochs`, `lr`, `batch_size`, `device`), when given, are set after them.
     mode : {"head", "finetune"}
         "head": the hasher learns on the backbone's frozen features (every method). "finetune":
         a deep method's head and loss train the backbone too (`DeepHasher.finetune`; DHFI: each
@@ -330,7 +337,7 @@ def train_model(
     cls = hashers.get(method)
     nets = tuple(cls.feature_backbones)
     scratch = [n for n in nets if n is not None]
-    hasher = create_hasher(method, n_bits=bits, seed=seed)
+    hasher = create_hasher(method, n_bits=bits, seed=seed, **(params or {}))
     deep = isinstance(hasher, DeepHasher)
     if mode == "finetune" and not (deep or hasattr(hasher, "finetune")):
         why = f"; {method} trains its own network ({', '.join(scratch)}) from scratch in head mode" if scratch else ""
@@ -360,22 +367,24 @@ def train_model(
     else:
         records = list(records)
     labelled = [r for r in records if r.label is not None]
-    if scratch and len({r.label for r in labelled}) < 2:
+    classes = sorted({str(r.label) for r in labelled})
+    have = (
+        f"{len(labelled):,} of the {plural(len(records), 'image')} {'has' if len(labelled) == 1 else 'have'} a "
+        f"label ({plural(len(classes), 'class', 'classes')}{': ' + classes[0] if len(classes) == 1 else ''})"
+    )
+    if scratch and len(classes) < 2:
         raise ValueError(
-            f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
-            f"{method} trains its network ({', '.join(scratch)}) from scratch with a classifier, on labels of at "
-            "least 2 classes (class folders, or --labels)"
+            f"{have}; {method} trains its network ({', '.join(scratch)}) from scratch with a classifier, on labels "
+            "of at least 2 classes (class folders, or --labels)"
         )
-    if len({r.label for r in labelled}) < 2 and hasher.supervised:
-        raise ValueError(
-            f"{len(labelled)} of the {len(records)} images have a label ({len({r.label for r in labelled})} classes); "
-            f"{method} learns from labels of at least 2 classes (class folders, or --labels)"
-        )
-    if len({r.label for r in labelled}) < 2:
+    if len(classes) < 2 and hasher.supervised:
+        raise ValueError(f"{have}; {method} learns from labels of at least 2 classes (class folders, or --labels)")
+    if len(classes) < 2:
         # An unsupervised method on unlabelled images: it fits on all of them, with nothing to validate on.
         labelled = records
         train_recs, val_recs = records, []
-        log(f"no labels: {method} fits on all {len(records)} images, without a validation mAP")
+        why = f"one class ({classes[0]}), nothing to tell apart" if classes else "no labels"
+        log(f"{why}: {method} fits on all {plural(len(records), 'image')}, without a validation mAP")
     else:
         train_recs, val_recs = split_validation(labelled, val_fraction, seed)
     t_start = time.perf_counter()
@@ -901,8 +910,7 @@ def evaluate_model(
     *,
     protocol: str | None,
     data: str | None,
-    queries_per_class: int,
-    train_per_class: int,
+    queries_per_class: int | None,
     seed: int,
     out: Path | None,
     cache_dir=None,
@@ -916,9 +924,12 @@ def evaluate_model(
     database, nothing fitted; returns the result row (`evaluate`'s metrics) and writes
     <out>.md/.json when `out` is given.
 
-    The protocol's training images are not used; if the model was trained on images that are
-    also in the database, the record's data digest says what it saw (the numbers are then those
-    of the protocol's usual setting, in which the training set is part of the database).
+    The protocol's training images are not used, and `data` is split into queries and database
+    only (`load_split` with no training images: `queries_per_class` per class, None for its
+    automatic count), every image that is not a query in the database. If the model was trained
+    on images that are also in the database, the record's data digest says what it saw (the
+    numbers are then those of the protocol's usual setting, in which the training set is part of
+    the database).
     """
     from hashsearch.evaluation.metrics import evaluate
     from hashsearch.evaluation.report import machine_description, write_results
@@ -927,8 +938,16 @@ def evaluate_model(
     from hashsearch.experiments.runner import own_items
 
     t0 = time.perf_counter()
-    source, split = load_split(protocol, data, queries_per_class, train_per_class, seed, labels=labels, log=log)
-    log(split.summary())
+    source, split = load_split(protocol, data, queries_per_class, 0, seed, labels=labels, log=log)
+    log(
+        f"{split.name} (seed {split.seed}): {plural(len(split.query), 'query', 'queries')}, "
+        f"{plural(len(split.database), 'database image')}"
+        + (
+            f"; its {plural(len(split.train), 'training image')} are not used (the model is trained)"
+            if split.train
+            else ""
+        )
+    )
     backbone = model.backbone(cache_dir)
     feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels)
     overlap = _check_overlap(model, split.name, source.root, feats, log)

@@ -153,6 +153,42 @@ def test_finds_the_planted_groups_of_real_photos_exactly(planted_set):
     assert report.n_duplicates <= report.pairs["pairs kept"] < within
 
 
+def test_the_default_threshold_rises_in_small_collections_only():
+    from hashsearch.duplicates import MIN_SIMILARITY, SMALL_COLLECTION, default_min_similarity
+
+    # From SMALL_COLLECTION images on: 0.4 exactly, what every collection got before (the
+    # 10,000- and 100,000-image results stand as they are).
+    for n in (SMALL_COLLECTION, SMALL_COLLECTION + 1, 10_000, 100_000, 10**9):
+        assert default_min_similarity(n) == MIN_SIMILARITY == 0.4
+    values = [default_min_similarity(n) for n in range(0, SMALL_COLLECTION + 1, 7)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # never lower for fewer images
+    assert default_min_similarity(0) == default_min_similarity(44) == default_min_similarity(1000) == 0.5
+    assert 0.4 < default_min_similarity(2000) < 0.5
+    with pytest.raises(ValueError, match="n_images"):
+        default_min_similarity(-1)
+
+
+def test_find_duplicates_takes_the_default_of_the_collections_size(planted_set, monkeypatch):
+    import hashsearch.duplicates as dup
+
+    _, groups, coll = planted_set
+    n = len(coll.index.ids)
+    assert find_duplicates(coll).min_similarity == dup.default_min_similarity(n) == 0.5
+    # A collection of SMALL_COLLECTION images or more: 0.4, and the groups 0.4 gives.
+    monkeypatch.setattr(dup, "SMALL_COLLECTION", n)
+    large = find_duplicates(coll)
+    assert large.min_similarity == 0.4 and _groups_of(large) == _groups_of(find_duplicates(coll, min_similarity=0.4))
+
+
+def test_narrow_groups_are_those_with_a_member_close_to_the_threshold(planted_set):
+    _, _, coll = planted_set
+    report = find_duplicates(coll, min_similarity=0.6)
+    weakest = [min(m.similarity for m in g.others) for g in report.groups]
+    assert report.narrow_groups(0.1) == [k for k, w in enumerate(weakest) if w < 0.7]
+    assert report.narrow_groups(0.1) and report.narrow_groups(0.0) == []
+    assert find_duplicates(coll, min_similarity=None).narrow_groups() == []  # no feature check: nothing to say
+
+
 def test_codes_alone_find_more_pairs_than_codes_and_features(planted_set):
     _, groups, coll = planted_set
     with_features = find_duplicates(coll, radius=20)

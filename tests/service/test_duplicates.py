@@ -12,7 +12,7 @@ import pytest
 
 from hashsearch.backbones import create_backbone
 from hashsearch.data.sources import open_source
-from hashsearch.duplicates import MIN_SIMILARITY
+from hashsearch.duplicates import default_min_similarity
 from hashsearch.hashing import create_hasher
 from hashsearch.pipeline import build_collection
 from hashsearch.service import create_app
@@ -56,9 +56,12 @@ def test_the_planted_groups_with_keys_not_server_paths(served):
     out = r.json()
     found = sorted(sorted(m["key"] for m in g["members"]) for g in out["groups"])
     assert found == sorted(map(sorted, groups))
-    assert out["n_groups"] == len(groups) and out["n_images"] == 45
+    n_images = sum(1 for _ in (root / "photos").rglob("*.jpg"))
+    assert out["n_groups"] == len(groups) and out["n_images"] == n_images
     assert out["n_duplicates"] == sum(len(g) - 1 for g in groups)
-    assert out["radius"] == 16 and out["n_bits"] == 64 and out["min_similarity"] == MIN_SIMILARITY
+    # The default of a collection this small (0.5), not the 0.4 of large ones.
+    assert out["min_similarity"] == default_min_similarity(n_images) == 0.5
+    assert out["radius"] == 16 and out["n_bits"] == 64
     assert str(root).encode() not in r.content and r.content.isascii()
     for g in out["groups"]:
         first = g["members"][0]
@@ -195,7 +198,7 @@ def test_the_whitening_is_computed_once_per_state_of_the_collection(served, tmp_
             assert len(added) == 1
             after = client.get("/duplicates").json()
             assert client.get("/duplicates").json()["groups"] == after["groups"]
-            assert len(calls) == 1 and after["n_images"] == 46
+            assert len(calls) == 1 and after["n_images"] == first["n_images"] + 1
             daisy = next(g for g in after["groups"] if any(m["key"] == "originals/daisy-3.jpg" for m in g["members"]))
             assert added[0] in [m["id"] for m in daisy["members"]]
             assert _members(after["groups"]) == fresh()
@@ -204,4 +207,4 @@ def test_the_whitening_is_computed_once_per_state_of_the_collection(served, tmp_
             # A remove too: back to the first groups.
             assert client.delete(f"/images/{added[0]}", headers={"X-API-Key": API_KEY}).status_code == 200
             again = client.get("/duplicates").json()
-            assert len(calls) == 1 and again["groups"] == first["groups"] and again["n_images"] == 45
+            assert len(calls) == 1 and again["groups"] == first["groups"] and again["n_images"] == first["n_images"]

@@ -88,11 +88,14 @@ def _print(report, as_json: bool, as_csv: bool) -> None:
         typer.echo(json.dumps(out, indent=1))  # ASCII: a name that is not UTF-8 as \udcXX
         return
     if as_csv:
-        w = csv.DictWriter(sys.stdout, fieldnames=list(_row(0, report.groups[0].members[0]) if rows else _FIELDS))
+        w = csv.DictWriter(sys.stdout, fieldnames=_FIELDS)
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "path": show(r["path"])})
+            # true/false as JSON writes them (csv would write Python's True/False); None is empty.
+            w.writerow({**{k: _csv_value(v) for k, v in r.items()}, "path": show(r["path"])})
         return
+    if report.groups:
+        typer.echo(_TABLE_HEADER)
     for g, group in enumerate(report.groups):
         typer.echo(f"group {g}: {plural(len(group.members), 'image')}")
         for m in group.members:
@@ -100,15 +103,48 @@ def _print(report, as_json: bool, as_csv: bool) -> None:
             size = "?" if m.width is None else f"{m.width}x{m.height}"
             nbytes = "?" if m.bytes is None else f"{m.bytes:,}"
             mark = "keep" if m.keep else ("exact" if m.exact else "")
-            typer.echo(f"  {mark:<5} {m.distance:>3} {sim:>5} {size:>11} {nbytes:>12}  {show(m.path)}")
-    sim = "" if report.min_similarity is None else f", similarity >= {report.min_similarity}"
+            typer.echo(f"  {mark:<5} {m.distance:>4} {sim:>5} {size:>11} {nbytes:>12}  {show(m.path)}")
+    sim = "" if report.min_similarity is None else f", similarity >= {report.min_similarity:g}"
     typer.echo(
         f"{plural(len(report.groups), 'group')}, {plural(report.n_duplicates, 'duplicate')} among "
         f"{plural(report.n_images, 'image')} (radius {report.radius} of {report.n_bits} bits{sim}; keep: {report.keep})"
     )
 
 
+def _warn_narrow(report) -> None:
+    """One line on stderr naming the groups that pass only narrowly (`DuplicateReport.narrow_groups`)."""
+    from hashsearch.duplicates import NARROW_MARGIN
+
+    narrow = report.narrow_groups()
+    if not narrow:
+        return
+    below = round(report.min_similarity + NARROW_MARGIN, 4)
+    shown = ", ".join(map(str, narrow[:10])) + (f" and {len(narrow) - 10} more" if len(narrow) > 10 else "")
+    typer.echo(
+        f"warning: {len(narrow)} of {plural(len(report.groups), 'group')} "
+        f"{'passes' if len(narrow) == 1 else 'pass'} only narrowly ({'group' if len(narrow) == 1 else 'groups'} {shown}: "
+        f"a similarity to the kept image below {below:g}; different photos that look alike pass there): "
+        f"look at them before moving or deleting, or raise --min-similarity (e.g. --min-similarity {below:g})",
+        err=True,
+    )
+
+
 _FIELDS = ["group", "keep", "id", "path", "distance", "similarity", "exact", "bytes", "width", "height"]
+# The table's columns, named once above the groups: the mark (keep: the image kept; exact: the same
+# bytes as it), the Hamming distance and the whitened similarity to the image kept, pixels, bytes.
+_TABLE_HEADER = f"  {'mark':<5} {'bits':>4} {'sim':>5} {'pixels':>11} {'bytes':>12}  path"
+
+
+def _csv_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def _to_kept(m, kept) -> str:
+    """How a member compares with the image kept, for the lines of a move or delete."""
+    sim = "" if m.similarity is None else f"similarity {m.similarity:.2f}, "
+    return f"({sim}{plural(m.distance, 'bit')} from {show(kept.path)})"
 
 
 def _target(folder: Path, name: str, taken: set[Path]) -> Path:
@@ -141,6 +177,7 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> li
                 what = f"{show(m.path)} -> {show(dest)}"
             else:
                 what = show(m.path)
+            what = f"{what} {_to_kept(m, group.keep)}"
             if not yes:
                 typer.echo(f"would {verb} {what}", err=err)
                 continue
@@ -172,7 +209,8 @@ def duplicates(
         "--min-similarity",
         min=-1.0,
         max=1.0,
-        help="Also require this cosine similarity of the whitened features (default 0.4 where features are stored).",
+        help="Also require this cosine similarity of the whitened features (default where features are stored: "
+        "0.4 from 4,000 images on, rising to 0.5 in folders of 1,000 images or fewer).",
     ),
     codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
     keep: str = typer.Option(
@@ -232,9 +270,11 @@ def duplicates(
     report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
     if move_to is None and not delete:
         _print(report, as_json, as_csv)
+        _warn_narrow(report)
         return
     if as_json or as_csv:
         _print(report, as_json, as_csv)
+    _warn_narrow(report)  # before anything is moved or deleted
     done = _act(report, move_to, delete, yes, err=as_json or as_csv)
     if done and is_collection:
         coll.remove(done)

@@ -48,6 +48,10 @@ Methods, all in one run on the same files:
   (imagehash has no search), at the threshold with the best F1 here and at 10.
 
 Run:  flock /tmp/hashsearch-bench.lock nice -n 5 python benchmarks/duplicates.py --out benchmarks/results/duplicates.md
+
+Small folders (--small SIZES, see small_folders()): folders of 30 to 800 real photos with a few
+planted copies, the default threshold against the rules it was chosen from, per folder size:
+      python benchmarks/duplicates.py --small 30,60,125,250,500,800 --out benchmarks/results/duplicates-small.md
 """
 
 from __future__ import annotations
@@ -521,6 +525,304 @@ def hard_end(args, rep) -> None:
     )
 
 
+# -- small folders ---------------------------------------------------------------------------------
+
+
+#: Raw (not whitened) cosine of the backbone's features at or above which two flowers12 photos
+#: count as one photo: the set holds the same photo more than once (re-encoded, shifted, cropped,
+#: mirrored; looked at by eye: pairs at 0.93-1.0 are mostly the same photo, at 0.90-0.93 some are).
+SAME_PHOTO_COSINE = 0.9
+
+
+def distinct_flowers(args) -> list[int]:
+    """The flowers12 photos (indices into `_flowers()`) of which no two are the same photo: of each
+    set of photos joined by a raw cosine of at least `SAME_PHOTO_COSINE`, the first only. The
+    features are efficientnet-lite0's at 128 px (`index_folder` of all 960, cached)."""
+    folder = args.data / "flowers12-all"
+    flowers = _flowers()
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for k, data in enumerate(flowers):
+            (folder / f"f{k:03d}.jpg").write_bytes(data)
+    coll, _ = index_folder(folder, args)
+    ids = np.sort(coll.index.ids)
+    row = [int(os.path.basename(e["path"])[1:4]) for e in coll.entries(ids.tolist())]
+    x = np.zeros((len(flowers), coll.features_of(ids[:1]).shape[1]), np.float32)
+    x[row] = coll.features_of(ids)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    i, j = np.nonzero(np.triu(x @ x.T >= SAME_PHOTO_COSINE, k=1))
+    labels = labels_from_pairs(len(flowers), i, j)
+    _, first = np.unique(labels, return_index=True)
+    return sorted(first.tolist())
+
+
+def make_small(folder: Path, n_photos: int, seed: int, pool: list[int], share: float = 0.15) -> Path:
+    """A small folder as a user has one: `n_photos` flowers12 photos drawn at random (`seed`) from
+    `pool` (`distinct_flowers`), of which a `share` (at least 2) get 1-3 copies each, one
+    transformation per copy (drawn without repetition, parameters as in `transform`), saved under
+    random names in `folder`/images, with truth.csv (file, group, transformation: every photo is a
+    group of its own). Written once."""
+    truth = folder / "truth.csv"
+    if truth.exists():
+        return truth
+    rng = random.Random(1_000_003 * seed + n_photos)
+    flowers = _flowers()
+    if n_photos > len(pool):
+        raise ValueError(f"--small: at most {len(pool)} photos (distinct flowers12 photos), got {n_photos}")
+    chosen = rng.sample(pool, n_photos)
+    with_copies = set(rng.sample(range(n_photos), max(2, round(share * n_photos))))
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    names: set[str] = set()
+
+    def save(im: Image.Image | bytes, quality: int = 95) -> str:
+        while True:
+            name = f"img-{rng.getrandbits(40):010x}.jpg"
+            if name not in names:
+                names.add(name)
+                break
+        if isinstance(im, bytes):
+            (images / name).write_bytes(im)
+        else:
+            im.save(images / name, quality=quality)
+        return name
+
+    rows = []
+    for g, k in enumerate(chosen):
+        rows.append((save(flowers[k]), g, "original"))
+        if g in with_copies:
+            im = Image.open(io.BytesIO(flowers[k])).convert("RGB")
+            for t in rng.sample(TRANSFORMS, rng.randint(1, 3)):
+                out, q = transform(im, t, rng)
+                rows.append((save(out, q), g, t))
+    rng.shuffle(rows)
+    with open(truth, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "group", "transformation"])
+        w.writerows(rows)
+    return truth
+
+
+def small_folder_data(folder: Path, n_photos: int, seed: int, pool: list[int], args) -> dict:
+    """The folder of `make_small`, indexed as `hashsearch duplicates FOLDER` indexes it (itq 64
+    bits fitted on the folder, efficientnet-lite0 at 128 px): codes, stored features, digests,
+    paths and the truth, row for row. Kept in `folder`/data.npz once computed."""
+    from hashsearch.types import Codes
+
+    saved = folder / "data.npz"
+    if not saved.exists():
+        truth = make_small(folder, n_photos, seed, pool)
+        with open(truth) as f:
+            rows = list(csv.DictReader(f))
+        pos = {r["file"]: k for k, r in enumerate(rows)}
+        coll, _ = index_folder(folder / "images", args)
+        ids = np.sort(coll.index.ids)
+        entries = coll.entries(ids.tolist())
+        order = np.array([pos[os.path.basename(e["path"])] for e in entries])
+        np.savez(
+            saved,
+            codes=coll.index.get_codes(ids).data,
+            n_bits=coll.n_bits,
+            features=np.asarray(coll.features_of(ids), np.float32),
+            digests=np.array([e["digest"] for e in entries]),
+            paths=np.array([e["path"] for e in entries]),
+            group=np.array([int(rows[k]["group"]) for k in order]),
+            trans=np.array([rows[k]["transformation"] for k in order]),
+        )
+    z = np.load(saved)
+    return {
+        "codes": Codes(z["codes"], int(z["n_bits"])),
+        "features": z["features"],
+        "digests": z["digests"].tolist(),
+        "paths": z["paths"].tolist(),
+        "group": z["group"],
+        "trans": z["trans"].tolist(),
+    }
+
+
+def _small_rules() -> dict:
+    """The rules measured on small folders: name -> function(folder data) -> groups of rows.
+
+    Thresholds only (the codes' radius is the default), one whitening each."""
+    import math
+
+    from hashsearch.duplicates import MIN_SIMILARITY, _groups, _to_unit, default_min_similarity, whiten
+
+    def white(d, shrinkage=1.0):
+        key = ("white", shrinkage)
+        if key not in d:
+            d[key] = _to_unit(whiten(d["features"], shrinkage=shrinkage))
+        return d[key]
+
+    def run(d, threshold, shrinkage=1.0):
+        d.setdefault("thresholds", []).append(threshold)
+        return _groups(d["codes"], 16, d["digests"], white(d, shrinkage), threshold, None, {})
+
+    def null(d, z):
+        # The folder's own similarities: all pairs (duplicates are a few of them), mean + z sd.
+        w = white(d)
+        s = (w @ w.T)[np.triu_indices(len(w), 1)]
+        return max(MIN_SIMILARITY, float(s.mean() + z * s.std()))
+
+    rules = {f"fixed {t}": (lambda t: lambda d: run(d, t))(t) for t in (0.4, 0.45, 0.5, 0.55)}
+    for n0, a, cap in (
+        (2000, 0.03, 0.55),
+        (4000, 0.03, 0.55),
+        (4000, 0.05, 0.5),
+        (4000, 0.05, 0.55),
+        (8000, 0.05, 0.5),
+    ):
+        rules[f"log n0={n0} a={a} cap={cap}"] = (
+            lambda n0, a, cap: (
+                lambda d: run(d, min(cap, MIN_SIMILARITY + a * max(0.0, math.log2(n0 / len(d["group"])))))
+            )
+        )(n0, a, cap)
+    for sh in (2.0, 4.0):
+        rules[f"shrinkage {sh:g}, 0.5"] = (lambda sh: lambda d: run(d, 0.5, sh))(sh)
+    for z in (8, 10):
+        rules[f"mean + {z} sd"] = (lambda z: lambda d: run(d, null(d, z)))(z)
+    rules["default (default_min_similarity)"] = lambda d: run(d, default_min_similarity(len(d["group"])))
+    return rules
+
+
+def _small_score(d: dict, groups: list[np.ndarray]) -> dict:
+    """P, R, F1 (pairwise), the groups found, the false ones (holding two different photos), the
+    planted groups found exactly, and the weakest similarity to the kept image... of each group
+    found, by whether it is false."""
+    g = d["group"]
+    pred = np.arange(len(g)) + 10**9
+    for k, rows in enumerate(groups):
+        pred[rows] = k
+    p, r, f1 = score(pred, g, d["trans"])["overall"]
+    truth = {}
+    for row, v in enumerate(g.tolist()):
+        truth.setdefault(v, set()).add(row)
+    planted = {frozenset(v) for v in truth.values() if len(v) > 1}
+    false = [rows for rows in groups if len(set(g[rows].tolist())) > 1]
+    return {
+        "p": p,
+        "r": r,
+        "f1": f1,
+        "found": len(groups),
+        "false": len(false),
+        "exact": sum(frozenset(rows.tolist()) in planted for rows in groups),
+        "planted": len(planted),
+    }
+
+
+def _narrow(data, sizes, seeds, rep, margins=(0.05, 0.1, 0.15)) -> None:
+    """How many groups the default flags as passing narrowly (a member's similarity to the kept
+    image less than a margin above the threshold), false groups and true ones apart: what
+    `hashsearch duplicates` shows (the default threshold, keep=largest)."""
+    from hashsearch.duplicates import Member, _to_unit, choose_keep, default_min_similarity, file_info, whiten
+
+    weakest = {True: [], False: []}
+    rule = _small_rules()["default (default_min_similarity)"]
+    for n in sizes:
+        for seed in seeds:
+            d = data[n, seed]
+            t = default_min_similarity(len(d["group"]))
+            white = _to_unit(whiten(d["features"]))
+            for rows in rule(d):
+                members = [Member(int(r), "", None, d["paths"][r], "", **file_info(d["paths"][r])) for r in rows]
+                kept = int(choose_keep(members, "largest").id)
+                sims = white[rows] @ white[kept]
+                others = [sims[k] for k, r in enumerate(rows) if r != kept]
+                weakest[len(set(d["group"][rows].tolist())) > 1].append(float(min(others)) - t)
+    f, t_ = np.asarray(weakest[True]), np.asarray(weakest[False])
+    rep(
+        f"groups of the default whose weakest member (similarity to the kept image) is less than m above the "
+        f"threshold: false groups / true groups flagged, of {len(f)} / {len(t_)}: "
+        + ", ".join(f"m={m}: {int((f < m).sum())} / {int((t_ < m).sum())}" for m in margins)
+    )
+
+
+def small_folders(args, rep) -> None:
+    """Duplicates in small folders of real photos: the rules of `_small_rules`, per folder size, on
+    the seeds the default was chosen on (--small-choice-seeds) and on others (--small-seeds)."""
+    from hashsearch.duplicates import default_min_similarity
+
+    sizes = _sizes(args.small)
+    pool = distinct_flowers(args)
+    rep(
+        f"small folders: n photos drawn from the {len(pool)} distinct flowers12 photos (of 960: of each set of "
+        f"photos at a raw feature cosine >= {SAME_PHOTO_COSINE} only one, the set holding the same photo more than "
+        "once); 15% of them (at least 2) get 1-3 copies, one transformation each (as in the large set); "
+        f"{args.method} {args.bits} bits fitted on the folder, radius 16, as `hashsearch duplicates FOLDER` does"
+    )
+    rep(
+        "per size: F1 (pairwise, mean over the seeds), false groups (groups holding two different photos) of "
+        "the groups found, planted groups found exactly (all their images, nothing else) of those planted; sums over the seeds"
+    )
+    rules = _small_rules()
+    every = [
+        (n, seed) for seeds in (args.small_choice_seeds, args.small_seeds) for seed in _sizes(seeds) for n in sizes
+    ]
+    for n, seed in every:
+        make_small(args.data / "small" / f"small-{n}-seed{seed}", n, seed, pool)
+    # Every copy's features in one extraction (cached by content); each folder is then indexed on its own.
+    from hashsearch.backbones import DEFAULT_BACKBONE, create_backbone
+    from hashsearch.data.sources import open_source
+    from hashsearch.pipeline.local import extract_features
+
+    if not all((args.data / "small" / f"small-{n}-seed{seed}" / "data.npz").exists() for n, seed in every):
+        extract_features(
+            open_source(str(args.data / "small"), "none"),
+            create_backbone(DEFAULT_BACKBONE, input_size=128),
+            cache_dir=args.cache_dir,
+            progress=False,
+            workers=args.workers,
+        )
+    for title, seeds in (
+        ("choice seeds", _sizes(args.small_choice_seeds)),
+        ("reported seeds", _sizes(args.small_seeds)),
+    ):
+        if not seeds:
+            rep("")
+            rep(f"{title}: none given")
+            continue
+        data = {}
+        for n in sizes:
+            for seed in seeds:
+                folder = args.data / "small" / f"small-{n}-seed{seed}"
+                data[n, seed] = small_folder_data(folder, n, seed, pool, args)
+        images = {n: sum(len(data[n, s]["group"]) for s in seeds) for n in sizes}
+        rep("")
+        rep(
+            f"{title} {','.join(map(str, seeds))}: images per size over the seeds "
+            + ", ".join(f"{n}: {images[n]}" for n in sizes)
+        )
+        rep(f"{'rule':34s} " + " ".join(f"{n:>20d}" for n in sizes) + "  false missed  cost F1 mean")
+        names = rules if title == "choice seeds" else [k for k in rules if k in args.small_report.split("|")]
+        costs = {}
+        for name in names:
+            cells, n_false, n_missed, f1s = [], 0, 0, []
+            for n in sizes:
+                sc = [_small_score(data[n, s], rules[name](data[n, s])) for s in seeds]
+                f1 = float(np.mean([x["f1"] for x in sc]))
+                false, found = sum(x["false"] for x in sc), sum(x["found"] for x in sc)
+                exact, planted = sum(x["exact"] for x in sc), sum(x["planted"] for x in sc)
+                cells.append(f"{f1:.3f} {false:>2d}/{found:<3d} {exact:>3d}/{planted:<3d}")
+                n_false += false
+                n_missed += planted - exact
+                f1s.append(f1)
+            costs[name] = 3 * n_false + n_missed
+            rep(
+                f"{name:34s} "
+                + " ".join(f"{c:>20s}" for c in cells)
+                + f"  {n_false:>5d} {n_missed:>6d} {costs[name]:>5d} {np.mean(f1s):.3f}"
+            )
+        rep(
+            f"lowest cost (3 x false groups + planted groups not found exactly) on the {title}: {min(costs, key=costs.get)}"
+        )
+        _narrow(data, sizes, seeds, rep)
+    rep("")
+    rep(
+        "default_min_similarity(n) at these sizes: "
+        + ", ".join(f"{n}: {default_min_similarity(n):.3f}" for n in sizes + [1000, 2000, 4000, 10_000])
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/hs-dups"))
@@ -583,7 +885,24 @@ def main() -> None:
         help="instead of the set: N flowers12 photos with a JPEG q20 copy and an 18%% crop each (see hard_end())",
     )
     ap.add_argument("--scale-to", type=int, default=100_000, help="the size the estimates are for")
+    ap.add_argument(
+        "--small",
+        default=None,
+        help="comma-separated folder sizes: instead of the set, small folders of real photos (see small_folders())",
+    )
+    ap.add_argument("--small-seeds", default="0,1", help="seeds of the small folders reported")
+    ap.add_argument("--small-choice-seeds", default="100,101", help="seeds the default was chosen on")
+    ap.add_argument(
+        "--small-report",
+        default="fixed 0.4|fixed 0.5|default (default_min_similarity)",
+        help="|-separated rules shown on the reported seeds (every rule is shown on the choice seeds)",
+    )
     args = ap.parse_args()
+    if args.small:
+        rep = Report(f"{args.workers} workers")
+        small_folders(args, rep)
+        rep.save(args.out, "Near-duplicates in small folders of real photos: the similarity threshold by folder size")
+        return
     if args.hard_end:
         rep = Report(f"{args.workers} workers")
         hard_end(args, rep)

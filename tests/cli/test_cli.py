@@ -96,24 +96,33 @@ def test_search_decodes_a_query_as_index_and_the_api_do(flowers, tmp_path, monke
     assert np.abs(stored - full_size).max() > 0.1  # what the CLI computed before: the test can tell
 
 
-def test_index_defaults_to_bihalf_spectral_on_a_small_labelled_folder(flowers, tmp_path):
-    """Issue 22: the best unsupervised method (bihalf-spectral, benchmarks/results/unsupervised*.md) is
-    index's default, labels or not. 8 photos are fewer than its 10 clusters: each photo is its own
-    cluster, and every photo finds itself first, strictly nearer than any other."""
+def test_index_default_by_size_on_a_small_labelled_folder(flowers, tmp_path):
+    """Issue 22 and the size rule (benchmarks/results/unsupervised-small.md): on 8 photos, fewer than
+    ITQ_BELOW, index's default is ITQ, fitted without labels (labels kept, not learned from), and one
+    line names the choice and why; every photo finds itself first, strictly nearer than any other.
+    -m bihalf-spectral given is fitted whatever the size, its stages shown line by line."""
+    from hashsearch.hashing.unsupervised import ITQ_BELOW
+
     out, cache = tmp_path / "d.hsx", tmp_path / "cache"
     text = run("index", flowers, "--out", out, "--input-size", "64", "--cache-dir", cache)
-    assert "bihalf-spectral 64 bits" in text
+    assert f"method: 8 images, fewer than {ITQ_BELOW:,}: ITQ" in text and "itq 64 bits" in text
     info = json.loads(run("info", out))
-    assert info["method"] == "bihalf-spectral" and info["n_bits"] == 64
+    assert info["method"] == "itq" and info["n_bits"] == 64
     assert info["labels"] == {"daisy": 4, "iris": 4}  # kept, though not learned from
     photos = sorted(flowers.rglob("*.jpg"))
     answers = json.loads(run("search", out, *photos, "-k", "2", "--json", "--cache-dir", cache))
     for photo, answer in zip(photos, answers):
         first, second = answer["results"]
         assert first["path"] == str(photo) and first["distance"] == 0 < second["distance"], answer
+    spec = "bihalf-spectral[epochs=3]"
+    text = run("index", flowers, "--out", out, "-m", spec, "--input-size", "64", "--cache-dir", cache, "--overwrite")
+    assert "method:" not in text and f"{spec} 64 bits" in text
+    assert "bihalf-spectral: pseudo-labels of 8 images (10 spectral clusters)..." in text
+    assert "bihalf-spectral: training the hash layer, 3 epochs (3 optimiser steps)..." in text
     helptext = " ".join(runner.invoke(app, ["index", "--help"], terminal_width=200).output.split())
-    assert "[default: bihalf-spectral]" in helptext and "unsupervised-database.md" in helptext
-    assert "-m 'bihalf-spectral[n_clusters=K]'" in helptext and "-m itq" in helptext
+    assert "[default: bihalf-spectral]" not in helptext and "unsupervised-small.md" in helptext
+    assert f"itq below {ITQ_BELOW} images, bihalf-spectral from {ITQ_BELOW} on" in helptext
+    assert "-m 'bihalf-spectral[n_clusters=K]'" in helptext
 
 
 def test_info(built):

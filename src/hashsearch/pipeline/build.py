@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,7 +167,7 @@ def _unlabelled_error(method: str, report: IndexReport, n: int) -> ValueError:
 def build_collection(
     source: ImageSource,
     backbone: Backbone,
-    hasher: Hasher,
+    hasher: Hasher | Callable[[int], Hasher],
     *,
     records: Sequence[ImageRecord] | None = None,
     index: str = "flat",
@@ -191,6 +191,9 @@ def build_collection(
 
     Parameters
     ----------
+    hasher : Hasher or callable
+        The hasher, or a function ``(n_images) -> Hasher`` called once the images to index are
+        known (after skips and duplicates): how `hashsearch index` picks its default by size.
     index_options : dict, optional
         Parameters of the index back end, e.g. ``{"uri": "http://host:19530"}`` for "milvus".
     rerank_store : str
@@ -237,6 +240,8 @@ def build_collection(
     _count_labels(report, ex)
     if not ex.records:
         raise ValueError(_no_image(source, report))
+    if not isinstance(hasher, Hasher):
+        hasher = hasher(len(ex.records))
     if not hasattr(hasher, "n_features_in_"):
         t = time.perf_counter()
         X, y = ex.features, None

@@ -424,6 +424,35 @@ def spectral_clusters(
     return labels
 
 
+def eigengap_clusters(
+    features: np.ndarray, n_neighbors: int, max_clusters: int = 20, seed: int = 0, max_rows: int = 2000
+) -> int:
+    """How many clusters the rows of `features` (n, d) form: the eigengap of their cosine kNN graph.
+
+    The graph is `spectral_clusters`' (a symmetric `n_neighbors`-nearest-neighbour graph of the
+    unit-length rows, at most `max_rows` rows drawn with `seed`); k is the count in
+    2..`max_clusters` (fewer with few rows) after which the normalised Laplacian's sorted
+    eigenvalues jump the most (von Luxburg, "A tutorial on spectral clustering", 2007, sec. 8.3).
+    Returns an int >= 2; 2 when there are fewer than 4 rows.
+    """
+    from scipy.sparse.csgraph import laplacian
+    from sklearn.neighbors import kneighbors_graph
+
+    v = np.asarray(features, np.float64)
+    v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    n = len(v)
+    if n < 4:
+        return 2
+    if n > max_rows:
+        v = v[np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))]
+    graph = kneighbors_graph(v, min(n_neighbors, len(v) - 1), include_self=False)
+    graph = 0.5 * (graph + graph.T)  # as SpectralClustering(affinity="nearest_neighbors") makes it
+    eig = np.linalg.eigvalsh(laplacian(graph, normed=True).toarray())
+    top = min(max_clusters, len(v) - 2)
+    ks = np.arange(2, top + 1)
+    return int(ks[np.argmax(eig[ks] - eig[ks - 1])])
+
+
 @register_loss("bihalf-spectral")
 class BiHalfSpectralLoss(BiHalfLoss):
     """BiHalf's layer and loss (Li & van Gemert, AAAI 2021) on pseudo-labels from spectral clustering.
@@ -442,7 +471,7 @@ class BiHalfSpectralLoss(BiHalfLoss):
         n_bits: int,
         n_classes: int | None = None,
         gamma: float = 3.0,
-        n_clusters: int = 10,
+        n_clusters: int | str = 10,
         n_neighbors: int = 5,
         seed: int = 0,
     ) -> None:
@@ -452,10 +481,20 @@ class BiHalfSpectralLoss(BiHalfLoss):
     def pseudo_targets(self, features: np.ndarray) -> np.ndarray:
         """(n, n_clusters) float32 one-hot spectral cluster of each training row.
 
-        Raises ValueError when `n_clusters` is not an integer >= 2 or `n_neighbors` not >= 1.
+        `n_clusters` "auto" takes the count from the data (`eigengap_clusters`); the count used
+        is kept as `n_clusters_`. Raises ValueError when `n_clusters` is neither an integer >= 2
+        nor "auto", or `n_neighbors` is not >= 1.
         """
         from hashsearch.validation import check_int
 
-        k = check_int("n_clusters", self.n_clusters, low=2)
-        labels = spectral_clusters(features, k, check_int("n_neighbors", self.n_neighbors, low=1), self.seed)
+        nn_ = check_int("n_neighbors", self.n_neighbors, low=1)
+        if isinstance(self.n_clusters, str) and self.n_clusters == "auto":
+            k = eigengap_clusters(features, nn_, seed=self.seed)
+        else:
+            try:
+                k = check_int("n_clusters", self.n_clusters, low=2)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{e}; or give n_clusters='auto' (chosen from the data by the eigengap)") from None
+        self.n_clusters_ = k
+        labels = spectral_clusters(features, k, nn_, self.seed)
         return np.eye(k, dtype=np.float32)[labels]

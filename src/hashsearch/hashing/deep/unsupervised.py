@@ -14,12 +14,17 @@ steps, and the head is far from trained (flowers12: `benchmarks/unsupervised.py 
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from typing import ClassVar
 
 import numpy as np
 
 from hashsearch.hashing.deep.base import DeepHasher
+
+#: A line per stage of a fit (pseudo-labels, then training), at INFO: `hashsearch index` shows them.
+logger = logging.getLogger(__name__)
 
 
 class UnsupervisedDeepHasher(DeepHasher):
@@ -39,6 +44,9 @@ class UnsupervisedDeepHasher(DeepHasher):
     ----------
     classes_ : (0,) int64
         Empty: no classes are learned.
+    n_clusters_ : int or None
+        The number of clusters bihalf-spectral's pseudo-labels used (chosen from the data with
+        ``n_clusters="auto"``); None for the other losses.
     Others as in `DeepHasher`.
     """
 
@@ -61,4 +69,29 @@ class UnsupervisedDeepHasher(DeepHasher):
     def _train_targets(self, X: np.ndarray, loss_fn, targets):
         # The features centred on the training mean, or what the loss makes of them.
         centred = (X - self.feature_mean_).astype(np.float32)
-        return loss_fn.pseudo_targets(centred) if hasattr(loss_fn, "pseudo_targets") else centred
+        n, epochs = len(X), self._epochs_for(len(X))
+        steps = epochs * math.ceil(n / max(int(self.batch_size), 1))
+        targets = centred
+        if hasattr(loss_fn, "pseudo_targets"):
+            t = time.perf_counter()
+            k = getattr(loss_fn, "n_clusters", None)
+            how = "" if k is None else f" ({'a number of' if k == 'auto' else k} spectral clusters)"
+            logger.info("%s: pseudo-labels of %s images%s...", self.name, f"{n:,}", how)
+            targets = loss_fn.pseudo_targets(centred)
+            # The cluster count bihalf-spectral used (its n_clusters="auto" chooses it from the data).
+            self.n_clusters_ = getattr(loss_fn, "n_clusters_", None)
+            got = "" if self.n_clusters_ is None else f" ({self.n_clusters_} clusters)"
+            logger.info("%s: pseudo-labels in %.1fs%s", self.name, time.perf_counter() - t, got)
+        else:
+            self.n_clusters_ = None
+        logger.info(
+            "%s: training the hash layer, %s epochs (%s optimiser steps)...", self.name, f"{epochs:,}", f"{steps:,}"
+        )
+        return targets
+
+    def _extra_meta(self) -> dict:
+        return {**super()._extra_meta(), "n_clusters": getattr(self, "n_clusters_", None)}
+
+    def _load_extra_meta(self, extra: dict) -> None:
+        super()._load_extra_meta(extra)
+        self.n_clusters_ = extra.get("n_clusters")

@@ -1,0 +1,36 @@
+"""Which unsupervised method `hashsearch index` fits on a collection without labels, by its size.
+
+bihalf-spectral ranks best on collections of several hundred images or more (mAP@ALL 0.4010 vs
+ITQ's 0.2995 at 64 bits on cifar10-1k's 5,000 training images; 0.7791 vs 0.6969 on flowers12's
+480: benchmarks/results/unsupervised.md), but on the small folders many people index (tens to a
+few hundred photos) it ranked no better than ITQ while fitting 20-40 times slower
+(benchmarks/unsupervised_small.py: benchmarks/results/unsupervised-small.md, threshold chosen on
+a seed kept apart in unsupervised-small-selection.md). Below `ITQ_BELOW` images the default is ITQ.
+"""
+
+from __future__ import annotations
+
+from hashsearch.validation import check_int
+
+#: Below this many images `hashsearch index`'s default is ITQ, from it on bihalf-spectral: the smallest
+#: folder size from which bihalf-spectral ranked at least as well as ITQ on every folder of the choosing
+#: seed (benchmarks/results/unsupervised-small-selection.md).
+ITQ_BELOW = 320
+
+
+def choose_index_method(n_images: int) -> tuple[str, str]:
+    """The method `hashsearch index` fits, without labels, on `n_images` images, and why, in one line.
+
+    Returns ("itq" or "bihalf-spectral", the reason naming the size rule). Raises ValueError when
+    `n_images` is not an integer >= 0.
+    """
+    n = check_int("n_images", n_images, low=0)
+    if n < ITQ_BELOW:
+        return "itq", (
+            f"{n:,} images, fewer than {ITQ_BELOW:,}: ITQ (on folders this small bihalf-spectral ranked no "
+            "better and fitted 20-40 times slower)"
+        )
+    return "bihalf-spectral", (
+        f"{n:,} images, at least {ITQ_BELOW:,}: bihalf-spectral (from this size on it ranked at least as well "
+        "as ITQ, and better on larger collections)"
+    )

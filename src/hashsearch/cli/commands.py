@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 
 import typer
@@ -172,9 +174,13 @@ def _refuse_fixed_by_model(ctx: typer.Context, model: Path | None, flags: dict[s
         )
 
 
-#: index's method when none is given: the best unsupervised method measured (benchmarks/results/unsupervised.md,
-#: unsupervised-database.md), since most folders people index have no labels (issue 22).
+#: index's method when none is given, by the number of images (`hashsearch.hashing.unsupervised.choose_index_method`):
+#: ITQ on small folders, bihalf-spectral on large ones (benchmarks/results/unsupervised-small.md); both learn
+#: without labels, since most folders people index have none (issue 22). Shown in --help; "-m bihalf-spectral"
+#: given on the command line is fitted whatever the size.
 DEFAULT_INDEX_METHOD = "bihalf-spectral"
+#: `hashsearch.hashing.unsupervised.ITQ_BELOW`, for --help (hashing imports torch: not at start-up; a test checks it).
+_ITQ_BELOW = 320
 
 #: The options of index that a model file fixes (eval's --seed is its split's, not the hasher's).
 _MODEL_FIXES = {
@@ -197,14 +203,16 @@ def index(
         DEFAULT_INDEX_METHOD,
         "--method",
         "-m",
+        show_default=False,
         help="Hashing method (see `hashsearch list`), with parameters as eval takes them, e.g. 'dpsh[epochs=5]'. "
-        "The default, bihalf-spectral, trains without labels (labels, if any, are kept, not learned from) and "
-        "ranks best of the unsupervised methods: at 64 bits, fitted on the images searched as index does, "
-        "mAP@ALL 0.4105 vs ITQ's 0.3111 on cifar10-1k and 0.8223 vs 0.7142 on flowers12 "
-        "(benchmarks/results/unsupervised-database.md). It assumes about 10 kinds of image: set yours with "
-        "-m 'bihalf-spectral[n_clusters=K]' (with K images or fewer, each image is its own cluster). It trains "
-        "for at least 2,000 steps, so it takes seconds even for a few images (56 s vs ITQ's 7 s for 59,000); "
-        "-m itq fits fastest.",
+        f"Default, by size, both without labels (labels, if any, are kept, not learned from): itq below "
+        f"{_ITQ_BELOW} images, bihalf-spectral from {_ITQ_BELOW} on; index names its choice. On folders of "
+        "flowers12 photos smaller than that, bihalf-spectral ranked no better than ITQ and fitted 20-40 times "
+        "slower (benchmarks/results/unsupervised-small.md); on more it ranks best of the unsupervised methods: at 64 bits mAP@ALL 0.4105 vs ITQ's 0.3111 on cifar10-1k "
+        "and 0.8223 vs 0.7142 on flowers12, fitted on the images searched as index does "
+        "(benchmarks/results/unsupervised-database.md). bihalf-spectral assumes about 10 kinds of image: set "
+        "yours with -m 'bihalf-spectral[n_clusters=K]'. It trains for at least 2,000 steps (56 s vs ITQ's 7 s "
+        "for 59,000 images), shown stage by stage.",
     ),
     bits: int = typer.Option(64, "--bits", "-b", help=f"Code length in bits, {MIN_BITS} to {MAX_BITS}."),
     seed: int = typer.Option(0, "--seed"),
@@ -250,7 +258,8 @@ def index(
 ):
     """Index a collection of images: features, hash codes, and a searchable index.
 
-    Without --model or --method, bihalf-spectral is fitted on the images' own features, without labels.
+    Without --model or --method, ITQ (below 320 images) or bihalf-spectral is fitted on the images' own
+    features, without labels.
     With --model, the images go through a trained model's backbone and hasher (no labels needed,
     nothing is fitted), and the collection keeps a copy of the model.
     """
@@ -269,12 +278,28 @@ def index(
     _check_out(out, overwrite)
     _check_writable(skip_list)
     trained = _load_model(model, cache_dir)
+    chosen: list[str] = []
     if trained is not None:
         bb, hasher = trained.backbone(cache_dir), trained.hasher
         method, bits, input_size = hasher.name, hasher.n_bits, bb.preprocess.input_size
+    elif (src := ctx.get_parameter_source("method")) is None or src.name in ("DEFAULT", "DEFAULT_MAP"):
+        from hashsearch.hashing.unsupervised import choose_index_method
+
+        def hasher(n_images: int):  # the default by size, chosen once the images are known
+            name, why = choose_index_method(n_images)
+            chosen.append(name)
+            typer.echo(f"method: {why} (choose another with -m)", err=True)
+            return make_hasher(name, bits, seed)
+
+        bb = make_backbone(backbone, input_size, weights)
     else:
         hasher = make_hasher(method, bits, seed)  # before the backbone: a bad spec fails at once
         bb = make_backbone(backbone, input_size, weights)
+    stages = logging.StreamHandler(sys.stderr)  # a line per stage of a deep unsupervised fit
+    stages.setFormatter(logging.Formatter("%(message)s"))
+    fit_log = logging.getLogger("hashsearch.hashing.deep.unsupervised")
+    fit_log.addHandler(stages)
+    fit_log.setLevel(logging.INFO)
     try:
         coll, report = build_collection(
             open_source(source, _labels(labels)),
@@ -295,6 +320,9 @@ def index(
         )
     except RerankStoreError as e:
         raise typer.BadParameter(_rerank_store_problem(e)) from None
+    finally:
+        fit_log.removeHandler(stages)
+    method = chosen[0] if chosen else method
     if trained is not None:
         coll.use_model(trained)
     _report(report, skip_list)

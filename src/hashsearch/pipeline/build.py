@@ -65,9 +65,7 @@ class IndexReport:
             n = len(self.duplicates)
             head = "; ".join(f"{printable(k)} (same bytes as {printable(o)})" for k, o in self.duplicates[:limit])
             more = f"; and {n - limit:,} more" if n > limit else ""
-            lines.append(
-                f"{plural(n, 'duplicate')} skipped (keep them with {keep_option}): {head}{more}"
-            )
+            lines.append(f"{plural(n, 'duplicate')} skipped (keep them with {keep_option}): {head}{more}")
         if self.listing is not None and self.listing.left_out(limit):
             lines.append(self.listing.left_out(limit))
         return "\n".join(lines)

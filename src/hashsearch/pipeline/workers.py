@@ -83,10 +83,17 @@ class WorkerPool:
             return _Done(self.task(jobs))
         if self._pool is None:
             import multiprocessing
+            import sys
 
             # forkserver/spawn would re-import torch in each worker; fork is cheap, and safe here
-            # because workers only run Pillow, numpy and a session they make themselves.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            # because workers only run Pillow, numpy and a session they make themselves -- unless
+            # this process holds gRPC's threads (a Milvus client): a forked child of those can die
+            # (BrokenProcessPool), so workers then start from a clean forkserver.
+            methods = multiprocessing.get_all_start_methods()
+            grpc_threads = "grpc" in sys.modules
+            method = "fork" if "fork" in methods and not grpc_threads else None
+            if method is None and "forkserver" in methods:
+                method = "forkserver"
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context(method),

@@ -155,6 +155,25 @@ def _cifar(n: int, rng: random.Random, first: str = "train") -> list[bytes]:
         return [data[m.name] for m in chosen]
 
 
+def _saver(images: Path, rng: random.Random):
+    """save(image or JPEG bytes, quality=95) -> a new random file name under `images`, the file written there."""
+    names: set[str] = set()
+
+    def save(im: Image.Image | bytes, quality: int = 95) -> str:
+        while True:
+            name = f"img-{rng.getrandbits(40):010x}.jpg"
+            if name not in names:
+                names.add(name)
+                break
+        if isinstance(im, bytes):
+            (images / name).write_bytes(im)
+        else:
+            im.save(images / name, quality=quality)
+        return name
+
+    return save
+
+
 def make_set(
     folder: Path, n_images: int, n_groups: int, n_variants: int, seed: int = 0, cifar_first: str = "train"
 ) -> Path:
@@ -175,19 +194,7 @@ def make_set(
     originals: list[tuple[str, Image.Image | bytes]] = [("flowers", b) for b in flowers[:n_groups]]
     originals += [("cifar", b) for b in cifar[: max(0, n_groups - len(flowers))]]
     singles = cifar[max(0, n_groups - len(flowers)) :]
-    names = set()
-
-    def save(im: Image.Image | bytes, quality: int = 95) -> str:
-        while True:
-            name = f"img-{rng.getrandbits(40):010x}.jpg"
-            if name not in names:
-                names.add(name)
-                break
-        if isinstance(im, bytes):
-            (images / name).write_bytes(im)
-        else:
-            im.save(images / name, quality=quality)
-        return name
+    save = _saver(images, rng)
 
     def upscaled(data: bytes) -> Image.Image:
         im = Image.open(io.BytesIO(data)).convert("RGB")
@@ -573,19 +580,7 @@ def make_small(folder: Path, n_photos: int, seed: int, pool: list[int], share: f
     with_copies = set(rng.sample(range(n_photos), max(2, round(share * n_photos))))
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    names: set[str] = set()
-
-    def save(im: Image.Image | bytes, quality: int = 95) -> str:
-        while True:
-            name = f"img-{rng.getrandbits(40):010x}.jpg"
-            if name not in names:
-                names.add(name)
-                break
-        if isinstance(im, bytes):
-            (images / name).write_bytes(im)
-        else:
-            im.save(images / name, quality=quality)
-        return name
+    save = _saver(images, rng)
 
     rows = []
     for g, k in enumerate(chosen):

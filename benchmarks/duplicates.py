@@ -174,6 +174,16 @@ def _saver(images: Path, rng: random.Random):
     return save
 
 
+def _write_truth(truth: Path, rows: list, rng: random.Random) -> Path:
+    """`rows` (file, group, transformation) shuffled with `rng` and written to `truth` (CSV with a header)."""
+    rng.shuffle(rows)
+    with open(truth, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "group", "transformation"])
+        w.writerows(rows)
+    return truth
+
+
 def make_set(
     folder: Path, n_images: int, n_groups: int, n_variants: int, seed: int = 0, cifar_first: str = "train"
 ) -> Path:
@@ -209,12 +219,7 @@ def make_set(
             rows.append((save(out, q), g, t))
     for data in singles:
         rows.append((save(upscaled(data)), -1, "original"))
-    rng.shuffle(rows)
-    with open(truth, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "group", "transformation"])
-        w.writerows(rows)
-    return truth
+    return _write_truth(truth, rows, rng)
 
 
 # -- scores ---------------------------------------------------------------------------------------
@@ -590,12 +595,7 @@ def make_small(folder: Path, n_photos: int, seed: int, pool: list[int], share: f
             for t in rng.sample(TRANSFORMS, rng.randint(1, 3)):
                 out, q = transform(im, t, rng)
                 rows.append((save(out, q), g, t))
-    rng.shuffle(rows)
-    with open(truth, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "group", "transformation"])
-        w.writerows(rows)
-    return truth
+    return _write_truth(truth, rows, rng)
 
 
 def small_folder_data(folder: Path, n_photos: int, seed: int, pool: list[int], args) -> dict:

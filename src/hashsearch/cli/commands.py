@@ -23,6 +23,7 @@ from hashsearch.cli.common import (
     WeightsOpt,
     bits_list,
     check_bits,
+    given,
     make_backbone,
     make_hasher,
     plural,
@@ -162,15 +163,11 @@ def _refuse_fixed_by_model(ctx: typer.Context, model: Path | None, flags: dict[s
     command line (or by environment): one error naming them. Their defaults are not refused."""
     if model is None:
         return
-    given = [
-        flag
-        for name, flag in flags.items()
-        if (src := ctx.get_parameter_source(name)) is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
-    ]
-    if given:
+    fixed = [flag for name, flag in flags.items() if given(ctx, name)]
+    if fixed:
         raise typer.BadParameter(
-            f"--model {show(model)} fixes {', '.join(given)} (the model's own method, code length, backbone and "
-            f"input size are used); leave {'it' if len(given) == 1 else 'them'} out, or drop --model"
+            f"--model {show(model)} fixes {', '.join(fixed)} (the model's own method, code length, backbone and "
+            f"input size are used); leave {'it' if len(fixed) == 1 else 'them'} out, or drop --model"
         )
 
 
@@ -282,7 +279,7 @@ def index(
     if trained is not None:
         bb, hasher = trained.backbone(cache_dir), trained.hasher
         method, bits, input_size = hasher.name, hasher.n_bits, bb.preprocess.input_size
-    elif (src := ctx.get_parameter_source("method")) is None or src.name in ("DEFAULT", "DEFAULT_MAP"):
+    elif not given(ctx, "method"):
         from hashsearch.hashing.unsupervised import choose_index_method
 
         def hasher(n_images: int):  # the default by size, chosen once the images are known
@@ -511,8 +508,6 @@ def info(
 ):
     """Describe a collection (images, code length, method, backbone, model, labels, sizes on disk)
     or a model file (method, code length, backbone, training data, validation mAP)."""
-    import sys
-
     if as_json is None:
         as_json = not sys.stdout.isatty()
     if _is_model_file(collection):
@@ -808,12 +803,8 @@ def eval(
     if (protocol is None) == (data is None):
         raise typer.BadParameter("give exactly one of --protocol NAME or --data PATH")
 
-    def given(name: str) -> bool:
-        src = ctx.get_parameter_source(name)
-        return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
-
     flags = {"queries_per_class": "--queries-per-class", "train_per_class": "--train-per-class", "labels": "--labels"}
-    if protocol is not None and (unused := [f for name, f in flags.items() if given(name)]):
+    if protocol is not None and (unused := [f for name, f in flags.items() if given(ctx, name)]):
         raise typer.BadParameter(
             f"--protocol {show(protocol)} draws its own split, so {', '.join(unused)} (for --data) would not be used; "
             f"leave {'it' if len(unused) == 1 else 'them'} out, or evaluate your own images with --data PATH"
@@ -822,7 +813,7 @@ def eval(
         from hashsearch.experiments.training import evaluate_model
 
         _refuse_fixed_by_model(ctx, model, {k: v for k, v in _MODEL_FIXES.items() if k != "seed"})  # eval: the split's
-        if given("train_per_class"):
+        if given(ctx, "train_per_class"):
             raise typer.BadParameter(
                 f"--train-per-class {train_per_class}: --model {show(model)} is trained, so the evaluation draws no "
                 "training images (queries and database only); leave --train-per-class out"
@@ -831,7 +822,7 @@ def eval(
             _load_model(model, cache_dir),
             protocol=protocol,
             data=data,
-            queries_per_class=queries_per_class if given("queries_per_class") else None,
+            queries_per_class=queries_per_class if given(ctx, "queries_per_class") else None,
             seed=seed,
             out=out,
             cache_dir=cache_dir,

@@ -13,6 +13,13 @@ from hashsearch.data.sources import printable
 MIN_BITS, MAX_BITS = 8, 128
 
 
+def given(ctx: typer.Context, name: str) -> bool:
+    """Whether the option `name` (its parameter name) was given on the command line or by environment,
+    not left at its default."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def split_list(value: str, cast=str) -> list:
     """'a,b, c' -> ['a', 'b', 'c'] (with `cast` applied); commas inside brackets stay,
     so 'itq,dfeh[lambda_q=0,lambda_b=0]' is two methods."""

@@ -16,17 +16,12 @@ from hashsearch.cli.common import (
     MaxPixelsOpt,
     WeightsOpt,
     check_bits,
+    given,
     make_backbone,
     parse_spec,
     plural,
     show,
 )
-
-
-def _given(ctx: typer.Context, name: str) -> bool:
-    """Whether the option `name` (its parameter name) was given on the command line or by environment."""
-    src = ctx.get_parameter_source(name)
-    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
 def train(
@@ -134,22 +129,22 @@ def train(
         ("epochs", "epochs", "--epochs"),
     ):
         # finetune: --epochs is the joint stage's, the method's own epochs its head stage's (both may be given).
-        if key in params and _given(ctx, option) and not (key == "epochs" and mode == "finetune"):
+        if key in params and given(ctx, option) and not (key == "epochs" and mode == "finetune"):
             raise typer.BadParameter(
                 f"--method {spec!r} and {flag} both set {key}; give it once ({flag} or in the brackets)"
             )
     if None not in hashers.get(method).feature_backbones:
         # RITQ: every feature comes from its own network; the starting-backbone options would be ignored.
-        given = [
+        unused = [
             flag
             for name, flag in (("backbone", "--backbone"), ("input_size", "--input-size"), ("weights", "--weights"))
-            if _given(ctx, name)
+            if given(ctx, name)
         ]
-        if given:
+        if unused:
             nets = ", ".join(str(n) for n in hashers.get(method).feature_backbones)
             raise typer.BadParameter(
                 f"--method {method} trains its own network ({nets}) from scratch and uses no other: leave "
-                f"{', '.join(given)} out"
+                f"{', '.join(unused)} out"
             )
     if (source is None) == (protocol is None):
         raise typer.BadParameter("give the labelled images (SOURCE) or --protocol NAME, one of the two")

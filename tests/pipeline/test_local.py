@@ -4,6 +4,8 @@ extracting, there); resume; draft."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -196,3 +198,22 @@ def test_batch_extractor_travels_without_its_session(folder_with_bad, backbone, 
     np.testing.assert_allclose(
         enc.extract(decode_batch(jobs, backbone.preprocess, 10**8, normalize=False)[1]), feats, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("grpc_client", [False, True])
+def test_workers_fork_unless_a_grpc_client_lives_in_the_process(grpc_client):
+    """A forked copy of a process holding gRPC's threads (a Milvus collection opened by `add`) can die
+    (CI: BrokenProcessPool after gRPC's 'skipping fork() handlers'): with gRPC loaded the workers start
+    from a forkserver, and still run the task; without it they fork (cheap). In a child interpreter, so
+    that the test process's own imports do not decide it."""
+    if grpc_client:
+        pytest.importorskip("grpc")
+    code = (
+        ("import grpc; channel = grpc.insecure_channel('127.0.0.1:9'); " if grpc_client else "")
+        + "from hashsearch.pipeline.workers import WorkerPool\n"
+        "with WorkerPool(len, 2) as pool:\n"
+        "    print(pool.submit([1, 2, 3]).result(), pool.start_method)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["3", "forkserver" if grpc_client else "fork"]

@@ -71,6 +71,8 @@ class WorkerPool:
             raise ValueError(f"workers must be an integer >= 0 (0 runs in this process), got {workers!r}")
         self.task, self.workers = task, workers
         self._pool = None
+        #: How the worker processes start ("fork", "forkserver", "spawn"), once the pool has started.
+        self.start_method: str | None = None
 
     @property
     def extracts(self) -> bool:
@@ -94,9 +96,11 @@ class WorkerPool:
             method = "fork" if "fork" in methods and not grpc_threads else None
             if method is None and "forkserver" in methods:
                 method = "forkserver"
+            context = multiprocessing.get_context(method)
+            self.start_method = context.get_start_method()
             self._pool = ProcessPoolExecutor(
                 self.workers,
-                mp_context=multiprocessing.get_context(method),
+                mp_context=context,
                 initializer=_set_task,
                 initargs=(self.task,),
             )

@@ -23,8 +23,8 @@ pass at 0.4 far more often (two irises at 0.46 in a 20-photo folder), and a user
 deleting what is grouped loses a photo. So the default depends on the number of images
 (`default_min_similarity`): 0.4 from `SMALL_COLLECTION` (4,000) images on, as before, rising as
 the collection shrinks to 0.5 at 1,000 images and fewer, chosen on folders of 30 to 800 flowers12
-photos with planted copies (benchmarks/duplicates.py --small; one seed so far, see
-docs/duplicates.md). It trades a few copies found for far fewer groups of different photos; groups
+photos with planted copies (benchmarks/duplicates.py --small: rules compared on seeds 100 and
+101, the default reported on seeds 0 and 1 in benchmarks/results/duplicates-small.md). It trades a few copies found for far fewer groups of different photos; groups
 that pass only narrowly are named by `DuplicateReport.narrow_groups`.
 
     >>> from hashsearch.collection import Collection

@@ -321,7 +321,7 @@ def report(rows: list[dict], facts: dict, command: str, total: float, seeds) -> 
         "# `hashsearch index` without labels: ITQ or bihalf-spectral, by folder size",
         "",
         f"Command: `{command}`",
-        f"Machine: {machine_description()}; torch on 1 thread; other jobs shared the machine (run at nice 19). "
+        f"Machine: {machine_description()}; torch on 1 thread; a shared machine (other jobs may have run beside it). "
         + (f"Total wall time {total:.0f}s. " if total == total else "Stopped before the end (see Data). ")
         + "Fit times are given only as ratios to ITQ's on the same folder and seed, "
         "measured side by side in this one run.",

@@ -204,7 +204,7 @@ def index(
         help="Hashing method (see `hashsearch list`), with parameters as eval takes them, e.g. 'dpsh[epochs=5]'. "
         f"Default, by size, both without labels (labels, if any, are kept, not learned from): itq below "
         f"{_ITQ_BELOW} images, bihalf-spectral from {_ITQ_BELOW} on; index names its choice. On folders of "
-        "flowers12 photos smaller than that, bihalf-spectral ranked no better than ITQ and fitted 20-40 times "
+        "flowers12 photos smaller than that, bihalf-spectral ranked no better than ITQ and fitted 15-41 times "
         "slower (benchmarks/results/unsupervised-small.md); on more it ranks best of the unsupervised methods: at 64 bits mAP@ALL 0.4105 vs ITQ's 0.3111 on cifar10-1k "
         "and 0.8223 vs 0.7142 on flowers12, fitted on the images searched as index does "
         "(benchmarks/results/unsupervised-database.md). bihalf-spectral assumes about 10 kinds of image: set "

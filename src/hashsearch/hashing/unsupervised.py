@@ -3,7 +3,7 @@
 bihalf-spectral ranks best on collections of several hundred images or more (mAP@ALL 0.4010 vs
 ITQ's 0.2995 at 64 bits on cifar10-1k's 5,000 training images; 0.7791 vs 0.6969 on flowers12's
 480: benchmarks/results/unsupervised.md), but on the small folders many people index (tens to a
-few hundred photos) it ranked no better than ITQ while fitting 20-40 times slower
+few hundred photos) it ranked no better than ITQ while fitting 15-41 times slower
 (benchmarks/unsupervised_small.py: benchmarks/results/unsupervised-small.md, threshold chosen on
 a seed kept apart in unsupervised-small-selection.md). Below `ITQ_BELOW` images the default is ITQ.
 """
@@ -28,7 +28,7 @@ def choose_index_method(n_images: int) -> tuple[str, str]:
     if n < ITQ_BELOW:
         return "itq", (
             f"{n:,} images, fewer than {ITQ_BELOW:,}: ITQ (on folders this small bihalf-spectral ranked no "
-            "better and fitted 20-40 times slower)"
+            "better and fitted 15-41 times slower)"
         )
     return "bihalf-spectral", (
         f"{n:,} images, at least {ITQ_BELOW:,}: bihalf-spectral (from this size on it ranked at least as well "

@@ -524,7 +524,7 @@ class Member:
         Cosine similarity of the whitened stored features to the kept image's (None: no stored
         features; about 0 for unrelated photos, 1 for the same pixels).
     exact : bool
-        The same content digest as the kept image.
+        The same content digest as the kept image (False for the kept image itself).
     bytes, width, height : int or None
         File size in bytes and image size in pixels (None: the file cannot be read).
     mtime : float or None
@@ -763,7 +763,7 @@ def find_duplicates(
         for k, m in enumerate(members):
             m.distance = int(dist[k])
             m.similarity = None if sims is None else round(float(sims[k]), 4)
-            m.exact = bool(m.digest) and m.digest == kept.digest
+            m.exact = m is not kept and bool(m.digest) and m.digest == kept.digest
             m.keep = m is kept
         members.sort(key=lambda m: (not m.keep, m.distance, m.id))
         groups.append(Group(members))

@@ -94,6 +94,12 @@ def test_other_format_version_is_refused(tmp_path):
 def test_not_a_collection(tmp_path):
     with pytest.raises(CollectionError, match="not a hashsearch collection"):
         Collection.open(tmp_path)
+    # A mistyped name is said to be missing, not "not a collection"; a file is said to be a file.
+    with pytest.raises(CollectionError, match=r"photos\.hsx does not exist; build a collection there"):
+        Collection.open(tmp_path / "photos.hsx")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(CollectionError, match=r"notes\.txt is a file, not a collection"):
+        Collection.open(tmp_path / "notes.txt")
 
 
 SAVER = textwrap.dedent(

@@ -677,9 +677,12 @@ class Collection:
             counts[root_id] = counts.get(root_id, 0) + 1
         return counts
 
-    def _label_in_use(self, label: str | None) -> bool:
-        """Whether an entry carries `label` (None: unlabelled), changes not saved yet included. One
-        pass over the saved entries (no index on labels): far less than a search of every entry."""
+    def has_label(self, label: str | None) -> bool:
+        """Whether an entry carries `label` (None or `NO_LABEL`, "(no label)": an unlabelled entry),
+        changes not saved yet included. One pass over the saved entries (no index on labels): far
+        less than a search of every entry."""
+        if label == NO_LABEL:
+            label = None
         if any(lab == label for _, _, lab, _ in self._new.values()):
             return True
         if self._db_path is None:
@@ -888,7 +891,7 @@ class Collection:
                 if len(rows) >= k or fetch >= n or len(ids) < fetch:
                     break
                 if in_use is None:  # before fetching further: a label no entry has needs no wider search
-                    in_use = self._label_in_use(wanted)
+                    in_use = self.has_label(wanted)
                 if not in_use:
                     break
                 fetch = min(n, fetch * 8)
@@ -1386,6 +1389,14 @@ class Collection:
             If `path` is not a collection, is damaged, or is of another format version.
         """
         root = Path(path)
+        if not root.exists():
+            raise CollectionError(
+                f"{root} does not exist; build a collection there with `hashsearch index FOLDER --out {root}`"
+            )
+        if not root.is_dir():
+            raise CollectionError(
+                f"{root} is a file, not a collection (a collection is the folder `hashsearch index --out` writes)"
+            )
         for _ in range(20):
             current = _current_generation(root)
             if current is None:

@@ -343,3 +343,27 @@ def test_python_dash_m_runs_the_command_line():
 
     done = subprocess.run([sys.executable, "-m", "hashsearch", "list"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "bihalf-spectral" in done.stdout, done.stderr
+
+
+def test_search_says_why_it_found_nothing(small, tmp_path):
+    """Session 8's fresh user: `search --label rose` (no such label) and `--radius 0` with no hit printed an
+    empty table; a folder as the query said only 'Is a directory'; a mistyped collection name, or a
+    truncated model file given to info, said 'not a hashsearch collection'."""
+    out, src, cache = small
+    query = src / "cat" / "0000.jpg"
+    _, err = invoke("search", out, query, "--label", "rose", "--cache-dir", cache, code=2)
+    assert err.startswith(f"error: --label rose: no image of {out} has this label; its labels: cat, dog")
+    assert err.count("\n") == 1
+    # At radius 0 of a cat's code, no dog (checked through --json), and the table says so.
+    text, _ = invoke("search", out, query, "--label", "dog", "--radius", 0, "--cache-dir", cache, code=0)
+    dog_at_0 = json.loads(run("search", out, query, "--label", "dog", "--radius", 0, "--json", "--cache-dir", cache))
+    assert dog_at_0[0]["results"] == []
+    assert text.splitlines()[1:] == ["  no image within Hamming radius 0 labelled dog; a larger --radius finds more"]
+    _, err = invoke("search", out, src / "cat", "--cache-dir", cache, code=1)
+    assert f"a folder, not an image file: give the images in it (e.g. {src / 'cat' / '*.jpg'})" in err
+    _, err = invoke("search", tmp_path / "typo.hsx", query, code=2)
+    assert f"{tmp_path / 'typo.hsx'} does not exist; build a collection there" in err
+    broken = tmp_path / "cut.hsm"
+    broken.write_bytes(b"PK\x03\x04" + bytes(100))
+    _, err = invoke("info", broken, code=2)
+    assert f"{broken} is not a readable hashsearch model" in err and "copy it again or retrain" in err

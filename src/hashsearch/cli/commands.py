@@ -354,6 +354,8 @@ def query_features(coll, queries: list[Path], max_pixels: int, cache_dir: Path |
         try:
             images.append(coll.decode(q.read_bytes(), show(q), max_pixels))
             answered.append(qi)
+        except IsADirectoryError:
+            errors[qi] = f"a folder, not an image file: give the images in it (e.g. {show(q / '*.jpg')})"
         except OSError as e:
             errors[qi] = f"cannot read the file ({e.strerror or e})"
         except DecodeError as e:
@@ -393,6 +395,15 @@ def search(
             f"--rerank {rerank}: {show(collection)} keeps no features (indexed with --no-features), which "
             "re-ranking needs; search without --rerank, or index again without --no-features"
         )
+    if label is not None and not coll.has_label(label):
+        from hashsearch.collection import NO_LABEL
+
+        labels = sorted(k for k in coll.info()["labels"] if k != NO_LABEL)
+        shown = ", ".join(map(show, labels[:20])) + (f" and {len(labels) - 20:,} more" if len(labels) > 20 else "")
+        raise typer.BadParameter(
+            f"--label {show(label)}: no image of {show(collection)} has this label; "
+            + (f"its labels: {shown}" if labels else "its images have no labels")
+        )
     feats, answered, errors = query_features(coll, queries, max_pixels, cache_dir)
     for qi, why in errors.items():
         typer.echo(f"error: query {show(queries[qi])}: {why}", err=True)
@@ -431,20 +442,31 @@ def search(
             if "error" in item:
                 continue
             typer.echo(f"query {show(item['query'])}")
-            typer.echo(f"  {'rank':>4} {kind:>12} {'label':<12} path")
+            if item["results"]:
+                typer.echo(f"  {'rank':>4} {kind:>12} {'label':<12} path")
             for h in item["results"]:
                 dist = f"{h['distance']:.3f}" if rerank else f"{int(h['distance'])}"
                 label = "(no label)" if h["label"] is None else show(h["label"])
                 typer.echo(f"  {h['rank']:>4} {dist:>12} {label:<12} {show(h['path'])}")
+            if not item["results"]:  # say why, not an empty table
+                why = [f"within Hamming radius {radius}"] if radius is not None else []
+                why += [f"labelled {show(label)}"] if label is not None else []
+                more = "; a larger --radius finds more" if radius is not None and radius < coll.n_bits else ""
+                typer.echo(f"  no image {' '.join(why) or 'in the collection'}{more}")
     if not answered:
         raise typer.Exit(1)
 
 
 def _is_model_file(path: Path) -> bool:
-    """Whether `path` is a model file of `hashsearch train` (a zip holding model.json)."""
+    """Whether `path` is, or is named as, a model file of `hashsearch train`: a zip holding model.json,
+    or any file named *.hsm (a damaged one then fails to load with a message that says so)."""
     import zipfile
 
-    if not (path.is_file() and zipfile.is_zipfile(path)):
+    if not path.is_file():
+        return False
+    if path.suffix.lower() == ".hsm":
+        return True
+    if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as z:
         return "model.json" in z.namelist()

@@ -242,6 +242,27 @@ def test_usage_errors_are_one_line(photos, tmp_path):
         assert words in text and "Traceback" not in text
 
 
+def test_a_radius_beyond_the_code_length_fails_before_the_folder_is_indexed(photos, tmp_path):
+    """A fresh user's --radius 100 was refused only after the whole folder was indexed (minutes on a
+    big folder). The code length is known from --bits (or the collection) before: nothing is read,
+    so the feature cache given is never created."""
+    root, _ = photos
+    for args, bits in [(["--radius", "100"], 64), (["--radius", "40", "--bits", "32"], 32)]:
+        cache = tmp_path / f"cache-{bits}"
+        result = CliRunner().invoke(app, ["duplicates", str(root / "photos"), *args, "--cache-dir", str(cache)])
+        assert result.exit_code == 2, result.output
+        assert f"{args[1]}: at most the code length, {bits} bits" in result.output and "Traceback" not in result.output
+        assert not cache.exists() and "images" not in result.stderr.split("--radius")[0]
+    # A collection: its code length, from the collection opened, before anything else.
+    coll = tmp_path / "p.hsx"
+    run(
+        "index", root / "photos", "--out", coll, "--method", "itq", "--bits", "32", "--labels", "none",
+        "--cache-dir", root / "cache",
+    )  # fmt: skip
+    text = run("duplicates", coll, "--radius", "33", code=2)
+    assert "--radius 33: at most the code length, 32 bits" in text
+
+
 def test_help_states_the_grouping_rule():
     text = " ".join(run("duplicates", "--help").split())
     assert "Every two images of a group pass" in text and "A~B and B~C" in text

@@ -33,17 +33,28 @@ def _is_collection(path: str) -> bool:
     return (Path(path) / "CURRENT").is_file()
 
 
-def _open_or_build(source: str, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels):
-    """The collection at `source`, or one built in memory from the images of `source` (features cached)."""
+def _check_radius(radius: int | None, n_bits: int) -> None:
+    if radius is not None and radius > n_bits:
+        raise typer.BadParameter(f"--radius {radius}: at most the code length, {n_bits} bits")
+
+
+def _open_or_build(source: str, radius, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels):
+    """The collection at `source`, or one built in memory from the images of `source` (features cached).
+
+    --radius is checked against the code length before any image is read (a folder's: its
+    hasher's), so a radius beyond it fails at once, not after the folder is indexed."""
     from hashsearch.collection import Collection
 
     if _is_collection(source):
-        return Collection.open(source), True
+        coll = Collection.open(source)
+        _check_radius(radius, coll.n_bits)
+        return coll, True
     from hashsearch.data.sources import open_source
     from hashsearch.pipeline import build_collection
 
     check_bits([bits])
     hasher = make_hasher(method, bits, 0)  # before the backbone and the images: a bad spec fails at once
+    _check_radius(radius, hasher.n_bits)
     coll, report = build_collection(
         open_source(source, "none"),
         make_backbone(backbone, input_size, weights),
@@ -262,11 +273,10 @@ def duplicates(
     if move_to is not None and move_to.exists() and not move_to.is_dir():
         raise typer.BadParameter(f"--move-to {show(move_to)} is a file; give a folder")
     coll, is_collection = _open_or_build(
-        source, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels
+        source, radius, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels
     )
+    _check_radius(radius, coll.n_bits)  # the codes built: the same length as the hasher's, checked again
     similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
-    if radius is not None and radius > coll.n_bits:
-        raise typer.BadParameter(f"--radius {radius}: at most the code length, {coll.n_bits} bits")
     report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
     if move_to is None and not delete:
         _print(report, as_json, as_csv)

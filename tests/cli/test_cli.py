@@ -367,3 +367,29 @@ def test_search_says_why_it_found_nothing(small, tmp_path):
     broken.write_bytes(b"PK\x03\x04" + bytes(100))
     _, err = invoke("info", broken, code=2)
     assert f"{broken} is not a readable hashsearch model" in err and "copy it again or retrain" in err
+
+
+def test_eval_sizes_its_split_to_a_small_folder(flowers, tmp_path):
+    """Session 8's fresh user: `eval --data` on a small labelled folder failed with the defaults (100 queries
+    and 500 training images per class) while `eval --model` sized its queries itself; both now size the
+    split from the smallest class and say so. An empty folder is named as one (was 'no image has a label')."""
+    cache = ("--cache-dir", tmp_path / "cache")
+    args = ("eval", "--data", flowers, "-m", "lsh,itq[n_iter=5]", "--bits", 8, "--input-size", 64, *cache)
+    text, _ = invoke(*args, "--out", tmp_path / "e", code=0)
+    assert "queries: 1 per class (at most 100, and a fifth of the smallest class, daisy with 4;" in text
+    assert "training images: 3 per class (at most 500, and what the smallest class keeps after its queries;" in text
+    metrics = json.loads((tmp_path / "e.json").read_text())["rows"][0]["metrics"]
+    assert metrics["n_queries"] == 2 and metrics["n_database"] == 6
+    # The progress lines' columns line up whatever the methods' names.
+    rows = [line for line in text.splitlines() if " bits  mAP " in line]
+    assert len(rows) == 2 and len({line.index(" bits") for line in rows}) == 1, rows
+    _, err = invoke(*args, "--queries-per-class", 2, "--train-per-class", 3, code=2)
+    assert (
+        "class 'daisy' has 4 labelled images, and the split takes --queries-per-class 2 and --train-per-class 3" in err
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    _, err = invoke("eval", "--data", empty, "-m", "lsh", code=2)
+    assert err.startswith(f"error: --data {empty}: no image in it (looked for files ending ")
+    assert "found 1 file not an image (by extension)" in err and err.count("\n") == 1

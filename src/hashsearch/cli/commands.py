@@ -779,18 +779,21 @@ def eval(
     data: str | None = typer.Option(
         None, "--data", help="Your own labelled folder/archive/list, split per class instead of --protocol."
     ),
-    queries_per_class: int = typer.Option(
-        100,
+    queries_per_class: int | None = typer.Option(
+        None,
         "--queries-per-class",
         min=1,
-        help="With --data: queries drawn from each class. With --model, when not given: 100, or a fifth of the "
-        "smallest class when that is fewer.",
+        help="With --data: queries drawn from each class. Default: 100, or a fifth of the smallest class when "
+        "that is fewer.",
+        show_default=False,
     ),
-    train_per_class: int = typer.Option(
-        500,
+    train_per_class: int | None = typer.Option(
+        None,
         "--train-per-class",
         min=1,
-        help="With --data: training images drawn from each class (not with --model: a trained model needs none).",
+        help="With --data: training images drawn from each class (not with --model: a trained model needs none). "
+        "Default: 500, or what the smallest class keeps after its queries when that is fewer.",
+        show_default=False,
     ),
     method: str = typer.Option("lsh,pcah,pca-rr,itq,dlbhc", "--method", "-m", help="Comma-separated methods."),
     bits: str = typer.Option(
@@ -844,7 +847,7 @@ def eval(
             _load_model(model, cache_dir),
             protocol=protocol,
             data=data,
-            queries_per_class=queries_per_class if given(ctx, "queries_per_class") else None,
+            queries_per_class=queries_per_class,
             seed=seed,
             out=out,
             cache_dir=cache_dir,

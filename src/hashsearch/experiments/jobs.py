@@ -12,7 +12,7 @@ from hashsearch.backbones import Backbone, create_backbone
 from hashsearch.collection import Collection
 from hashsearch.data.decode import DEFAULT_MAX_PIXELS
 from hashsearch.data.protocols import load_protocol, protocol_data, protocol_root, split_by_class
-from hashsearch.data.sources import open_source, printable
+from hashsearch.data.sources import IMAGE_EXTENSIONS, open_source, printable
 from hashsearch.evaluation.report import machine_description, plot_pr_curves, plot_results, write_results
 from hashsearch.experiments.features import FeatureProvider, split_features
 from hashsearch.experiments.runner import parse_method, run_methods
@@ -22,13 +22,16 @@ from hashsearch.hashing import create_hasher
 AUTO_QUERIES = 100
 #: ... and at most this share of the smallest class (the rest is the database).
 AUTO_QUERY_SHARE = 5
+#: `load_split`'s training images per class when none is given: at most this many, and at most what
+#: the smallest class keeps after its queries (training images are drawn from the database).
+AUTO_TRAIN = 500
 
 
 def load_split(
     protocol: str | None,
     data: str | None,
     queries_per_class: int | None,
-    train_per_class: int,
+    train_per_class: int | None,
     seed: int,
     labels: str = "auto",
     log=print,
@@ -38,8 +41,10 @@ def load_split(
     With `data`, `labels` says how its images get labels (see `hashsearch.data.sources`); the
     line saying how they were read is logged, and images without a label are left out of the
     split and named. `train_per_class` 0 draws no training images (a trained model's
-    evaluation); `queries_per_class` None then draws `AUTO_QUERIES` per class, or a fifth
-    (`AUTO_QUERY_SHARE`) of the smallest class when that is fewer, and logs how many. Raises
+    evaluation). With `data`, `queries_per_class` None draws `AUTO_QUERIES` per class, or a fifth
+    (`AUTO_QUERY_SHARE`) of the smallest class when that is fewer, and `train_per_class` None
+    draws `AUTO_TRAIN`, or what the smallest class keeps after its queries when that is fewer;
+    both log how many. Raises
     ValueError when no image has a label (saying what layout was seen), every label is the same
     (mAP would be 1.0 whatever the codes), or a class has too few images for the split (naming
     --queries-per-class and --train-per-class).
@@ -52,6 +57,13 @@ def load_split(
     listing = source.listing()
     log(listing.labels.summary())
     labelled = [r for r in records if r.label is not None]
+    if not records:
+        found = listing.left_out()
+        raise ValueError(
+            f"--data {printable(str(data))}: no image in it (looked for files ending "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}, any case{'; found ' + found if found else ''}); an evaluation "
+            "needs labelled images, each class in a folder of its own (photos/cat/..., photos/dog/...)"
+        )
     if not labelled:
         raise ValueError(
             f"--data {printable(str(data))}: no image has a label (labels: {listing.labels.layout}); an evaluation needs "
@@ -77,6 +89,12 @@ def load_split(
             f"queries: {queries_per_class} per class (at most {AUTO_QUERIES}, and a fifth of the smallest class, "
             f"{printable(small)} with {sizes[small]:,}; set --queries-per-class to choose)"
         )
+    if train_per_class is None:
+        train_per_class = max(1, min(AUTO_TRAIN, sizes[small] - queries_per_class))
+        log(
+            f"training images: {train_per_class} per class (at most {AUTO_TRAIN}, and what the smallest class keeps "
+            f"after its queries; set --train-per-class to choose)"
+        )
     # A trained model's evaluation (no training split) keeps at least one image of each class in the database.
     need = queries_per_class + (train_per_class or 1)
     if sizes[small] < need:
@@ -100,8 +118,8 @@ def run_and_report(
     *,
     protocol: str | None,
     data: str | None,
-    queries_per_class: int,
-    train_per_class: int,
+    queries_per_class: int | None,
+    train_per_class: int | None,
     methods: Sequence[str],
     bits: Sequence[int],
     seed: int,
@@ -116,7 +134,8 @@ def run_and_report(
 ) -> list[dict]:
     """Evaluate every method x bits on the split; write <out>.md/.json and plots when `out` is given.
 
-    `labels` (with `data`) as in `load_split`; `max_pixels`: the largest image decoded (larger
+    `labels` (with `data`), and `queries_per_class` / `train_per_class` None (sized from the smallest
+    class), as in `load_split`; `max_pixels`: the largest image decoded (larger
     ones are skipped and reported).
     """
     for m in methods:

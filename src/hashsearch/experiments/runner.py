@@ -77,6 +77,7 @@ def run_methods(
     if mode == "finetune" and not isinstance(feats, FeatureProvider):
         raise ValueError("mode='finetune' needs a FeatureProvider (it extracts features from the fine-tuned backbone)")
     rows = []
+    width = max([8, *map(len, methods)])  # the progress lines' method column, as wide as the longest spec
     for spec in methods:
         method, spec_params = parse_method(spec)
         extra: dict = {}
@@ -135,7 +136,7 @@ def run_methods(
                 }
             )
             log(
-                f"{spec:>8} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
+                f"{spec:>{width}} {b:>3} bits  mAP {metrics['map']:.4f}  tie-aware {metrics['map_tie_aware']:.4f}  "
                 f"fit {t1 - t0:.1f}s encode {t2 - t1:.1f}s eval {t3 - t2:.1f}s"
             )
     return rows

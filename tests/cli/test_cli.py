@@ -128,6 +128,7 @@ def test_index_default_by_size_on_a_small_labelled_folder(flowers, tmp_path):
 def test_info(built):
     out, _ = built
     info = json.loads(run("info", out))
+    assert info["kind"] == "collection" and info["path"] == str(out)
     assert info["count"] == 40 and info["n_bits"] == 16 and info["method"] == "itq"
     assert info["labels"]["cat"] == 4 and info["input_size"] == 64
 
@@ -343,6 +344,13 @@ def test_python_dash_m_runs_the_command_line():
 
     done = subprocess.run([sys.executable, "-m", "hashsearch", "list"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "bihalf-spectral" in done.stdout, done.stderr
+
+    # A reader that stops early (`hashsearch list | head -1`): no "error: [Errno 32] Broken pipe".
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hashsearch", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command writes a line
+    assert proc.wait(timeout=120) == 1 and proc.stderr.read() == b""
 
 
 def test_search_says_why_it_found_nothing(small, tmp_path):

@@ -94,6 +94,11 @@ class _Commands(typer.core.TyperGroup):
                     "command again computes only the rest"
                 )
                 raise Exit(130) from None
+            except BrokenPipeError:
+                # The reader stopped reading (`hashsearch list | head -1`): nothing to report. Standard output
+                # goes to devnull so that the interpreter's last flush does not fail again (Python's signal docs).
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise Exit(1) from None
             except (ValueError, OSError, CollectionError) as e:
                 if os.environ.get("HASHSEARCH_DEBUG"):
                     raise

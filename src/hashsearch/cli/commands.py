@@ -576,8 +576,8 @@ def info(
     info = coll.info()
     # Unlabelled entries under "(no label)" (json.dumps would write a None key as "null").
     info["labels"] = {"(no label)" if k is None else k: v for k, v in info.get("labels", {}).items()}
-    if as_json:
-        typer.echo(json.dumps(info, indent=1))
+    if as_json:  # "kind" as for a model file, so that a script can tell which it was given
+        typer.echo(json.dumps({"kind": "collection", "path": str(collection), **info}, indent=1))
         return
     labels = sorted(info["labels"].items(), key=lambda kv: (-kv[1], kv[0]))
     shown = ", ".join(f"{show(k)} {v:,}" for k, v in labels[:6]) + (

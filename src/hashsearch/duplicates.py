@@ -590,14 +590,20 @@ class DuplicateReport:
         """Images that are not the one kept, over all groups."""
         return sum(len(g.members) - 1 for g in self.groups)
 
+    def narrow_below(self, margin: float = NARROW_MARGIN) -> float | None:
+        """The similarity under which a member passes only narrowly: `min_similarity` + `margin`,
+        rounded to 4 decimals as each member's similarity is, so that a member printed with 4
+        decimals is below it exactly when `narrow_groups` counts it (None without the feature check)."""
+        return None if self.min_similarity is None else round(self.min_similarity + margin, 4)
+
     def narrow_groups(self, margin: float = NARROW_MARGIN) -> list[int]:
         """Positions in `groups` of the groups that pass only narrowly: a member not kept whose
-        similarity to the kept image is less than `margin` above `min_similarity` (none without
-        the feature check). Most groups of different photos in the small-folder benchmark are
-        such groups (benchmarks/results/duplicates-small.md)."""
-        if self.min_similarity is None:
+        similarity to the kept image is below `narrow_below(margin)` (none without the feature
+        check). Most groups of different photos in the small-folder benchmark are such groups
+        (benchmarks/results/duplicates-small.md)."""
+        below = self.narrow_below(margin)
+        if below is None:
             return []
-        below = self.min_similarity + margin
         return [
             k
             for k, g in enumerate(self.groups)

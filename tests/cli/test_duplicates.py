@@ -126,7 +126,7 @@ def test_move_and_delete_without_yes_touch_nothing(photos, tmp_path):
     for line in text.splitlines():
         if line.startswith("would move "):
             name = os.path.basename(line.split(" -> ")[0][len("would move ") :])
-            assert re.search(rf"\(similarity {sims[name]:.2f}, \d+ bits? from ", line), line
+            assert re.search(rf"\(similarity {sims[name]:.4f}, \d+ bits? from ", line), line
     assert not (tmp_path / "moved").exists()
     text = run("duplicates", folder, "--delete", "--keep", "newest", "--cache-dir", root / "cache")
     assert text.count("would delete ") == sum(len(g) - 1 for g in groups)
@@ -225,7 +225,53 @@ def test_groups_that_pass_narrowly_are_named_in_one_warning(photos, tmp_path):
         assert f"--min-similarity {above:g}" in warnings[0]
         if args:
             assert len(narrow) >= 3  # at 0.6 several planted copies are within 0.1 of it
+        # The table (what a user reads; --move-to prints none) shows the same groups below the
+        # threshold the warning prints.
+        table = CliRunner().invoke(
+            app, ["duplicates", str(folder), *map(str, args[:2]), "--cache-dir", str(root / "cache")]
+        )
+        sims, below, named = _table_against_warning(table.stdout, table.stderr)
+        assert named == narrow and [g for g, s in sims.items() if any(float(v) < float(below) for v in s)] == narrow
     assert not (tmp_path / "m").exists()
+
+
+def _table_against_warning(table: str, stderr: str) -> tuple[dict[int, list[str]], str | None, list[int]]:
+    """The similarities the table prints for the members not kept, per group; the threshold the
+    narrow warning prints; and the groups it names."""
+    sims: dict[int, list[str]] = {}
+    group = -1
+    for line in table.splitlines():
+        if line.startswith("group "):
+            group = int(line.split()[1].rstrip(":"))
+            sims[group] = []
+        elif line.startswith("  ") and line.split()[0] not in ("keep", "mark"):
+            sims[group].append(line.split()[2 if line.split()[0] == "exact" else 1])
+    warning = re.search(r"only narrowly \(groups? ([\d, ]+): a similarity to the kept image below ([\d.]+);", stderr)
+    if warning is None:
+        return sims, None, []
+    return sims, warning.group(2), [int(g) for g in warning.group(1).split(", ")]
+
+
+def test_the_table_shows_which_members_are_below_the_warnings_threshold(capsys):
+    """A fresh user's table printed 0.60 for a member at 0.5956 beside a warning of "a similarity to
+    the kept image below 0.6": the table and the warning print similarities the same way (4
+    decimals, as --json), so the members below the threshold printed are those of the groups named."""
+    from hashsearch.cli.duplicates import _print, _warn_narrow
+    from hashsearch.duplicates import DuplicateReport, Group, Member
+
+    def group(first: int, *others: float) -> Group:
+        kept = Member(first, f"k{first}.jpg", None, f"/p/k{first}.jpg", "d", similarity=1.0, keep=True)
+        rest = [Member(first + 1 + k, "c.jpg", None, f"/p/c{first + k}.jpg", "e", 3, s) for k, s in enumerate(others)]
+        return Group([kept, *rest])
+
+    report = DuplicateReport([group(0, 0.5956), group(10, 0.7, 0.6), group(20, 0.8, 0.5999)], 16, 0.5, "largest", 64, 9)
+    _print(report, as_json=False, as_csv=False)
+    _warn_narrow(report)
+    out = capsys.readouterr()
+    sims, below, named = _table_against_warning(out.out, out.err)
+    assert below is not None and named == report.narrow_groups() == [0, 2]
+    assert [g for g, s in sims.items() if any(float(v) < float(below) for v in s)] == named, (out.out, out.err)
+    assert "0.5956" in out.out and "0.5999" in out.out
 
 
 def test_usage_errors_are_one_line(photos, tmp_path):

@@ -110,11 +110,11 @@ def _print(report, as_json: bool, as_csv: bool) -> None:
     for g, group in enumerate(report.groups):
         typer.echo(f"group {g}: {plural(len(group.members), 'image')}")
         for m in group.members:
-            sim = "" if m.similarity is None else f"{m.similarity:.2f}"
+            sim = "" if m.similarity is None else _sim(m.similarity)
             size = "?" if m.width is None else f"{m.width}x{m.height}"
             nbytes = "?" if m.bytes is None else f"{m.bytes:,}"
             mark = "keep" if m.keep else ("exact" if m.exact else "")
-            typer.echo(f"  {mark:<5} {m.distance:>4} {sim:>5} {size:>11} {nbytes:>12}  {show(m.path)}")
+            typer.echo(f"  {mark:<5} {m.distance:>4} {sim:>6} {size:>11} {nbytes:>12}  {show(m.path)}")
     sim = "" if report.min_similarity is None else f", similarity >= {report.min_similarity:g}"
     typer.echo(
         f"{plural(len(report.groups), 'group')}, {plural(report.n_duplicates, 'duplicate')} among "
@@ -122,19 +122,25 @@ def _print(report, as_json: bool, as_csv: bool) -> None:
     )
 
 
+def _sim(value: float) -> str:
+    """A similarity as the table, the move/delete lines and the narrow warning print it: 4 decimals,
+    the value JSON and CSV give (`find_duplicates` rounds to 4, and `narrow_below` too), so a member
+    printed below the warning's threshold is exactly one that makes its group narrow (with 2
+    decimals a member at 0.5956 was printed 0.60 beside a warning of "below 0.6")."""
+    return f"{value:.4f}"
+
+
 def _warn_narrow(report) -> None:
     """One line on stderr naming the groups that pass only narrowly (`DuplicateReport.narrow_groups`)."""
-    from hashsearch.duplicates import NARROW_MARGIN
-
     narrow = report.narrow_groups()
     if not narrow:
         return
-    below = round(report.min_similarity + NARROW_MARGIN, 4)
+    below = report.narrow_below()
     shown = ", ".join(map(str, narrow[:10])) + (f" and {len(narrow) - 10} more" if len(narrow) > 10 else "")
     typer.echo(
         f"warning: {len(narrow)} of {plural(len(report.groups), 'group')} "
         f"{'passes' if len(narrow) == 1 else 'pass'} only narrowly ({'group' if len(narrow) == 1 else 'groups'} {shown}: "
-        f"a similarity to the kept image below {below:g}; different photos that look alike pass there): "
+        f"a similarity to the kept image below {_sim(below)}; different photos that look alike pass there): "
         f"look at them before moving or deleting, or raise --min-similarity (e.g. --min-similarity {below:g})",
         err=True,
     )
@@ -143,7 +149,7 @@ def _warn_narrow(report) -> None:
 _FIELDS = ["group", "keep", "id", "path", "distance", "similarity", "exact", "bytes", "width", "height"]
 # The table's columns, named once above the groups: the mark (keep: the image kept; exact: the same
 # bytes as it), the Hamming distance and the whitened similarity to the image kept, pixels, bytes.
-_TABLE_HEADER = f"  {'mark':<5} {'bits':>4} {'sim':>5} {'pixels':>11} {'bytes':>12}  path"
+_TABLE_HEADER = f"  {'mark':<5} {'bits':>4} {'sim':>6} {'pixels':>11} {'bytes':>12}  path"
 
 
 def _csv_value(value):
@@ -154,7 +160,7 @@ def _csv_value(value):
 
 def _to_kept(m, kept) -> str:
     """How a member compares with the image kept, for the lines of a move or delete."""
-    sim = "" if m.similarity is None else f"similarity {m.similarity:.2f}, "
+    sim = "" if m.similarity is None else f"similarity {_sim(m.similarity)}, "
     return f"({sim}{plural(m.distance, 'bit')} from {show(kept.path)})"
 
 

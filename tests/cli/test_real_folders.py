@@ -81,8 +81,9 @@ def test_index_reports_every_file_on_one_line_each(built, photos):
     out, _, tmp, result = built
     lines = result.stdout.splitlines()
     assert lines[0].startswith(
-        "indexed 11 images (11 features computed, 0 from the cache); 2 files skipped; 1 duplicate skipped;"
-    )
+        "indexed 11 images (11 features computed, 0 from the cache); 2 files skipped; 1 duplicate skipped; "
+        "2 left out by name (not an image, or hidden); features "
+    )  # the counts cover every file of the lines below (a fresh user read '0 files skipped', then a file listed)
     assert lines[1] == (
         f"labels: one folder per class; 2 classes (cat 5, dog 5); 1 image has no label: "
         f"{photos}/cover.jpg (directly in the source folder, not in a class folder)"

@@ -52,10 +52,14 @@ class IndexReport:
         """A few lines: counts and times; the labels; the files skipped, duplicated, left out.
         `keep_option` is how the reader asks to keep duplicates (the command line: "--keep-duplicates")."""
         t = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        # Files left out by name are counted here too, so that the counts cover every line below.
+        by_name = 0 if self.listing is None else len(self.listing.not_images) + len(self.listing.hidden)
         lines = [
             f"indexed {plural(self.n_indexed, 'image')} ({plural(self.n_computed, 'feature')} computed, "
             f"{self.n_cached:,} from the cache); {plural(len(self.skipped), 'file')} skipped; "
-            f"{plural(len(self.duplicates), 'duplicate')} skipped; {t}"
+            f"{plural(len(self.duplicates), 'duplicate')} skipped; "
+            + (f"{by_name:,} left out by name (not an image, or hidden); " if by_name else "")
+            + t
         ]
         if self.listing is not None:
             lines.append(self.listing.labels.summary(limit))

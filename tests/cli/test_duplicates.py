@@ -288,6 +288,38 @@ def test_usage_errors_are_one_line(photos, tmp_path):
         assert words in text and "Traceback" not in text
 
 
+def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(photos, tmp_path):
+    """A fresh user's --move-to inside the folder scanned: the files moved there were found again as
+    duplicates by the next run. Refused (with or without --yes), naming the option, the folder and
+    the fix, before the folder is indexed; nothing moves."""
+    root, groups = photos
+    folder = fresh_copy(photos, tmp_path)
+    before = snapshot(folder)
+    for inside, yes in [(folder / "dups", ["--yes"]), (folder / "copies" / ".." / "dups", []), (folder, ["--yes"])]:
+        cache = tmp_path / "cache-unused"
+        text = run("duplicates", folder, "--move-to", inside, *yes, "--cache-dir", cache, code=2)
+        assert f"--move-to {inside} is inside the folder scanned, {folder}:" in " ".join(text.split()), text
+        assert f"give a folder outside it (e.g. --move-to {folder}-duplicates)" in " ".join(text.split())
+        assert not cache.exists() and snapshot(folder) == before and not (folder / "dups").exists()
+    # A collection: a folder inside the collection folder is refused; one inside the folder it was
+    # indexed from is allowed, with a warning (its entries go, so a rerun on it does not see them).
+    coll = tmp_path / "p.hsx"
+    run(
+        "index", folder, "--out", coll, "--method", "itq", "--bits", "64", "--keep-duplicates", "--labels", "none",
+        "--cache-dir", root / "cache",
+    )  # fmt: skip
+    text = " ".join(run("duplicates", coll, "--move-to", coll / "dups", "--yes", code=2).split())
+    assert f"--move-to {coll / 'dups'} is inside the collection folder, {coll}:" in text
+    assert snapshot(folder) == before
+    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(folder / "dups"), "--yes"])
+    assert result.exit_code == 0, result.output
+    assert f"warning: --move-to {folder / 'dups'} is inside {folder}, a folder {coll} was indexed from" in " ".join(
+        result.stderr.split()
+    )
+    assert len(list((folder / "dups").iterdir())) == sum(len(g) - 1 for g in groups)
+    assert json.loads(run("duplicates", coll, "--json", stdout_only=True))["groups"] == []
+
+
 def test_a_radius_beyond_the_code_length_fails_before_the_folder_is_indexed(photos, tmp_path):
     """A fresh user's --radius 100 was refused only after the whole folder was indexed (minutes on a
     big folder). The code length is known from --bits (or the collection) before: nothing is read,

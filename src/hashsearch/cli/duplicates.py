@@ -38,6 +38,39 @@ def _check_radius(radius: int | None, n_bits: int) -> None:
         raise typer.BadParameter(f"--radius {radius}: at most the code length, {n_bits} bits")
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or below it, symbolic links and relative parts resolved."""
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def _check_move_to(move_to: Path | None, source: str, coll=None) -> None:
+    """Refuse a --move-to folder inside the folder scanned or the collection folder, before anything
+    is read or moved: the next run would scan the files moved there and find them again (a fresh
+    user's rerun did). With a collection, a folder it was indexed from only gets a warning: its
+    entries are removed, so a rerun on the collection does not see them; indexing that folder again would."""
+    if move_to is None:
+        return
+    scanned = Path(source)
+    if scanned.is_dir() and _inside(move_to, scanned):
+        what = "the collection folder" if coll is not None else "the folder scanned"
+        outside = scanned.expanduser().resolve()
+        raise typer.BadParameter(
+            f"--move-to {show(move_to)} is inside {what}, {show(source)}: the files moved there would "
+            f"be found again as duplicates by the next run; give a folder outside it "
+            f"(e.g. --move-to {show(outside.parent / (outside.name + '-duplicates'))})"
+        )
+    for root in [] if coll is None else [s["root"] for s in coll.sources()]:
+        if _inside(move_to, Path(root)):
+            typer.echo(
+                f"warning: --move-to {show(move_to)} is inside {show(root)}, a folder {show(source)} was "
+                f"indexed from: their entries are removed from it, but indexing {show(root)} again would "
+                f"add the moved files back; a folder outside it avoids that",
+                err=True,
+            )
+            return
+
+
 def _open_or_build(source: str, radius, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels):
     """The collection at `source`, or one built in memory from the images of `source` (features cached).
 
@@ -236,7 +269,10 @@ def duplicates(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),
     move_to: Path | None = typer.Option(
-        None, "--move-to", help="Move the images not kept into this folder (with --yes)."
+        None,
+        "--move-to",
+        help="Move the images not kept into this folder (with --yes), one outside the folder or collection scanned "
+        "(one inside it is refused: the next run would find the moved files again).",
     ),
     delete: bool = typer.Option(False, "--delete", help="Delete the images not kept (with --yes)."),
     yes: bool = typer.Option(False, "--yes", help="Really move or delete; without it, only print what would happen."),
@@ -278,10 +314,14 @@ def duplicates(
         raise typer.BadParameter("--codes-only and --min-similarity: give one of them")
     if move_to is not None and move_to.exists() and not move_to.is_dir():
         raise typer.BadParameter(f"--move-to {show(move_to)} is a file; give a folder")
+    if not _is_collection(source):
+        _check_move_to(move_to, source)  # before the folder is indexed
     coll, is_collection = _open_or_build(
         source, radius, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels
     )
     _check_radius(radius, coll.n_bits)  # the codes built: the same length as the hasher's, checked again
+    if is_collection:
+        _check_move_to(move_to, source, coll)
     similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
     report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
     if move_to is None and not delete:

@@ -401,3 +401,23 @@ def test_eval_sizes_its_split_to_a_small_folder(flowers, tmp_path):
     _, err = invoke("eval", "--data", empty, "-m", "lsh", code=2)
     assert err.startswith(f"error: --data {empty}: no image in it (looked for files ending ")
     assert "found 1 file not an image (by extension)" in err and err.count("\n") == 1
+
+
+def test_index_with_a_model_notes_the_classes_it_was_not_trained_on(flowers, cifar_small, tmp_path):
+    """Session 8's fresh user indexed 12 species with a model trained on 4, and nothing said so."""
+    cache = ("--cache-dir", tmp_path / "cache")
+    train = ("train", flowers, "-m", "itq", "--bits", 8, "--input-size", 64, "--val-fraction", 0.5)
+    run(*train, "--out", tmp_path / "m.hsm", *cache)
+    folder = tmp_path / "more"
+    for p in flowers.rglob("*.jpg"):
+        (folder / p.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / p.parent.name / p.name).write_bytes(p.read_bytes())
+    for cls in ("cat", "ship"):
+        (folder / cls).mkdir()
+        for p in sorted((cifar_small / "test" / cls).glob("*.jpg"))[:2]:
+            (folder / cls / p.name).write_bytes(p.read_bytes())
+    args = ("index", folder, "--model", tmp_path / "m.hsm", *cache)
+    _, err = invoke(*args, "--out", tmp_path / "a.hsx", code=0)
+    assert "note: 2 classes of this folder (cat, ship) are not among the 2 the model was trained on;" in err
+    _, err = invoke("index", flowers, "--model", tmp_path / "m.hsm", "--out", tmp_path / "b.hsx", *cache, code=0)
+    assert "note:" not in err

@@ -94,3 +94,11 @@ def test_save_load_keeps_tombstones(tmp_path):
     (tmp_path / "faiss.index").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="damaged"):
         FaissIndex.load(tmp_path)
+    # index.json without its code length (a hand-edited or cut file): a clear error, not a TypeError.
+    import json
+
+    meta = json.loads((tmp_path / "index.json").read_text())
+    del meta["n_bits"]
+    (tmp_path / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="has no code length or factory string: damaged; build the index again"):
+        FaissIndex.load(tmp_path)

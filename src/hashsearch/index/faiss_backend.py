@@ -113,7 +113,7 @@ class FaissIndex(MirroredIndex):
                 f"faiss cannot build a binary index from factory {factory!r}: {str(e).splitlines()[0]}"
             ) from e
         self._index = faiss.IndexBinaryIDMap2(inner)  # keeps a reference to `inner`
-        self._store = FlatIndex(self.n_bits, n_threads=n_threads)
+        self._store: FlatIndex = FlatIndex(self.n_bits, n_threads=n_threads)
         self._dead = np.zeros(0, np.int64)  # tombstones: ids still in faiss but removed
 
     def __repr__(self) -> str:
@@ -296,8 +296,13 @@ class FaissIndex(MirroredIndex):
         faiss = _import_faiss()
         directory = Path(directory)
         meta = read_index_meta(directory, cls.name, FORMAT, FORMAT_VERSION)
-        params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
-        self = cls(meta.get("n_bits"), factory=meta.get("factory"), n_threads=n_threads, **params)
+        params = meta["params"] if isinstance(meta.get("params"), dict) else {}
+        n_bits, factory = meta.get("n_bits"), meta.get("factory")
+        if not isinstance(n_bits, int) or not isinstance(factory, str):
+            raise ValueError(
+                f"{directory}/index.json has no code length or factory string: damaged; build the index again"
+            )
+        self = cls(n_bits, factory=factory, n_threads=n_threads, **params)
         self._store = FlatIndex.load(directory / "store")
         self._store._n_threads = self._n_threads
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -95,8 +97,6 @@ def test_save_load_keeps_tombstones(tmp_path):
     with pytest.raises(ValueError, match="damaged"):
         FaissIndex.load(tmp_path)
     # index.json without its code length (a hand-edited or cut file): a clear error, not a TypeError.
-    import json
-
     meta = json.loads((tmp_path / "index.json").read_text())
     del meta["n_bits"]
     (tmp_path / "index.json").write_text(json.dumps(meta))

@@ -794,6 +794,22 @@ def test_duplicates_view(open_page, client, cifar_small):
     _no_horizontal_scroll(page, 1280)
     page.screenshot(path=str(ARTIFACTS / "duplicates-1280.png"), full_page=True)
 
+    # Groups that pass only narrowly carry a note (asked with a threshold that leaves the frog's copy, at a
+    # similarity near 0.7, within 0.1 of it), as the API marks them.
+    lowest = min(m["similarity"] for g in api["groups"] for m in g["members"] if not m["keep"])
+    page.fill("#dup-sim", f"{lowest - 0.05:.2f}")
+    with page.expect_response(re.compile(r"/duplicates\?"), timeout=120_000) as answer:
+        page.press("#dup-sim", "Enter")
+    narrowed = answer.value.json()
+    _until(page, DUPS_SHOWN, timeout=30)
+    narrow = page.evaluate("[...document.querySelectorAll('#dup-groups .dup-group.narrow')].map(s => +s.dataset.group)")
+    assert narrow == [g["group"] for g in narrowed["groups"] if g["narrow"]] and narrow, narrowed
+    for k in narrow:
+        note = page.text_content(f"#dup-groups .dup-group[data-group='{k}'] .narrow-note")
+        assert f"below {narrowed['narrow_below']}" in note and "look before deleting" in note
+    _until(page, "() => [...document.querySelectorAll('#dup-groups img')].every(i => i.complete && i.naturalWidth > 0)")
+    page.screenshot(path=str(ARTIFACTS / "duplicates-narrow-1280.png"), full_page=True)
+
     # Deleting the copy that is not kept: gone from the view and from the collection.
     page.fill("#view-dups .api-key", API_KEY)
     page.click(f"{card} .delete")

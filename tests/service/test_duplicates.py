@@ -100,6 +100,21 @@ def test_paging_and_parameters(served):
     assert len(same) == 2 and same[0]["distance"] == same[1]["distance"]
 
 
+def test_groups_that_pass_only_narrowly_are_marked(served):
+    """The CLI warns of groups that pass narrowly before --move-to/--delete; the page deletes too, so the API
+    marks them: a member not kept below narrow_below (min_similarity + 0.1)."""
+    client, _, _ = served
+    full = client.get("/duplicates").json()
+    lowest = min(m["similarity"] for g in full["groups"] for m in g["members"] if not m["keep"])
+    asked = round(lowest - 0.05, 4)  # so that the group holding the lowest member passes narrowly
+    out = client.get("/duplicates", params={"min_similarity": asked}).json()
+    assert out["narrow_below"] == round(asked + 0.1, 4)
+    marked = [g["narrow"] for g in out["groups"]]
+    assert marked == [any(m["similarity"] < out["narrow_below"] for m in g["members"][1:]) for g in out["groups"]]
+    assert any(marked)
+    assert client.get("/duplicates", params={"codes_only": "true"}).json()["narrow_below"] is None
+
+
 @pytest.mark.parametrize(
     "params",
     [

@@ -50,8 +50,10 @@ def duplicates(
         whitened = hs.derived("whitened", lambda: whiten_collection(coll))
         report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep, whitened=whitened)
     page = report.groups[offset : offset + limit]
+    narrow = set(report.narrow_groups())
     return {
         **report.summary(),
+        "narrow_below": report.narrow_below(),
         "offset": offset,
         "limit": limit,
         "groups": [
@@ -59,6 +61,8 @@ def duplicates(
                 "group": offset + g,
                 "size": len(group.members),
                 "keep": group.keep.id,
+                # A member below narrow_below: different photos that look alike pass there (look before deleting).
+                "narrow": offset + g in narrow,
                 "members": [
                     {
                         "id": m.id,

@@ -499,7 +499,7 @@ async function loadDups(more) {
     status(why, true, "dup-status");
     return;
   }
-  const cards = body.groups.map(groupCard);
+  const cards = body.groups.map((g) => groupCard(g, body.narrow_below));
   if (more) $("dup-groups").append(...cards);
   else $("dup-groups").replaceChildren(...cards);
   if (!more && !cards.length) $("dup-groups").append(el("p", "empty",
@@ -522,11 +522,14 @@ function size(m) {
   return parts.join(" · ");
 }
 
-function groupCard(g) {
-  const sec = el("section", "dup-group");
+function groupCard(g, narrowBelow) {
+  const sec = el("section", "dup-group" + (g.narrow ? " narrow" : ""));
   sec.dataset.group = g.group;
   const title = el("h2", "", `Group ${g.group + 1} · ${g.size} images`);
   sec.append(title);
+  // A group that passes only narrowly may hold different photos that look alike: said before any delete.
+  if (g.narrow) sec.append(el("p", "narrow-note",
+    `Passes only narrowly (a similarity to the kept image below ${narrowBelow}): different photos that look alike pass there; look before deleting.`));
   const grid = el("div", "grid");
   // After a delete: how many are left, or that the group is resolved.
   const retitle = () => {

@@ -14,6 +14,8 @@ from hashsearch.backbones import create_backbone
 from hashsearch.codes import hamming_distances, pack_bits
 from hashsearch.data.sources import open_source
 from hashsearch.duplicates import (
+    Member,
+    choose_keep,
     cosine_of_pairs,
     default_radius,
     duplicate_groups,
@@ -182,9 +184,11 @@ def test_find_duplicates_takes_the_default_of_the_collections_size(planted_set, 
 
 def test_narrow_groups_are_those_with_a_member_close_to_the_threshold(planted_set):
     _, _, coll = planted_set
-    report = find_duplicates(coll, min_similarity=0.6)
+    # At 0.5 (the default here; at 0.6 none is narrow since 'largest' keeps the originals, to which
+    # their copies are more alike than to the copy it kept before).
+    report = find_duplicates(coll, min_similarity=0.5)
     weakest = [min(m.similarity for m in g.others) for g in report.groups]
-    assert report.narrow_groups(0.1) == [k for k, w in enumerate(weakest) if w < 0.7]
+    assert report.narrow_groups(0.1) == [k for k, w in enumerate(weakest) if w < 0.6]
     assert report.narrow_groups(0.1) and report.narrow_groups(0.0) == []
     assert find_duplicates(coll, min_similarity=None).narrow_groups() == []  # no feature check: nothing to say
 
@@ -215,11 +219,21 @@ def test_exact_copies_are_marked_exact(planted_set):
 
 
 def test_keep_rules(planted_set):
-    folder, _, coll = planted_set
+    folder, groups, coll = planted_set
     largest = find_duplicates(coll, keep="largest")
+    white = whiten_collection(coll)
+    row = {int(i): k for k, i in enumerate(white.ids)}
     for g in largest.groups:
-        pixels = [(m.width * m.height, m.bytes) for m in g.members]
-        assert pixels[0] == max(pixels)
+        # Most pixels; among those the most alike to the rest of the group (mean whitened similarity); then bytes.
+        x = white.features[[row[m.id] for m in g.members]]
+        central = [round(float((x[k] @ x.T).sum() - x[k] @ x[k]) / (len(x) - 1), 4) for k in range(len(x))]
+        rank = [(m.width * m.height, central[k], m.bytes) for k, m in enumerate(g.members)]
+        assert rank[0] == max(rank), rank
+    # The planted copies drawn on or recoloured were saved at JPEG quality 92, so they have more bytes
+    # than their originals: by pixels then bytes, 'largest' kept one of them in every planted group
+    # (0 of 8 originals). The original is the member its copies are most alike to.
+    originals = [g for g in largest.groups if g.keep.key.startswith(("originals/", "backup/"))]
+    assert len(originals) >= 7 and len(largest.groups) == len(groups), [g.keep.key for g in largest.groups]
     group = largest.groups[0]
     paths = [m.path for m in group.members]
     for age, p in enumerate(paths):  # the last listed the oldest
@@ -234,6 +248,33 @@ def test_keep_rules(planted_set):
             os.utime(p)
     with pytest.raises(ValueError, match="keep must be one of"):
         find_duplicates(coll, keep="biggest")
+
+
+def _member(id_: int, bytes_: int, size: int = 224) -> Member:
+    return Member(id_, f"{id_}.jpg", None, f"/p/{id_}.jpg", str(id_), bytes=bytes_, width=size, height=size)
+
+
+def test_largest_ranks_equally_large_members_by_how_alike_they_are_to_the_rest_then_by_bytes():
+    """A fresh user's --keep largest kept a flipped copy re-encoded at JPEG quality 90 (more bytes)
+    over its original and moved the original away. Each copy departs from the original in its own
+    way, so the original is the member most alike to the others; bytes only break what is left."""
+    original, q30, flipped, half = _member(0, 11_622), _member(1, 6_285), _member(2, 17_064), _member(3, 6_479, 112)
+    members = [original, q30, flipped, half]
+    # Similarities as find_duplicates measures them (the user's group: the original's row is highest).
+    alike = np.array(
+        [[1.0, 0.83, 0.75, 0.71], [0.83, 1.0, 0.62, 0.60], [0.75, 0.62, 1.0, 0.55], [0.71, 0.60, 0.55, 1.0]]
+    )
+    assert choose_keep(members, "largest", alike) is original
+    assert choose_keep(members, "largest") is flipped  # without the similarities: by bytes, as before
+    # A larger copy still comes first (most pixels), and in a group of two the mean is the same for
+    # both: bytes decide, and a higher-quality re-encode outweighs its original (docs/duplicates.md).
+    bigger = _member(4, 30_000, 448)
+    assert choose_keep([*members, bigger], "largest", np.pad(alike, (0, 1), constant_values=0.5)) is bigger
+    assert choose_keep([original, flipped], "largest", alike[np.ix_([0, 2], [0, 2])]) is flipped
+    # Codes only: minus the Hamming distances rank them the same way.
+    assert (
+        choose_keep(members, "largest", -np.array([[0, 1, 3, 5], [1, 0, 4, 6], [3, 4, 0, 8], [5, 6, 8, 0]])) is original
+    )
 
 
 def test_a_collection_without_features_uses_codes_only(tmp_path, planted_set):

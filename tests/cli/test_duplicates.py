@@ -288,6 +288,51 @@ def test_usage_errors_are_one_line(photos, tmp_path):
         assert words in text and "Traceback" not in text
 
 
+def _users_copies(folder: Path) -> bytes:
+    """The fresh user's copies of one flowers12 photo (a sunflower: a species the planted set does
+    not hold) in `folder`/user: a quality-30 re-encode, a 10% crop, a 0.5x resize, a border, an
+    exact copy and a horizontally flipped quality-90 re-encode. Returns the photo's bytes."""
+    import tarfile
+
+    from PIL import Image, ImageOps
+
+    with tarfile.open(planted.ARCHIVE) as tar:
+        first = min((m for m in tar.getmembers() if m.isfile() and "/sunflower/" in m.name), key=lambda m: m.name)
+        data = tar.extractfile(first).read()
+    user = folder / "user"
+    user.mkdir()
+    (user / "photo.jpg").write_bytes(data)
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = im.size
+    im.save(user / "q30.jpg", quality=30)
+    im.crop((w // 20, h // 20, w - w // 20, h - h // 20)).save(user / "crop.jpg", quality=90)
+    im.resize((w // 2, h // 2), Image.Resampling.BICUBIC).save(user / "half.jpg", quality=90)
+    ImageOps.expand(im, border=w // 10, fill=(255, 255, 255)).save(user / "border.jpg", quality=90)
+    shutil.copyfile(user / "photo.jpg", user / "copy-of-photo.jpg")
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(user / "flipped.jpg", quality=90)
+    return data
+
+
+def test_largest_keeps_the_original_over_a_flipped_copy_with_more_bytes(photos, tmp_path):
+    """A fresh user's --keep largest (the default) kept the flipped copy re-encoded at quality 90 (more
+    bytes than the original, the same pixels) and --move-to --yes moved the original away. Among
+    the equally large, the member most alike to the rest of its group is kept (then the most bytes);
+    --help says what 'largest' compares and what to use instead."""
+    root, _ = photos
+    folder = fresh_copy(photos, tmp_path)
+    data = _users_copies(folder)
+    assert (folder / "user" / "flipped.jpg").stat().st_size > len(data)  # the user's situation
+    out = json.loads(run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True))
+    group = next(g for g in out["groups"] if any("/user/flipped" in m["path"] for m in g["members"]))
+    kept = next(m for m in group["members"] if m["keep"])
+    assert Path(kept["path"]).read_bytes() == data, [(m["path"], m["bytes"]) for m in group["members"]]
+    run("duplicates", folder, "--move-to", tmp_path / "moved", "--yes", "--cache-dir", root / "cache")
+    left = [p.name for p in (folder / "user").iterdir() if p.read_bytes() == data]
+    assert len(left) == 1 and (tmp_path / "moved" / "flipped.jpg").exists()
+    text = " ".join(run("duplicates", "--help").split())
+    assert "a copy re-encoded at a higher JPEG quality" in text and "--keep oldest" in text
+
+
 def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(photos, tmp_path):
     """A fresh user's --move-to inside the folder scanned: the files moved there were found again as
     duplicates by the next run. Refused (with or without --yes), naming the option, the folder and

@@ -264,7 +264,13 @@ def duplicates(
     ),
     codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
     keep: str = typer.Option(
-        "largest", "--keep", help="Which image of a group to keep: largest, oldest, newest, shortest-path."
+        "largest",
+        "--keep",
+        help="Which image of a group to keep. largest: the most pixels (width x height); among as many, the one "
+        "most alike to the rest of its group (often the original its copies were made from), then the most "
+        "bytes; a larger copy (upscaled, bordered) and, in a group of two, a copy re-encoded at a higher JPEG "
+        "quality outweigh their original. oldest / newest: the file's modification time (--keep oldest keeps the originals where the "
+        "copies were made after them). shortest-path: the shortest path.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),

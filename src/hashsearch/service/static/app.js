@@ -551,7 +551,7 @@ function groupCard(g, narrowBelow) {
     open.addEventListener("click", () => { tab("search"); run(idQuery(m.id, m.label)); });
     const cap = el("figcaption");
     const how = m.keep ? "keep" : m.exact ? "exact copy"
-      : `d=${m.distance}${typeof m.similarity === "number" ? ` · sim ${m.similarity.toFixed(2)}` : ""}`;
+      : `d=${m.distance}${typeof m.similarity === "number" ? ` · sim ${m.similarity.toFixed(4)}` : ""}`;
     cap.append(el("span", m.keep ? "badge keep" : "badge", how), pathSpan(name));
     const s = size(m);
     if (s) cap.append(el("span", "", s));

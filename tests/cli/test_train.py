@@ -228,6 +228,24 @@ def test_unsupervised_finetune_on_unlabelled_images(work, tmp_path):
     assert r["mode"] == "finetune" and r["val_map"] is None and len(r["epochs"]["loss"]) == 1, text
 
 
+def test_head_mode_with_the_default_epochs_says_when_it_starts_and_ends(work, tmp_path):
+    """An unsupervised method's epochs=None in head mode (it failed: 'epochs must be a positive
+    integer, got None'): the epochs its steps make, a line as the training starts and one with its
+    time as it ends, and the epochs run in the model's parameters."""
+    out = tmp_path / "b.hsm"
+    text = run(
+        "train", work / "data", "--out", out, "--method", "bihalf", "--bits", "16", "--input-size", "32",
+        "--val-fraction", "0.25", "--cache-dir", work / "cache",
+    )  # fmt: skip
+    # 72 training images, one batch of 256 an epoch: 2,000 epochs, stopped early by --patience 5.
+    assert "bihalf: training the hash layer, 2,000 epochs (2,000 optimiser steps)...\n" in text, text
+    assert "bihalf: trained the hash layer in " in text and "; stopped early, the best at epoch " in text, text
+    r = record(out)
+    ran = len(r["epochs"]["loss"])
+    assert r["epochs"]["stopped_early"] and r["params"]["epochs"] == ran < 2000
+    assert f"s ({ran} epochs; stopped early, the best at epoch {r['epochs']['best_epoch']})\n" in text, text
+
+
 def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, work, monkeypatch):
     """Ctrl-C during the third epoch of finetune's head stage (two epochs checkpointed): the message
     says so, and the same command resumes the head stage and ends with the uninterrupted run's model."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -261,3 +262,69 @@ def test_importing_hashers_does_not_import_torch():
     code = "import sys, hashsearch.hashing as h; h.list_hashers(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _head_run(X, y, checkpoint, epochs=12, stop_in=None, nap=0.0, **loop):
+    """A small head trained by the loop; validate naps `nap` seconds (so that time passes by epochs)
+    and raises KeyboardInterrupt in epoch `stop_in` (its checkpoint not written)."""
+    torch.manual_seed(0)
+    head = LatentSigmoidHead(32, 8, 6, dropout=0.2)
+    calls = []
+
+    def validate(model) -> float:
+        calls.append(1)
+        if len(calls) == stop_in:
+            raise KeyboardInterrupt
+        time.sleep(nap)
+        return -float(len(calls))  # never better: no epoch's weights are kept but the first's
+
+    hist = train(
+        head,
+        create_loss("cross-entropy", n_bits=8, n_classes=6),
+        X,
+        y,
+        epochs=epochs,
+        batch_size=64,
+        lr=1e-2,
+        weight_decay=0.0,
+        seed=1,
+        device="cpu",
+        progress=False,
+        validate=validate,
+        checkpoint=checkpoint,
+        **loop,
+    )
+    return head, hist
+
+
+def test_progress_is_logged_every_few_seconds_where_the_bar_is_hidden(clustered, caplog):
+    """Off a terminal (or progress=False) the bar is hidden: with `log`, a line at most every
+    log_seconds says the epoch, loss, validation score and time; none for the last epoch (the
+    caller's closing line says that)."""
+    import logging
+
+    X, y = clustered
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    log = logging.getLogger("tests.progress")
+    with caplog.at_level(logging.INFO, logger="tests.progress"):
+        _head_run(X, y, None, epochs=4, desc="training dlbhc", log=log, log_seconds=0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tests.progress"]
+    assert len(lines) == 3, lines
+    assert lines[0].startswith("training dlbhc: epoch 1/4, loss ") and ", validation -1.0000; " in lines[0]
+    assert lines[0].endswith("s left") and "s so far, about " in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tests.progress"):
+        _head_run(X, y, None, epochs=4, log=log)  # every 10 s by default: none in a run of milliseconds
+    assert not [r for r in caplog.records if r.name == "tests.progress"]
+
+
+def test_head_mode_logs_as_training_starts_and_ends(clustered, caplog):
+    import logging
+
+    X, y = clustered
+    with caplog.at_level(logging.INFO, logger="hashsearch.hashing.deep.base"):
+        create_hasher("dpsh", n_bits=16, epochs=3, batch_size=64).fit(X, y)
+    lines = [r.getMessage() for r in caplog.records if r.name == "hashsearch.hashing.deep.base"]
+    steps = 3 * -(-len(X) // 64)
+    assert lines[0] == f"dpsh: training the hash layer, 3 epochs ({steps} optimiser steps)...", lines
+    assert lines[-1].startswith("dpsh: trained the hash layer in ") and lines[-1].endswith("s (3 epochs)"), lines

@@ -71,6 +71,18 @@ def test_default_epochs_train_a_number_of_steps_and_round_trip(cifar_features, t
     np.testing.assert_array_equal(back.encode(Xq).data, fitted.encode(Xq).data)
 
 
+def test_head_mode_with_the_default_epochs_trains_the_steps_through_the_loops_options(cifar_features, monkeypatch):
+    """endtoend.fit_head (`hashsearch train`'s head mode) with epochs=None trains the epochs the
+    steps make, as fit does (it failed: 'epochs must be a positive integer, got None')."""
+    from hashsearch.hashing.deep.endtoend import fit_head
+
+    X, y, *_ = cifar_features
+    monkeypatch.setattr(UnsupervisedDeepHasher, "MIN_STEPS", 60)
+    h, history = fit_head(create_hasher("bihalf", n_bits=16), X, y, validate=lambda head: 0.5, patience=None)
+    assert h.epochs is None and len(history.epoch_loss) == 60
+    assert history.val_score == [0.5] * 60
+
+
 def test_labels_passed_to_fit_are_ignored(cifar_features):
     X, y, Xq, _ = cifar_features
     a = create_hasher("bihalf", n_bits=16, epochs=3).fit(X).encode(Xq)
@@ -300,3 +312,5 @@ def test_a_deep_unsupervised_fit_logs_a_line_per_stage(cifar_features, caplog):
     assert lines[0] == "bihalf-spectral: pseudo-labels of 80 images (10 spectral clusters)..."
     assert lines[1].startswith("bihalf-spectral: pseudo-labels in ") and lines[1].endswith("s (10 clusters)")
     assert lines[2] == "bihalf-spectral: training the hash layer, 3 epochs (3 optimiser steps)..."
+    assert lines[3].startswith("bihalf-spectral: trained the hash layer in ") and lines[3].endswith("s (3 epochs)")
+    assert len(lines) == 4  # no progress line: a bar's place, and seconds apart

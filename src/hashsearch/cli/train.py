@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import typer
@@ -161,30 +165,31 @@ def train(
         train_records = split.train
     else:
         images, train_records = open_source(source, _labels(labels)), None
-    result = train_model(
-        images,
-        out,
-        method=method,
-        params=params,
-        bits=bits,
-        backbone=bb,
-        mode=mode,
-        epochs=epochs,
-        patience=patience or None,
-        val_fraction=val_fraction,
-        seed=seed,
-        device=device,
-        lr=lr,
-        batch_size=train_batch,
-        recipe=recipe,
-        records=train_records,
-        protocol=protocol,
-        fresh=fresh,
-        cache_dir=cache_dir,
-        max_pixels=max_pixels,
-        scratch_epochs=scratch_epochs,
-        log=lambda line: typer.echo(show(line)),
-    )
+    with _fit_lines():  # the deep hashers' lines: training starts, its progress off a terminal, it ends
+        result = train_model(
+            images,
+            out,
+            method=method,
+            params=params,
+            bits=bits,
+            backbone=bb,
+            mode=mode,
+            epochs=epochs,
+            patience=patience or None,
+            val_fraction=val_fraction,
+            seed=seed,
+            device=device,
+            lr=lr,
+            batch_size=train_batch,
+            recipe=recipe,
+            records=train_records,
+            protocol=protocol,
+            fresh=fresh,
+            cache_dir=cache_dir,
+            max_pixels=max_pixels,
+            scratch_epochs=scratch_epochs,
+            log=lambda line: typer.echo(show(line)),
+        )
     r = result.model.record
     for name, s in (r.get("scratch") or {}).items():
         again = f" (resumed after epoch {s['resumed_at']})" if s.get("resumed_at") else ""
@@ -238,3 +243,23 @@ def train(
         typer.echo(f"wrote {show(result.curve)}: training loss and validation mAP by epoch")
     elif ep.get("loss"):
         typer.echo("no training curve drawn: 1 epoch is one point (train 2 or more to see one)")
+
+
+@contextlib.contextmanager
+def _fit_lines() -> Iterator[None]:
+    """Show the deep hashers' INFO lines on stderr for the block: as head-mode training starts and
+    ends (with its time), and its progress every few seconds where the bar is hidden (stderr not a
+    terminal), as `hashsearch index` shows them."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    loggers = [logging.getLogger(f"hashsearch.hashing.deep.{m}") for m in ("base", "unsupervised")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)

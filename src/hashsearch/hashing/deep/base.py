@@ -12,6 +12,8 @@ head's weights live in NumPy arrays, so encoding needs neither torch nor autogra
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import os
 from typing import Any, ClassVar
 
@@ -19,6 +21,10 @@ import numpy as np
 
 from hashsearch.hashing.base import Hasher, register_hasher
 from hashsearch.validation import check_real
+
+#: A line as head-mode training starts and ends, and one at most every `trainer.train`'s log_seconds
+#: while its bar is hidden (stderr not a terminal), at INFO: `hashsearch train` shows them.
+logger = logging.getLogger(__name__)
 
 
 @register_hasher("deep")
@@ -84,6 +90,8 @@ class DeepHasher(Hasher):
         "dropout",
         "device",
     )
+    #: Where the head-mode lines go (an unsupervised hasher's: the logger `hashsearch index` shows).
+    _logger: ClassVar[logging.Logger] = logger
 
     def __init__(
         self,
@@ -194,19 +202,42 @@ class DeepHasher(Hasher):
         )
 
     def _fit(self, X: np.ndarray, y: np.ndarray | None) -> None:
+        self._fit_head(X, y)
+
+    def _fit_head(self, X: np.ndarray, y: np.ndarray | None, **loop):
+        """Head mode, for `fit` and `endtoend.fit_head`: build, train the head on the features X
+        with `loop`'s options of `trainer.train` (validate, patience, checkpoint, desc, progress),
+        and keep it; logs a line as training starts and one as it ends. Returns the `TrainHistory`."""
+        from hashsearch.data.sources import plural
         from hashsearch.hashing.deep.trainer import train
 
         head, loss_fn, targets, device = self._build(X, y)
         targets = self._train_targets(X, loss_fn, targets)
+        epochs = self._epochs_for(len(X))
+        if isinstance(epochs, int) and isinstance(self.batch_size, int) and epochs > 0 and self.batch_size > 0:
+            steps = epochs * math.ceil(len(X) / self.batch_size)
+            self._logger.info(
+                "%s: training the hash layer, %s (%s)...",
+                self.name,
+                plural(epochs, "epoch"),
+                plural(steps, "optimiser step"),
+            )
+        loop = {
+            "desc": f"training {self.name}",
+            "log": self._logger,
+            **loop,
+        }
         history = train(
-            head,
-            loss_fn,
-            self.standardize(X, _checked=True),
-            targets,
-            epochs=self._epochs_for(len(X)),
-            **self._settings(device),
+            head, loss_fn, self.standardize(X, _checked=True), targets, epochs=epochs, **self._settings(device), **loop
         )
         self._keep(head, history)
+        ran = len(history.epoch_loss)
+        how = f"; stopped early, the best at epoch {history.best_epoch}" if history.stopped_early else ""
+        again = f", resumed after epoch {history.resumed_at}" if history.resumed_at else ""
+        self._logger.info(
+            "%s: trained the hash layer in %.1fs (%s%s%s)", self.name, history.seconds, plural(ran, "epoch"), again, how
+        )
+        return history
 
     def _epochs_for(self, n_rows: int) -> int:
         """The epochs to train on `n_rows` rows: `epochs` (a subclass may derive them when it is None)."""
@@ -285,7 +316,7 @@ class DeepHasher(Hasher):
             targets,
             epochs=self._epochs_for(len(X0)),
             **settings,
-            **(warm_loop or {}),
+            **{"log": self._logger, **(warm_loop or {})},
         )
         # The head stage's head (its best epoch): a caller may keep it should the joint stage end worse.
         self.head_stage_state_ = {k: v.detach().to("cpu", copy=True).numpy() for k, v in head.state_dict().items()}
@@ -311,7 +342,7 @@ class DeepHasher(Hasher):
             **settings,
             cosine=recipe.schedule == "cosine",
             ema=recipe.ema,
-            **(loop or {}),
+            **{"log": self._logger, **(loop or {})},
         )
         if recipe.label_smoothing:
             loss_fn.label_smoothing = 0.0

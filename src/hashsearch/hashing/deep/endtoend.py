@@ -459,18 +459,8 @@ def fit_head(hasher, features: np.ndarray, labels, **loop):
 
     X = check_features(features, "features")
     hasher._check_n_bits()
-    head, loss_fn, targets, device = hasher._build(X, np.asarray(labels))
-    targets = hasher._train_targets(X, loss_fn, targets)
-    history = train(
-        head,
-        loss_fn,
-        hasher.standardize(X, _checked=True),
-        targets,
-        epochs=hasher.epochs,
-        **hasher._settings(device),
-        **loop,
-    )
-    hasher._keep(head, history)
+    # The one head-mode path, as `fit` (an unsupervised hasher's epochs=None: the epochs its steps make).
+    history = hasher._fit_head(X, np.asarray(labels), **loop)
     hasher.n_features_in_ = X.shape[1]
     return hasher, history
 

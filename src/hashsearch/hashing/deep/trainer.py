@@ -2,7 +2,8 @@
 
 Optionally it scores the model on held-out data after each epoch (`validate`), keeps the weights
 of the best epoch and stops when `patience` epochs bring no gain, and writes a checkpoint after
-each epoch (`checkpoint`) from which a killed run resumes where it stopped.
+each epoch (`checkpoint`) from which a killed run resumes where it stopped. Progress shows as a tqdm bar on a terminal, else as a logged line every
+`log_seconds` (`log`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     desc: str | None = None,
     ema: float = 0.0,
+    log: logging.Logger | None = None,
+    log_seconds: float = 10.0,
 ) -> TrainHistory:
     """Train `model` in place to minimise ``loss_fn(model(X_batch), y_batch)``; return the history.
 
@@ -150,6 +153,12 @@ def train(
         size, lr, seed) raises ValueError. The caller removes it once the result is saved.
     desc : str, optional
         The progress bar's label (default "training <model class>").
+    log : logging.Logger, optional
+        Where a progress line (epoch, loss, validation score, time so far and left) goes at
+        most every `log_seconds` while the bar is hidden (stderr not a terminal, or `progress`
+        False): a long fit logged to a file or a pipe still shows it is moving.
+    log_seconds : float
+        The least time between two such lines.
     ema : float
         Decay of an exponential moving average of the weights and buffers, updated after every
         step (`torch.optim.swa_utils.AveragedModel`; 0: none), warming up as
@@ -175,6 +184,7 @@ def train(
     check_int("log_every", log_every, low=1, allow_none=True)
     check_int("patience", patience, low=1, allow_none=True, none_means="run all epochs")
     check_real("ema", ema, low=0, high=1, high_open=True)
+    check_real("log_seconds", log_seconds, low=0, finite=True)
     if patience is not None and validate is None:
         raise ValueError(f"patience={patience} needs validate (a score to wait for); pass validate= or patience=None")
     dev = resolve_device(device)
@@ -247,15 +257,17 @@ def train(
             )
             logger.info("resumed from %s after epoch %d of %d", checkpoint, done, epochs)
         model.train()
+        label = desc or f"training {type(model).__name__}"
         bar = tqdm(
             total=int(epochs) * n,
             initial=done * n,
-            desc=desc or f"training {type(model).__name__}",
+            desc=label,
             unit="img",
             unit_scale=True,
             disable=None if progress else True,
             leave=False,
         )
+        logged = time.perf_counter()  # the last progress line
         for epoch in range(done, int(epochs)):
             if history.stopped_early:
                 break
@@ -303,6 +315,23 @@ def train(
             bar.set_postfix(postfix)
             if log_every is not None and ((epoch + 1) % log_every == 0 or epoch + 1 == epochs):
                 logger.info("epoch %d/%d  loss %.5f", epoch + 1, epochs, mean)
+            now = time.perf_counter()
+            last = epoch + 1 == epochs or history.stopped_early
+            if log is not None and bar.disable and not last and now - logged >= log_seconds:
+                logged = now
+                ran = now - t0
+                left = ran / (epoch + 1 - done) * (int(epochs) - epoch - 1)
+                val = f", validation {history.val_score[-1]:.4f}" if history.val_score else ""
+                log.info(
+                    "%s: epoch %s/%s, loss %.4f%s; %.0fs so far, about %.0fs left",
+                    label,
+                    f"{epoch + 1:,}",
+                    f"{int(epochs):,}",
+                    mean,
+                    val,
+                    before + ran,
+                    left,
+                )
             if checkpoint is not None:
                 history.seconds = before + time.perf_counter() - t0
                 _write_checkpoint(

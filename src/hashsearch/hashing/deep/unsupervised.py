@@ -23,7 +23,8 @@ import numpy as np
 
 from hashsearch.hashing.deep.base import DeepHasher
 
-#: A line per stage of a fit (pseudo-labels, then training), at INFO: `hashsearch index` shows them.
+#: A line per stage of a fit (pseudo-labels, then training: `DeepHasher._fit_head`'s lines, and the
+#: training loop's progress when its bar is hidden), at INFO: `hashsearch index` and `train` show them.
 logger = logging.getLogger(__name__)
 
 
@@ -51,6 +52,7 @@ class UnsupervisedDeepHasher(DeepHasher):
     """
 
     supervised: ClassVar[bool] = False
+    _logger: ClassVar[logging.Logger] = logger
     #: With ``epochs=None``: the fewest optimiser steps, and the fewest epochs, to train.
     MIN_STEPS: ClassVar[int] = 2000
     MIN_EPOCHS: ClassVar[int] = 30
@@ -69,8 +71,7 @@ class UnsupervisedDeepHasher(DeepHasher):
     def _train_targets(self, X: np.ndarray, loss_fn, targets):
         # The features centred on the training mean, or what the loss makes of them.
         centred = (X - self.feature_mean_).astype(np.float32)
-        n, epochs = len(X), self._epochs_for(len(X))
-        steps = epochs * math.ceil(n / max(int(self.batch_size), 1))
+        n = len(X)
         targets = centred
         if hasattr(loss_fn, "pseudo_targets"):
             t = time.perf_counter()
@@ -84,9 +85,6 @@ class UnsupervisedDeepHasher(DeepHasher):
             logger.info("%s: pseudo-labels in %.1fs%s", self.name, time.perf_counter() - t, got)
         else:
             self.n_clusters_ = None
-        logger.info(
-            "%s: training the hash layer, %s epochs (%s optimiser steps)...", self.name, f"{epochs:,}", f"{steps:,}"
-        )
         return targets
 
     def _extra_meta(self) -> dict:

@@ -226,6 +226,9 @@ def test_unsupervised_finetune_on_unlabelled_images(work, tmp_path):
     )  # fmt: skip
     r = record(out)
     assert r["mode"] == "finetune" and r["val_map"] is None and len(r["epochs"]["loss"]) == 1, text
+    # The head stage's epochs=None: 2,000 one-step epochs (2,000 steps of 96 rows), whose checkpoint
+    # is written every few seconds, not 2,000 times (4.3 s of the test's 10.9 s).
+    assert len(r["head_stage"]["loss"]) == 2000, text
 
 
 def test_head_mode_with_the_default_epochs_says_when_it_starts_and_ends(work, tmp_path):
@@ -250,6 +253,7 @@ def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, 
     """Ctrl-C during the third epoch of finetune's head stage (two epochs checkpointed): the message
     says so, and the same command resumes the head stage and ends with the uninterrupted run's model."""
     from hashsearch.experiments import training
+    from hashsearch.hashing.deep import DeepHasher
 
     real, calls = training.validation_map, []
 
@@ -261,6 +265,9 @@ def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, 
 
     out = work / "head-killed.hsm"
     args = ("train", work / "data", "--out", out, "--cache-dir", work / "cache", *TRAIN)
+    # The head stage's checkpoint after every epoch (by default at most every few seconds, and these
+    # epochs take milliseconds: test_a_checkpoint_written_every_few_seconds_resumes_... tests that).
+    monkeypatch.setattr(DeepHasher, "head_checkpoint_seconds", 0.0)
     monkeypatch.setattr(training, "validation_map", interrupted_at_the_third)
     text = run(*args, code=130)
     assert "epoch 2 of the head stage is checkpointed" in text and "run the same command again" in text, text

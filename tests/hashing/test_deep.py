@@ -297,6 +297,42 @@ def _head_run(X, y, checkpoint, epochs=12, stop_in=None, nap=0.0, **loop):
     return head, hist
 
 
+def _epochs_in(checkpoint) -> int:
+    return len(torch.load(checkpoint, weights_only=True)["history"]["epoch_loss"])
+
+
+def test_a_checkpoint_written_every_few_seconds_resumes_into_the_uninterrupted_model(clustered, tmp_path):
+    """checkpoint_seconds: the checkpoint is written only when that long has passed since the last
+    one, and after the last epoch; a run killed between two resumes from the earlier one and ends
+    as the uninterrupted run. 0 (the default) writes it after every epoch."""
+    X, y = clustered
+    X = ((X - X.mean(0)) / X.std(0)).astype(np.float32)
+    ref, ref_hist = _head_run(X, y, tmp_path / "ref.pt", nap=0.02)
+    assert _epochs_in(tmp_path / "ref.pt") == 12  # the last epoch is always written
+    # Killed in epoch 8 (7 done): every epoch written, the checkpoint holds 7.
+    with pytest.raises(KeyboardInterrupt):
+        _head_run(X, y, tmp_path / "every.pt", stop_in=8, nap=0.02)
+    assert _epochs_in(tmp_path / "every.pt") == 7
+    # At most every 0.1 s with epochs of >= 0.02 s: at least 2 epochs apart, so not the 7th.
+    with pytest.raises(KeyboardInterrupt):
+        _head_run(X, y, tmp_path / "few.pt", stop_in=8, nap=0.02, checkpoint_seconds=0.1)
+    done = _epochs_in(tmp_path / "few.pt")
+    assert 1 <= done <= 6, done
+    resumed, hist = _head_run(X, y, tmp_path / "few.pt", nap=0.02, checkpoint_seconds=0.1)
+    assert hist.resumed_at == done and len(hist.epoch_loss) == 12
+    assert hist.epoch_loss == pytest.approx(ref_hist.epoch_loss, abs=1e-6)
+    for (k, a), b in zip(ref.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), k
+    # Never due by time: nothing before the end, and an early stop is written as the last epoch.
+    with pytest.raises(KeyboardInterrupt):
+        _head_run(X, y, tmp_path / "none.pt", stop_in=8, checkpoint_seconds=3600)
+    assert not (tmp_path / "none.pt").exists()
+    _, hist = _head_run(X, y, tmp_path / "early.pt", patience=2, checkpoint_seconds=3600)
+    assert hist.stopped_early and len(hist.epoch_loss) == 3 and _epochs_in(tmp_path / "early.pt") == 3
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        _head_run(X, y, None, checkpoint_seconds=-1)
+
+
 def test_progress_is_logged_every_few_seconds_where_the_bar_is_hidden(clustered, caplog):
     """Off a terminal (or progress=False) the bar is hidden: with `log`, a line at most every
     log_seconds says the epoch, loss, validation score and time; none for the last epoch (the

@@ -2,7 +2,8 @@
 
 Optionally it scores the model on held-out data after each epoch (`validate`), keeps the weights
 of the best epoch and stops when `patience` epochs bring no gain, and writes a checkpoint after
-each epoch (`checkpoint`) from which a killed run resumes where it stopped. Progress shows as a tqdm bar on a terminal, else as a logged line every
+each epoch, or at most every `checkpoint_seconds` (`checkpoint`), from which a killed run resumes
+where it stopped. Progress shows as a tqdm bar on a terminal, else as a logged line every
 `log_seconds` (`log`).
 """
 
@@ -101,6 +102,7 @@ def train(
     checkpoint: str | os.PathLike | None = None,
     desc: str | None = None,
     ema: float = 0.0,
+    checkpoint_seconds: float = 0.0,
     log: logging.Logger | None = None,
     log_seconds: float = 10.0,
 ) -> TrainHistory:
@@ -151,6 +153,12 @@ def train(
         starts, training resumes from it, so a killed run ends as an uninterrupted one would,
         with the same number of epochs. A checkpoint of other settings (epochs, rows, batch
         size, lr, seed) raises ValueError. The caller removes it once the result is saved.
+    checkpoint_seconds : float
+        Write the checkpoint after an epoch only once this many seconds have passed since it was
+        last written (or training began), and always after the last epoch (also one that stops
+        early); 0: after every epoch. A killed run then loses at most this many seconds of
+        training. For epochs of milliseconds (a head on cached features: 2,000 one-step epochs
+        on 96 images spent 4.3 s of 10.7 s writing checkpoints), not for epochs of seconds.
     desc : str, optional
         The progress bar's label (default "training <model class>").
     log : logging.Logger, optional
@@ -184,6 +192,7 @@ def train(
     check_int("log_every", log_every, low=1, allow_none=True)
     check_int("patience", patience, low=1, allow_none=True, none_means="run all epochs")
     check_real("ema", ema, low=0, high=1, high_open=True)
+    check_real("checkpoint_seconds", checkpoint_seconds, low=0, finite=True)
     check_real("log_seconds", log_seconds, low=0, finite=True)
     if patience is not None and validate is None:
         raise ValueError(f"patience={patience} needs validate (a score to wait for); pass validate= or patience=None")
@@ -267,7 +276,7 @@ def train(
             disable=None if progress else True,
             leave=False,
         )
-        logged = time.perf_counter()  # the last progress line
+        written = logged = time.perf_counter()  # the last checkpoint written, and the last progress line
         for epoch in range(done, int(epochs)):
             if history.stopped_early:
                 break
@@ -332,7 +341,7 @@ def train(
                     before + ran,
                     left,
                 )
-            if checkpoint is not None:
+            if checkpoint is not None and (last or now - written >= checkpoint_seconds):
                 history.seconds = before + time.perf_counter() - t0
                 _write_checkpoint(
                     Path(checkpoint),
@@ -359,6 +368,7 @@ def train(
                         "since_best": since_best,
                     },
                 )
+                written = time.perf_counter()
         bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -354,13 +354,16 @@ def test_progress_is_logged_every_few_seconds_where_the_bar_is_hidden(clustered,
     assert not [r for r in caplog.records if r.name == "tests.progress"]
 
 
-def test_head_mode_logs_as_training_starts_and_ends(clustered, caplog):
+def test_head_mode_logs_as_training_starts_and_ends_and_records_the_epochs_run(clustered, caplog, tmp_path):
     import logging
 
     X, y = clustered
     with caplog.at_level(logging.INFO, logger="hashsearch.hashing.deep.base"):
-        create_hasher("dpsh", n_bits=16, epochs=3, batch_size=64).fit(X, y)
+        h = create_hasher("dpsh", n_bits=16, epochs=3, batch_size=64).fit(X, y)
     lines = [r.getMessage() for r in caplog.records if r.name == "hashsearch.hashing.deep.base"]
     steps = 3 * -(-len(X) // 64)
     assert lines[0] == f"dpsh: training the hash layer, 3 epochs ({steps} optimiser steps)...", lines
     assert lines[-1].startswith("dpsh: trained the hash layer in ") and lines[-1].endswith("s (3 epochs)"), lines
+    assert h.epochs_run_ == 3
+    h.save(tmp_path / "h.npz")
+    assert Hasher.load(tmp_path / "h.npz").epochs_run_ == 3

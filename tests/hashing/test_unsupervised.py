@@ -69,6 +69,8 @@ def test_default_epochs_train_a_number_of_steps_and_round_trip(cifar_features, t
     back = Hasher.load(tmp_path / "g.npz")
     assert back.get_params()["epochs"] is None
     np.testing.assert_array_equal(back.encode(Xq).data, fitted.encode(Xq).data)
+    # The epochs run, as the parameter (None) cannot say them: what `hashsearch info` shows.
+    assert fitted.epochs_run_ == back.epochs_run_ == 60
 
 
 def test_head_mode_with_the_default_epochs_trains_the_steps_through_the_loops_options(cifar_features, monkeypatch):
@@ -79,7 +81,7 @@ def test_head_mode_with_the_default_epochs_trains_the_steps_through_the_loops_op
     X, y, *_ = cifar_features
     monkeypatch.setattr(UnsupervisedDeepHasher, "MIN_STEPS", 60)
     h, history = fit_head(create_hasher("bihalf", n_bits=16), X, y, validate=lambda head: 0.5, patience=None)
-    assert h.epochs is None and len(history.epoch_loss) == 60
+    assert h.epochs is None and len(history.epoch_loss) == 60 == h.epochs_run_
     assert history.val_score == [0.5] * 60
 
 

@@ -67,6 +67,11 @@ class DeepHasher(Hasher):
         The head's linear layers from input to code (ReLU between), and its activation.
     loss_history_ : (epochs,) float64
         Mean training loss of each epoch.
+    epochs_run_ : int
+        The epochs training ran: those `epochs` asks for (an unsupervised hasher's
+        ``epochs=None``: those its training set's size makes), fewer when validation stopped it
+        early; in finetune mode the head stage's and the joint stage's together (the length of
+        `loss_history_`).
     train_seconds_ : float
         Wall time of training.
     """
@@ -254,6 +259,7 @@ class DeepHasher(Hasher):
         self.code_layers_ = np.array(head.code_layers)
         self.activation_ = np.array(head.activation)
         self.loss_history_ = np.asarray(history.epoch_loss, np.float64)
+        self.epochs_run_ = len(self.loss_history_)
         self.train_seconds_ = float(history.seconds)
 
     def finetune(
@@ -421,7 +427,12 @@ class DeepHasher(Hasher):
         self.head_state_ = head
 
     def _extra_meta(self) -> dict:
-        return {"train_seconds": getattr(self, "train_seconds_", None)}
+        return {
+            "train_seconds": getattr(self, "train_seconds_", None),
+            "epochs_run": getattr(self, "epochs_run_", None),
+        }
 
     def _load_extra_meta(self, extra: dict) -> None:
         self.train_seconds_ = extra.get("train_seconds")
+        # (a file saved before epochs_run was recorded: the loss history has one value per epoch run)
+        self.epochs_run_ = int(extra.get("epochs_run") or len(self.loss_history_))

@@ -134,7 +134,7 @@ def test_a_killed_training_resumes_and_ends_as_the_uninterrupted_run(trained, wo
     # A checkpoint of another training is not resumed from: the run stops and says what to do.
     ckpt.mkdir()
     (ckpt / "run.json").write_text(json.dumps({"version": 1, "method": "dpsh"}))
-    text = run("train", work / "data", "--out", out, *TRAIN, code=2)
+    text = run("train", work / "data", "--out", out, *TRAIN, "--overwrite", code=2)
     assert "--fresh" in text
 
 
@@ -247,6 +247,18 @@ def test_head_mode_with_the_default_epochs_says_when_it_starts_and_ends(work, tm
     ran = len(r["epochs"]["loss"])
     assert r["epochs"]["stopped_early"] and r["params"]["epochs"] == ran < 2000
     assert f"s ({ran} epochs; stopped early, the best at epoch {r['epochs']['best_epoch']})\n" in text, text
+
+
+def test_an_existing_model_file_is_replaced_only_with_overwrite(work, tmp_path):
+    out = tmp_path / "m.hsm"
+    args = ("train", work / "data", "--out", out, "--method", "itq", "--bits", "16", "--input-size", "32")
+    run(*args, "--cache-dir", work / "cache")
+    before = out.read_bytes()
+    text = run(*args, "--cache-dir", work / "cache", "--seed", "1", code=2)
+    assert f"--out {out} is an existing file; give another --out, or replace it with --overwrite" in text, text
+    assert "training" not in text and out.read_bytes() == before  # refused before training
+    text = run(*args, "--cache-dir", work / "cache", "--seed", "1", "--overwrite")
+    assert out.read_bytes() != before and record(out)["params"]["seed"] == 1, text
 
 
 def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, work, monkeypatch):

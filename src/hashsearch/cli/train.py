@@ -94,6 +94,9 @@ def train(
         "--fresh",
         help="Discard the checkpoint a killed run of the same --out left, instead of resuming from it.",
     ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the model file at --out if there is one (refused without it)."
+    ),
     scratch_epochs: int | None = typer.Option(
         None,
         "--scratch-epochs",
@@ -115,7 +118,7 @@ def train(
     epoch (of a head on cached features, whose epochs take milliseconds: every 5 seconds and after
     the last): if the run is killed, the same command resumes where it stopped (--fresh starts
     over). The loss and validation-mAP curve is written beside the model (shoes.hsm:
-    shoes-training.png).
+    shoes-training.png). An existing OUT is replaced only with --overwrite.
     """
     from hashsearch.cli.commands import _labels
     from hashsearch.data.sources import open_source
@@ -155,6 +158,10 @@ def train(
         raise typer.BadParameter("give the labelled images (SOURCE) or --protocol NAME, one of the two")
     if out.exists() and out.is_dir():
         raise typer.BadParameter(f"--out {show(out)} is a folder; give a model file name such as model.hsm")
+    if out.exists() and not overwrite:  # before training, not after it
+        raise typer.BadParameter(
+            f"--out {show(out)} is an existing file; give another --out, or replace it with --overwrite"
+        )
     if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
         raise typer.BadParameter(f"--device {device!r}: use cpu, cuda (cuda:N) or auto")
     bb = make_backbone(backbone, input_size, weights)

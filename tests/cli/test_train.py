@@ -261,6 +261,21 @@ def test_an_existing_model_file_is_replaced_only_with_overwrite(work, tmp_path):
     assert out.read_bytes() != before and record(out)["params"]["seed"] == 1, text
 
 
+def test_few_images_for_the_code_length_are_warned_about(work, tmp_path):
+    folder = tmp_path / "three"
+    folder.mkdir()
+    for f in sorted((work / "data" / "ship").glob("*.jpg"))[:3]:
+        shutil.copyfile(f, folder / f.name)
+    out = tmp_path / "t.hsm"
+    common = ("--method", "itq", "--input-size", "32", "--cache-dir", work / "cache")
+    text = run("train", folder, "--out", out, "--bits", "16", *common)
+    assert text.count("warning:") == 1, text
+    assert "warning: itq fitted 16 bits on 3 images, fewer images than bits: they differ in at most 2 " in text
+    assert "fit on at least 16 images, or ask for fewer bits" in text
+    text = run("train", work / "data", "--out", tmp_path / "u.hsm", "--bits", "16", *common)
+    assert "warning" not in text, text  # 72 training images for 16 bits
+
+
 def test_ctrl_c_in_the_head_stage_resumes_into_the_uninterrupted_model(trained, work, monkeypatch):
     """Ctrl-C during the third epoch of finetune's head stage (two epochs checkpointed): the message
     says so, and the same command resumes the head stage and ends with the uninterrupted run's model."""

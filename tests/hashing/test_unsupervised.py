@@ -235,6 +235,7 @@ def test_the_size_rule_switches_at_itq_below_and_keeps_the_reported_protocols():
     assert choose_index_method(0)[0] == "itq"
     for n in (480, 720, 5000, 59000):  # flowers12 train / database, cifar10-1k train / database
         assert choose_index_method(n)[0] == "bihalf-spectral"
+    assert choose_index_method(1)[1].startswith("1 image, fewer than")  # not "1 images"
     name, why = choose_index_method(ITQ_BELOW - 1)
     assert f"{ITQ_BELOW - 1:,} images" in why and f"{ITQ_BELOW:,}" in why and "\n" not in why
     assert commands._ITQ_BELOW == ITQ_BELOW
@@ -316,3 +317,16 @@ def test_a_deep_unsupervised_fit_logs_a_line_per_stage(cifar_features, caplog):
     assert lines[2] == "bihalf-spectral: training the hash layer, 3 epochs (3 optimiser steps)..."
     assert lines[3].startswith("bihalf-spectral: trained the hash layer in ") and lines[3].endswith("s (3 epochs)")
     assert len(lines) == 4  # no progress line: a bar's place, and seconds apart
+
+
+def test_fewer_images_than_bits_is_one_line_saying_why():
+    from hashsearch.hashing.unsupervised import few_images
+
+    assert few_images(64, 64, "itq") is None and few_images(1000, 16, "itq") is None
+    line = few_images(3, 64, "itq")
+    assert line.startswith("itq fitted 64 bits on 3 images, fewer images than bits: ") and "\n" not in line
+    assert "at most 2 directions" in line and "at least 62 of the 64 bits" in line and "at least 64 images" in line
+    assert few_images(1, 16, "bihalf").startswith("bihalf fitted 16 bits on 1 image, ")
+    assert "no bit can be learned from one image" in few_images(1, 16, "bihalf")
+    with pytest.raises(ValueError, match="n_bits"):
+        few_images(3, 0, "itq")

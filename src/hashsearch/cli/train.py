@@ -246,6 +246,8 @@ def train(
             )
     elif r.get("val_map") is not None:
         typer.echo(f"fitted; validation mAP {r['val_map']:.4f}")
+    for line in _advice(result.model, spec, params):
+        typer.echo(line, err=True)
     typer.echo(f"wrote {show(out)}: {result.model.describe()}, {r['seconds']:.0f}s")
     if result.curve is not None:
         typer.echo(f"wrote {show(result.curve)}: training loss and validation mAP by epoch")
@@ -271,3 +273,16 @@ def _fit_lines() -> Iterator[None]:
         for lg, level in zip(loggers, levels):
             lg.removeHandler(handler)
             lg.setLevel(level)
+
+
+def _advice(model, spec: str, params: dict) -> list[str]:
+    """The lines after training about what was fitted: too few images for the code length."""
+    from hashsearch.hashing.unsupervised import few_images
+
+    r, hasher = model.record, model.hasher
+    lines = []
+    data = r.get("data") or {}
+    few = few_images(int(data.get("train") or 0), hasher.n_bits, hasher.name)
+    if few is not None:
+        lines.append(f"warning: {few}")
+    return lines

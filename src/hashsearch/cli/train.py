@@ -61,7 +61,10 @@ def train(
         "--patience",
         min=0,
         help="Deep methods: stop after this many epochs without a better validation mAP (0: never); finetune: "
-        "in the joint stage (the head-alone stage runs all its epochs and keeps its best).",
+        "in the joint stage (the head-alone stage runs all its epochs and keeps its best). In head mode a method "
+        "that trains a number of optimiser steps (bihalf, greedyhash-unsup, bihalf-spectral: epochs=None) runs "
+        "them all unless --patience is given (on flowers12, 5 stopped them at epoch 30-36 of 500: best "
+        "validation mAP 0.73 against 0.82).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each class held out for validation."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation split and of training."),
@@ -173,6 +176,11 @@ def train(
         train_records = split.train
     else:
         images, train_records = open_source(source, _labels(labels)), None
+    if mode == "head" and epochs is None and not given(ctx, "patience") and _trains_by_steps(method, bits, params):
+        # Epochs of a few steps each: 5 without a better validation mAP came at epoch 30-36 of 500 on flowers12
+        # (864 training photos, 64 bits, seeds 0-2: best validation mAP 0.7818/0.7014/0.6987 against
+        # 0.8622/0.8348/0.7666 for all 500), long before the steps that index and eval --method train.
+        patience = 0
     with _fit_lines():  # the deep hashers' lines: training starts, its progress off a terminal, it ends
         result = train_model(
             images,
@@ -253,6 +261,18 @@ def train(
         typer.echo(f"wrote {show(result.curve)}: training loss and validation mAP by epoch")
     elif ep.get("loss"):
         typer.echo("no training curve drawn: 1 epoch is one point (train 2 or more to see one)")
+
+
+def _trains_by_steps(method: str, bits: int, params: dict) -> bool:
+    """Whether `method` with the spec's `params` trains a number of optimiser steps rather than of
+    epochs (the unsupervised deep methods' ``epochs=None``)."""
+    from hashsearch.hashing import create_hasher
+
+    try:
+        got = create_hasher(method, n_bits=bits, **params).get_params()
+    except (TypeError, ValueError):  # a bad spec: training says what is wrong with it
+        return False
+    return "epochs" in got and got["epochs"] is None
 
 
 @contextlib.contextmanager

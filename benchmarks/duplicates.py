@@ -50,7 +50,8 @@ Methods, all in one run on the same files:
 Run:  flock /tmp/hashsearch-bench.lock nice -n 5 python benchmarks/duplicates.py --out benchmarks/results/duplicates.md
 
 Small folders (--small SIZES, see small_folders()): folders of 30 to 800 real photos with a few
-planted copies, the default threshold against the rules it was chosen from, per folder size:
+planted copies, the default threshold against the rules it was chosen from, per folder size, the
+groups the narrow warning flags, and which image each keep rule keeps (the original or a copy):
       python benchmarks/duplicates.py --small 30,60,125,250,500,800 --out benchmarks/results/duplicates-small.md
 """
 
@@ -705,31 +706,103 @@ def _small_score(d: dict, groups: list[np.ndarray]) -> dict:
     }
 
 
-def _narrow(data, sizes, seeds, rep, margins=(0.05, 0.1, 0.15)) -> None:
-    """How many groups the default flags as passing narrowly (a member's similarity to the kept
-    image less than a margin above the threshold), false groups and true ones apart: what
-    `hashsearch duplicates` shows (the default threshold, keep=largest)."""
-    from hashsearch.duplicates import Member, _to_unit, choose_keep, default_min_similarity, file_info, whiten
+def _default_groups(data, sizes, seeds):
+    """The default's groups in each folder, as `hashsearch duplicates FOLDER` reports them: yields
+    (folder data, rows, members, alike, kept), `alike` the members' whitened similarities and
+    `kept` the library's choose_keep 'largest' given them, as find_duplicates gives them."""
+    from hashsearch.duplicates import Member, _to_unit, choose_keep, file_info, whiten
 
-    weakest = {True: [], False: []}
     rule = _small_rules()["default (default_min_similarity)"]
     for n in sizes:
         for seed in seeds:
             d = data[n, seed]
-            t = default_min_similarity(len(d["group"]))
             white = _to_unit(whiten(d["features"]))
             for rows in rule(d):
                 members = [Member(int(r), "", None, d["paths"][r], "", **file_info(d["paths"][r])) for r in rows]
-                kept = int(choose_keep(members, "largest").id)
-                sims = white[rows] @ white[kept]
-                others = [sims[k] for k, r in enumerate(rows) if r != kept]
-                weakest[len(set(d["group"][rows].tolist())) > 1].append(float(min(others)) - t)
-    f, t_ = np.asarray(weakest[True]), np.asarray(weakest[False])
+                alike = white[rows] @ white[rows].T
+                yield d, rows, members, alike, choose_keep(members, "largest", alike)
+
+
+def _narrow(data, sizes, seeds, rep, margins=(0.05, 0.1, 0.15)) -> None:
+    """How many groups the default flags as passing narrowly (a member's similarity to the kept
+    image less than a margin above the threshold, both rounded to 4 decimals as in
+    `DuplicateReport.narrow_groups`), false groups and true ones apart: what `hashsearch
+    duplicates` shows (the default threshold, keep=largest)."""
+    from hashsearch.duplicates import default_min_similarity
+
+    weakest = {True: [], False: []}
+    for d, rows, members, alike, kept in _default_groups(data, sizes, seeds):
+        k = members.index(kept)
+        low = round(float(min(np.delete(alike[k], k))), 4)
+        weakest[len(set(d["group"][rows].tolist())) > 1].append((low, default_min_similarity(len(d["group"]))))
+    f, t_ = weakest[True], weakest[False]
+
+    def flagged(w, m):
+        return sum(low < round(t + m, 4) for low, t in w)
+
     rep(
-        f"groups of the default whose weakest member (similarity to the kept image) is less than m above the "
-        f"threshold: false groups / true groups flagged, of {len(f)} / {len(t_)}: "
-        + ", ".join(f"m={m}: {int((f < m).sum())} / {int((t_ < m).sum())}" for m in margins)
+        f"groups of the default whose weakest member (similarity to the image `largest` keeps) is less than m "
+        f"above the threshold: false groups / true groups flagged, of {len(f)} / {len(t_)}: "
+        + ", ".join(f"m={m}: {flagged(f, m)} / {flagged(t_, m)}" for m in margins)
     )
+
+
+def _keep_rules() -> dict:
+    """Rules that pick the image to keep in a group: name -> function(members, alike) -> member."""
+    from hashsearch.duplicates import choose_keep
+
+    def px(m):
+        return (m.width or 0) * (m.height or 0)
+
+    def mean_alike(members, alike):  # as choose_keep's `largest` computes it
+        return [round(float((alike[k].sum() - alike[k, k]) / (len(members) - 1)), 4) for k in range(len(members))]
+
+    def most_alike(ms, a):
+        mean = mean_alike(ms, a)
+        return min(ms, key=lambda m: (-mean[ms.index(m)], -px(m), -(m.bytes or 0), m.id))
+
+    return {
+        "largest (choose_keep, as the library)": lambda ms, a: choose_keep(ms, "largest", a),
+        "pixels, then bytes (largest to f8649ba)": lambda ms, a: choose_keep(ms, "largest"),
+        "most alike, then pixels, then bytes": most_alike,
+        "pixels, then fewest bytes": lambda ms, a: min(ms, key=lambda m: (-px(m), m.bytes or 0, m.id)),
+        "shortest-path (random names: chance)": lambda ms, a: choose_keep(ms, "shortest-path"),
+    }
+
+
+def _kept(data, sizes, seeds, rep) -> None:
+    """Which image each rule of `_keep_rules` keeps, in the default's groups that hold exactly one
+    original and at least one copy of it: the original, or else a copy (by transformation)."""
+    rules = _keep_rules()
+    counts = {name: dict.fromkeys(("original", "larger", *TRANSFORMS), 0) for name in rules}
+    n_groups = 0
+    for d, rows, members, alike, _ in _default_groups(data, sizes, seeds):
+        trans, group = [d["trans"][r] for r in rows], d["group"][rows]
+        orig = [k for k, t in enumerate(trans) if t == "original"]
+        if len(orig) != 1 or not any(t != "original" and g == group[orig[0]] for t, g in zip(trans, group)):
+            continue
+        n_groups += 1
+        original = members[orig[0]]
+        for name, rule in rules.items():
+            kept = rule(members, alike)
+            c = counts[name]
+            if kept is original:
+                c["original"] += 1
+            else:
+                c[trans[members.index(kept)]] += 1
+                c["larger"] += (kept.width or 0) * (kept.height or 0) > (original.width or 0) * (original.height or 0)
+    rep(
+        f"which image is kept, in the {n_groups} groups of the default that hold one original and a copy of it: "
+        "the original (of the groups), or else a copy: how many of those have more pixels than the original "
+        "(larger), and their transformations. Not oldest: make_small writes each original before its copies, "
+        "so oldest keeps it by construction"
+    )
+    rep(f"{'keep rule':40s} {'original':>8s} {'larger':>6s} " + " ".join(f"{t:>6s}" for t in TRANSFORMS))
+    for name, c in counts.items():
+        rep(
+            f"{name:40s} {c['original']:>4d}/{n_groups:<3d} {c['larger']:>6d} "
+            + " ".join(f"{c[t]:>6d}" for t in TRANSFORMS)
+        )
 
 
 def small_folders(args, rep) -> None:
@@ -811,6 +884,7 @@ def small_folders(args, rep) -> None:
             f"lowest cost (3 x false groups + planted groups not found exactly) on the {title}: {min(costs, key=costs.get)}"
         )
         _narrow(data, sizes, seeds, rep)
+        _kept(data, sizes, seeds, rep)
     rep("")
     rep(
         "default_min_similarity(n) at these sizes: "

@@ -662,10 +662,13 @@ def choose_keep(members: list[Member], rule: str, alike: np.ndarray | None = Non
 
     Bytes say little about which copy is the original: a copy re-encoded at a higher JPEG quality,
     or with text drawn on it, has more bytes than its original. Ranking the equally large by bytes
-    kept the original in 80 of 433 groups of planted copies; by how alike they are to the rest of
-    the group first, in 194 (benchmarks/duplicates.py's small folders of 250-800 flowers12 photos,
-    seeds 0 and 1; 72 and 164 of 432 on seeds 100 and 101, where the rule was chosen). In a group
-    of two the mean is the same for both, and bytes decide.
+    kept the original in 86 of 488 groups of planted copies; by how alike they are to the rest of
+    the group first, in 211 (small folders of 30-800 flowers12 photos, seeds 0 and 1; 82 and 186
+    of 483 on seeds 100 and 101, where the rules were compared: the table "which image is kept" of
+    benchmarks/results/duplicates-small.md, printed by benchmarks/duplicates.py --small). A member
+    drawn at random is the original about as often (213 and 195): pixels come first, and a copy
+    with more pixels is kept over its original. In a group of two the mean is the same for both,
+    and bytes decide.
 
     Parameters
     ----------

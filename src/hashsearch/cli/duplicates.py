@@ -267,10 +267,11 @@ def duplicates(
         "largest",
         "--keep",
         help="Which image of a group to keep. largest: the most pixels (width x height); among as many, the one "
-        "most alike to the rest of its group (often the original its copies were made from), then the most "
-        "bytes; a larger copy (upscaled, bordered) and, in a group of two, a copy re-encoded at a higher JPEG "
-        "quality outweigh their original. oldest / newest: the file's modification time (--keep oldest keeps the originals where the "
-        "copies were made after them). shortest-path: the shortest path.",
+        "most alike to the rest of its group, then the most bytes. It keeps the biggest picture, not the "
+        "original: an upscaled or bordered copy outweighs its original, and in benchmarks/results/"
+        "duplicates-small.md it kept the original in 211 of 488 groups, as often as a pick at random. "
+        "oldest / newest: the file's modification time (--keep oldest keeps the originals where the copies "
+        "were made after them). shortest-path: the shortest path. Look at the groups before --yes.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     as_csv: bool = typer.Option(False, "--csv", help="Print CSV instead of a table."),

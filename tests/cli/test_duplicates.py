@@ -330,7 +330,7 @@ def test_largest_keeps_the_original_over_a_flipped_copy_with_more_bytes(photos, 
     left = [p.name for p in (folder / "user").iterdir() if p.read_bytes() == data]
     assert len(left) == 1 and (tmp_path / "moved" / "flipped.jpg").exists()
     text = " ".join(run("duplicates", "--help").split())
-    assert "a copy re-encoded at a higher JPEG quality" in text and "--keep oldest" in text
+    assert "It keeps the biggest picture, not the original" in text and "--keep oldest" in text
 
 
 def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(photos, tmp_path):

@@ -421,3 +421,12 @@ def test_index_with_a_model_notes_the_classes_it_was_not_trained_on(flowers, cif
     assert "note: 2 classes of this folder (cat, ship) are not among the 2 the model was trained on;" in err
     _, err = invoke("index", flowers, "--model", tmp_path / "m.hsm", "--out", tmp_path / "b.hsx", *cache, code=0)
     assert "note:" not in err
+
+
+def test_info_shows_the_epochs_a_method_chose(small, tmp_path):
+    """Session 8's fresh user: info on a bihalf collection said 'epochs=None' (the number is chosen from the data)."""
+    _, src, cache = small
+    out = tmp_path / "b.hsx"
+    run("index", src, "--out", out, "--method", "bihalf", "--bits", "8", "--input-size", "64", "--cache-dir", cache)
+    line = next(line for line in run("info", "--text", out).splitlines() if line.startswith("method"))
+    assert "epochs=auto, 2000 run" in line and "None" not in line, line  # 8 images: one step an epoch, 2,000 steps

@@ -499,8 +499,12 @@ def _size(n: int) -> str:
     raise AssertionError  # pragma: no cover
 
 
-def _params(params: dict) -> str:
-    """A hasher's own parameters as a spec's brackets write them ('n_iter=50'), n_bits and seed left out."""
+def _params(hasher) -> str:
+    """A hasher's own parameters as a spec's brackets write them ('n_iter=50'), n_bits and seed left out;
+    epochs=None (a number chosen from the data) with the epochs run ("epochs=auto, 500 run")."""
+    params = hasher.get_params()
+    if params.get("epochs", 0) is None and getattr(hasher, "epochs_run_", None):
+        params["epochs"] = f"auto, {hasher.epochs_run_} run"
     return ", ".join(f"{k}={v}" for k, v in params.items() if k not in ("n_bits", "seed"))
 
 
@@ -508,7 +512,7 @@ def _model_lines(model, record: dict) -> list[tuple[str, str]]:
     """(field, text) rows of `info`'s summary of a trained model (its file, or a collection's copy)."""
     data = record.get("data") or {}
     classes = data.get("classes") or []
-    rows = [("method", f"{model.hasher.name}{f' ({p})' if (p := _params(model.hasher.get_params())) else ''}")]
+    rows = [("method", f"{model.hasher.name}{f' ({p})' if (p := _params(model.hasher)) else ''}")]
     mode = record.get("mode")
     if mode:
         rows.append(
@@ -616,7 +620,7 @@ def info(
         rows += [method, ("model", f"{coll.model.id[:12]} (from `hashsearch train`; a copy is inside the collection)")]
         rows += trained
     else:
-        p = _params(info["hasher_params"])
+        p = _params(coll.hasher)
         rows.append(("method", f"{info['method']}{f' ({p})' if p else ''}, fitted on the images indexed"))
     rows.append(
         (

@@ -430,3 +430,18 @@ def test_info_shows_the_epochs_a_method_chose(small, tmp_path):
     run("index", src, "--out", out, "--method", "bihalf", "--bits", "8", "--input-size", "64", "--cache-dir", cache)
     line = next(line for line in run("info", "--text", out).splitlines() if line.startswith("method"))
     assert "epochs=auto, 2000 run" in line and "None" not in line, line  # 8 images: one step an epoch, 2,000 steps
+
+
+def test_index_warns_of_fewer_images_than_bits_and_shows_a_deep_fit(small, tmp_path):
+    """train warned of 64 bits fitted on 3 images; index, which fits the same hashers, said nothing. A supervised
+    deep head's start and end lines (logger hashsearch.hashing.deep.base) were not shown by index either."""
+    _, src, cache = small  # 8 images
+    common = ("--input-size", "64", "--cache-dir", cache)
+    _, err = invoke("index", src, "--out", tmp_path / "a.hsx", "-m", "itq", "--bits", 16, *common, code=0)
+    assert "warning: itq fitted 16 bits on 8 images, fewer images than bits:" in err and err.count("warning:") == 1
+    _, err = invoke("index", src, "--out", tmp_path / "b.hsx", "-m", "lsh", "--bits", 16, *common, code=0)
+    assert "warning" not in err  # random hyperplanes: nothing is learned from the images
+    _, err = invoke("index", src, "--out", tmp_path / "c.hsx", "-m", "itq", "--bits", 8, *common, code=0)
+    assert "warning" not in err
+    _, err = invoke("index", src, "--out", tmp_path / "d.hsx", "-m", "dpsh", "--bits", 8, *common, code=0)
+    assert "dpsh: training the hash layer, " in err and "dpsh: trained the hash layer in " in err

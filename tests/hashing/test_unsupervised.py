@@ -323,6 +323,7 @@ def test_fewer_images_than_bits_is_one_line_saying_why():
     from hashsearch.hashing.unsupervised import few_images
 
     assert few_images(64, 64, "itq") is None and few_images(1000, 16, "itq") is None
+    assert few_images(3, 64, "lsh") is None and few_images(3, 64, "sklsh") is None  # random draws: nothing learned
     line = few_images(3, 64, "itq")
     assert line.startswith("itq fitted 64 bits on 3 images, fewer images than bits: ") and "\n" not in line
     assert "at most 2 directions" in line and "at least 62 of the 64 bits" in line and "at least 64 images" in line

@@ -279,22 +279,27 @@ def index(
     if trained is not None:
         bb, hasher = trained.backbone(cache_dir), trained.hasher
         method, bits, input_size = hasher.name, hasher.n_bits, bb.preprocess.input_size
-    elif not given(ctx, "method"):
-        from hashsearch.hashing.unsupervised import choose_index_method
-
-        def hasher(n_images: int):  # the default by size, chosen once the images are known
-            name, why = choose_index_method(n_images)
-            chosen.append(name)
-            typer.echo(f"method: {why} (choose another with -m)", err=True)
-            return make_hasher(name, bits, seed)
-
-        bb = make_backbone(backbone, input_size, weights)
     else:
-        hasher = make_hasher(method, bits, seed)  # before the backbone: a bad spec fails at once
+        from hashsearch.hashing.unsupervised import choose_index_method, few_images
+
+        fixed = make_hasher(method, bits, seed) if given(ctx, "method") else None  # a bad spec fails at once
+
+        def hasher(n_images: int):  # fitted once the images are known: the default by size, and a warning
+            if fixed is not None:
+                h = fixed
+            else:
+                name, why = choose_index_method(n_images)
+                chosen.append(name)
+                typer.echo(f"method: {why} (choose another with -m)", err=True)
+                h = make_hasher(name, bits, seed)
+            if warning := few_images(n_images, h.n_bits, h.name):
+                typer.echo(f"warning: {warning}", err=True)
+            return h
+
         bb = make_backbone(backbone, input_size, weights)
-    stages = logging.StreamHandler(sys.stderr)  # a line per stage of a deep unsupervised fit
+    stages = logging.StreamHandler(sys.stderr)  # a line per stage of a deep fit, and its progress
     stages.setFormatter(logging.Formatter("%(message)s"))
-    fit_log = logging.getLogger("hashsearch.hashing.deep.unsupervised")
+    fit_log = logging.getLogger("hashsearch.hashing.deep")
     fit_log.addHandler(stages)
     fit_log.setLevel(logging.INFO)
     try:

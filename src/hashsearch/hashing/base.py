@@ -42,6 +42,9 @@ class Hasher:
     name: ClassVar[str] = "?"
     #: True when `fit` needs labels.
     supervised: ClassVar[bool] = False
+    #: True when the bits are random draws, not learned from the images (LSH, SKLSH): any number of
+    #: images fits them (`hashing.unsupervised.few_images` then says nothing).
+    data_independent: ClassVar[bool] = False
     #: Names of the learned array attributes saved by `save`.
     _state_names: ClassVar[tuple[str, ...]] = ()
     #: The backbones whose features the method is defined on, concatenated in this order;

@@ -74,6 +74,7 @@ class SKLSH(Hasher):
     """
 
     _state_names: ClassVar[tuple[str, ...]] = ("mean_", "weights_", "phases_", "thresholds_")
+    data_independent: ClassVar[bool] = True
 
     def __init__(self, n_bits: int = 64, seed: int = 0, gamma: float | None = None) -> None:
         self.n_bits = n_bits

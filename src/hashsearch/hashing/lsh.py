@@ -45,6 +45,8 @@ class LSH(ProjectionHasher):
     12
     """
 
+    data_independent: ClassVar[bool] = True
+
     def __init__(self, n_bits: int = 64, seed: int = 0) -> None:
         self.n_bits = n_bits
         self.seed = seed

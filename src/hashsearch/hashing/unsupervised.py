@@ -46,14 +46,16 @@ def few_images(n_images: int, n_bits: int, method: str) -> str | None:
     n images differ from their mean in at most n - 1 directions of the feature space, and every
     bit of a learned hasher is (at heart) one direction: on 3 images, 2 of 64 bits can follow how
     the images differ, and the others are arbitrary (random, or the same on every image), so the
-    codes of new images rank them by chance. Raises ValueError when `n_images` or `n_bits` is not
-    a non-negative integer.
+    codes of new images rank them by chance. None too for a method whose bits are random draws
+    (`Hasher.data_independent`: LSH, SKLSH). Raises ValueError when `n_images` or `n_bits` is not a
+    non-negative integer, or `method` is not a registered hasher.
     """
     from hashsearch.data.sources import plural
+    from hashsearch.hashing.base import hashers
 
     n = check_int("n_images", n_images, low=0)
     bits = check_int("n_bits", n_bits, low=1)
-    if n >= bits:
+    if n >= bits or getattr(hashers.get(method), "data_independent", False):
         return None
     why = (
         f"no bit can be learned from {'one image' if n else 'none'}"

@@ -146,6 +146,7 @@ def measure(name: str, work: Path, log) -> dict:
         "--patience",
         "0",
         "--fresh",
+        "--overwrite",  # a row run again replaces its model
         "--out",
         str(model),
         *options,

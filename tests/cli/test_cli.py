@@ -445,3 +445,16 @@ def test_index_warns_of_fewer_images_than_bits_and_shows_a_deep_fit(small, tmp_p
     assert "warning" not in err
     _, err = invoke("index", src, "--out", tmp_path / "d.hsx", "-m", "dpsh", "--bits", 8, *common, code=0)
     assert "dpsh: training the hash layer, " in err and "dpsh: trained the hash layer in " in err
+
+
+def test_index_hints_at_as_many_clusters_as_classes(flowers, tmp_path):
+    """train hinted at n_clusters when an unsupervised method clustered labelled images into another number of
+    clusters than their classes; index, which fits the same method (its default from 320 images), did not."""
+    common = ("--bits", 8, "--input-size", 64, "--cache-dir", tmp_path / "cache")
+    _, err = invoke("index", flowers, "--out", tmp_path / "a.hsx", "-m", "bihalf-spectral[epochs=2]", *common, code=0)
+    hint = next(line for line in err.splitlines() if line.startswith("hint:"))
+    assert hint.startswith("hint: the images have 2 classes and bihalf-spectral made ")
+    assert hint.endswith("index with -m 'bihalf-spectral[epochs=2,n_clusters=2]'")
+    spec = "bihalf-spectral[epochs=2,n_clusters=3]"  # the user's own number: no hint
+    _, err = invoke("index", flowers, "--out", tmp_path / "b.hsx", "-m", spec, *common, code=0)
+    assert "hint:" not in err

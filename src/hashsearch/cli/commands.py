@@ -23,6 +23,7 @@ from hashsearch.cli.common import (
     WeightsOpt,
     bits_list,
     check_bits,
+    cluster_hint,
     given,
     make_backbone,
     make_hasher,
@@ -330,6 +331,10 @@ def index(
     _report(report, skip_list)
     if trained is not None and report.listing is not None:
         _note_unseen_classes(trained, report.listing.labels.counts)
+    if trained is None and report.listing is not None:
+        hint = cluster_hint(coll.hasher, len(report.listing.labels.counts), chosen[0] if chosen else method, "index")
+        if hint is not None:
+            typer.echo(hint, err=True)
     replaced = (out / "CURRENT").is_file()
     _save(coll, out)
     typer.echo(

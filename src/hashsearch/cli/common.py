@@ -150,3 +150,25 @@ SkipListOpt = typer.Option(
     "--skip-list",
     help="Write every file not indexed, with the reason, to this TSV file (names escaped: \\t, \\n, \\\\, \\xNN).",
 )
+
+
+def cluster_hint(hasher, n_classes: int, spec: str, command: str) -> str | None:
+    """A hint line when an unsupervised method clustered labelled images (n_clusters left at its
+    default, not in `spec`'s brackets) into a number of clusters other than their `n_classes`,
+    naming the spec to give `command`; None otherwise.
+
+    Measured on flowers12 (12 species, 64 bits, `hashsearch eval --data flowers12 -m SPEC --bits 64
+    --seed S`, seeds 0-2): bihalf-spectral's mAP 0.8349 with n_clusters=12, 0.8135 with the default
+    10, 0.8206 with n_clusters=auto (which chose 10 to 19 clusters on 864 of its photos).
+    """
+    made = getattr(hasher, "n_clusters_", None) or hasher.get_params().get("n_clusters")
+    if n_classes < 2 or "n_clusters" not in hasher.get_params() or made == n_classes:
+        return None
+    if "n_clusters" in parse_spec(spec)[1]:
+        return None  # the user's own choice
+    better = f"{spec[:-1]},n_clusters={n_classes}]" if spec.endswith("]") else f"{spec}[n_clusters={n_classes}]"
+    return (
+        f"hint: the images have {n_classes} classes and {hasher.name} made {made} clusters of them (its default "
+        f"n_clusters); as many clusters as classes ranked better on flowers12 (12 species, 64 bits: mAP 0.8349 "
+        f"with 12, 0.8135 with the default 10): {command} with -m '{better}'"
+    )

@@ -20,6 +20,7 @@ from hashsearch.cli.common import (
     MaxPixelsOpt,
     WeightsOpt,
     check_bits,
+    cluster_hint,
     given,
     make_backbone,
     parse_spec,
@@ -254,7 +255,7 @@ def train(
             )
     elif r.get("val_map") is not None:
         typer.echo(f"fitted; validation mAP {r['val_map']:.4f}")
-    for line in _advice(result.model, spec, params):
+    for line in _advice(result.model, spec):
         typer.echo(line, err=True)
     typer.echo(f"wrote {show(out)}: {result.model.describe()}, {r['seconds']:.0f}s")
     if result.curve is not None:
@@ -295,7 +296,7 @@ def _fit_lines() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def _advice(model, spec: str, params: dict) -> list[str]:
+def _advice(model, spec: str) -> list[str]:
     """The lines after training about what was fitted: too few images for the code length, and a
     cluster count (left at its default) other than the number of classes of the labelled images."""
     from hashsearch.hashing.unsupervised import few_images
@@ -306,16 +307,7 @@ def _advice(model, spec: str, params: dict) -> list[str]:
     few = few_images(int(data.get("train") or 0), hasher.n_bits, hasher.name)
     if few is not None:
         lines.append(f"warning: {few}")
-    classes = len(data.get("classes") or [])
-    # The clusters made (a default of "auto" chooses them from the data), with n_clusters not given in the spec.
-    used = getattr(hasher, "n_clusters_", None) or hasher.get_params().get("n_clusters")
-    if classes >= 2 and "n_clusters" in hasher.get_params() and "n_clusters" not in params and used != classes:
-        # flowers12 (12 species, 64 bits, eval --data, seeds 0-2): mAP 0.8349 with n_clusters=12, 0.8135
-        # with the default 10 and 0.8206 with n_clusters=auto (which chose 10 to 19 clusters on 864 of its photos).
-        better = f"{spec[:-1]},n_clusters={classes}]" if spec.endswith("]") else f"{spec}[n_clusters={classes}]"
-        lines.append(
-            f"hint: the images have {classes} classes and {hasher.name} made {used} clusters of them (its default "
-            f"n_clusters); as many clusters as classes ranked better on flowers12 (12 species, 64 bits: mAP 0.8349 "
-            f"with 12, 0.8135 with the default 10): train with -m '{better}'"
-        )
+    hint = cluster_hint(hasher, len(data.get("classes") or []), spec, "train")
+    if hint is not None:
+        lines.append(hint)
     return lines

@@ -53,6 +53,9 @@ Small folders (--small SIZES, see small_folders()): folders of 30 to 800 real ph
 planted copies, the default threshold against the rules it was chosen from, per folder size, the
 groups the narrow warning flags, and which image each keep rule keeps (the original or a copy):
       python benchmarks/duplicates.py --small 30,60,125,250,500,800 --out benchmarks/results/duplicates-small.md
+With --codes-only-radii R1,R2,... the same folders are scored with codes only (no feature check), by
+radius (see codes_only_sweep()); on the large set, a radius sweep with codes only is
+--sweep-similarity none --sweep-radius 0,2,4,...
 """
 
 from __future__ import annotations
@@ -892,6 +895,69 @@ def small_folders(args, rep) -> None:
     )
 
 
+def codes_only_sweep(args, rep) -> None:
+    """Codes only (no feature check, as `hashsearch duplicates --codes-only` or a collection indexed
+    with --no-features), by radius, in the small folders of `small_folders` (the seeds reported and
+    the choice seeds apart): precision, recall, F1 (pairwise), the images put in a group (what
+    --move-to --yes would touch: all but one per group), false groups and planted groups found
+    exactly; and, for comparison, the default with the feature check at radius 16."""
+    from hashsearch.duplicates import _groups, _to_unit, default_min_similarity, whiten
+
+    sizes = _sizes(args.small)
+    radii = _sizes(args.codes_only_radii)
+    pool = distinct_flowers(args)
+    rep(
+        f"codes only (no feature check) in small folders: n flowers12 photos with 15% planted copies (make_small), "
+        f"{args.method} {args.bits} bits fitted on the folder, complete linkage; sums over the folder sizes "
+        f"{','.join(map(str, sizes))}"
+    )
+    rep(
+        "columns: P R F1 (pairwise, pooled over the folders), images in a group / images, duplicates (images "
+        "not kept) / images, false groups (holding two different photos) / groups found, planted groups found "
+        "exactly / planted"
+    )
+    for title, seeds in (
+        ("reported seeds", _sizes(args.small_seeds)),
+        ("choice seeds", _sizes(args.small_choice_seeds)),
+    ):
+        data = {
+            (n, s): small_folder_data(args.data / "small" / f"small-{n}-seed{s}", n, s, pool, args)
+            for n in sizes
+            for s in seeds
+        }
+        n_images = sum(len(d["group"]) for d in data.values())
+        rep("")
+        rep(f"{title} {','.join(map(str, seeds))}: {n_images} images in {len(data)} folders")
+        rep(
+            f"{'rule':28s} {'P':>6s} {'R':>6s} {'F1':>6s} {'in groups':>14s} {'duplicates':>14s} {'false':>9s} {'exact':>9s}"
+        )
+        rules = [(f"codes only, radius {r}", r, False) for r in radii] + [("default (features), radius 16", 16, True)]
+        for name, radius, features in rules:
+            pred_all, true_all, trans_all = [], [], []
+            in_groups = dups = false = found = exact = planted = 0
+            for d in data.values():
+                white = _to_unit(whiten(d["features"])) if features else None
+                ms = default_min_similarity(len(d["group"])) if features else None
+                groups = _groups(d["codes"], radius, d["digests"], white, ms, None, {})
+                sc = _small_score(d, groups)
+                false, found = false + sc["false"], found + sc["found"]
+                exact, planted = exact + sc["exact"], planted + sc["planted"]
+                in_groups += sum(len(g) for g in groups)
+                dups += sum(len(g) - 1 for g in groups)
+                pred = np.arange(len(d["group"])) + 10**9
+                for k, rows in enumerate(groups):
+                    pred[rows] = k
+                k = len(pred_all)  # each folder's group numbers apart from the others'
+                pred_all.append(pred + 2 * 10**9 * k)
+                true_all.append(d["group"] + 10**6 * k)
+                trans_all.extend(d["trans"])
+            p, r, f1 = score(np.concatenate(pred_all), np.concatenate(true_all), trans_all)["overall"]
+            rep(
+                f"{name:28s} {p:6.3f} {r:6.3f} {f1:6.3f} {in_groups:>6d}/{n_images:<7d} {dups:>6d}/{n_images:<7d} "
+                f"{false:>4d}/{found:<4d} {exact:>4d}/{planted:<4d}"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("/tmp/hs-dups"))
@@ -966,7 +1032,17 @@ def main() -> None:
         default="fixed 0.4|fixed 0.5|default (default_min_similarity)",
         help="|-separated rules shown on the reported seeds (every rule is shown on the choice seeds)",
     )
+    ap.add_argument(
+        "--codes-only-radii",
+        default="",
+        help="with --small: instead of the rules, codes only (no feature check) at these radii (see codes_only_sweep())",
+    )
     args = ap.parse_args()
+    if args.small and args.codes_only_radii:
+        rep = Report(f"{args.workers} workers")
+        codes_only_sweep(args, rep)
+        rep.save(args.out, "Duplicates with codes only (no feature check) in small folders of real photos, by radius")
+        return
     if args.small:
         rep = Report(f"{args.workers} workers")
         small_folders(args, rep)

@@ -53,6 +53,14 @@ KEEP_RULES = ("largest", "oldest", "newest", "shortest-path")
 #: Default radius as a share of the code length: measured on the near-duplicate benchmark
 #: (benchmarks/duplicates.py; see benchmarks/results/duplicates.md for the sweep).
 RADIUS_SHARE = 0.25
+#: Default radius as a share of the code length with codes only (no feature check: `--codes-only`,
+#: or a collection that stores no features): 2 of 64 bits. At a quarter of the bits the codes alone
+#: put 87% of the images of a folder of photos in a group (precision 0.10); no radius is safe: at
+#: radius 2, precision 0.94 in small folders of flowers12 photos and 0.18 at 10,000 mixed images, at
+#: radius 0 still 0.99 and 0.29 (benchmarks/results/duplicates-codes-only-small.md and
+#: duplicates-codes-only-10000.md). 2 is the best F1 of the 10,000 images and, in the small
+#: folders, near the best (radius 3-4, at 2 to 4 times the groups of different photos).
+CODES_ONLY_RADIUS_SHARE = 1 / 32
 #: Default whitened-cosine threshold where features are stored: the best F1 with RADIUS_SHARE and
 #: complete-linkage groups on a set kept apart for choosing it (benchmarks/duplicates.py --seed 1
 #: --cifar-first test: benchmarks/results/duplicates-tuning.md), not on the sets reported.
@@ -86,9 +94,11 @@ _CHUNK = 2048
 _TILE = 256
 
 
-def default_radius(n_bits: int) -> int:
-    """The Hamming radius of a near-duplicate pair at `n_bits` (`RADIUS_SHARE` of it, at least 1)."""
-    return max(1, round(RADIUS_SHARE * check_int("n_bits", n_bits, low=1)))
+def default_radius(n_bits: int, codes_only: bool = False) -> int:
+    """The Hamming radius of a near-duplicate pair at `n_bits`: `RADIUS_SHARE` of it (16 of 64) with
+    the feature check, `CODES_ONLY_RADIUS_SHARE` (2 of 64) with `codes_only`; at least 1."""
+    share = CODES_ONLY_RADIUS_SHARE if codes_only else RADIUS_SHARE
+    return max(1, round(share * check_int("n_bits", n_bits, low=1)))
 
 
 def default_min_similarity(n_images: int) -> float:
@@ -716,7 +726,8 @@ def find_duplicates(
     ----------
     coll : Collection
     radius : int, optional
-        Hamming radius of a near-duplicate pair, 0 to the code length (default `default_radius`).
+        Hamming radius of a near-duplicate pair, 0 to the code length (default `default_radius`: a
+        quarter of the bits with the feature check, a 32nd with codes only).
     min_similarity : float, "auto" or None
         Also require this cosine similarity of the whitened stored features (-1 to 1). "auto"
         (default): `default_min_similarity` of the collection's number of images where it stores
@@ -746,18 +757,18 @@ def find_duplicates(
     check_choice("keep", keep, KEEP_RULES)
     check_choice("search", search, SEARCHES)
     n_bits = coll.n_bits
-    radius = default_radius(n_bits) if radius is None else radius
-    radius = check_int("radius", radius, low=0, high=n_bits, note=f"the collection's codes have {n_bits} bits")
     t0 = time.perf_counter()
     ids = np.sort(np.asarray(coll.index.ids, np.int64))
-    codes = coll.index.get_codes(ids)
-    entries = coll.entries(ids.tolist())
-    digests = [(e or {}).get("digest", "") for e in entries]
     if isinstance(min_similarity, str) and min_similarity == "auto":
         min_similarity = default_min_similarity(len(ids)) if coll.store_features else None
     min_similarity = check_real(
         "min_similarity", min_similarity, low=-1.0, high=1.0, allow_none=True, none_means="codes only"
     )
+    radius = default_radius(n_bits, codes_only=min_similarity is None) if radius is None else radius
+    radius = check_int("radius", radius, low=0, high=n_bits, note=f"the collection's codes have {n_bits} bits")
+    codes = coll.index.get_codes(ids)
+    entries = coll.entries(ids.tolist())
+    digests = [(e or {}).get("digest", "") for e in entries]
     white = None
     t1 = time.perf_counter()
     if coll.store_features and len(ids):

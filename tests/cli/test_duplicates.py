@@ -389,3 +389,95 @@ def test_a_radius_beyond_the_code_length_fails_before_the_folder_is_indexed(phot
 def test_help_states_the_grouping_rule():
     text = " ".join(run("duplicates", "--help").split())
     assert "Every two images of a group pass" in text and "A~B and B~C" in text
+
+
+def _planted_mixes(text: str, folder: Path, groups) -> list[list[str]]:
+    """The groups found that hold files of two planted groups, or a photo planted without copies."""
+    of = {p: k for k, g in enumerate(groups) for p in g}
+    return [g for g in groups_of(text, folder) if len({of.get(p, p) for p in g}) > 1]
+
+
+def test_codes_only_has_its_own_radius_a_warning_and_no_yes_without_radius(photos, tmp_path):
+    """A fresh user's --codes-only at the default radius (a quarter of the bits) grouped half of a
+    folder of photos, silently, and --move-to --yes would have moved them. Without the feature check
+    the default radius is 2 of 64 bits (benchmarks/results/duplicates-codes-only-small.md), one
+    warning line says why the check is off and what it costs, and --yes needs --radius given."""
+    root, groups = photos
+    folder = fresh_copy(photos, tmp_path)
+    before = snapshot(folder)
+    result = CliRunner().invoke(
+        app, ["duplicates", str(folder), "--codes-only", "--json", "--cache-dir", str(root / "cache")]
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["radius"] == 2 and out["min_similarity"] is None and out["groups"]
+    assert _planted_mixes(result.stdout, folder, groups) == []
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: no feature check (--codes-only given)"), warnings
+    assert "precision was 0.94" in warnings[0] and "within 2 of 64 bits" in warnings[0]
+    # At 16 bits the codes alone mix photos in this folder: what the old default did.
+    loose = run(
+        "duplicates",
+        folder,
+        "--codes-only",
+        "--radius",
+        "16",
+        "--json",
+        "--cache-dir",
+        root / "cache",
+        stdout_only=True,
+    )
+    assert _planted_mixes(loose, folder, groups)
+    text = " ".join(
+        run(
+            "duplicates",
+            folder,
+            "--codes-only",
+            "--move-to",
+            tmp_path / "m",
+            "--yes",
+            "--cache-dir",
+            tmp_path / "c",
+            code=2,
+        ).split()
+    )
+    assert "--yes without the feature check (--codes-only given) needs an explicit --radius" in text
+    assert not (tmp_path / "c").exists() and not (tmp_path / "m").exists() and snapshot(folder) == before
+    run(
+        "duplicates",
+        folder,
+        "--codes-only",
+        "--radius",
+        "2",
+        "--move-to",
+        tmp_path / "m",
+        "--yes",
+        "--cache-dir",
+        root / "cache",
+    )
+    assert len(list((tmp_path / "m").rglob("*.jpg"))) == out["n_duplicates"]
+
+
+def test_a_collection_without_features_warns_every_time_and_needs_a_radius_for_yes(photos, tmp_path):
+    """A collection indexed with --no-features dropped the check silently (a fresh user's group 0
+    was 10 different photos, stderr empty)."""
+    root, groups = photos
+    folder = fresh_copy(photos, tmp_path)
+    coll = tmp_path / "nf.hsx"
+    run(
+        "index", folder, "--out", coll, "--method", "itq", "--bits", "64", "--keep-duplicates", "--labels", "none",
+        "--no-features", "--cache-dir", root / "cache",
+    )  # fmt: skip
+    for args in ([], ["--csv"], ["--delete"]):
+        result = CliRunner().invoke(app, ["duplicates", str(coll), *args])
+        assert result.exit_code == 0, result.output
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: no feature check")]
+        assert len(warnings) == 1, result.stderr
+        assert f"({coll} stores no features: index it again without --no-features" in warnings[0]
+        assert "precision was 0.94" in warnings[0] and "within 2 of 64 bits" in warnings[0]
+    n = n_images(folder)
+    text = " ".join(run("duplicates", coll, "--delete", "--yes", code=2).split())
+    assert f"--yes without the feature check ({coll} stores no features" in text and "--radius R --yes" in text
+    assert n_images(folder) == n
+    text = run("duplicates", coll, "--min-similarity", "0.5", code=2)
+    assert "stores no features" in text and "Traceback" not in text

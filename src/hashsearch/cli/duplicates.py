@@ -163,6 +163,45 @@ def _sim(value: float) -> str:
     return f"{value:.4f}"
 
 
+#: What codes alone cost, measured at the codes-only default radius (2 of 64 bits): pairwise
+#: precision in small folders of flowers12 photos (benchmarks/results/duplicates-codes-only-small.md)
+#: and at 10,000 mixed images (duplicates-codes-only-10000.md); with the feature check, 0.98 there.
+_CODES_ONLY_COST = (
+    "on codes alone different photos share a group: at radius 2 of 64 bits (the default without the check) "
+    "precision was 0.94 in folders of 30-800 photos and 0.18 at 10,000 images, at radius 16 0.10 and 0.02 "
+    "(0.98 and 0.76 with the check: benchmarks/results/duplicates-codes-only-*.md)"
+)
+
+
+def _why_no_check(codes_only: bool, source: str) -> str:
+    return (
+        "--codes-only given"
+        if codes_only
+        else f"{show(source)} stores no features: index it again without --no-features to have the check"
+    )
+
+
+def _refuse_yes_on_codes_alone(codes_only: bool, source: str, radius: int | None, yes: bool) -> None:
+    """--yes with codes only and no --radius given: refused (no radius is safe on codes alone, see
+    `_CODES_ONLY_COST`); the dry run shows the groups, and an explicit --radius is the user's choice."""
+    if yes and radius is None:
+        raise typer.BadParameter(
+            f"--yes without the feature check ({_why_no_check(codes_only, source)}) needs an explicit --radius: "
+            f"{_CODES_ONLY_COST}; look at the groups without --yes, then give --radius R --yes"
+        )
+
+
+def _warn_codes_only(report, codes_only: bool, source: str) -> None:
+    """One line on stderr whenever the feature check is off: why, and what it costs."""
+    if report.min_similarity is not None:
+        return
+    typer.echo(
+        f"warning: no feature check ({_why_no_check(codes_only, source)}): groups are codes within "
+        f"{report.radius} of {report.n_bits} bits; {_CODES_ONLY_COST}; look at every group before moving or deleting",
+        err=True,
+    )
+
+
 def _warn_narrow(report) -> None:
     """One line on stderr naming the groups that pass only narrowly (`DuplicateReport.narrow_groups`)."""
     narrow = report.narrow_groups()
@@ -252,7 +291,12 @@ def duplicates(
         ..., help="A folder (recursive), archive or list file, indexed on the fly; or a collection folder (*.hsx)."
     ),
     radius: int | None = typer.Option(
-        None, "--radius", "-r", min=0, help="Hamming radius of a near-duplicate pair (default: a quarter of the bits)."
+        None,
+        "--radius",
+        "-r",
+        min=0,
+        help="Hamming radius of a near-duplicate pair (default: a quarter of the bits, 16 of 64; without the feature "
+        "check a 32nd, 2 of 64, and --yes then needs --radius given: codes alone group different photos).",
     ),
     min_similarity: float | None = typer.Option(
         None,
@@ -262,7 +306,11 @@ def duplicates(
         help="Also require this cosine similarity of the whitened features (default where features are stored: "
         "0.4 from 4,000 images on, rising to 0.5 in folders of 1,000 images or fewer).",
     ),
-    codes_only: bool = typer.Option(False, "--codes-only", help="No feature check: the Hamming radius alone."),
+    codes_only: bool = typer.Option(
+        False,
+        "--codes-only",
+        help="No feature check: the Hamming radius alone (far more groups of different photos; a warning says so).",
+    ),
     keep: str = typer.Option(
         "largest",
         "--keep",
@@ -321,6 +369,8 @@ def duplicates(
         raise typer.BadParameter("--codes-only and --min-similarity: give one of them")
     if move_to is not None and move_to.exists() and not move_to.is_dir():
         raise typer.BadParameter(f"--move-to {show(move_to)} is a file; give a folder")
+    if codes_only:
+        _refuse_yes_on_codes_alone(codes_only, source, radius, yes)  # before the folder is indexed
     if not _is_collection(source):
         _check_move_to(move_to, source)  # before the folder is indexed
     coll, is_collection = _open_or_build(
@@ -329,8 +379,16 @@ def duplicates(
     _check_radius(radius, coll.n_bits)  # the codes built: the same length as the hasher's, checked again
     if is_collection:
         _check_move_to(move_to, source, coll)
+    if not coll.store_features:
+        if min_similarity is not None:
+            raise typer.BadParameter(
+                f"--min-similarity {min_similarity:g}: {show(source)} stores no features (indexed with "
+                "--no-features); index it again without --no-features, or leave out --min-similarity"
+            )
+        _refuse_yes_on_codes_alone(codes_only, source, radius, yes)
     similarity = None if codes_only else ("auto" if min_similarity is None else min_similarity)
     report = find_duplicates(coll, radius, min_similarity=similarity, keep=keep)
+    _warn_codes_only(report, codes_only, source)
     if move_to is None and not delete:
         _print(report, as_json, as_csv)
         _warn_narrow(report)

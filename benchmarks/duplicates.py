@@ -752,6 +752,8 @@ def _narrow(data, sizes, seeds, rep, margins=(0.05, 0.1, 0.15)) -> None:
 
 def _keep_rules() -> dict:
     """Rules that pick the image to keep in a group: name -> function(members, alike) -> member."""
+    from dataclasses import replace
+
     from hashsearch.duplicates import choose_keep
 
     def px(m):
@@ -764,9 +766,16 @@ def _keep_rules() -> dict:
         mean = mean_alike(ms, a)
         return min(ms, key=lambda m: (-mean[ms.index(m)], -px(m), -(m.bytes or 0), m.id))
 
+    def untimed(ms, a=None):
+        # choose_keep as if every file had the same time (copies that kept their original's time):
+        # make_small writes each original before its copies, so the files' times favour it by construction.
+        kept = choose_keep([replace(m, mtime=None) for m in ms], "largest", a)
+        return next(m for m in ms if m.id == kept.id)
+
     return {
-        "largest (choose_keep, as the library)": lambda ms, a: choose_keep(ms, "largest", a),
-        "pixels, then bytes (largest to f8649ba)": lambda ms, a: choose_keep(ms, "largest"),
+        "largest, times ignored (choose_keep)": untimed,
+        "largest (choose_keep, as the library)*": lambda ms, a: choose_keep(ms, "largest", a),
+        "pixels, then bytes (largest to f8649ba)": lambda ms, a: untimed(ms),
         "most alike, then pixels, then bytes": most_alike,
         "pixels, then fewest bytes": lambda ms, a: min(ms, key=lambda m: (-px(m), m.bytes or 0, m.id)),
         "shortest-path (random names: chance)": lambda ms, a: choose_keep(ms, "shortest-path"),
@@ -798,7 +807,9 @@ def _kept(data, sizes, seeds, rep) -> None:
         f"which image is kept, in the {n_groups} groups of the default that hold one original and a copy of it: "
         "the original (of the groups), or else a copy: how many of those have more pixels than the original "
         "(larger), and their transformations. Not oldest: make_small writes each original before its copies, "
-        "so oldest keeps it by construction"
+        "so oldest keeps it by construction; for the same reason the rule marked * (largest as the library has "
+        "it, the older file before bytes) is favoured here: read 'times ignored' for what largest does where the "
+        "times say nothing"
     )
     rep(f"{'keep rule':40s} {'original':>8s} {'larger':>6s} " + " ".join(f"{t:>6s}" for t in TRANSFORMS))
     for name, c in counts.items():

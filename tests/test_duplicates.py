@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -224,10 +225,11 @@ def test_keep_rules(planted_set):
     white = whiten_collection(coll)
     row = {int(i): k for k, i in enumerate(white.ids)}
     for g in largest.groups:
-        # Most pixels; among those the most alike to the rest of the group (mean whitened similarity); then bytes.
+        # Most pixels; among those the most alike to the rest of the group (mean whitened similarity);
+        # then the oldest file; then bytes.
         x = white.features[[row[m.id] for m in g.members]]
         central = [round(float((x[k] @ x.T).sum() - x[k] @ x[k]) / (len(x) - 1), 4) for k in range(len(x))]
-        rank = [(m.width * m.height, central[k], m.bytes) for k, m in enumerate(g.members)]
+        rank = [(m.width * m.height, central[k], -m.mtime, m.bytes) for k, m in enumerate(g.members)]
         assert rank[0] == max(rank), rank
     # The planted copies drawn on or recoloured were saved at JPEG quality 92, so they have more bytes
     # than their originals: by pixels then bytes, 'largest' kept one of them in every planted group
@@ -235,7 +237,8 @@ def test_keep_rules(planted_set):
     first = ("originals/", "backup/")  # an original, or its byte copy
     kept = [g.keep.key for g in largest.groups]
     assert sum(k.startswith(first) for k in kept) >= 7 and len(kept) == len(groups), kept
-    by_bytes = [choose_keep(g.members, "largest").key for g in largest.groups]  # no similarities: as before f8649ba
+    # No similarities and no times (pixels, then bytes): as before f8649ba.
+    by_bytes = [choose_keep([replace(m, mtime=None) for m in g.members], "largest").key for g in largest.groups]
     assert not any(k.startswith(first) for k in by_bytes), by_bytes
     group = largest.groups[0]
     paths = [m.path for m in group.members]
@@ -364,3 +367,21 @@ def test_a_chain_of_passing_pairs_is_not_one_group_when_its_ends_fail(planted_se
             assert all(m.distance <= radius for m in g.members)
             if min_similarity is not None:
                 assert all(m.similarity >= min_similarity - 1e-3 for m in g.members)
+
+
+def test_largest_breaks_a_tie_of_pixels_and_likeness_by_the_older_file_then_bytes():
+    """In a group of two images with as many pixels, both are as alike to the other: the older file
+    is kept (copies are made after their originals), then the one with more bytes."""
+    alike = np.array([[1.0, 0.9], [0.9, 1.0]])
+    original = Member(1, "a.jpg", None, "/p/a.jpg", "d1", bytes=14_164, width=224, height=224, mtime=1000.0)
+    mirror = Member(2, "m.jpg", None, "/p/m.jpg", "d2", bytes=21_501, width=224, height=224, mtime=1000.0 + 30 * 86400)
+    assert choose_keep([original, mirror], "largest", alike) is original
+    assert choose_keep([mirror, original], "largest", alike) is original
+    # As old: bytes decide, as before; unknown times come after known ones.
+    same = Member(3, "s.jpg", None, "/p/s.jpg", "d3", bytes=21_501, width=224, height=224, mtime=1000.0)
+    assert choose_keep([original, same], "largest", alike) is same
+    unknown = Member(4, "u.jpg", None, "/p/u.jpg", "d4", bytes=99_999, width=224, height=224, mtime=None)
+    assert choose_keep([unknown, original], "largest", alike) is original
+    # More pixels still come first, and a member more alike to the rest before an older one.
+    big = Member(5, "b.jpg", None, "/p/b.jpg", "d5", bytes=1, width=448, height=448, mtime=5e9)
+    assert choose_keep([original, big], "largest", alike) is big

@@ -666,19 +666,22 @@ def choose_keep(members: list[Member], rule: str, alike: np.ndarray | None = Non
 
     largest: most pixels (width x height); among those, the member most alike to the others of its
     group (the highest mean of its row of `alike`, rounded to 4 decimals: the photo its copies most
-    likely derive from, as each copy departs from it in its own way); then most bytes. oldest /
+    likely derive from, as each copy departs from it in its own way); then the oldest file
+    (modification time: copies are usually made after their originals); then most bytes. oldest /
     newest: modification time; shortest-path: the shortest path, then the first by name. A member
     whose size or time is unknown comes last.
 
     Bytes say little about which copy is the original: a copy re-encoded at a higher JPEG quality,
     or with text drawn on it, has more bytes than its original. Ranking the equally large by bytes
     kept the original in 86 of 488 groups of planted copies; by how alike they are to the rest of
-    the group first, in 211 (small folders of 30-800 flowers12 photos, seeds 0 and 1; 82 and 186
+    the group first, in 211, the files' times ignored (small folders of 30-800 flowers12 photos, seeds 0 and 1; 82 and 186
     of 483 on seeds 100 and 101, where the rules were compared: the table "which image is kept" of
     benchmarks/results/duplicates-small.md, printed by benchmarks/duplicates.py --small). A member
     drawn at random is the original about as often (213 and 195): pixels come first, and a copy
     with more pixels is kept over its original. In a group of two the mean is the same for both,
-    and bytes decide.
+    and the older file is kept, then the one with more bytes: a fresh user's mirror re-encoded at
+    quality 92 (21,501 bytes over the original's 14,164) and a PNG copy, both newer than their
+    originals, were kept while bytes came right after the mean.
 
     Parameters
     ----------
@@ -700,7 +703,8 @@ def choose_keep(members: list[Member], rule: str, alike: np.ndarray | None = Non
     def sort_key(m: Member):
         if rule == "largest":
             pixels = (m.width or 0) * (m.height or 0)
-            return (-pixels, -central[rank[id(m)]], -(m.bytes or 0), m.id)
+            older = m.mtime if m.mtime is not None else big
+            return (-pixels, -central[rank[id(m)]], older, -(m.bytes or 0), m.id)
         if rule == "oldest":
             return (m.mtime if m.mtime is not None else big, m.id)
         if rule == "newest":

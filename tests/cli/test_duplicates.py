@@ -481,3 +481,38 @@ def test_a_collection_without_features_warns_every_time_and_needs_a_radius_for_y
     assert n_images(folder) == n
     text = run("duplicates", coll, "--min-similarity", "0.5", code=2)
     assert "stores no features" in text and "Traceback" not in text
+
+
+def test_largest_keeps_the_older_of_two_equally_large_images(photos, tmp_path):
+    """A fresh user's --keep largest kept the copy in groups of two images with as many pixels: a
+    mirror saved at quality 92 (more bytes than the original) and a PNG copy of the same pixels in
+    sub/. In a group of two both are as alike to the other, so bytes decided; the older file (the
+    originals were 30 days older, as copies are made after their originals) now comes before bytes."""
+    import tarfile
+
+    from PIL import Image
+
+    root, _ = photos
+    folder = fresh_copy(photos, tmp_path)
+    with tarfile.open(planted.ARCHIVE) as tar:
+        suns = sorted((m for m in tar.getmembers() if m.isfile() and "/sunflower/" in m.name), key=lambda m: m.name)
+        a, b = (tar.extractfile(m).read() for m in suns[:2])
+    user = folder / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "a.jpg").write_bytes(a)
+    (user / "b.jpg").write_bytes(b)
+    Image.open(io.BytesIO(a)).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(user / "a-mirror.jpg", quality=92)
+    Image.open(io.BytesIO(b)).save(user / "sub" / "b.png")
+    old = (user / "a.jpg").stat().st_mtime - 30 * 86400
+    for name in ("a.jpg", "b.jpg"):
+        os.utime(user / name, (old, old))
+    assert (user / "a-mirror.jpg").stat().st_size > len(a) and (user / "sub" / "b.png").stat().st_size > len(b)
+    out = json.loads(run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True))
+    for original, copy in (("a.jpg", "a-mirror.jpg"), ("b.jpg", "sub/b.png")):
+        group = next(g for g in out["groups"] if any(m["path"].endswith(f"/user/{copy}") for m in g["members"]))
+        paths = sorted(os.path.relpath(m["path"], user) for m in group["members"])
+        assert paths == sorted([original, copy])
+        kept = next(m for m in group["members"] if m["keep"])
+        assert kept["path"].endswith(f"/user/{original}"), group["members"]
+    text = " ".join(run("duplicates", "--help").split())
+    assert "the oldest file" in text

@@ -96,6 +96,7 @@ def test_table_and_csv(photos):
     assert "True" not in text and "False" not in text
     assert set(rows[0]) == {
         "group",
+        "narrow",
         "keep",
         "id",
         "path",
@@ -126,7 +127,7 @@ def test_move_and_delete_without_yes_touch_nothing(photos, tmp_path):
     for line in text.splitlines():
         if line.startswith("would move "):
             name = os.path.basename(line.split(" -> ")[0][len("would move ") :])
-            assert re.search(rf"\(similarity {sims[name]:.4f}, \d+ bits? from ", line), line
+            assert re.search(rf"\(group \d+(, narrow)?; similarity {sims[name]:.4f}, \d+ bits? from ", line), line
     assert not (tmp_path / "moved").exists()
     text = run("duplicates", folder, "--delete", "--keep", "newest", "--cache-dir", root / "cache")
     assert text.count("would delete ") == sum(len(g) - 1 for g in groups)
@@ -516,3 +517,32 @@ def test_largest_keeps_the_older_of_two_equally_large_images(photos, tmp_path):
         assert kept["path"].endswith(f"/user/{original}"), group["members"]
     text = " ".join(run("duplicates", "--help").split())
     assert "the oldest file" in text
+
+
+def test_move_lines_json_and_csv_name_each_group_and_whether_it_is_narrow(photos, tmp_path):
+    """In --move-to/--delete mode no table is printed, yet the narrow warning names group numbers:
+    each 'would move' line carries its group number and a narrow mark; --json has `narrow` per
+    group and `narrow_below`, --csv a narrow column, as GET /duplicates has them."""
+    root, _ = photos
+    folder = fresh_copy(photos, tmp_path)
+    args = [str(folder), "--min-similarity", "0.75", "--cache-dir", str(root / "cache")]
+    out = json.loads(run("duplicates", *args, "--json", stdout_only=True))
+    assert out["narrow_below"] == 0.85
+    narrow = [g["group"] for g in out["groups"] if any(m["similarity"] < 0.85 for m in g["members"] if not m["keep"])]
+    assert 2 <= len(narrow) < len(out["groups"]) and [g["group"] for g in out["groups"] if g["narrow"]] == narrow
+    assert all(m["narrow"] == g["narrow"] for g in out["groups"] for m in g["members"])
+    rows = list(csv.DictReader(io.StringIO(run("duplicates", *args, "--csv", stdout_only=True))))
+    assert [r["narrow"] for r in rows] == ["true" if int(r["group"]) in narrow else "false" for r in rows]
+    group_of = {m["path"]: g["group"] for g in out["groups"] for m in g["members"] if not m["keep"]}
+    result = CliRunner().invoke(app, ["duplicates", *args, "--move-to", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("would move ")]
+    assert len(lines) == len(group_of)
+    marked = set()
+    for line in lines:
+        path = line[len("would move ") :].split(" -> ")[0]
+        g = group_of[path]
+        assert f"(group {g}, narrow; similarity " in line if g in narrow else f"(group {g}; similarity " in line
+        marked |= {g} if ", narrow;" in line else set()
+    assert sorted(marked) == narrow
+    assert f"(groups {', '.join(map(str, narrow))}:" in result.stderr

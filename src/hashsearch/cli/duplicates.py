@@ -104,9 +104,10 @@ def _open_or_build(source: str, radius, method, bits, backbone, input_size, weig
     return coll, False
 
 
-def _row(group: int, m) -> dict:
+def _row(group: int, m, narrow: bool) -> dict:
     return {
         "group": group,
+        "narrow": narrow,
         "keep": m.keep,
         "id": m.id,
         "path": m.path,
@@ -120,12 +121,19 @@ def _row(group: int, m) -> dict:
 
 
 def _print(report, as_json: bool, as_csv: bool) -> None:
-    rows = [_row(g, m) for g, group in enumerate(report.groups) for m in group.members]
+    narrow = set(report.narrow_groups())
+    rows = [_row(g, m, g in narrow) for g, group in enumerate(report.groups) for m in group.members]
     if as_json:
         out = {
             **report.summary(),
+            "narrow_below": report.narrow_below(),  # as GET /duplicates gives it
             "groups": [
-                {"group": g, "keep": group.keep.id, "members": [_row(g, m) for m in group.members]}
+                {
+                    "group": g,
+                    "keep": group.keep.id,
+                    "narrow": g in narrow,
+                    "members": [_row(g, m, g in narrow) for m in group.members],
+                }
                 for g, group in enumerate(report.groups)
             ],
         }
@@ -218,7 +226,7 @@ def _warn_narrow(report) -> None:
     )
 
 
-_FIELDS = ["group", "keep", "id", "path", "distance", "similarity", "exact", "bytes", "width", "height"]
+_FIELDS = ["group", "narrow", "keep", "id", "path", "distance", "similarity", "exact", "bytes", "width", "height"]
 # The table's columns, named once above the groups: the mark (keep: the image kept; exact: the same
 # bytes as it), the Hamming distance and the whitened similarity to the image kept, pixels, bytes.
 _TABLE_HEADER = f"  {'mark':<5} {'bits':>4} {'sim':>6} {'pixels':>11} {'bytes':>12}  path"
@@ -230,10 +238,12 @@ def _csv_value(value):
     return "" if value is None else value
 
 
-def _to_kept(m, kept) -> str:
-    """How a member compares with the image kept, for the lines of a move or delete."""
+def _to_kept(m, kept, group: int, narrow: bool) -> str:
+    """Which group a member is in (and whether it passes only narrowly: the warning names the group)
+    and how it compares with the image kept, for the lines of a move or delete."""
     sim = "" if m.similarity is None else f"similarity {_sim(m.similarity)}, "
-    return f"({sim}{plural(m.distance, 'bit')} from {show(kept.path)})"
+    mark = f"group {group}, narrow" if narrow else f"group {group}"
+    return f"({mark}; {sim}{plural(m.distance, 'bit')} from {show(kept.path)})"
 
 
 def _target(folder: Path, name: str, taken: set[Path]) -> Path:
@@ -256,7 +266,8 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> li
     if move_to is not None and yes:
         move_to.mkdir(parents=True, exist_ok=True)
     verb = "move" if move_to is not None else "delete"
-    for group in report.groups:
+    narrow = set(report.narrow_groups())
+    for g, group in enumerate(report.groups):
         for m in group.others:
             if split_key(m.path)[1] is not None:
                 typer.echo(f"warning: {show(m.path)} is inside an archive: left as it is", err=True)
@@ -266,7 +277,7 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> li
                 what = f"{show(m.path)} -> {show(dest)}"
             else:
                 what = show(m.path)
-            what = f"{what} {_to_kept(m, group.keep)}"
+            what = f"{what} {_to_kept(m, group.keep, g, g in narrow)}"
             if not yes:
                 typer.echo(f"would {verb} {what}", err=err)
                 continue

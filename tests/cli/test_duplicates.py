@@ -546,3 +546,52 @@ def test_move_lines_json_and_csv_name_each_group_and_whether_it_is_narrow(photos
         marked |= {g} if ", narrow;" in line else set()
     assert sorted(marked) == narrow
     assert f"(groups {', '.join(map(str, narrow))}:" in result.stderr
+
+
+def test_files_moved_away_are_named_missing_and_a_yes_that_cannot_move_them_fails(photos, tmp_path):
+    """A collection whose files were moved away: the dry run promised 'would move' for files that
+    no longer exist, and --yes printed an error per file and exited 0. They are named missing in
+    the dry run, counted apart, and --yes exits 1 with a summary line."""
+    root, groups = photos
+    folder = fresh_copy(photos, tmp_path)
+    coll = tmp_path / "p.hsx"
+    run(
+        "index", folder, "--out", coll, "--method", "itq", "--bits", "64", "--keep-duplicates", "--labels", "none",
+        "--cache-dir", root / "cache",
+    )  # fmt: skip
+    out = json.loads(run("duplicates", coll, "--json", stdout_only=True))
+    others = [m["path"] for g in out["groups"] for m in g["members"] if not m["keep"]]
+    gone = others[:2]
+    for p in gone:
+        os.remove(p)
+    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    for p in gone:
+        assert f"missing: {p} (group " in result.output and f"would move {p} " not in result.output
+    n = len(others)
+    assert f"nothing changed: {n - 2} files would be moved; 2 files missing; add --yes to do it" in result.stderr
+    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(tmp_path / "m"), "--yes"])
+    assert result.exit_code == 1, result.output
+    assert f"error: {n - 2} of {n} files moved; 2 could not be (2 missing)" in result.stderr
+    assert len(list((tmp_path / "m").rglob("*.jpg"))) == n - 2
+
+
+def test_an_archive_is_counted_apart_and_no_folder_is_made_for_nothing(photos, tmp_path):
+    """An archive as the source: the dry run said 'N files would be moved', --yes left every one as
+    it is without a summary and made an empty --move-to folder."""
+    import tarfile
+
+    root, groups = photos
+    archive = tmp_path / "photos.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(root / "photos", arcname="photos")
+    n = sum(len(g) - 1 for g in groups)
+    text = run("duplicates", archive, "--move-to", tmp_path / "m", "--cache-dir", root / "cache")
+    assert f"nothing changed: 0 files would be moved; {n} files inside an archive, left as they are\n" in text
+    assert "would move" not in text and "add --yes" not in text
+    result = CliRunner().invoke(
+        app, ["duplicates", str(archive), "--move-to", str(tmp_path / "m"), "--yes", "--cache-dir", str(root / "cache")]
+    )
+    assert result.exit_code == 0, result.output
+    assert f"moved 0 files; {n} files inside an archive, left as they are" in result.stderr
+    assert not (tmp_path / "m").exists()

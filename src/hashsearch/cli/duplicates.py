@@ -257,44 +257,78 @@ def _target(folder: Path, name: str, taken: set[Path]) -> Path:
     return candidate
 
 
-def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> list[int]:
+def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tuple[list[int], int]:
     """Move or delete every image not kept (only with `yes`; otherwise say what would happen).
-    Returns the ids of the files moved or deleted."""
+
+    A file inside an archive is left as it is, and a file that no longer exists (moved or deleted
+    since it was indexed) is named as missing: both are counted apart from the files that would be
+    moved or deleted, in the dry run too. --move-to is created only when a file is moved there. Returns the ids of the files
+    moved or deleted and the number that could not be (missing, or an error)."""
     from hashsearch.data.sources import split_key
 
     done, taken = [], set()
-    if move_to is not None and yes:
-        move_to.mkdir(parents=True, exist_ok=True)
     verb = "move" if move_to is not None else "delete"
     narrow = set(report.narrow_groups())
+    n_archive = n_missing = n_failed = n_to_do = 0
     for g, group in enumerate(report.groups):
         for m in group.others:
+            how = _to_kept(m, group.keep, g, g in narrow)
             if split_key(m.path)[1] is not None:
-                typer.echo(f"warning: {show(m.path)} is inside an archive: left as it is", err=True)
+                typer.echo(f"inside an archive, left as it is: {show(m.path)} {how}", err=True)
+                n_archive += 1
                 continue
+            if not os.path.lexists(m.path):
+                typer.echo(
+                    f"missing: {show(m.path)} {how}: not found (moved or deleted since it was indexed), "
+                    f"nothing to {verb}",
+                    err=True,
+                )
+                n_missing += 1
+                continue
+            n_to_do += 1
             if move_to is not None:
                 dest = _target(move_to, os.path.basename(m.path), taken)
-                what = f"{show(m.path)} -> {show(dest)}"
+                what = f"{show(m.path)} -> {show(dest)} {how}"
             else:
-                what = show(m.path)
-            what = f"{what} {_to_kept(m, group.keep, g, g in narrow)}"
+                what = f"{show(m.path)} {how}"
             if not yes:
                 typer.echo(f"would {verb} {what}", err=err)
                 continue
             try:
                 if move_to is not None:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.move(m.path, dest)
                 else:
                     os.remove(m.path)
             except OSError as e:
                 typer.echo(f"error: {show(m.path)}: cannot {verb} it ({e.strerror or e})", err=True)
+                n_failed += 1
                 continue
             typer.echo(f"{'moved' if move_to is not None else 'deleted'} {what}", err=err)
             done.append(m.id)
+    apart = []
+    if n_missing:
+        apart.append(f"{plural(n_missing, 'file')} missing")
+    if n_archive:
+        apart.append(
+            f"{plural(n_archive, 'file')} inside an archive, left as {'it is' if n_archive == 1 else 'they are'}"
+        )
+    rest = f"; {', '.join(apart)}" if apart else ""
     if not yes:
-        n = report.n_duplicates
-        typer.echo(f"nothing changed: {plural(n, 'file')} would be {verb}d; add --yes to do it", err=True)
-    return done
+        tail = "; add --yes to do it" if n_to_do else ""
+        typer.echo(f"nothing changed: {plural(n_to_do, 'file')} would be {verb}d{rest}{tail}", err=True)
+        return done, 0
+    failed = n_missing + n_failed
+    errors = f", {plural(n_failed, 'error')}" if n_failed else ""
+    if failed:
+        typer.echo(
+            f"error: {len(done)} of {plural(n_to_do + n_missing, 'file')} {verb}d; {failed} could not be "
+            f"({n_missing} missing{errors}){'; ' + apart[-1] if n_archive else ''}",
+            err=True,
+        )
+    else:
+        typer.echo(f"{verb}d {plural(len(done), 'file')}{rest}", err=True)
+    return done, failed
 
 
 def duplicates(
@@ -409,8 +443,10 @@ def duplicates(
     if as_json or as_csv:
         _print(report, as_json, as_csv)
     _warn_narrow(report)  # before anything is moved or deleted
-    done = _act(report, move_to, delete, yes, err=as_json or as_csv)
+    done, failed = _act(report, move_to, delete, yes, err=as_json or as_csv)
     if done and is_collection:
         coll.remove(done)
         coll.save(source)
         typer.echo(f"removed {plural(len(done), 'entry', 'entries')} from {show(source)}", err=True)
+    if failed:
+        raise typer.Exit(1)

@@ -283,3 +283,33 @@ def test_cli_refuses_an_unknown_store_in_one_line(tmp_path):
     lines = text.strip().splitlines()
     assert len(lines) == 1 and "--rerank-store" in lines[0] and "'bogus'" in lines[0]
     assert "full, int8, pca-N, pq-M" in lines[0]
+
+
+def test_hamming_ties_are_ordered_by_the_stored_features(real):
+    """Codes collide (a fresh user's flowers12 under bihalf-spectral: 53 daisies shared one code and the query
+    photo came 46th by id): entries at the same Hamming distance come by feature distance, through every store.
+    An 8-bit hasher here makes ties everywhere."""
+    from hashsearch.codes import hamming_distances
+
+    X = real["X"][:N_FIRST]
+    short = create_hasher("itq", n_bits=8, seed=0).fit(X)
+    for spec in ("full", "pca-128"):
+        coll = Collection.create(real["backbone"], short, rerank_store=spec)
+        coll.add(X, real["keys"][:N_FIRST], real["labels"][:N_FIRST], root=real["root"] / "train")
+        for q in (0, 77, 200):  # database images as queries: each is its own nearest feature
+            res, by_id = coll.search(X[q : q + 1], k=10), coll.search(X[q : q + 1], k=10, ties="id")
+            assert res.ids[0, 0] == q and res.distances[0, 0] == 0
+            # Still Hamming ranking: the same distances as ties by id, each the true one.
+            np.testing.assert_array_equal(res.distances, by_id.distances)
+            true = hamming_distances(short.encode(X[q : q + 1]), short.encode(X[res.ids[0]]))[0]
+            np.testing.assert_array_equal(res.distances[0], true)
+            # Within each distance, nondecreasing feature distance (as the store keeps them).
+            kept = coll.rerank_store.decode(coll._rows_of(res.ids[0]))
+            fd = ((kept - coll.rerank_store.query(X[q : q + 1])[0]) ** 2).sum(1)
+            for d in set(res.distances[0].tolist()):
+                same = fd[res.distances[0] == d]
+                assert (np.diff(same) >= 0).all()
+        # A radius lookup orders its ties the same way; rerank is untouched.
+        assert coll.search(X[5:6], k=3, radius=0).ids[0, 0] == 5
+    with pytest.raises(ValueError, match="ties"):
+        coll.search(X[:1], k=3, ties="random")

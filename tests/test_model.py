@@ -227,3 +227,19 @@ def test_a_collection_opened_with_a_cache_dir_unpacks_its_model_there(finetuned,
     assert back.model_id == model.id
     assert [p.name for p in (tmp_path / "mine" / "models").iterdir()] == [f"{model.id}.pt"]
     assert not (tmp_path / "cache").exists()  # $HASHSEARCH_CACHE: untouched
+
+
+def test_a_head_mode_model_shares_the_stock_backbones_feature_cache(pixels_and_features, finetuned, tmp_path):
+    """A model trained in head mode carries the packaged weights unchanged: its backbone is the stock one (same
+    cache key), so `index --model` on a folder indexed before extracts nothing again (a fresh user's recomputed
+    all 959 photos). A fine-tuned backbone keeps a key of its own."""
+    backbone, _, labels, features = pixels_and_features
+    head = TrainedModel.from_trained(backbone, create_hasher("itq", n_bits=16).fit(features), {"mode": "head"})
+    head.save(tmp_path / "head.hsm")
+    loaded = TrainedModel.load(tmp_path / "head.hsm").backbone(tmp_path / "c")
+    assert loaded.cache_key == backbone.cache_key and loaded.weights_path == backbone.weights_path
+    assert not (tmp_path / "c" / "models").exists()  # nothing unpacked: the packaged file is used
+    np.testing.assert_array_equal(
+        TrainedModel.load(tmp_path / "head.hsm").hasher.encode(features).data, head.hasher.encode(features).data
+    )
+    assert finetuned.backbone(tmp_path / "d").cache_key != backbone.cache_key

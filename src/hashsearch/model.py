@@ -181,7 +181,9 @@ class TrainedModel:
             return self._backbones[folder]
         where = self.path or "this model"
         if not self.parts:
-            bb = self._build(folder / "models" / f"{self.id}.pt", self.backbone_name, self.preprocess, self.weights)
+            bb = self._stock(self.backbone_name, self.preprocess, self.weights) or self._build(
+                folder / "models" / f"{self.id}.pt", self.backbone_name, self.preprocess, self.weights
+            )
         else:
             built = []
             for i, part in enumerate(self.parts):
@@ -204,6 +206,22 @@ class TrainedModel:
             )
         self._backbones[folder] = bb
         return bb
+
+    @staticmethod
+    def _stock(name: str, preprocess: Preprocess, weights: dict[str, np.ndarray]) -> Backbone | None:
+        """This hashsearch's stock backbone `name` when `weights` are its packaged weights, tensor for
+        tensor (a model trained in head mode leaves them unchanged), else None. Its features are then
+        those plain `index` computes, under the same feature-cache key: a folder indexed before is not
+        extracted again (a fresh user's `index --model` recomputed all 959 photos of flowers12)."""
+        try:
+            stock = create_backbone(name, input_size=preprocess.input_size)
+            packaged = _state(stock) if stock.preprocess == preprocess else {}
+        except (ValueError, TypeError, OSError):
+            return None
+        same = packaged.keys() == weights.keys() and all(
+            packaged[k].shape == np.shape(weights[k]) and np.array_equal(packaged[k], weights[k]) for k in packaged
+        )
+        return stock if same else None
 
     def _build(self, path: Path, name: str, preprocess: Preprocess, weights: dict[str, np.ndarray]) -> Backbone:
         """Backbone `name` loading `weights` (written to `path` if not there yet), checked against `preprocess`."""

@@ -994,3 +994,13 @@ def test_info_describes_a_model_and_a_collection_for_a_person(wrapped, work, tmp
     os.close(parent)
     assert done.returncode == 0, done.stderr
     assert b"code length    16 bits" in shown and b'"count"' not in shown, shown
+
+
+def test_training_options_of_a_method_fitted_in_one_pass_are_refused(work, tmp_path):
+    """A fresh user's `train -m itq --epochs 5` ran and ignored --epochs without a word."""
+    for spec, given, scratch in (("itq", ["--epochs", "5"], False), ("ritq", ["--lr", "0.1", "--patience", "3"], True)):
+        text = run("train", work / "data", "-m", spec, *given, "--out", tmp_path / "m.hsm", code=2)
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"--method {spec} is fitted, not trained by epochs" in errors[0], text
+        assert ("--scratch-epochs" in errors[0]) == scratch and " ".join(given[::2]) in errors[0].replace(",", "")
+        assert not (tmp_path / "m.hsm").exists()

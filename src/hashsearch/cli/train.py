@@ -145,6 +145,25 @@ def train(
             raise typer.BadParameter(
                 f"--method {spec!r} and {flag} both set {key}; give it once ({flag} or in the brackets)"
             )
+    trained_by_epochs = "epochs" in _params_of(method, bits, params)
+    unused = [
+        flag
+        for name, flag in (
+            ("epochs", "--epochs"),
+            ("lr", "--lr"),
+            ("train_batch", "--train-batch"),
+            ("patience", "--patience"),
+        )
+        if given(ctx, name)
+    ]
+    if not trained_by_epochs and unused:  # itq, ksh, ... fit in one pass: the options would be ignored
+        scratch = (
+            " (its network's training: --scratch-epochs)" if None not in hashers.get(method).feature_backbones else ""
+        )
+        raise typer.BadParameter(
+            f"--method {method} is fitted, not trained by epochs{scratch}: {', '.join(unused)} would not be used; "
+            f"leave {'it' if len(unused) == 1 else 'them'} out, or train a deep method (hashnet, dpsh, ...)"
+        )
     if None not in hashers.get(method).feature_backbones:
         # RITQ: every feature comes from its own network; the starting-backbone options would be ignored.
         unused = [
@@ -264,15 +283,21 @@ def train(
         typer.echo("no training curve drawn: 1 epoch is one point (train 2 or more to see one)")
 
 
-def _trains_by_steps(method: str, bits: int, params: dict) -> bool:
-    """Whether `method` with the spec's `params` trains a number of optimiser steps rather than of
-    epochs (the unsupervised deep methods' ``epochs=None``)."""
+def _params_of(method: str, bits: int, params: dict) -> dict:
+    """The parameters `method` takes with the spec's `params` ({} for a spec that fails: training
+    says what is wrong with it)."""
     from hashsearch.hashing import create_hasher
 
     try:
-        got = create_hasher(method, n_bits=bits, **params).get_params()
-    except (TypeError, ValueError):  # a bad spec: training says what is wrong with it
-        return False
+        return create_hasher(method, n_bits=bits, **params).get_params()
+    except (TypeError, ValueError):
+        return {}
+
+
+def _trains_by_steps(method: str, bits: int, params: dict) -> bool:
+    """Whether `method` with the spec's `params` trains a number of optimiser steps rather than of
+    epochs (the unsupervised deep methods' ``epochs=None``)."""
+    got = _params_of(method, bits, params)
     return "epochs" in got and got["epochs"] is None
 
 

@@ -150,9 +150,9 @@ def test_move_with_yes_moves_all_but_the_one_kept(photos, tmp_path):
         root / "cache",
     )
     after = snapshot(folder)
-    moved = sorted(p.name for p in (tmp_path / "moved").iterdir())
+    moved = sorted(str(p.relative_to(tmp_path / "moved")) for p in (tmp_path / "moved").rglob("*") if p.is_file())
     assert len(moved) == sum(len(g) - 1 for g in groups)
-    assert len(after) == len(before) - len(moved)
+    assert len(after) == len(before) - len(moved) and not set(moved) & set(after)  # at their paths in the folder
     for g in groups:  # exactly one file of each group is left, and it is the shortest path
         left = [p for p in g if p in after]
         assert left == [min(g, key=lambda p: (len(str(folder / p)), str(folder / p)))]
@@ -329,7 +329,7 @@ def test_largest_keeps_the_original_over_a_flipped_copy_with_more_bytes(photos, 
     assert Path(kept["path"]).read_bytes() == data, [(m["path"], m["bytes"]) for m in group["members"]]
     run("duplicates", folder, "--move-to", tmp_path / "moved", "--yes", "--cache-dir", root / "cache")
     left = [p.name for p in (folder / "user").iterdir() if p.read_bytes() == data]
-    assert len(left) == 1 and (tmp_path / "moved" / "flipped.jpg").exists()
+    assert len(left) == 1 and (tmp_path / "moved" / "user" / "flipped.jpg").exists()
     text = " ".join(run("duplicates", "--help").split())
     assert "It keeps the biggest picture, not the original" in text and "--keep oldest" in text
 
@@ -362,7 +362,7 @@ def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(phot
     assert f"warning: --move-to {folder / 'dups'} is inside {folder}, a folder {coll} was indexed from" in " ".join(
         result.stderr.split()
     )
-    assert len(list((folder / "dups").iterdir())) == sum(len(g) - 1 for g in groups)
+    assert len([p for p in (folder / "dups").rglob("*") if p.is_file()]) == sum(len(g) - 1 for g in groups)
     assert json.loads(run("duplicates", coll, "--json", stdout_only=True))["groups"] == []
 
 
@@ -595,3 +595,27 @@ def test_an_archive_is_counted_apart_and_no_folder_is_made_for_nothing(photos, t
     assert result.exit_code == 0, result.output
     assert f"moved 0 files; {n} files inside an archive, left as they are" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_moved_files_keep_their_path_relative_to_the_folder_scanned(photos, tmp_path):
+    """Moved files lost their subfolder (sub/copy.png -> dups/copy.png): they keep it (dups/sub/copy.png),
+    and a name taken there still gets -1."""
+    root, groups = photos
+    folder = fresh_copy(photos, tmp_path)
+    moved = tmp_path / "moved"
+    out = json.loads(run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True))
+    others = sorted(os.path.relpath(m["path"], folder) for g in out["groups"] for m in g["members"] if not m["keep"])
+    assert any("/" in p for p in others)
+    taken = moved / others[0]
+    taken.parent.mkdir(parents=True)
+    taken.write_bytes(b"already there")
+    text = run("duplicates", folder, "--move-to", moved, "--cache-dir", root / "cache")
+    stem, suffix = os.path.splitext(others[0])
+    assert f"-> {moved / (stem + '-1' + suffix)} " in text
+    for p in others[1:]:
+        assert f"would move {folder / p} -> {moved / p} " in text
+    run("duplicates", folder, "--move-to", moved, "--yes", "--cache-dir", root / "cache")
+    assert sorted(str(p.relative_to(moved)) for p in moved.rglob("*.jpg")) == sorted(
+        [others[0], stem + "-1" + suffix, *others[1:]]
+    )
+    assert taken.read_bytes() == b"already there"

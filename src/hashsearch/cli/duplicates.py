@@ -257,12 +257,22 @@ def _target(folder: Path, name: str, taken: set[Path]) -> Path:
     return candidate
 
 
+def _relative_folder(key: str) -> Path:
+    """The subfolder of a member's key (its path relative to the folder scanned, "/"-separated), kept
+    under --move-to so that sub/a.png goes to DIR/sub/a.png; none for a key that leaves its folder."""
+    parts = key.split("/")[:-1]
+    if os.path.isabs(key) or any(p in ("", ".", "..") for p in parts):
+        return Path()
+    return Path(*parts) if parts else Path()
+
+
 def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tuple[list[int], int]:
     """Move or delete every image not kept (only with `yes`; otherwise say what would happen).
 
     A file inside an archive is left as it is, and a file that no longer exists (moved or deleted
     since it was indexed) is named as missing: both are counted apart from the files that would be
-    moved or deleted, in the dry run too. --move-to is created only when a file is moved there. Returns the ids of the files
+    moved or deleted, in the dry run too. --move-to keeps each file's path relative to the folder
+    scanned (its key) and is created only when a file is moved there. Returns the ids of the files
     moved or deleted and the number that could not be (missing, or an error)."""
     from hashsearch.data.sources import split_key
 
@@ -287,7 +297,7 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tu
                 continue
             n_to_do += 1
             if move_to is not None:
-                dest = _target(move_to, os.path.basename(m.path), taken)
+                dest = _target(move_to / _relative_folder(m.key), os.path.basename(m.path), taken)
                 what = f"{show(m.path)} -> {show(dest)} {how}"
             else:
                 what = f"{show(m.path)} {how}"

@@ -18,7 +18,8 @@ def duplicates(
         None,
         ge=0,
         le=4096,
-        description="Hamming radius of a near-duplicate pair (default: a quarter of the code length)",
+        description="Hamming radius of a near-duplicate pair (default: a quarter of the code length with the feature "
+        "check, a 32nd of it, 2 of 64 bits, with codes_only or a collection without features)",
     ),
     min_similarity: float | None = Query(
         None,

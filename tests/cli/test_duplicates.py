@@ -115,7 +115,16 @@ def test_move_and_delete_without_yes_touch_nothing(photos, tmp_path):
     before = snapshot(folder)
     result = CliRunner().invoke(
         app,
-        ["duplicates", str(folder), "--json", "--move-to", str(tmp_path / "moved"), "--cache-dir", str(root / "cache")],
+        [
+            "duplicates",
+            str(folder),
+            "--json",
+            "--include-narrow",
+            "--move-to",
+            str(tmp_path / "moved"),
+            "--cache-dir",
+            str(root / "cache"),
+        ],
     )
     assert result.exit_code == 0, result.output
     text = result.stderr  # with --json, what would be done goes to stderr
@@ -129,7 +138,7 @@ def test_move_and_delete_without_yes_touch_nothing(photos, tmp_path):
             name = os.path.basename(line.split(" -> ")[0][len("would move ") :])
             assert re.search(rf"\(group \d+(, narrow)?; similarity {sims[name]:.4f}, \d+ bits? from ", line), line
     assert not (tmp_path / "moved").exists()
-    text = run("duplicates", folder, "--delete", "--keep", "newest", "--cache-dir", root / "cache")
+    text = run("duplicates", folder, "--delete", "--include-narrow", "--keep", "newest", "--cache-dir", root / "cache")
     assert text.count("would delete ") == sum(len(g) - 1 for g in groups)
     assert snapshot(folder) == before
 
@@ -141,6 +150,7 @@ def test_move_with_yes_moves_all_but_the_one_kept(photos, tmp_path):
     run(
         "duplicates",
         folder,
+        "--include-narrow",
         "--move-to",
         tmp_path / "moved",
         "--yes",
@@ -161,6 +171,35 @@ def test_move_with_yes_moves_all_but_the_one_kept(photos, tmp_path):
     assert json.loads(again)["min_similarity"] == 0.5 and groups_of(again, folder) == []
 
 
+def test_yes_leaves_the_groups_that_pass_only_narrowly(photos, tmp_path):
+    """A third fresh user's --yes moved two groups the warning had named as narrow, both different photos:
+    they are now left as they are, named, and counted, unless --include-narrow."""
+    root, _ = photos
+    folder = fresh_copy(photos, tmp_path)
+    report = json.loads(run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True))
+    narrow = [g for g in report["groups"] if g["narrow"]]
+    assert narrow  # the planted set has one (see test_narrow_groups)
+    left_alone = {m["path"] for g in narrow for m in g["members"] if not m["keep"]}
+    before = snapshot(folder)
+    result = CliRunner().invoke(
+        app,
+        ["duplicates", str(folder), "--move-to", str(tmp_path / "moved"), "--yes", "--cache-dir", str(root / "cache")],
+    )
+    assert result.exit_code == 0, result.output
+    after = snapshot(folder)
+    assert all(Path(p).relative_to(folder).as_posix() in after for p in left_alone)  # still there
+    moved = {str(p) for p in (tmp_path / "moved").rglob("*") if p.is_file()}
+    n_others = sum(len(g["members"]) - 1 for g in report["groups"])
+    assert len(moved) == n_others - len(left_alone) and len(after) == len(before) - len(moved)
+    left_lines = [
+        line for line in result.stderr.splitlines() if line.startswith("left, its group passes only narrowly: ")
+    ]
+    assert len(left_lines) == len(left_alone) and all(", narrow;" in line for line in left_lines)
+    assert (
+        f"{len(left_alone)} files of narrow groups left as they are (--include-narrow moves them too)" in result.stderr
+    )
+
+
 def test_delete_with_yes_on_a_collection_removes_its_entries(photos, tmp_path):
     root, groups = photos
     folder = fresh_copy(photos, tmp_path)
@@ -170,7 +209,7 @@ def test_delete_with_yes_on_a_collection_removes_its_entries(photos, tmp_path):
         "--cache-dir", root / "cache",
     )  # fmt: skip
     n = n_images(folder)
-    run("duplicates", coll, "--delete", "--yes")
+    run("duplicates", coll, "--delete", "--include-narrow", "--yes")
     n_dups = sum(len(g) - 1 for g in groups)
     assert len(snapshot(folder)) == n - n_dups
     info = run("info", coll)
@@ -187,7 +226,7 @@ def test_after_a_delete_the_default_groups_no_look_alike_photos(photos, tmp_path
     the warning names it as passing narrowly."""
     root, groups = photos
     folder = fresh_copy(photos, tmp_path)
-    run("duplicates", folder, "--delete", "--yes", "--cache-dir", root / "cache")
+    run("duplicates", folder, "--delete", "--include-narrow", "--yes", "--cache-dir", root / "cache")
     again = json.loads(run("duplicates", folder, "--json", "--cache-dir", root / "cache", stdout_only=True))
     assert again["n_images"] == 20 and again["min_similarity"] == 0.5 and again["groups"] == []
     result = CliRunner().invoke(
@@ -207,7 +246,7 @@ def _planted_pairs_left(text: str, folder: Path, groups) -> list[list[str]]:
 def test_groups_that_pass_narrowly_are_named_in_one_warning(photos, tmp_path):
     root, _ = photos
     folder = fresh_copy(photos, tmp_path)
-    for args in ([], ["--min-similarity", "0.6", "--move-to", tmp_path / "m"]):
+    for args in ([], ["--min-similarity", "0.6", "--include-narrow", "--move-to", tmp_path / "m"]):
         result = CliRunner().invoke(
             app, ["duplicates", str(folder), "--json", *map(str, args), "--cache-dir", str(root / "cache")]
         )
@@ -279,7 +318,7 @@ def test_usage_errors_are_one_line(photos, tmp_path):
     root, _ = photos
     folder = root / "photos"
     for args, words in [
-        (["--move-to", tmp_path / "m", "--delete"], "--move-to and --delete"),
+        (["--include-narrow", "--move-to", tmp_path / "m", "--delete", "--include-narrow"], "--move-to and --delete"),
         (["--yes"], "--yes confirms"),
         (["--json", "--csv"], "--json and --csv"),
         (["--keep", "biggest"], "--keep biggest"),
@@ -327,7 +366,16 @@ def test_largest_keeps_the_original_over_a_flipped_copy_with_more_bytes(photos, 
     group = next(g for g in out["groups"] if any("/user/flipped" in m["path"] for m in g["members"]))
     kept = next(m for m in group["members"] if m["keep"])
     assert Path(kept["path"]).read_bytes() == data, [(m["path"], m["bytes"]) for m in group["members"]]
-    run("duplicates", folder, "--move-to", tmp_path / "moved", "--yes", "--cache-dir", root / "cache")
+    run(
+        "duplicates",
+        folder,
+        "--include-narrow",
+        "--move-to",
+        tmp_path / "moved",
+        "--yes",
+        "--cache-dir",
+        root / "cache",
+    )
     left = [p.name for p in (folder / "user").iterdir() if p.read_bytes() == data]
     assert len(left) == 1 and (tmp_path / "moved" / "user" / "flipped.jpg").exists()
     text = " ".join(run("duplicates", "--help").split())
@@ -343,7 +391,7 @@ def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(phot
     before = snapshot(folder)
     for inside, yes in [(folder / "dups", ["--yes"]), (folder / "copies" / ".." / "dups", []), (folder, ["--yes"])]:
         cache = tmp_path / "cache-unused"
-        text = run("duplicates", folder, "--move-to", inside, *yes, "--cache-dir", cache, code=2)
+        text = run("duplicates", folder, "--include-narrow", "--move-to", inside, *yes, "--cache-dir", cache, code=2)
         assert f"--move-to {inside} is inside the folder scanned, {folder}:" in " ".join(text.split()), text
         assert f"give a folder outside it (e.g. --move-to {folder}-duplicates)" in " ".join(text.split())
         assert not cache.exists() and snapshot(folder) == before and not (folder / "dups").exists()
@@ -354,10 +402,12 @@ def test_move_to_inside_the_folder_scanned_is_refused_before_anything_moves(phot
         "index", folder, "--out", coll, "--method", "itq", "--bits", "64", "--keep-duplicates", "--labels", "none",
         "--cache-dir", root / "cache",
     )  # fmt: skip
-    text = " ".join(run("duplicates", coll, "--move-to", coll / "dups", "--yes", code=2).split())
+    text = " ".join(run("duplicates", coll, "--include-narrow", "--move-to", coll / "dups", "--yes", code=2).split())
     assert f"--move-to {coll / 'dups'} is inside the collection folder, {coll}:" in text
     assert snapshot(folder) == before
-    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(folder / "dups"), "--yes"])
+    result = CliRunner().invoke(
+        app, ["duplicates", str(coll), "--include-narrow", "--move-to", str(folder / "dups"), "--yes"]
+    )
     assert result.exit_code == 0, result.output
     assert f"warning: --move-to {folder / 'dups'} is inside {folder}, a folder {coll} was indexed from" in " ".join(
         result.stderr.split()
@@ -434,6 +484,7 @@ def test_codes_only_has_its_own_radius_a_warning_and_no_yes_without_radius(photo
             "duplicates",
             folder,
             "--codes-only",
+            "--include-narrow",
             "--move-to",
             tmp_path / "m",
             "--yes",
@@ -450,6 +501,7 @@ def test_codes_only_has_its_own_radius_a_warning_and_no_yes_without_radius(photo
         "--codes-only",
         "--radius",
         "2",
+        "--include-narrow",
         "--move-to",
         tmp_path / "m",
         "--yes",
@@ -469,7 +521,7 @@ def test_a_collection_without_features_warns_every_time_and_needs_a_radius_for_y
         "index", folder, "--out", coll, "--method", "itq", "--bits", "64", "--keep-duplicates", "--labels", "none",
         "--no-features", "--cache-dir", root / "cache",
     )  # fmt: skip
-    for args in ([], ["--csv"], ["--delete"]):
+    for args in ([], ["--csv"], ["--delete", "--include-narrow"]):
         result = CliRunner().invoke(app, ["duplicates", str(coll), *args])
         assert result.exit_code == 0, result.output
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: no feature check")]
@@ -477,7 +529,7 @@ def test_a_collection_without_features_warns_every_time_and_needs_a_radius_for_y
         assert f"({coll} stores no features: index it again without --no-features" in warnings[0]
         assert "precision was 0.94" in warnings[0] and "within 2 of 64 bits" in warnings[0]
     n = n_images(folder)
-    text = " ".join(run("duplicates", coll, "--delete", "--yes", code=2).split())
+    text = " ".join(run("duplicates", coll, "--delete", "--include-narrow", "--yes", code=2).split())
     assert f"--yes without the feature check ({coll} stores no features" in text and "--radius R --yes" in text
     assert n_images(folder) == n
     text = run("duplicates", coll, "--min-similarity", "0.5", code=2)
@@ -534,7 +586,7 @@ def test_move_lines_json_and_csv_name_each_group_and_whether_it_is_narrow(photos
     rows = list(csv.DictReader(io.StringIO(run("duplicates", *args, "--csv", stdout_only=True))))
     assert [r["narrow"] for r in rows] == ["true" if int(r["group"]) in narrow else "false" for r in rows]
     group_of = {m["path"]: g["group"] for g in out["groups"] for m in g["members"] if not m["keep"]}
-    result = CliRunner().invoke(app, ["duplicates", *args, "--move-to", str(tmp_path / "m")])
+    result = CliRunner().invoke(app, ["duplicates", *args, "--include-narrow", "--move-to", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("would move ")]
     assert len(lines) == len(group_of)
@@ -564,13 +616,15 @@ def test_files_moved_away_are_named_missing_and_a_yes_that_cannot_move_them_fail
     gone = others[:2]
     for p in gone:
         os.remove(p)
-    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(tmp_path / "m")])
+    result = CliRunner().invoke(app, ["duplicates", str(coll), "--include-narrow", "--move-to", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     for p in gone:
         assert f"missing: {p} (group " in result.output and f"would move {p} " not in result.output
     n = len(others)
     assert f"nothing changed: {n - 2} files would be moved; 2 files missing; add --yes to do it" in result.stderr
-    result = CliRunner().invoke(app, ["duplicates", str(coll), "--move-to", str(tmp_path / "m"), "--yes"])
+    result = CliRunner().invoke(
+        app, ["duplicates", str(coll), "--include-narrow", "--move-to", str(tmp_path / "m"), "--yes"]
+    )
     assert result.exit_code == 1, result.output
     assert f"error: {n - 2} of {n} files moved; 2 could not be (2 missing)" in result.stderr
     assert len(list((tmp_path / "m").rglob("*.jpg"))) == n - 2
@@ -586,11 +640,21 @@ def test_an_archive_is_counted_apart_and_no_folder_is_made_for_nothing(photos, t
     with tarfile.open(archive, "w") as tar:
         tar.add(root / "photos", arcname="photos")
     n = sum(len(g) - 1 for g in groups)
-    text = run("duplicates", archive, "--move-to", tmp_path / "m", "--cache-dir", root / "cache")
+    text = run("duplicates", archive, "--include-narrow", "--move-to", tmp_path / "m", "--cache-dir", root / "cache")
     assert f"nothing changed: 0 files would be moved; {n} files inside an archive, left as they are\n" in text
     assert "would move" not in text and "add --yes" not in text
     result = CliRunner().invoke(
-        app, ["duplicates", str(archive), "--move-to", str(tmp_path / "m"), "--yes", "--cache-dir", str(root / "cache")]
+        app,
+        [
+            "duplicates",
+            str(archive),
+            "--include-narrow",
+            "--move-to",
+            str(tmp_path / "m"),
+            "--yes",
+            "--cache-dir",
+            str(root / "cache"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert f"moved 0 files; {n} files inside an archive, left as they are" in result.stderr
@@ -609,12 +673,12 @@ def test_moved_files_keep_their_path_relative_to_the_folder_scanned(photos, tmp_
     taken = moved / others[0]
     taken.parent.mkdir(parents=True)
     taken.write_bytes(b"already there")
-    text = run("duplicates", folder, "--move-to", moved, "--cache-dir", root / "cache")
+    text = run("duplicates", folder, "--include-narrow", "--move-to", moved, "--cache-dir", root / "cache")
     stem, suffix = os.path.splitext(others[0])
     assert f"-> {moved / (stem + '-1' + suffix)} " in text
     for p in others[1:]:
         assert f"would move {folder / p} -> {moved / p} " in text
-    run("duplicates", folder, "--move-to", moved, "--yes", "--cache-dir", root / "cache")
+    run("duplicates", folder, "--include-narrow", "--move-to", moved, "--yes", "--cache-dir", root / "cache")
     assert sorted(str(p.relative_to(moved)) for p in moved.rglob("*.jpg")) == sorted(
         [others[0], stem + "-1" + suffix, *others[1:]]
     )

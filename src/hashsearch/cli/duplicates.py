@@ -221,7 +221,8 @@ def _warn_narrow(report) -> None:
         f"warning: {len(narrow)} of {plural(len(report.groups), 'group')} "
         f"{'passes' if len(narrow) == 1 else 'pass'} only narrowly ({'group' if len(narrow) == 1 else 'groups'} {shown}: "
         f"a similarity to the kept image below {_sim(below)}; different photos that look alike pass there): "
-        f"look at them before moving or deleting, or raise --min-similarity (e.g. --min-similarity {below:g})",
+        f"look at them: --move-to and --delete leave them unless --include-narrow; or raise --min-similarity "
+        f"(e.g. --min-similarity {below:g})",
         err=True,
     )
 
@@ -266,23 +267,31 @@ def _relative_folder(key: str) -> Path:
     return Path(*parts) if parts else Path()
 
 
-def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tuple[list[int], int]:
+def _act(
+    report, move_to: Path | None, delete: bool, yes: bool, err: bool, include_narrow: bool = False
+) -> tuple[list[int], int]:
     """Move or delete every image not kept (only with `yes`; otherwise say what would happen).
 
     A file inside an archive is left as it is, and a file that no longer exists (moved or deleted
     since it was indexed) is named as missing: both are counted apart from the files that would be
     moved or deleted, in the dry run too. --move-to keeps each file's path relative to the folder
-    scanned (its key) and is created only when a file is moved there. Returns the ids of the files
-    moved or deleted and the number that could not be (missing, or an error)."""
+    scanned (its key) and is created only when a file is moved there. The groups that pass only
+    narrowly are left as they are unless `include_narrow` (a fresh user's --yes moved two such
+    groups, both different photos). Returns the ids of the files moved or deleted and the number
+    that could not be (missing, or an error)."""
     from hashsearch.data.sources import split_key
 
     done, taken = [], set()
     verb = "move" if move_to is not None else "delete"
     narrow = set(report.narrow_groups())
-    n_archive = n_missing = n_failed = n_to_do = 0
+    n_archive = n_missing = n_failed = n_to_do = n_narrow = 0
     for g, group in enumerate(report.groups):
         for m in group.others:
             how = _to_kept(m, group.keep, g, g in narrow)
+            if g in narrow and not include_narrow:
+                typer.echo(f"left, its group passes only narrowly: {show(m.path)} {how}", err=True)
+                n_narrow += 1
+                continue
             if split_key(m.path)[1] is not None:
                 typer.echo(f"inside an archive, left as it is: {show(m.path)} {how}", err=True)
                 n_archive += 1
@@ -317,6 +326,11 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tu
             typer.echo(f"{'moved' if move_to is not None else 'deleted'} {what}", err=err)
             done.append(m.id)
     apart = []
+    if n_narrow:
+        apart.append(
+            f"{plural(n_narrow, 'file')} of narrow groups left as {'it is' if n_narrow == 1 else 'they are'} "
+            f"(--include-narrow {verb}s them too)"
+        )
     if n_missing:
         apart.append(f"{plural(n_missing, 'file')} missing")
     if n_archive:
@@ -333,7 +347,7 @@ def _act(report, move_to: Path | None, delete: bool, yes: bool, err: bool) -> tu
     if failed:
         typer.echo(
             f"error: {len(done)} of {plural(n_to_do + n_missing, 'file')} {verb}d; {failed} could not be "
-            f"({n_missing} missing{errors}){'; ' + apart[-1] if n_archive else ''}",
+            f"({n_missing} missing{errors}){''.join('; ' + a for a in apart if not a.endswith(' missing'))}",
             err=True,
         )
     else:
@@ -387,6 +401,12 @@ def duplicates(
         "(one inside it is refused: the next run would find the moved files again).",
     ),
     delete: bool = typer.Option(False, "--delete", help="Delete the images not kept (with --yes)."),
+    include_narrow: bool = typer.Option(
+        False,
+        "--include-narrow",
+        help="Move or delete in the groups that pass only narrowly too (left as they are by default: different "
+        "photos that look alike pass there).",
+    ),
     yes: bool = typer.Option(False, "--yes", help="Really move or delete; without it, only print what would happen."),
     method: str = typer.Option(
         SOURCE_METHOD,
@@ -453,7 +473,7 @@ def duplicates(
     if as_json or as_csv:
         _print(report, as_json, as_csv)
     _warn_narrow(report)  # before anything is moved or deleted
-    done, failed = _act(report, move_to, delete, yes, err=as_json or as_csv)
+    done, failed = _act(report, move_to, delete, yes, err=as_json or as_csv, include_narrow=include_narrow)
     if done and is_collection:
         coll.remove(done)
         coll.save(source)

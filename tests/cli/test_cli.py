@@ -367,6 +367,11 @@ def test_search_says_why_it_found_nothing(small, tmp_path):
     dog_at_0 = json.loads(run("search", out, query, "--label", "dog", "--radius", 0, "--json", "--cache-dir", cache))
     assert dog_at_0[0]["results"] == []
     assert text.splitlines()[1:] == ["  no image within Hamming radius 0 labelled dog; a larger --radius finds more"]
+    # A lookup cut at -k says so (a third fresh user read 10 results as all there were within the radius).
+    text, _ = invoke("search", out, query, "--radius", 16, "-k", 3, "--cache-dir", cache, code=0)
+    assert text.splitlines()[-1] == "  (the first 3 within Hamming radius 16; more may lie there: -k sets how many)"
+    text, _ = invoke("search", out, query, "--radius", 16, "-k", 50, "--cache-dir", cache, code=0)
+    assert "more may lie there" not in text  # all 8 images, fewer than k
     _, err = invoke("search", out, src / "cat", "--cache-dir", cache, code=1)
     assert f"a folder, not an image file: give the images in it (e.g. {src / 'cat' / '*.jpg'})" in err
     _, err = invoke("search", tmp_path / "typo.hsx", query, code=2)

@@ -395,7 +395,9 @@ def query_features(coll, queries: list[Path], max_pixels: int, cache_dir: Path |
 def search(
     collection: Path = typer.Argument(..., help="A collection folder written by `hashsearch index`."),
     queries: list[Path] = typer.Argument(..., help="Query image file(s)."),
-    k: int = typer.Option(10, "-k", min=1, help="Neighbours to return."),
+    k: int = typer.Option(
+        10, "-k", min=1, help="Neighbours to return (with --radius: at most this many of those within it)."
+    ),
     rerank: int | None = typer.Option(
         None, "--rerank", min=1, help="Coarse-to-fine: re-rank up to this many Hamming candidates by feature distance."
     ),
@@ -476,6 +478,8 @@ def search(
                 dist = f"{h['distance']:.3f}" if rerank else f"{int(h['distance'])}"
                 label = "(no label)" if h["label"] is None else show(h["label"])
                 typer.echo(f"  {h['rank']:>4} {dist:>12} {label:<12} {show(h['path'])}")
+            if radius is not None and len(item["results"]) == k:  # a lookup cut at k: say so
+                typer.echo(f"  (the first {k:,} within Hamming radius {radius}; more may lie there: -k sets how many)")
             if not item["results"]:  # say why, not an empty table
                 why = [f"within Hamming radius {radius}"] if radius is not None else []
                 why += [f"labelled {show(label)}"] if label is not None else []

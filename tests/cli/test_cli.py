@@ -361,6 +361,8 @@ def test_search_says_why_it_found_nothing(small, tmp_path):
     query = src / "cat" / "0000.jpg"
     _, err = invoke("search", out, query, "--label", "rose", "--cache-dir", cache, code=2)
     assert err.startswith(f"error: --label rose: no image of {out} has this label; its labels: cat, dog")
+    _, err = invoke("search", out, query, "--label", "Dog", "--cache-dir", cache, code=2)
+    assert f"--label Dog: no image of {out} has this label (did you mean --label dog? labels compare exactly)" in err
     assert err.count("\n") == 1
     # At radius 0 of a cat's code, no dog (checked through --json), and the table says so.
     text, _ = invoke("search", out, query, "--label", "dog", "--radius", 0, "--cache-dir", cache, code=0)

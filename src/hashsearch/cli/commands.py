@@ -430,8 +430,11 @@ def search(
 
         labels = sorted(k for k in coll.info()["labels"] if k != NO_LABEL)
         shown = ", ".join(map(show, labels[:20])) + (f" and {len(labels) - 20:,} more" if len(labels) > 20 else "")
+        meant = [k for k in labels if k.casefold() == label.casefold()]  # labels compare exactly; case counts
         raise typer.BadParameter(
-            f"--label {show(label)}: no image of {show(collection)} has this label; "
+            f"--label {show(label)}: no image of {show(collection)} has this label"
+            + (f" (did you mean --label {show(meant[0])}? labels compare exactly)" if meant else "")
+            + "; "
             + (f"its labels: {shown}" if labels else "its images have no labels")
         )
     feats, answered, errors = query_features(coll, queries, max_pixels, cache_dir)

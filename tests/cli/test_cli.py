@@ -426,6 +426,8 @@ def test_index_with_a_model_notes_the_classes_it_was_not_trained_on(flowers, cif
     args = ("index", folder, "--model", tmp_path / "m.hsm", *cache)
     _, err = invoke(*args, "--out", tmp_path / "a.hsx", code=0)
     assert "note: 2 classes of this folder (cat, ship) are not among the 2 the model was trained on;" in err
+    text, _ = invoke("eval", "--model", tmp_path / "m.hsm", "--data", folder, *cache, code=0)  # and eval says so too
+    assert "note: 2 classes of the queries (cat, ship) are not among the 2 the model was trained on:" in text
     _, err = invoke("index", flowers, "--model", tmp_path / "m.hsm", "--out", tmp_path / "b.hsx", *cache, code=0)
     assert "note:" not in err
 

@@ -30,11 +30,12 @@ demo: setup
 	$(BIN)/hashsearch demo
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q -m "not distributed"
+	$(BIN)/python -m pytest -q -m "not distributed and not slow"
 
-# Tests that start real servers and clusters (a Milvus standalone server, a two-node Ray cluster).
+# Tests that start real servers and clusters (a Milvus standalone server, a two-node Ray cluster), and the
+# slow integration tests (a save killed at every step, RITQ/DHFI networks trained from scratch): CI runs both targets.
 test-distributed: setup
-	$(BIN)/python -m pytest -q -m distributed
+	$(BIN)/python -m pytest -q -m "distributed or slow"
 
 # Lint and format (ruff), the import contract of the data flow (import-linter), types of the public modules (mypy).
 lint: setup

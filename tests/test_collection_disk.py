@@ -184,6 +184,7 @@ def _die_at(step: int) -> None:
         setattr(module, name, wrapped)
 
 
+@pytest.mark.slow  # 12-15 s each: make test-distributed
 @pytest.mark.parametrize("change", ["add and remove", "relocate", "delta"])
 def test_a_kill_at_every_step_of_a_save_leaves_a_working_collection(tmp_path, hasher, change):
     """Fork a child that saves a pending change and is killed before its N-th disk call, for every

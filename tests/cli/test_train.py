@@ -488,6 +488,7 @@ def _header(path: Path) -> dict:
         return json.loads(z.read("model.json"))
 
 
+@pytest.mark.slow  # 10-12 s each: make test-distributed
 @pytest.mark.parametrize("name", ["ritq", "dhfi-finetune"])
 def test_ritq_and_dhfi_models_alone_index_add_and_search_an_unlabelled_folder(
     name, own_networks, work, cifar_small, tmp_path

@@ -816,14 +816,7 @@ class Collection:
         check_choice("ties", ties, ("features", "id"))
         codes = self.hasher.encode(features)
         if rerank:
-            store = self.rerank_store
-            if store is not None and store.is_fitted:
-                query = store.query(features)
-
-                def lookup(ids):
-                    return store.decode(self._rows_of(ids))
-            else:  # no features stored (the lookup says so), or nothing ever added
-                query, lookup = np.asarray(features, np.float32), self._rows_of
+            query, lookup = self._feature_lookup(features)
             return coarse_to_fine(
                 self.index,
                 codes,
@@ -841,17 +834,23 @@ class Collection:
             found = self.index.search(codes, want)
         return self._break_ties(found, features, k) if by_features else found
 
+    def _feature_lookup(self, features: np.ndarray):
+        """(query vectors, ``lookup(ids) -> stored vectors``) compared by re-ranking and tie-breaking:
+        as the re-rank store keeps them, or the raw features where no store is fitted (no features
+        stored: the lookup says so; or nothing ever added)."""
+        store = self.rerank_store
+        if store is None or not store.is_fitted:
+            return np.asarray(features, np.float32), self._rows_of
+
+        def lookup(ids):
+            return store.decode(self._rows_of(ids))
+
+        return store.query(features), lookup
+
     def _break_ties(self, found: SearchResult, features: np.ndarray, k: int) -> SearchResult:
         """The first k of `found` (by Hamming distance) with equal distances ordered by the
         Euclidean distance of the stored features to the query's, then by id."""
-        store = self.rerank_store
-        if store is not None and store.is_fitted:
-            query = store.query(features)
-
-            def lookup(ids):
-                return store.decode(self._rows_of(ids))
-        else:
-            query, lookup = np.asarray(features, np.float32), self._rows_of
+        query, lookup = self._feature_lookup(features)
         dist = np.full((len(found.ids), k), found.distances.dtype.type(-1), found.distances.dtype)
         ids = np.full((len(found.ids), k), MISSING_ID, np.int64)
         for q in range(len(found.ids)):

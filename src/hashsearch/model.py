@@ -244,6 +244,15 @@ class TrainedModel:
             )
         return bb
 
+    def unseen_classes(self, labels) -> tuple[list[str], int]:
+        """(the labels among `labels` that were not classes of this model's training images, sorted;
+        the number of classes it was trained on). Nothing is unseen when the record names no classes
+        (unlabelled training, or a model of an earlier hashsearch); None labels are skipped."""
+        trained_on = set((self.record.get("data") or {}).get("classes") or [])
+        if not trained_on:
+            return [], 0
+        return sorted({str(c) for c in labels if c is not None} - trained_on), len(trained_on)
+
     def describe(self) -> str:
         """One line: method, bits, backbone, input size, id."""
         mode = self.record.get("mode")

@@ -353,14 +353,13 @@ def index(
 
 def _note_unseen_classes(model, counts: dict[str, int]) -> None:
     """A note on stderr when the folder's labels name classes the model was not trained on."""
-    trained_on = set((model.record.get("data") or {}).get("classes") or [])
-    unseen = sorted(c for c in counts if c not in trained_on)
-    if not trained_on or not unseen:
+    unseen, n_trained = model.unseen_classes(counts)
+    if not unseen:
         return
     shown = ", ".join(map(show, unseen[:6])) + (f" and {len(unseen) - 6:,} more" if len(unseen) > 6 else "")
     typer.echo(
         f"note: {plural(len(unseen), 'class', 'classes')} of this folder ({shown}) {'is' if len(unseen) == 1 else 'are'} "
-        f"not among the {len(trained_on):,} the model was trained on; its codes of classes it never saw rank less "
+        f"not among the {n_trained:,} the model was trained on; its codes of classes it never saw rank less "
         "well (benchmarks/results/unseen-classes.md: on 3 held-out CIFAR-10 classes, supervised methods 0.61-0.70 "
         "mAP, ITQ without labels 0.67); train on images of them too, or index without --model",
         err=True,

@@ -453,7 +453,6 @@ def duplicates(
     coll, is_collection = _open_or_build(
         source, radius, method, bits, backbone, input_size, weights, cache_dir, batch_size, max_pixels
     )
-    _check_radius(radius, coll.n_bits)  # the codes built: the same length as the hasher's, checked again
     if is_collection:
         _check_move_to(move_to, source, coll)
     if not coll.store_features:

@@ -951,13 +951,12 @@ def evaluate_model(
     backbone = model.backbone(cache_dir)
     feats = split_features(source, split, backbone, cache_dir=cache_dir, batch_size=batch_size, max_pixels=max_pixels)
     overlap = _check_overlap(model, split.name, source.root, feats, log)
-    trained_on = set((model.record.get("data") or {}).get("classes") or [])
-    unseen = sorted({r.label for r in split.query if r.label is not None} - trained_on) if trained_on else []
+    unseen, n_trained = model.unseen_classes(r.label for r in split.query)
     if unseen:  # a low score then says less about the model than about what it never saw
         shown = ", ".join(unseen[:6]) + (f" and {len(unseen) - 6:,} more" if len(unseen) > 6 else "")
         log(
             f"note: {plural(len(unseen), 'class', 'classes')} of the queries ({shown}) "
-            f"{'is' if len(unseen) == 1 else 'are'} not among the {len(trained_on):,} the model was trained on: "
+            f"{'is' if len(unseen) == 1 else 'are'} not among the {n_trained:,} the model was trained on: "
             "its codes of classes it never saw rank less well (benchmarks/results/unseen-classes.md)"
         )
     t1 = time.perf_counter()
